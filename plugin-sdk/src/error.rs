@@ -1,0 +1,157 @@
+//! Errors a plugin returns, and the HTTP statuses the host answers them with.
+
+/// What went wrong in a plugin call. The host answers the request with [`PluginError::status`] and a
+/// JSON body `{"error": {"plugin", "kind", "message"}}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PluginError {
+    /// The request is malformed (400).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The caller is not authenticated (401).
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The caller may not do this (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// No such resource (404).
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The plugin's configuration is invalid (500; fails `initialize`).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Something the plugin depends on is unavailable (503).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The plugin failed (500).
+    #[error("{0}")]
+    Internal(String),
+    /// Answer with this HTTP status.
+    #[error("{message}")]
+    Status {
+        /// HTTP status, 400–599.
+        status: u16,
+        /// What happened.
+        message: String,
+    },
+    /// The plugin panicked (500). Made by the SDK and the host, not by plugin code.
+    #[error("plugin panicked: {0}")]
+    Panic(String),
+    /// The call was cancelled before it finished.
+    #[error("call cancelled")]
+    Cancelled,
+}
+
+/// The result of a plugin call.
+pub type PluginResult<T> = Result<T, PluginError>;
+
+impl PluginError {
+    /// The HTTP status the host answers this error with.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::PluginError;
+    /// assert_eq!(PluginError::Unauthorized("no key".into()).status(), 401);
+    /// ```
+    pub fn status(&self) -> u16 {
+        match self {
+            PluginError::BadRequest(_) => 400,
+            PluginError::Unauthorized(_) => 401,
+            PluginError::Forbidden(_) => 403,
+            PluginError::NotFound(_) => 404,
+            PluginError::Unavailable(_) => 503,
+            PluginError::Status { status, .. } if (400..=599).contains(status) => *status,
+            PluginError::Cancelled => 503,
+            _ => 500,
+        }
+    }
+
+    /// A short machine-readable name of the variant (`"bad_request"`, `"panic"`, ...).
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::PluginError;
+    /// assert_eq!(PluginError::Panic("boom".into()).kind(), "panic");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PluginError::BadRequest(_) => "bad_request",
+            PluginError::Unauthorized(_) => "unauthorized",
+            PluginError::Forbidden(_) => "forbidden",
+            PluginError::NotFound(_) => "not_found",
+            PluginError::Config(_) => "config",
+            PluginError::Unavailable(_) => "unavailable",
+            PluginError::Internal(_) => "internal",
+            PluginError::Status { .. } => "status",
+            PluginError::Panic(_) => "panic",
+            PluginError::Cancelled => "cancelled",
+        }
+    }
+
+    /// The message without the variant's prefix.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::PluginError;
+    /// assert_eq!(PluginError::NotFound("no such key".into()).message(), "no such key");
+    /// ```
+    pub fn message(&self) -> &str {
+        match self {
+            PluginError::BadRequest(m)
+            | PluginError::Unauthorized(m)
+            | PluginError::Forbidden(m)
+            | PluginError::NotFound(m)
+            | PluginError::Config(m)
+            | PluginError::Unavailable(m)
+            | PluginError::Internal(m)
+            | PluginError::Panic(m)
+            | PluginError::Status { message: m, .. } => m,
+            PluginError::Cancelled => "call cancelled",
+        }
+    }
+
+    /// The error for a panic payload caught by `catch_unwind`.
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> PluginError {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_owned()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            "panic with a non-string payload".to_owned()
+        };
+        PluginError::Panic(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert_eq!(PluginError::BadRequest(String::new()).status(), 400);
+        assert_eq!(PluginError::Forbidden(String::new()).status(), 403);
+        assert_eq!(PluginError::NotFound(String::new()).status(), 404);
+        assert_eq!(PluginError::Config(String::new()).status(), 500);
+        assert_eq!(PluginError::Internal(String::new()).status(), 500);
+        assert_eq!(PluginError::Panic(String::new()).status(), 500);
+        let teapot = PluginError::Status {
+            status: 418,
+            message: "short and stout".into(),
+        };
+        assert_eq!(teapot.status(), 418);
+        assert_eq!(teapot.to_string(), "short and stout");
+        // A status outside 4xx/5xx is not an error status; the host answers 500.
+        let ok = PluginError::Status {
+            status: 200,
+            message: String::new(),
+        };
+        assert_eq!(ok.status(), 500);
+    }
+
+    #[test]
+    fn panic_payloads() {
+        let caught = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(
+            PluginError::from_panic(caught.as_ref()),
+            PluginError::Panic("boom 1".into())
+        );
+    }
+}

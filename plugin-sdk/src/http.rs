@@ -1,0 +1,276 @@
+//! The plain request and response types a plugin sees.
+//!
+//! They are owned Rust values with no HTTP library behind them: the host fills them from its HTTP
+//! server, and bodies are bytes that are never re-encoded on the way.
+
+use crate::{PluginError, PluginResult};
+
+/// Headers in order, names in lower case. Lookups ignore case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub fn new() -> Headers {
+        Headers(Vec::new())
+    }
+
+    /// The first value of `name`.
+    ///
+    /// ```
+    /// # use backworks_plugin_sdk::Headers;
+    /// let mut h = Headers::new();
+    /// h.insert("X-Request-Id", "42");
+    /// assert_eq!(h.get("x-request-id"), Some("42"));
+    /// ```
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets `name` to `value`, replacing every earlier value of `name`.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into().to_ascii_lowercase();
+        self.0.retain(|(k, _)| *k != name);
+        self.0.push((name, value.into()));
+    }
+
+    /// Adds a value of `name`, keeping the earlier ones.
+    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        self.0.push((name.into().to_ascii_lowercase(), value.into()));
+    }
+
+    /// Removes every value of `name`; returns whether there was one.
+    pub fn remove(&mut self, name: &str) -> bool {
+        let before = self.0.len();
+        self.0.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        self.0.len() != before
+    }
+
+    /// Every header in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// Number of header lines.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromIterator<(String, String)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+        Headers(
+            iter.into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .collect(),
+        )
+    }
+}
+
+/// An HTTP request routed to a plugin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Method, upper case (`GET`).
+    pub method: String,
+    /// Path without the query string.
+    pub path: String,
+    /// Values of the endpoint's `{param}` segments, by name.
+    pub params: Vec<(String, String)>,
+    /// Decoded query parameters in order.
+    pub query: Vec<(String, String)>,
+    /// Request headers.
+    pub headers: Headers,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    /// A request with this method and path and nothing else.
+    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Request {
+        Request {
+            method: method.into(),
+            path: path.into(),
+            ..Request::default()
+        }
+    }
+
+    /// The value of the `{name}` path segment.
+    ///
+    /// ```
+    /// # use backworks_plugin_sdk::Request;
+    /// let mut req = Request::new("GET", "/hello/ana");
+    /// req.params.push(("name".into(), "ana".into()));
+    /// assert_eq!(req.param("name"), Some("ana"));
+    /// ```
+    pub fn param(&self, name: &str) -> Option<&str> {
+        lookup(&self.params, name)
+    }
+
+    /// The first value of query parameter `name`.
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        lookup(&self.query, name)
+    }
+
+    /// The first value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)
+    }
+
+    /// The body parsed as JSON; a parse error is a [`PluginError::BadRequest`].
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> PluginResult<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| PluginError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+}
+
+fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// An HTTP response from a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Headers,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl Default for Response {
+    fn default() -> Self {
+        Response::new(200)
+    }
+}
+
+impl Response {
+    /// An empty response with this status.
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            headers: Headers::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A 200 response with a JSON body and `content-type: application/json`.
+    ///
+    /// ```
+    /// # use backworks_plugin_sdk::Response;
+    /// let res = Response::json(&serde_json::json!({"message": "hi"}));
+    /// assert_eq!(res.status, 200);
+    /// assert_eq!(res.body, br#"{"message":"hi"}"#);
+    /// assert_eq!(res.headers.get("content-type"), Some("application/json"));
+    /// ```
+    pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Response {
+        match serde_json::to_vec(value) {
+            Ok(body) => Response::new(200)
+                .with_header("content-type", "application/json")
+                .with_body(body),
+            Err(e) => Response::new(500).with_body(format!("cannot encode JSON: {e}")),
+        }
+    }
+
+    /// A 200 response with a text body and `content-type: text/plain; charset=utf-8`.
+    pub fn text(body: impl Into<String>) -> Response {
+        Response::new(200)
+            .with_header("content-type", "text/plain; charset=utf-8")
+            .with_body(body.into())
+    }
+
+    /// This response with another status.
+    pub fn with_status(mut self, status: u16) -> Response {
+        self.status = status;
+        self
+    }
+
+    /// This response with header `name` set to `value`.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// This response with this body.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = body.into();
+        self
+    }
+}
+
+/// What a `before_request` hook decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookAction {
+    /// Go on with the request as it was.
+    Continue,
+    /// Go on with this request instead (e.g. with a header added).
+    ContinueWith(Request),
+    /// Answer now with this response; later hooks and the endpoint do not run.
+    Respond(Response),
+}
+
+/// A plugin's own view of its health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Working.
+    Healthy,
+    /// Working with reduced service, and why.
+    Degraded(String),
+    /// Not working, and why.
+    Unhealthy(String),
+}
+
+impl Health {
+    /// `"healthy"`, `"degraded"` or `"unhealthy"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Healthy => "healthy",
+            Health::Degraded(_) => "degraded",
+            Health::Unhealthy(_) => "unhealthy",
+        }
+    }
+
+    /// The reason given, empty when healthy.
+    pub fn message(&self) -> &str {
+        match self {
+            Health::Healthy => "",
+            Health::Degraded(m) | Health::Unhealthy(m) => m,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_case_insensitive_and_insert_replaces() {
+        let mut h = Headers::new();
+        h.append("Accept", "a");
+        h.append("accept", "b");
+        assert_eq!(h.len(), 2);
+        h.insert("ACCEPT", "c");
+        assert_eq!(h.iter().collect::<Vec<_>>(), vec![("accept", "c")]);
+        assert!(h.remove("Accept"));
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn json_body_errors_are_bad_requests() {
+        let mut req = Request::new("POST", "/x");
+        req.body = b"{not json".to_vec();
+        let err = req.json::<serde_json::Value>().unwrap_err();
+        assert_eq!(err.status(), 400);
+    }
+}

@@ -1,0 +1,206 @@
+//! Plugin log lines reach the host's log.
+//!
+//! A cdylib has its own copies of the `tracing` and `log` globals, so the host's subscriber never
+//! sees a plugin's events. The first instance the host creates installs, in the library, a `tracing`
+//! subscriber, a `log` logger and a panic hook that forward every line through the host-services
+//! vtable, where the host tags it with the plugin's name.
+//!
+//! Which instance a line belongs to: while the SDK polls a call of an instance it marks that instance
+//! current on the thread ([`WithHost`]); lines from elsewhere (a task the plugin spawned, a thread of
+//! its own) go to the most recently created live instance of the library.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Once, Weak};
+use std::task::{Context, Poll};
+
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::abi::{BW_LOG_DEBUG, BW_LOG_ERROR, BW_LOG_INFO, BW_LOG_TRACE, BW_LOG_WARN};
+use crate::export::HostLink;
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<HostLink>>> = const { RefCell::new(None) };
+}
+
+/// Live instances of this library, newest last: where lines without a current instance go.
+static INSTANCES: Mutex<Vec<Weak<HostLink>>> = Mutex::new(Vec::new());
+static INSTALL: Once = Once::new();
+
+/// Registers an instance's link and, the first time, installs the forwarding subscriber, logger and
+/// panic hook in this library.
+pub(crate) fn install(link: &Arc<HostLink>) {
+    if let Ok(mut instances) = INSTANCES.lock() {
+        instances.retain(|w| w.strong_count() > 0);
+        instances.push(Arc::downgrade(link));
+    }
+    let max_level = link.max_level();
+    INSTALL.call_once(|| {
+        let filter = match max_level {
+            0 => tracing_subscriber::filter::LevelFilter::OFF,
+            BW_LOG_ERROR => tracing_subscriber::filter::LevelFilter::ERROR,
+            BW_LOG_WARN => tracing_subscriber::filter::LevelFilter::WARN,
+            BW_LOG_INFO => tracing_subscriber::filter::LevelFilter::INFO,
+            BW_LOG_DEBUG => tracing_subscriber::filter::LevelFilter::DEBUG,
+            _ => tracing_subscriber::filter::LevelFilter::TRACE,
+        };
+        let subscriber = tracing_subscriber::registry().with(HostLayer).with(filter);
+        // Another subscriber may already be set if the plugin set one itself: then that one wins.
+        let _ = tracing::subscriber::set_global_default(subscriber);
+        if log::set_logger(&HostLogger).is_ok() {
+            log::set_max_level(match max_level {
+                0 => log::LevelFilter::Off,
+                BW_LOG_ERROR => log::LevelFilter::Error,
+                BW_LOG_WARN => log::LevelFilter::Warn,
+                BW_LOG_INFO => log::LevelFilter::Info,
+                BW_LOG_DEBUG => log::LevelFilter::Debug,
+                _ => log::LevelFilter::Trace,
+            });
+        }
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            let message = crate::PluginError::from_panic(info.payload());
+            emit(BW_LOG_ERROR, "panic", &format!("{message}{location}"));
+        }));
+    });
+}
+
+/// Forgets an instance that is being freed.
+pub(crate) fn uninstall(link: &Arc<HostLink>) {
+    if let Ok(mut instances) = INSTANCES.lock() {
+        instances.retain(|w| w.strong_count() > 0 && !std::ptr::eq(w.as_ptr(), Arc::as_ptr(link)));
+    }
+}
+
+/// Sends one line to the current instance's host, or to the newest live instance.
+fn emit(level: u32, target: &str, message: &str) {
+    let sent = CURRENT.with(|current| match current.try_borrow() {
+        Ok(current) => match current.as_ref() {
+            Some(link) => {
+                link.log(level, target, message);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    });
+    if !sent {
+        let newest = INSTANCES
+            .lock()
+            .ok()
+            .and_then(|instances| instances.iter().rev().find_map(Weak::upgrade));
+        if let Some(link) = newest {
+            link.log(level, target, message);
+        }
+    }
+}
+
+/// A future that marks its instance current on the thread while it is polled.
+pub(crate) struct WithHost<F> {
+    link: Option<Arc<HostLink>>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F> WithHost<F> {
+    pub(crate) fn new(link: Arc<HostLink>, inner: F) -> Self {
+        WithHost {
+            link: Some(link),
+            inner: Box::pin(inner),
+        }
+    }
+}
+
+impl<F: Future> Future for WithHost<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let previous = CURRENT.with(|c| c.replace(this.link.take()));
+        let result = this.inner.as_mut().poll(cx);
+        this.link = CURRENT.with(|c| c.replace(previous));
+        result
+    }
+}
+
+struct HostLayer;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HostLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let level = match *event.metadata().level() {
+            tracing::Level::ERROR => BW_LOG_ERROR,
+            tracing::Level::WARN => BW_LOG_WARN,
+            tracing::Level::INFO => BW_LOG_INFO,
+            tracing::Level::DEBUG => BW_LOG_DEBUG,
+            tracing::Level::TRACE => BW_LOG_TRACE,
+        };
+        let mut line = Line(String::new());
+        event.record(&mut line);
+        emit(level, event.metadata().target(), &line.0);
+    }
+}
+
+/// Formats an event as `message key=value ...`.
+struct Line(String);
+
+impl Visit for Line {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.push_message(format_args!("{value}"));
+        } else {
+            self.push_field(field.name(), format_args!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.push_message(format_args!("{value:?}"));
+        } else {
+            self.push_field(field.name(), format_args!("{value:?}"));
+        }
+    }
+}
+
+impl Line {
+    fn push_message(&mut self, message: std::fmt::Arguments<'_>) {
+        let fields = std::mem::take(&mut self.0);
+        let _ = write!(self.0, "{message}");
+        if !fields.is_empty() {
+            self.0.push(' ');
+            self.0.push_str(&fields);
+        }
+    }
+
+    fn push_field(&mut self, name: &str, value: std::fmt::Arguments<'_>) {
+        if !self.0.is_empty() {
+            self.0.push(' ');
+        }
+        let _ = write!(self.0, "{name}={value}");
+    }
+}
+
+struct HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = match record.level() {
+            log::Level::Error => BW_LOG_ERROR,
+            log::Level::Warn => BW_LOG_WARN,
+            log::Level::Info => BW_LOG_INFO,
+            log::Level::Debug => BW_LOG_DEBUG,
+            log::Level::Trace => BW_LOG_TRACE,
+        };
+        emit(level, record.target(), &record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}

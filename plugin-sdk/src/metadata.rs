@@ -1,0 +1,338 @@
+//! Plugin metadata that the host reads from the library file without running it.
+//!
+//! [`export_plugin!`](crate::export_plugin) writes the metadata into a section of its own
+//! ([`METADATA_SECTION`](crate::abi::METADATA_SECTION) on ELF). The format is text, so a C plugin can
+//! write it with string literals (see `BW_PLUGIN_METADATA` in the C header):
+//!
+//! ```text
+//! BWMETA1 \0 key=value \0 key=value \0 ... \0 \0
+//! ```
+//!
+//! (without the spaces). It starts with [`MAGIC`], then `key=value` entries each ended by a NUL byte,
+//! then an empty entry. Keys a reader does not know are ignored, so new keys can be added. Version 1
+//! keys: `abi` (`MAJOR.MINOR`), `sdk` (the SDK's semver), `name`, `version` (semver), `description`,
+//! `panic` (`unwind` or `abort`).
+//!
+//! [`parse`] reads untrusted bytes: it is bounded ([`MAX_LEN`], [`MAX_VALUE_LEN`]), never panics,
+//! and has a fuzz-style property test.
+
+use std::fmt;
+
+/// The first bytes of the metadata, with its format version.
+pub const MAGIC: &[u8] = b"BWMETA1\0";
+/// Longest metadata accepted, in bytes.
+pub const MAX_LEN: usize = 16 * 1024;
+/// Longest value accepted, in bytes.
+pub const MAX_VALUE_LEN: usize = 4 * 1024;
+
+/// A plugin's metadata, as read from its library file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginMetadata {
+    /// ABI major version the plugin was built for.
+    pub abi_major: u16,
+    /// ABI minor version the plugin was built for.
+    pub abi_minor: u16,
+    /// Version of `backworks-plugin-sdk` the plugin was built with.
+    pub sdk_version: String,
+    /// The plugin's name.
+    pub name: String,
+    /// The plugin's own version.
+    pub version: String,
+    /// One line about the plugin (may be empty).
+    pub description: String,
+    /// Whether the plugin was built with `panic = "unwind"` (a `panic = "abort"` plugin would take the
+    /// whole process down on a panic, so the host refuses to load it in process).
+    pub panic_unwind: bool,
+}
+
+/// Why metadata bytes could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// The bytes do not start with [`MAGIC`].
+    BadMagic,
+    /// The bytes end before the closing empty entry.
+    Truncated,
+    /// More than [`MAX_LEN`] bytes, or a value longer than [`MAX_VALUE_LEN`].
+    TooLong,
+    /// An entry without `=`, or not UTF-8.
+    BadEntry(String),
+    /// A required key is absent.
+    Missing(&'static str),
+    /// A value does not have the expected form.
+    BadValue {
+        /// The key.
+        key: &'static str,
+        /// The value found.
+        value: String,
+    },
+}
+
+impl fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetadataError::BadMagic => write!(f, "metadata does not start with \"BWMETA1\""),
+            MetadataError::Truncated => write!(f, "metadata is truncated"),
+            MetadataError::TooLong => write!(f, "metadata is longer than allowed"),
+            MetadataError::BadEntry(e) => write!(f, "malformed metadata entry {e:?}"),
+            MetadataError::Missing(k) => write!(f, "metadata has no `{k}`"),
+            MetadataError::BadValue { key, value } => {
+                write!(f, "metadata `{key}` has an invalid value {value:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for MetadataError {}
+
+/// Reads metadata bytes (the content of the metadata section, possibly followed by padding).
+pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
+    let rest = bytes.strip_prefix(MAGIC).ok_or(MetadataError::BadMagic)?;
+    let (mut abi, mut sdk, mut name, mut version, mut description, mut panic) =
+        (None, None, None, None, None, None);
+    let mut pos = 0;
+    loop {
+        if MAGIC.len() + pos > MAX_LEN {
+            return Err(MetadataError::TooLong);
+        }
+        let end = rest[pos..]
+            .iter()
+            .position(|&b| b == 0)
+            .ok_or(MetadataError::Truncated)?;
+        let entry = &rest[pos..pos + end];
+        pos += end + 1;
+        if entry.is_empty() {
+            break;
+        }
+        let entry = std::str::from_utf8(entry)
+            .map_err(|_| MetadataError::BadEntry(String::from_utf8_lossy(entry).into_owned()))?;
+        let (key, value) = entry
+            .split_once('=')
+            .ok_or_else(|| MetadataError::BadEntry(entry.to_owned()))?;
+        if value.len() > MAX_VALUE_LEN {
+            return Err(MetadataError::TooLong);
+        }
+        let slot = match key {
+            "abi" => &mut abi,
+            "sdk" => &mut sdk,
+            "name" => &mut name,
+            "version" => &mut version,
+            "description" => &mut description,
+            "panic" => &mut panic,
+            _ => continue,
+        };
+        *slot = Some(value.to_owned());
+    }
+    let abi = abi.ok_or(MetadataError::Missing("abi"))?;
+    let (abi_major, abi_minor) = abi
+        .split_once('.')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or(MetadataError::BadValue {
+            key: "abi",
+            value: abi.clone(),
+        })?;
+    let name = name.ok_or(MetadataError::Missing("name"))?;
+    if name.is_empty() {
+        return Err(MetadataError::BadValue {
+            key: "name",
+            value: name,
+        });
+    }
+    let panic_unwind = match panic.as_deref() {
+        None | Some("unwind") => true,
+        Some("abort") => false,
+        Some(other) => {
+            return Err(MetadataError::BadValue {
+                key: "panic",
+                value: other.to_owned(),
+            });
+        }
+    };
+    Ok(PluginMetadata {
+        abi_major,
+        abi_minor,
+        sdk_version: sdk.ok_or(MetadataError::Missing("sdk"))?,
+        name,
+        version: version.ok_or(MetadataError::Missing("version"))?,
+        description: description.unwrap_or_default(),
+        panic_unwind,
+    })
+}
+
+/// The entries [`encode`] writes, in order, as `(key, value)`; `value` is `None` for the ABI, which
+/// is written from [`ABI_MAJOR`](crate::abi::ABI_MAJOR) and [`ABI_MINOR`](crate::abi::ABI_MINOR).
+const fn entries<'a>(
+    name: &'a str,
+    version: &'a str,
+    description: &'a str,
+    panic_unwind: bool,
+) -> [(&'static str, &'a str); 5] {
+    [
+        ("sdk=", crate::SDK_VERSION),
+        ("name=", name),
+        ("version=", version),
+        ("description=", description),
+        ("panic=", if panic_unwind { "unwind" } else { "abort" }),
+    ]
+}
+
+const fn digits(mut n: u16) -> usize {
+    let mut count = 1;
+    while n >= 10 {
+        n /= 10;
+        count += 1;
+    }
+    count
+}
+
+/// Length of the metadata [`encode`] writes. Used by `export_plugin!` at compile time.
+pub const fn encoded_len(name: &str, version: &str, description: &str, panic_unwind: bool) -> usize {
+    let abi = crate::abi::ABI_MAJOR;
+    let minor = crate::abi::ABI_MINOR;
+    let mut len = MAGIC.len() + "abi=".len() + digits(abi) + 1 + digits(minor) + 1;
+    let entries = entries(name, version, description, panic_unwind);
+    let mut i = 0;
+    while i < entries.len() {
+        len += entries[i].0.len() + entries[i].1.len() + 1;
+        i += 1;
+    }
+    len + 1
+}
+
+const fn put(out: &mut [u8], mut at: usize, bytes: &[u8]) -> usize {
+    let mut i = 0;
+    while i < bytes.len() {
+        assert!(bytes[i] != 0, "plugin metadata values must not contain NUL bytes");
+        out[at] = bytes[i];
+        at += 1;
+        i += 1;
+    }
+    at
+}
+
+const fn put_number(out: &mut [u8], at: usize, n: u16) -> usize {
+    let width = digits(n);
+    let mut i = 0;
+    let mut rest = n;
+    while i < width {
+        out[at + width - 1 - i] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        i += 1;
+    }
+    at + width
+}
+
+/// Writes the metadata of a plugin. `N` must be [`encoded_len`] of the same arguments; a NUL byte in
+/// a value is a compile-time error when this runs in a `static` initializer.
+pub const fn encode<const N: usize>(
+    name: &str,
+    version: &str,
+    description: &str,
+    panic_unwind: bool,
+) -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut at = 0;
+    let mut i = 0;
+    while i < MAGIC.len() {
+        out[at] = MAGIC[i];
+        at += 1;
+        i += 1;
+    }
+    at = put(&mut out, at, b"abi=");
+    at = put_number(&mut out, at, crate::abi::ABI_MAJOR);
+    at = put(&mut out, at, b".");
+    at = put_number(&mut out, at, crate::abi::ABI_MINOR);
+    at += 1;
+    let entries = entries(name, version, description, panic_unwind);
+    let mut e = 0;
+    while e < entries.len() {
+        at = put(&mut out, at, entries[e].0.as_bytes());
+        at = put(&mut out, at, entries[e].1.as_bytes());
+        at += 1;
+        e += 1;
+    }
+    assert!(at + 1 == N, "metadata length does not match encoded_len");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEN: usize = encoded_len("hello", "1.2.3", "says hello", true);
+    static META: [u8; LEN] = encode("hello", "1.2.3", "says hello", true);
+
+    #[test]
+    fn round_trip() {
+        let meta = parse(&META).unwrap();
+        assert_eq!(meta.name, "hello");
+        assert_eq!(meta.version, "1.2.3");
+        assert_eq!(meta.description, "says hello");
+        assert_eq!(meta.sdk_version, crate::SDK_VERSION);
+        assert_eq!(
+            (meta.abi_major, meta.abi_minor),
+            (crate::abi::ABI_MAJOR, crate::abi::ABI_MINOR)
+        );
+        assert!(meta.panic_unwind);
+    }
+
+    #[test]
+    fn padding_after_the_end_is_ignored() {
+        let mut padded = META.to_vec();
+        padded.extend_from_slice(&[0; 13]);
+        assert_eq!(parse(&padded).unwrap().name, "hello");
+    }
+
+    #[test]
+    fn c_style_literal_parses_and_unknown_keys_are_skipped() {
+        let raw = b"BWMETA1\0abi=1.0\0sdk=0.1.0\0future=yes\0name=c\0version=0.0.1\0\0";
+        let meta = parse(raw).unwrap();
+        assert_eq!(meta.name, "c");
+        assert_eq!(meta.description, "");
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        assert_eq!(parse(b"ELF"), Err(MetadataError::BadMagic));
+        assert_eq!(parse(b"BWMETA1\0abi=1.0\0"), Err(MetadataError::Truncated));
+        assert_eq!(
+            parse(b"BWMETA1\0abi=x\0name=a\0\0"),
+            Err(MetadataError::BadValue {
+                key: "abi",
+                value: "x".into()
+            })
+        );
+        assert_eq!(
+            parse(b"BWMETA1\0abi=1.0\0sdk=1.0.0\0version=1.0.0\0\0"),
+            Err(MetadataError::Missing("name"))
+        );
+        assert!(matches!(
+            parse(b"BWMETA1\0novalue\0\0"),
+            Err(MetadataError::BadEntry(_))
+        ));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic fuzz: every prefix and many mutations of a valid encoding.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        for cut in 0..=META.len() {
+            let _ = parse(&META[..cut]);
+        }
+        for _ in 0..20_000 {
+            let mut bytes = META.to_vec();
+            for _ in 0..4 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let at = (state as usize) % bytes.len();
+                bytes[at] = (state >> 32) as u8;
+            }
+            let _ = parse(&bytes);
+        }
+        let long = [b'a'; MAX_LEN * 2];
+        let mut big = MAGIC.to_vec();
+        big.extend_from_slice(&long);
+        assert_eq!(parse(&big), Err(MetadataError::Truncated));
+    }
+}

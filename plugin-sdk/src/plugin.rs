@@ -1,0 +1,72 @@
+//! The trait a plugin implements.
+
+use crate::{Health, HookAction, PluginResult, Request, Response};
+
+/// A Backworks plugin: implement this, then [`export_plugin!`](crate::export_plugin) it.
+///
+/// Every method has a default, so a plugin implements only what it serves. Methods take `&self` and
+/// may run concurrently on many threads: keep state behind a `Mutex`, an atomic, or a concurrent map.
+/// Plugin code may await tokio timers, sockets and clients; in a dynamic library it runs on a tokio
+/// runtime of the plugin's own, never on the host's.
+///
+/// The name, version and description are not methods: [`export_plugin!`](crate::export_plugin)
+/// writes them into the library file (from `Cargo.toml` by default) so the host can read them
+/// without running any of the plugin's code.
+///
+/// ```
+/// use backworks_plugin_sdk::prelude::*;
+///
+/// #[derive(Default)]
+/// struct Hello;
+///
+/// #[async_trait]
+/// impl BackworksPlugin for Hello {
+///     async fn handle(&self, request: Request) -> PluginResult<Response> {
+///         let name = request.param("name").unwrap_or("world");
+///         Ok(Response::json(&json!({ "message": format!("Hello, {name}!") })))
+///     }
+/// }
+///
+/// export_plugin!(Hello);
+/// ```
+#[async_trait::async_trait]
+pub trait BackworksPlugin: Send + Sync + 'static {
+    /// Called once, before any other call, with the plugin's `config` from `backworks.yaml` (`null`
+    /// when there is none). An error here keeps the plugin from serving.
+    async fn initialize(&self, config: serde_json::Value) -> PluginResult<()> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Serves a request to one of the endpoints the config routes to this plugin.
+    async fn handle(&self, request: Request) -> PluginResult<Response> {
+        Err(crate::PluginError::NotFound(format!(
+            "this plugin serves no endpoint ({} {})",
+            request.method, request.path
+        )))
+    }
+
+    /// Runs before the endpoint when the plugin is in an endpoint's hook chain: go on, go on with a
+    /// changed request, or answer early (for example 401).
+    async fn before_request(&self, request: &Request) -> PluginResult<HookAction> {
+        let _ = request;
+        Ok(HookAction::Continue)
+    }
+
+    /// Runs after the endpoint (and after later hooks) when the plugin is in an endpoint's hook
+    /// chain; returns the response to send, changed or not.
+    async fn after_response(&self, request: &Request, response: Response) -> PluginResult<Response> {
+        let _ = request;
+        Ok(response)
+    }
+
+    /// Reports the plugin's health.
+    async fn health_check(&self) -> Health {
+        Health::Healthy
+    }
+
+    /// Called once when the host stops; release what the plugin holds.
+    async fn shutdown(&self) -> PluginResult<()> {
+        Ok(())
+    }
+}
