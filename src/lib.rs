@@ -1,0 +1,3 @@
+//! The Backworks server: configuration, HTTP serving and plugin management commands.
+
+pub mod config;
