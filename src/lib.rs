@@ -1,3 +1,11 @@
-//! The Backworks server: configuration, HTTP serving and plugin management commands.
+//! The Backworks server: configuration, HTTP serving, built-in plugins and the command line.
+//!
+//! - [`config`] reads and checks `backworks.yaml`.
+//! - [`server`] starts the configured plugins and serves their endpoints.
+//! - [`builtins`] are the plugins compiled into the binary.
+//! - [`cli`] implements the `backworks` commands.
 
+pub mod builtins;
+pub mod cli;
 pub mod config;
+pub mod server;

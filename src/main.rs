@@ -1,1 +1,24 @@
-fn main(){}
+//! `backworks`: serve `backworks.yaml` through plugins, and manage plugins.
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use backworks::cli::{Cli, LogFormat, run};
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -1,1 +1,45 @@
+//! # Backworks plugin host
+//!
+//! Load, check and run Backworks plugins from your own Rust service — the same library the
+//! `backworks` server uses.
+//!
+//! - [`discovery`] lists plugin files in folders without opening them.
+//! - [`inspect`] reads a file's metadata and judges its compatibility without running its code.
+//! - [`loader`] opens a checked library and creates plugin instances ([`DynamicPlugin`]).
+//! - [`Plugin`] is one async trait over built-in and library plugins; [`BuiltinPlugin`] wraps a
+//!   [`BackworksPlugin`](backworks_plugin_sdk::BackworksPlugin) compiled into your binary.
+//! - [`PluginHost`] keeps every plugin's lifecycle state; [`HookChain`] runs hooks around a call.
+//!
+//! ```no_run
+//! use backworks_plugin_host::{PluginHost, PluginSource, PluginSpec};
+//! use backworks_plugin_sdk::Request;
+//!
+//! # async fn run() -> Result<(), backworks_plugin_host::HostError> {
+//! let host = PluginHost::new();
+//! let hello = host
+//!     .start(&PluginSpec {
+//!         name: "hello".into(),
+//!         source: PluginSource::Library("plugins/libhello.so".into()),
+//!         config: serde_json::json!({ "greeting": "Hi" }),
+//!     })
+//!     .await?;
+//! let mut request = Request::new("GET", "/hello/ana");
+//! request.params.push(("name".into(), "ana".into()));
+//! let response = hello.handle(request).await;
+//! host.shutdown().await;
+//! # Ok(()) }
+//! ```
 
+pub mod discovery;
+mod error;
+pub mod hooks;
+pub mod inspect;
+pub mod loader;
+mod plugin;
+mod registry;
+
+pub use error::HostError;
+pub use hooks::{Hook, HookChain};
+pub use loader::{DynamicPlugin, LoadedLibrary};
+pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind};
+pub use registry::{PluginHost, PluginSource, PluginSpec, PluginState, PluginStatus};

@@ -1,0 +1,159 @@
+//! The one error type of the host library.
+
+use std::path::PathBuf;
+
+use backworks_plugin_sdk::PluginError;
+use backworks_plugin_sdk::metadata::MetadataError;
+
+/// Why a plugin could not be discovered, inspected, loaded or started. Every variant names the file
+/// or the plugin, and what was expected and found where that applies.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// A file or folder could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file or folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not a shared library of a format the host reads (random bytes, truncated file).
+    #[error("{}: not a shared library: {reason}", path.display())]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// What the object-file reader said.
+        reason: String,
+    },
+    /// The library has no Backworks metadata section: it is not a Backworks plugin.
+    #[error(
+        "{}: not a Backworks plugin: no `{section}` metadata section (was it built with export_plugin!?)",
+        path.display()
+    )]
+    NoMetadata {
+        /// The file.
+        path: PathBuf,
+        /// The section looked for.
+        section: &'static str,
+    },
+    /// The metadata section could not be read.
+    #[error("{}: invalid plugin metadata: {source}", path.display())]
+    BadMetadata {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        source: MetadataError,
+    },
+    /// The plugin was built for another ABI major version.
+    #[error("{}: plugin ABI {found_major}.{found_minor} is incompatible: this host loads ABI {expected_major}.x", path.display())]
+    AbiMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The host's ABI major.
+        expected_major: u16,
+        /// The plugin's ABI major.
+        found_major: u16,
+        /// The plugin's ABI minor.
+        found_minor: u16,
+    },
+    /// The plugin was built with an SDK this host cannot load.
+    #[error("{}: plugin built with backworks-plugin-sdk {found}; this host loads plugins built with SDK {expected}", path.display())]
+    SdkMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The versions the host accepts, as a semver requirement.
+        expected: String,
+        /// The plugin's SDK version.
+        found: String,
+    },
+    /// The plugin was built with `panic = "abort"`: a panic in it would end the host process.
+    #[error(
+        "{}: plugin built with panic = \"abort\"; a panic would abort the host, so it is not loaded in process (build it with panic = \"unwind\")",
+        path.display()
+    )]
+    PanicAbort {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The dynamic loader refused the library.
+    #[error("{}: cannot load library: {source}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The loader's error.
+        source: libloading::Error,
+    },
+    /// The library does not export the plugin entry symbol.
+    #[error("{}: library has metadata but does not export `{symbol}`", path.display())]
+    MissingSymbol {
+        /// The file.
+        path: PathBuf,
+        /// The symbol looked for.
+        symbol: &'static str,
+    },
+    /// The exported vtable does not start with the Backworks magic.
+    #[error("{}: wrong magic in `backworks_plugin`: expected {expected:#018x}, found {found:#018x}", path.display())]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// The magic expected.
+        expected: u64,
+        /// The magic found.
+        found: u64,
+    },
+    /// The exported vtable is smaller than the version it claims needs.
+    #[error("{}: plugin vtable is {found} bytes, ABI {major}.{minor} needs at least {expected}", path.display())]
+    VtableTooSmall {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's ABI major.
+        major: u16,
+        /// The plugin's ABI minor.
+        minor: u16,
+        /// The smallest size accepted.
+        expected: usize,
+        /// The size found.
+        found: usize,
+    },
+    /// A function the host needs is null in the vtable.
+    #[error("{}: plugin vtable has no `{function}` function", path.display())]
+    MissingFunction {
+        /// The file.
+        path: PathBuf,
+        /// The function.
+        function: &'static str,
+    },
+    /// The vtable's metadata differs from the file's metadata section.
+    #[error("{}: metadata in the vtable ({vtable}) differs from the metadata section ({section})", path.display())]
+    MetadataMismatch {
+        /// The file.
+        path: PathBuf,
+        /// Name and version from the section.
+        section: String,
+        /// Name and version from the vtable.
+        vtable: String,
+    },
+    /// The plugin failed to create its instance or to initialize.
+    #[error("plugin `{plugin}` failed to start: {source}")]
+    Start {
+        /// The plugin's name.
+        plugin: String,
+        /// The plugin's error.
+        source: PluginError,
+    },
+    /// Two plugins were given the same name.
+    #[error("two plugins are named `{name}`")]
+    DuplicateName {
+        /// The name.
+        name: String,
+    },
+    /// A built-in plugin that this host does not have.
+    #[error("no built-in plugin named `{name}` (built-ins: {available})")]
+    UnknownBuiltin {
+        /// The name asked for.
+        name: String,
+        /// The built-ins registered, comma-separated.
+        available: String,
+    },
+}

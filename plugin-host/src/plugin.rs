@@ -1,0 +1,162 @@
+//! One async `Plugin` trait over every kind of plugin, so the server never knows which kind it calls.
+
+use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use backworks_plugin_sdk::{
+    BackworksPlugin, Health, HookAction, PluginError, PluginMetadata, Request, Response,
+};
+use futures_util::FutureExt;
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Compiled into the host binary and registered by name.
+    Builtin,
+    /// A dynamic library loaded from this file.
+    Library(PathBuf),
+}
+
+impl PluginKind {
+    /// `"builtin"` or `"library"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            PluginKind::Builtin => "builtin",
+            PluginKind::Library(_) => "library",
+        }
+    }
+}
+
+/// Who a plugin is.
+#[derive(Debug, Clone)]
+pub struct PluginInfo {
+    /// The name the operator gave it; used in logs, errors and metrics.
+    pub name: String,
+    /// Where its code comes from.
+    pub kind: PluginKind,
+    /// What the plugin says of itself.
+    pub metadata: PluginMetadata,
+}
+
+/// A running plugin as the host sees it. Calls may run concurrently.
+///
+/// Errors are [`PluginError`]s; a panic inside the plugin arrives as [`PluginError::Panic`] and
+/// never unwinds into the caller.
+#[async_trait]
+pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
+    /// Who this plugin is.
+    fn info(&self) -> &PluginInfo;
+
+    /// Hands the plugin its config; called once, before any other call.
+    async fn initialize(&self, config: &serde_json::Value) -> Result<(), PluginError>;
+
+    /// Serves a request routed to the plugin.
+    async fn handle(&self, request: Request) -> Result<Response, PluginError>;
+
+    /// The plugin's `before_request` hook.
+    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError>;
+
+    /// The plugin's `after_response` hook.
+    async fn after_response(
+        &self,
+        request: &Request,
+        response: Response,
+    ) -> Result<Response, PluginError>;
+
+    /// The plugin's health.
+    async fn health_check(&self) -> Health;
+
+    /// Asks the plugin to release what it holds; no call follows.
+    async fn shutdown(&self) -> Result<(), PluginError>;
+}
+
+/// A [`BackworksPlugin`] compiled into the host, behind the [`Plugin`] trait. Panics in it are
+/// caught like those of a library plugin.
+pub struct BuiltinPlugin<P> {
+    info: PluginInfo,
+    plugin: P,
+}
+
+impl<P> std::fmt::Debug for BuiltinPlugin<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltinPlugin")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: BackworksPlugin> BuiltinPlugin<P> {
+    /// Wraps `plugin` under the instance name `name`, describing itself as `version`/`description`.
+    pub fn new(name: &str, version: &str, description: &str, plugin: P) -> Self {
+        BuiltinPlugin {
+            info: PluginInfo {
+                name: name.to_owned(),
+                kind: PluginKind::Builtin,
+                metadata: PluginMetadata {
+                    abi_major: backworks_plugin_sdk::abi::ABI_MAJOR,
+                    abi_minor: backworks_plugin_sdk::abi::ABI_MINOR,
+                    sdk_version: backworks_plugin_sdk::SDK_VERSION.to_owned(),
+                    name: name.to_owned(),
+                    version: version.to_owned(),
+                    description: description.to_owned(),
+                    panic_unwind: true,
+                },
+            },
+            plugin,
+        }
+    }
+
+    /// The wrapped plugin.
+    pub fn inner(&self) -> &P {
+        &self.plugin
+    }
+}
+
+async fn caught<T>(f: impl Future<Output = Result<T, PluginError>>) -> Result<T, PluginError> {
+    AssertUnwindSafe(f)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(PluginError::from_panic(p.as_ref())))
+}
+
+#[async_trait]
+impl<P: BackworksPlugin> Plugin for BuiltinPlugin<P> {
+    fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    async fn initialize(&self, config: &serde_json::Value) -> Result<(), PluginError> {
+        caught(self.plugin.initialize(config.clone())).await
+    }
+
+    async fn handle(&self, request: Request) -> Result<Response, PluginError> {
+        caught(self.plugin.handle(request)).await
+    }
+
+    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError> {
+        caught(self.plugin.before_request(request)).await
+    }
+
+    async fn after_response(
+        &self,
+        request: &Request,
+        response: Response,
+    ) -> Result<Response, PluginError> {
+        caught(self.plugin.after_response(request, response)).await
+    }
+
+    async fn health_check(&self) -> Health {
+        caught(async { Ok(self.plugin.health_check().await) })
+            .await
+            .unwrap_or_else(|e| Health::Unhealthy(e.to_string()))
+    }
+
+    async fn shutdown(&self) -> Result<(), PluginError> {
+        caught(self.plugin.shutdown()).await
+    }
+}
+
+/// Makes built-in plugins by name: what `type: builtin` in the config refers to.
+pub type BuiltinFactory = Arc<dyn Fn(&str) -> Arc<dyn Plugin> + Send + Sync>;

@@ -1,0 +1,121 @@
+//! The `backworks` command line.
+
+mod plugin;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use backworks_plugin_host::PluginHost;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// An HTTP API host whose behaviour comes from plugins.
+#[derive(Debug, Parser)]
+#[command(name = "backworks", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the endpoints of a config file through its plugins.
+    Serve {
+        /// The config file.
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+        /// Listen on this port instead of the config's.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Listen on this address instead of the config's.
+        #[arg(long)]
+        host: Option<IpAddr>,
+    },
+    /// Check a config file and the plugin files it names, without running any plugin.
+    Validate {
+        /// The config file.
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+    },
+    /// Manage plugins.
+    Plugin {
+        /// What to do with plugins.
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+/// The `plugin` commands.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List the configured plugins and the plugin files found in `plugin_dirs`, without loading any.
+    List {
+        /// The config file.
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a plugin file's metadata and whether this host can load it, without loading it.
+    Inspect {
+        /// The plugin library.
+        file: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Serve { config, port, host } => {
+            let mut config = crate::config::load(&config)?;
+            if let Some(port) = port {
+                config.server.port = port;
+            }
+            let ip: IpAddr = match host {
+                Some(ip) => ip,
+                None => config.server.host.parse().with_context(|| {
+                    format!(
+                        "{}: server.host `{}` is not an IP address",
+                        config.source.display(),
+                        config.server.host
+                    )
+                })?,
+            };
+            let addr = SocketAddr::new(ip, config.server.port);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the tokio runtime")?;
+            runtime.block_on(async {
+                let host = Arc::new(PluginHost::new());
+                crate::builtins::register(&host);
+                crate::server::serve(config, addr, host).await
+            })?;
+            Ok(0)
+        }
+        Command::Validate { config } => plugin::validate(&config),
+        Command::Plugin { command } => match command {
+            PluginCommand::List { config, json } => plugin::list(&config, json),
+            PluginCommand::Inspect { file, json } => plugin::inspect(&file, json),
+        },
+    }
+}

@@ -1,0 +1,122 @@
+//! Converting between axum's HTTP types and the SDK's plain request and response.
+
+use axum::body::Body;
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use backworks_plugin_host::hooks::error_response;
+use backworks_plugin_sdk::{Headers, PluginError, Request, Response};
+use bytes::Bytes;
+
+/// Builds the SDK request a plugin sees. Header names arrive lower case; header values that are not
+/// UTF-8 are passed on lossily.
+pub fn request_from_parts(
+    parts: &axum::http::request::Parts,
+    params: Vec<(String, String)>,
+    body: Bytes,
+) -> Request {
+    let query = parts
+        .uri
+        .query()
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let headers: Headers = parts
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    Request {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        params,
+        query,
+        headers,
+        // Free when the body buffer is not shared, which is the usual case.
+        body: Vec::from(body),
+    }
+}
+
+/// Turns a plugin's response into an HTTP response; a status or header that HTTP does not allow is
+/// the plugin's error (500, naming it), never a panic or a malformed answer.
+pub fn into_http(plugin: &str, response: Response) -> axum::response::Response {
+    match try_into_http(response) {
+        Ok(http) => http,
+        Err(message) => {
+            let error = PluginError::Internal(message);
+            match try_into_http(error_response(plugin, &error)) {
+                Ok(http) => http,
+                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response_body(),
+            }
+        }
+    }
+}
+
+fn try_into_http(response: Response) -> Result<axum::response::Response, String> {
+    let status = StatusCode::from_u16(response.status)
+        .map_err(|_| format!("plugin returned an invalid HTTP status {}", response.status))?;
+    let mut http = axum::response::Response::new(Body::from(response.body));
+    *http.status_mut() = status;
+    let headers = http.headers_mut();
+    for (name, value) in response.headers.iter() {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("plugin returned an invalid header name {name:?}"))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|_| format!("plugin returned an invalid value for header `{name}`"))?;
+        headers.append(name, value);
+    }
+    Ok(http)
+}
+
+trait IntoResponseBody {
+    fn into_response_body(self) -> axum::response::Response;
+}
+
+impl IntoResponseBody for StatusCode {
+    fn into_response_body(self) -> axum::response::Response {
+        let mut response = axum::response::Response::new(Body::empty());
+        *response.status_mut() = self;
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_plugin_output_becomes_a_500_naming_the_plugin() {
+        let bad = Response::new(200).with_header("x-bad", "line\nbreak");
+        let http = into_http("evil", bad);
+        assert_eq!(http.status(), 500);
+        let bad_status = Response::new(1000);
+        assert_eq!(into_http("evil", bad_status).status(), 500);
+        let good = Response::text("hi").with_status(201);
+        let http = into_http("good", good);
+        assert_eq!(http.status(), 201);
+        assert_eq!(http.headers()["content-type"], "text/plain; charset=utf-8");
+    }
+
+    #[test]
+    fn query_and_headers_are_decoded() {
+        let (parts, _) = axum::http::Request::builder()
+            .uri("/a/b?x=1&y=hello%20world&x=2")
+            .header("X-Thing", "v")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let req = request_from_parts(&parts, vec![("id".into(), "b".into())], Bytes::from_static(b"hi"));
+        assert_eq!(req.path, "/a/b");
+        assert_eq!(req.query_param("y"), Some("hello world"));
+        assert_eq!(req.query.len(), 3);
+        assert_eq!(req.header("x-thing"), Some("v"));
+        assert_eq!(req.param("id"), Some("b"));
+        assert_eq!(req.body, b"hi");
+    }
+}
