@@ -413,7 +413,7 @@ mod tests {
         assert_eq!(size_of::<BwResponse>(), 40);
         assert_eq!(offset_of!(BwResponse, headers), 8);
         assert_eq!(offset_of!(BwResponse, body), 24);
-        assert_eq!(size_of::<BwOutput>(), 192);
+        assert_eq!(size_of::<BwOutput>(), 184);
         assert_eq!(offset_of!(BwOutput, code), 4);
         assert_eq!(offset_of!(BwOutput, request), 8);
         assert_eq!(offset_of!(BwOutput, response), 104);

@@ -1,0 +1,292 @@
+//! An endpoint plugin: the smallest useful example of serving routes from a plugin.
+//!
+//! | Route               | Answer                                                                 |
+//! |---------------------|------------------------------------------------------------------------|
+//! | `GET /hello/{name}` | 200 `{"message":"Hello, <name>!"}`                                     |
+//! | `POST /echo`        | 200 with the request body unchanged and its `content-type`             |
+//! | anything else       | 404 ([`PluginError::NotFound`]); a known path with another method: 405 |
+//!
+//! Config (optional): `{"greeting": "Hi"}` replaces `Hello` in the message. The config is checked
+//! in `initialize`: a greeting that is not a string, or an unknown field, fails with
+//! [`PluginError::Config`].
+//!
+//! The host routes the endpoints of `backworks.yaml` to the plugin; the plugin sees the concrete
+//! path (`/hello/ana`) and the endpoint's path parameters (`name = ana`) and dispatches on them.
+
+use std::sync::RwLock;
+
+use backworks_plugin_sdk::prelude::*;
+use backworks_plugin_sdk::{serde_json, tracing};
+use serde::Deserialize;
+
+/// The greeting used when the config sets none.
+pub const DEFAULT_GREETING: &str = "Hello";
+
+/// What `echo` answers with when the request has no `content-type`.
+const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
+
+/// The plugin's configuration, from `backworks.yaml`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloConfig {
+    /// The word before the name; [`DEFAULT_GREETING`] when absent.
+    pub greeting: Option<String>,
+}
+
+/// Greets by name and echoes bodies. See the crate docs for the routes.
+#[derive(Debug)]
+pub struct Hello {
+    greeting: RwLock<String>,
+}
+
+impl Default for Hello {
+    fn default() -> Self {
+        Hello {
+            greeting: RwLock::new(DEFAULT_GREETING.to_owned()),
+        }
+    }
+}
+
+impl Hello {
+    fn greet(&self, request: &Request, segment: &str) -> PluginResult<Response> {
+        // The host passes the endpoint's `{name}` decoded; fall back to the raw path segment when
+        // the plugin is routed without parameters.
+        let name = request.param("name").unwrap_or(segment);
+        if name.is_empty() {
+            return Err(PluginError::NotFound(format!(
+                "no name in path {}",
+                request.path
+            )));
+        }
+        let greeting = self
+            .greeting
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(Response::json(&json!({
+            "message": format!("{greeting}, {name}!")
+        })))
+    }
+}
+
+/// Answers 200 with the request's body and `content-type`.
+fn echo(request: Request) -> Response {
+    let content_type = request
+        .header("content-type")
+        .unwrap_or(DEFAULT_CONTENT_TYPE)
+        .to_owned();
+    Response::new(200)
+        .with_header("content-type", content_type)
+        .with_body(request.body)
+}
+
+/// The error for a known path asked with a method it does not serve.
+fn method_not_allowed(request: &Request, allowed: &str) -> PluginError {
+    PluginError::Status {
+        status: 405,
+        message: format!(
+            "{} {} is not served; use {allowed}",
+            request.method, request.path
+        ),
+    }
+}
+
+#[async_trait]
+impl BackworksPlugin for Hello {
+    async fn initialize(&self, config: Value) -> PluginResult<()> {
+        let config: HelloConfig = if config.is_null() {
+            HelloConfig::default()
+        } else if config.is_object() {
+            serde_json::from_value(config)
+                .map_err(|e| PluginError::Config(format!("hello: {e}")))?
+        } else {
+            return Err(PluginError::Config(format!(
+                "hello: config must be an object, found {config}"
+            )));
+        };
+        let greeting = config
+            .greeting
+            .unwrap_or_else(|| DEFAULT_GREETING.to_owned());
+        tracing::info!("hello initialized with greeting {greeting:?}");
+        *self
+            .greeting
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = greeting;
+        Ok(())
+    }
+
+    async fn handle(&self, request: Request) -> PluginResult<Response> {
+        let segments: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+        match (request.method.as_str(), segments.as_slice()) {
+            ("GET", ["hello", name]) => self.greet(&request, name),
+            (_, ["hello", _]) => Err(method_not_allowed(&request, "GET")),
+            ("POST", ["echo"]) => Ok(echo(request)),
+            (_, ["echo"]) => Err(method_not_allowed(&request, "POST")),
+            _ => Err(PluginError::NotFound(format!(
+                "hello serves no {} {}",
+                request.method, request.path
+            ))),
+        }
+    }
+}
+
+backworks_plugin_sdk::export_plugin!(
+    Hello,
+    name = "hello",
+    version = env!("CARGO_PKG_VERSION"),
+    description = "GET /hello/{name} greets; POST /echo returns the body"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get_hello(name: &str) -> Request {
+        let mut request = Request::new("GET", format!("/hello/{name}"));
+        request.params.push(("name".into(), name.into()));
+        request
+    }
+
+    fn body_json(response: &Response) -> Value {
+        serde_json::from_slice(&response.body).expect("JSON body")
+    }
+
+    #[tokio::test]
+    async fn greets_by_path_param() {
+        let plugin = Hello::default();
+        plugin.initialize(Value::Null).await.unwrap();
+        let response = plugin.handle(get_hello("ana")).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(
+            response.headers.get("content-type"),
+            Some("application/json")
+        );
+        assert_eq!(response.body, br#"{"message":"Hello, ana!"}"#);
+    }
+
+    #[tokio::test]
+    async fn param_wins_over_raw_segment_and_segment_is_the_fallback() {
+        let plugin = Hello::default();
+        // The host decoded `%20` into the parameter; the raw path keeps it encoded.
+        let mut request = Request::new("GET", "/hello/ana%20b");
+        request.params.push(("name".into(), "ana b".into()));
+        let response = plugin.handle(request).await.unwrap();
+        assert_eq!(body_json(&response)["message"], "Hello, ana b!");
+
+        let response = plugin
+            .handle(Request::new("GET", "/hello/bo"))
+            .await
+            .unwrap();
+        assert_eq!(body_json(&response)["message"], "Hello, bo!");
+    }
+
+    #[tokio::test]
+    async fn names_are_json_escaped() {
+        let plugin = Hello::default();
+        let response = plugin.handle(get_hello(r#"a"b"#)).await.unwrap();
+        assert_eq!(body_json(&response)["message"], r#"Hello, a"b!"#);
+    }
+
+    #[tokio::test]
+    async fn config_changes_the_greeting() {
+        let plugin = Hello::default();
+        plugin
+            .initialize(json!({ "greeting": "Bonjour" }))
+            .await
+            .unwrap();
+        let response = plugin.handle(get_hello("ana")).await.unwrap();
+        assert_eq!(response.body, br#"{"message":"Bonjour, ana!"}"#);
+    }
+
+    #[tokio::test]
+    async fn empty_config_object_keeps_the_default() {
+        let plugin = Hello::default();
+        plugin.initialize(json!({})).await.unwrap();
+        let response = plugin.handle(get_hello("ana")).await.unwrap();
+        assert_eq!(body_json(&response)["message"], "Hello, ana!");
+    }
+
+    #[tokio::test]
+    async fn non_string_greeting_is_a_config_error() {
+        let plugin = Hello::default();
+        let err = plugin
+            .initialize(json!({ "greeting": 42 }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "config");
+        assert!(err.message().contains("invalid type"), "{err}");
+        // The failed config left the greeting alone.
+        let response = plugin.handle(get_hello("ana")).await.unwrap();
+        assert_eq!(body_json(&response)["message"], "Hello, ana!");
+    }
+
+    #[tokio::test]
+    async fn unknown_config_field_is_a_config_error() {
+        let plugin = Hello::default();
+        let err = plugin
+            .initialize(json!({ "greting": "Hi" }))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "config");
+        assert!(err.message().contains("unknown field `greting`"), "{err}");
+        for config in [json!("Hi"), json!(["Hi"])] {
+            let err = plugin.initialize(config).await.unwrap_err();
+            assert_eq!(err.kind(), "config");
+            assert!(err.message().contains("must be an object"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn echo_returns_body_and_content_type() {
+        let plugin = Hello::default();
+        let mut request = Request::new("POST", "/echo");
+        request.headers.insert("Content-Type", "text/csv");
+        request.body = b"a,b\n1,2\n\xff".to_vec();
+        let response = plugin.handle(request).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.headers.get("content-type"), Some("text/csv"));
+        assert_eq!(response.body, b"a,b\n1,2\n\xff");
+    }
+
+    #[tokio::test]
+    async fn echo_defaults_to_octet_stream() {
+        let plugin = Hello::default();
+        let mut request = Request::new("POST", "/echo");
+        request.body = vec![0, 1, 2];
+        let response = plugin.handle(request).await.unwrap();
+        assert_eq!(
+            response.headers.get("content-type"),
+            Some("application/octet-stream")
+        );
+        assert_eq!(response.body, [0, 1, 2]);
+    }
+
+    #[tokio::test]
+    async fn other_paths_are_not_found() {
+        let plugin = Hello::default();
+        for path in ["/", "/nope", "/hello", "/hello/", "/hello/a/b", "/echo/x"] {
+            let method = if path.starts_with("/echo") {
+                "POST"
+            } else {
+                "GET"
+            };
+            let err = plugin.handle(Request::new(method, path)).await.unwrap_err();
+            assert_eq!(err.status(), 404, "{method} {path}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn wrong_method_is_405() {
+        let plugin = Hello::default();
+        let err = plugin
+            .handle(Request::new("GET", "/echo"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 405);
+        assert_eq!(err.message(), "GET /echo is not served; use POST");
+        let err = plugin
+            .handle(Request::new("DELETE", "/hello/ana"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), 405);
+    }
+}

@@ -1,0 +1,371 @@
+//! A hooks plugin: runs around other plugins' endpoints rather than serving its own.
+//!
+//! - `before_request` gives a request without an `x-request-id` header a new, unique one and goes
+//!   on with the changed request ([`HookAction::ContinueWith`]); a request that has one goes on
+//!   unchanged ([`HookAction::Continue`]).
+//! - With `require_api_key` configured, a request whose `x-api-key` header is missing or differs is
+//!   answered at once ([`HookAction::Respond`]) with 401 `{"error":"missing or invalid API key"}`;
+//!   the endpoint never runs.
+//! - `after_response` copies the request's `x-request-id` onto the response, so clients see it.
+//!
+//! Config (optional): `{"require_api_key": "<key>"}`; use `${ENV_VAR}` interpolation in
+//! `backworks.yaml` to keep the key out of the file. The key is never logged.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use backworks_plugin_sdk::prelude::*;
+use backworks_plugin_sdk::{serde_json, tracing};
+use serde::Deserialize;
+
+/// The header carrying the request id, in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The header carrying the API key when `require_api_key` is set.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+/// The plugin's configuration, from `backworks.yaml`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestIdConfig {
+    /// When set, requests must carry this value in `x-api-key`.
+    pub require_api_key: Option<String>,
+}
+
+impl std::fmt::Debug for RequestIdConfig {
+    // The key is a secret: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestIdConfig")
+            .field(
+                "require_api_key",
+                &self.require_api_key.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Adds and propagates request ids; optionally checks an API key. See the crate docs.
+#[derive(Debug)]
+pub struct RequestId {
+    /// Random per instance, so ids from two hosts (or two reloads) do not collide.
+    prefix: u64,
+    /// Makes ids unique within this instance.
+    counter: AtomicU64,
+    config: RwLock<RequestIdConfig>,
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId {
+            prefix: random_u64(),
+            counter: AtomicU64::new(0),
+            config: RwLock::new(RequestIdConfig::default()),
+        }
+    }
+}
+
+/// A random-enough 64-bit value without a dependency: std seeds each `RandomState` with fresh
+/// random keys; the time and process id are mixed in for good measure.
+fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    if let Ok(since_epoch) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since_epoch.as_nanos());
+    }
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
+/// Compares in time independent of where the first difference is, so the key cannot be guessed
+/// byte by byte from response times.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl RequestId {
+    /// A new id: `<16 hex digits of this instance's prefix>-<16 hex digits of a counter>`.
+    pub fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!("{:016x}-{n:016x}", self.prefix)
+    }
+
+    fn api_key_ok(&self, request: &Request) -> bool {
+        let config = self
+            .config
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &config.require_api_key {
+            None => true,
+            Some(expected) => request
+                .header(API_KEY_HEADER)
+                .is_some_and(|given| constant_time_eq(given.as_bytes(), expected.as_bytes())),
+        }
+    }
+}
+
+/// The id a request already carries, if any (an empty header counts as none).
+fn existing_id(request: &Request) -> Option<&str> {
+    request
+        .header(REQUEST_ID_HEADER)
+        .filter(|id| !id.trim().is_empty())
+}
+
+#[async_trait]
+impl BackworksPlugin for RequestId {
+    async fn initialize(&self, config: Value) -> PluginResult<()> {
+        let config: RequestIdConfig = if config.is_null() {
+            RequestIdConfig::default()
+        } else if config.is_object() {
+            serde_json::from_value(config)
+                .map_err(|e| PluginError::Config(format!("request-id: {e}")))?
+        } else {
+            return Err(PluginError::Config(format!(
+                "request-id: config must be an object, found {config}"
+            )));
+        };
+        if config.require_api_key.as_deref() == Some("") {
+            return Err(PluginError::Config(
+                "request-id: require_api_key must not be empty".to_owned(),
+            ));
+        }
+        tracing::info!(
+            "request-id initialized (API key required: {})",
+            config.require_api_key.is_some()
+        );
+        *self
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = config;
+        Ok(())
+    }
+
+    async fn before_request(&self, request: &Request) -> PluginResult<HookAction> {
+        let id = existing_id(request).map(str::to_owned);
+        if !self.api_key_ok(request) {
+            let id = id.unwrap_or_else(|| self.next_id());
+            let response = Response::json(&json!({ "error": "missing or invalid API key" }))
+                .with_status(401)
+                .with_header(REQUEST_ID_HEADER, id);
+            return Ok(HookAction::Respond(response));
+        }
+        if id.is_some() {
+            return Ok(HookAction::Continue);
+        }
+        let mut request = request.clone();
+        request.headers.insert(REQUEST_ID_HEADER, self.next_id());
+        Ok(HookAction::ContinueWith(request))
+    }
+
+    async fn after_response(
+        &self,
+        request: &Request,
+        response: Response,
+    ) -> PluginResult<Response> {
+        Ok(match existing_id(request) {
+            Some(id) => response.with_header(REQUEST_ID_HEADER, id),
+            None => response,
+        })
+    }
+}
+
+backworks_plugin_sdk::export_plugin!(
+    RequestId,
+    name = "request-id",
+    version = env!("CARGO_PKG_VERSION"),
+    description = "adds x-request-id to requests and responses; optional API key check"
+);
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// Runs the hook and returns the request the chain goes on with (panics on `Respond`).
+    async fn forwarded(plugin: &RequestId, request: &Request) -> Option<Request> {
+        match plugin.before_request(request).await.unwrap() {
+            HookAction::Continue => None,
+            HookAction::ContinueWith(changed) => Some(changed),
+            HookAction::Respond(response) => panic!("unexpected early response {response:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn adds_an_id_when_missing_and_keeps_the_rest() {
+        let plugin = RequestId::default();
+        plugin.initialize(Value::Null).await.unwrap();
+        let mut request = Request::new("POST", "/orders");
+        request.headers.insert("content-type", "application/json");
+        request.body = b"{}".to_vec();
+        let changed = forwarded(&plugin, &request)
+            .await
+            .expect("a changed request");
+        let id = changed.header(REQUEST_ID_HEADER).expect("an id");
+        assert_eq!(id.len(), 33, "{id}");
+        assert_eq!(changed.method, "POST");
+        assert_eq!(changed.path, "/orders");
+        assert_eq!(changed.header("content-type"), Some("application/json"));
+        assert_eq!(changed.body, b"{}");
+    }
+
+    #[tokio::test]
+    async fn keeps_an_existing_id() {
+        let plugin = RequestId::default();
+        let mut request = Request::new("GET", "/x");
+        request.headers.insert("X-Request-Id", "abc");
+        assert_eq!(forwarded(&plugin, &request).await, None);
+    }
+
+    #[tokio::test]
+    async fn an_empty_id_is_replaced() {
+        let plugin = RequestId::default();
+        let mut request = Request::new("GET", "/x");
+        request.headers.insert(REQUEST_ID_HEADER, " ");
+        let changed = forwarded(&plugin, &request)
+            .await
+            .expect("a changed request");
+        assert_ne!(changed.header(REQUEST_ID_HEADER), Some(" "));
+        assert_eq!(changed.headers.len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn ids_are_unique_across_concurrent_requests_and_instances() {
+        let plugin = Arc::new(RequestId::default());
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let plugin = plugin.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..250 {
+                    let request = Request::new("GET", "/x");
+                    let changed = forwarded(&plugin, &request).await.unwrap();
+                    ids.push(changed.header(REQUEST_ID_HEADER).unwrap().to_owned());
+                }
+                ids
+            }));
+        }
+        let mut all = HashSet::new();
+        for task in tasks {
+            all.extend(task.await.unwrap());
+        }
+        assert_eq!(all.len(), 2000);
+        // Another instance starts its own counter at 0 but has another prefix.
+        let other = RequestId::default();
+        assert_ne!(other.next_id(), RequestId::default().next_id());
+    }
+
+    #[tokio::test]
+    async fn after_response_copies_the_id() {
+        let plugin = RequestId::default();
+        let mut request = Request::new("GET", "/x");
+        request.headers.insert(REQUEST_ID_HEADER, "abc");
+        let response = Response::text("hi").with_status(201);
+        let response = plugin.after_response(&request, response).await.unwrap();
+        assert_eq!(response.status, 201);
+        assert_eq!(response.body, b"hi");
+        assert_eq!(response.headers.get(REQUEST_ID_HEADER), Some("abc"));
+
+        // No id on the request: the response is left alone.
+        let response = Response::new(204);
+        let out = plugin
+            .after_response(&Request::new("GET", "/x"), response.clone())
+            .await
+            .unwrap();
+        assert_eq!(out, response);
+    }
+
+    #[tokio::test]
+    async fn the_id_added_before_is_the_one_sent_back() {
+        let plugin = RequestId::default();
+        let changed = forwarded(&plugin, &Request::new("GET", "/x"))
+            .await
+            .unwrap();
+        let response = plugin
+            .after_response(&changed, Response::new(200))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers.get(REQUEST_ID_HEADER),
+            changed.header(REQUEST_ID_HEADER)
+        );
+    }
+
+    #[tokio::test]
+    async fn api_key_is_required_when_configured() {
+        let plugin = RequestId::default();
+        plugin
+            .initialize(json!({ "require_api_key": "s3cret" }))
+            .await
+            .unwrap();
+
+        for given in [None, Some("wrong"), Some("s3cre"), Some("s3cret!")] {
+            let mut request = Request::new("GET", "/x");
+            request.headers.insert(REQUEST_ID_HEADER, "r1");
+            if let Some(key) = given {
+                request.headers.insert(API_KEY_HEADER, key);
+            }
+            let HookAction::Respond(response) = plugin.before_request(&request).await.unwrap()
+            else {
+                panic!("key {given:?} was let through");
+            };
+            assert_eq!(response.status, 401);
+            assert_eq!(response.body, br#"{"error":"missing or invalid API key"}"#);
+            assert_eq!(
+                response.headers.get("content-type"),
+                Some("application/json")
+            );
+            assert_eq!(response.headers.get(REQUEST_ID_HEADER), Some("r1"));
+        }
+
+        let mut request = Request::new("GET", "/x");
+        request.headers.insert("X-Api-Key", "s3cret");
+        let changed = forwarded(&plugin, &request).await.expect("an id was added");
+        assert!(changed.header(REQUEST_ID_HEADER).is_some());
+        assert_eq!(changed.header(API_KEY_HEADER), Some("s3cret"));
+    }
+
+    #[tokio::test]
+    async fn bad_config_is_rejected() {
+        let plugin = RequestId::default();
+        for config in [
+            json!({ "require_api_key": 1234 }),
+            json!({ "require_api_key": "" }),
+            json!({ "api_key": "x" }),
+            json!(["x"]),
+        ] {
+            let err = plugin.initialize(config.clone()).await.unwrap_err();
+            assert_eq!(err.kind(), "config", "{config}: {err}");
+        }
+        // Still open: the failed configs changed nothing.
+        assert!(plugin.api_key_ok(&Request::new("GET", "/x")));
+    }
+
+    #[test]
+    fn config_debug_hides_the_key() {
+        let config = RequestIdConfig {
+            require_api_key: Some("s3cret".into()),
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+    }
+
+    #[tokio::test]
+    async fn handle_is_not_served() {
+        let plugin = RequestId::default();
+        let err = plugin.handle(Request::new("GET", "/x")).await.unwrap_err();
+        assert_eq!(err.status(), 404);
+    }
+
+    #[test]
+    fn constant_time_eq_compares_bytes() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
