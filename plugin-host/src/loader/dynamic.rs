@@ -504,3 +504,27 @@ impl Plugin for DynamicPlugin {
         }
     }
 }
+
+impl DynamicPlugin {
+    /// Calls the plugin's `handle` straight through the vtable with a prebuilt request, then releases
+    /// the output; returns the response status (0 when the call did not answer at once). The floor
+    /// under every host call, for benchmarks.
+    #[doc(hidden)]
+    pub fn bare_handle(&self, request: &BwRequest) -> u16 {
+        let Some(handle) = self.vtable().handle else {
+            return 0;
+        };
+        let mut raw = BwOutput::empty();
+        // SAFETY: live instance of this library; the request and output outlive the call.
+        let status = unsafe { handle(self.instance, request, &mut raw) };
+        let output = Output {
+            raw,
+            _library: self.library.clone(),
+        };
+        if status == BW_READY && output.raw.kind == BW_OUT_RESPONSE {
+            output.raw.response.status
+        } else {
+            0
+        }
+    }
+}

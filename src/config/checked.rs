@@ -1,0 +1,215 @@
+//! The checked configuration: what the server and the plugin commands consume.
+//!
+//! A [`Config`] only comes out of [`super::load`] or [`super::parse_str`], after every
+//! string has been interpolated and every rule checked, so code using it needs no further
+//! validation: every endpoint names a configured plugin, every hook name is valid, no two
+//! endpoints claim the same route.
+
+use std::path::PathBuf;
+
+/// A checked `backworks.yaml`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from (as given to [`super::load`]).
+    pub source: PathBuf,
+    /// The directory relative paths are resolved against: the file's directory.
+    pub base_dir: PathBuf,
+    /// `server:`.
+    pub server: ServerConfig,
+    /// `plugin_dirs:`, in file order, resolved against [`Config::base_dir`].
+    pub plugin_dirs: Vec<PluginDir>,
+    /// `plugins:`, in file order (the default hook order for equal `order` values).
+    pub plugins: Vec<PluginConfig>,
+    /// `endpoints:`, in file order.
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+/// Where the HTTP server listens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Address to bind; default `127.0.0.1`.
+    pub host: String,
+    /// Port to bind; default `3000`. `0` asks the system for a free port.
+    pub port: u16,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 3000,
+        }
+    }
+}
+
+/// A directory searched for plugin libraries named by bare file name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginDir {
+    /// The directory, resolved against [`Config::base_dir`].
+    pub path: PathBuf,
+    /// Whether subdirectories are searched too.
+    pub recursive: bool,
+}
+
+/// Where a plugin's code comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PluginKind {
+    /// Compiled into the host, found by name.
+    Builtin,
+    /// A dynamic library.
+    External {
+        /// The path as written (after interpolation); see [`Config::resolve_plugin_path`].
+        path: PathBuf,
+    },
+}
+
+/// One entry of `plugins:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginConfig {
+    /// The plugin's name: its key in `plugins:`, matching `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// Built in, or loaded from a file.
+    pub kind: PluginKind,
+    /// `false` keeps the plugin unloaded; its endpoints answer 503. Default `true`.
+    pub enabled: bool,
+    /// The plugin's own configuration, interpolated; `Null` when absent.
+    pub config: serde_json::Value,
+    /// Whether the plugin takes part in the `before_request` hook point.
+    pub before_request: bool,
+    /// Whether the plugin takes part in the `after_response` hook point.
+    pub after_response: bool,
+    /// Position in the default hook chain: lower runs first, ties keep file order.
+    pub order: i32,
+}
+
+impl PluginConfig {
+    /// Whether the plugin takes part in any hook point.
+    pub fn has_hooks(&self) -> bool {
+        self.before_request || self.after_response
+    }
+}
+
+/// One entry of `endpoints:`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointConfig {
+    /// The endpoint's name: its key in `endpoints:`.
+    pub name: String,
+    /// The route, e.g. `/hello/{name}`: starts with `/`, parameters are whole `{ident}`
+    /// segments.
+    pub path: String,
+    /// Upper-case HTTP methods, without duplicates; at least one. Default `[GET]`.
+    pub methods: Vec<String>,
+    /// The plugin serving it (resolved when the file leaves it out).
+    pub plugin: String,
+    /// When set, exactly these hook plugins run for this endpoint, in this order; when
+    /// `None`, every plugin with hooks runs (see [`Config::hook_chain`]).
+    pub hooks: Option<Vec<String>>,
+}
+
+impl Config {
+    /// The plugin named `name`, if configured.
+    pub fn plugin(&self, name: &str) -> Option<&PluginConfig> {
+        self.plugins.iter().find(|p| p.name == name)
+    }
+
+    /// The plugins whose hooks run around `endpoint`, in `before_request` order
+    /// (`after_response` hooks conventionally run in reverse). Disabled plugins are left out.
+    ///
+    /// When the endpoint lists `hooks`, exactly those plugins, in that order. Otherwise
+    /// every plugin with a non-empty `hooks` list, sorted by `order` and then file order.
+    pub fn hook_chain(&self, endpoint: &EndpointConfig) -> Vec<&PluginConfig> {
+        match &endpoint.hooks {
+            Some(names) => names
+                .iter()
+                .filter_map(|name| self.plugin(name))
+                .filter(|p| p.enabled)
+                .collect(),
+            None => {
+                let mut chain: Vec<&PluginConfig> = self
+                    .plugins
+                    .iter()
+                    .filter(|p| p.enabled && p.has_hooks())
+                    .collect();
+                // A stable sort: equal orders keep file order.
+                chain.sort_by_key(|p| p.order);
+                chain
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plugin(name: &str, order: i32, hooks: bool, enabled: bool) -> PluginConfig {
+        PluginConfig {
+            name: name.into(),
+            kind: PluginKind::Builtin,
+            enabled,
+            config: serde_json::Value::Null,
+            before_request: hooks,
+            after_response: false,
+            order,
+        }
+    }
+
+    fn endpoint(hooks: Option<&[&str]>) -> EndpointConfig {
+        EndpointConfig {
+            name: "e".into(),
+            path: "/".into(),
+            methods: vec!["GET".into()],
+            plugin: "h".into(),
+            hooks: hooks.map(|h| h.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    fn config(plugins: Vec<PluginConfig>) -> Config {
+        Config {
+            source: "b.yaml".into(),
+            base_dir: ".".into(),
+            server: ServerConfig::default(),
+            plugin_dirs: vec![],
+            plugins,
+            endpoints: vec![],
+        }
+    }
+
+    fn names(chain: Vec<&PluginConfig>) -> Vec<&str> {
+        chain.into_iter().map(|p| p.name.as_str()).collect()
+    }
+
+    #[test]
+    fn default_chain_sorts_by_order_then_file_order() {
+        let c = config(vec![
+            plugin("h", 0, false, true),
+            plugin("late", 10, true, true),
+            plugin("a", 0, true, true),
+            plugin("off", -5, true, false),
+            plugin("b", 0, true, true),
+            plugin("first", -1, true, true),
+        ]);
+        assert_eq!(
+            names(c.hook_chain(&endpoint(None))),
+            ["first", "a", "b", "late"]
+        );
+    }
+
+    #[test]
+    fn explicit_chain_keeps_listed_order_and_drops_disabled() {
+        let c = config(vec![
+            plugin("a", 0, true, true),
+            plugin("b", -1, true, true),
+            plugin("off", 0, true, false),
+        ]);
+        let e = endpoint(Some(&["a", "off", "b"]));
+        assert_eq!(names(c.hook_chain(&e)), ["a", "b"]);
+        assert!(c.hook_chain(&endpoint(Some(&[]))).is_empty());
+    }
+
+    #[test]
+    fn server_defaults() {
+        let s = ServerConfig::default();
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 3000));
+    }
+}

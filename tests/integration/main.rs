@@ -1,0 +1,3 @@
+//! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
+
+mod support;

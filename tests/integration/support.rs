@@ -1,0 +1,214 @@
+//! Shared test machinery: building the example plugins, compiling the C plugins, and running the
+//! real `backworks` binary on a free port.
+
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where cargo puts this build's artifacts (`target/debug` or `target/release`).
+pub fn target_dir() -> PathBuf {
+    // The test binary lives in target/<profile>/deps.
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_owned()
+}
+
+/// The Rust example plugins the tests load, built once per test run with the same cargo and
+/// profile as the tests (a no-op when `cargo build --workspace` ran before).
+pub fn rust_plugins() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let target = target_dir();
+        let profile = target.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(root()).args(["build", "--quiet", "--lib"]);
+        for package in [
+            "backworks-example-hello",
+            "backworks-example-request-id",
+            "backworks-example-kv-store",
+            "backworks-example-async-clock",
+            "backworks-example-noop",
+            "backworks-example-broken-panic",
+        ] {
+            cmd.args(["-p", package]);
+        }
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        if let Some(dir) = target.parent() {
+            cmd.env("CARGO_TARGET_DIR", dir);
+        }
+        let status = cmd.status().expect("run cargo build for the example plugins");
+        assert!(status.success(), "building the example plugins failed");
+        target
+    })
+}
+
+/// The path of Rust example plugin library `lib` (e.g. `hello`).
+pub fn rust_plugin(lib: &str) -> PathBuf {
+    rust_plugins().join(format!("lib{lib}.{}", std::env::consts::DLL_EXTENSION))
+}
+
+/// Compiles `example-plugins/c/<source>.c` against the SDK's C header into a shared library, once.
+pub fn c_plugin(source: &str) -> PathBuf {
+    let out_dir = target_dir().join("c-plugins");
+    std::fs::create_dir_all(&out_dir).expect("create target/<profile>/c-plugins");
+    let name = Path::new(source)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("source name")
+        .to_owned();
+    let out = out_dir.join(format!("lib{name}.so"));
+    let src = root().join("example-plugins/c").join(format!("{source}.c"));
+    let fresh = match (std::fs::metadata(&out), std::fs::metadata(&src)) {
+        (Ok(o), Ok(s)) => o.modified().ok() >= s.modified().ok(),
+        _ => false,
+    };
+    if !fresh {
+        let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+        // Unique temporary name, then rename: tests compile in parallel.
+        let tmp = out_dir.join(format!("{name}.{}.tmp.so", std::process::id()));
+        let output = Command::new(&cc)
+            .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11", "-O1"])
+            .arg("-I")
+            .arg(root().join("plugin-sdk/include"))
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}` (install gcc): {e}"));
+        assert!(
+            output.status.success(),
+            "compiling {} failed:\n{}",
+            src.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::rename(&tmp, &out).expect("move compiled C plugin into place");
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running `backworks serve`, killed (gracefully, SIGTERM) when dropped.
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Writes `yaml` to a temporary `backworks.yaml` and serves it, waiting until `/health` answers.
+    /// `{{plugins}}` in the yaml becomes the Rust plugins' folder and `{{c}}` the C plugins' folder.
+    pub fn start(yaml: &str) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let c_dir = target_dir().join("c-plugins");
+        let yaml = yaml
+            .replace("{{plugins}}", &rust_plugins().display().to_string())
+            .replace("{{c}}", &c_dir.display().to_string());
+        let config = dir.path().join("backworks.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let port = free_port();
+        let log = dir.path().join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_backworks"))
+            .args(["serve", "-c"])
+            .arg(&config)
+            .args(["--port", &port.to_string()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("start backworks");
+        let mut server = Server {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            log,
+        };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!("backworks exited early ({status}):\n{}", self.logs());
+            }
+            if std::net::TcpStream::connect(self.base.trim_start_matches("http://")).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "backworks did not start:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Everything the server logged so far.
+    pub fn logs(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// `base` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Stops the server with SIGTERM and waits; returns its logs.
+    pub fn stop(mut self) -> String {
+        self.terminate();
+        self.logs()
+    }
+
+    fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// A blocking-free HTTP client for the tests.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
