@@ -208,12 +208,35 @@ endpoints:
     }
 
     #[test]
+    fn booleans_are_yaml_1_2() {
+        let c =
+            parse("plugins:\n  p:\n    enabled: False\n    config: {country: NO, on: yes, y: n}\n")
+                .unwrap();
+        assert!(!c.plugins[0].enabled);
+        assert_eq!(
+            c.plugins[0].config,
+            json!({"country": "NO", "on": "yes", "y": "n"})
+        );
+        let err = parse("plugins:\n  p:\n    enabled: yes\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conf/backworks.yaml:3:14: `enabled` of plugin `p` must be `true` or `false`, found `yes`"
+        );
+    }
+
+    #[test]
     fn malformed_yaml_has_line_and_column() {
         let err = parse("plugins:\n  p:\n    config: {a: 1\nendpoints: {}\n").unwrap_err();
         assert_eq!(err.kind(), ConfigErrorKind::Parse);
-        assert_eq!((err.line(), err.column()), (3, 13), "{err}");
-        assert!(
-            err.to_string().starts_with("conf/backworks.yaml:3:13: "),
+        assert_eq!(
+            err.to_string(),
+            "conf/backworks.yaml:4:10: while parsing a flow mapping, did not find expected ',' or '}'"
+        );
+
+        let err = parse("plugins:\n  p:\n    config: [1, 2\n").unwrap_err();
+        assert_eq!(
+            (err.kind(), err.line(), err.column()),
+            (ConfigErrorKind::Parse, 3, 13),
             "{err}"
         );
 

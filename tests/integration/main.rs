@@ -1,3 +1,4 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
+mod server;
 mod support;

@@ -1,0 +1,582 @@
+//! Loading and inspecting plugin files: every broken fixture rejected with its own error; metadata read without running the library.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backworks_plugin_host::inspect::{self, Inspection};
+use backworks_plugin_host::{DynamicPlugin, HostError, LoadedLibrary, Plugin, loader};
+use backworks_plugin_sdk::abi::{ABI_MAGIC, ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, METADATA_SECTION};
+use backworks_plugin_sdk::{PluginError, Request, Response, SDK_VERSION};
+use serde_json::{Value, json};
+
+use crate::support::{c_plugin, rust_plugin};
+
+/// The environment variable `constructor_marker.c`'s constructor reads: the file it creates.
+const MARKER_VAR: &str = "BACKWORKS_MARKER";
+/// Set by [`load_runs_the_constructor`] for its child process: the library [`load_child_entry`] loads.
+const LOAD_CHILD_VAR: &str = "BACKWORKS_LOAD_CHILD";
+
+// ---- helpers -------------------------------------------------------------------------------------
+
+/// `loader::load(path)`, which must fail.
+fn load_err(path: &Path) -> HostError {
+    match loader::load(path) {
+        Ok(library) => panic!("{} loaded, but must be refused: {library:?}", path.display()),
+        Err(err) => err,
+    }
+}
+
+/// `loader::load(path)`, which must succeed.
+fn load_ok(path: &Path) -> Arc<LoadedLibrary> {
+    loader::load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+/// `inspect::inspect(path)`, which must read the metadata.
+fn inspect_ok(path: &Path) -> Inspection {
+    inspect::inspect(path).unwrap_or_else(|e| panic!("inspecting {}: {e}", path.display()))
+}
+
+/// Asserts that the message of `err` names the file and contains every one of `words`.
+fn assert_message(err: &HostError, path: &Path, words: &[&str]) {
+    let message = err.to_string();
+    assert!(
+        message.contains(&path.display().to_string()),
+        "the message does not name the file {}: {message}",
+        path.display()
+    );
+    for word in words {
+        assert!(message.contains(word), "the message lacks {word:?}: {message}");
+    }
+}
+
+/// A new instance named `name` of the plugin in `library`, initialized with `config`.
+async fn started(library: &Path, name: &str, config: Value) -> DynamicPlugin {
+    let plugin = DynamicPlugin::new(load_ok(library), name)
+        .unwrap_or_else(|e| panic!("creating an instance of {}: {e}", library.display()));
+    plugin
+        .initialize(&config)
+        .await
+        .unwrap_or_else(|e| panic!("initializing {} with {config}: {e}", library.display()));
+    plugin
+}
+
+/// `GET path` with the endpoint parameters `params`.
+fn get(path: &str, params: &[(&str, &str)]) -> Request {
+    let mut request = Request::new("GET", path);
+    request.params = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    request
+}
+
+/// The response body as JSON.
+fn body_json(response: &Response) -> Value {
+    serde_json::from_slice(&response.body).unwrap_or_else(|e| {
+        panic!(
+            "the body is not JSON ({e}): {}",
+            String::from_utf8_lossy(&response.body)
+        )
+    })
+}
+
+/// `n` pseudo-random bytes (xorshift64, fixed seed: the same bytes every run).
+fn pseudo_random_bytes(n: usize) -> Vec<u8> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+// ---- 1. every broken C fixture refused with its own error ----------------------------------------
+
+/// Every fixture in `example-plugins/c/broken/` and the test that covers it; a new fixture without
+/// a test fails [`every_broken_fixture_is_covered`].
+const BROKEN_FIXTURES: &[(&str, &str)] = &[
+    ("wrong_magic", "wrong_magic_is_bad_magic"),
+    ("wrong_abi_major", "wrong_abi_major_is_refused_by_inspection"),
+    ("newer_sdk", "newer_sdk_is_refused_by_inspection"),
+    ("no_metadata", "no_metadata_section_is_no_metadata"),
+    ("not_a_plugin", "plain_library_is_no_metadata"),
+    ("missing_symbol", "missing_entry_symbol_is_missing_symbol"),
+    ("short_vtable", "short_vtable_is_vtable_too_small"),
+    ("panic_abort", "panic_abort_is_refused_by_inspection"),
+    ("constructor_marker", "load_runs_the_constructor"),
+];
+
+#[test]
+fn every_broken_fixture_is_covered() {
+    let dir = crate::support::root().join("example-plugins/c/broken");
+    let mut found: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "c"))
+        .map(|p| p.file_stem().expect("file stem").to_string_lossy().into_owned())
+        .collect();
+    found.sort();
+    let mut covered: Vec<String> = BROKEN_FIXTURES.iter().map(|(f, _)| (*f).to_owned()).collect();
+    covered.sort();
+    assert_eq!(found, covered, "every broken fixture needs a test in tests/integration/loader.rs");
+}
+
+#[test]
+fn wrong_magic_is_bad_magic() {
+    let path = c_plugin("broken/wrong_magic");
+    // Only the vtable is wrong: the metadata is that of a compatible plugin.
+    let inspection = inspect_ok(&path);
+    assert_eq!(inspection.metadata.name, "broken-wrong-magic");
+    assert!(inspection.compatibility.is_ok(), "{:?}", inspection.compatibility);
+
+    let err = load_err(&path);
+    let HostError::BadMagic { expected, found, .. } = &err else {
+        panic!("expected BadMagic, got {err:?}");
+    };
+    assert_eq!(*expected, ABI_MAGIC);
+    assert_eq!(*found, 0xdead_beef_dead_beef);
+    assert_message(
+        &err,
+        &path,
+        &[
+            "wrong magic in `backworks_plugin`",
+            "expected 0x4e4947554c505742",
+            "found 0xdeadbeefdeadbeef",
+        ],
+    );
+}
+
+#[test]
+fn wrong_abi_major_is_refused_by_inspection() {
+    let path = c_plugin("broken/wrong_abi_major");
+    // The metadata alone says it: inspection, which never loads the file, already refuses it.
+    let inspection = inspect_ok(&path);
+    assert_eq!(inspection.metadata.name, "broken-wrong-abi-major");
+    assert_eq!((inspection.metadata.abi_major, inspection.metadata.abi_minor), (2, 0));
+    let err = inspection.compatibility.expect_err("ABI 2.0 must be incompatible");
+    let HostError::AbiMismatch {
+        expected_major,
+        found_major,
+        found_minor,
+        ..
+    } = &err
+    else {
+        panic!("expected AbiMismatch, got {err:?}");
+    };
+    assert_eq!((*expected_major, *found_major, *found_minor), (ABI_MAJOR, 2, 0));
+    assert_message(&err, &path, &["plugin ABI 2.0 is incompatible", "this host loads ABI 1.x"]);
+
+    let err = load_err(&path);
+    assert!(matches!(err, HostError::AbiMismatch { found_major: 2, .. }), "{err:?}");
+    assert_message(&err, &path, &["plugin ABI 2.0", "ABI 1.x"]);
+}
+
+#[test]
+fn newer_sdk_is_refused_by_inspection() {
+    let path = c_plugin("broken/newer_sdk");
+    let inspection = inspect_ok(&path);
+    assert_eq!(inspection.metadata.sdk_version, "1.0.0");
+    let err = inspection.compatibility.expect_err("SDK 1.0.0 must be incompatible");
+    let HostError::SdkMismatch { expected, found, .. } = &err else {
+        panic!("expected SdkMismatch, got {err:?}");
+    };
+    assert_eq!(found, "1.0.0");
+    assert_eq!(expected, "^0.1");
+    assert_message(&err, &path, &["backworks-plugin-sdk 1.0.0", "SDK ^0.1"]);
+
+    let err = load_err(&path);
+    assert!(matches!(&err, HostError::SdkMismatch { found, .. } if found == "1.0.0"), "{err:?}");
+    assert_message(&err, &path, &["1.0.0", "^0.1"]);
+}
+
+#[test]
+fn no_metadata_section_is_no_metadata() {
+    // The vtable is valid and its metadata bytes too, but not in the section: no inspection.
+    let path = c_plugin("broken/no_metadata");
+    for err in [inspect::inspect(&path).expect_err("no metadata section"), load_err(&path)] {
+        let HostError::NoMetadata { section, .. } = &err else {
+            panic!("expected NoMetadata, got {err:?}");
+        };
+        assert_eq!(*section, METADATA_SECTION);
+        assert_message(
+            &err,
+            &path,
+            &["not a Backworks plugin", "no `.backworks_meta` metadata section"],
+        );
+    }
+}
+
+#[test]
+fn plain_library_is_no_metadata() {
+    let path = c_plugin("broken/not_a_plugin");
+    for err in [inspect::inspect(&path).expect_err("a plain library"), load_err(&path)] {
+        assert!(
+            matches!(err, HostError::NoMetadata { section: METADATA_SECTION, .. }),
+            "expected NoMetadata, got {err:?}"
+        );
+        assert_message(&err, &path, &["not a Backworks plugin", "`.backworks_meta`"]);
+    }
+}
+
+#[test]
+fn missing_entry_symbol_is_missing_symbol() {
+    let path = c_plugin("broken/missing_symbol");
+    let inspection = inspect_ok(&path);
+    assert_eq!(inspection.metadata.name, "broken-missing-symbol");
+    assert!(inspection.compatibility.is_ok(), "{:?}", inspection.compatibility);
+
+    let err = load_err(&path);
+    let HostError::MissingSymbol { symbol, .. } = &err else {
+        panic!("expected MissingSymbol, got {err:?}");
+    };
+    assert_eq!(*symbol, ENTRY_SYMBOL);
+    assert_message(&err, &path, &["has metadata but does not export `backworks_plugin`"]);
+}
+
+#[test]
+fn short_vtable_is_vtable_too_small() {
+    let path = c_plugin("broken/short_vtable");
+    assert!(inspect_ok(&path).compatibility.is_ok());
+
+    let err = load_err(&path);
+    let HostError::VtableTooSmall {
+        major,
+        minor,
+        expected,
+        found,
+        ..
+    } = &err
+    else {
+        panic!("expected VtableTooSmall, got {err:?}");
+    };
+    assert_eq!((*major, *minor), (ABI_MAJOR, ABI_MINOR));
+    assert_eq!((*expected, *found), (112, 96));
+    assert_message(&err, &path, &["plugin vtable is 96 bytes", "ABI 1.0 needs at least 112"]);
+}
+
+#[test]
+fn panic_abort_is_refused_by_inspection() {
+    let path = c_plugin("broken/panic_abort");
+    let inspection = inspect_ok(&path);
+    assert!(!inspection.metadata.panic_unwind);
+    let err = inspection.compatibility.expect_err("panic=abort must be incompatible");
+    assert!(matches!(err, HostError::PanicAbort { .. }), "expected PanicAbort, got {err:?}");
+    assert_message(&err, &path, &[r#"panic = "abort""#, r#"build it with panic = "unwind""#]);
+
+    let err = load_err(&path);
+    assert!(matches!(err, HostError::PanicAbort { .. }), "expected PanicAbort, got {err:?}");
+    assert_message(&err, &path, &[r#"panic = "abort""#]);
+}
+
+// ---- 2. files that are no library at all ---------------------------------------------------------
+
+#[test]
+fn junk_files_fail_in_inspection_and_are_never_opened() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let random = dir.path().join("librandom.so");
+    std::fs::write(&random, pseudo_random_bytes(4096)).expect("write random bytes");
+    let empty = dir.path().join("libempty.so");
+    std::fs::write(&empty, b"").expect("write empty file");
+    let truncated = dir.path().join("libtruncated.so");
+    let hello = std::fs::read(rust_plugin("hello")).expect("read libhello");
+    std::fs::write(&truncated, &hello[..1000]).expect("write truncated copy");
+
+    for path in [&random, &empty, &truncated] {
+        let inspected = inspect::inspect(path).expect_err("junk has no metadata");
+        let loaded = load_err(path);
+        for err in [&inspected, &loaded] {
+            assert!(
+                matches!(err, HostError::NotALibrary { .. } | HostError::NoMetadata { .. }),
+                "{}: expected NotALibrary or NoMetadata, got {err:?}",
+                path.display()
+            );
+            assert_message(err, path, &[]);
+        }
+        // `load` stopped where inspection did, before `dlopen` (which would say `Open`).
+        assert_eq!(
+            std::mem::discriminant(&inspected),
+            std::mem::discriminant(&loaded),
+            "{}: inspect said {inspected}, load said {loaded}",
+            path.display()
+        );
+    }
+}
+
+// ---- 3. inspection never runs the library's code -------------------------------------------------
+
+#[test]
+fn inspect_cli_never_runs_the_constructor() {
+    let path = c_plugin("broken/constructor_marker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("marker");
+    let output = Command::new(env!("CARGO_BIN_EXE_backworks"))
+        .args(["plugin", "inspect"])
+        .arg(&path)
+        .arg("--json")
+        .env(MARKER_VAR, &marker)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run backworks plugin inspect");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "plugin inspect failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("plugin inspect --json printed no JSON ({e}):\n{stdout}"));
+    assert_eq!(report["name"], "broken-constructor-marker", "{report}");
+    assert_eq!(report["version"], "0.1.0", "{report}");
+    assert_eq!(report["compatible"], true, "{report}");
+    assert!(
+        !marker.exists(),
+        "inspection ran the library's constructor: {} exists",
+        marker.display()
+    );
+}
+
+/// The positive control of [`inspect_cli_never_runs_the_constructor`]: the same file with the same
+/// variable, loaded (in a child process, the only safe place to set the variable) — the marker
+/// appears, so its absence above means the constructor did not run, not that it cannot run.
+#[test]
+fn load_runs_the_constructor() {
+    let path = c_plugin("broken/constructor_marker");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let marker = dir.path().join("marker");
+    let output = Command::new(std::env::current_exe().expect("test executable"))
+        .args(["--exact", "loader::load_child_entry", "--nocapture"])
+        .env(LOAD_CHILD_VAR, &path)
+        .env(MARKER_VAR, &marker)
+        .output()
+        .expect("run the test binary as a child");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the child failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("child: load refused after dlopen"),
+        "the child did not load:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        marker.exists(),
+        "loading did not run the constructor: {} is missing\n{stdout}\n{stderr}",
+        marker.display()
+    );
+}
+
+/// Run only as the child of [`load_runs_the_constructor`] (returns at once otherwise): inspects the
+/// library (no marker yet), then loads it (marker), and shows that `load` refuses the file only after
+/// `dlopen` ran its constructor — this fixture is compatible, so `load` opens it.
+#[test]
+fn load_child_entry() {
+    let Some(path) = std::env::var_os(LOAD_CHILD_VAR).map(PathBuf::from) else {
+        return;
+    };
+    let marker = PathBuf::from(std::env::var_os(MARKER_VAR).expect("BACKWORKS_MARKER is set"));
+    assert!(!marker.exists(), "{} exists before anything ran", marker.display());
+
+    let inspection = inspect_ok(&path);
+    assert!(inspection.compatibility.is_ok(), "{:?}", inspection.compatibility);
+    assert!(!marker.exists(), "inspection ran the constructor");
+
+    let err = load_err(&path);
+    assert!(
+        matches!(err, HostError::MissingSymbol { symbol: ENTRY_SYMBOL, .. }),
+        "expected MissingSymbol, got {err:?}"
+    );
+    assert!(marker.exists(), "dlopen did not run the constructor");
+    println!("child: load refused after dlopen: {err}");
+}
+
+// ---- 4. metadata of real plugins, read without loading -------------------------------------------
+
+#[test]
+fn rust_plugin_metadata_is_read_from_the_file() {
+    let path = rust_plugin("hello");
+    let inspection = inspect_ok(&path);
+    let meta = &inspection.metadata;
+    assert_eq!(inspection.path, path);
+    assert_eq!(meta.name, "hello");
+    assert_eq!(meta.version, "0.1.0");
+    assert_eq!(meta.sdk_version, SDK_VERSION);
+    assert_eq!((meta.abi_major, meta.abi_minor), (ABI_MAJOR, ABI_MINOR));
+    assert_eq!((meta.abi_major, meta.abi_minor), (1, 0));
+    assert!(meta.panic_unwind);
+    assert!(meta.description.contains("greets"), "{}", meta.description);
+    assert!(inspection.compatibility.is_ok(), "{:?}", inspection.compatibility);
+}
+
+#[test]
+fn c_plugin_metadata_is_read_from_the_file() {
+    let path = c_plugin("hello");
+    let inspection = inspect_ok(&path);
+    let meta = &inspection.metadata;
+    assert_eq!(meta.name, "c-hello");
+    assert_eq!(meta.version, "0.1.0");
+    assert_eq!(meta.sdk_version, SDK_VERSION);
+    assert_eq!((meta.abi_major, meta.abi_minor), (1, 0));
+    assert!(meta.panic_unwind);
+    assert!(inspection.compatibility.is_ok(), "{:?}", inspection.compatibility);
+}
+
+// ---- 5. calls through the ABI --------------------------------------------------------------------
+
+#[tokio::test]
+async fn c_hello_answers_through_the_abi() {
+    let path = c_plugin("hello");
+    let library = load_ok(&path);
+    assert_eq!(library.metadata().name, "c-hello");
+    assert_eq!(library.path(), path);
+    let plugin = started(&path, "x", Value::Null).await;
+    assert_eq!(plugin.info().name, "x");
+    assert_eq!(plugin.info().metadata.name, "c-hello");
+
+    let response = plugin.handle(get("/greet/c", &[])).await.expect("c-hello handles");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.headers.get("content-type"), Some("application/json"));
+    let text = String::from_utf8_lossy(&response.body);
+    assert!(text.contains("Hello from C"), "{text}");
+    assert!(text.contains("/greet/c"), "{text}");
+    assert_eq!(
+        body_json(&response),
+        json!({ "message": "Hello from C", "path": "/greet/c" })
+    );
+}
+
+#[tokio::test]
+async fn rust_hello_answers_through_the_abi() {
+    let plugin = started(&rust_plugin("hello"), "x", Value::Null).await;
+    let response = plugin
+        .handle(get("/hello/ana", &[("name", "ana")]))
+        .await
+        .expect("hello handles");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, br#"{"message":"Hello, ana!"}"#);
+    assert_eq!(body_json(&response), json!({ "message": "Hello, ana!" }));
+}
+
+#[tokio::test]
+async fn rust_hello_config_error_is_a_config_error() {
+    let plugin = DynamicPlugin::new(load_ok(&rust_plugin("hello")), "x").expect("instance");
+    let err = plugin
+        .initialize(&json!({ "greeting": 5 }))
+        .await
+        .expect_err("a number is no greeting");
+    let PluginError::Config(message) = &err else {
+        panic!("expected PluginError::Config, got {err:?}");
+    };
+    assert!(message.contains("hello:"), "{message}");
+    assert!(message.contains("invalid type"), "{message}");
+    // The failed config changed nothing: the default greeting still answers.
+    let response = plugin.handle(get("/hello/ana", &[("name", "ana")])).await.expect("handle");
+    assert_eq!(response.body, br#"{"message":"Hello, ana!"}"#);
+}
+
+#[tokio::test]
+async fn panics_arrive_as_errors_and_the_plugin_keeps_serving() {
+    let plugin = started(&rust_plugin("broken_panic"), "x", Value::Null).await;
+
+    let err = plugin.handle(get("/x/panic", &[])).await.expect_err("/x/panic panics");
+    let PluginError::Panic(message) = &err else {
+        panic!("expected PluginError::Panic, got {err:?}");
+    };
+    assert!(message.contains("handle exploded"), "{message}");
+
+    // After an await, on the plugin's own runtime.
+    let err = plugin
+        .handle(get("/x/panic-later", &[]))
+        .await
+        .expect_err("/x/panic-later panics");
+    let PluginError::Panic(message) = &err else {
+        panic!("expected PluginError::Panic, got {err:?}");
+    };
+    assert!(message.contains("handle exploded"), "{message}");
+
+    let response = plugin.handle(get("/x/ok", &[])).await.expect("/x/ok after the panics");
+    assert_eq!(response.status, 200);
+    assert_eq!(body_json(&response), json!({ "ok": true }));
+}
+
+#[tokio::test]
+async fn async_plugin_sleeps_on_its_own_runtime() {
+    let plugin = started(&rust_plugin("async_clock"), "x", Value::Null).await;
+    let started_at = Instant::now();
+    let response = plugin
+        .handle(get("/sleep/50", &[("ms", "50")]))
+        .await
+        .expect("/sleep/50");
+    assert!(started_at.elapsed() >= Duration::from_millis(50), "{:?}", started_at.elapsed());
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, br#"{"slept_ms":50}"#);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_async_calls_overlap() {
+    let plugin = Arc::new(started(&rust_plugin("async_clock"), "x", Value::Null).await);
+    let started_at = Instant::now();
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let plugin = plugin.clone();
+            tokio::spawn(async move { plugin.handle(get("/sleep/100", &[("ms", "100")])).await })
+        })
+        .collect();
+    for call in calls {
+        let response = call.await.expect("task").expect("/sleep/100");
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, br#"{"slept_ms":100}"#);
+    }
+    // One after another they would take 20 s; the bound is only a sanity check.
+    let elapsed = started_at.elapsed();
+    assert!(elapsed < Duration::from_secs(5), "200 concurrent 100 ms sleeps took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn dropping_a_pending_call_cancels_it() {
+    let plugin = started(&rust_plugin("async_clock"), "x", Value::Null).await;
+    for _ in 0..10 {
+        let started_at = Instant::now();
+        let call = plugin.handle(get("/sleep/5000", &[("ms", "5000")]));
+        let outcome = tokio::time::timeout(Duration::from_millis(50), call).await;
+        assert!(outcome.is_err(), "a 5 s sleep finished within 50 ms: {outcome:?}");
+        let elapsed = started_at.elapsed();
+        assert!(elapsed < Duration::from_secs(2), "dropping the call took {elapsed:?}");
+    }
+    let response = plugin
+        .handle(get("/sleep/1", &[("ms", "1")]))
+        .await
+        .expect("the plugin serves after cancelled calls");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, br#"{"slept_ms":1}"#);
+}
+
+// ---- 6. instances are independent ----------------------------------------------------------------
+
+#[tokio::test]
+async fn two_instances_of_one_library_keep_their_own_config() {
+    let path = rust_plugin("hello");
+    let library = load_ok(&path);
+    let hi = DynamicPlugin::new(library.clone(), "hi").expect("instance hi");
+    let hey = DynamicPlugin::new(library, "hey").expect("instance hey");
+    hi.initialize(&json!({ "greeting": "Hi" })).await.expect("initialize hi");
+    hey.initialize(&json!({ "greeting": "Hey" })).await.expect("initialize hey");
+    // A second load of the same file: one more instance, still its own state.
+    let other = started(&path, "default", Value::Null).await;
+
+    for (plugin, expected) in [(&hi, "Hi, ana!"), (&hey, "Hey, ana!"), (&other, "Hello, ana!"), (&hi, "Hi, ana!")] {
+        let response = plugin
+            .handle(get("/hello/ana", &[("name", "ana")]))
+            .await
+            .expect("hello handles");
+        assert_eq!(body_json(&response), json!({ "message": expected }), "instance {}", plugin.info().name);
+    }
+}

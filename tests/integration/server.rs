@@ -1,0 +1,291 @@
+//! The real server over HTTP: every example plugin's endpoints and hooks, the built-in, a C plugin,
+//! panics answered with 500 while the host keeps serving, failed and disabled plugins, shutdown.
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, c_plugin, client, rust_plugins};
+
+const DEMO: &str = r#"
+plugin_dirs: ["{{plugins}}"]
+plugins:
+  request-id:
+    path: librequest_id.so
+    hooks: [before_request, after_response]
+  hello:
+    path: libhello.so
+    config: { greeting: "Hello" }
+  kv-store:
+    path: libkv_store.so
+  async-clock:
+    path: libasync_clock.so
+  broken-panic:
+    path: libbroken_panic.so
+  static:
+    type: builtin
+    config: { status: 200, body: { name: backworks } }
+endpoints:
+  hello: { path: "/hello/{name}", methods: [GET], plugin: hello }
+  echo: { path: /echo, methods: [POST], plugin: hello }
+  kv-item: { path: "/kv/{key}", methods: [GET, PUT, DELETE], plugin: kv-store }
+  kv-list: { path: /kv, methods: [GET], plugin: kv-store }
+  counter: { path: "/counter/{name}", methods: [POST], plugin: kv-store }
+  sleep: { path: "/sleep/{ms}", methods: [GET], plugin: async-clock }
+  tcp-echo: { path: /tcp-echo, methods: [GET], plugin: async-clock }
+  boom: { path: "/boom/{what}", methods: [GET], plugin: broken-panic }
+  version: { path: /version, plugin: static }
+"#;
+
+async fn json_of(res: reqwest::Response) -> Value {
+    res.json().await.expect("JSON body")
+}
+
+#[tokio::test]
+async fn hello_and_echo() {
+    let server = Server::start(DEMO);
+    let http = client();
+    let res = http.get(server.url("/hello/ana")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert_eq!(json_of(res).await, json!({"message": "Hello, ana!"}));
+
+    let body: Vec<u8> = (0..=255u8).collect();
+    let res = http
+        .post(server.url("/echo"))
+        .header("content-type", "application/x-bytes")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/x-bytes");
+    assert_eq!(res.bytes().await.unwrap().to_vec(), body, "binary body round-trips");
+
+    // Routing belongs to the server: unknown paths 404, wrong methods 405, without a plugin call.
+    assert_eq!(http.get(server.url("/nope")).send().await.unwrap().status(), 404);
+    assert_eq!(http.delete(server.url("/hello/ana")).send().await.unwrap().status(), 405);
+}
+
+#[tokio::test]
+async fn request_id_hook_adds_and_keeps_ids() {
+    let server = Server::start(DEMO);
+    let http = client();
+    let a = http.get(server.url("/hello/a")).send().await.unwrap();
+    let b = http.get(server.url("/version")).send().await.unwrap();
+    let id_a = a.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let id_b = b.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(!id_a.is_empty() && id_a != id_b, "{id_a} vs {id_b}");
+    let kept = http
+        .get(server.url("/hello/a"))
+        .header("x-request-id", "mine-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.headers()["x-request-id"], "mine-123");
+    // Hooks run around errors too.
+    let error = http.get(server.url("/kv/missing")).send().await.unwrap();
+    assert_eq!(error.status(), 404);
+    assert!(error.headers().contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn api_key_hook_answers_early() {
+    let yaml = r#"
+plugins:
+  auth:
+    path: "{{plugins}}/librequest_id.so"
+    hooks: [before_request, after_response]
+    config: { require_api_key: "${TEST_NEVER_SET_KEY:-s3cret}" }
+  hello:
+    path: "{{plugins}}/libhello.so"
+endpoints:
+  hello: { path: "/hello/{name}", plugin: hello }
+"#;
+    let server = Server::start(yaml);
+    let http = client();
+    let denied = http.get(server.url("/hello/x")).send().await.unwrap();
+    assert_eq!(denied.status(), 401);
+    assert!(denied.headers().contains_key("x-request-id"));
+    assert_eq!(json_of(denied).await, json!({"error": "missing or invalid API key"}));
+    let allowed = http
+        .get(server.url("/hello/x"))
+        .header("x-api-key", "s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(allowed.status(), 200);
+    let logs = server.stop();
+    assert!(!logs.contains("s3cret"), "the secret leaked into the logs:\n{logs}");
+}
+
+#[tokio::test]
+async fn kv_store_is_correct_under_concurrency() {
+    let server = Server::start(DEMO);
+    let http = client();
+    let put = http.put(server.url("/kv/greeting")).body("hi").send().await.unwrap();
+    assert_eq!(put.status(), 201);
+    let put = http.put(server.url("/kv/greeting")).body("hello").send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let got = http.get(server.url("/kv/greeting")).send().await.unwrap();
+    assert_eq!(got.text().await.unwrap(), "hello");
+
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let http = http.clone();
+            let url = server.url("/counter/hits");
+            tokio::spawn(async move {
+                let res = http.post(url).send().await.unwrap();
+                assert_eq!(res.status(), 200);
+                res.json::<Value>().await.unwrap()["value"].as_u64().unwrap()
+            })
+        })
+        .collect();
+    let mut values = Vec::new();
+    for task in tasks {
+        values.push(task.await.unwrap());
+    }
+    values.sort_unstable();
+    assert_eq!(values, (1..=200).collect::<Vec<u64>>(), "every increment counted once");
+
+    let del = http.delete(server.url("/kv/greeting")).send().await.unwrap();
+    assert_eq!(del.status(), 204);
+    let gone = http.get(server.url("/kv/greeting")).send().await.unwrap();
+    assert_eq!(gone.status(), 404);
+    let body = json_of(gone).await;
+    assert_eq!(body["error"]["plugin"], "kv-store");
+    assert_eq!(body["error"]["kind"], "not_found");
+}
+
+#[tokio::test]
+async fn async_plugin_awaits_timers_and_sockets_on_its_own_runtime() {
+    let server = Server::start(DEMO);
+    let http = client();
+    let res = http.get(server.url("/tcp-echo")).send().await.unwrap();
+    assert_eq!(json_of(res).await, json!({"echoed": "ping"}));
+    // 200 requests each awaiting 200 ms inside the plugin: they wait concurrently, and a request to
+    // another plugin is answered meanwhile (no host thread is held by a waiting plugin).
+    let sleepers: Vec<_> = (0..200)
+        .map(|_| {
+            let http = http.clone();
+            let url = server.url("/sleep/200");
+            tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let hello = http.get(server.url("/hello/meanwhile")).send().await.unwrap();
+    assert_eq!(hello.status(), 200);
+    for sleeper in sleepers {
+        assert_eq!(sleeper.await.unwrap(), 200);
+    }
+}
+
+#[tokio::test]
+async fn a_panic_is_a_500_naming_the_plugin_and_the_host_keeps_serving() {
+    let server = Server::start(DEMO);
+    let http = client();
+    for path in ["/boom/panic", "/boom/panic-later"] {
+        let res = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 500, "{path}");
+        let body = json_of(res).await;
+        assert_eq!(body["error"]["plugin"], "broken-panic");
+        assert_eq!(body["error"]["kind"], "panic");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains("handle exploded"),
+            "{body}"
+        );
+        // The same plugin and the others answer the next request normally.
+        let ok = http.get(server.url("/boom/fine")).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+        let hello = http.get(server.url("/hello/after")).send().await.unwrap();
+        assert_eq!(hello.status(), 200);
+    }
+    let logs = server.stop();
+    assert!(logs.contains("handle exploded"), "the panic is logged:\n{logs}");
+}
+
+#[tokio::test]
+async fn failed_and_disabled_plugins_are_skipped_and_reported() {
+    let yaml = r#"
+plugin_dirs: ["{{plugins}}"]
+plugins:
+  hello:
+    path: libhello.so
+  crashy:
+    path: libbroken_panic.so
+    config: { panic_in: initialize }
+  off:
+    path: libkv_store.so
+    enabled: false
+  ghost:
+    path: libdoes_not_exist.so
+endpoints:
+  hello: { path: "/hello/{name}", plugin: hello }
+  crashy: { path: /crashy, plugin: crashy }
+  off: { path: /off, plugin: off }
+  ghost: { path: /ghost, plugin: ghost }
+"#;
+    let server = Server::start(yaml);
+    let http = client();
+    assert_eq!(http.get(server.url("/hello/x")).send().await.unwrap().status(), 200);
+    for (path, plugin, says) in [
+        ("/crashy", "crashy", "initialize exploded"),
+        ("/off", "off", "disabled"),
+        ("/ghost", "ghost", "not found"),
+    ] {
+        let res = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 503, "{path}");
+        let body = json_of(res).await;
+        assert_eq!(body["error"]["plugin"], plugin);
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+    }
+    let health = json_of(http.get(server.url("/health")).send().await.unwrap()).await;
+    assert_eq!(health["status"], "degraded");
+    let state = |name: &str| {
+        health["plugins"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["state"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(state("hello").as_deref(), Some("active"));
+    assert_eq!(state("crashy").as_deref(), Some("error"));
+    assert_eq!(state("off").as_deref(), Some("disabled"));
+    assert_eq!(state("ghost").as_deref(), Some("error"));
+}
+
+#[tokio::test]
+async fn c_plugin_serves_through_the_host() {
+    let lib = c_plugin("hello");
+    let yaml = format!(
+        "plugins:\n  c-hello:\n    path: {}\nendpoints:\n  c: {{ path: \"/c/{{rest}}\", plugin: c-hello }}\n",
+        lib.display()
+    );
+    let server = Server::start(&yaml);
+    let res = client().get(server.url("/c/anything")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body = json_of(res).await;
+    assert_eq!(body["message"], "Hello from C");
+    assert_eq!(body["path"], "/c/anything");
+    let logs = server.stop();
+    assert!(logs.contains("c-hello instance created"), "C plugin log line reaches the host:\n{logs}");
+}
+
+#[tokio::test]
+async fn plugin_logs_are_tagged_and_shutdown_reaches_every_plugin() {
+    let server = Server::start(DEMO);
+    let health = json_of(client().get(server.url("/health")).send().await.unwrap()).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let logs = server.stop();
+    let init = logs
+        .lines()
+        .find(|l| l.contains("hello initialized with greeting"))
+        .unwrap_or_else(|| panic!("plugin log line missing:\n{logs}"));
+    assert!(init.contains("plugin=\"hello\""), "tagged with the plugin name: {init}");
+    for plugin in ["request-id", "hello", "kv-store", "async-clock", "broken-panic", "static"] {
+        assert!(
+            logs.lines().any(|l| l.contains("plugin shut down") && l.contains(&format!("plugin=\"{plugin}\""))),
+            "{plugin} was not shut down:\n{logs}"
+        );
+    }
+    let _ = rust_plugins();
+}
