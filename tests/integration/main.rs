@@ -1,4 +1,5 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
 mod server;
+mod loader;
 mod support;

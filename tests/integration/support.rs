@@ -110,7 +110,8 @@ pub fn free_port() -> u16 {
 pub struct Server {
     child: Option<Child>,
     pub base: String,
-    pub dir: tempfile::TempDir,
+    /// Holds the config and log files; removed when the server is dropped.
+    _dir: tempfile::TempDir,
     log: PathBuf,
 }
 
@@ -140,7 +141,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
-            dir,
+            _dir: dir,
             log,
         };
         server.wait_ready();

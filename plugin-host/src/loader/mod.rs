@@ -70,7 +70,7 @@ pub fn load(path: &Path) -> Result<Arc<LoadedLibrary>, HostError> {
     let symbol = unsafe { library.get::<*const BwPluginVTable>(ENTRY_SYMBOL_NUL) };
     let address: *const BwPluginVTable = match symbol {
         // A `Symbol<*const T>` derefs to the symbol's address, i.e. a pointer to the static.
-        Ok(symbol) => *symbol as *const BwPluginVTable,
+        Ok(symbol) => *symbol,
         Err(_) => {
             return Err(HostError::MissingSymbol {
                 path: path.to_owned(),
