@@ -685,9 +685,7 @@ async fn concurrent_async_calls_overlap() {
 
 #[tokio::test]
 async fn dropping_a_pending_call_cancels_it() {
-    let t = Instant::now();
     let plugin = started(&rust_plugin("async_clock"), "x", Value::Null).await;
-    eprintln!("DBG start {:?}", t.elapsed());
     for _ in 0..10 {
         let started_at = Instant::now();
         let call = plugin.handle(get("/sleep/5000", &[("ms", "5000")]));
@@ -697,18 +695,15 @@ async fn dropping_a_pending_call_cancels_it() {
             "a 5 s sleep finished within 50 ms: {outcome:?}"
         );
         let elapsed = started_at.elapsed();
-        eprintln!("DBG iteration {elapsed:?}");
         assert!(
             elapsed < Duration::from_secs(2),
             "dropping the call took {elapsed:?}"
         );
     }
-    let t = Instant::now();
     let response = plugin
         .handle(get("/sleep/1", &[("ms", "1")]))
         .await
         .expect("the plugin serves after cancelled calls");
-    eprintln!("DBG last {:?}", t.elapsed());
     assert_eq!(response.status, 200);
     assert_eq!(response.body, br#"{"slept_ms":1}"#);
 }

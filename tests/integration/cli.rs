@@ -1,0 +1,142 @@
+//! The `backworks` commands that never load a plugin: inspect, list, validate; and the example
+//! configs in the repository, which must stay valid.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::support::{c_plugin, root, rust_plugin, rust_plugins};
+
+fn backworks(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_backworks"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run backworks")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn inspect_reports_metadata_and_verdict() {
+    let lib = rust_plugin("hello");
+    let out = backworks(&["plugin", "inspect", lib.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["name"], "hello");
+    assert_eq!(json["version"], "0.1.0");
+    assert_eq!(json["sdk_version"], backworks_plugin_sdk::SDK_VERSION);
+    assert_eq!(json["abi"], "1.0");
+    assert_eq!(json["compatible"], true);
+
+    let human = backworks(&["plugin", "inspect", lib.to_str().unwrap()]);
+    assert!(text(&human.stdout).contains("compatible:  yes"));
+
+    let wrong = c_plugin("broken/wrong_abi_major");
+    let out = backworks(&["plugin", "inspect", wrong.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["compatible"], false);
+    let problem = json["problem"].as_str().unwrap();
+    assert!(problem.contains("plugin ABI 2.0 is incompatible") && problem.contains("1.x"), "{problem}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.so");
+    std::fs::write(&junk, [0x7f, b'E', b'L', b'F', 1, 2, 3]).unwrap();
+    let out = backworks(&["plugin", "inspect", junk.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("not a shared library"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn list_shows_configured_and_discovered_plugins_without_loading() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backworks.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "plugin_dirs: [\"{}\"]\nplugins:\n  greeter:\n    path: libhello.so\n  off:\n    path: libkv_store.so\n    enabled: false\n  static:\n    type: builtin\nendpoints:\n  hi: {{ path: /hi, plugin: greeter }}\n",
+            rust_plugins().display()
+        ),
+    )
+    .unwrap();
+    let out = backworks(&["plugin", "list", "-c", config.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned().unwrap();
+    assert_eq!(row("greeter")["plugin_name"], "hello");
+    assert_eq!(row("greeter")["compatible"], true);
+    assert_eq!(row("off")["state"], "disabled");
+    assert_eq!(row("static")["type"], "builtin");
+    // Unconfigured plugin files in plugin_dirs are listed too.
+    assert!(
+        rows.iter()
+            .any(|r| r["configured"] == false && r["plugin_name"] == "async-clock"),
+        "{rows:?}"
+    );
+    let table = backworks(&["plugin", "list", "-c", config.to_str().unwrap()]);
+    assert!(text(&table.stdout).contains("greeter"));
+}
+
+#[test]
+fn validate_names_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("plugins:\n  a:\n    path: x.so\n    enabled: maybe\n", ":4:14:"),
+        ("plugins:\n  a:\n    path: x.so\nendpoints:\n  e:\n    path: /e\n    plugin: b\n", ":7:13: endpoint `e` names unknown plugin `b`"),
+        ("plugins:\n  a: {path: x.so, colour: red}\n", ":2:19: unknown field `colour`"),
+        ("plugins:\n  a:\n    path: x.so\n    config: {k: \"${BACKWORKS_TEST_UNSET}\"}\n", ":4:17: environment variable `BACKWORKS_TEST_UNSET` is not set"),
+    ];
+    for (yaml, expected) in cases {
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        let out = backworks(&["validate", "-c", file.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{yaml}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("bad.yaml{expected}")), "expected {expected:?} in {stderr}");
+    }
+    // A valid config whose plugin file is incompatible fails validation, naming the plugin.
+    let wrong = c_plugin("broken/newer_sdk");
+    let file = dir.path().join("ok.yaml");
+    std::fs::write(&file, format!("plugins:\n  newer:\n    path: {}\n", wrong.display())).unwrap();
+    let out = backworks(&["validate", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("plugin `newer`") && stderr.contains("1.0.0"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_broken_config_with_its_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken.yaml");
+    std::fs::write(&file, "server:\n  port: lots\n").unwrap();
+    let out = backworks(&["serve", "-c", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("broken.yaml:2:"), "{}", text(&out.stderr));
+}
+
+/// Every config in the repository parses and checks: backworks.yaml and each ```yaml block of
+/// docs/configuration.md.
+#[test]
+fn repository_configs_are_valid() {
+    backworks::config::load(&root().join("backworks.yaml")).expect("backworks.yaml");
+    let docs = root().join("docs/configuration.md");
+    let Ok(text) = std::fs::read_to_string(&docs) else {
+        panic!("{} is missing", docs.display());
+    };
+    let mut blocks = 0;
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_start().starts_with("```yaml") {
+            let block: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
+            let env = |name: &str| Some(format!("<{name}>"));
+            backworks::config::parse_str_with_env(&block.join("\n"), Path::new("docs/configuration.md"), &env)
+                .unwrap_or_else(|e| panic!("yaml block {} of docs/configuration.md: {e}", blocks + 1));
+            blocks += 1;
+        }
+    }
+    assert!(blocks > 0, "docs/configuration.md has no yaml examples");
+}
