@@ -22,7 +22,10 @@ use tower::ServiceExt;
 fn noop_library() -> std::path::PathBuf {
     // benches run from target/<profile>/deps; the noop cdylib is built next to it.
     let exe = std::env::current_exe().expect("bench executable");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
     let lib = dir.join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
     assert!(
         lib.exists(),
@@ -67,8 +70,15 @@ fn bench(c: &mut Criterion) {
     );
     let builtin = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::Noop));
     rt.block_on(async {
-        dylib.initialize(&serde_json::Value::Null).await.expect("init");
-        builtin.inner().initialize(serde_json::Value::Null).await.expect("init");
+        dylib
+            .initialize(&serde_json::Value::Null)
+            .await
+            .expect("init");
+        builtin
+            .inner()
+            .initialize(serde_json::Value::Null)
+            .await
+            .expect("init");
     });
 
     let mut group = c.benchmark_group("noop_call");
@@ -110,10 +120,12 @@ fn bench(c: &mut Criterion) {
         ),
     );
     group.bench_function("builtin_server", |b| {
-        b.to_async(&rt).iter(|| builtin_app.clone().oneshot(http_request()))
+        b.to_async(&rt)
+            .iter(|| builtin_app.clone().oneshot(http_request()))
     });
     group.bench_function("dylib_server", |b| {
-        b.to_async(&rt).iter(|| dylib_app.clone().oneshot(http_request()))
+        b.to_async(&rt)
+            .iter(|| dylib_app.clone().oneshot(http_request()))
     });
     group.finish();
 }

@@ -70,7 +70,8 @@ pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
 
 /// The SDK versions this host loads plugins of, as a semver requirement (`^0.1`, `^1`).
 pub fn supported_sdk() -> String {
-    let host = semver::Version::parse(SDK_VERSION).unwrap_or_else(|_| semver::Version::new(0, 0, 0));
+    let host =
+        semver::Version::parse(SDK_VERSION).unwrap_or_else(|_| semver::Version::new(0, 0, 0));
     if host.major == 0 {
         format!("^0.{}", host.minor)
     } else {

@@ -171,7 +171,12 @@ impl PluginHost {
         let result = self.start_recorded(spec).await;
         match &result {
             Ok(plugin) => {
-                tracing::info!(plugin = spec.name, version = plugin.info().metadata.version, kind = plugin.info().kind.as_str(), "plugin active");
+                tracing::info!(
+                    plugin = spec.name,
+                    version = plugin.info().metadata.version,
+                    kind = plugin.info().kind.as_str(),
+                    "plugin active"
+                );
                 self.update(&spec.name, |e| e.status.state = PluginState::Active);
             }
             Err(error) => {
@@ -341,12 +346,17 @@ mod tests {
         let host = host();
         let ok = host.start(&spec("a", json!({}))).await.unwrap();
         assert_eq!(host.state("a"), Some(PluginState::Active));
-        let err = host.start(&spec("b", json!({"fail": true}))).await.unwrap_err();
+        let err = host
+            .start(&spec("b", json!({"fail": true})))
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "plugin `b` failed to start: invalid configuration: asked to fail"
         );
-        assert!(matches!(host.state("b"), Some(PluginState::Error(r)) if r.contains("asked to fail")));
+        assert!(
+            matches!(host.state("b"), Some(PluginState::Error(r)) if r.contains("asked to fail"))
+        );
         assert!(host.get("b").is_none());
         assert!(matches!(
             host.start(&spec("a", json!({}))).await,
@@ -358,7 +368,10 @@ mod tests {
             config: Value::Null,
         };
         let err = host.start(&missing).await.unwrap_err();
-        assert_eq!(err.to_string(), "no built-in plugin named `nope` (built-ins: flaky)");
+        assert_eq!(
+            err.to_string(),
+            "no built-in plugin named `nope` (built-ins: flaky)"
+        );
 
         // A panic in a built-in is an error, not an unwind.
         let result = ok.handle(Request::new("GET", "/")).await;

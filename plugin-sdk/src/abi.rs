@@ -220,9 +220,8 @@ pub struct BwHostServices {
     /// The most verbose `BW_LOG_*` level the host will record (0: none).
     pub max_log_level: u32,
     /// Records one log line of the plugin. Thread-safe; never unwinds.
-    pub log: Option<
-        unsafe extern "C" fn(ctx: *mut c_void, level: u32, target: BwStr, message: BwStr),
-    >,
+    pub log:
+        Option<unsafe extern "C" fn(ctx: *mut c_void, level: u32, target: BwStr, message: BwStr)>,
 }
 
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
@@ -244,20 +243,30 @@ pub struct BwPluginVTable {
     /// The same bytes as the metadata section (see [`crate::metadata`]).
     pub metadata: BwStr,
     /// Creates an instance. Returns null on failure, with the reason in `out`.
-    pub instance_new:
-        Option<unsafe extern "C" fn(host: *const BwHostServices, out: *mut BwOutput) -> *mut c_void>,
+    pub instance_new: Option<
+        unsafe extern "C" fn(host: *const BwHostServices, out: *mut BwOutput) -> *mut c_void,
+    >,
     /// Destroys an instance once no call on it is running or pending.
     pub instance_free: Option<unsafe extern "C" fn(instance: *mut c_void)>,
     /// Initializes the instance with its config, a JSON document. Output: DONE or ERROR.
-    pub initialize:
-        Option<unsafe extern "C" fn(instance: *mut c_void, config_json: BwStr, out: *mut BwOutput) -> i32>,
+    pub initialize: Option<
+        unsafe extern "C" fn(instance: *mut c_void, config_json: BwStr, out: *mut BwOutput) -> i32,
+    >,
     /// Serves an endpoint. Output: RESPONSE or ERROR.
     pub handle: Option<
-        unsafe extern "C" fn(instance: *mut c_void, request: *const BwRequest, out: *mut BwOutput) -> i32,
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            out: *mut BwOutput,
+        ) -> i32,
     >,
     /// Runs before the endpoint. Output: CONTINUE, REQUEST, RESPONSE (answer early) or ERROR.
     pub before_request: Option<
-        unsafe extern "C" fn(instance: *mut c_void, request: *const BwRequest, out: *mut BwOutput) -> i32,
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            out: *mut BwOutput,
+        ) -> i32,
     >,
     /// Runs after the endpoint. Output: RESPONSE (possibly changed) or ERROR.
     pub after_response: Option<
@@ -269,7 +278,8 @@ pub struct BwPluginVTable {
         ) -> i32,
     >,
     /// Reports health. Output: HEALTH or ERROR.
-    pub health_check: Option<unsafe extern "C" fn(instance: *mut c_void, out: *mut BwOutput) -> i32>,
+    pub health_check:
+        Option<unsafe extern "C" fn(instance: *mut c_void, out: *mut BwOutput) -> i32>,
     /// Shuts the instance down. Output: DONE or ERROR.
     pub shutdown: Option<unsafe extern "C" fn(instance: *mut c_void, out: *mut BwOutput) -> i32>,
     /// Starts a pending task. The plugin calls `completion` exactly once. Returns a handle that the

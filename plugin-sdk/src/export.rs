@@ -316,7 +316,12 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
     guard(out, || {
         if services.is_null() {
             // SAFETY: the host passes a valid, exclusive output for the duration of the call.
-            unsafe { write_output(&mut *out, Outcome::Error(PluginError::Internal("no host services".into()))) };
+            unsafe {
+                write_output(
+                    &mut *out,
+                    Outcome::Error(PluginError::Internal("no host services".into())),
+                )
+            };
             return BW_READY;
         }
         // SAFETY: the host keeps its services valid until `instance_free`; we read only the fields
@@ -471,7 +476,10 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
     })
 }
 
-unsafe extern "C" fn health_check<P: BackworksPlugin>(this: *mut c_void, out: *mut BwOutput) -> i32 {
+unsafe extern "C" fn health_check<P: BackworksPlugin>(
+    this: *mut c_void,
+    out: *mut BwOutput,
+) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library.
         let this = unsafe { instance::<P>(this) };
@@ -560,7 +568,9 @@ struct Owned {
 unsafe extern "C" fn release_owned(owner: *mut c_void) {
     if !owner.is_null() {
         // SAFETY: `owner` is the `Box<Owned>` leaked by `write_output`, released once by the host.
-        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(owner.cast::<Owned>()) })));
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            drop(unsafe { Box::from_raw(owner.cast::<Owned>()) })
+        }));
     }
 }
 
@@ -644,35 +654,59 @@ fn write_output(out: &mut BwOutput, outcome: Outcome) {
     out.message = str_view(message);
     if let Some(response) = response {
         let (start, len) = pair_views(
-            response.headers.iter().map(|(k, v)| (str_view(k), str_view(v))),
+            response
+                .headers
+                .iter()
+                .map(|(k, v)| (str_view(k), str_view(v))),
             pairs,
         );
         out.response = BwResponse {
             status: response.status,
-            headers: BwKvList { ptr: std::ptr::null(), len },
+            headers: BwKvList {
+                ptr: std::ptr::null(),
+                len,
+            },
             body: BwStr::new(&response.body),
         };
         out.response.headers.ptr = start as *const BwKv;
     }
     if let Some(request) = request {
         let (params, n_params) = pair_views(
-            request.params.iter().map(|(k, v)| (str_view(k), str_view(v))),
+            request
+                .params
+                .iter()
+                .map(|(k, v)| (str_view(k), str_view(v))),
             pairs,
         );
         let (query, n_query) = pair_views(
-            request.query.iter().map(|(k, v)| (str_view(k), str_view(v))),
+            request
+                .query
+                .iter()
+                .map(|(k, v)| (str_view(k), str_view(v))),
             pairs,
         );
         let (headers, n_headers) = pair_views(
-            request.headers.iter().map(|(k, v)| (str_view(k), str_view(v))),
+            request
+                .headers
+                .iter()
+                .map(|(k, v)| (str_view(k), str_view(v))),
             pairs,
         );
         out.request = BwRequest {
             method: str_view(&request.method),
             path: str_view(&request.path),
-            params: BwKvList { ptr: params as *const BwKv, len: n_params },
-            query: BwKvList { ptr: query as *const BwKv, len: n_query },
-            headers: BwKvList { ptr: headers as *const BwKv, len: n_headers },
+            params: BwKvList {
+                ptr: params as *const BwKv,
+                len: n_params,
+            },
+            query: BwKvList {
+                ptr: query as *const BwKv,
+                len: n_query,
+            },
+            headers: BwKvList {
+                ptr: headers as *const BwKv,
+                len: n_headers,
+            },
             body: BwStr::new(&request.body),
         };
     }

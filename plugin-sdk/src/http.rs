@@ -39,7 +39,8 @@ impl Headers {
 
     /// Adds a value of `name`, keeping the earlier ones.
     pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        self.0.push((name.into().to_ascii_lowercase(), value.into()));
+        self.0
+            .push((name.into().to_ascii_lowercase(), value.into()));
     }
 
     /// Removes every value of `name`; returns whether there was one.

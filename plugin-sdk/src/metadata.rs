@@ -186,7 +186,12 @@ const fn digits(mut n: u16) -> usize {
 }
 
 /// Length of the metadata [`encode`] writes. Used by `export_plugin!` at compile time.
-pub const fn encoded_len(name: &str, version: &str, description: &str, panic_unwind: bool) -> usize {
+pub const fn encoded_len(
+    name: &str,
+    version: &str,
+    description: &str,
+    panic_unwind: bool,
+) -> usize {
     let abi = crate::abi::ABI_MAJOR;
     let minor = crate::abi::ABI_MINOR;
     let mut len = MAGIC.len() + "abi=".len() + digits(abi) + 1 + digits(minor) + 1;
@@ -202,7 +207,10 @@ pub const fn encoded_len(name: &str, version: &str, description: &str, panic_unw
 const fn put(out: &mut [u8], mut at: usize, bytes: &[u8]) -> usize {
     let mut i = 0;
     while i < bytes.len() {
-        assert!(bytes[i] != 0, "plugin metadata values must not contain NUL bytes");
+        assert!(
+            bytes[i] != 0,
+            "plugin metadata values must not contain NUL bytes"
+        );
         out[at] = bytes[i];
         at += 1;
         i += 1;

@@ -55,7 +55,11 @@ pub trait BackworksPlugin: Send + Sync + 'static {
 
     /// Runs after the endpoint (and after later hooks) when the plugin is in an endpoint's hook
     /// chain; returns the response to send, changed or not.
-    async fn after_response(&self, request: &Request, response: Response) -> PluginResult<Response> {
+    async fn after_response(
+        &self,
+        request: &Request,
+        response: Response,
+    ) -> PluginResult<Response> {
         let _ = request;
         Ok(response)
     }

@@ -53,7 +53,9 @@ impl BackworksPlugin for StaticResponse {
             };
             for (name, value) in headers {
                 let Value::String(value) = value else {
-                    return Err(PluginError::Config(format!("header `{name}` must be a string")));
+                    return Err(PluginError::Config(format!(
+                        "header `{name}` must be a string"
+                    )));
                 };
                 response.headers.insert(name.clone(), value.clone());
             }
@@ -94,7 +96,10 @@ mod tests {
             .initialize(json!({"status": 99}))
             .await
             .unwrap_err();
-        assert_eq!(err.to_string(), "invalid configuration: `status` must be 100-599, got 99");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: `status` must be 100-599, got 99"
+        );
         let err = StaticResponse::default()
             .initialize(json!({"stauts": 200}))
             .await

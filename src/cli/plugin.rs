@@ -41,7 +41,11 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
                 println!("name:        {}", m.name);
                 println!("version:     {}", m.version);
                 println!("description: {}", m.description);
-                println!("sdk:         {} (host loads {})", m.sdk_version, supported_sdk());
+                println!(
+                    "sdk:         {} (host loads {})",
+                    m.sdk_version,
+                    supported_sdk()
+                );
                 println!("abi:         {}.{}", m.abi_major, m.abi_minor);
                 match &i.compatibility {
                     Ok(()) => println!("compatible:  yes"),
@@ -83,7 +87,11 @@ fn rows(config: &Config) -> Vec<Value> {
                         row["compatible"] = json!(false);
                         row["problem"] = json!(format!(
                             "file not found; looked at {}",
-                            tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+                            tried
+                                .iter()
+                                .map(|p| p.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
                         ));
                     }
                 }
@@ -145,10 +153,20 @@ pub fn list(config_path: &Path, as_json: bool) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(0);
     }
-    println!("{:<20} {:<9} {:<10} {:<10} {:<11} FILE / PROBLEM", "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE");
+    println!(
+        "{:<20} {:<9} {:<10} {:<10} {:<11} FILE / PROBLEM",
+        "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE"
+    );
     for row in &rows {
-        let name = row["name"].as_str().or(row["plugin_name"].as_str()).unwrap_or("-");
-        let name = if row["configured"] == true { name.to_owned() } else { format!("({name})") };
+        let name = row["name"]
+            .as_str()
+            .or(row["plugin_name"].as_str())
+            .unwrap_or("-");
+        let name = if row["configured"] == true {
+            name.to_owned()
+        } else {
+            format!("({name})")
+        };
         let detail = row["problem"]
             .as_str()
             .map(str::to_owned)
@@ -160,7 +178,11 @@ pub fn list(config_path: &Path, as_json: bool) -> anyhow::Result<i32> {
             row["type"].as_str().unwrap_or("-"),
             row["version"].as_str().unwrap_or("-"),
             row["state"].as_str().unwrap_or("-"),
-            if row["compatible"] == true { "yes" } else { "no" },
+            if row["compatible"] == true {
+                "yes"
+            } else {
+                "no"
+            },
             detail
         );
     }

@@ -292,6 +292,58 @@ endpoints:
     }
 
     #[test]
+    fn full_example_settings_and_hook_chains() {
+        let text = fs::read_to_string(data("full.yaml")).unwrap();
+        let c = parse(&text).unwrap();
+        assert_eq!(c.server.port, 8081);
+        let dirs: Vec<_> = c
+            .plugin_dirs
+            .iter()
+            .map(|d| (d.path.clone(), d.recursive))
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                ("conf/plugins".into(), false),
+                ("conf/target/release".into(), false)
+            ]
+        );
+        let auth = c.plugin("auth").unwrap();
+        assert_eq!(auth.config, json!({"api_key": "dev-key"}));
+        assert!(auth.before_request && !auth.after_response);
+        let request_id = c.plugin("request-id").unwrap();
+        assert_eq!(
+            (request_id.kind.clone(), request_id.order),
+            (PluginKind::Builtin, -10)
+        );
+        let chain = |endpoint: usize| -> Vec<&str> {
+            c.hook_chain(&c.endpoints[endpoint])
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect()
+        };
+        assert_eq!(chain(0), ["request-id", "auth"]);
+        assert_eq!(chain(1), ["request-id"]);
+        assert!(chain(2).is_empty());
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let text = format!(
+            "plugins:\n  p:\n    config: {}{}\n",
+            "[".repeat(500),
+            "]".repeat(500)
+        );
+        let err = parse(&text).unwrap_err();
+        assert_eq!(
+            (err.kind(), err.line()),
+            (ConfigErrorKind::Parse, 3),
+            "{err}"
+        );
+        assert!(err.column() > 0, "{err}");
+    }
+
+    #[test]
     fn unreadable_file_is_an_io_error_without_position() {
         let missing = data("no-such-file.yaml");
         let err = load(&missing).unwrap_err();

@@ -5,7 +5,8 @@
 //!
 //! - `model`: the document as written (serde types, every value with its location);
 //! - `interpolate`: `${VAR}`, `${VAR:-default}` and `$$` in string values, after parsing;
-//! - `validate`: defaults and rules, turning the model into a [`Config`];
+//! - `validate` (and `validate/endpoints`): defaults and rules, turning the model into a
+//!   [`Config`];
 //! - `load`: reading the file and running the steps above;
 //! - `checked`: the [`Config`] types and the hook chain of an endpoint;
 //! - `search`: finding a plugin's library file.

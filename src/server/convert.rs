@@ -111,7 +111,11 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let req = request_from_parts(&parts, vec![("id".into(), "b".into())], Bytes::from_static(b"hi"));
+        let req = request_from_parts(
+            &parts,
+            vec![("id".into(), "b".into())],
+            Bytes::from_static(b"hi"),
+        );
         assert_eq!(req.path, "/a/b");
         assert_eq!(req.query_param("y"), Some("hello world"));
         assert_eq!(req.query.len(), 3);

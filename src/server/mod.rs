@@ -17,7 +17,9 @@ use axum::extract::RawPathParams;
 use axum::http::request::Parts;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use backworks_plugin_host::hooks::error_response;
-use backworks_plugin_host::{Hook, HookChain, Plugin, PluginHost, PluginSource, PluginSpec, PluginState};
+use backworks_plugin_host::{
+    Hook, HookChain, Plugin, PluginHost, PluginSource, PluginSpec, PluginState,
+};
 use backworks_plugin_sdk::{PluginError, Response};
 use bytes::Bytes;
 
@@ -65,15 +67,21 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) {
 
 fn resolve(config: &Config, host: &PluginHost, endpoint: &EndpointConfig) -> Endpoint {
     let unavailable = |name: &str| match host.state(name) {
-        Some(state @ PluginState::Error(_)) => format!("plugin `{name}` failed to start ({})", state_reason(&state)),
+        Some(state @ PluginState::Error(_)) => {
+            format!("plugin `{name}` failed to start ({})", state_reason(&state))
+        }
         Some(state) => format!("plugin `{name}` is {}", state.as_str()),
         None => format!("plugin `{name}` is not configured"),
     };
     let target = (|| {
-        let plugin = host.get(&endpoint.plugin).ok_or_else(|| unavailable(&endpoint.plugin))?;
+        let plugin = host
+            .get(&endpoint.plugin)
+            .ok_or_else(|| unavailable(&endpoint.plugin))?;
         let mut hooks = Vec::new();
         for hook in config.hook_chain(endpoint) {
-            let plugin = host.get(&hook.name).ok_or_else(|| unavailable(&hook.name))?;
+            let plugin = host
+                .get(&hook.name)
+                .ok_or_else(|| unavailable(&hook.name))?;
             hooks.push(Hook {
                 plugin,
                 before_request: hook.before_request,
@@ -83,7 +91,10 @@ fn resolve(config: &Config, host: &PluginHost, endpoint: &EndpointConfig) -> End
         Ok((plugin, HookChain::new(hooks)))
     })();
     if let Err(reason) = &target {
-        tracing::warn!(endpoint = endpoint.name, "endpoint will answer 503: {reason}");
+        tracing::warn!(
+            endpoint = endpoint.name,
+            "endpoint will answer 503: {reason}"
+        );
     }
     Endpoint {
         plugin_name: endpoint.plugin.clone(),
@@ -155,7 +166,10 @@ async fn serve_endpoint(
         Ok(target) => target,
         Err(reason) => {
             let error = PluginError::Unavailable(reason.clone());
-            return convert::into_http(&endpoint.plugin_name, error_response(&endpoint.plugin_name, &error));
+            return convert::into_http(
+                &endpoint.plugin_name,
+                error_response(&endpoint.plugin_name, &error),
+            );
         }
     };
     let params = params
@@ -166,7 +180,9 @@ async fn serve_endpoint(
     let response = if hooks.is_empty() {
         call(plugin.as_ref(), request).await
     } else {
-        hooks.run(request, |request| call(plugin.as_ref(), request)).await
+        hooks
+            .run(request, |request| call(plugin.as_ref(), request))
+            .await
     };
     convert::into_http(&endpoint.plugin_name, response)
 }

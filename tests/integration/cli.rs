@@ -41,14 +41,21 @@ fn inspect_reports_metadata_and_verdict() {
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["compatible"], false);
     let problem = json["problem"].as_str().unwrap();
-    assert!(problem.contains("plugin ABI 2.0 is incompatible") && problem.contains("1.x"), "{problem}");
+    assert!(
+        problem.contains("plugin ABI 2.0 is incompatible") && problem.contains("1.x"),
+        "{problem}"
+    );
 
     let dir = tempfile::tempdir().unwrap();
     let junk = dir.path().join("junk.so");
     std::fs::write(&junk, [0x7f, b'E', b'L', b'F', 1, 2, 3]).unwrap();
     let out = backworks(&["plugin", "inspect", junk.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stdout).contains("not a shared library"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("not a shared library"),
+        "{}",
+        text(&out.stdout)
+    );
 }
 
 #[test]
@@ -85,10 +92,22 @@ fn list_shows_configured_and_discovered_plugins_without_loading() {
 fn validate_names_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("plugins:\n  a:\n    path: x.so\n    enabled: maybe\n", ":4:14:"),
-        ("plugins:\n  a:\n    path: x.so\nendpoints:\n  e:\n    path: /e\n    plugin: b\n", ":7:13: endpoint `e` names unknown plugin `b`"),
-        ("plugins:\n  a: {path: x.so, colour: red}\n", ":2:19: unknown field `colour`"),
-        ("plugins:\n  a:\n    path: x.so\n    config: {k: \"${BACKWORKS_TEST_UNSET}\"}\n", ":4:17: environment variable `BACKWORKS_TEST_UNSET` is not set"),
+        (
+            "plugins:\n  a:\n    path: x.so\n    enabled: maybe\n",
+            ":4:14:",
+        ),
+        (
+            "plugins:\n  a:\n    path: x.so\nendpoints:\n  e:\n    path: /e\n    plugin: b\n",
+            ":7:13: endpoint `e` names unknown plugin `b`",
+        ),
+        (
+            "plugins:\n  a: {path: x.so, colour: red}\n",
+            ":2:19: unknown field `colour`",
+        ),
+        (
+            "plugins:\n  a:\n    path: x.so\n    config: {k: \"${BACKWORKS_TEST_UNSET}\"}\n",
+            ":4:17: environment variable `BACKWORKS_TEST_UNSET` is not set",
+        ),
     ];
     for (yaml, expected) in cases {
         let file = dir.path().join("bad.yaml");
@@ -96,16 +115,26 @@ fn validate_names_file_line_and_column() {
         let out = backworks(&["validate", "-c", file.to_str().unwrap()]);
         assert_eq!(out.status.code(), Some(1), "{yaml}");
         let stderr = text(&out.stderr);
-        assert!(stderr.contains(&format!("bad.yaml{expected}")), "expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(&format!("bad.yaml{expected}")),
+            "expected {expected:?} in {stderr}"
+        );
     }
     // A valid config whose plugin file is incompatible fails validation, naming the plugin.
     let wrong = c_plugin("broken/newer_sdk");
     let file = dir.path().join("ok.yaml");
-    std::fs::write(&file, format!("plugins:\n  newer:\n    path: {}\n", wrong.display())).unwrap();
+    std::fs::write(
+        &file,
+        format!("plugins:\n  newer:\n    path: {}\n", wrong.display()),
+    )
+    .unwrap();
     let out = backworks(&["validate", "-c", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("plugin `newer`") && stderr.contains("1.0.0"), "{stderr}");
+    assert!(
+        stderr.contains("plugin `newer`") && stderr.contains("1.0.0"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -115,7 +144,11 @@ fn serve_refuses_a_broken_config_with_its_location() {
     std::fs::write(&file, "server:\n  port: lots\n").unwrap();
     let out = backworks(&["serve", "-c", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("broken.yaml:2:"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("broken.yaml:2:"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// Every config in the repository parses and checks: backworks.yaml and each ```yaml block of
@@ -131,10 +164,17 @@ fn repository_configs_are_valid() {
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
         if line.trim_start().starts_with("```yaml") {
-            let block: Vec<&str> = lines.by_ref().take_while(|l| !l.trim_start().starts_with("```")).collect();
+            let block: Vec<&str> = lines
+                .by_ref()
+                .take_while(|l| !l.trim_start().starts_with("```"))
+                .collect();
             let env = |name: &str| Some(format!("<{name}>"));
-            backworks::config::parse_str_with_env(&block.join("\n"), Path::new("docs/configuration.md"), &env)
-                .unwrap_or_else(|e| panic!("yaml block {} of docs/configuration.md: {e}", blocks + 1));
+            backworks::config::parse_str_with_env(
+                &block.join("\n"),
+                Path::new("docs/configuration.md"),
+                &env,
+            )
+            .unwrap_or_else(|e| panic!("yaml block {} of docs/configuration.md: {e}", blocks + 1));
             blocks += 1;
         }
     }

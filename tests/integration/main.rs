@@ -1,6 +1,6 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
 mod cli;
-mod server;
 mod loader;
+mod server;
 mod support;

@@ -58,11 +58,25 @@ async fn hello_and_echo() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["content-type"], "application/x-bytes");
-    assert_eq!(res.bytes().await.unwrap().to_vec(), body, "binary body round-trips");
+    assert_eq!(
+        res.bytes().await.unwrap().to_vec(),
+        body,
+        "binary body round-trips"
+    );
 
     // Routing belongs to the server: unknown paths 404, wrong methods 405, without a plugin call.
-    assert_eq!(http.get(server.url("/nope")).send().await.unwrap().status(), 404);
-    assert_eq!(http.delete(server.url("/hello/ana")).send().await.unwrap().status(), 405);
+    assert_eq!(
+        http.get(server.url("/nope")).send().await.unwrap().status(),
+        404
+    );
+    assert_eq!(
+        http.delete(server.url("/hello/ana"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        405
+    );
 }
 
 #[tokio::test]
@@ -105,7 +119,10 @@ endpoints:
     let denied = http.get(server.url("/hello/x")).send().await.unwrap();
     assert_eq!(denied.status(), 401);
     assert!(denied.headers().contains_key("x-request-id"));
-    assert_eq!(json_of(denied).await, json!({"error": "missing or invalid API key"}));
+    assert_eq!(
+        json_of(denied).await,
+        json!({"error": "missing or invalid API key"})
+    );
     let allowed = http
         .get(server.url("/hello/x"))
         .header("x-api-key", "s3cret")
@@ -114,16 +131,29 @@ endpoints:
         .unwrap();
     assert_eq!(allowed.status(), 200);
     let logs = server.stop();
-    assert!(!logs.contains("s3cret"), "the secret leaked into the logs:\n{logs}");
+    assert!(
+        !logs.contains("s3cret"),
+        "the secret leaked into the logs:\n{logs}"
+    );
 }
 
 #[tokio::test]
 async fn kv_store_is_correct_under_concurrency() {
     let server = Server::start(DEMO);
     let http = client();
-    let put = http.put(server.url("/kv/greeting")).body("hi").send().await.unwrap();
+    let put = http
+        .put(server.url("/kv/greeting"))
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 201);
-    let put = http.put(server.url("/kv/greeting")).body("hello").send().await.unwrap();
+    let put = http
+        .put(server.url("/kv/greeting"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), 200);
     let got = http.get(server.url("/kv/greeting")).send().await.unwrap();
     assert_eq!(got.text().await.unwrap(), "hello");
@@ -135,7 +165,9 @@ async fn kv_store_is_correct_under_concurrency() {
             tokio::spawn(async move {
                 let res = http.post(url).send().await.unwrap();
                 assert_eq!(res.status(), 200);
-                res.json::<Value>().await.unwrap()["value"].as_u64().unwrap()
+                res.json::<Value>().await.unwrap()["value"]
+                    .as_u64()
+                    .unwrap()
             })
         })
         .collect();
@@ -144,9 +176,17 @@ async fn kv_store_is_correct_under_concurrency() {
         values.push(task.await.unwrap());
     }
     values.sort_unstable();
-    assert_eq!(values, (1..=200).collect::<Vec<u64>>(), "every increment counted once");
+    assert_eq!(
+        values,
+        (1..=200).collect::<Vec<u64>>(),
+        "every increment counted once"
+    );
 
-    let del = http.delete(server.url("/kv/greeting")).send().await.unwrap();
+    let del = http
+        .delete(server.url("/kv/greeting"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(del.status(), 204);
     let gone = http.get(server.url("/kv/greeting")).send().await.unwrap();
     assert_eq!(gone.status(), 404);
@@ -171,7 +211,11 @@ async fn async_plugin_awaits_timers_and_sockets_on_its_own_runtime() {
         })
         .collect();
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let hello = http.get(server.url("/hello/meanwhile")).send().await.unwrap();
+    let hello = http
+        .get(server.url("/hello/meanwhile"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(hello.status(), 200);
     for sleeper in sleepers {
         assert_eq!(sleeper.await.unwrap(), 200);
@@ -189,7 +233,10 @@ async fn a_panic_is_a_500_naming_the_plugin_and_the_host_keeps_serving() {
         assert_eq!(body["error"]["plugin"], "broken-panic");
         assert_eq!(body["error"]["kind"], "panic");
         assert!(
-            body["error"]["message"].as_str().unwrap().contains("handle exploded"),
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("handle exploded"),
             "{body}"
         );
         // The same plugin and the others answer the next request normally.
@@ -199,7 +246,10 @@ async fn a_panic_is_a_500_naming_the_plugin_and_the_host_keeps_serving() {
         assert_eq!(hello.status(), 200);
     }
     let logs = server.stop();
-    assert!(logs.contains("handle exploded"), "the panic is logged:\n{logs}");
+    assert!(
+        logs.contains("handle exploded"),
+        "the panic is logged:\n{logs}"
+    );
 }
 
 #[tokio::test]
@@ -225,7 +275,14 @@ endpoints:
 "#;
     let server = Server::start(yaml);
     let http = client();
-    assert_eq!(http.get(server.url("/hello/x")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        http.get(server.url("/hello/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     for (path, plugin, says) in [
         ("/crashy", "crashy", "initialize exploded"),
         ("/off", "off", "disabled"),
@@ -235,7 +292,10 @@ endpoints:
         assert_eq!(res.status(), 503, "{path}");
         let body = json_of(res).await;
         assert_eq!(body["error"]["plugin"], plugin);
-        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(says),
+            "{body}"
+        );
     }
     let health = json_of(http.get(server.url("/health")).send().await.unwrap()).await;
     assert_eq!(health["status"], "degraded");
@@ -261,13 +321,20 @@ async fn c_plugin_serves_through_the_host() {
         lib.display()
     );
     let server = Server::start(&yaml);
-    let res = client().get(server.url("/c/anything")).send().await.unwrap();
+    let res = client()
+        .get(server.url("/c/anything"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let body = json_of(res).await;
     assert_eq!(body["message"], "Hello from C");
     assert_eq!(body["path"], "/c/anything");
     let logs = server.stop();
-    assert!(logs.contains("c-hello instance created"), "C plugin log line reaches the host:\n{logs}");
+    assert!(
+        logs.contains("c-hello instance created"),
+        "C plugin log line reaches the host:\n{logs}"
+    );
 }
 
 #[tokio::test]
@@ -280,10 +347,22 @@ async fn plugin_logs_are_tagged_and_shutdown_reaches_every_plugin() {
         .lines()
         .find(|l| l.contains("hello initialized with greeting"))
         .unwrap_or_else(|| panic!("plugin log line missing:\n{logs}"));
-    assert!(init.contains("plugin=\"hello\""), "tagged with the plugin name: {init}");
-    for plugin in ["request-id", "hello", "kv-store", "async-clock", "broken-panic", "static"] {
+    assert!(
+        init.contains("plugin=\"hello\""),
+        "tagged with the plugin name: {init}"
+    );
+    for plugin in [
+        "request-id",
+        "hello",
+        "kv-store",
+        "async-clock",
+        "broken-panic",
+        "static",
+    ] {
         assert!(
-            logs.lines().any(|l| l.contains("plugin shut down") && l.contains(&format!("plugin=\"{plugin}\""))),
+            logs.lines()
+                .any(|l| l.contains("plugin shut down")
+                    && l.contains(&format!("plugin=\"{plugin}\""))),
             "{plugin} was not shut down:\n{logs}"
         );
     }

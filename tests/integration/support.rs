@@ -29,7 +29,11 @@ pub fn rust_plugins() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target = target_dir();
-        let profile = target.file_name().and_then(|p| p.to_str()).unwrap_or("debug").to_owned();
+        let profile = target
+            .file_name()
+            .and_then(|p| p.to_str())
+            .unwrap_or("debug")
+            .to_owned();
         let mut cmd = Command::new(env!("CARGO"));
         cmd.current_dir(root()).args(["build", "--quiet", "--lib"]);
         for package in [
@@ -48,7 +52,9 @@ pub fn rust_plugins() -> &'static Path {
         if let Some(dir) = target.parent() {
             cmd.env("CARGO_TARGET_DIR", dir);
         }
-        let status = cmd.status().expect("run cargo build for the example plugins");
+        let status = cmd
+            .status()
+            .expect("run cargo build for the example plugins");
         assert!(status.success(), "building the example plugins failed");
         target
     })
@@ -79,7 +85,9 @@ pub fn c_plugin(source: &str) -> PathBuf {
         // Unique temporary name, then rename: tests compile in parallel.
         let tmp = out_dir.join(format!("{name}.{}.tmp.so", std::process::id()));
         let output = Command::new(&cc)
-            .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11", "-O1"])
+            .args([
+                "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11", "-O1",
+            ])
             .arg("-I")
             .arg(root().join("plugin-sdk/include"))
             .arg("-o")
@@ -159,7 +167,11 @@ impl Server {
             if std::net::TcpStream::connect(self.base.trim_start_matches("http://")).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "backworks did not start:\n{}", self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "backworks did not start:\n{}",
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -186,7 +198,9 @@ impl Server {
 
     fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

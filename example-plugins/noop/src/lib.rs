@@ -14,4 +14,9 @@ impl BackworksPlugin for Noop {
     }
 }
 
-export_plugin!(Noop, name = "noop", version = "0.1.0", description = "answers 200");
+export_plugin!(
+    Noop,
+    name = "noop",
+    version = "0.1.0",
+    description = "answers 200"
+);

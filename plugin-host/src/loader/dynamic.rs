@@ -71,10 +71,18 @@ unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, target: BwStr, messa
         };
         let plugin: &str = plugin;
         match level {
-            BW_LOG_ERROR => tracing::error!(target: "plugin", plugin, plugin_target = %target, "{message}"),
-            BW_LOG_WARN => tracing::warn!(target: "plugin", plugin, plugin_target = %target, "{message}"),
-            BW_LOG_INFO => tracing::info!(target: "plugin", plugin, plugin_target = %target, "{message}"),
-            BW_LOG_DEBUG => tracing::debug!(target: "plugin", plugin, plugin_target = %target, "{message}"),
+            BW_LOG_ERROR => {
+                tracing::error!(target: "plugin", plugin, plugin_target = %target, "{message}")
+            }
+            BW_LOG_WARN => {
+                tracing::warn!(target: "plugin", plugin, plugin_target = %target, "{message}")
+            }
+            BW_LOG_INFO => {
+                tracing::info!(target: "plugin", plugin, plugin_target = %target, "{message}")
+            }
+            BW_LOG_DEBUG => {
+                tracing::debug!(target: "plugin", plugin, plugin_target = %target, "{message}")
+            }
             _ => tracing::trace!(target: "plugin", plugin, plugin_target = %target, "{message}"),
         }
     });
@@ -196,7 +204,8 @@ fn str_view(s: &str) -> BwStr {
 
 impl RequestView {
     fn new(request: &Request) -> RequestView {
-        let mut pairs = Vec::with_capacity(request.params.len() + request.query.len() + request.headers.len());
+        let mut pairs =
+            Vec::with_capacity(request.params.len() + request.query.len() + request.headers.len());
         let kv = |(k, v): (&str, &str)| BwKv {
             key: str_view(k),
             value: str_view(v),
@@ -206,7 +215,11 @@ impl RequestView {
         pairs.extend(request.headers.iter().map(kv));
         RequestView {
             pairs,
-            lens: [request.params.len(), request.query.len(), request.headers.len()],
+            lens: [
+                request.params.len(),
+                request.query.len(),
+                request.headers.len(),
+            ],
         }
     }
 
@@ -280,7 +293,9 @@ impl Output {
         unsafe {
             Ok(Response {
                 status,
-                headers: read_pairs(self.raw.response.headers).into_iter().collect::<Headers>(),
+                headers: read_pairs(self.raw.response.headers)
+                    .into_iter()
+                    .collect::<Headers>(),
                 body: self.raw.response.body.as_bytes().to_vec(),
             })
         }
@@ -485,7 +500,10 @@ impl Plugin for DynamicPlugin {
     async fn health_check(&self) -> Health {
         let f = self.vtable().health_check.expect("checked at load time");
         // SAFETY: live instance of this library; valid output.
-        let out = self.start(|instance, out| unsafe { f(instance, out) }).finish().await;
+        let out = self
+            .start(|instance, out| unsafe { f(instance, out) })
+            .finish()
+            .await;
         match (out.raw.kind, out.raw.code) {
             (BW_OUT_HEALTH, BW_HEALTH_HEALTHY) => Health::Healthy,
             (BW_OUT_HEALTH, BW_HEALTH_DEGRADED) => Health::Degraded(out.message()),
@@ -497,7 +515,10 @@ impl Plugin for DynamicPlugin {
     async fn shutdown(&self) -> Result<(), PluginError> {
         let f = self.vtable().shutdown.expect("checked at load time");
         // SAFETY: live instance of this library; valid output.
-        let out = self.start(|instance, out| unsafe { f(instance, out) }).finish().await;
+        let out = self
+            .start(|instance, out| unsafe { f(instance, out) })
+            .finish()
+            .await;
         match out.raw.kind {
             BW_OUT_DONE => Ok(()),
             _ => Err(out.unexpected("shutdown")),

@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use backworks_plugin_sdk::PluginMetadata;
-use backworks_plugin_sdk::abi::{ABI_MAGIC, ABI_MAJOR, BwPluginVTable, ENTRY_SYMBOL, ENTRY_SYMBOL_NUL};
+use backworks_plugin_sdk::abi::{
+    ABI_MAGIC, ABI_MAJOR, BwPluginVTable, ENTRY_SYMBOL, ENTRY_SYMBOL_NUL,
+};
 
 pub use dynamic::DynamicPlugin;
 
