@@ -325,7 +325,32 @@ impl BwStr {
     }
 }
 
+impl BwStr {
+    /// Copies the bytes into a `String`, replacing invalid UTF-8.
+    ///
+    /// # Safety
+    /// As [`BwStr::as_bytes`], for the duration of the call.
+    pub unsafe fn to_string_lossy(self) -> String {
+        // SAFETY: the caller's contract.
+        String::from_utf8_lossy(unsafe { self.as_bytes() }).into_owned()
+    }
+}
+
 impl BwKvList {
+    /// Copies the pairs into owned strings.
+    ///
+    /// # Safety
+    /// As [`BwKvList::as_slice`], and every pair's strings as [`BwStr::as_bytes`], for the duration
+    /// of the call.
+    pub unsafe fn to_pairs(self) -> Vec<(String, String)> {
+        // SAFETY: the caller's contract.
+        unsafe { self.as_slice() }
+            .iter()
+            // SAFETY: the caller's contract covers the pairs' strings.
+            .map(|kv| unsafe { (kv.key.to_string_lossy(), kv.value.to_string_lossy()) })
+            .collect()
+    }
+
     /// An empty list.
     pub const EMPTY: BwKvList = BwKvList {
         ptr: std::ptr::NonNull::<BwKv>::dangling().as_ptr(),
@@ -364,6 +389,44 @@ impl BwRequest {
         headers: BwKvList::EMPTY,
         body: BwStr::EMPTY,
     };
+}
+
+impl BwRequest {
+    /// Copies the request into an owned [`Request`](crate::Request).
+    ///
+    /// # Safety
+    /// Every view of the request must be valid, as [`BwStr::as_bytes`], for the duration of the call.
+    pub unsafe fn to_request(&self) -> crate::Request {
+        // SAFETY: the caller's contract.
+        unsafe {
+            crate::Request {
+                method: self.method.to_string_lossy(),
+                path: self.path.to_string_lossy(),
+                params: self.params.to_pairs(),
+                query: self.query.to_pairs(),
+                headers: self.headers.to_pairs().into_iter().collect(),
+                body: self.body.as_bytes().to_vec(),
+            }
+        }
+    }
+}
+
+impl BwResponse {
+    /// Copies the response into an owned [`Response`](crate::Response).
+    ///
+    /// # Safety
+    /// Every view of the response must be valid, as [`BwStr::as_bytes`], for the duration of the
+    /// call.
+    pub unsafe fn to_response(&self) -> crate::Response {
+        // SAFETY: the caller's contract.
+        unsafe {
+            crate::Response {
+                status: self.status,
+                headers: self.headers.to_pairs().into_iter().collect(),
+                body: self.body.as_bytes().to_vec(),
+            }
+        }
+    }
 }
 
 impl BwResponse {

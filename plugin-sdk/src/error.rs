@@ -45,6 +45,35 @@ pub enum PluginError {
 /// The result of a plugin call.
 pub type PluginResult<T> = Result<T, PluginError>;
 
+/// Reads a plugin's config into `T`: `null` (no `config` in `backworks.yaml`) gives `T::default()`,
+/// a map is deserialized, anything else or a mismatch is a [`PluginError::Config`] saying why.
+///
+/// ```
+/// use backworks_plugin_sdk::{parse_config, PluginError};
+///
+/// #[derive(Default, serde::Deserialize)]
+/// #[serde(deny_unknown_fields)]
+/// struct Config { greeting: Option<String> }
+///
+/// let c: Config = parse_config(serde_json::json!({"greeting": "Hi"})).unwrap();
+/// assert_eq!(c.greeting.as_deref(), Some("Hi"));
+/// assert!(parse_config::<Config>(serde_json::Value::Null).unwrap().greeting.is_none());
+/// assert!(matches!(parse_config::<Config>(serde_json::json!([1])), Err(PluginError::Config(_))));
+/// ```
+pub fn parse_config<T: serde::de::DeserializeOwned + Default>(
+    config: serde_json::Value,
+) -> PluginResult<T> {
+    match config {
+        serde_json::Value::Null => Ok(T::default()),
+        serde_json::Value::Object(_) => {
+            serde_json::from_value(config).map_err(|e| PluginError::Config(e.to_string()))
+        }
+        other => Err(PluginError::Config(format!(
+            "config must be a map, found {other}"
+        ))),
+    }
+}
+
 impl PluginError {
     /// The HTTP status the host answers this error with.
     ///

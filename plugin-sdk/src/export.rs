@@ -419,7 +419,7 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
-        let (this, request) = unsafe { (instance::<P>(this), read_request(&*request)) };
+        let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
         let plugin = this.plugin.clone();
         drive(&this.host, out, async move {
             match plugin.handle(request).await {
@@ -437,7 +437,7 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
-        let (this, request) = unsafe { (instance::<P>(this), read_request(&*request)) };
+        let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
         let plugin = this.plugin.clone();
         drive(&this.host, out, async move {
             match plugin.before_request(&request).await {
@@ -462,8 +462,8 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
         let (this, request, response) = unsafe {
             (
                 instance::<P>(this),
-                read_request(&*request),
-                read_response(&*response),
+                (*request).to_request(),
+                (*response).to_response(),
             )
         };
         let plugin = this.plugin.clone();
@@ -504,59 +504,6 @@ unsafe extern "C" fn shutdown<P: BackworksPlugin>(this: *mut c_void, out: *mut B
     })
 }
 
-/// Copies a borrowed string the host lent us.
-///
-/// # Safety
-/// `s` must be valid for the duration of the call.
-unsafe fn read_string(s: BwStr) -> String {
-    // SAFETY: the caller's contract.
-    String::from_utf8_lossy(unsafe { s.as_bytes() }).into_owned()
-}
-
-/// # Safety
-/// `list` and the strings it points to must be valid for the duration of the call.
-unsafe fn read_pairs(list: BwKvList) -> Vec<(String, String)> {
-    // SAFETY: the caller's contract.
-    unsafe { list.as_slice() }
-        .iter()
-        // SAFETY: the caller's contract covers the pairs' strings.
-        .map(|kv| unsafe { (read_string(kv.key), read_string(kv.value)) })
-        .collect()
-}
-
-/// Copies a request the host lent us for the duration of a call.
-///
-/// # Safety
-/// `request` and everything it points to must be valid for the duration of the call.
-unsafe fn read_request(request: &BwRequest) -> Request {
-    // SAFETY: the caller's contract.
-    unsafe {
-        Request {
-            method: read_string(request.method),
-            path: read_string(request.path),
-            params: read_pairs(request.params),
-            query: read_pairs(request.query),
-            headers: read_pairs(request.headers).into_iter().collect(),
-            body: request.body.as_bytes().to_vec(),
-        }
-    }
-}
-
-/// Copies a response the host lent us for the duration of a call.
-///
-/// # Safety
-/// `response` and everything it points to must be valid for the duration of the call.
-unsafe fn read_response(response: &BwResponse) -> Response {
-    // SAFETY: the caller's contract.
-    unsafe {
-        Response {
-            status: response.status,
-            headers: read_pairs(response.headers).into_iter().collect(),
-            body: response.body.as_bytes().to_vec(),
-        }
-    }
-}
-
 /// What an output's `owner` points to: the values its views borrow from.
 struct Owned {
     pairs: Vec<BwKv>,
@@ -567,8 +514,9 @@ struct Owned {
 
 unsafe extern "C" fn release_owned(owner: *mut c_void) {
     if !owner.is_null() {
-        // SAFETY: `owner` is the `Box<Owned>` leaked by `write_output`, released once by the host.
         let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: `owner` is the `Box<Owned>` leaked by `write_output`, released once by the
+            // host.
             drop(unsafe { Box::from_raw(owner.cast::<Owned>()) })
         }));
     }

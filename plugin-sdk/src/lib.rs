@@ -39,7 +39,7 @@ mod plugin;
 mod runtime;
 
 pub use async_trait::async_trait;
-pub use error::{PluginError, PluginResult};
+pub use error::{PluginError, PluginResult, parse_config};
 pub use http::{Headers, Health, HookAction, Request, Response};
 pub use metadata::PluginMetadata;
 pub use plugin::BackworksPlugin;
@@ -53,7 +53,7 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod prelude {
     pub use crate::{
         BackworksPlugin, Headers, Health, HookAction, PluginError, PluginResult, Request, Response,
-        async_trait, export_plugin,
+        async_trait, export_plugin, parse_config,
     };
     pub use serde_json::{Value, json};
 }

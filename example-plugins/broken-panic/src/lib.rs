@@ -15,7 +15,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use backworks_plugin_sdk::prelude::*;
-use backworks_plugin_sdk::serde_json;
+
 use serde::Deserialize;
 
 /// The message `handle` panics with.
@@ -77,16 +77,7 @@ impl BrokenPanic {
 #[async_trait]
 impl BackworksPlugin for BrokenPanic {
     async fn initialize(&self, config: Value) -> PluginResult<()> {
-        let config: BrokenPanicConfig = if config.is_null() {
-            BrokenPanicConfig::default()
-        } else if config.is_object() {
-            serde_json::from_value(config)
-                .map_err(|e| PluginError::Config(format!("broken-panic: {e}")))?
-        } else {
-            return Err(PluginError::Config(format!(
-                "broken-panic: config must be an object, found {config}"
-            )));
-        };
+        let config: BrokenPanicConfig = parse_config(config)?;
         if config.panic_in == Some(PanicIn::Initialize) {
             panic!("broken-panic: initialize exploded");
         }

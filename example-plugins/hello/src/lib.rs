@@ -16,7 +16,7 @@
 use std::sync::RwLock;
 
 use backworks_plugin_sdk::prelude::*;
-use backworks_plugin_sdk::{serde_json, tracing};
+use backworks_plugin_sdk::tracing;
 use serde::Deserialize;
 
 /// The greeting used when the config sets none.
@@ -93,16 +93,7 @@ fn method_not_allowed(request: &Request, allowed: &str) -> PluginError {
 #[async_trait]
 impl BackworksPlugin for Hello {
     async fn initialize(&self, config: Value) -> PluginResult<()> {
-        let config: HelloConfig = if config.is_null() {
-            HelloConfig::default()
-        } else if config.is_object() {
-            serde_json::from_value(config)
-                .map_err(|e| PluginError::Config(format!("hello: {e}")))?
-        } else {
-            return Err(PluginError::Config(format!(
-                "hello: config must be an object, found {config}"
-            )));
-        };
+        let config: HelloConfig = parse_config(config)?;
         let greeting = config
             .greeting
             .unwrap_or_else(|| DEFAULT_GREETING.to_owned());
@@ -147,7 +138,7 @@ mod tests {
     }
 
     fn body_json(response: &Response) -> Value {
-        serde_json::from_slice(&response.body).expect("JSON body")
+        backworks_plugin_sdk::serde_json::from_slice(&response.body).expect("JSON body")
     }
 
     #[tokio::test]

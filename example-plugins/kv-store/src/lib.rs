@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use backworks_plugin_sdk::prelude::*;
-use backworks_plugin_sdk::{serde_json, tracing};
+use backworks_plugin_sdk::tracing;
 use serde::Deserialize;
 
 /// What `GET /kv/{key}` answers with for a value stored without a `content-type`.
@@ -155,16 +155,7 @@ fn param_or<'a>(request: &'a Request, param: &str, segment: &'a str) -> PluginRe
 #[async_trait]
 impl BackworksPlugin for KvStore {
     async fn initialize(&self, config: Value) -> PluginResult<()> {
-        let config: KvStoreConfig = if config.is_null() {
-            KvStoreConfig::default()
-        } else if config.is_object() {
-            serde_json::from_value(config)
-                .map_err(|e| PluginError::Config(format!("kv-store: {e}")))?
-        } else {
-            return Err(PluginError::Config(format!(
-                "kv-store: config must be an object, found {config}"
-            )));
-        };
+        let config: KvStoreConfig = parse_config(config)?;
         if config.max_keys == Some(0) {
             return Err(PluginError::Config(
                 "kv-store: max_keys must be at least 1".to_owned(),
@@ -252,7 +243,7 @@ mod tests {
     }
 
     fn body_json(response: &Response) -> Value {
-        serde_json::from_slice(&response.body).expect("JSON body")
+        backworks_plugin_sdk::serde_json::from_slice(&response.body).expect("JSON body")
     }
 
     async fn configured(config: Value) -> KvStore {

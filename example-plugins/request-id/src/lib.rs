@@ -16,7 +16,7 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use backworks_plugin_sdk::prelude::*;
-use backworks_plugin_sdk::{serde_json, tracing};
+use backworks_plugin_sdk::tracing;
 use serde::Deserialize;
 
 /// The header carrying the request id, in both directions.
@@ -116,16 +116,7 @@ fn existing_id(request: &Request) -> Option<&str> {
 #[async_trait]
 impl BackworksPlugin for RequestId {
     async fn initialize(&self, config: Value) -> PluginResult<()> {
-        let config: RequestIdConfig = if config.is_null() {
-            RequestIdConfig::default()
-        } else if config.is_object() {
-            serde_json::from_value(config)
-                .map_err(|e| PluginError::Config(format!("request-id: {e}")))?
-        } else {
-            return Err(PluginError::Config(format!(
-                "request-id: config must be an object, found {config}"
-            )));
-        };
+        let config: RequestIdConfig = parse_config(config)?;
         if config.require_api_key.as_deref() == Some("") {
             return Err(PluginError::Config(
                 "request-id: require_api_key must not be empty".to_owned(),

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use backworks_plugin_sdk::abi::*;
-use backworks_plugin_sdk::{Headers, Health, HookAction, PluginError, Request, Response};
+use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Response};
 use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
@@ -237,30 +237,10 @@ impl RequestView {
     }
 }
 
-/// Copies what a plugin's output points to into host values.
-///
-/// # Safety
-/// The views of `raw` must be valid (the output was filled by the plugin and not yet released).
-unsafe fn read_string(s: BwStr) -> String {
-    // SAFETY: the caller's contract.
-    String::from_utf8_lossy(unsafe { s.as_bytes() }).into_owned()
-}
-
-/// # Safety
-/// As [`read_string`].
-unsafe fn read_pairs(list: BwKvList) -> Vec<(String, String)> {
-    // SAFETY: the caller's contract.
-    unsafe { list.as_slice() }
-        .iter()
-        // SAFETY: the caller's contract covers the strings of the pairs.
-        .map(|kv| unsafe { (read_string(kv.key), read_string(kv.value)) })
-        .collect()
-}
-
 impl Output {
     fn message(&self) -> String {
         // SAFETY: the output is unreleased, so its views are valid.
-        unsafe { read_string(self.raw.message) }
+        unsafe { self.raw.message.to_string_lossy() }
     }
 
     fn error(&self) -> PluginError {
@@ -290,30 +270,12 @@ impl Output {
             )));
         }
         // SAFETY: the output is unreleased, so its views are valid.
-        unsafe {
-            Ok(Response {
-                status,
-                headers: read_pairs(self.raw.response.headers)
-                    .into_iter()
-                    .collect::<Headers>(),
-                body: self.raw.response.body.as_bytes().to_vec(),
-            })
-        }
+        Ok(unsafe { self.raw.response.to_response() })
     }
 
     fn request(&self) -> Request {
-        let r = &self.raw.request;
         // SAFETY: the output is unreleased, so its views are valid.
-        unsafe {
-            Request {
-                method: read_string(r.method),
-                path: read_string(r.path),
-                params: read_pairs(r.params),
-                query: read_pairs(r.query),
-                headers: read_pairs(r.headers).into_iter().collect(),
-                body: r.body.as_bytes().to_vec(),
-            }
-        }
+        unsafe { self.raw.request.to_request() }
     }
 
     fn unexpected(&self, call: &str) -> PluginError {
