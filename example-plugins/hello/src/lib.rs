@@ -222,7 +222,7 @@ mod tests {
         for config in [json!("Hi"), json!(["Hi"])] {
             let err = plugin.initialize(config).await.unwrap_err();
             assert_eq!(err.kind(), "config");
-            assert!(err.message().contains("must be an object"), "{err}");
+            assert!(err.message().contains("config must be a map"), "{err}");
         }
     }
 
