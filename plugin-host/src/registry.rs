@@ -125,6 +125,14 @@ impl PluginHost {
         }
     }
 
+    /// The names of the registered built-in plugins, sorted.
+    pub fn builtin_names(&self) -> Vec<String> {
+        let builtins = self.builtins.read().unwrap_or_else(|e| e.into_inner());
+        let mut names: Vec<String> = builtins.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Records a plugin in a state without starting it (`Disabled`, `Discovered`, or an `Error`
     /// found before loading). Fails if the name is taken.
     pub fn record(

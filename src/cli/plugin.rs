@@ -74,7 +74,19 @@ fn rows(config: &Config) -> Vec<Value> {
         match &plugin.kind {
             PluginKind::Builtin => {
                 row["type"] = json!("builtin");
-                row["compatible"] = json!(true);
+                let host = backworks_plugin_host::PluginHost::new();
+                crate::builtins::register(&host);
+                let names = host.builtin_names();
+                if names.contains(&plugin.name) {
+                    row["compatible"] = json!(true);
+                } else {
+                    row["compatible"] = json!(false);
+                    row["problem"] = json!(format!(
+                        "no built-in plugin named `{}` (built-ins: {})",
+                        plugin.name,
+                        names.join(", ")
+                    ));
+                }
             }
             PluginKind::External { .. } => {
                 row["type"] = json!("external");

@@ -37,6 +37,15 @@ struct Endpoint {
 /// state and skipped; the others start regardless.
 pub async fn start_plugins(config: &Config, host: &PluginHost) {
     for plugin in &config.plugins {
+        if !plugin.enabled {
+            tracing::info!(plugin = plugin.name, "plugin disabled in config");
+            let source = match &plugin.kind {
+                PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
+                PluginKind::External { path } => PluginSource::Library(path.clone()),
+            };
+            let _ = host.record(&plugin.name, Some(source), PluginState::Disabled, None);
+            continue;
+        }
         let source = match &plugin.kind {
             PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
             PluginKind::External { .. } => match config.resolve_plugin_path(plugin) {
@@ -50,11 +59,6 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) {
                 }
             },
         };
-        if !plugin.enabled {
-            tracing::info!(plugin = plugin.name, "plugin disabled in config");
-            let _ = host.record(&plugin.name, Some(source), PluginState::Disabled, None);
-            continue;
-        }
         let spec = PluginSpec {
             name: plugin.name.clone(),
             source,
@@ -150,9 +154,8 @@ fn method_filter(method: &str) -> MethodFilter {
         "HEAD" => MethodFilter::HEAD,
         "OPTIONS" => MethodFilter::OPTIONS,
         "TRACE" => MethodFilter::TRACE,
-        "CONNECT" => MethodFilter::CONNECT,
-        // The config only admits the methods above.
-        _ => MethodFilter::GET,
+        // The config admits only the methods above (see `SERVED_METHODS` in config validation).
+        _ => MethodFilter::CONNECT,
     }
 }
 

@@ -267,6 +267,9 @@ plugins:
     enabled: false
   ghost:
     path: libdoes_not_exist.so
+  parked:
+    path: libnot_built_yet.so
+    enabled: false
 endpoints:
   hello: { path: "/hello/{name}", plugin: hello }
   crashy: { path: /crashy, plugin: crashy }
@@ -311,6 +314,8 @@ endpoints:
     assert_eq!(state("crashy").as_deref(), Some("error"));
     assert_eq!(state("off").as_deref(), Some("disabled"));
     assert_eq!(state("ghost").as_deref(), Some("error"));
+    // Disabled wins over a missing file: nothing is looked up for it.
+    assert_eq!(state("parked").as_deref(), Some("disabled"));
 }
 
 #[tokio::test]

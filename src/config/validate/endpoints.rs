@@ -37,6 +37,13 @@ pub(super) fn check(
                 ),
             )
         })?;
+        if route == RESERVED_PATH {
+            let message = format!(
+                "endpoint `{n}` has path {}, which the host serves itself (its health report)",
+                path.quoted()
+            );
+            return Err(ip.error(INVALID, path.at, message));
+        }
         let methods = methods(ip, n, raw.methods.as_ref())?;
         let plugin = endpoint_plugin(ip, n, name.referenced, raw.plugin.as_ref(), plugins)?;
         let hooks = raw
@@ -67,6 +74,14 @@ pub(super) fn check(
     Ok(out)
 }
 
+/// The methods the server routes (axum's method filters).
+pub const SERVED_METHODS: &[&str] = &[
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE", "CONNECT",
+];
+
+/// A path the host answers itself.
+const RESERVED_PATH: &str = "/health";
+
 fn methods(
     ip: &Interpolator<'_>,
     n: &str,
@@ -96,6 +111,13 @@ fn methods(
             return Err(ip.error(INVALID, method.at, message));
         }
         let upper = method.value.to_ascii_uppercase();
+        if !SERVED_METHODS.contains(&upper.as_str()) {
+            let message = format!(
+                "endpoint `{n}` has method {upper}, which the server does not route (use one of {})",
+                SERVED_METHODS.join(", ")
+            );
+            return Err(ip.error(INVALID, method.at, message));
+        }
         if methods.contains(&upper) {
             let message = format!("endpoint `{n}` lists method {upper} twice");
             return Err(ip.error(INVALID, method.at, message));
