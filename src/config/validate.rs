@@ -333,7 +333,7 @@ mod tests {
         let c = parse(
             "server: {host: 0.0.0.0, port: 0}\nplugin_dirs:\n  - /abs\n  - {path: lib, recursive: \"true\"}\n\
              plugins:\n  p: {type: builtin, hooks: [after_response, before_request], order: \"7\"}\n\
-             endpoints:\n  e: {path: \"/a/{x}/b/\", methods: [get, Post, PURGE], hooks: [p]}\n",
+             endpoints:\n  e: {path: \"/a/{x}/b/\", methods: [get, Post, patch], hooks: [p]}\n",
         )
         .unwrap();
         assert_eq!((c.server.host.as_str(), c.server.port), ("0.0.0.0", 0));
@@ -354,7 +354,7 @@ mod tests {
         let p = &c.plugins[0];
         assert!(p.before_request && p.after_response);
         assert_eq!(p.order, 7);
-        assert_eq!(c.endpoints[0].methods, ["GET", "POST", "PURGE"]);
+        assert_eq!(c.endpoints[0].methods, ["GET", "POST", "PATCH"]);
         assert_eq!(c.endpoints[0].hooks, Some(vec!["p".to_owned()]));
         assert!(parse("plugin_dirs: []\n").unwrap().plugin_dirs.is_empty());
     }
