@@ -159,7 +159,8 @@ enum Outcome {
     Error(PluginError),
 }
 
-type BoxFuture = Pin<Box<dyn Future<Output = Outcome> + Send>>;
+/// A call's future: one allocation, wrapped so its instance is current while it is polled.
+type BoxFuture = crate::logging::WithHost<Pin<Box<dyn Future<Output = Outcome> + Send>>>;
 
 /// A call that did not finish on its first poll. Owned by the host until it starts or cancels it.
 enum Task {
@@ -197,17 +198,16 @@ fn drive(
             return BW_READY;
         }
     };
-    let mut future: BoxFuture = Box::pin(crate::logging::WithHost::new(
-        host.clone(),
-        AssertUnwindSafe(future)
-            .catch_unwind()
-            .map(|r| r.unwrap_or_else(|p| Outcome::Error(PluginError::from_panic(p.as_ref())))),
-    ));
+    let mut future: BoxFuture =
+        crate::logging::WithHost::new(
+            host.clone(),
+            Box::pin(AssertUnwindSafe(future).catch_unwind().map(|r| {
+                r.unwrap_or_else(|p| Outcome::Error(PluginError::from_panic(p.as_ref())))
+            })),
+        );
     let first = {
         let _context = runtime.enter();
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(Waker::noop()))
+        Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()))
     };
     // SAFETY: the host passes a valid, exclusive output for the duration of the call.
     let out = unsafe { &mut *out };

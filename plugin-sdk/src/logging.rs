@@ -101,28 +101,29 @@ fn emit(level: u32, target: &str, message: &str) {
     }
 }
 
-/// A future that marks its instance current on the thread while it is polled.
+/// A future that marks its instance current on the thread while it is polled. The inner future is
+/// `Unpin` (already boxed), so this adds no allocation of its own.
 pub(crate) struct WithHost<F> {
     link: Option<Arc<HostLink>>,
-    inner: Pin<Box<F>>,
+    inner: F,
 }
 
 impl<F> WithHost<F> {
     pub(crate) fn new(link: Arc<HostLink>, inner: F) -> Self {
         WithHost {
             link: Some(link),
-            inner: Box::pin(inner),
+            inner,
         }
     }
 }
 
-impl<F: Future> Future for WithHost<F> {
+impl<F: Future + Unpin> Future for WithHost<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = &mut *self;
         let previous = CURRENT.with(|c| c.replace(this.link.take()));
-        let result = this.inner.as_mut().poll(cx);
+        let result = Pin::new(&mut this.inner).poll(cx);
         this.link = CURRENT.with(|c| c.replace(previous));
         result
     }
