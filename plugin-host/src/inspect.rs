@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use backworks_plugin_sdk::abi::{ABI_MAJOR, ABI_MINOR, METADATA_SECTION, METADATA_SECTION_MACHO};
+use backworks_plugin_sdk::abi::{ABI_MAJOR, METADATA_SECTION, METADATA_SECTION_MACHO};
 use backworks_plugin_sdk::{PluginMetadata, SDK_VERSION, metadata};
 use object::{Object, ObjectSection};
 
@@ -93,7 +93,6 @@ pub fn check_compatibility(path: &Path, meta: &PluginMetadata) -> Result<(), Hos
             found_minor: meta.abi_minor,
         });
     }
-    let _ = ABI_MINOR;
     let expected = supported_sdk();
     let compatible = match (
         semver::Version::parse(&meta.sdk_version),

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use backworks_plugin_sdk::PluginMetadata;
 
-use crate::plugin::{BuiltinFactory, Plugin, PluginKind};
+use crate::plugin::{BuiltinFactory, Plugin};
 use crate::{DynamicPlugin, HostError};
 
 /// Where a plugin's lifecycle stands.
@@ -295,16 +295,6 @@ impl PluginHost {
                 Err(error) => tracing::warn!(plugin = name, "plugin shutdown failed: {error}"),
             }
             self.update(&name, |e| e.status.state = PluginState::Stopped);
-        }
-    }
-}
-
-impl PluginKind {
-    /// The source a plugin of this kind was started from, for a built-in named `name`.
-    pub fn source(&self, name: &str) -> PluginSource {
-        match self {
-            PluginKind::Builtin => PluginSource::Builtin(name.to_owned()),
-            PluginKind::Library(path) => PluginSource::Library(path.clone()),
         }
     }
 }

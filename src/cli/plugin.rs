@@ -65,6 +65,11 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
 fn rows(config: &Config) -> Vec<Value> {
     let mut rows = Vec::new();
     let mut seen = HashSet::new();
+    let builtins = {
+        let host = backworks_plugin_host::PluginHost::new();
+        crate::builtins::register(&host);
+        host.builtin_names()
+    };
     for plugin in &config.plugins {
         let mut row = json!({
             "name": plugin.name,
@@ -74,17 +79,14 @@ fn rows(config: &Config) -> Vec<Value> {
         match &plugin.kind {
             PluginKind::Builtin => {
                 row["type"] = json!("builtin");
-                let host = backworks_plugin_host::PluginHost::new();
-                crate::builtins::register(&host);
-                let names = host.builtin_names();
-                if names.contains(&plugin.name) {
+                if builtins.contains(&plugin.name) {
                     row["compatible"] = json!(true);
                 } else {
                     row["compatible"] = json!(false);
                     row["problem"] = json!(format!(
                         "no built-in plugin named `{}` (built-ins: {})",
                         plugin.name,
-                        names.join(", ")
+                        builtins.join(", ")
                     ));
                 }
             }

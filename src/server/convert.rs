@@ -52,7 +52,11 @@ pub fn into_http(plugin: &str, response: Response) -> axum::response::Response {
             let error = PluginError::Internal(message);
             match try_into_http(error_response(plugin, &error)) {
                 Ok(http) => http,
-                Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response_body(),
+                Err(_) => {
+                    let mut bare = axum::response::Response::new(Body::empty());
+                    *bare.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    bare
+                }
             }
         }
     }
@@ -72,18 +76,6 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, String>
         headers.append(name, value);
     }
     Ok(http)
-}
-
-trait IntoResponseBody {
-    fn into_response_body(self) -> axum::response::Response;
-}
-
-impl IntoResponseBody for StatusCode {
-    fn into_response_body(self) -> axum::response::Response {
-        let mut response = axum::response::Response::new(Body::empty());
-        *response.status_mut() = self;
-        response
-    }
 }
 
 #[cfg(test)]
