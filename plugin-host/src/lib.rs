@@ -17,11 +17,11 @@
 //! # async fn run() -> Result<(), backworks_plugin_host::HostError> {
 //! let host = PluginHost::new();
 //! let hello = host
-//!     .start(&PluginSpec {
-//!         name: "hello".into(),
-//!         source: PluginSource::Library("plugins/libhello.so".into()),
-//!         config: serde_json::json!({ "greeting": "Hi" }),
-//!     })
+//!     .start(&PluginSpec::new(
+//!         "hello",
+//!         PluginSource::Library("plugins/libhello.so".into()),
+//!         serde_json::json!({ "greeting": "Hi" }),
+//!     ))
 //!     .await?;
 //! let mut request = Request::new("GET", "/hello/ana");
 //! request.params.push(("name".into(), "ana".into()));
@@ -34,12 +34,16 @@ pub mod discovery;
 mod error;
 pub mod hooks;
 pub mod inspect;
+pub mod lifecycle;
 pub mod loader;
 mod plugin;
+pub mod policy;
 mod registry;
 
 pub use error::HostError;
 pub use hooks::{Hook, HookChain};
 pub use loader::{DynamicPlugin, LoadedLibrary};
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind};
-pub use registry::{PluginHost, PluginSource, PluginSpec, PluginState, PluginStatus};
+pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
+pub use policy::{CallPolicy, Isolation};
+pub use registry::{PluginHost, PluginSource, PluginSpec, PluginStatus};

@@ -4,50 +4,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use backworks_plugin_sdk::PluginMetadata;
+use backworks_plugin_sdk::{Health, PluginMetadata};
 
+use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::plugin::{BuiltinFactory, Plugin};
+use crate::policy::{CallPolicy, Isolation};
 use crate::{DynamicPlugin, HostError};
-
-/// Where a plugin's lifecycle stands.
-///
-/// ```text
-/// Discovered ─▶ Loading ─▶ Loaded ─▶ Active ─▶ Stopped
-///                  │          │
-///                  └──────────┴──▶ Error(reason)        Disabled (by config)
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginState {
-    /// Known (configured or found on disk), not loaded.
-    Discovered,
-    /// Being loaded and checked.
-    Loading,
-    /// Loaded; its instance exists but `initialize` has not finished.
-    Loaded,
-    /// Initialized and serving.
-    Active,
-    /// Failed to load or initialize; the reason.
-    Error(String),
-    /// Turned off in the config.
-    Disabled,
-    /// Shut down.
-    Stopped,
-}
-
-impl PluginState {
-    /// `"active"`, `"error"`, ...
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            PluginState::Discovered => "discovered",
-            PluginState::Loading => "loading",
-            PluginState::Loaded => "loaded",
-            PluginState::Active => "active",
-            PluginState::Error(_) => "error",
-            PluginState::Disabled => "disabled",
-            PluginState::Stopped => "stopped",
-        }
-    }
-}
 
 /// Where a plugin's code comes from, as asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +18,9 @@ pub enum PluginSource {
     Builtin(String),
     /// A plugin library file.
     Library(PathBuf),
+    /// A program speaking the wire protocol (`["python3", "plugins/report.py"]`); needs
+    /// [`Isolation::Process`].
+    Command(Vec<String>),
 }
 
 /// A plugin to start.
@@ -67,9 +32,26 @@ pub struct PluginSpec {
     pub source: PluginSource,
     /// Its config, handed to `initialize`.
     pub config: serde_json::Value,
+    /// Limits and breaker applied to every call.
+    pub policy: CallPolicy,
+    /// In the host process or in a child.
+    pub isolation: Isolation,
 }
 
-/// A plugin's state and identity, for `/health`, `plugin list` and the admin API.
+impl PluginSpec {
+    /// A spec with the default policy, run in process.
+    pub fn new(name: &str, source: PluginSource, config: serde_json::Value) -> PluginSpec {
+        PluginSpec {
+            name: name.to_owned(),
+            source,
+            config,
+            policy: CallPolicy::default(),
+            isolation: Isolation::InProcess,
+        }
+    }
+}
+
+/// A snapshot of a plugin's state and identity, for `/health`, `plugin list` and the admin API.
 #[derive(Debug, Clone)]
 pub struct PluginStatus {
     /// The instance name.
@@ -80,12 +62,29 @@ pub struct PluginStatus {
     pub state: PluginState,
     /// Its metadata, once known.
     pub metadata: Option<PluginMetadata>,
+    /// Its last health report, once the health monitor (or `/health`) has asked.
+    pub health: Option<Health>,
 }
 
 #[derive(Debug)]
 struct Entry {
-    status: PluginStatus,
+    name: String,
+    source: Option<PluginSource>,
+    metadata: Option<PluginMetadata>,
+    lifecycle: Arc<Lifecycle>,
     plugin: Option<Arc<dyn Plugin>>,
+}
+
+impl Entry {
+    fn status(&self) -> PluginStatus {
+        PluginStatus {
+            name: self.name.clone(),
+            source: self.source.clone(),
+            state: self.lifecycle.state(),
+            metadata: self.metadata.clone(),
+            health: self.lifecycle.health(),
+        }
+    }
 }
 
 /// Starts plugins, keeps their lifecycle state, and stops them.
@@ -134,35 +133,41 @@ impl PluginHost {
     }
 
     /// Records a plugin in a state without starting it (`Disabled`, `Discovered`, or an `Error`
-    /// found before loading). Fails if the name is taken.
+    /// found before loading), with an event saying why. Fails if the name is taken.
     pub fn record(
         &self,
         name: &str,
         source: Option<PluginSource>,
         state: PluginState,
         metadata: Option<PluginMetadata>,
-    ) -> Result<(), HostError> {
-        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if entries.iter().any(|e| e.status.name == name) {
-            return Err(HostError::DuplicateName {
-                name: name.to_owned(),
-            });
-        }
-        entries.push(Entry {
-            status: PluginStatus {
+    ) -> Result<Arc<Lifecycle>, HostError> {
+        let lifecycle = Arc::new(Lifecycle::new(name, state.clone()));
+        {
+            let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+            if entries.iter().any(|e| e.name == name) {
+                return Err(HostError::DuplicateName {
+                    name: name.to_owned(),
+                });
+            }
+            entries.push(Entry {
                 name: name.to_owned(),
                 source,
-                state,
                 metadata,
-            },
-            plugin: None,
-        });
-        Ok(())
+                lifecycle: lifecycle.clone(),
+                plugin: None,
+            });
+        }
+        match state {
+            PluginState::Disabled => lifecycle.record(EventKind::Disabled, "disabled in config"),
+            PluginState::Error(reason) => lifecycle.record(EventKind::Failed, reason),
+            _ => {}
+        }
+        Ok(lifecycle)
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.iter_mut().find(|e| e.status.name == name) {
+        if let Some(entry) = entries.iter_mut().find(|e| e.name == name) {
             f(entry);
         }
     }
@@ -170,38 +175,44 @@ impl PluginHost {
     /// Loads, creates and initializes a plugin, moving it through `Loading`, `Loaded` and `Active`;
     /// on failure records `Error` with the reason and returns it.
     pub async fn start(&self, spec: &PluginSpec) -> Result<Arc<dyn Plugin>, HostError> {
-        self.record(
+        let lifecycle = self.record(
             &spec.name,
             Some(spec.source.clone()),
             PluginState::Loading,
             None,
         )?;
-        let result = self.start_recorded(spec).await;
+        let result = self.start_recorded(spec, &lifecycle).await;
         match &result {
             Ok(plugin) => {
-                tracing::info!(
-                    plugin = spec.name,
-                    version = plugin.info().metadata.version,
-                    kind = plugin.info().kind.as_str(),
-                    "plugin active"
+                let info = plugin.info();
+                lifecycle.set_state(PluginState::Active);
+                lifecycle.record(
+                    EventKind::Initialized,
+                    format!(
+                        "{} {} ({}) active",
+                        info.metadata.name,
+                        info.metadata.version,
+                        info.kind.as_str()
+                    ),
                 );
-                self.update(&spec.name, |e| e.status.state = PluginState::Active);
             }
             Err(error) => {
-                tracing::error!(plugin = spec.name, "plugin failed to start: {error}");
                 let reason = error.to_string();
-                self.update(&spec.name, |e| {
-                    e.status.state = PluginState::Error(reason);
-                    e.plugin = None;
-                });
+                lifecycle.set_state(PluginState::Error(reason.clone()));
+                lifecycle.record(EventKind::Failed, reason);
+                self.update(&spec.name, |e| e.plugin = None);
             }
         }
         result
     }
 
-    async fn start_recorded(&self, spec: &PluginSpec) -> Result<Arc<dyn Plugin>, HostError> {
-        let plugin: Arc<dyn Plugin> = match &spec.source {
-            PluginSource::Builtin(builtin) => {
+    async fn start_recorded(
+        &self,
+        spec: &PluginSpec,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Result<Arc<dyn Plugin>, HostError> {
+        let plugin: Arc<dyn Plugin> = match (&spec.source, &spec.isolation) {
+            (PluginSource::Builtin(builtin), Isolation::InProcess) => {
                 let builtins = self.builtins.read().unwrap_or_else(|e| e.into_inner());
                 let factory = builtins.get(builtin).ok_or_else(|| {
                     let mut names: Vec<_> = builtins.keys().cloned().collect();
@@ -217,7 +228,7 @@ impl PluginHost {
                 })?;
                 factory(&spec.name)
             }
-            PluginSource::Library(path) => {
+            (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
                 let (path, name) = (path.clone(), spec.name.clone());
                 let plugin = tokio::task::spawn_blocking(move || {
@@ -233,12 +244,32 @@ impl PluginHost {
                 })??;
                 Arc::new(plugin)
             }
+            (PluginSource::Command(_), Isolation::InProcess) => {
+                return Err(HostError::Start {
+                    plugin: spec.name.clone(),
+                    source: backworks_plugin_sdk::PluginError::Config(
+                        "a `command` plugin needs `isolation: process`".into(),
+                    ),
+                });
+            }
+            (_, Isolation::Process(_)) => {
+                return Err(HostError::Start {
+                    plugin: spec.name.clone(),
+                    source: backworks_plugin_sdk::PluginError::Config(
+                        "process isolation is not available yet".into(),
+                    ),
+                });
+            }
         };
         let metadata = plugin.info().metadata.clone();
+        lifecycle.set_state(PluginState::Loaded);
+        lifecycle.record(
+            EventKind::Loaded,
+            format!("{} {} loaded", metadata.name, metadata.version),
+        );
         let loaded = plugin.clone();
         self.update(&spec.name, move |e| {
-            e.status.state = PluginState::Loaded;
-            e.status.metadata = Some(metadata);
+            e.metadata = Some(metadata);
             e.plugin = Some(loaded);
         });
         plugin
@@ -256,23 +287,28 @@ impl PluginHost {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .find(|e| e.status.name == name && e.status.state == PluginState::Active)
+            .find(|e| e.name == name && e.lifecycle.state() == PluginState::Active)
             .and_then(|e| e.plugin.clone())
     }
 
     /// The state of plugin `name`.
     pub fn state(&self, name: &str) -> Option<PluginState> {
+        self.lifecycle(name).map(|l| l.state())
+    }
+
+    /// The lifecycle (state, health, history) of plugin `name`.
+    pub fn lifecycle(&self, name: &str) -> Option<Arc<Lifecycle>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .find(|e| e.status.name == name)
-            .map(|e| e.status.state.clone())
+            .find(|e| e.name == name)
+            .map(|e| e.lifecycle.clone())
     }
 
     /// Every plugin's status, in registration order.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.iter().map(|e| e.status.clone()).collect()
+        entries.iter().map(Entry::status).collect()
     }
 
     /// Every active plugin, in registration order.
@@ -280,7 +316,7 @@ impl PluginHost {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .filter(|e| e.status.state == PluginState::Active)
+            .filter(|e| e.lifecycle.state() == PluginState::Active)
             .filter_map(|e| e.plugin.clone())
             .collect()
     }
@@ -290,11 +326,16 @@ impl PluginHost {
     pub async fn shutdown(&self) {
         for plugin in self.active().into_iter().rev() {
             let name = plugin.info().name.clone();
+            let Some(lifecycle) = self.lifecycle(&name) else {
+                continue;
+            };
             match plugin.shutdown().await {
-                Ok(()) => tracing::info!(plugin = name, "plugin shut down"),
-                Err(error) => tracing::warn!(plugin = name, "plugin shutdown failed: {error}"),
+                Ok(()) => lifecycle.record(EventKind::ShutDown, "shut down"),
+                Err(error) => {
+                    lifecycle.record(EventKind::ShutDown, format!("shutdown failed: {error}"))
+                }
             }
-            self.update(&name, |e| e.status.state = PluginState::Stopped);
+            lifecycle.set_state(PluginState::Stopped);
         }
     }
 }
@@ -332,11 +373,7 @@ mod tests {
     }
 
     fn spec(name: &str, config: Value) -> PluginSpec {
-        PluginSpec {
-            name: name.into(),
-            source: PluginSource::Builtin("flaky".into()),
-            config,
-        }
+        PluginSpec::new(name, PluginSource::Builtin("flaky".into()), config)
     }
 
     #[tokio::test]
@@ -360,11 +397,7 @@ mod tests {
             host.start(&spec("a", json!({}))).await,
             Err(HostError::DuplicateName { .. })
         ));
-        let missing = PluginSpec {
-            name: "c".into(),
-            source: PluginSource::Builtin("nope".into()),
-            config: Value::Null,
-        };
+        let missing = PluginSpec::new("c", PluginSource::Builtin("nope".into()), Value::Null);
         let err = host.start(&missing).await.unwrap_err();
         assert_eq!(
             err.to_string(),

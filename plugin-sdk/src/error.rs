@@ -40,6 +40,27 @@ pub enum PluginError {
     /// The call was cancelled before it finished.
     #[error("call cancelled")]
     Cancelled,
+    /// The call ran past its deadline (504). Made by the host.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The plugin is at its concurrency limit and the call was shed (503). Made by the host.
+    #[error("overloaded: {0}")]
+    Overloaded(String),
+    /// The plugin's circuit breaker is open and the plugin was not called (503). Made by the host.
+    #[error("circuit open: {message}")]
+    CircuitOpen {
+        /// What happened.
+        message: String,
+        /// Seconds until the breaker lets a probe call through (the `Retry-After` header).
+        retry_after_secs: u64,
+    },
+    /// The plugin's process died during the call (502). Made by the host.
+    #[error("plugin crashed: {0}")]
+    Crashed(String),
+    /// The plugin answered something the host cannot accept: an oversized body, an invalid header,
+    /// a malformed protocol message (502). Made by the host.
+    #[error("invalid response: {0}")]
+    InvalidResponse(String),
 }
 
 /// The result of a plugin call.
@@ -90,6 +111,9 @@ impl PluginError {
             PluginError::Unavailable(_) => 503,
             PluginError::Status { status, .. } if (400..=599).contains(status) => *status,
             PluginError::Cancelled => 503,
+            PluginError::Timeout(_) => 504,
+            PluginError::Overloaded(_) | PluginError::CircuitOpen { .. } => 503,
+            PluginError::Crashed(_) | PluginError::InvalidResponse(_) => 502,
             _ => 500,
         }
     }
@@ -112,6 +136,11 @@ impl PluginError {
             PluginError::Status { .. } => "status",
             PluginError::Panic(_) => "panic",
             PluginError::Cancelled => "cancelled",
+            PluginError::Timeout(_) => "timeout",
+            PluginError::Overloaded(_) => "overloaded",
+            PluginError::CircuitOpen { .. } => "circuit_open",
+            PluginError::Crashed(_) => "crashed",
+            PluginError::InvalidResponse(_) => "invalid_response",
         }
     }
 
@@ -131,6 +160,11 @@ impl PluginError {
             | PluginError::Unavailable(m)
             | PluginError::Internal(m)
             | PluginError::Panic(m)
+            | PluginError::Timeout(m)
+            | PluginError::Overloaded(m)
+            | PluginError::Crashed(m)
+            | PluginError::InvalidResponse(m)
+            | PluginError::CircuitOpen { message: m, .. }
             | PluginError::Status { message: m, .. } => m,
             PluginError::Cancelled => "call cancelled",
         }
@@ -161,6 +195,15 @@ mod tests {
         assert_eq!(PluginError::Config(String::new()).status(), 500);
         assert_eq!(PluginError::Internal(String::new()).status(), 500);
         assert_eq!(PluginError::Panic(String::new()).status(), 500);
+        assert_eq!(PluginError::Timeout(String::new()).status(), 504);
+        assert_eq!(PluginError::Overloaded(String::new()).status(), 503);
+        assert_eq!(PluginError::Crashed(String::new()).status(), 502);
+        assert_eq!(PluginError::InvalidResponse(String::new()).status(), 502);
+        let open = PluginError::CircuitOpen {
+            message: "5 failures in a row".into(),
+            retry_after_secs: 3,
+        };
+        assert_eq!((open.status(), open.kind()), (503, "circuit_open"));
         let teapot = PluginError::Status {
             status: 418,
             message: "short and stout".into(),

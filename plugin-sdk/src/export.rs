@@ -578,6 +578,16 @@ fn write_output(out: &mut BwOutput, outcome: Outcome) {
                     out.response.status = *status;
                     BW_ERR_STATUS
                 }
+                // The host-made kinds (timeout, overloaded, ...) have no code of their own: they
+                // cross as their HTTP status, so a plugin passing one on keeps its meaning.
+                PluginError::Timeout(_)
+                | PluginError::Overloaded(_)
+                | PluginError::CircuitOpen { .. }
+                | PluginError::Crashed(_)
+                | PluginError::InvalidResponse(_) => {
+                    out.response.status = error.status();
+                    BW_ERR_STATUS
+                }
                 _ => BW_ERR_INTERNAL,
             };
             owned.message = error.message().to_owned();

@@ -59,11 +59,7 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) {
                 }
             },
         };
-        let spec = PluginSpec {
-            name: plugin.name.clone(),
-            source,
-            config: plugin.config.clone(),
-        };
+        let spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
         // The host logs the failure and records the plugin's Error state.
         let _ = host.start(&spec).await;
     }

@@ -1,0 +1,149 @@
+//! What the operator decided for each plugin: call limits, the circuit breaker, and how the plugin
+//! is isolated. Plain data with the documented defaults; `backworks.yaml` fills it, an embedder may
+//! build it by hand.
+
+use std::time::Duration;
+
+/// Limits and breaker settings applied to every call of one plugin (endpoint calls and hooks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallPolicy {
+    /// A call still running after this is answered 504 and its future dropped. `None`: no limit.
+    /// Default 30 s.
+    pub timeout: Option<Duration>,
+    /// Calls past this many in flight are shed at once with 503. `None`: no limit. Default 1024.
+    pub max_concurrency: Option<usize>,
+    /// A response body larger than this from the plugin is an error (502), not forwarded.
+    /// Default 16 MiB.
+    pub max_response_body: usize,
+    /// The plugin's circuit breaker.
+    pub breaker: BreakerSettings,
+}
+
+impl Default for CallPolicy {
+    fn default() -> Self {
+        CallPolicy {
+            timeout: Some(Duration::from_secs(30)),
+            max_concurrency: Some(1024),
+            max_response_body: 16 * 1024 * 1024,
+            breaker: BreakerSettings::default(),
+        }
+    }
+}
+
+/// When a plugin's circuit breaker opens, and how it recovers.
+///
+/// Closed → Open after `consecutive_failures` failures in a row, or when at least `min_calls`
+/// calls ended in the last `window` and more than `failure_rate` of them failed. Open → HalfOpen
+/// after `cooldown`; HalfOpen lets `half_open_probes` calls through, closes when they all succeed
+/// and reopens on the first failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerSettings {
+    /// `false` turns the breaker off: the plugin is always called. Default `true`.
+    pub enabled: bool,
+    /// Failures in a row that open the breaker. Default 5.
+    pub consecutive_failures: u32,
+    /// Failure rate (0.0–1.0) over the window that opens the breaker. Default 0.5.
+    pub failure_rate: f64,
+    /// The sliding window the rate is computed over. Default 30 s.
+    pub window: Duration,
+    /// Calls needed in the window before the rate counts. Default 20.
+    pub min_calls: u32,
+    /// How long the breaker stays open before probing. Default 10 s.
+    pub cooldown: Duration,
+    /// Probe calls let through while half-open. Default 1.
+    pub half_open_probes: u32,
+    /// Whether a 5xx response the plugin returns (not an error) counts as a failure. Default `true`.
+    pub count_5xx: bool,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            window: Duration::from_secs(30),
+            min_calls: 20,
+            cooldown: Duration::from_secs(10),
+            half_open_probes: 1,
+            count_5xx: true,
+        }
+    }
+}
+
+/// Where a plugin's code runs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Isolation {
+    /// In the host process (the default): fastest, but a crash or a blocked thread in the plugin
+    /// is the host's.
+    #[default]
+    InProcess,
+    /// In a supervised child process, over the wire protocol.
+    Process(ProcessSettings),
+}
+
+/// How a process-isolated plugin is run and supervised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSettings {
+    /// The program (and its arguments) that runs a plugin library in a child: it gets the library
+    /// path as its last argument. `None`: the current executable with `__plugin-child`, which
+    /// works for the `backworks` binary and for any embedder that calls the child entry point
+    /// first thing in `main`.
+    pub runner: Option<Vec<String>>,
+    /// Resource limits applied in the child before the plugin's code runs.
+    pub limits: ResourceLimits,
+    /// Restarts after a crash.
+    pub restart: RestartPolicy,
+    /// How long the child has to answer the manifest and `init` handshake. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// The largest protocol frame accepted either way, in bytes. Default 64 MiB.
+    pub max_frame: usize,
+}
+
+impl Default for ProcessSettings {
+    fn default() -> Self {
+        ProcessSettings {
+            runner: None,
+            limits: ResourceLimits::default(),
+            restart: RestartPolicy::default(),
+            handshake_timeout: Duration::from_secs(10),
+            max_frame: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Resource limits for a child process (`setrlimit`). `None` leaves the limit as inherited.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResourceLimits {
+    /// Address space in bytes (`RLIMIT_AS`).
+    pub memory_bytes: Option<u64>,
+    /// CPU time in seconds (`RLIMIT_CPU`).
+    pub cpu_seconds: Option<u64>,
+    /// Open file descriptors (`RLIMIT_NOFILE`).
+    pub open_files: Option<u64>,
+}
+
+/// How a crashed child is restarted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// Delay before the first restart; doubles after each crash. Default 100 ms.
+    pub initial_backoff: Duration,
+    /// The longest delay between restarts. Default 30 s.
+    pub max_backoff: Duration,
+    /// Crashes within `window` after which the plugin is marked Error and no longer restarted.
+    /// Default 5.
+    pub max_restarts: u32,
+    /// The window crashes are counted over. Default 60 s.
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            max_restarts: 5,
+            window: Duration::from_secs(60),
+        }
+    }
+}
