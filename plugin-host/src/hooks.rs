@@ -102,17 +102,35 @@ impl HookChain {
 /// let body: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
 /// assert_eq!(body["error"]["plugin"], "auth");
 /// ```
+///
+/// A refusal by the open circuit breaker carries `Retry-After` (whole seconds until the next probe).
 pub fn error_response(plugin: &str, error: &PluginError) -> Response {
     let status = error.status();
-    if status >= 500 {
-        tracing::warn!(plugin, kind = error.kind(), "plugin call failed: {error}");
+    match error {
+        // Refusals are counted in the metrics; logging each one would flood the log exactly when
+        // a plugin is in trouble (the breaker logs its own transitions).
+        PluginError::CircuitOpen { .. }
+        | PluginError::Overloaded(_)
+        | PluginError::Unavailable(_) => {
+            tracing::debug!(plugin, kind = error.kind(), "plugin call refused: {error}");
+        }
+        _ if status >= 500 => {
+            tracing::warn!(plugin, kind = error.kind(), "plugin call failed: {error}");
+        }
+        _ => {}
     }
-    Response::json(&serde_json::json!({
+    let response = Response::json(&serde_json::json!({
         "error": {
             "plugin": plugin,
             "kind": error.kind(),
             "message": error.message(),
         }
     }))
-    .with_status(status)
+    .with_status(status);
+    match error {
+        PluginError::CircuitOpen {
+            retry_after_secs, ..
+        } => response.with_header("retry-after", retry_after_secs.to_string()),
+        _ => response,
+    }
 }

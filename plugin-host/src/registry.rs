@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use backworks_plugin_sdk::{Health, PluginMetadata};
 
 use crate::lifecycle::{EventKind, Lifecycle, PluginState};
+use crate::guard::Guarded;
 use crate::plugin::{BuiltinFactory, Plugin};
 use crate::policy::{CallPolicy, Isolation};
 use crate::{DynamicPlugin, HostError};
@@ -72,7 +73,8 @@ struct Entry {
     source: Option<PluginSource>,
     metadata: Option<PluginMetadata>,
     lifecycle: Arc<Lifecycle>,
-    plugin: Option<Arc<dyn Plugin>>,
+    /// The plugin behind its guard, once loaded.
+    plugin: Option<Arc<Guarded>>,
 }
 
 impl Entry {
@@ -174,6 +176,10 @@ impl PluginHost {
 
     /// Loads, creates and initializes a plugin, moving it through `Loading`, `Loaded` and `Active`;
     /// on failure records `Error` with the reason and returns it.
+    ///
+    /// The plugin returned (and later [`get`](PluginHost::get)) is behind its [`Guarded`] call
+    /// guard: `spec.policy`'s timeout, concurrency limit, response limit and circuit breaker apply
+    /// to every call.
     pub async fn start(&self, spec: &PluginSpec) -> Result<Arc<dyn Plugin>, HostError> {
         let lifecycle = self.record(
             &spec.name,
@@ -267,27 +273,39 @@ impl PluginHost {
             EventKind::Loaded,
             format!("{} {} loaded", metadata.name, metadata.version),
         );
-        let loaded = plugin.clone();
+        let guarded = Arc::new(Guarded::new(
+            plugin,
+            spec.policy.clone(),
+            lifecycle.clone(),
+        ));
+        let loaded = guarded.clone();
         self.update(&spec.name, move |e| {
             e.metadata = Some(metadata);
             e.plugin = Some(loaded);
         });
-        plugin
+        guarded
             .initialize(&spec.config)
             .await
             .map_err(|source| HostError::Start {
                 plugin: spec.name.clone(),
                 source,
             })?;
-        Ok(plugin)
+        Ok(guarded)
     }
 
-    /// The plugin named `name`, if it is active.
+    /// The plugin named `name` behind its call guard, if it is active.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Plugin>> {
+        self.guarded(name)
+            .filter(|g| g.lifecycle().state() == PluginState::Active)
+            .map(|g| g as Arc<dyn Plugin>)
+    }
+
+    /// The call guard of plugin `name` (its breaker and counters), once loaded, in any state.
+    pub fn guarded(&self, name: &str) -> Option<Arc<Guarded>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .find(|e| e.name == name && e.lifecycle.state() == PluginState::Active)
+            .find(|e| e.name == name)
             .and_then(|e| e.plugin.clone())
     }
 
@@ -318,6 +336,7 @@ impl PluginHost {
             .iter()
             .filter(|e| e.lifecycle.state() == PluginState::Active)
             .filter_map(|e| e.plugin.clone())
+            .map(|g| g as Arc<dyn Plugin>)
             .collect()
     }
 
@@ -330,9 +349,9 @@ impl PluginHost {
                 continue;
             };
             match plugin.shutdown().await {
-                Ok(()) => lifecycle.record(EventKind::ShutDown, "shut down"),
+                Ok(()) => lifecycle.record(EventKind::ShutDown, "plugin shut down"),
                 Err(error) => {
-                    lifecycle.record(EventKind::ShutDown, format!("shutdown failed: {error}"))
+                    lifecycle.record(EventKind::ShutDown, format!("plugin shutdown failed: {error}"))
                 }
             }
             lifecycle.set_state(PluginState::Stopped);
