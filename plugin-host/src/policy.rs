@@ -98,6 +98,9 @@ pub struct ProcessSettings {
     pub handshake_timeout: Duration,
     /// The largest protocol frame accepted either way, in bytes. Default 64 MiB.
     pub max_frame: usize,
+    /// The child's working directory; `None` inherits the host's. `backworks` sets it to the
+    /// directory of `backworks.yaml`, so a `command` names its script relative to the config.
+    pub working_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ProcessSettings {
@@ -108,6 +111,7 @@ impl Default for ProcessSettings {
             restart: RestartPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
             max_frame: 64 * 1024 * 1024,
+            working_dir: None,
         }
     }
 }

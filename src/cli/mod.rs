@@ -45,6 +45,9 @@ pub enum Command {
         /// Listen on this address instead of the config's.
         #[arg(long)]
         host: Option<IpAddr>,
+        /// Serve the admin API on this port instead of the config's (`server.admin.port`).
+        #[arg(long)]
+        admin_port: Option<u16>,
     },
     /// Check a config file and the plugin files it names, without running any plugin.
     Validate {
@@ -63,7 +66,8 @@ pub enum Command {
 /// The `plugin` commands.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
-    /// List the configured plugins and the plugin files found in `plugin_dirs`, without loading any.
+    /// List the plugins: their live state from a running server's admin API, or, when no server
+    /// answers, the configured plugins and the plugin files in `plugin_dirs` (none loaded).
     List {
         /// The config file.
         #[arg(short, long, default_value = "backworks.yaml")]
@@ -71,6 +75,10 @@ pub enum PluginCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The admin API to ask, e.g. `http://127.0.0.1:9090` (default: `server.admin` of the
+        /// config).
+        #[arg(long)]
+        admin_url: Option<String>,
     },
     /// Show a plugin file's metadata and whether this host can load it, without loading it.
     Inspect {
@@ -85,10 +93,18 @@ pub enum PluginCommand {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Serve { config, port, host } => {
+        Command::Serve {
+            config,
+            port,
+            host,
+            admin_port,
+        } => {
             let mut config = crate::config::load(&config)?;
             if let Some(port) = port {
                 config.server.port = port;
+            }
+            if let (Some(port), Some(admin)) = (admin_port, config.server.admin.as_mut()) {
+                admin.port = port;
             }
             let ip: IpAddr = match host {
                 Some(ip) => ip,
@@ -114,7 +130,11 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Validate { config } => plugin::validate(&config),
         Command::Plugin { command } => match command {
-            PluginCommand::List { config, json } => plugin::list(&config, json),
+            PluginCommand::List {
+                config,
+                json,
+                admin_url,
+            } => plugin::list(&config, json, admin_url.as_deref()),
             PluginCommand::Inspect { file, json } => plugin::inspect(&file, json),
         },
     }

@@ -90,6 +90,10 @@ fn rows(config: &Config) -> Vec<Value> {
                     ));
                 }
             }
+            PluginKind::Command { argv } => {
+                row["type"] = json!("command");
+                row["command"] = json!(argv);
+            }
             PluginKind::External { .. } => {
                 row["type"] = json!("external");
                 match config.resolve_plugin_path(plugin) {
@@ -159,14 +163,34 @@ fn merge(into: &mut Value, from: &Value) {
     }
 }
 
-/// `plugin list`.
-pub fn list(config_path: &Path, as_json: bool) -> anyhow::Result<i32> {
+/// `plugin list`: the live state from a running server's admin API when one answers at
+/// `admin_url` (default: the config's `server.admin` address), else the on-disk view.
+pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyhow::Result<i32> {
     let config = crate::config::load(config_path)?;
+    let url = admin_url.map(str::to_owned).or_else(|| {
+        config
+            .server
+            .admin
+            .as_ref()
+            .map(|a| format!("http://{}:{}", a.host, a.port))
+    });
+    let token = config.server.admin.as_ref().and_then(|a| a.token.clone());
+    if let Some(url) = url {
+        match live(&url, token.as_deref()) {
+            Ok(plugins) => return print_live(&url, plugins, as_json),
+            Err(LiveError::NotRunning) => {}
+            Err(LiveError::Failed(message)) => {
+                eprintln!("warning: the admin API at {url} did not answer usefully ({message}); showing the on-disk view");
+            }
+        }
+    }
     let rows = rows(&config);
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        let out = json!({ "source": "disk", "plugins": rows });
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(0);
     }
+    println!("(no server answering; showing the plugin files on disk)");
     println!(
         "{:<20} {:<9} {:<10} {:<10} {:<11} FILE / PROBLEM",
         "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE"
@@ -199,6 +223,86 @@ pub fn list(config_path: &Path, as_json: bool) -> anyhow::Result<i32> {
             },
             detail
         );
+    }
+    Ok(0)
+}
+
+enum LiveError {
+    /// Nothing listens there: no server is running.
+    NotRunning,
+    /// Something answered, but not with the plugin list.
+    Failed(String),
+}
+
+/// `GET {url}/_backworks/plugins`, with the token when there is one.
+fn live(url: &str, token: Option<&str>) -> Result<Vec<Value>, LiveError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| LiveError::Failed(e.to_string()))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(3))
+            .build()
+            .map_err(|e| LiveError::Failed(e.to_string()))?;
+        let mut request = client.get(format!("{url}/_backworks/plugins"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| {
+            if e.is_connect() {
+                LiveError::NotRunning
+            } else {
+                LiveError::Failed(e.to_string())
+            }
+        })?;
+        if !response.status().is_success() {
+            return Err(LiveError::Failed(format!("status {}", response.status())));
+        }
+        let body: Value = response
+            .json()
+            .await
+            .map_err(|e| LiveError::Failed(e.to_string()))?;
+        match body.get("plugins").and_then(Value::as_array) {
+            Some(plugins) => Ok(plugins.clone()),
+            None => Err(LiveError::Failed("no `plugins` in the answer".into())),
+        }
+    })
+}
+
+fn print_live(url: &str, plugins: Vec<Value>, as_json: bool) -> anyhow::Result<i32> {
+    if as_json {
+        let out = json!({ "source": "live", "admin": url, "plugins": plugins });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(0);
+    }
+    println!("(live, from {url})");
+    println!(
+        "{:<20} {:<8} {:<10} {:<8} {:<10} {:<10} {:>8} {:>7} {:>8}",
+        "NAME", "KIND", "VERSION", "STATE", "HEALTH", "BREAKER", "CALLS", "ERRORS", "RESTARTS"
+    );
+    for p in &plugins {
+        let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
+        let number = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
+        let errors = p["stats"]["errors"]
+            .as_object()
+            .map(|kinds| kinds.values().filter_map(Value::as_u64).sum::<u64>().to_string())
+            .unwrap_or_else(|| "-".to_owned());
+        println!(
+            "{:<20} {:<8} {:<10} {:<8} {:<10} {:<10} {:>8} {:>7} {:>8}",
+            text(&p["name"]),
+            text(&p["kind"]),
+            text(&p["version"]),
+            text(&p["state"]),
+            text(&p["health"]["status"]),
+            text(&p["breaker"]["state"]),
+            number(&p["stats"]["calls"]),
+            errors,
+            number(&p["process"]["restarts"]),
+        );
+        if let Some(reason) = p["reason"].as_str() {
+            println!("{:<20} error: {reason}", "");
+        }
     }
     Ok(0)
 }

@@ -5,10 +5,14 @@
 //! validation: every endpoint names a configured plugin, every hook name is valid, no two
 //! endpoints claim the same route.
 
+use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
+
+use backworks_plugin_host::policy::{CallPolicy, Isolation};
 
 /// A checked `backworks.yaml`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     /// The file it was read from (as given to [`super::load`]).
     pub source: PathBuf,
@@ -22,6 +26,8 @@ pub struct Config {
     pub plugins: Vec<PluginConfig>,
     /// `endpoints:`, in file order.
     pub endpoints: Vec<EndpointConfig>,
+    /// `health:`: how the health monitor polls the plugins.
+    pub health: HealthConfig,
 }
 
 /// Where the HTTP server listens.
@@ -31,6 +37,10 @@ pub struct ServerConfig {
     pub host: String,
     /// Port to bind; default `3000`. `0` asks the system for a free port.
     pub port: u16,
+    /// Requests with a larger body are answered 413 before any plugin runs. Default 2 MiB.
+    pub max_request_body: usize,
+    /// The admin listener (`/_backworks/*`, `/metrics`); `None` when turned off.
+    pub admin: Option<AdminConfig>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +48,59 @@ impl Default for ServerConfig {
         Self {
             host: "127.0.0.1".to_owned(),
             port: 3000,
+            max_request_body: 2 * 1024 * 1024,
+            admin: Some(AdminConfig::default()),
+        }
+    }
+}
+
+/// The admin API's own listener, off the public port.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to bind; default `127.0.0.1`.
+    pub host: String,
+    /// Port to bind; default `9090`. `0` asks the system for a free port.
+    pub port: u16,
+    /// When set, every admin request must carry `Authorization: Bearer <token>`. Required when
+    /// `host` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 9090,
+            token: None,
+        }
+    }
+}
+
+impl fmt::Debug for AdminConfig {
+    // The token is a secret: never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// How the health monitor polls each plugin's `health_check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Time between two polls of a plugin. Default 10 s.
+    pub interval: Duration,
+    /// A check that takes longer counts as Unhealthy. Default 2 s.
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -61,10 +124,17 @@ pub enum PluginKind {
         /// The path as written (after interpolation); see [`Config::resolve_plugin_path`].
         path: PathBuf,
     },
+    /// A program speaking the wire protocol in a child process (`command:`); always
+    /// process-isolated. Relative program paths resolve against [`Config::base_dir`] when such a
+    /// file exists there, otherwise through `PATH`.
+    Command {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
 }
 
 /// One entry of `plugins:`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PluginConfig {
     /// The plugin's name: its key in `plugins:`, matching `[A-Za-z0-9_.-]+`.
     pub name: String,
@@ -80,6 +150,13 @@ pub struct PluginConfig {
     pub after_response: bool,
     /// Position in the default hook chain: lower runs first, ties keep file order.
     pub order: i32,
+    /// An important plugin that fails to start stops the server's start-up; `/ready` needs it
+    /// Active and Healthy. Default `false`.
+    pub important: bool,
+    /// Timeout, concurrency limit, response limit and circuit breaker for its calls.
+    pub policy: CallPolicy,
+    /// In the host process (default) or in a supervised child (`isolation: process`).
+    pub isolation: Isolation,
 }
 
 impl PluginConfig {
@@ -151,6 +228,9 @@ mod tests {
             before_request: hooks,
             after_response: false,
             order,
+            important: false,
+            policy: CallPolicy::default(),
+            isolation: Isolation::InProcess,
         }
     }
 
@@ -172,6 +252,7 @@ mod tests {
             plugin_dirs: vec![],
             plugins,
             endpoints: vec![],
+            health: HealthConfig::default(),
         }
     }
 

@@ -32,6 +32,9 @@ mod model;
 mod search;
 mod validate;
 
-pub use checked::{Config, EndpointConfig, PluginConfig, PluginDir, PluginKind, ServerConfig};
+pub use checked::{
+    AdminConfig, Config, EndpointConfig, HealthConfig, PluginConfig, PluginDir, PluginKind,
+    ServerConfig,
+};
 pub use error::{ConfigError, ConfigErrorKind};
 pub use load::{load, parse_str, parse_str_with_env};

@@ -23,14 +23,38 @@ pub(crate) struct RawConfig {
     /// Spanned<Option<..>> so that `name:` with no body is a plugin with every default.
     pub plugins: Option<IndexMap<Text, Spanned<Option<RawPlugin>>>>,
     pub endpoints: Option<IndexMap<Text, Spanned<RawEndpoint>>>,
+    pub health: Option<RawHealth>,
 }
+
+/// A number (or a string that becomes one after interpolation), with its location.
+pub(crate) type Number = Spanned<Scalar>;
 
 /// `server:`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawServer {
     pub host: Option<Text>,
-    pub port: Option<Spanned<Scalar>>,
+    pub port: Option<Number>,
+    pub max_request_body: Option<Number>,
+    pub admin: Option<RawAdmin>,
+}
+
+/// `server.admin:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAdmin {
+    pub enabled: Option<Number>,
+    pub host: Option<Text>,
+    pub port: Option<Number>,
+    pub token: Option<Text>,
+}
+
+/// `health:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub interval_ms: Option<Number>,
+    pub timeout_ms: Option<Number>,
 }
 
 /// One entry of `plugin_dirs:`: a bare path, or `{path: ..., recursive: ...}`.
@@ -58,7 +82,51 @@ pub(crate) struct RawPlugin {
     pub enabled: Option<Spanned<Scalar>>,
     pub config: Option<Spanned<Node>>,
     pub hooks: Option<Vec<Text>>,
-    pub order: Option<Spanned<Scalar>>,
+    pub order: Option<Number>,
+    pub important: Option<Number>,
+    pub timeout_ms: Option<Number>,
+    pub max_concurrency: Option<Number>,
+    pub max_response_body: Option<Number>,
+    pub breaker: Option<RawBreaker>,
+    pub isolation: Option<Text>,
+    pub command: Option<Spanned<Vec<Text>>>,
+    pub limits: Option<RawLimits>,
+    pub restart: Option<RawRestart>,
+    pub handshake_timeout_ms: Option<Number>,
+    pub max_frame: Option<Number>,
+}
+
+/// A plugin's `breaker:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawBreaker {
+    pub enabled: Option<Number>,
+    pub consecutive_failures: Option<Number>,
+    pub failure_rate: Option<Number>,
+    pub window_ms: Option<Number>,
+    pub min_calls: Option<Number>,
+    pub cooldown_ms: Option<Number>,
+    pub half_open_probes: Option<Number>,
+    pub count_5xx: Option<Number>,
+}
+
+/// A process-isolated plugin's `limits:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawLimits {
+    pub memory_mb: Option<Number>,
+    pub cpu_seconds: Option<Number>,
+    pub open_files: Option<Number>,
+}
+
+/// A process-isolated plugin's `restart:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRestart {
+    pub initial_backoff_ms: Option<Number>,
+    pub max_backoff_ms: Option<Number>,
+    pub max_restarts: Option<Number>,
+    pub window_ms: Option<Number>,
 }
 
 /// One entry of `endpoints:`.

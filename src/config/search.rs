@@ -119,6 +119,7 @@ mod tests {
                 .collect(),
             plugins: vec![],
             endpoints: vec![],
+            health: Default::default(),
         }
     }
 
@@ -131,6 +132,9 @@ mod tests {
             before_request: false,
             after_response: false,
             order: 0,
+            important: false,
+            policy: Default::default(),
+            isolation: Default::default(),
         }
     }
 

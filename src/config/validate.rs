@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde_saphyr::Spanned;
 
-use super::checked::{Config, PluginConfig, PluginDir, PluginKind, ServerConfig};
+use super::checked::{Config, PluginConfig, PluginDir, PluginKind};
 use super::error::{ConfigError, ConfigErrorKind};
 use super::interpolate::{EnvLookup, Interpolator};
 use super::model::{RawConfig, RawPlugin, RawPluginDir, Scalar, Text};
 
 mod endpoints;
+mod policy;
+mod server;
 
 const INVALID: ConfigErrorKind = ConfigErrorKind::Invalid;
 
@@ -23,7 +25,8 @@ pub(crate) fn check(
     env: EnvLookup<'_>,
 ) -> Result<Config, ConfigError> {
     let ip = Interpolator::new(env, source);
-    let server = server(&ip, raw)?;
+    let server = server::server(&ip, raw)?;
+    let health = server::health(&ip, raw)?;
     let plugin_dirs = match &raw.plugin_dirs {
         None => vec![PluginDir {
             path: base_dir.join("plugins"),
@@ -50,29 +53,8 @@ pub(crate) fn check(
         plugin_dirs,
         plugins,
         endpoints,
+        health,
     })
-}
-
-fn server(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
-    let mut server = ServerConfig::default();
-    let Some(raw) = &raw.server else {
-        return Ok(server);
-    };
-    if let Some(host) = &raw.host {
-        let host = ip.text(host)?;
-        if host.value.trim().is_empty() {
-            return Err(ip.error(
-                INVALID,
-                host.at,
-                format!("`server.host` {} is empty", host.quoted()),
-            ));
-        }
-        server.host = host.value;
-    }
-    if let Some(port) = &raw.port {
-        server.port = integer(ip, port, "`server.port`", "an integer from 0 to 65535")?;
-    }
-    Ok(server)
 }
 
 fn plugin_dir(
@@ -125,7 +107,7 @@ fn plugin(
             format!("plugin `{n}` has an empty `path` {}", path.quoted()),
         ));
     }
-    let kind = match (kind_text, path) {
+    let mut kind = match (kind_text, path) {
         (None, None) => PluginKind::Builtin,
         (None, Some(path)) => PluginKind::External {
             path: PathBuf::from(path.value),
@@ -184,9 +166,17 @@ fn plugin(
             return Err(ip.error(INVALID, hook.at, message));
         }
     }
+    let isolation = policy::isolation(ip, name, raw, &mut kind)?;
+    let policy = policy::call_policy(ip, n, raw)?;
     Ok(PluginConfig {
         name: n.clone(),
         kind,
+        important: match &raw.important {
+            Some(flag) => boolean(ip, flag, &format!("`important` of plugin `{n}`"))?,
+            None => false,
+        },
+        policy,
+        isolation,
         enabled: match &raw.enabled {
             Some(flag) => boolean(ip, flag, &format!("`enabled` of plugin `{n}`"))?,
             None => true,
@@ -228,7 +218,7 @@ pub(super) fn check_name(
     Err(ip.error(INVALID, name.referenced, message))
 }
 
-fn boolean(ip: &Interpolator<'_>, raw: &Spanned<Scalar>, what: &str) -> Result<bool, ConfigError> {
+pub(super) fn boolean(ip: &Interpolator<'_>, raw: &Spanned<Scalar>, what: &str) -> Result<bool, ConfigError> {
     match ip.scalar(raw)? {
         (Scalar::Bool(b), _) => Ok(b),
         (Scalar::Text(t), _) if t.trim().eq_ignore_ascii_case("true") => Ok(true),
@@ -244,7 +234,7 @@ fn boolean(ip: &Interpolator<'_>, raw: &Spanned<Scalar>, what: &str) -> Result<b
     }
 }
 
-fn integer<T: TryFrom<i128>>(
+pub(super) fn integer<T: TryFrom<i128>>(
     ip: &Interpolator<'_>,
     raw: &Spanned<Scalar>,
     what: &str,

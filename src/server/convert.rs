@@ -3,14 +3,29 @@
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use backworks_plugin_host::hooks::error_response;
-use backworks_plugin_sdk::{Headers, PluginError, Request, Response};
+use backworks_plugin_sdk::{Headers, PluginError, Request, Response, Text};
 use bytes::Bytes;
 
 /// Builds the SDK request a plugin sees. Header names arrive lower case; header values that are not
-/// UTF-8 are passed on lossily.
+/// UTF-8 are passed on lossily. Short text is stored inline in [`Text`], without allocating.
 pub fn request_from_parts(
     parts: &axum::http::request::Parts,
     params: Vec<(String, String)>,
+    body: Bytes,
+) -> Request {
+    request_with_params(
+        parts,
+        params
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
+        body,
+    )
+}
+
+fn request_with_params(
+    parts: &axum::http::request::Parts,
+    params: Vec<(Text, Text)>,
     body: Bytes,
 ) -> Request {
     let query = parts
@@ -18,23 +33,18 @@ pub fn request_from_parts(
         .query()
         .map(|q| {
             form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .map(|(k, v)| (k.into(), v.into()))
                 .collect()
         })
         .unwrap_or_default();
     let headers: Headers = parts
         .headers
         .iter()
-        .map(|(name, value)| {
-            (
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            )
-        })
+        .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes())))
         .collect();
     Request {
-        method: parts.method.as_str().to_owned(),
-        path: parts.uri.path().to_owned(),
+        method: parts.method.as_str().into(),
+        path: parts.uri.path().into(),
         params,
         query,
         headers,
@@ -43,18 +53,19 @@ pub fn request_from_parts(
     }
 }
 
-/// Turns a plugin's response into an HTTP response; a status or header that HTTP does not allow is
-/// the plugin's error (500, naming it), never a panic or a malformed answer.
+/// Turns a plugin's response into an HTTP response. A status or header that HTTP does not allow is
+/// the plugin's invalid response (502, `invalid_response`, naming it), never a panic or a malformed
+/// answer.
 pub fn into_http(plugin: &str, response: Response) -> axum::response::Response {
     match try_into_http(response) {
         Ok(http) => http,
         Err(message) => {
-            let error = PluginError::Internal(message);
+            let error = PluginError::InvalidResponse(message);
             match try_into_http(error_response(plugin, &error)) {
                 Ok(http) => http,
                 Err(_) => {
                     let mut bare = axum::response::Response::new(Body::empty());
-                    *bare.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+                    *bare.status_mut() = StatusCode::BAD_GATEWAY;
                     bare
                 }
             }
@@ -82,13 +93,42 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, String>
 mod tests {
     use super::*;
 
+    /// The JSON error body of an HTTP response.
+    fn error_of(http: axum::response::Response) -> serde_json::Value {
+        let body = futures_util::FutureExt::now_or_never(axum::body::to_bytes(
+            http.into_body(),
+            usize::MAX,
+        ))
+        .expect("a ready body")
+        .expect("body bytes");
+        serde_json::from_slice::<serde_json::Value>(&body).expect("a JSON body")["error"].clone()
+    }
+
     #[test]
-    fn invalid_plugin_output_becomes_a_500_naming_the_plugin() {
+    fn invalid_plugin_output_becomes_a_502_naming_the_plugin() {
         let bad = Response::new(200).with_header("x-bad", "line\nbreak");
         let http = into_http("evil", bad);
-        assert_eq!(http.status(), 500);
-        let bad_status = Response::new(1000);
-        assert_eq!(into_http("evil", bad_status).status(), 500);
+        assert_eq!(http.status(), 502);
+        let error = error_of(http);
+        assert_eq!(error["plugin"], "evil");
+        assert_eq!(error["kind"], "invalid_response");
+        assert!(
+            error["message"].as_str().unwrap().contains("x-bad"),
+            "{error}"
+        );
+
+        let bad_name = Response::new(200).with_header("bad name", "v");
+        let error = error_of(into_http("evil", bad_name));
+        assert_eq!(error["kind"], "invalid_response");
+        assert!(
+            error["message"].as_str().unwrap().contains("bad name"),
+            "{error}"
+        );
+
+        let bad_status = into_http("evil", Response::new(1000));
+        assert_eq!(bad_status.status(), 502);
+        assert_eq!(error_of(bad_status)["kind"], "invalid_response");
+
         let good = Response::text("hi").with_status(201);
         let http = into_http("good", good);
         assert_eq!(http.status(), 201);

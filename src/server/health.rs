@@ -1,67 +1,131 @@
-//! `GET /health`: every plugin's lifecycle state and, for active ones, its own health report.
+//! Health: the monitor that polls every plugin's `health_check`, and the `/health` (liveness) and
+//! `/ready` (readiness) routes that report what it found.
+//!
+//! The routes never call a plugin: they read the last report the monitor stored in each plugin's
+//! [`Lifecycle`](backworks_plugin_host::Lifecycle), so a slow or hung `health_check` cannot slow
+//! them down or pile up calls.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use backworks_plugin_host::{PluginHost, PluginState};
+use axum::http::StatusCode;
+use backworks_plugin_host::{Plugin, PluginHost, PluginState, PluginStatus};
 use backworks_plugin_sdk::Health;
 use serde_json::{Value, json};
 
-/// How long a plugin's `health_check` may take before it counts as unhealthy.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::config::HealthConfig;
 
-#[derive(Clone)]
+/// What the health routes read.
+#[derive(Clone, Debug)]
 pub struct HealthState {
+    /// The plugins.
     pub host: Arc<PluginHost>,
+    /// The plugins `/ready` waits for.
+    pub important: Arc<[String]>,
 }
 
-/// `{"status": "ok" | "degraded", "plugins": [{"name", "state", "version", "health", ...}]}`.
-/// `degraded` when an enabled plugin is not active or reports itself degraded or unhealthy. Always
-/// 200: this is liveness, and the server itself is alive.
-pub async fn health(State(state): State<HealthState>) -> Json<Value> {
-    let statuses = state.host.statuses();
-    let checks = statuses.iter().map(|status| {
-        let plugin = state.host.get(&status.name);
-        async move {
-            match plugin {
-                Some(plugin) => tokio::time::timeout(HEALTH_TIMEOUT, plugin.health_check())
-                    .await
-                    .unwrap_or_else(|_| Health::Unhealthy("health check timed out".into())),
-                None => Health::Unhealthy(String::new()),
-            }
+/// Asks every active plugin for its health once, all at the same time, and stores the answers.
+/// A check that takes longer than `timeout` (or panics) counts as Unhealthy.
+pub async fn check_all(host: &PluginHost, timeout: Duration) {
+    let checks = host.active().into_iter().map(|plugin| async move {
+        let health = check_one(plugin.as_ref(), timeout).await;
+        if let Some(lifecycle) = host.lifecycle(&plugin.info().name) {
+            lifecycle.set_health(health);
         }
     });
-    let reports = futures_util::future::join_all(checks).await;
-    let mut ok = true;
-    let plugins: Vec<Value> = statuses
-        .iter()
-        .zip(reports)
-        .map(|(status, health)| {
-            let active = status.state == PluginState::Active;
-            if status.state != PluginState::Disabled && (!active || health != Health::Healthy) {
-                ok = false;
-            }
-            let mut entry = json!({
-                "name": status.name,
-                "state": status.state.as_str(),
-                "version": status.metadata.as_ref().map(|m| m.version.clone()),
-            });
-            if let PluginState::Error(reason) = &status.state {
-                entry["error"] = json!(reason);
-            }
-            if active {
+    futures_util::future::join_all(checks).await;
+}
+
+async fn check_one(plugin: &dyn Plugin, timeout: Duration) -> Health {
+    match tokio::time::timeout(timeout, plugin.health_check()).await {
+        Ok(health) => health,
+        Err(_) => Health::Unhealthy(format!(
+            "health check did not answer within {} ms",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Polls every plugin on `config.interval` until the task is dropped.
+pub async fn monitor(host: Arc<PluginHost>, config: HealthConfig) {
+    let mut ticks = tokio::time::interval(config.interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; start-up already ran a round.
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        check_all(&host, config.timeout).await;
+    }
+}
+
+fn plugin_entry(status: &PluginStatus) -> Value {
+    let mut entry = json!({
+        "name": status.name,
+        "state": status.state.as_str(),
+        "version": status.metadata.as_ref().map(|m| m.version.clone()),
+    });
+    if let PluginState::Error(reason) = &status.state {
+        entry["error"] = json!(reason);
+    }
+    if status.state == PluginState::Active {
+        match &status.health {
+            Some(health) => {
                 entry["health"] = json!(health.as_str());
                 if !health.message().is_empty() {
                     entry["health_message"] = json!(health.message());
                 }
             }
-            entry
-        })
-        .collect();
+            None => entry["health"] = json!("unknown"),
+        }
+    }
+    entry
+}
+
+/// `GET /health`, liveness: `{"status": "ok" | "degraded", "plugins": [{"name", "state",
+/// "version", "health", ...}]}`. `degraded` when an enabled plugin is not active or its last
+/// report is not healthy. Always 200: the server itself is alive.
+pub async fn health(State(state): State<HealthState>) -> Json<Value> {
+    let statuses = state.host.statuses();
+    let ok = statuses.iter().all(|s| {
+        s.state == PluginState::Disabled
+            || (s.state == PluginState::Active && s.health == Some(Health::Healthy))
+    });
+    let plugins: Vec<Value> = statuses.iter().map(plugin_entry).collect();
     Json(json!({
         "status": if ok { "ok" } else { "degraded" },
         "plugins": plugins,
     }))
+}
+
+/// `GET /ready`, readiness: 200 `{"ready": true}` when every plugin marked `important` is Active
+/// and its last health report is Healthy, else 503 `{"ready": false, "waiting_for": [...]}` naming
+/// each important plugin that is not, and why.
+pub async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
+    let mut waiting = Vec::new();
+    for name in state.important.iter() {
+        let status = state.host.statuses().into_iter().find(|s| &s.name == name);
+        let why = match status {
+            None => Some("not started".to_owned()),
+            Some(s) if s.state != PluginState::Active => Some(format!("state {}", s.state.as_str())),
+            Some(s) => match &s.health {
+                Some(Health::Healthy) => None,
+                Some(other) if other.message().is_empty() => Some(other.as_str().to_owned()),
+                Some(other) => Some(format!("{}: {}", other.as_str(), other.message())),
+                None => Some("no health report yet".to_owned()),
+            },
+        };
+        if let Some(why) = why {
+            waiting.push(json!({ "plugin": name, "reason": why }));
+        }
+    }
+    if waiting.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "waiting_for": waiting })),
+        )
+    }
 }

@@ -5,64 +5,83 @@
 //! `handle`, and turns the plugin's response — or its error, as a JSON body naming it — into the
 //! HTTP response.
 
+mod admin;
 mod convert;
-mod health;
+pub mod health;
+pub mod metrics;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Instant;
+
 use axum::Router;
-use axum::extract::RawPathParams;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, RawPathParams};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{MethodFilter, MethodRouter, on};
 use backworks_plugin_host::hooks::error_response;
 use backworks_plugin_host::{
-    Hook, HookChain, Plugin, PluginHost, PluginSource, PluginSpec, PluginState,
+    Hook, HookChain, Isolation, Plugin, PluginHost, PluginSource, PluginSpec, PluginState,
 };
 use backworks_plugin_sdk::{PluginError, Response};
 use bytes::Bytes;
 
 use crate::config::{Config, EndpointConfig, PluginKind};
+use metrics::EndpointStats;
 
 /// Everything an endpoint needs at request time, resolved once at start-up.
 struct Endpoint {
     plugin_name: String,
+    stats: Arc<EndpointStats>,
+    max_request_body: usize,
     /// `Err` with the reason when the endpoint cannot be served (plugin disabled or failed, or a
     /// hook plugin unavailable): the endpoint then answers 503 rather than run without its hooks.
     target: Result<(Arc<dyn Plugin>, HookChain), String>,
 }
 
 /// Starts every configured plugin on `host`. A plugin that fails is logged, recorded in its `Error`
-/// state and skipped; the others start regardless.
-pub async fn start_plugins(config: &Config, host: &PluginHost) {
+/// state and skipped; the others start regardless. An `important: true` plugin that fails stops
+/// start-up: the error names it and says why.
+pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result<()> {
     for plugin in &config.plugins {
-        if !plugin.enabled {
-            tracing::info!(plugin = plugin.name, "plugin disabled in config");
-            let source = match &plugin.kind {
-                PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
-                PluginKind::External { path } => PluginSource::Library(path.clone()),
-            };
-            let _ = host.record(&plugin.name, Some(source), PluginState::Disabled, None);
-            continue;
-        }
         let source = match &plugin.kind {
             PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
+            PluginKind::Command { argv } => PluginSource::Command(argv.clone()),
+            PluginKind::External { path } if !plugin.enabled => PluginSource::Library(path.clone()),
             PluginKind::External { .. } => match config.resolve_plugin_path(plugin) {
                 Ok(path) => PluginSource::Library(path),
                 Err(tried) => {
                     let tried: Vec<_> = tried.iter().map(|p| p.display().to_string()).collect();
                     let reason = format!("plugin file not found; looked at {}", tried.join(", "));
-                    tracing::error!(plugin = plugin.name, "{reason}");
-                    let _ = host.record(&plugin.name, None, PluginState::Error(reason), None);
+                    let _ = host.record(&plugin.name, None, PluginState::Error(reason.clone()), None);
+                    if plugin.important {
+                        anyhow::bail!("important plugin `{}` cannot start: {reason}", plugin.name);
+                    }
                     continue;
                 }
             },
         };
-        let spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
+        if !plugin.enabled {
+            let _ = host.record(&plugin.name, Some(source), PluginState::Disabled, None);
+            continue;
+        }
+        let mut spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
+        spec.policy = plugin.policy.clone();
+        spec.isolation = plugin.isolation.clone();
+        if let Isolation::Process(settings) = &mut spec.isolation {
+            settings.working_dir.get_or_insert_with(|| config.base_dir.clone());
+        }
         // The host logs the failure and records the plugin's Error state.
-        let _ = host.start(&spec).await;
+        if let Err(error) = host.start(&spec).await
+            && plugin.important
+        {
+            anyhow::bail!("important plugin `{}` cannot start: {error}", plugin.name);
+        }
     }
+    Ok(())
 }
 
 fn resolve(config: &Config, host: &PluginHost, endpoint: &EndpointConfig) -> Endpoint {
@@ -98,6 +117,8 @@ fn resolve(config: &Config, host: &PluginHost, endpoint: &EndpointConfig) -> End
     }
     Endpoint {
         plugin_name: endpoint.plugin.clone(),
+        stats: Arc::new(EndpointStats::new(&endpoint.name, &endpoint.plugin)),
+        max_request_body: config.server.max_request_body,
         target,
     }
 }
@@ -109,16 +130,24 @@ fn state_reason(state: &PluginState) -> &str {
     }
 }
 
-/// The router of every configured endpoint, plus `/health`.
+/// The public router: every configured endpoint, plus `/health` and `/ready`.
 pub fn router(config: &Config, host: Arc<PluginHost>) -> Router {
+    routers(config, host).0
+}
+
+/// The public router, and the admin router (`/_backworks/*`, `/metrics`, `/health`, `/ready`)
+/// that reports on it.
+pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
     // Endpoints sharing a path share one method router.
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
+    let mut stats = Vec::with_capacity(config.endpoints.len());
     for endpoint_config in &config.endpoints {
         let endpoint = Arc::new(resolve(config, &host, endpoint_config));
+        stats.push(endpoint.stats.clone());
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
             let endpoint = endpoint.clone();
-            let handler = move |params: RawPathParams, parts: Parts, body: Bytes| {
+            let handler = move |params: RawPathParams, parts: Parts, body: Result<Bytes, BytesRejection>| {
                 let endpoint = endpoint.clone();
                 async move { serve_endpoint(&endpoint, params, parts, body).await }
             };
@@ -134,10 +163,24 @@ pub fn router(config: &Config, host: Arc<PluginHost>) -> Router {
     for (path, route) in by_path {
         router = router.route(path, route);
     }
+    let router = router.layer(DefaultBodyLimit::max(config.server.max_request_body));
+    let important: Vec<String> = config
+        .plugins
+        .iter()
+        .filter(|p| p.important)
+        .map(|p| p.name.clone())
+        .collect();
+    let health_state = health::HealthState {
+        host: host.clone(),
+        important: important.into(),
+    };
     let health = Router::new()
         .route("/health", axum::routing::get(health::health))
-        .with_state(health::HealthState { host });
-    router.merge(health)
+        .route("/ready", axum::routing::get(health::ready))
+        .with_state(health_state.clone());
+    let metrics = Arc::new(metrics::Metrics::new(host.clone(), stats));
+    let admin = admin::router(config, host, metrics, health_state);
+    (router.merge(health), admin)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -159,16 +202,48 @@ async fn serve_endpoint(
     endpoint: &Endpoint,
     params: RawPathParams,
     parts: Parts,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> axum::response::Response {
+    let started = Instant::now();
+    let response = answer(endpoint, params, parts, body).await;
+    endpoint
+        .stats
+        .record(response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn answer(
+    endpoint: &Endpoint,
+    params: RawPathParams,
+    parts: Parts,
+    body: Result<Bytes, BytesRejection>,
+) -> axum::response::Response {
+    let refuse = |error: PluginError| {
+        convert::into_http(
+            &endpoint.plugin_name,
+            error_response(&endpoint.plugin_name, &error),
+        )
+    };
     let (plugin, hooks) = match &endpoint.target {
         Ok(target) => target,
-        Err(reason) => {
-            let error = PluginError::Unavailable(reason.clone());
-            return convert::into_http(
-                &endpoint.plugin_name,
-                error_response(&endpoint.plugin_name, &error),
-            );
+        Err(reason) => return refuse(PluginError::Unavailable(reason.clone())),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return refuse(PluginError::Status {
+                status: 413,
+                message: format!(
+                    "request body is over the limit of {} bytes (server.max_request_body)",
+                    endpoint.max_request_body
+                ),
+            });
+        }
+        Err(rejection) => {
+            return refuse(PluginError::BadRequest(format!(
+                "cannot read the request body: {}",
+                rejection.body_text()
+            )));
         }
     };
     let params = params
@@ -193,14 +268,47 @@ async fn call(plugin: &dyn Plugin, request: backworks_plugin_sdk::Request) -> Re
     }
 }
 
-/// Serves `config` on `addr` until Ctrl-C or SIGTERM, then shuts every plugin down.
+/// Serves `config` on `addr` (and the admin API on its own address) until Ctrl-C or SIGTERM, then
+/// shuts every plugin down.
 pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> anyhow::Result<()> {
-    start_plugins(&config, &host).await;
-    let app = router(&config, host.clone());
+    if let Err(error) = start_plugins(&config, &host).await {
+        host.shutdown().await;
+        return Err(error);
+    }
+    // One round of health checks before serving, so `/ready` has answers from the start.
+    health::check_all(&host, config.health.timeout).await;
+    let monitor = tokio::spawn(health::monitor(host.clone(), config.health.clone()));
+    let (app, admin_app) = routers(&config, host.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
+    let admin = match &config.server.admin {
+        Some(admin) => {
+            let ip: std::net::IpAddr = admin.host.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "{}: server.admin.host `{}` is not an IP address",
+                    config.source.display(),
+                    admin.host
+                )
+            })?;
+            let admin_addr = SocketAddr::new(ip, admin.port);
+            let listener = tokio::net::TcpListener::bind(admin_addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}"))?;
+            tracing::info!(
+                address = %listener.local_addr()?,
+                "admin API listening on http://{}",
+                listener.local_addr()?
+            );
+            Some(tokio::spawn(async move {
+                axum::serve(listener, admin_app)
+                    .with_graceful_shutdown(shutdown_signal())
+                    .await
+            }))
+        }
+        None => None,
+    };
     tracing::info!(
         address = %local,
         endpoints = config.endpoints.len(),
@@ -210,6 +318,10 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    monitor.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     tracing::info!("shutting down plugins");
     host.shutdown().await;
     tracing::info!("stopped");

@@ -1,12 +1,12 @@
-//! The `backworks` commands that never load a plugin: inspect, list, validate; and the example
-//! configs in the repository, which must stay valid.
+//! The `backworks` commands: inspect, list (on disk, and live through a running server's admin
+//! API), validate; and the example configs in the repository, which must stay valid.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{c_plugin, root, rust_plugin, rust_plugins};
+use crate::support::{Server, c_plugin, client, free_port, root, rust_plugin, rust_plugins};
 
 fn backworks(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_backworks"))
@@ -65,14 +65,18 @@ fn list_shows_configured_and_discovered_plugins_without_loading() {
     std::fs::write(
         &config,
         format!(
-            "plugin_dirs: [\"{}\"]\nplugins:\n  greeter:\n    path: libhello.so\n  off:\n    path: libkv_store.so\n    enabled: false\n  static:\n    type: builtin\nendpoints:\n  hi: {{ path: /hi, plugin: greeter }}\n",
+            "server: {{admin: {{port: {}}}}}\nplugin_dirs: [\"{}\"]\nplugins:\n  greeter:\n    path: libhello.so\n  off:\n    path: libkv_store.so\n    enabled: false\n  static:\n    type: builtin\nendpoints:\n  hi: {{ path: /hi, plugin: greeter }}\n",
+            // Nothing listens there, so the list is the on-disk view.
+            free_port(),
             rust_plugins().display()
         ),
     )
     .unwrap();
     let out = backworks(&["plugin", "list", "-c", config.to_str().unwrap(), "--json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["source"], "disk");
+    let rows = out["plugins"].as_array().unwrap();
     let row = |name: &str| rows.iter().find(|r| r["name"] == name).cloned().unwrap();
     assert_eq!(row("greeter")["plugin_name"], "hello");
     assert_eq!(row("greeter")["compatible"], true);
@@ -86,6 +90,37 @@ fn list_shows_configured_and_discovered_plugins_without_loading() {
     );
     let table = backworks(&["plugin", "list", "-c", config.to_str().unwrap()]);
     assert!(text(&table.stdout).contains("greeter"));
+}
+
+#[test]
+fn list_shows_the_live_state_of_a_running_server() {
+    let server = Server::start(
+        "plugin_dirs: [\"{{plugins}}\"]\nplugins:\n  greeter:\n    path: libhello.so\n  off:\n    path: libkv_store.so\n    enabled: false\nendpoints:\n  hi:\n    path: /hello/{name}\n    plugin: greeter\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backworks.yaml");
+    std::fs::write(&config, "plugins:\n  greeter:\n    path: libhello.so\n").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let hi = client().get(server.url("/hello/ana")).send().await.unwrap();
+        assert_eq!(hi.status(), 200);
+    });
+    let args = ["plugin", "list", "-c", config.to_str().unwrap(), "--admin-url", &server.admin];
+    let out = backworks(&[&args[..], &["--json"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["source"], "live", "{out}");
+    let plugins = out["plugins"].as_array().unwrap();
+    let greeter = plugins.iter().find(|p| p["name"] == "greeter").unwrap();
+    assert_eq!(greeter["state"], "active", "{greeter}");
+    assert_eq!(greeter["kind"], "library", "{greeter}");
+    assert_eq!(greeter["breaker"]["state"], "closed", "{greeter}");
+    assert_eq!(greeter["stats"]["calls"], 1, "{greeter}");
+    let off = plugins.iter().find(|p| p["name"] == "off").unwrap();
+    assert_eq!(off["state"], "disabled", "{off}");
+    let table = text(&backworks(&args).stdout);
+    assert!(table.contains("(live, from http://127.0.0.1:"), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("greeter") && l.contains("active") && l.contains("closed")), "{table}");
 }
 
 #[test]
@@ -156,27 +191,25 @@ fn serve_refuses_a_broken_config_with_its_location() {
 #[test]
 fn repository_configs_are_valid() {
     backworks::config::load(&root().join("backworks.yaml")).expect("backworks.yaml");
-    let docs = root().join("docs/configuration.md");
-    let Ok(text) = std::fs::read_to_string(&docs) else {
-        panic!("{} is missing", docs.display());
-    };
-    let mut blocks = 0;
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if line.trim_start().starts_with("```yaml") {
-            let block: Vec<&str> = lines
-                .by_ref()
-                .take_while(|l| !l.trim_start().starts_with("```"))
-                .collect();
-            let env = |name: &str| Some(format!("<{name}>"));
-            backworks::config::parse_str_with_env(
-                &block.join("\n"),
-                Path::new("docs/configuration.md"),
-                &env,
-            )
-            .unwrap_or_else(|e| panic!("yaml block {} of docs/configuration.md: {e}", blocks + 1));
-            blocks += 1;
+    for doc in ["docs/configuration.md", "docs/operations.md"] {
+        let path = root().join(doc);
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            panic!("{} is missing", path.display());
+        };
+        let mut blocks = 0;
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line.trim_start().starts_with("```yaml") {
+                let block: Vec<&str> = lines
+                    .by_ref()
+                    .take_while(|l| !l.trim_start().starts_with("```"))
+                    .collect();
+                let env = |name: &str| Some(format!("<{name}>"));
+                backworks::config::parse_str_with_env(&block.join("\n"), Path::new(doc), &env)
+                    .unwrap_or_else(|e| panic!("yaml block {} of {doc}: {e}", blocks + 1));
+                blocks += 1;
+            }
         }
+        assert!(blocks > 0, "{doc} has no yaml examples");
     }
-    assert!(blocks > 0, "docs/configuration.md has no yaml examples");
 }

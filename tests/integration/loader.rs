@@ -73,7 +73,7 @@ fn get(path: &str, params: &[(&str, &str)]) -> Request {
     let mut request = Request::new("GET", path);
     request.params = params
         .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .map(|(k, v)| ((*k).into(), (*v).into()))
         .collect();
     request
 }
@@ -118,6 +118,10 @@ const BROKEN_FIXTURES: &[(&str, &str)] = &[
     ("short_vtable", "short_vtable_is_vtable_too_small"),
     ("panic_abort", "panic_abort_is_refused_by_inspection"),
     ("constructor_marker", "load_runs_the_constructor"),
+    (
+        "bad_utf8_header",
+        "a_header_that_is_not_utf8_is_an_invalid_response",
+    ),
 ];
 
 #[test]
@@ -577,6 +581,28 @@ async fn c_hello_answers_through_the_abi() {
     assert_eq!(
         body_json(&response),
         json!({ "message": "Hello from C", "path": "/greet/c" })
+    );
+}
+
+#[tokio::test]
+async fn a_header_that_is_not_utf8_is_an_invalid_response() {
+    let plugin = started(&c_plugin("broken/bad_utf8_header"), "garbage", Value::Null).await;
+    let err = plugin
+        .handle(get("/anything", &[]))
+        .await
+        .expect_err("a header value of bytes FF FE must be refused, not passed on lossily");
+    let PluginError::InvalidResponse(message) = &err else {
+        panic!("expected an invalid response, got {err:?}");
+    };
+    assert!(message.contains("`garbage`"), "names the plugin: {message}");
+    assert!(message.contains("x-garbage"), "names the header: {message}");
+    assert!(message.contains("not UTF-8"), "says why: {message}");
+    assert_eq!(err.status(), 502);
+    assert_eq!(err.kind(), "invalid_response");
+    // The plugin stays usable: its other answers are fine.
+    assert_eq!(
+        plugin.health_check().await,
+        backworks_plugin_sdk::Health::Healthy
     );
 }
 

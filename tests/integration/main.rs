@@ -1,6 +1,8 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
 mod cli;
+mod faults;
 mod loader;
+mod python;
 mod server;
 mod support;

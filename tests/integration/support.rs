@@ -43,6 +43,7 @@ pub fn rust_plugins() -> &'static Path {
             "backworks-example-async-clock",
             "backworks-example-noop",
             "backworks-example-broken-panic",
+            "backworks-example-faulty",
         ] {
             cmd.args(["-p", package]);
         }
@@ -118,6 +119,8 @@ pub fn free_port() -> u16 {
 pub struct Server {
     child: Option<Child>,
     pub base: String,
+    /// The admin API's base URL (`server.admin` on a free port).
+    pub admin: String,
     /// Holds the config and log files; removed when the server is dropped.
     _dir: tempfile::TempDir,
     log: PathBuf,
@@ -127,6 +130,11 @@ impl Server {
     /// Writes `yaml` to a temporary `backworks.yaml` and serves it, waiting until `/health` answers.
     /// `{{plugins}}` in the yaml becomes the Rust plugins' folder and `{{c}}` the C plugins' folder.
     pub fn start(yaml: &str) -> Server {
+        Server::start_with_env(yaml, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables for the server process.
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let c_dir = target_dir().join("c-plugins");
         let yaml = yaml
@@ -135,11 +143,14 @@ impl Server {
         let config = dir.path().join("backworks.yaml");
         std::fs::write(&config, yaml).expect("write config");
         let port = free_port();
+        let admin_port = free_port();
         let log = dir.path().join("server.log");
         let child = Command::new(env!("CARGO_BIN_EXE_backworks"))
             .args(["serve", "-c"])
             .arg(&config)
             .args(["--port", &port.to_string()])
+            .args(["--admin-port", &admin_port.to_string()])
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -149,6 +160,7 @@ impl Server {
         let mut server = Server {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
             _dir: dir,
             log,
         };
@@ -188,6 +200,16 @@ impl Server {
     /// `base` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The admin API's `base` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     /// Stops the server with SIGTERM and waits; returns its logs.

@@ -1,0 +1,164 @@
+//! Checks of `server:` (listeners, request limit, the admin API) and `health:`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::{INVALID, boolean, integer};
+use crate::config::checked::{AdminConfig, HealthConfig, ServerConfig};
+use crate::config::error::ConfigError;
+use crate::config::interpolate::Interpolator;
+use crate::config::model::{Number, RawAdmin, RawConfig, Text};
+
+const PORT: &str = "an integer from 0 to 65535";
+
+pub(super) fn server(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+    let mut server = ServerConfig::default();
+    let Some(raw) = &raw.server else {
+        return Ok(server);
+    };
+    if let Some(host) = &raw.host {
+        server.host = host_text(ip, host, "`server.host`")?;
+    }
+    if let Some(port) = &raw.port {
+        server.port = integer(ip, port, "`server.port`", PORT)?;
+    }
+    if let Some(bytes) = &raw.max_request_body {
+        server.max_request_body = integer(
+            ip,
+            bytes,
+            "`server.max_request_body`",
+            "a size in bytes",
+        )?;
+    }
+    if let Some(admin) = &raw.admin {
+        server.admin = admin_config(ip, admin)?;
+    }
+    Ok(server)
+}
+
+fn host_text(ip: &Interpolator<'_>, host: &Text, what: &str) -> Result<String, ConfigError> {
+    let host = ip.text(host)?;
+    if host.value.trim().is_empty() {
+        return Err(ip.error(
+            INVALID,
+            host.at,
+            format!("{what} {} is empty", host.quoted()),
+        ));
+    }
+    Ok(host.value)
+}
+
+fn admin_config(ip: &Interpolator<'_>, raw: &RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
+    if let Some(flag) = &raw.enabled
+        && !boolean(ip, flag, "`server.admin.enabled`")?
+    {
+        return Ok(None);
+    }
+    let mut admin = AdminConfig::default();
+    if let Some(host) = &raw.host {
+        admin.host = host_text(ip, host, "`server.admin.host`")?;
+    }
+    if let Some(port) = &raw.port {
+        admin.port = integer(ip, port, "`server.admin.port`", PORT)?;
+    }
+    if let Some(token) = &raw.token {
+        // Empty (as `${BACKWORKS_ADMIN_TOKEN:-}` gives when the variable is unset) means no token.
+        // The value is a secret and never appears in an error.
+        let token = ip.text(token)?.value;
+        admin.token = (!token.trim().is_empty()).then_some(token);
+    }
+    let loopback = admin
+        .host
+        .parse::<IpAddr>()
+        .is_ok_and(|addr| addr.is_loopback());
+    if let Some(host) = &raw.host
+        && !loopback
+        && admin.token.is_none()
+    {
+        let at = host.referenced;
+        return Err(ip.error(
+            INVALID,
+            at,
+            format!(
+                "`server.admin.host` `{}` is reachable from other machines, so the admin API \
+                 needs a `token` (e.g. `token: ${{BACKWORKS_ADMIN_TOKEN}}`)",
+                admin.host
+            ),
+        ));
+    }
+    Ok(Some(admin))
+}
+
+pub(super) fn health(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<HealthConfig, ConfigError> {
+    let mut health = HealthConfig::default();
+    let Some(raw) = &raw.health else {
+        return Ok(health);
+    };
+    if let Some(ms) = &raw.interval_ms {
+        health.interval = millis(ip, ms, "`health.interval_ms`")?;
+    }
+    if let Some(ms) = &raw.timeout_ms {
+        health.timeout = millis(ip, ms, "`health.timeout_ms`")?;
+    }
+    Ok(health)
+}
+
+fn millis(ip: &Interpolator<'_>, raw: &Number, what: &str) -> Result<Duration, ConfigError> {
+    let expected = "a number of milliseconds greater than 0";
+    let ms: u64 = integer(ip, raw, what, expected)?;
+    if ms == 0 {
+        return Err(ip.error(
+            INVALID,
+            raw.referenced,
+            format!("{what} must be {expected}"),
+        ));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{error, parse};
+    use super::*;
+
+    #[test]
+    fn admin_and_health_defaults() {
+        let c = parse("").unwrap();
+        let admin = c.server.admin.as_ref().unwrap();
+        assert_eq!((admin.host.as_str(), admin.port), ("127.0.0.1", 9090));
+        assert_eq!(admin.token, None);
+        assert_eq!(c.server.max_request_body, 2 * 1024 * 1024);
+        assert_eq!(c.health, HealthConfig::default());
+    }
+
+    #[test]
+    fn admin_settings_and_secret_token() {
+        let c = parse(
+            "server:\n  max_request_body: 1000\n  admin: {host: 0.0.0.0, port: 9999, token: '${SECRET}'}\n\
+             health: {interval_ms: 500, timeout_ms: 100}\n",
+        )
+        .unwrap();
+        let admin = c.server.admin.as_ref().unwrap();
+        assert_eq!((admin.host.as_str(), admin.port), ("0.0.0.0", 9999));
+        assert_eq!(admin.token.as_deref(), Some("s3cr3t"));
+        assert!(!format!("{admin:?}").contains("s3cr3t"), "{admin:?}");
+        assert_eq!(c.server.max_request_body, 1000);
+        assert_eq!(c.health.interval, Duration::from_millis(500));
+        assert_eq!(c.health.timeout, Duration::from_millis(100));
+        let off = parse("server:\n  admin: {enabled: false}\n").unwrap();
+        assert!(off.server.admin.is_none());
+    }
+
+    #[test]
+    fn a_public_admin_address_needs_a_token() {
+        assert_eq!(
+            error("server:\n  admin: {host: 0.0.0.0}\n"),
+            "2:17: `server.admin.host` `0.0.0.0` is reachable from other machines, so the admin \
+             API needs a `token` (e.g. `token: ${BACKWORKS_ADMIN_TOKEN}`)"
+        );
+        assert_eq!(
+            error("health: {interval_ms: 0}\n"),
+            "1:23: `health.interval_ms` must be a number of milliseconds greater than 0"
+        );
+    }
+}
