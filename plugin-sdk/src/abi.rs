@@ -334,21 +334,52 @@ impl BwStr {
         // SAFETY: the caller's contract.
         String::from_utf8_lossy(unsafe { self.as_bytes() }).into_owned()
     }
+
+    /// The bytes as UTF-8 text, or `None` if they are not UTF-8.
+    ///
+    /// # Safety
+    /// As [`BwStr::as_bytes`], for `'a`.
+    pub unsafe fn to_str<'a>(self) -> Option<&'a str> {
+        // SAFETY: the caller's contract.
+        std::str::from_utf8(unsafe { self.as_bytes() }).ok()
+    }
+
+    /// Copies the bytes into a [`Text`](crate::Text) (inline when short), replacing invalid UTF-8.
+    ///
+    /// # Safety
+    /// As [`BwStr::as_bytes`], for the duration of the call.
+    pub unsafe fn to_text_lossy(self) -> crate::Text {
+        // SAFETY: the caller's contract.
+        let bytes = unsafe { self.as_bytes() };
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is UTF-8. (The common case, checked a word at a time.)
+            return unsafe { std::str::from_utf8_unchecked(bytes) }.into();
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(text) => text.into(),
+            Err(_) => String::from_utf8_lossy(bytes).into(),
+        }
+    }
 }
 
 impl BwKvList {
-    /// Copies the pairs into owned strings.
+    /// Copies the pairs into owned text, replacing invalid UTF-8.
     ///
     /// # Safety
     /// As [`BwKvList::as_slice`], and every pair's strings as [`BwStr::as_bytes`], for the duration
     /// of the call.
-    pub unsafe fn to_pairs(self) -> Vec<(String, String)> {
+    pub unsafe fn to_pairs(self) -> Vec<(crate::Text, crate::Text)> {
         // SAFETY: the caller's contract.
-        unsafe { self.as_slice() }
-            .iter()
+        let pairs = unsafe { self.as_slice() };
+        if pairs.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(pairs.len());
+        for kv in pairs {
             // SAFETY: the caller's contract covers the pairs' strings.
-            .map(|kv| unsafe { (kv.key.to_string_lossy(), kv.value.to_string_lossy()) })
-            .collect()
+            out.push(unsafe { (kv.key.to_text_lossy(), kv.value.to_text_lossy()) });
+        }
+        out
     }
 
     /// An empty list.
@@ -400,11 +431,11 @@ impl BwRequest {
         // SAFETY: the caller's contract.
         unsafe {
             crate::Request {
-                method: self.method.to_string_lossy(),
-                path: self.path.to_string_lossy(),
+                method: self.method.to_text_lossy(),
+                path: self.path.to_text_lossy(),
                 params: self.params.to_pairs(),
                 query: self.query.to_pairs(),
-                headers: self.headers.to_pairs().into_iter().collect(),
+                headers: crate::Headers::from_pairs(self.headers.to_pairs()),
                 body: self.body.as_bytes().to_vec(),
             }
         }
@@ -422,7 +453,7 @@ impl BwResponse {
         unsafe {
             crate::Response {
                 status: self.status,
-                headers: self.headers.to_pairs().into_iter().collect(),
+                headers: crate::Headers::from_pairs(self.headers.to_pairs()),
                 body: self.body.as_bytes().to_vec(),
             }
         }

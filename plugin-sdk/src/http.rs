@@ -1,13 +1,15 @@
 //! The plain request and response types a plugin sees.
 //!
 //! They are owned Rust values with no HTTP library behind them: the host fills them from its HTTP
-//! server, and bodies are bytes that are never re-encoded on the way.
+//! server, and bodies are bytes that are never re-encoded on the way. Text is [`Text`], which keeps
+//! short strings inline, so building a request (as the SDK does for every call of a plugin library)
+//! takes few allocations.
 
-use crate::{PluginError, PluginResult};
+use crate::{PluginError, PluginResult, Text};
 
 /// Headers in order, names in lower case. Lookups ignore case.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+pub struct Headers(Vec<(Text, Text)>);
 
 impl Headers {
     /// No headers.
@@ -31,16 +33,16 @@ impl Headers {
     }
 
     /// Sets `name` to `value`, replacing every earlier value of `name`.
-    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
-        let name = name.into().to_ascii_lowercase();
+    pub fn insert(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
+        let name = name.into().into_ascii_lowercase();
         self.0.retain(|(k, _)| *k != name);
         self.0.push((name, value.into()));
     }
 
     /// Adds a value of `name`, keeping the earlier ones.
-    pub fn append(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn append(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
         self.0
-            .push((name.into().to_ascii_lowercase(), value.into()));
+            .push((name.into().into_ascii_lowercase(), value.into()));
     }
 
     /// Removes every value of `name`; returns whether there was one.
@@ -66,11 +68,23 @@ impl Headers {
     }
 }
 
-impl FromIterator<(String, String)> for Headers {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
+impl Headers {
+    /// Headers from pairs whose names are lower case already (names that are not are made so).
+    pub(crate) fn from_pairs(mut pairs: Vec<(Text, Text)>) -> Headers {
+        for (name, _) in &mut pairs {
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                *name = name.to_ascii_lowercase();
+            }
+        }
+        Headers(pairs)
+    }
+}
+
+impl<K: Into<Text>, V: Into<Text>> FromIterator<(K, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
         Headers(
             iter.into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                .map(|(k, v)| (k.into().into_ascii_lowercase(), v.into()))
                 .collect(),
         )
     }
@@ -80,13 +94,13 @@ impl FromIterator<(String, String)> for Headers {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
     /// Method, upper case (`GET`).
-    pub method: String,
+    pub method: Text,
     /// Path without the query string.
-    pub path: String,
+    pub path: Text,
     /// Values of the endpoint's `{param}` segments, by name.
-    pub params: Vec<(String, String)>,
+    pub params: Vec<(Text, Text)>,
     /// Decoded query parameters in order.
-    pub query: Vec<(String, String)>,
+    pub query: Vec<(Text, Text)>,
     /// Request headers.
     pub headers: Headers,
     /// Body bytes.
@@ -95,7 +109,7 @@ pub struct Request {
 
 impl Request {
     /// A request with this method and path and nothing else.
-    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Request {
+    pub fn new(method: impl Into<Text>, path: impl Into<Text>) -> Request {
         Request {
             method: method.into(),
             path: path.into(),
@@ -132,7 +146,7 @@ impl Request {
     }
 }
 
-fn lookup<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+fn lookup<'a>(pairs: &'a [(Text, Text)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(k, _)| k == name)
@@ -198,7 +212,7 @@ impl Response {
     }
 
     /// This response with header `name` set to `value`.
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+    pub fn with_header(mut self, name: impl Into<Text>, value: impl Into<Text>) -> Response {
         self.headers.insert(name, value);
         self
     }

@@ -37,6 +37,7 @@ mod logging;
 pub mod metadata;
 mod plugin;
 mod runtime;
+mod text;
 
 pub use async_trait::async_trait;
 pub use error::{PluginError, PluginResult, parse_config};
@@ -44,6 +45,7 @@ pub use http::{Headers, Health, HookAction, Request, Response};
 pub use metadata::PluginMetadata;
 pub use plugin::BackworksPlugin;
 pub use serde_json;
+pub use text::Text;
 pub use tracing;
 
 /// The version of this SDK, as written into every plugin's metadata.
@@ -53,7 +55,7 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod prelude {
     pub use crate::{
         BackworksPlugin, Headers, Health, HookAction, PluginError, PluginResult, Request, Response,
-        async_trait, export_plugin, parse_config,
+        Text, async_trait, export_plugin, parse_config,
     };
     pub use serde_json::{Value, json};
 }

@@ -6,25 +6,17 @@
 //! vtable, where the host tags it with the plugin's name.
 //!
 //! Which instance a line belongs to: while the SDK polls a call of an instance it marks that instance
-//! current on the thread ([`WithHost`]); lines from elsewhere (a task the plugin spawned, a thread of
+//! current on the thread (see `export::call`); lines from elsewhere (a task the plugin spawned, a thread of
 //! its own) go to the most recently created live instance of the library.
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, Once, Weak};
-use std::task::{Context, Poll};
 
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::abi::{BW_LOG_DEBUG, BW_LOG_ERROR, BW_LOG_INFO, BW_LOG_TRACE, BW_LOG_WARN};
-use crate::export::HostLink;
-
-thread_local! {
-    static CURRENT: RefCell<Option<Arc<HostLink>>> = const { RefCell::new(None) };
-}
+use crate::export::{HostLink, with_current_link};
 
 /// Live instances of this library, newest last: where lines without a current instance go.
 static INSTANCES: Mutex<Vec<Weak<HostLink>>> = Mutex::new(Vec::new());
@@ -80,15 +72,12 @@ pub(crate) fn uninstall(link: &Arc<HostLink>) {
 
 /// Sends one line to the current instance's host, or to the newest live instance.
 fn emit(level: u32, target: &str, message: &str) {
-    let sent = CURRENT.with(|current| match current.try_borrow() {
-        Ok(current) => match current.as_ref() {
-            Some(link) => {
-                link.log(level, target, message);
-                true
-            }
-            None => false,
-        },
-        Err(_) => false,
+    let sent = with_current_link(|current| match current {
+        Some(link) => {
+            link.log(level, target, message);
+            true
+        }
+        None => false,
     });
     if !sent {
         let newest = INSTANCES
@@ -98,34 +87,6 @@ fn emit(level: u32, target: &str, message: &str) {
         if let Some(link) = newest {
             link.log(level, target, message);
         }
-    }
-}
-
-/// A future that marks its instance current on the thread while it is polled. The inner future is
-/// `Unpin` (already boxed), so this adds no allocation of its own.
-pub(crate) struct WithHost<F> {
-    link: Option<Arc<HostLink>>,
-    inner: F,
-}
-
-impl<F> WithHost<F> {
-    pub(crate) fn new(link: Arc<HostLink>, inner: F) -> Self {
-        WithHost {
-            link: Some(link),
-            inner,
-        }
-    }
-}
-
-impl<F: Future + Unpin> Future for WithHost<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        let previous = CURRENT.with(|c| c.replace(this.link.take()));
-        let result = Pin::new(&mut this.inner).poll(cx);
-        this.link = CURRENT.with(|c| c.replace(previous));
-        result
     }
 }
 

@@ -9,6 +9,7 @@
 //! plugin's runtime threads, a thread the plugin started), and unmapping it under them would crash
 //! the host. Each [`LoadedLibrary`] leaks its handle on drop; hot reload loads new copies.
 
+mod call;
 mod dynamic;
 
 use std::mem::{ManuallyDrop, offset_of};

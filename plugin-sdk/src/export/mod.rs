@@ -9,17 +9,18 @@
 //!    the plugin's runtime, so while the plugin waits for I/O it holds no host thread, and completes
 //!    exactly once, also when cancelled.
 
-use std::ffi::c_void;
-use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
-use std::sync::{Arc, RwLock};
-use std::task::{Context, Poll, Waker};
+mod call;
+mod output;
 
-use futures_util::FutureExt;
+use std::ffi::c_void;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, RwLock};
 
 use crate::abi::*;
-use crate::{BackworksPlugin, Health, HookAction, PluginError, Request, Response};
+use crate::{BackworksPlugin, HookAction, PluginError, PluginResult, Response};
+use call::LentRequest;
+pub(crate) use call::with_current_link;
+use output::{Outcome, write_output};
 
 /// Writes the metadata section and the exported vtable of a plugin library.
 ///
@@ -91,8 +92,8 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         after_response: Some(after_response::<P>),
         health_check: Some(health_check::<P>),
         shutdown: Some(shutdown::<P>),
-        task_start: Some(task_start),
-        task_cancel: Some(task_cancel),
+        task_start: Some(call::task_start),
+        task_cancel: Some(call::task_cancel),
     }
 }
 
@@ -144,29 +145,10 @@ impl HostLink {
     }
 }
 
-struct Instance<P> {
+/// What `instance_new` returns to the host.
+pub(super) struct Instance<P> {
     plugin: Arc<P>,
     host: Arc<HostLink>,
-}
-
-/// What a finished call hands over, before it is written into a [`BwOutput`].
-enum Outcome {
-    Done,
-    Response(Response),
-    Request(Request),
-    Continue,
-    Health(Health),
-    Error(PluginError),
-}
-
-/// A call's future: one allocation, wrapped so its instance is current while it is polled.
-type BoxFuture = crate::logging::WithHost<Pin<Box<dyn Future<Output = Outcome> + Send>>>;
-
-/// A call that did not finish on its first poll. Owned by the host until it starts or cancels it.
-enum Task {
-    Pending(BoxFuture),
-    Started(tokio::task::AbortHandle),
-    Taken,
 }
 
 /// Runs `body`, turning a panic into an error output. The last line of defence of every shim.
@@ -182,130 +164,6 @@ fn guard(out: *mut BwOutput, body: impl FnOnce() -> i32) -> i32 {
             BW_READY
         }
     }
-}
-
-/// Polls `future` once in the plugin's runtime; writes its outcome, or a pending task, to `out`.
-fn drive(
-    host: &Arc<HostLink>,
-    out: *mut BwOutput,
-    future: impl Future<Output = Outcome> + Send + 'static,
-) -> i32 {
-    let runtime = match crate::runtime::get() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            // SAFETY: the host passes a valid, exclusive output for the duration of the call.
-            unsafe { write_output(&mut *out, Outcome::Error(error)) };
-            return BW_READY;
-        }
-    };
-    let mut future: BoxFuture =
-        crate::logging::WithHost::new(
-            host.clone(),
-            Box::pin(AssertUnwindSafe(future).catch_unwind().map(|r| {
-                r.unwrap_or_else(|p| Outcome::Error(PluginError::from_panic(p.as_ref())))
-            })),
-        );
-    let first = {
-        let _context = runtime.enter();
-        Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()))
-    };
-    // SAFETY: the host passes a valid, exclusive output for the duration of the call.
-    let out = unsafe { &mut *out };
-    match first {
-        Poll::Ready(outcome) => {
-            write_output(out, outcome);
-            BW_READY
-        }
-        Poll::Pending => {
-            *out = BwOutput::empty();
-            out.kind = BW_OUT_PENDING;
-            out.task = Box::into_raw(Box::new(Task::Pending(future))).cast();
-            BW_PENDING
-        }
-    }
-}
-
-/// Completes a started task exactly once: with its outcome, or as cancelled when dropped unfinished.
-struct Completion(Option<BwCompletion>);
-
-// SAFETY: the host's completion may be called from any thread (ABI rule); the context pointer is the
-// host's to interpret.
-unsafe impl Send for Completion {}
-
-impl Completion {
-    fn complete(mut self, outcome: Outcome) {
-        if let Some(completion) = self.0.take() {
-            let mut output = BwOutput::empty();
-            write_output(&mut output, outcome);
-            if let Some(complete) = completion.complete {
-                // SAFETY: called exactly once (the option is taken) with an output the host now owns.
-                unsafe { complete(completion.ctx, &mut output) };
-            }
-        }
-    }
-}
-
-impl Drop for Completion {
-    fn drop(&mut self) {
-        if self.0.is_some() {
-            Completion(self.0.take()).complete(Outcome::Error(PluginError::Cancelled));
-        }
-    }
-}
-
-unsafe extern "C" fn task_start(task: *mut c_void, completion: BwCompletion) -> *mut c_void {
-    let completion = Completion(Some(completion));
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `task` came from `drive` and the host passes it here once; it owns it until it
-        // passes the returned handle to `task_cancel`.
-        let cell = unsafe { &mut *task.cast::<Task>() };
-        let Task::Pending(future) = std::mem::replace(cell, Task::Taken) else {
-            return Err(completion);
-        };
-        let runtime = match crate::runtime::get() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                completion.complete(Outcome::Error(error));
-                return Ok(());
-            }
-        };
-        let handle = runtime.spawn(async move {
-            let outcome = future.await;
-            completion.complete(outcome);
-        });
-        *cell = Task::Started(handle.abort_handle());
-        Ok(())
-    }));
-    match result {
-        Ok(Ok(())) => {}
-        // A task started twice: report it to this second completion rather than hang.
-        Ok(Err(completion)) => completion.complete(Outcome::Error(PluginError::Internal(
-            "task started twice".to_owned(),
-        ))),
-        // The completion was moved into the closure and dropped during unwinding, which reported
-        // the task as cancelled.
-        Err(_) => {}
-    }
-    task
-}
-
-unsafe extern "C" fn task_cancel(handle: *mut c_void) {
-    if handle.is_null() {
-        return;
-    }
-    let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `handle` came from `drive`/`task_start`, and the host passes it here exactly once.
-        let task = unsafe { Box::from_raw(handle.cast::<Task>()) };
-        match *task {
-            Task::Started(abort) => abort.abort(),
-            Task::Pending(future) => {
-                // Dropping a future may touch its timers or sockets: do it inside the runtime.
-                let _context = crate::runtime::get().map(|rt| rt.enter());
-                drop(future);
-            }
-            Task::Taken => {}
-        }
-    }));
 }
 
 unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
@@ -384,6 +242,29 @@ unsafe fn instance<'a, P>(instance: *mut c_void) -> &'a Instance<P> {
     unsafe { &*instance.cast::<Instance<P>>() }
 }
 
+/// The plugin value of an instance, for a future that [`call::drive`] keeps no longer than the
+/// instance, or than the task's own `Arc` of the value.
+fn plugin<P>(this: &Instance<P>) -> &'static P {
+    // SAFETY: the value lives in the `Arc`'s heap block, which outlives the call (the host keeps the
+    // instance alive during a call) and, if the call is pending, the task (which holds a clone of
+    // the `Arc`). `drive`'s contract makes the future that borrows it drop before both.
+    unsafe { &*Arc::as_ptr(&this.plugin) }
+}
+
+fn done(result: PluginResult<()>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Done,
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+fn responded(result: PluginResult<Response>) -> Outcome {
+    match result {
+        Ok(response) => Outcome::Response(response),
+        Err(e) => Outcome::Error(e),
+    }
+}
+
 unsafe extern "C" fn initialize<P: BackworksPlugin>(
     this: *mut c_void,
     config_json: BwStr,
@@ -402,13 +283,9 @@ unsafe extern "C" fn initialize<P: BackworksPlugin>(
                 return BW_READY;
             }
         };
-        let plugin = this.plugin.clone();
-        drive(&this.host, out, async move {
-            match plugin.initialize(config).await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::Error(e),
-            }
-        })
+        let future = plugin(this).initialize(config);
+        // SAFETY: the future borrows only the plugin value; `out` is the host's valid output.
+        unsafe { call::drive(this, out, future, None, done) }
     })
 }
 
@@ -420,13 +297,9 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
         let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
-        let plugin = this.plugin.clone();
-        drive(&this.host, out, async move {
-            match plugin.handle(request).await {
-                Ok(response) => Outcome::Response(response),
-                Err(e) => Outcome::Error(e),
-            }
-        })
+        let future = plugin(this).handle(request);
+        // SAFETY: the future borrows only the plugin value; `out` is the host's valid output.
+        unsafe { call::drive(this, out, future, None, responded) }
     })
 }
 
@@ -438,15 +311,18 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
         let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
-        let plugin = this.plugin.clone();
-        drive(&this.host, out, async move {
-            match plugin.before_request(&request).await {
+        let request = LentRequest::new(request);
+        // SAFETY: `drive` drops the future before `request`.
+        let future = plugin(this).before_request(unsafe { request.get() });
+        // SAFETY: the future borrows only the plugin value and `request`; `out` is valid.
+        unsafe {
+            call::drive(this, out, future, Some(request), |result| match result {
                 Ok(HookAction::Continue) => Outcome::Continue,
                 Ok(HookAction::ContinueWith(request)) => Outcome::Request(request),
                 Ok(HookAction::Respond(response)) => Outcome::Response(response),
                 Err(e) => Outcome::Error(e),
-            }
-        })
+            })
+        }
     })
 }
 
@@ -466,13 +342,11 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
                 (*response).to_response(),
             )
         };
-        let plugin = this.plugin.clone();
-        drive(&this.host, out, async move {
-            match plugin.after_response(&request, response).await {
-                Ok(response) => Outcome::Response(response),
-                Err(e) => Outcome::Error(e),
-            }
-        })
+        let request = LentRequest::new(request);
+        // SAFETY: `drive` drops the future before `request`.
+        let future = plugin(this).after_response(unsafe { request.get() }, response);
+        // SAFETY: the future borrows only the plugin value and `request`; `out` is valid.
+        unsafe { call::drive(this, out, future, Some(request), responded) }
     })
 }
 
@@ -483,10 +357,9 @@ unsafe extern "C" fn health_check<P: BackworksPlugin>(
     guard(out, || {
         // SAFETY: the host passes a live instance of this library.
         let this = unsafe { instance::<P>(this) };
-        let plugin = this.plugin.clone();
-        drive(&this.host, out, async move {
-            Outcome::Health(plugin.health_check().await)
-        })
+        let future = plugin(this).health_check();
+        // SAFETY: the future borrows only the plugin value; `out` is the host's valid output.
+        unsafe { call::drive(this, out, future, None, Outcome::Health) }
     })
 }
 
@@ -494,197 +367,235 @@ unsafe extern "C" fn shutdown<P: BackworksPlugin>(this: *mut c_void, out: *mut B
     guard(out, || {
         // SAFETY: the host passes a live instance of this library.
         let this = unsafe { instance::<P>(this) };
-        let plugin = this.plugin.clone();
-        drive(&this.host, out, async move {
-            match plugin.shutdown().await {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::Error(e),
-            }
-        })
+        let future = plugin(this).shutdown();
+        // SAFETY: the future borrows only the plugin value; `out` is the host's valid output.
+        unsafe { call::drive(this, out, future, None, done) }
     })
 }
 
-/// What an output's `owner` points to: the values its views borrow from.
-struct Owned {
-    pairs: Vec<BwKv>,
-    request: Option<Request>,
-    response: Option<Response>,
-    message: String,
-}
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
 
-unsafe extern "C" fn release_owned(owner: *mut c_void) {
-    if !owner.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: `owner` is the `Box<Owned>` leaked by `write_output`, released once by the
-            // host.
-            drop(unsafe { Box::from_raw(owner.cast::<Owned>()) })
-        }));
-    }
-}
+    use super::*;
+    use crate::{Request, Text};
 
-fn str_view(s: &str) -> BwStr {
-    BwStr::new(s.as_bytes())
-}
+    /// Answers by path: `/echo` (201, a header naming the `id` parameter, the body back), `/empty`
+    /// (204, nothing else), `/wait` (after a tokio timer), `/panic`.
+    #[derive(Default)]
+    struct Probe;
 
-fn pair_views(pairs: impl Iterator<Item = (BwStr, BwStr)>, into: &mut Vec<BwKv>) -> (usize, usize) {
-    let start = into.len();
-    into.extend(pairs.map(|(key, value)| BwKv { key, value }));
-    (start, into.len() - start)
-}
-
-/// Fills `out` with `outcome`. Borrowed views point into a boxed [`Owned`] that `release` frees.
-fn write_output(out: &mut BwOutput, outcome: Outcome) {
-    *out = BwOutput::empty();
-    let mut owned = Box::new(Owned {
-        pairs: Vec::new(),
-        request: None,
-        response: None,
-        message: String::new(),
-    });
-    match outcome {
-        Outcome::Done => {
-            out.kind = BW_OUT_DONE;
-            return;
-        }
-        Outcome::Continue => {
-            out.kind = BW_OUT_CONTINUE;
-            return;
-        }
-        Outcome::Health(Health::Healthy) => {
-            out.kind = BW_OUT_HEALTH;
-            out.code = BW_HEALTH_HEALTHY;
-            return;
-        }
-        Outcome::Health(health) => {
-            out.kind = BW_OUT_HEALTH;
-            out.code = match health {
-                Health::Degraded(_) => BW_HEALTH_DEGRADED,
-                _ => BW_HEALTH_UNHEALTHY,
-            };
-            owned.message = health.message().to_owned();
-        }
-        Outcome::Error(error) => {
-            out.kind = BW_OUT_ERROR;
-            out.code = match &error {
-                PluginError::Panic(_) => BW_ERR_PANIC,
-                PluginError::BadRequest(_) => BW_ERR_BAD_REQUEST,
-                PluginError::Unauthorized(_) => BW_ERR_UNAUTHORIZED,
-                PluginError::Forbidden(_) => BW_ERR_FORBIDDEN,
-                PluginError::NotFound(_) => BW_ERR_NOT_FOUND,
-                PluginError::Config(_) => BW_ERR_CONFIG,
-                PluginError::Unavailable(_) => BW_ERR_UNAVAILABLE,
-                PluginError::Cancelled => BW_ERR_CANCELLED,
-                PluginError::Status { status, .. } => {
-                    out.response.status = *status;
-                    BW_ERR_STATUS
+    #[async_trait::async_trait]
+    impl BackworksPlugin for Probe {
+        async fn handle(&self, request: Request) -> PluginResult<Response> {
+            match request.path.as_str() {
+                "/echo" => Ok(Response::new(201)
+                    .with_header("X-Id", request.param("id").unwrap_or("-"))
+                    .with_body(request.body)),
+                "/empty" => Ok(Response::new(204)),
+                "/wait" => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(Response::new(200).with_body("waited"))
                 }
-                // The host-made kinds (timeout, overloaded, ...) have no code of their own: they
-                // cross as their HTTP status, so a plugin passing one on keeps its meaning.
-                PluginError::Timeout(_)
-                | PluginError::Overloaded(_)
-                | PluginError::CircuitOpen { .. }
-                | PluginError::Crashed(_)
-                | PluginError::InvalidResponse(_) => {
-                    out.response.status = error.status();
-                    BW_ERR_STATUS
-                }
-                _ => BW_ERR_INTERNAL,
+                "/panic" => panic!("probe panicked"),
+                other => Err(PluginError::NotFound(other.to_owned())),
+            }
+        }
+
+        async fn before_request(&self, request: &Request) -> PluginResult<HookAction> {
+            let mut changed = request.clone();
+            changed.headers.insert("x-seen", "yes");
+            Ok(HookAction::ContinueWith(changed))
+        }
+    }
+
+    const VTABLE: BwPluginVTable = vtable::<Probe>(b"");
+
+    /// An instance of `Probe` with host services that log nowhere.
+    struct Harness {
+        instance: *mut c_void,
+        _services: Box<BwHostServices>,
+    }
+
+    impl Harness {
+        fn new() -> Harness {
+            let services = Box::new(BwHostServices {
+                size: size_of::<BwHostServices>() as u32,
+                abi_minor: ABI_MINOR,
+                reserved: 0,
+                ctx: std::ptr::null_mut(),
+                plugin_name: BwStr::new(b"probe"),
+                max_log_level: 0,
+                log: None,
+            });
+            let mut out = BwOutput::empty();
+            // SAFETY: valid services that outlive the instance, and a valid output.
+            let instance = unsafe { (VTABLE.instance_new.unwrap())(&*services, &mut out) };
+            assert!(!instance.is_null());
+            assert_eq!(out.kind, BW_OUT_DONE);
+            Harness {
+                instance,
+                _services: services,
+            }
+        }
+
+        /// Calls `handle` with `path`, one parameter `id=7` and body `hi`.
+        fn handle(&self, path: &str, out: &mut BwOutput) -> i32 {
+            let params = [BwKv {
+                key: BwStr::new(b"id"),
+                value: BwStr::new(b"7"),
+            }];
+            let request = BwRequest {
+                method: BwStr::new(b"POST"),
+                path: BwStr::new(path.as_bytes()),
+                params: BwKvList::new(&params),
+                body: BwStr::new(b"hi"),
+                ..BwRequest::EMPTY
             };
-            owned.message = error.message().to_owned();
-        }
-        Outcome::Response(response) => {
-            out.kind = BW_OUT_RESPONSE;
-            owned.response = Some(response);
-        }
-        Outcome::Request(request) => {
-            out.kind = BW_OUT_REQUEST;
-            owned.request = Some(request);
+            // SAFETY: a live instance; the request and output outlive the call.
+            unsafe { (VTABLE.handle.unwrap())(self.instance, &request, out) }
         }
     }
-    // Views point into the heap buffers of the owned values, which stay put when the box moves.
-    let Owned {
-        pairs,
-        request,
-        response,
-        message,
-        ..
-    } = &mut *owned;
-    out.message = str_view(message);
-    if let Some(response) = response {
-        let (start, len) = pair_views(
-            response
-                .headers
-                .iter()
-                .map(|(k, v)| (str_view(k), str_view(v))),
-            pairs,
-        );
-        out.response = BwResponse {
-            status: response.status,
-            headers: BwKvList {
-                ptr: std::ptr::null(),
-                len,
-            },
-            body: BwStr::new(&response.body),
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            // SAFETY: created by `instance_new`, freed once, with no call running.
+            unsafe { (VTABLE.instance_free.unwrap())(self.instance) };
+        }
+    }
+
+    /// An output's kind, status, headers and body.
+    type Copied = (u32, u16, Vec<(String, String)>, Vec<u8>);
+
+    /// What an output holds, copied, and released.
+    fn take(mut out: BwOutput) -> Copied {
+        // SAFETY: an unreleased output of this library: its views are valid.
+        let copied = unsafe {
+            (
+                out.kind,
+                out.response.status,
+                out.response
+                    .headers
+                    .as_slice()
+                    .iter()
+                    .map(|kv| (kv.key.to_string_lossy(), kv.value.to_string_lossy()))
+                    .collect(),
+                out.response.body.as_bytes().to_vec(),
+            )
         };
-        out.response.headers.ptr = start as *const BwKv;
+        if let Some(release) = out.release.take() {
+            // SAFETY: released exactly once, by its owner's function.
+            unsafe { release(out.owner) };
+        }
+        copied
     }
-    if let Some(request) = request {
-        let (params, n_params) = pair_views(
-            request
-                .params
-                .iter()
-                .map(|(k, v)| (str_view(k), str_view(v))),
-            pairs,
+
+    #[test]
+    fn a_ready_call_hands_over_its_response() {
+        let probe = Harness::new();
+        let mut out = BwOutput::empty();
+        assert_eq!(probe.handle("/echo", &mut out), BW_READY);
+        assert!(out.release.is_some(), "headers and body need an owner");
+        assert_eq!(
+            take(out),
+            (
+                BW_OUT_RESPONSE,
+                201,
+                vec![("x-id".to_owned(), "7".to_owned())],
+                b"hi".to_vec()
+            )
         );
-        let (query, n_query) = pair_views(
-            request
-                .query
-                .iter()
-                .map(|(k, v)| (str_view(k), str_view(v))),
-            pairs,
-        );
-        let (headers, n_headers) = pair_views(
-            request
-                .headers
-                .iter()
-                .map(|(k, v)| (str_view(k), str_view(v))),
-            pairs,
-        );
-        out.request = BwRequest {
-            method: str_view(&request.method),
-            path: str_view(&request.path),
-            params: BwKvList {
-                ptr: params as *const BwKv,
-                len: n_params,
-            },
-            query: BwKvList {
-                ptr: query as *const BwKv,
-                len: n_query,
-            },
-            headers: BwKvList {
-                ptr: headers as *const BwKv,
-                len: n_headers,
-            },
-            body: BwStr::new(&request.body),
+    }
+
+    #[test]
+    fn an_empty_response_takes_no_owner() {
+        let probe = Harness::new();
+        let mut out = BwOutput::empty();
+        assert_eq!(probe.handle("/empty", &mut out), BW_READY);
+        assert!(out.release.is_none() && out.owner.is_null());
+        assert_eq!(take(out), (BW_OUT_RESPONSE, 204, vec![], vec![]));
+    }
+
+    #[test]
+    fn a_panic_is_an_error_output_and_the_instance_keeps_serving() {
+        let probe = Harness::new();
+        let mut out = BwOutput::empty();
+        assert_eq!(probe.handle("/panic", &mut out), BW_READY);
+        assert_eq!((out.kind, out.code), (BW_OUT_ERROR, BW_ERR_PANIC));
+        // SAFETY: unreleased output.
+        let message = unsafe { out.message.to_string_lossy() };
+        assert_eq!(message, "probe panicked");
+        take(out);
+        let mut out = BwOutput::empty();
+        assert_eq!(probe.handle("/empty", &mut out), BW_READY);
+        assert_eq!(take(out).1, 204);
+    }
+
+    #[test]
+    fn a_hook_replacement_request_crosses_with_its_views() {
+        let probe = Harness::new();
+        let request = BwRequest {
+            method: BwStr::new(b"GET"),
+            path: BwStr::new(b"/x"),
+            ..BwRequest::EMPTY
         };
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request and output outlive the call.
+        let status =
+            unsafe { (VTABLE.before_request.unwrap())(probe.instance, &request, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_REQUEST));
+        // SAFETY: unreleased output.
+        let changed = unsafe { out.request.to_request() };
+        assert_eq!(changed.method, "GET");
+        assert_eq!(changed.path, Text::from("/x"));
+        assert_eq!(changed.header("x-seen"), Some("yes"));
+        if let Some(release) = out.release {
+            // SAFETY: released once.
+            unsafe { release(out.owner) };
+        }
     }
-    // `pairs` is complete; turn the start indexes stored above into pointers into it.
-    let base = pairs.as_ptr();
-    let fix = |list: &mut BwKvList| {
-        list.ptr = if list.len == 0 {
-            BwKvList::EMPTY.ptr
-        } else {
-            base.wrapping_add(list.ptr as usize)
+
+    unsafe extern "C" fn send_completion(ctx: *mut c_void, output: *mut BwOutput) {
+        // SAFETY: `ctx` is the boxed sender of the test, passed to exactly one completion; the
+        // output is ours now.
+        let (sender, output) = unsafe {
+            (
+                Box::from_raw(ctx.cast::<mpsc::Sender<Copied>>()),
+                output.read(),
+            )
         };
-    };
-    if out.kind == BW_OUT_RESPONSE {
-        fix(&mut out.response.headers);
+        let _ = sender.send(take(output));
     }
-    if out.kind == BW_OUT_REQUEST {
-        fix(&mut out.request.params);
-        fix(&mut out.request.query);
-        fix(&mut out.request.headers);
+
+    #[test]
+    fn a_waiting_call_becomes_a_task_that_completes_once() {
+        let probe = Harness::new();
+        let mut out = BwOutput::empty();
+        assert_eq!(probe.handle("/wait", &mut out), BW_PENDING);
+        assert_eq!(out.kind, BW_OUT_PENDING);
+        assert!(!out.task.is_null() && out.release.is_none());
+        let (sender, receiver) = mpsc::channel::<Copied>();
+        let completion = BwCompletion {
+            ctx: Box::into_raw(Box::new(sender)).cast(),
+            complete: Some(send_completion),
+        };
+        // SAFETY: the pending task of this call, started once; its handle is released below.
+        let handle = unsafe { (VTABLE.task_start.unwrap())(out.task, completion) };
+        let answer = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the task completes");
+        assert_eq!(answer, (BW_OUT_RESPONSE, 200, vec![], b"waited".to_vec()));
+        // SAFETY: released once, after completion.
+        unsafe { (VTABLE.task_cancel.unwrap())(handle) };
     }
-    out.owner = Box::into_raw(owned).cast();
-    out.release = Some(release_owned);
+
+    #[test]
+    fn a_never_started_task_is_freed_by_cancel() {
+        let probe = Harness::new();
+        let mut out = BwOutput::empty();
+        assert_eq!(probe.handle("/wait", &mut out), BW_PENDING);
+        // SAFETY: the never-started task, passed to `task_cancel` once.
+        unsafe { (VTABLE.task_cancel.unwrap())(out.task) };
+    }
 }

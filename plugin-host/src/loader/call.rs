@@ -1,0 +1,376 @@
+//! One call into a plugin library, from the host's side: borrowed views of the request on the
+//! stack, the plugin's output filled in place, the wait for a pending task, and the checked copy of
+//! the output into host types, released through the plugin's own function.
+
+use std::ffi::c_void;
+
+use backworks_plugin_sdk::abi::*;
+use backworks_plugin_sdk::{Headers, PluginError, Request, Response, Text};
+use tokio::sync::oneshot;
+
+/// An output the plugin handed over; released through the plugin's function when dropped. (The
+/// code of `release` stays mapped: libraries are never unloaded.)
+pub(super) struct Output {
+    pub(super) raw: BwOutput,
+}
+
+impl Output {
+    /// The zeroed output a call starts with.
+    pub(super) fn empty() -> Output {
+        Output {
+            raw: BwOutput::empty(),
+        }
+    }
+}
+
+// SAFETY: see `BwOutput`'s `Send`: the output's memory belongs to the plugin's allocation made for
+// this hand-over and may be released from any thread.
+unsafe impl Send for Output {}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        if let Some(release) = self.raw.release.take() {
+            // SAFETY: the plugin gave us `owner` with this `release`, to be called exactly once.
+            unsafe { release(self.raw.owner) };
+        }
+    }
+}
+
+/// Frees a task handle (cancelling the task if it still runs) when the call is done or dropped.
+pub(super) struct TaskGuard {
+    pub(super) handle: *mut c_void,
+    pub(super) cancel: unsafe extern "C" fn(*mut c_void),
+}
+
+// SAFETY: the ABI lets the host release a task handle from any thread.
+unsafe impl Send for TaskGuard {}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from `task_start` (or is a never-started task) and is released
+        // exactly once, here.
+        unsafe { (self.cancel)(self.handle) };
+    }
+}
+
+type Completed = oneshot::Sender<BwOutput>;
+
+/// A call whose task is running; its output arrives through `receiver`.
+pub(super) struct Waiting {
+    pub(super) receiver: oneshot::Receiver<BwOutput>,
+    /// Cancels the task if this call is dropped before it completes.
+    pub(super) guard: TaskGuard,
+}
+
+impl Waiting {
+    /// Waits for the task's output and puts it in `out` (releasing the pending output it replaces).
+    async fn finish(self, out: &mut Output) {
+        let raw = self.receiver.await.unwrap_or_else(|_| {
+            // Only if the plugin broke the ABI and dropped the completion uncalled.
+            let mut lost = BwOutput::empty();
+            lost.kind = BW_OUT_ERROR;
+            lost.code = BW_ERR_CANCELLED;
+            lost
+        });
+        drop(self.guard);
+        *out = Output { raw };
+    }
+}
+
+/// Finishes a started call: at once if it was ready, else when its task completes.
+pub(super) async fn finish(out: &mut Output, waiting: Option<Waiting>) {
+    if let Some(waiting) = waiting {
+        waiting.finish(out).await;
+    }
+}
+
+/// The completion a pending task calls: moves the output into the waiting call's channel.
+pub(super) unsafe extern "C" fn on_complete(ctx: *mut c_void, output: *mut BwOutput) {
+    let _ = std::panic::catch_unwind(|| {
+        // SAFETY: `ctx` is the boxed sender made for this task, and the plugin calls the completion
+        // exactly once; `output` is valid for the call and its contents are ours now.
+        let (sender, output) = unsafe { (Box::from_raw(ctx.cast::<Completed>()), output.read()) };
+        if let Err(unwanted) = sender.send(output) {
+            // The call was dropped (cancelled): release the output here.
+            if let Some(release) = unwanted.release {
+                // SAFETY: as in `Output::drop`; the output was never handed to anyone else.
+                unsafe { release(unwanted.owner) };
+            }
+        }
+    });
+}
+
+pub(super) fn str_view(s: &str) -> BwStr {
+    BwStr::new(s.as_bytes())
+}
+
+pub(super) fn kv((key, value): (&str, &str)) -> BwKv {
+    BwKv {
+        key: str_view(key),
+        value: str_view(value),
+    }
+}
+
+/// Pairs of a request whose views fit on the stack; more take one allocation.
+const INLINE_PAIRS: usize = 16;
+
+/// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
+/// the stack.
+pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
+    let counts = [
+        request.params.len(),
+        request.query.len(),
+        request.headers.len(),
+    ];
+    let total: usize = counts.iter().sum();
+    let pairs = request
+        .params
+        .iter()
+        .chain(&request.query)
+        .map(|(k, v)| kv((k, v)))
+        .chain(request.headers.iter().map(kv));
+    let abi = |pairs: &[BwKv]| {
+        let (params, rest) = pairs.split_at(counts[0]);
+        let (query, headers) = rest.split_at(counts[1]);
+        BwRequest {
+            method: str_view(&request.method),
+            path: str_view(&request.path),
+            params: BwKvList::new(params),
+            query: BwKvList::new(query),
+            headers: BwKvList::new(headers),
+            body: BwStr::new(&request.body),
+        }
+    };
+    if total <= INLINE_PAIRS {
+        let mut inline = [std::mem::MaybeUninit::<BwKv>::uninit(); INLINE_PAIRS];
+        let mut filled = 0;
+        for (slot, pair) in inline.iter_mut().zip(pairs) {
+            slot.write(pair);
+            filled += 1;
+        }
+        // SAFETY: the first `filled` elements were written just above.
+        let inline = unsafe { std::slice::from_raw_parts(inline.as_ptr().cast::<BwKv>(), filled) };
+        f(&abi(inline))
+    } else {
+        let heap: Vec<BwKv> = pairs.collect();
+        f(&abi(&heap))
+    }
+}
+
+/// The plugin's invalid response: text of it that is not UTF-8.
+fn not_utf8(plugin: &str, what: std::fmt::Arguments<'_>) -> PluginError {
+    PluginError::InvalidResponse(format!(
+        "plugin `{plugin}` answered {what} that is not UTF-8"
+    ))
+}
+
+/// Copies plugin-owned pairs into owned strings, refusing any that is not UTF-8.
+///
+/// # Safety
+/// As [`BwKvList::as_slice`], and each pair's strings as [`BwStr::as_bytes`], during the call.
+unsafe fn pairs(
+    plugin: &str,
+    what: &str,
+    list: BwKvList,
+) -> Result<Vec<(Text, Text)>, PluginError> {
+    // SAFETY: the caller's contract.
+    let list = unsafe { list.as_slice() };
+    let mut pairs = Vec::with_capacity(list.len());
+    for pair in list {
+        // SAFETY: the caller's contract covers the pairs' strings.
+        let Some(key) = (unsafe { pair.key.to_str() }) else {
+            return Err(not_utf8(plugin, format_args!("a {what} name")));
+        };
+        // SAFETY: as above.
+        let Some(value) = (unsafe { pair.value.to_str() }) else {
+            return Err(not_utf8(plugin, format_args!("a value of {what} `{key}`")));
+        };
+        pairs.push((key.into(), value.into()));
+    }
+    Ok(pairs)
+}
+
+impl Output {
+    pub(super) fn message(&self) -> String {
+        // SAFETY: the output is unreleased, so its views are valid.
+        unsafe { self.raw.message.to_string_lossy() }
+    }
+
+    pub(super) fn error(&self) -> PluginError {
+        let message = self.message();
+        match self.raw.code {
+            BW_ERR_PANIC => PluginError::Panic(message),
+            BW_ERR_BAD_REQUEST => PluginError::BadRequest(message),
+            BW_ERR_UNAUTHORIZED => PluginError::Unauthorized(message),
+            BW_ERR_FORBIDDEN => PluginError::Forbidden(message),
+            BW_ERR_NOT_FOUND => PluginError::NotFound(message),
+            BW_ERR_CONFIG => PluginError::Config(message),
+            BW_ERR_UNAVAILABLE => PluginError::Unavailable(message),
+            BW_ERR_CANCELLED => PluginError::Cancelled,
+            BW_ERR_STATUS => PluginError::Status {
+                status: self.raw.response.status,
+                message,
+            },
+            _ => PluginError::Internal(message),
+        }
+    }
+
+    /// The response of a `RESPONSE` output, checked: a status outside 100–999 or text that is not
+    /// UTF-8 is the plugin's invalid response, naming it.
+    pub(super) fn response(&self, plugin: &str) -> Result<Response, PluginError> {
+        let raw = &self.raw.response;
+        if !(100..=999).contains(&raw.status) {
+            return Err(PluginError::InvalidResponse(format!(
+                "plugin `{plugin}` answered an invalid HTTP status {}",
+                raw.status
+            )));
+        }
+        // SAFETY: the output is unreleased, so its views are valid.
+        let headers = unsafe { pairs(plugin, "header", raw.headers)? };
+        Ok(Response {
+            status: raw.status,
+            headers: if headers.is_empty() {
+                Headers::new()
+            } else {
+                headers.into_iter().collect()
+            },
+            // SAFETY: as above.
+            body: unsafe { raw.body.as_bytes() }.to_vec(),
+        })
+    }
+
+    /// The replacement request of a `REQUEST` output, checked like [`Output::response`].
+    pub(super) fn request(&self, plugin: &str) -> Result<Request, PluginError> {
+        let raw = &self.raw.request;
+        // SAFETY: the output is unreleased, so its views are valid.
+        unsafe {
+            Ok(Request {
+                method: raw
+                    .method
+                    .to_str()
+                    .ok_or_else(|| not_utf8(plugin, format_args!("a request method")))?
+                    .into(),
+                path: raw
+                    .path
+                    .to_str()
+                    .ok_or_else(|| not_utf8(plugin, format_args!("a request path")))?
+                    .into(),
+                params: pairs(plugin, "path parameter", raw.params)?,
+                query: pairs(plugin, "query parameter", raw.query)?,
+                headers: pairs(plugin, "request header", raw.headers)?
+                    .into_iter()
+                    .collect(),
+                body: raw.body.as_bytes().to_vec(),
+            })
+        }
+    }
+
+    pub(super) fn unexpected(&self, call: &str) -> PluginError {
+        if self.raw.kind == BW_OUT_ERROR {
+            self.error()
+        } else {
+            PluginError::Internal(format!(
+                "plugin answered `{call}` with output kind {}",
+                self.raw.kind
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An output answering `status` with `headers`; the caller keeps them alive while it is read.
+    fn answer(status: u16, headers: &[BwKv]) -> Output {
+        let mut out = Output::empty();
+        out.raw.kind = BW_OUT_RESPONSE;
+        out.raw.response.status = status;
+        out.raw.response.headers = BwKvList::new(headers);
+        out.raw.response.body = BwStr::new(b"body");
+        out
+    }
+
+    fn invalid(result: Result<Response, PluginError>) -> String {
+        match result {
+            Err(PluginError::InvalidResponse(message)) => message,
+            other => panic!("expected an invalid response, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn responses_are_copied_and_checked() {
+        let good = [BwKv {
+            key: BwStr::new(b"X-Name"),
+            value: BwStr::new(b"v"),
+        }];
+        let response = answer(201, &good).response("p").expect("a valid response");
+        assert_eq!(response.status, 201);
+        assert_eq!(
+            response.headers.iter().collect::<Vec<_>>(),
+            [("x-name", "v")]
+        );
+        assert_eq!(response.body, b"body");
+
+        let bad_value = [BwKv {
+            key: BwStr::new(b"x-bad"),
+            value: BwStr::new(b"\xff\xfe"),
+        }];
+        let message = invalid(answer(200, &bad_value).response("p"));
+        assert_eq!(
+            message,
+            "plugin `p` answered a value of header `x-bad` that is not UTF-8"
+        );
+
+        let bad_name = [BwKv {
+            key: BwStr::new(b"x-\xc3"),
+            value: BwStr::new(b"v"),
+        }];
+        let message = invalid(answer(200, &bad_name).response("p"));
+        assert_eq!(
+            message,
+            "plugin `p` answered a header name that is not UTF-8"
+        );
+
+        let message = invalid(answer(42, &[]).response("p"));
+        assert_eq!(message, "plugin `p` answered an invalid HTTP status 42");
+    }
+
+    #[test]
+    fn request_views_borrow_every_part_on_the_stack_or_the_heap() {
+        for headers in [1, INLINE_PAIRS + 3] {
+            let mut request = Request::new("PUT", "/a/b");
+            request.params.push(("id".into(), "7".into()));
+            request.query.push(("q".into(), "x y".into()));
+            for i in 0..headers {
+                request.headers.append(format!("h{i}"), "v");
+            }
+            request.body = b"body".to_vec();
+            let seen = with_request_view(&request, |abi| {
+                // SAFETY: the views borrow `request`, alive for this closure.
+                unsafe {
+                    let pairs = |list: BwKvList| -> Vec<(String, String)> {
+                        list.as_slice()
+                            .iter()
+                            .map(|kv| (kv.key.to_string_lossy(), kv.value.to_string_lossy()))
+                            .collect()
+                    };
+                    (
+                        abi.method.to_string_lossy(),
+                        abi.path.to_string_lossy(),
+                        pairs(abi.params),
+                        pairs(abi.query),
+                        pairs(abi.headers).len(),
+                        abi.body.as_bytes().to_vec(),
+                    )
+                }
+            });
+            assert_eq!(seen.0, "PUT");
+            assert_eq!(seen.1, "/a/b");
+            assert_eq!(seen.2, [("id".to_owned(), "7".to_owned())]);
+            assert_eq!(seen.3, [("q".to_owned(), "x y".to_owned())]);
+            assert_eq!(seen.4, headers);
+            assert_eq!(seen.5, b"body");
+        }
+    }
+}

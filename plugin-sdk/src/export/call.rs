@@ -1,0 +1,292 @@
+//! Driving a plugin method's future through the ABI's ready-or-pending protocol.
+//!
+//! The fast path is the point of this module: a call whose future finishes on its first poll (most
+//! do) costs the plugin method's own future and nothing else. That poll runs inline on the host's
+//! thread, inside the library's runtime context, with the instance's [`HostLink`] current for log
+//! lines, and takes no reference count and no allocation of its own. Only a call that waits is boxed
+//! into a [`Task`], together with what its future borrows (the plugin value, a hook's request).
+
+use std::cell::Cell;
+use std::ffi::c_void;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use super::output::{Outcome, write_output};
+use super::{HostLink, Instance};
+use crate::abi::{BW_OUT_PENDING, BW_PENDING, BW_READY, BwCompletion, BwOutput};
+use crate::{PluginError, Request};
+
+/// A plugin method's future with its borrows erased; see [`drive`] for who keeps them alive.
+pub(super) type CallFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+/// A pending call as the task sees it.
+type TaskFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
+
+thread_local! {
+    /// The link of the instance whose call is being polled on this thread (null when none).
+    static CURRENT: Cell<*const HostLink> = const { Cell::new(std::ptr::null()) };
+    /// Whether this thread has the library's runtime as its current one for good (see
+    /// [`in_runtime`]).
+    static ENTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the library's runtime current on this thread.
+///
+/// Entering a runtime and leaving it again costs two reference-count updates of its handle on every
+/// call, so on a thread that has no runtime of this library's tokio current, the runtime is entered
+/// once and for good. That changes nothing for the host: a library has its own copy of tokio, whose
+/// thread-locals nothing but this library reads. Where this library shares its tokio with its caller
+/// (a plugin linked into a test or host binary and called through its vtable) and the thread
+/// already runs a runtime of that tokio, the library's runtime is entered for the call only.
+fn in_runtime<R>(runtime: &tokio::runtime::Runtime, f: impl FnOnce() -> R) -> R {
+    if ENTERED.with(Cell::get) {
+        return f();
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        std::mem::forget(runtime.enter());
+        ENTERED.with(|e| e.set(true));
+        return f();
+    }
+    let _context = runtime.enter();
+    f()
+}
+
+/// Runs `f` with the link of the instance whose call this thread is polling, if any.
+pub(crate) fn with_current_link<R>(f: impl FnOnce(Option<&HostLink>) -> R) -> R {
+    let current = CURRENT.with(Cell::get);
+    // SAFETY: `CURRENT` is only non-null inside `poll_as`, which sets it to a link that outlives
+    // the poll (the instance's, kept by the host during a call, or a task's own `Arc`) and restores
+    // the previous value before it returns, also when the poll panics.
+    f(unsafe { current.as_ref() })
+}
+
+/// Polls `future` once with `link` current; a panic becomes [`PluginError::Panic`].
+fn poll_as<T>(
+    link: &HostLink,
+    future: &mut CallFuture<T>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, PluginError>> {
+    let previous = CURRENT.with(|c| c.replace(link));
+    let result = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
+    CURRENT.with(|c| c.set(previous));
+    match result {
+        Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+        Ok(Poll::Pending) => Poll::Pending,
+        Err(payload) => Poll::Ready(Err(PluginError::from_panic(payload.as_ref()))),
+    }
+}
+
+/// A request a hook's future borrows, on the heap so that its address never changes.
+pub(super) struct LentRequest(NonNull<Request>);
+
+// SAFETY: a unique owner of a `Request`, which is `Send`.
+unsafe impl Send for LentRequest {}
+
+impl LentRequest {
+    /// Moves `request` to the heap.
+    pub(super) fn new(request: Request) -> LentRequest {
+        LentRequest(NonNull::from(Box::leak(Box::new(request))))
+    }
+
+    /// The request, for a future that [`drive`] keeps no longer than this value.
+    ///
+    /// # Safety
+    /// The reference must not be used after this value is dropped.
+    pub(super) unsafe fn get(&self) -> &'static Request {
+        // SAFETY: the pointer came from `Box::leak` and is freed only in `drop`; the caller keeps
+        // the reference no longer than that.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl Drop for LentRequest {
+    fn drop(&mut self) {
+        // SAFETY: leaked in `new`, freed once, here; no future borrowing it is alive any more.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// A call that did not finish on its first poll, with everything its future borrows.
+struct Pending<P, T> {
+    // Fields drop in declaration order: the future before the values it borrows.
+    future: CallFuture<T>,
+    map: fn(T) -> Outcome,
+    link: Arc<HostLink>,
+    _request: Option<LentRequest>,
+    _plugin: Arc<P>,
+}
+
+impl<P, T> Future for Pending<P, T> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let this = self.get_mut();
+        poll_as(&this.link, &mut this.future, cx).map(|result| match result {
+            Ok(value) => (this.map)(value),
+            Err(panic) => Outcome::Error(panic),
+        })
+    }
+}
+
+/// A call that did not finish on its first poll. Owned by the host until it starts or cancels it.
+enum Task {
+    Pending(TaskFuture),
+    Started(tokio::task::AbortHandle),
+    Taken,
+}
+
+/// Polls `future` once, inline, in the library's runtime; writes its outcome (through `map`), or a
+/// pending task, to `out`.
+///
+/// # Safety
+/// `out` must be valid for the call. `future` may borrow only the plugin value of `this` (the value
+/// inside `this.plugin`'s `Arc`) and `*request`. If the call is pending, both are moved into the task
+/// with the future and dropped after it; otherwise the future is dropped before this returns.
+pub(super) unsafe fn drive<P: Send + Sync + 'static, T: 'static>(
+    this: &Instance<P>,
+    out: *mut BwOutput,
+    future: CallFuture<T>,
+    request: Option<LentRequest>,
+    map: fn(T) -> Outcome,
+) -> i32 {
+    // SAFETY: the host passes a valid, exclusive output for the duration of the call.
+    let out = unsafe { &mut *out };
+    let runtime = match crate::runtime::get() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            drop(future);
+            write_output(out, Outcome::Error(error));
+            return BW_READY;
+        }
+    };
+    let mut future = Some(future);
+    let first = in_runtime(runtime, || {
+        let Some(polled) = future.as_mut() else {
+            return Poll::Pending;
+        };
+        let first = poll_as(&this.host, polled, &mut Context::from_waker(Waker::noop()));
+        if first.is_ready() {
+            // Dropping a future may touch its timers or sockets: do it inside the runtime.
+            future = None;
+        }
+        first
+    });
+    match (first, future) {
+        (Poll::Ready(result), _) => {
+            // The future went first: it may borrow `request`.
+            drop(request);
+            write_output(
+                out,
+                match result {
+                    Ok(value) => map(value),
+                    Err(panic) => Outcome::Error(panic),
+                },
+            );
+            BW_READY
+        }
+        (Poll::Pending, Some(future)) => {
+            let pending: TaskFuture = Box::pin(Pending {
+                future,
+                map,
+                link: this.host.clone(),
+                _request: request,
+                _plugin: this.plugin.clone(),
+            });
+            *out = BwOutput::empty();
+            out.kind = BW_OUT_PENDING;
+            out.task = Box::into_raw(Box::new(Task::Pending(pending))).cast();
+            BW_PENDING
+        }
+        (Poll::Pending, None) => unreachable!("a future is only taken once it is ready"),
+    }
+}
+
+/// Completes a started task exactly once: with its outcome, or as cancelled when dropped unfinished.
+struct Completion(Option<BwCompletion>);
+
+// SAFETY: the host's completion may be called from any thread (ABI rule); the context pointer is the
+// host's to interpret.
+unsafe impl Send for Completion {}
+
+impl Completion {
+    fn complete(mut self, outcome: Outcome) {
+        if let Some(completion) = self.0.take() {
+            let mut output = BwOutput::empty();
+            write_output(&mut output, outcome);
+            if let Some(complete) = completion.complete {
+                // SAFETY: called exactly once (the option is taken) with an output the host now owns.
+                unsafe { complete(completion.ctx, &mut output) };
+            }
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            Completion(self.0.take()).complete(Outcome::Error(PluginError::Cancelled));
+        }
+    }
+}
+
+pub(super) unsafe extern "C" fn task_start(
+    task: *mut c_void,
+    completion: BwCompletion,
+) -> *mut c_void {
+    let completion = Completion(Some(completion));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `task` came from `drive` and the host passes it here once; it owns it until it
+        // passes the returned handle to `task_cancel`.
+        let cell = unsafe { &mut *task.cast::<Task>() };
+        let Task::Pending(future) = std::mem::replace(cell, Task::Taken) else {
+            return Err(completion);
+        };
+        let runtime = match crate::runtime::get() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                completion.complete(Outcome::Error(error));
+                return Ok(());
+            }
+        };
+        let handle = runtime.spawn(async move {
+            let outcome = future.await;
+            completion.complete(outcome);
+        });
+        *cell = Task::Started(handle.abort_handle());
+        Ok(())
+    }));
+    match result {
+        Ok(Ok(())) => {}
+        // A task started twice: report it to this second completion rather than hang.
+        Ok(Err(completion)) => completion.complete(Outcome::Error(PluginError::Internal(
+            "task started twice".to_owned(),
+        ))),
+        // The completion was moved into the closure and dropped during unwinding, which reported
+        // the task as cancelled.
+        Err(_) => {}
+    }
+    task
+}
+
+pub(super) unsafe extern "C" fn task_cancel(handle: *mut c_void) {
+    if handle.is_null() {
+        return;
+    }
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: `handle` came from `drive`/`task_start`, and the host passes it here exactly once.
+        let task = unsafe { Box::from_raw(handle.cast::<Task>()) };
+        match *task {
+            Task::Started(abort) => abort.abort(),
+            Task::Pending(future) => {
+                // Dropping a future may touch its timers or sockets: do it inside the runtime.
+                let _context = crate::runtime::get().map(|rt| rt.enter());
+                drop(future);
+            }
+            Task::Taken => {}
+        }
+    }));
+}

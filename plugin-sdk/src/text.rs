@@ -1,0 +1,243 @@
+//! [`Text`]: the string type of requests and responses.
+
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+
+use smol_str::SmolStr;
+
+/// An immutable string, as the fields of [`Request`](crate::Request) and the entries of
+/// [`Headers`](crate::Headers) hold them. Use it as a `&str` (it derefs to one); make one from a
+/// `&str` or a `String` with `.into()`.
+///
+/// Short text (methods, most paths, parameter values, header names and many header values: up to
+/// 23 bytes) is kept inline, without an allocation, so copying a request into a plugin costs
+/// almost nothing. Clones of longer text share one allocation.
+///
+/// ```
+/// use backworks_plugin_sdk::{Request, Text};
+///
+/// let mut request = Request::new("GET", "/hello/ana");
+/// request.params.push(("name".into(), "ana".into()));
+/// assert_eq!(request.method, "GET");
+/// assert_eq!(request.path.trim_start_matches('/'), "hello/ana");
+/// let owned: String = request.path.to_string();
+/// assert_eq!(Text::from(owned), "/hello/ana");
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Text(SmolStr);
+
+impl Text {
+    /// Text with these contents.
+    pub fn new(text: impl AsRef<str>) -> Text {
+        Text::from(text.as_ref())
+    }
+
+    /// Text of a string literal; no copy, no allocation.
+    pub const fn from_static(text: &'static str) -> Text {
+        Text(SmolStr::new_static(text))
+    }
+
+    /// The contents.
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The text in lower case; no allocation when it already is, or when it is short.
+    pub fn to_ascii_lowercase(&self) -> Text {
+        if self.bytes().any(|b| b.is_ascii_uppercase()) {
+            Text::new(self.as_str().to_ascii_lowercase())
+        } else {
+            self.clone()
+        }
+    }
+
+    /// This text in lower case, reusing it when it already is.
+    pub(crate) fn into_ascii_lowercase(self) -> Text {
+        if self.bytes().any(|b| b.is_ascii_uppercase()) {
+            Text::new(self.as_str().to_ascii_lowercase())
+        } else {
+            self
+        }
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<[u8]> for Text {
+    fn as_ref(&self) -> &[u8] {
+        self.as_str().as_bytes()
+    }
+}
+
+impl Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.as_str(), f)
+    }
+}
+
+/// The longest text kept inline.
+const INLINE: usize = 23;
+
+impl From<&str> for Text {
+    fn from(text: &str) -> Text {
+        if text.len() <= INLINE {
+            // A byte loop, cheaper than a call to `memcpy` for text this short.
+            Text(SmolStr::new_inline(text))
+        } else {
+            Text(SmolStr::new(text))
+        }
+    }
+}
+
+impl From<&String> for Text {
+    fn from(text: &String) -> Text {
+        Text(SmolStr::new(text))
+    }
+}
+
+impl From<String> for Text {
+    fn from(text: String) -> Text {
+        Text(SmolStr::from(text))
+    }
+}
+
+impl From<Box<str>> for Text {
+    fn from(text: Box<str>) -> Text {
+        Text(SmolStr::from(text))
+    }
+}
+
+impl From<std::borrow::Cow<'_, str>> for Text {
+    fn from(text: std::borrow::Cow<'_, str>) -> Text {
+        Text(SmolStr::from(text))
+    }
+}
+
+impl From<&Text> for Text {
+    fn from(text: &Text) -> Text {
+        text.clone()
+    }
+}
+
+impl From<Text> for String {
+    fn from(text: Text) -> String {
+        text.0.into()
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, other: &String) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, other: &Text) -> bool {
+        *self == other.as_str()
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, other: &Text) -> bool {
+        self == other.as_str()
+    }
+}
+
+impl serde::Serialize for Text {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Text {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Text, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Text, E> {
+                Ok(Text::from(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Text, E> {
+                Ok(Text::from(v))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_compares_and_converts_like_a_string() {
+        let short = Text::from("GET");
+        assert_eq!(short, "GET");
+        assert_eq!("GET", short);
+        assert_eq!(short, String::from("GET"));
+        assert_eq!(short.len(), 3);
+        let long = Text::from("text/plain; charset=utf-8; and a bit more".to_owned());
+        assert_eq!(long.clone(), long);
+        assert_eq!(String::from(long.clone()), long.as_str());
+        assert_eq!(
+            format!("{short} {long:?}"),
+            r#"GET "text/plain; charset=utf-8; and a bit more""#
+        );
+        assert_eq!(Text::from("X-Id").to_ascii_lowercase(), "x-id");
+        assert_eq!(Text::from_static("x"), Text::new("x"));
+    }
+
+    #[test]
+    fn text_is_a_json_string() {
+        let text: Text = serde_json::from_str(r#""żółw""#).unwrap();
+        assert_eq!(text, "żółw");
+        assert_eq!(serde_json::to_string(&text).unwrap(), r#""żółw""#);
+        assert!(serde_json::from_str::<Text>("1").is_err());
+    }
+}
