@@ -8,6 +8,17 @@
 //!   request conversion, hook chain, plugin call, response conversion.
 //!
 //! Run with `cargo bench --bench host_path`; method and results are in BENCHMARKS.md.
+//!
+//! For instruction counts, which stay put on a noisy machine, the same binary runs one row a fixed
+//! number of times without criterion when `HOST_PATH_CALLS` is set:
+//!
+//! ```sh
+//! HOST_PATH_CALLS=20000 HOST_PATH_ROW=dylib_server \
+//!     valgrind --tool=callgrind target/release/deps/host_path-<hash>
+//! ```
+//!
+//! Run it with two counts; the difference of the totals divided by the difference of the counts is
+//! the instructions of one call.
 
 use std::sync::Arc;
 
@@ -16,8 +27,17 @@ use backworks::config;
 use backworks_plugin_host::{BuiltinPlugin, DynamicPlugin, Plugin, PluginHost, loader};
 use backworks_plugin_sdk::abi::{BwKvList, BwRequest, BwStr};
 use backworks_plugin_sdk::{BackworksPlugin, Request};
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::Criterion;
 use tower::ServiceExt;
+
+/// Every row, in the order criterion runs them.
+const ROWS: [&str; 5] = [
+    "bare_vtable",
+    "builtin_trait",
+    "dylib_trait",
+    "builtin_server",
+    "dylib_server",
+];
 
 fn noop_library() -> std::path::PathBuf {
     // benches run from target/<profile>/deps; the noop cdylib is built next to it.
@@ -47,7 +67,8 @@ fn server(host: &Arc<PluginHost>, rt: &tokio::runtime::Runtime, yaml: &str) -> a
     let path = dir.path().join("backworks.yaml");
     std::fs::write(&path, yaml).expect("write config");
     let config = config::load(&path).expect("bench config");
-    rt.block_on(backworks::server::start_plugins(&config, host));
+    rt.block_on(backworks::server::start_plugins(&config, host))
+        .expect("bench plugins start");
     backworks::server::router(&config, host.clone())
 }
 
@@ -58,77 +79,147 @@ fn http_request() -> axum::http::Request<Body> {
         .expect("request")
 }
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let lib = noop_library();
-    let dylib = Arc::new(
-        DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
-    );
-    let builtin = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::Noop));
-    rt.block_on(async {
-        dylib
-            .initialize(&serde_json::Value::Null)
-            .await
-            .expect("init");
-        builtin
-            .inner()
-            .initialize(serde_json::Value::Null)
-            .await
-            .expect("init");
-    });
+/// The plugins and servers every row calls, set up once.
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    dylib: Arc<DynamicPlugin>,
+    builtin: Arc<BuiltinPlugin<noop::Noop>>,
+    builtin_app: axum::Router,
+    dylib_app: axum::Router,
+    request: Request,
+}
 
-    let mut group = c.benchmark_group("noop_call");
-    let method = b"GET";
-    let path = b"/noop/42";
-    let bare = BwRequest {
-        method: BwStr::new(method),
-        path: BwStr::new(path),
+impl Fixture {
+    fn new() -> Fixture {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let lib = noop_library();
+        let dylib = Arc::new(
+            DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
+        );
+        let builtin = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::Noop));
+        rt.block_on(async {
+            dylib
+                .initialize(&serde_json::Value::Null)
+                .await
+                .expect("init");
+            builtin
+                .inner()
+                .initialize(serde_json::Value::Null)
+                .await
+                .expect("init");
+        });
+        let builtin_host = Arc::new(PluginHost::new());
+        builtin_host.register_builtin("noop", |name| {
+            Arc::new(BuiltinPlugin::new(name, "0.1.0", "", noop::Noop))
+        });
+        let builtin_app = server(
+            &builtin_host,
+            &rt,
+            "plugins:\n  noop:\n    type: builtin\nendpoints:\n  noop:\n    path: /noop/{id}\n    plugin: noop\n",
+        );
+        let dylib_host = Arc::new(PluginHost::new());
+        let dylib_app = server(
+            &dylib_host,
+            &rt,
+            &format!(
+                "plugins:\n  noop:\n    type: external\n    path: {}\nendpoints:\n  noop:\n    path: /noop/{{id}}\n    plugin: noop\n",
+                lib.display()
+            ),
+        );
+        Fixture {
+            rt,
+            dylib,
+            builtin,
+            builtin_app,
+            dylib_app,
+            request: request(),
+        }
+    }
+}
+
+/// The prebuilt request of `bare_vtable`: method and path only.
+fn bare_request() -> BwRequest {
+    BwRequest {
+        method: BwStr::new(b"GET"),
+        path: BwStr::new(b"/noop/42"),
         params: BwKvList::EMPTY,
         query: BwKvList::EMPTY,
         headers: BwKvList::EMPTY,
         body: BwStr::EMPTY,
-    };
-    group.bench_function("bare_vtable", |b| b.iter(|| dylib.bare_handle(&bare)));
-    let req = request();
+    }
+}
+
+fn bench(c: &mut Criterion, f: &Fixture) {
+    let mut group = c.benchmark_group("noop_call");
+    let bare = bare_request();
+    group.bench_function("bare_vtable", |b| b.iter(|| f.dylib.bare_handle(&bare)));
     group.bench_function("builtin_trait", |b| {
-        b.to_async(&rt).iter(|| builtin.handle(req.clone()))
+        b.to_async(&f.rt)
+            .iter(|| f.builtin.handle(f.request.clone()))
     });
     group.bench_function("dylib_trait", |b| {
-        b.to_async(&rt).iter(|| dylib.handle(req.clone()))
+        b.to_async(&f.rt).iter(|| f.dylib.handle(f.request.clone()))
     });
-
-    let builtin_host = Arc::new(PluginHost::new());
-    builtin_host.register_builtin("noop", |name| {
-        Arc::new(BuiltinPlugin::new(name, "0.1.0", "", noop::Noop))
-    });
-    let builtin_app = server(
-        &builtin_host,
-        &rt,
-        "plugins:\n  noop:\n    type: builtin\nendpoints:\n  noop:\n    path: /noop/{id}\n    plugin: noop\n",
-    );
-    let dylib_host = Arc::new(PluginHost::new());
-    let dylib_app = server(
-        &dylib_host,
-        &rt,
-        &format!(
-            "plugins:\n  noop:\n    type: external\n    path: {}\nendpoints:\n  noop:\n    path: /noop/{{id}}\n    plugin: noop\n",
-            lib.display()
-        ),
-    );
     group.bench_function("builtin_server", |b| {
-        b.to_async(&rt)
-            .iter(|| builtin_app.clone().oneshot(http_request()))
+        b.to_async(&f.rt)
+            .iter(|| f.builtin_app.clone().oneshot(http_request()))
     });
     group.bench_function("dylib_server", |b| {
-        b.to_async(&rt)
-            .iter(|| dylib_app.clone().oneshot(http_request()))
+        b.to_async(&f.rt)
+            .iter(|| f.dylib_app.clone().oneshot(http_request()))
     });
     group.finish();
 }
 
-criterion_group!(benches, bench);
-criterion_main!(benches);
+/// Runs row `row` `calls` times without criterion, checking every answer is a 200.
+fn count(f: &Fixture, row: &str, calls: u64) {
+    let bare = bare_request();
+    f.rt.block_on(async {
+        for _ in 0..calls {
+            let status = match row {
+                "bare_vtable" => f.dylib.bare_handle(&bare),
+                "builtin_trait" => f
+                    .builtin
+                    .handle(f.request.clone())
+                    .await
+                    .map_or(0, |r| r.status),
+                "dylib_trait" => f
+                    .dylib
+                    .handle(f.request.clone())
+                    .await
+                    .map_or(0, |r| r.status),
+                "builtin_server" => f
+                    .builtin_app
+                    .clone()
+                    .oneshot(http_request())
+                    .await
+                    .map_or(0, |r| r.status().as_u16()),
+                "dylib_server" => f
+                    .dylib_app
+                    .clone()
+                    .oneshot(http_request())
+                    .await
+                    .map_or(0, |r| r.status().as_u16()),
+                other => panic!("unknown row {other:?}; rows: {ROWS:?}"),
+            };
+            assert_eq!(status, 200, "row {row}");
+        }
+    });
+}
+
+fn main() {
+    let fixture = Fixture::new();
+    if let Ok(calls) = std::env::var("HOST_PATH_CALLS") {
+        let calls = calls.parse().expect("HOST_PATH_CALLS is a number");
+        let row = std::env::var("HOST_PATH_ROW").unwrap_or_else(|_| "dylib_server".to_owned());
+        count(&fixture, &row, calls);
+        return;
+    }
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion, &fixture);
+    criterion.final_summary();
+}

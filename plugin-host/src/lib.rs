@@ -30,20 +30,29 @@
 //! # Ok(()) }
 //! ```
 
+pub mod breaker;
 pub mod discovery;
 mod error;
+pub mod guard;
 pub mod hooks;
 pub mod inspect;
 pub mod lifecycle;
 pub mod loader;
 mod plugin;
 pub mod policy;
+pub mod process;
+pub mod protocol;
 mod registry;
+pub mod stats;
 
+pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::HostError;
+pub use guard::Guarded;
 pub use hooks::{Hook, HookChain};
 pub use loader::{DynamicPlugin, LoadedLibrary};
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind};
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
 pub use policy::{CallPolicy, Isolation};
+pub use process::{ProcessPlugin, SupervisionSnapshot};
 pub use registry::{PluginHost, PluginSource, PluginSpec, PluginStatus};
+pub use stats::{LatencyHistogram, PluginStats, StatsSnapshot};

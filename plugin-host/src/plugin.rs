@@ -17,14 +17,18 @@ pub enum PluginKind {
     Builtin,
     /// A dynamic library loaded from this file.
     Library(PathBuf),
+    /// A supervised child process speaking the wire protocol; its command line (the runner and
+    /// the library, or the configured command).
+    Process(Vec<String>),
 }
 
 impl PluginKind {
-    /// `"builtin"` or `"library"`.
+    /// `"builtin"`, `"library"` or `"process"`.
     pub fn as_str(&self) -> &'static str {
         match self {
             PluginKind::Builtin => "builtin",
             PluginKind::Library(_) => "library",
+            PluginKind::Process(_) => "process",
         }
     }
 }

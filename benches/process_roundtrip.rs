@@ -1,0 +1,136 @@
+//! What a call costs through a process-isolated plugin, beside the same call in process, same run:
+//!
+//! - `in_process`: the `noop` plugin library loaded in the host (`DynamicPlugin`), through the
+//!   host's `Plugin` trait;
+//! - `process`: the same library in a child process (`ProcessPlugin`: the `backworks` binary as
+//!   the runner), through the same trait: the request out as JSON-RPC over a socket, the plugin
+//!   call in the child, the answer back.
+//!
+//! Each call is a `POST` with a 100-byte body. Both run on a current-thread tokio runtime, as a
+//! server's request task runs on a worker with the protocol client's tasks beside it. Criterion
+//! gives means and medians; after it, a plain loop records every call's latency and prints p50,
+//! p90 and p99 for both (the brief's targets for `process`: p50 ≤ 20 µs, p99 ≤ 200 µs).
+//!
+//! Run with `cargo build --release -p backworks-example-noop` then
+//! `cargo bench --bench process_roundtrip`; method and results are in BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backworks_plugin_host::policy::ProcessSettings;
+use backworks_plugin_host::{
+    DynamicPlugin, Lifecycle, Plugin, PluginSource, PluginState, ProcessPlugin, loader,
+};
+use backworks_plugin_sdk::Request;
+use criterion::{Criterion, criterion_group, criterion_main};
+
+/// Calls measured one by one for the percentiles, after as many warm-up calls.
+const SAMPLES: usize = 20_000;
+
+fn noop_library() -> std::path::PathBuf {
+    // benches run from target/<profile>/deps; the noop cdylib is built next to it.
+    let exe = std::env::current_exe().expect("bench executable");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let lib = dir.join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build --release -p backworks-example-noop` first",
+        lib.display()
+    );
+    lib
+}
+
+fn request() -> Request {
+    let mut request = Request::new("POST", "/noop/42");
+    request.params.push(("id".into(), "42".into()));
+    request.headers.insert("host", "localhost");
+    request.body = vec![b'x'; 100];
+    request
+}
+
+/// p50, p90 and p99 of `SAMPLES` calls of `plugin.handle`, after as many warm-up calls.
+fn percentiles(
+    rt: &tokio::runtime::Runtime,
+    plugin: &dyn Plugin,
+    request: &Request,
+) -> [Duration; 3] {
+    rt.block_on(async {
+        let mut latencies = Vec::with_capacity(SAMPLES);
+        for i in 0..2 * SAMPLES {
+            let start = Instant::now();
+            let response = plugin.handle(request.clone()).await.expect("noop answers");
+            let elapsed = start.elapsed();
+            assert_eq!(response.status, 200);
+            if i >= SAMPLES {
+                latencies.push(elapsed);
+            }
+        }
+        latencies.sort_unstable();
+        let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+        [at(50), at(90), at(99)]
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let lib = noop_library();
+    let in_process: Arc<dyn Plugin> = Arc::new(
+        DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
+    );
+    let settings = ProcessSettings {
+        // The `backworks` binary calls the child entry point first thing in `main`.
+        runner: Some(vec![
+            env!("CARGO_BIN_EXE_backworks").to_owned(),
+            backworks_plugin_host::process::CHILD_ARG.to_owned(),
+        ]),
+        ..ProcessSettings::default()
+    };
+    let process: Arc<dyn Plugin> = rt.block_on(async {
+        let lifecycle = Arc::new(Lifecycle::new("noop", PluginState::Loading));
+        let plugin =
+            ProcessPlugin::start("noop", &PluginSource::Library(lib), &settings, lifecycle)
+                .await
+                .expect("start the noop child");
+        plugin
+            .initialize(&serde_json::Value::Null)
+            .await
+            .expect("init");
+        in_process
+            .initialize(&serde_json::Value::Null)
+            .await
+            .expect("init");
+        Arc::new(plugin)
+    });
+
+    let req = request();
+    let mut group = c.benchmark_group("process_roundtrip");
+    group.bench_function("in_process", |b| {
+        b.to_async(&rt).iter(|| in_process.handle(req.clone()))
+    });
+    group.bench_function("process", |b| {
+        b.to_async(&rt).iter(|| process.handle(req.clone()))
+    });
+    group.finish();
+
+    for (name, plugin) in [("in_process", &in_process), ("process", &process)] {
+        let [p50, p90, p99] = percentiles(&rt, plugin.as_ref(), &req);
+        println!(
+            "process_roundtrip/{name}: p50 {:.2} µs, p90 {:.2} µs, p99 {:.2} µs ({SAMPLES} calls)",
+            p50.as_secs_f64() * 1e6,
+            p90.as_secs_f64() * 1e6,
+            p99.as_secs_f64() * 1e6,
+        );
+    }
+    rt.block_on(async {
+        let _ = process.shutdown().await;
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
