@@ -8,6 +8,8 @@ use tracing_subscriber::EnvFilter;
 use backworks::cli::{Cli, LogFormat, run};
 
 fn main() {
+    // `backworks __plugin-child ...` is the runner of a process-isolated plugin: it never returns.
+    backworks_plugin_host::process::child_main_if_requested();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

@@ -8,6 +8,7 @@ use backworks_plugin_sdk::{Health, PluginMetadata};
 
 use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::guard::Guarded;
+use crate::process::{ProcessPlugin, SupervisionSnapshot};
 use crate::plugin::{BuiltinFactory, Plugin};
 use crate::policy::{CallPolicy, Isolation};
 use crate::{DynamicPlugin, HostError};
@@ -65,6 +66,8 @@ pub struct PluginStatus {
     pub metadata: Option<PluginMetadata>,
     /// Its last health report, once the health monitor (or `/health`) has asked.
     pub health: Option<Health>,
+    /// Its child process's supervision (pid, restarts, crashes), when it is process-isolated.
+    pub supervision: Option<SupervisionSnapshot>,
 }
 
 #[derive(Debug)]
@@ -75,6 +78,8 @@ struct Entry {
     lifecycle: Arc<Lifecycle>,
     /// The plugin behind its guard, once loaded.
     plugin: Option<Arc<Guarded>>,
+    /// The same plugin's supervisor, when it runs in a child process.
+    process: Option<Arc<ProcessPlugin>>,
 }
 
 impl Entry {
@@ -85,6 +90,7 @@ impl Entry {
             state: self.lifecycle.state(),
             metadata: self.metadata.clone(),
             health: self.lifecycle.health(),
+            supervision: self.process.as_ref().map(|p| p.supervision()),
         }
     }
 }
@@ -157,6 +163,7 @@ impl PluginHost {
                 metadata,
                 lifecycle: lifecycle.clone(),
                 plugin: None,
+                process: None,
             });
         }
         match state {
@@ -258,13 +265,13 @@ impl PluginHost {
                     ),
                 });
             }
-            (_, Isolation::Process(_)) => {
-                return Err(HostError::Start {
-                    plugin: spec.name.clone(),
-                    source: backworks_plugin_sdk::PluginError::Config(
-                        "process isolation is not available yet".into(),
-                    ),
-                });
+            (source, Isolation::Process(settings)) => {
+                let process = Arc::new(
+                    ProcessPlugin::start(&spec.name, source, settings, lifecycle.clone()).await?,
+                );
+                let supervised = process.clone();
+                self.update(&spec.name, move |e| e.process = Some(supervised));
+                process
             }
         };
         let metadata = plugin.info().metadata.clone();

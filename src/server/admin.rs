@@ -191,7 +191,7 @@ fn describe(state: &AdminState, status: &PluginStatus) -> Value {
         })),
         "breaker": guard.as_ref().map(|g| g.breaker_snapshot()),
         "stats": guard.as_ref().map(|g| g.stats().snapshot()),
-        "process": Value::Null,
+        "process": status.supervision,
         "events": events,
     })
 }

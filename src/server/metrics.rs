@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use backworks_plugin_host::PluginHost;
-use backworks_plugin_host::stats::{ERROR_KINDS, HistogramSnapshot, LatencyHistogram};
+use backworks_plugin_host::stats::{
+    ERROR_KINDS, HistogramSnapshot, LatencyHistogram, StatsSnapshot,
+};
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
@@ -75,6 +77,9 @@ impl Metrics {
 }
 
 type Labels<'a> = Vec<(&'static str, &'a str)>;
+
+/// Reads one counter out of a plugin's stats.
+type CounterOf = fn(&StatsSnapshot) -> u64;
 
 fn counter(encoder: &mut MetricEncoder<'_>, labels: &Labels<'_>, value: u64) -> std::fmt::Result {
     encoder
@@ -218,15 +223,41 @@ impl prometheus_client::collector::Collector for Metrics {
                 Ok(())
             },
         )?;
+        let supervised: Vec<_> = plugins
+            .iter()
+            .filter_map(|(status, _, _)| {
+                status
+                    .supervision
+                    .as_ref()
+                    .map(|s| (status.name.as_str(), s))
+            })
+            .collect();
+        family(
+            e,
+            "backworks_plugin_restarts",
+            "Restarts of each process-isolated plugin's child after a crash.",
+            MetricType::Counter,
+            &supervised,
+            |m, (plugin, s)| counter(m, &vec![("plugin", *plugin)], s.restarts),
+        )?;
+        family(
+            e,
+            "backworks_plugin_crashes",
+            "Crashes of each process-isolated plugin's child (killed as unresponsive or unhealthy \
+             included).",
+            MetricType::Counter,
+            &supervised,
+            |m, (plugin, s)| counter(m, &vec![("plugin", *plugin)], s.crashes),
+        )?;
         let loaded: Vec<_> = plugins
             .iter()
             .filter_map(|(status, stats, _)| stats.as_ref().map(|s| (status.name.as_str(), s)))
             .collect();
-        let plugin_counters: [(&str, &str, fn(&_) -> u64); 5] = [
+        let plugin_counters: [(&str, &str, CounterOf); 5] = [
             (
                 "backworks_plugin_calls",
                 "Calls of each plugin that ended (endpoint calls and hooks).",
-                |s: &backworks_plugin_host::stats::StatsSnapshot| s.calls,
+                |s| s.calls,
             ),
             (
                 "backworks_plugin_timeouts",
