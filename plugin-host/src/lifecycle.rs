@@ -168,7 +168,10 @@ impl Lifecycle {
 
     /// The last health report, if any.
     pub fn health(&self) -> Option<Health> {
-        self.health.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.health
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Stores a health report; records [`EventKind::HealthChanged`] when it differs from the last.
@@ -227,7 +230,10 @@ mod tests {
         let history = life.history();
         assert_eq!(history.len(), HISTORY_LEN);
         assert_eq!(history[0].detail, "#3");
-        assert_eq!(history.last().unwrap().detail, format!("#{}", HISTORY_LEN + 2));
+        assert_eq!(
+            history.last().unwrap().detail,
+            format!("#{}", HISTORY_LEN + 2)
+        );
     }
 
     #[test]

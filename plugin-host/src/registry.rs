@@ -6,11 +6,11 @@ use std::sync::{Arc, RwLock};
 
 use backworks_plugin_sdk::{Health, PluginMetadata};
 
-use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::guard::Guarded;
-use crate::process::{ProcessPlugin, SupervisionSnapshot};
+use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::plugin::{BuiltinFactory, Plugin};
 use crate::policy::{CallPolicy, Isolation};
+use crate::process::{ProcessPlugin, SupervisionSnapshot};
 use crate::{DynamicPlugin, HostError};
 
 /// Where a plugin's code comes from, as asked for.
@@ -280,11 +280,7 @@ impl PluginHost {
             EventKind::Loaded,
             format!("{} {} loaded", metadata.name, metadata.version),
         );
-        let guarded = Arc::new(Guarded::new(
-            plugin,
-            spec.policy.clone(),
-            lifecycle.clone(),
-        ));
+        let guarded = Arc::new(Guarded::new(plugin, spec.policy.clone(), lifecycle.clone()));
         let loaded = guarded.clone();
         self.update(&spec.name, move |e| {
             e.metadata = Some(metadata);
@@ -357,9 +353,10 @@ impl PluginHost {
             };
             match plugin.shutdown().await {
                 Ok(()) => lifecycle.record(EventKind::ShutDown, "plugin shut down"),
-                Err(error) => {
-                    lifecycle.record(EventKind::ShutDown, format!("plugin shutdown failed: {error}"))
-                }
+                Err(error) => lifecycle.record(
+                    EventKind::ShutDown,
+                    format!("plugin shutdown failed: {error}"),
+                ),
             }
             lifecycle.set_state(PluginState::Stopped);
         }

@@ -180,7 +180,9 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
             Ok(plugins) => return print_live(&url, plugins, as_json),
             Err(LiveError::NotRunning) => {}
             Err(LiveError::Failed(message)) => {
-                eprintln!("warning: the admin API at {url} did not answer usefully ({message}); showing the on-disk view");
+                eprintln!(
+                    "warning: the admin API at {url} did not answer usefully ({message}); showing the on-disk view"
+                );
             }
         }
     }
@@ -286,7 +288,13 @@ fn print_live(url: &str, plugins: Vec<Value>, as_json: bool) -> anyhow::Result<i
         let number = |v: &Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
         let errors = p["stats"]["errors"]
             .as_object()
-            .map(|kinds| kinds.values().filter_map(Value::as_u64).sum::<u64>().to_string())
+            .map(|kinds| {
+                kinds
+                    .values()
+                    .filter_map(Value::as_u64)
+                    .sum::<u64>()
+                    .to_string()
+            })
             .unwrap_or_else(|| "-".to_owned());
         println!(
             "{:<20} {:<8} {:<10} {:<8} {:<10} {:<10} {:>8} {:>7} {:>8}",

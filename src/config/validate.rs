@@ -218,7 +218,11 @@ pub(super) fn check_name(
     Err(ip.error(INVALID, name.referenced, message))
 }
 
-pub(super) fn boolean(ip: &Interpolator<'_>, raw: &Spanned<Scalar>, what: &str) -> Result<bool, ConfigError> {
+pub(super) fn boolean(
+    ip: &Interpolator<'_>,
+    raw: &Spanned<Scalar>,
+    what: &str,
+) -> Result<bool, ConfigError> {
     match ip.scalar(raw)? {
         (Scalar::Bool(b), _) => Ok(b),
         (Scalar::Text(t), _) if t.trim().eq_ignore_ascii_case("true") => Ok(true),

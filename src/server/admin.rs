@@ -84,10 +84,12 @@ pub fn router(
         .route("/metrics", get(prometheus))
         .with_state(state)
         .merge(health_routes)
-        .layer(axum::middleware::from_fn(move |request: Request, next: Next| {
-            let token = token.clone();
-            async move { authorize(token.as_deref(), request, next).await }
-        }))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let token = token.clone();
+                async move { authorize(token.as_deref(), request, next).await }
+            },
+        ))
 }
 
 async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {

@@ -108,7 +108,9 @@ pub async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>
         let status = state.host.statuses().into_iter().find(|s| &s.name == name);
         let why = match status {
             None => Some("not started".to_owned()),
-            Some(s) if s.state != PluginState::Active => Some(format!("state {}", s.state.as_str())),
+            Some(s) if s.state != PluginState::Active => {
+                Some(format!("state {}", s.state.as_str()))
+            }
             Some(s) => match &s.health {
                 Some(Health::Healthy) => None,
                 Some(other) if other.message().is_empty() => Some(other.as_str().to_owned()),

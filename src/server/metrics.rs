@@ -97,12 +97,9 @@ fn histogram(
     snapshot: &HistogramSnapshot,
 ) -> std::fmt::Result {
     let buckets: Vec<(f64, u64)> = snapshot.buckets().collect();
-    encoder.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-        snapshot.sum_seconds(),
-        snapshot.count(),
-        &buckets,
-        None,
-    )
+    encoder
+        .encode_family(labels)?
+        .encode_histogram::<NoLabelSet>(snapshot.sum_seconds(), snapshot.count(), &buckets, None)
 }
 
 /// Writes one metric family: its descriptor, then one sample per item.
@@ -184,7 +181,9 @@ impl prometheus_client::collector::Collector for Metrics {
             MetricType::Gauge,
             &plugins,
             |m, (status, _, _)| {
-                for state in ["loading", "loaded", "active", "error", "disabled", "stopped"] {
+                for state in [
+                    "loading", "loaded", "active", "error", "disabled", "stopped",
+                ] {
                     let labels = vec![("plugin", status.name.as_str()), ("state", state)];
                     gauge(m, &labels, i64::from(status.state.as_str() == state))?;
                 }
@@ -282,9 +281,14 @@ impl prometheus_client::collector::Collector for Metrics {
             ),
         ];
         for (name, help, value) in plugin_counters {
-            family(e, name, help, MetricType::Counter, &loaded, |m, (plugin, s)| {
-                counter(m, &vec![("plugin", *plugin)], value(s))
-            })?;
+            family(
+                e,
+                name,
+                help,
+                MetricType::Counter,
+                &loaded,
+                |m, (plugin, s)| counter(m, &vec![("plugin", *plugin)], value(s)),
+            )?;
         }
         family(
             e,

@@ -56,7 +56,8 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
                 Err(tried) => {
                     let tried: Vec<_> = tried.iter().map(|p| p.display().to_string()).collect();
                     let reason = format!("plugin file not found; looked at {}", tried.join(", "));
-                    let _ = host.record(&plugin.name, None, PluginState::Error(reason.clone()), None);
+                    let _ =
+                        host.record(&plugin.name, None, PluginState::Error(reason.clone()), None);
                     if plugin.important {
                         anyhow::bail!("important plugin `{}` cannot start: {reason}", plugin.name);
                     }
@@ -72,7 +73,9 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
         spec.policy = plugin.policy.clone();
         spec.isolation = plugin.isolation.clone();
         if let Isolation::Process(settings) = &mut spec.isolation {
-            settings.working_dir.get_or_insert_with(|| config.base_dir.clone());
+            settings
+                .working_dir
+                .get_or_insert_with(|| config.base_dir.clone());
         }
         // The host logs the failure and records the plugin's Error state.
         if let Err(error) = host.start(&spec).await
@@ -147,10 +150,11 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
             let endpoint = endpoint.clone();
-            let handler = move |params: RawPathParams, parts: Parts, body: Result<Bytes, BytesRejection>| {
-                let endpoint = endpoint.clone();
-                async move { serve_endpoint(&endpoint, params, parts, body).await }
-            };
+            let handler =
+                move |params: RawPathParams, parts: Parts, body: Result<Bytes, BytesRejection>| {
+                    let endpoint = endpoint.clone();
+                    async move { serve_endpoint(&endpoint, params, parts, body).await }
+                };
             let route = by_path.remove(endpoint_config.path.as_str());
             let route = match route {
                 Some(route) => route.on(filter, handler),
@@ -295,7 +299,9 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
             let admin_addr = SocketAddr::new(ip, admin.port);
             let listener = tokio::net::TcpListener::bind(admin_addr)
                 .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}"))?;
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}")
+                })?;
             tracing::info!(
                 address = %listener.local_addr()?,
                 "admin API listening on http://{}",

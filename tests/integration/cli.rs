@@ -105,7 +105,14 @@ fn list_shows_the_live_state_of_a_running_server() {
         let hi = client().get(server.url("/hello/ana")).send().await.unwrap();
         assert_eq!(hi.status(), 200);
     });
-    let args = ["plugin", "list", "-c", config.to_str().unwrap(), "--admin-url", &server.admin];
+    let args = [
+        "plugin",
+        "list",
+        "-c",
+        config.to_str().unwrap(),
+        "--admin-url",
+        &server.admin,
+    ];
     let out = backworks(&[&args[..], &["--json"]].concat());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -120,7 +127,12 @@ fn list_shows_the_live_state_of_a_running_server() {
     assert_eq!(off["state"], "disabled", "{off}");
     let table = text(&backworks(&args).stdout);
     assert!(table.contains("(live, from http://127.0.0.1:"), "{table}");
-    assert!(table.lines().any(|l| l.starts_with("greeter") && l.contains("active") && l.contains("closed")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("greeter") && l.contains("active") && l.contains("closed")),
+        "{table}"
+    );
 }
 
 #[test]

@@ -13,6 +13,9 @@ fn python_helper_unit_tests_pass() {
         .output()
         .expect("python3 must be installed for the Python plugin tests (.ci/run installs it)");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "python3 -m unittest failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "python3 -m unittest failed:\n{stderr}"
+    );
     assert!(stderr.contains("OK"), "{stderr}");
 }

@@ -174,9 +174,8 @@ pub(super) fn isolation(
             ("max_frame", raw.max_frame.is_some()),
         ];
         if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
-            let message = format!(
-                "plugin `{n}` sets `{name}`, which only applies with `isolation: process`"
-            );
+            let message =
+                format!("plugin `{n}` sets `{name}`, which only applies with `isolation: process`");
             return Err(ip.error(INVALID, whole, message));
         }
         return Ok(Isolation::InProcess);
@@ -229,7 +228,10 @@ fn command(
         .iter()
         .map(|arg| ip.text(arg).map(|a| a.value))
         .collect::<Result<_, _>>()?;
-    if words.first().is_none_or(|program| program.trim().is_empty()) {
+    if words
+        .first()
+        .is_none_or(|program| program.trim().is_empty())
+    {
         let message = format!("plugin `{n}` has an empty `command`; name the program to run");
         return Err(ip.error(INVALID, argv.referenced, message));
     }
@@ -248,7 +250,12 @@ fn resource_limits(
         limits.memory_bytes = Some(mb.saturating_mul(1024 * 1024));
     }
     if let Some(s) = &raw.cpu_seconds {
-        limits.cpu_seconds = Some(positive(ip, s, &what("cpu_seconds"), "a number of seconds")?);
+        limits.cpu_seconds = Some(positive(
+            ip,
+            s,
+            &what("cpu_seconds"),
+            "a number of seconds",
+        )?);
     }
     if let Some(files) = &raw.open_files {
         limits.open_files = Some(positive(ip, files, &what("open_files"), "a count")?);
@@ -342,10 +349,18 @@ mod tests {
         assert_eq!(p.policy.max_response_body, 1024);
         let b = &p.policy.breaker;
         assert_eq!(
-            (b.consecutive_failures, b.failure_rate, b.min_calls, b.half_open_probes),
+            (
+                b.consecutive_failures,
+                b.failure_rate,
+                b.min_calls,
+                b.half_open_probes
+            ),
             (3, 0.25, 4, 2)
         );
-        assert_eq!((b.window, b.cooldown), (Duration::from_secs(5), Duration::from_millis(1500)));
+        assert_eq!(
+            (b.window, b.cooldown),
+            (Duration::from_secs(5), Duration::from_millis(1500))
+        );
         assert!(b.enabled && !b.count_5xx);
         let Isolation::Process(settings) = &p.isolation else {
             panic!("{:?}", p.isolation);
@@ -361,7 +376,8 @@ mod tests {
 
     #[test]
     fn zero_turns_a_limit_off() {
-        let c = parse("plugins:\n  p: {path: libp.so, timeout_ms: 0, max_concurrency: 0}\n").unwrap();
+        let c =
+            parse("plugins:\n  p: {path: libp.so, timeout_ms: 0, max_concurrency: 0}\n").unwrap();
         assert_eq!(c.plugins[0].policy.timeout, None);
         assert_eq!(c.plugins[0].policy.max_concurrency, None);
     }

@@ -23,12 +23,8 @@ pub(super) fn server(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<ServerCon
         server.port = integer(ip, port, "`server.port`", PORT)?;
     }
     if let Some(bytes) = &raw.max_request_body {
-        server.max_request_body = integer(
-            ip,
-            bytes,
-            "`server.max_request_body`",
-            "a size in bytes",
-        )?;
+        server.max_request_body =
+            integer(ip, bytes, "`server.max_request_body`", "a size in bytes")?;
     }
     if let Some(admin) = &raw.admin {
         server.admin = admin_config(ip, admin)?;
