@@ -4,8 +4,11 @@
 //!   request; the floor under everything else.
 //! - `builtin_trait` / `dylib_trait`: the same no-op plugin through the host's `Plugin` trait,
 //!   compiled in (`BuiltinPlugin`) versus loaded from its `.so` (`DynamicPlugin`).
+//! - `builtin_guarded` / `dylib_guarded`: the same behind the call guard with the default policy
+//!   (circuit breaker, concurrency limit, deadline, stats), as the server runs every plugin.
 //! - `builtin_server` / `dylib_server`: the whole server path without the socket: axum routing,
-//!   request conversion, hook chain, plugin call, response conversion.
+//!   request conversion, hook chain, call guard, plugin call, per-endpoint metrics, response
+//!   conversion.
 //!
 //! Run with `cargo bench --bench host_path`; method and results are in BENCHMARKS.md.
 //!
@@ -24,17 +27,22 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use backworks::config;
-use backworks_plugin_host::{BuiltinPlugin, DynamicPlugin, Plugin, PluginHost, loader};
+use backworks_plugin_host::{
+    BuiltinPlugin, CallPolicy, DynamicPlugin, Guarded, Lifecycle, Plugin, PluginHost, PluginState,
+    loader,
+};
 use backworks_plugin_sdk::abi::{BwKvList, BwRequest, BwStr};
 use backworks_plugin_sdk::{BackworksPlugin, Request};
 use criterion::Criterion;
 use tower::ServiceExt;
 
 /// Every row, in the order criterion runs them.
-const ROWS: [&str; 5] = [
+const ROWS: [&str; 7] = [
     "bare_vtable",
     "builtin_trait",
     "dylib_trait",
+    "builtin_guarded",
+    "dylib_guarded",
     "builtin_server",
     "dylib_server",
 ];
@@ -84,6 +92,10 @@ struct Fixture {
     rt: tokio::runtime::Runtime,
     dylib: Arc<DynamicPlugin>,
     builtin: Arc<BuiltinPlugin<noop::Noop>>,
+    /// The same two behind the call guard (breaker, concurrency limit, deadline, stats) with the
+    /// default policy, as the server runs every plugin.
+    builtin_guarded: Guarded,
+    dylib_guarded: Guarded,
     builtin_app: axum::Router,
     dylib_app: axum::Router,
     request: Request,
@@ -130,8 +142,14 @@ impl Fixture {
                 lib.display()
             ),
         );
+        let guarded = |plugin: Arc<dyn Plugin>| {
+            let lifecycle = Arc::new(Lifecycle::new("noop", PluginState::Active));
+            Guarded::new(plugin, CallPolicy::default(), lifecycle)
+        };
         Fixture {
             rt,
+            builtin_guarded: guarded(builtin.clone()),
+            dylib_guarded: guarded(dylib.clone()),
             dylib,
             builtin,
             builtin_app,
@@ -164,6 +182,14 @@ fn bench(c: &mut Criterion, f: &Fixture) {
     group.bench_function("dylib_trait", |b| {
         b.to_async(&f.rt).iter(|| f.dylib.handle(f.request.clone()))
     });
+    group.bench_function("builtin_guarded", |b| {
+        b.to_async(&f.rt)
+            .iter(|| f.builtin_guarded.handle(f.request.clone()))
+    });
+    group.bench_function("dylib_guarded", |b| {
+        b.to_async(&f.rt)
+            .iter(|| f.dylib_guarded.handle(f.request.clone()))
+    });
     group.bench_function("builtin_server", |b| {
         b.to_async(&f.rt)
             .iter(|| f.builtin_app.clone().oneshot(http_request()))
@@ -189,6 +215,16 @@ fn count(f: &Fixture, row: &str, calls: u64) {
                     .map_or(0, |r| r.status),
                 "dylib_trait" => f
                     .dylib
+                    .handle(f.request.clone())
+                    .await
+                    .map_or(0, |r| r.status),
+                "builtin_guarded" => f
+                    .builtin_guarded
+                    .handle(f.request.clone())
+                    .await
+                    .map_or(0, |r| r.status),
+                "dylib_guarded" => f
+                    .dylib_guarded
                     .handle(f.request.clone())
                     .await
                     .map_or(0, |r| r.status),

@@ -6,19 +6,17 @@ use backworks_plugin_host::hooks::error_response;
 use backworks_plugin_sdk::{Headers, PluginError, Request, Response, Text};
 use bytes::Bytes;
 
-/// Builds the SDK request a plugin sees. Header names arrive lower case; header values that are not
-/// UTF-8 are passed on lossily. Short text is stored inline in [`Text`], without allocating.
-pub fn request_from_parts(
+/// Builds the SDK request a plugin sees from the request parts and the route's path parameters.
+/// Header names arrive lower case; header values that are not UTF-8 are passed on lossily. Short
+/// text is stored inline in [`Text`], without allocating.
+pub fn request_from_parts<'a>(
     parts: &axum::http::request::Parts,
-    params: Vec<(String, String)>,
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
     body: Bytes,
 ) -> Request {
     request_with_params(
         parts,
-        params
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect(),
+        params.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
         body,
     )
 }
@@ -143,11 +141,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let req = request_from_parts(
-            &parts,
-            vec![("id".into(), "b".into())],
-            Bytes::from_static(b"hi"),
-        );
+        let req = request_from_parts(&parts, [("id", "b")], Bytes::from_static(b"hi"));
         assert_eq!(req.path, "/a/b");
         assert_eq!(req.query_param("y"), Some("hello world"));
         assert_eq!(req.query.len(), 3);

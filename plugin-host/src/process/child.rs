@@ -151,8 +151,9 @@ fn parse_limits(text: &str) -> Result<ResourceLimits, String> {
     Ok(limits)
 }
 
-/// Applies each limit that is set, never above the inherited hard limit. The CPU limit's hard
-/// value is one second above the soft one: `SIGXCPU` first, `SIGKILL` if the plugin ignores it.
+/// Applies each limit that is set, never above the inherited hard limit, and turns core dumps off.
+/// The CPU limit's hard value is one second above the soft one: `SIGXCPU` first, `SIGKILL` if the
+/// plugin ignores it.
 fn apply_limits(limits: &ResourceLimits) -> Result<(), String> {
     let wanted = [
         (Resource::RLIMIT_AS, "memory", limits.memory_bytes, 0),
@@ -168,6 +169,10 @@ fn apply_limits(limits: &ResourceLimits) -> Result<(), String> {
         setrlimit(resource, soft, new_hard)
             .map_err(|e| format!("cannot limit {what} to {value}: {e}"))?;
     }
+    // A crashing plugin must not litter core files where it runs (nor take the time to write
+    // them): lowering a limit is always allowed.
+    setrlimit(Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| format!("cannot turn core dumps off: {e}"))?;
     Ok(())
 }
 
