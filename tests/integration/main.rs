@@ -3,6 +3,7 @@
 mod cli;
 mod faults;
 mod loader;
+mod process;
 mod python;
 mod server;
 mod support;

@@ -11,6 +11,9 @@
 //!   passed as fd 0. Its stdout is joined to stderr, so whatever the plugin prints is a log line and
 //!   can never corrupt the protocol; its log events are written to stderr as level-prefixed lines.
 //!
+//! Between the two it starts a group watchdog (`<exe> __plugin-child --group-watchdog`, see
+//! `start_watchdog`) so that even processes the plugin starts die with the host.
+//!
 //! The host passes the rest through the environment ([`env`]).
 
 use std::ffi::{OsStr, OsString};
@@ -32,6 +35,12 @@ pub const CHILD_ARG: &str = "__plugin-child";
 
 /// Separates the runner's arguments from a command to `exec`.
 pub(crate) const COMMAND_SEPARATOR: &str = "--";
+
+/// `<exe> __plugin-child --group-watchdog`: the watchdog the runner starts in its process group.
+const WATCHDOG_ARG: &str = "--group-watchdog";
+
+/// How often the watchdog looks at its parent.
+const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Exit status of a runner that could not set the child up (parent gone, limits refused).
 const EXIT_SETUP: i32 = 70;
@@ -92,7 +101,14 @@ fn parse_target(args: Vec<OsString>) -> Result<Target, String> {
 }
 
 fn run(args: Vec<OsString>) -> i32 {
+    if args.len() == 1 && args[0] == WATCHDOG_ARG {
+        return watch_parent();
+    }
     if let Err(reason) = set_up() {
+        eprintln!("ERROR: plugin child set-up failed: {reason}");
+        return EXIT_SETUP;
+    }
+    if let Err(reason) = start_watchdog() {
         eprintln!("ERROR: plugin child set-up failed: {reason}");
         return EXIT_SETUP;
     }
@@ -128,6 +144,38 @@ fn set_up() -> Result<(), String> {
     }
     let limits = parse_limits(&std::env::var(env::LIMITS).unwrap_or_default())?;
     apply_limits(&limits)
+}
+
+/// Starts the group watchdog: a second process in the runner's process group (which the plugin's
+/// own subprocesses join too) that outlives the runner just long enough to kill the whole group.
+///
+/// The parent-death signal reaches only the runner: when the host is killed with `SIGKILL`, it
+/// has no chance to kill the group, and whatever the plugin started would be orphaned. The
+/// watchdog sees its parent (the runner, or the program it `exec`ed) die, by `getppid` changing,
+/// and then sends `SIGKILL` to the group, itself included. While the host lives it kills the group
+/// itself when the runner exits, and the watchdog with it.
+fn start_watchdog() -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the runner: {e}"))?;
+    Command::new(exe)
+        .args([CHILD_ARG, WATCHDOG_ARG])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("cannot start the group watchdog: {e}"))
+}
+
+/// The watchdog's loop: returns (after killing its process group) once its parent is gone.
+fn watch_parent() -> i32 {
+    let parent = getppid();
+    loop {
+        std::thread::sleep(WATCHDOG_TICK);
+        if getppid() != parent {
+            let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
+            return 0;
+        }
+    }
 }
 
 /// Reads `memory_bytes=N,cpu_seconds=N,open_files=N` (any subset, any order).

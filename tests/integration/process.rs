@@ -1,0 +1,1493 @@
+//! The process-isolation fault catalogue and the Python plugins (issue #4), against the real
+//! server: one misbehaving child per case (`faulty` instances under `isolation: process`, the
+//! scripts of `tests/fixtures/process/`), each test asserting the status codes, the child's
+//! crashes, restarts and state through the admin API and `/metrics`, and that an in-process plugin
+//! on the same server keeps answering 200.
+//!
+//! The names it depends on (admin API, metric names, config fields) are gathered in [`admin`],
+//! [`metric`] and [`ProcessServer::start`], so that a rename is a change in one place.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::{Server, client, free_port, root};
+
+/// The control plugin every test serves at `GET /control`: an in-process `faulty` instance with no
+/// fault.
+const CONTROL: &str = r#"
+  control:
+    path: libfaulty.so
+"#;
+
+/// Liveness deadline for anything the tests wait on (restarts, kills, logs): generous, the machine
+/// is shared and noisy; nothing asserts speed.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Settings that make a crash test quick: restarts after 50 ms, and no breaker, which would
+/// otherwise refuse calls after failures and hide crashes from the counts.
+const QUICK_RESTART: &str = "    breaker: { enabled: false }\n    \
+                             restart: { initial_backoff_ms: 50, max_backoff_ms: 200 }\n";
+
+/// A `backworks serve` (its admin API on a port of its own), plus the requests the tests make.
+struct ProcessServer {
+    server: Server,
+    http: reqwest::Client,
+}
+
+/// What a request got back.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    bytes: Vec<u8>,
+    /// The body as JSON, or as a JSON string when it is not JSON.
+    body: Value,
+}
+
+impl ProcessServer {
+    /// Serves `plugins` (YAML entries under `plugins:`, indented two spaces) and `endpoints`
+    /// (under `endpoints:`), plus the control plugin at `/control`. Health is polled every 200 ms
+    /// with a 500 ms timeout.
+    async fn start(plugins: &str, endpoints: &str) -> ProcessServer {
+        ProcessServer::start_with_health(200, plugins, endpoints).await
+    }
+
+    /// [`ProcessServer::start`] with health polled every `interval_ms`.
+    async fn start_with_health(interval_ms: u64, plugins: &str, endpoints: &str) -> ProcessServer {
+        let yaml = config_yaml(interval_ms, plugins, endpoints);
+        let server = ProcessServer {
+            server: Server::start(&yaml),
+            http: client(),
+        };
+        // The admin listener may come up just after the public one.
+        let this = &server;
+        this.wait_for("the admin API to answer", || async move {
+            this.http
+                .get(this.server.admin_url(&admin::plugin("control")))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await;
+        server
+    }
+
+    /// A request on the public port.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+    ) -> Answer {
+        let mut request = self.http.request(method.clone(), self.server.url(path));
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let res = request
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let bytes = res.bytes().await.expect("a body").to_vec();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Answer {
+            status,
+            headers,
+            bytes,
+            body,
+        }
+    }
+
+    /// `GET` on the public port.
+    async fn get(&self, path: &str) -> Answer {
+        self.send(reqwest::Method::GET, path, Vec::new(), None)
+            .await
+    }
+
+    /// `POST` of a JSON text on the public port.
+    async fn post_json(&self, path: &str, body: &str) -> Answer {
+        let body = body.as_bytes().to_vec();
+        self.send(reqwest::Method::POST, path, body, Some("application/json"))
+            .await
+    }
+
+    /// Asserts that the control plugin answers 200.
+    async fn assert_control_serves(&self) {
+        let answer = self.get("/control").await;
+        assert_eq!(answer.status, 200, "the control plugin: {}", answer.body);
+        assert_eq!(answer.body["ok"], true);
+    }
+
+    /// `GET /_backworks/plugins/{name}`.
+    async fn plugin(&self, name: &str) -> Value {
+        let res = self
+            .http
+            .get(self.server.admin_url(&admin::plugin(name)))
+            .send()
+            .await
+            .expect("admin API");
+        assert_eq!(res.status(), 200, "admin API for {name}");
+        res.json().await.expect("admin JSON")
+    }
+
+    /// The pid of plugin `name`'s running child.
+    async fn pid(&self, name: &str) -> u32 {
+        let entry = self.plugin(name).await;
+        assert_eq!(entry[admin::PROCESS]["state"], "running", "{entry}");
+        entry[admin::PROCESS]["pid"]
+            .as_u64()
+            .and_then(|pid| u32::try_from(pid).ok())
+            .unwrap_or_else(|| panic!("no pid for {name}: {entry}"))
+    }
+
+    /// The value of metric `name` with (at least) these labels.
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let res = self
+            .http
+            .get(self.server.admin_url(admin::METRICS))
+            .send()
+            .await
+            .expect("/metrics");
+        assert_eq!(res.status(), 200);
+        metric::value(&res.text().await.expect("metrics text"), name, labels)
+    }
+
+    /// Waits until plugin `name`'s child is running again after at least `restarts` restarts, and
+    /// returns the plugin's entry.
+    async fn restarted(&self, name: &str, restarts: u64) -> Value {
+        self.poll_until(
+            &format!("{name} to be restarted {restarts} time(s)"),
+            || async move {
+                let entry = self.plugin(name).await;
+                let process = &entry[admin::PROCESS];
+                (process["state"] == "running" && process["restarts"].as_u64() >= Some(restarts))
+                    .then_some(entry)
+            },
+        )
+        .await
+    }
+
+    /// Waits until the server's log has a line containing every one of `parts`.
+    async fn log_line(&self, parts: &[&str]) -> String {
+        self.poll_until(&format!("a log line with {parts:?}"), || async move {
+            self.server
+                .logs()
+                .lines()
+                .find(|line| parts.iter().all(|part| line.contains(part)))
+                .map(str::to_owned)
+        })
+        .await
+    }
+
+    /// Polls `check` until it holds; panics with the logs after [`PATIENCE`].
+    async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        self.poll_until(what, || {
+            let done = check();
+            async move { done.await.then_some(()) }
+        })
+        .await
+    }
+
+    /// Polls `attempt` until it gives a value; panics with the logs after [`PATIENCE`].
+    async fn poll_until<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(value) = attempt().await {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n{}",
+                self.server.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The common course of a crash: `bad` answers 502 `crashed` with `why` in the message, the
+    /// child is restarted (a new pid, one crash, one restart, in the admin API, the events and
+    /// `/metrics`), and the control plugin answers 200 throughout. `good`, when the plugin has a
+    /// path that does not crash, answers 200 before and after.
+    async fn assert_crash_and_restart(
+        &self,
+        plugin: &str,
+        bad: &str,
+        good: Option<&str>,
+        why: &str,
+    ) {
+        if let Some(good) = good {
+            assert_eq!(
+                self.get(good).await.status,
+                200,
+                "{plugin} before the crash"
+            );
+        }
+        let first_pid = self.pid(plugin).await;
+        let answer = self.get(bad).await;
+        assert_error(&answer, 502, plugin, "crashed");
+        assert!(message(&answer).contains(why), "{}", answer.body);
+        self.assert_control_serves().await;
+
+        let entry = self.restarted(plugin, 1).await;
+        let process = &entry[admin::PROCESS];
+        assert_ne!(process["pid"], first_pid, "a new child: {entry}");
+        assert_eq!(process["crashes"], 1, "{entry}");
+        assert_eq!(process["restarts"], 1, "{entry}");
+        let last_crash = process["last_crash"].as_str().unwrap_or_default();
+        assert!(last_crash.contains(why), "{entry}");
+        assert_eq!(
+            entry["state"], "active",
+            "restarting is not an error: {entry}"
+        );
+        assert_eq!(entry["stats"]["errors"]["crashed"], 1, "{entry}");
+        let kinds = admin::event_kinds(&entry);
+        let crashed = kinds.iter().position(|k| k == "crashed");
+        let restarted = kinds.iter().position(|k| k == "restarted");
+        assert!(
+            crashed.is_some() && crashed < restarted,
+            "crashed, then restarted: {entry}"
+        );
+        let labels = [("plugin", plugin)];
+        assert_eq!(
+            self.metric(metric::CRASHES, &labels).await,
+            Some(1.0),
+            "{plugin}"
+        );
+        assert_eq!(
+            self.metric(metric::RESTARTS, &labels).await,
+            Some(1.0),
+            "{plugin}"
+        );
+
+        if let Some(good) = good {
+            let answer = self.get(good).await;
+            assert_eq!(
+                answer.status, 200,
+                "{plugin} after the restart: {}",
+                answer.body
+            );
+        }
+        self.assert_control_serves().await;
+    }
+}
+
+/// The config file: health polling, the plugin folder, the control plugin and its endpoint.
+fn config_yaml(interval_ms: u64, plugins: &str, endpoints: &str) -> String {
+    format!(
+        "health: {{ interval_ms: {interval_ms}, timeout_ms: 500 }}\n\
+         plugin_dirs: [\"{{{{plugins}}}}\"]\n\
+         plugins:{CONTROL}{plugins}\n\
+         endpoints:\n  control: {{ path: /control, plugin: control, hooks: [] }}\n{endpoints}"
+    )
+}
+
+/// `python3 <fixture> [args]` as a YAML flow list (absolute path: the child runs in the config's
+/// folder, a temporary directory).
+fn python(script: PathBuf, args: &[&str]) -> String {
+    let mut argv = vec!["python3".to_owned(), script.display().to_string()];
+    argv.extend(args.iter().map(|a| (*a).to_owned()));
+    // A JSON array is a YAML flow sequence.
+    serde_json::to_string(&argv).expect("argv as JSON")
+}
+
+/// A script of `tests/fixtures/process/`.
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures/process").join(name)
+}
+
+/// The admin API's paths and field names.
+mod admin {
+    /// Prometheus metrics (on the admin listener).
+    pub const METRICS: &str = "/metrics";
+    /// A plugin entry's supervision of its child (`state`, `pid`, `restarts`, `crashes`,
+    /// `last_crash`).
+    pub const PROCESS: &str = "process";
+
+    /// One plugin's entry.
+    pub fn plugin(name: &str) -> String {
+        format!("/_backworks/plugins/{name}")
+    }
+
+    /// The kinds of the events in an entry, oldest first.
+    pub fn event_kinds(entry: &serde_json::Value) -> Vec<String> {
+        entry["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The details of the events of `kind` in an entry, oldest first.
+    pub fn event_details(entry: &serde_json::Value, kind: &str) -> Vec<String> {
+        entry["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e["kind"] == kind)
+                    .filter_map(|e| e["detail"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Reading the Prometheus text format.
+mod metric {
+    /// Restarts of a process plugin's child.
+    pub const RESTARTS: &str = "backworks_plugin_restarts_total";
+    /// Crashes of a process plugin's child.
+    pub const CRASHES: &str = "backworks_plugin_crashes_total";
+
+    /// The value of the first sample of `name` that carries every one of `labels`.
+    pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (series_name, series_labels) = match series.split_once('{') {
+                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                let has_all = labels.iter().all(|(k, v)| {
+                    series_labels
+                        .split(',')
+                        .any(|l| l == format!("{k}=\"{v}\""))
+                });
+                (series_name == name && has_all).then(|| value.parse().ok())?
+            })
+    }
+}
+
+/// Asserts the error body `{"error": {"plugin", "kind", "message"}}`.
+fn assert_error(answer: &Answer, status: u16, plugin: &str, kind: &str) {
+    assert_eq!(answer.status, status, "{}", answer.body);
+    assert_eq!(answer.body["error"]["plugin"], plugin, "{}", answer.body);
+    assert_eq!(answer.body["error"]["kind"], kind, "{}", answer.body);
+}
+
+fn message(answer: &Answer) -> &str {
+    answer.body["error"]["message"].as_str().unwrap_or_default()
+}
+
+/// Whether process `pid` is gone: not in `/proc`, or a zombie nobody reaped yet (pid 1 of a
+/// container may not reap).
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // `pid (comm) S ...`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| matches!(state, 'Z' | 'X')),
+    }
+}
+
+/// Waits until every one of `pids` is [`gone`]; panics naming `what` and the survivors after
+/// [`PATIENCE`].
+async fn wait_gone(pids: &[u32], what: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|&pid| !gone(pid)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: still running {alive:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends `signal` (`-STOP`, `-9`) to `pid` with `kill`.
+fn signal(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// The soft limit on the `/proc/<pid>/limits` line that starts with `name`.
+fn soft_limit(pid: u32, name: &str) -> String {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with(name))
+        .unwrap_or_else(|| panic!("no `{name}` in:\n{limits}"));
+    line[name.len()..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_segfault_costs_its_call_and_the_child_restarts() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  segv:
+    path: libfaulty.so
+    isolation: process
+{QUICK_RESTART}    config: {{ segfault: true, only_path_suffix: /bad }}
+"#
+        ),
+        r#"
+  segv: { path: "/segv/{what}", plugin: segv, hooks: [] }
+"#,
+    )
+    .await;
+    ps.assert_crash_and_restart("segv", "/segv/bad", Some("/segv/ok"), "SIGSEGV")
+        .await;
+    // The message says it as the shell would (core dumps may add `, core dumped`).
+    let answer = ps.get("/segv/bad").await;
+    assert!(
+        message(&answer).starts_with("child exited with signal 11 (SIGSEGV)"),
+        "{}",
+        answer.body
+    );
+}
+
+#[tokio::test]
+async fn an_abort_costs_its_call_and_the_child_restarts() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  aborter:
+    path: libfaulty.so
+    isolation: process
+{QUICK_RESTART}    config: {{ abort: true, only_path_suffix: /bad }}
+"#
+        ),
+        r#"
+  aborter: { path: "/abort/{what}", plugin: aborter, hooks: [] }
+"#,
+    )
+    .await;
+    ps.assert_crash_and_restart("aborter", "/abort/bad", Some("/abort/ok"), "SIGABRT")
+        .await;
+}
+
+#[tokio::test]
+async fn an_exit_in_the_middle_of_a_call_costs_it_and_the_child_restarts() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  quitter:
+    path: libfaulty.so
+    isolation: process
+{QUICK_RESTART}    config: {{ exit: 1, only_path_suffix: /bad }}
+  quitter-py:
+    command: {}
+{QUICK_RESTART}"#,
+            python(fixture("exit_mid_call.py"), &[])
+        ),
+        r#"
+  quitter: { path: "/quit/{what}", plugin: quitter, hooks: [] }
+  quitter-py: { path: /quit-py, plugin: quitter-py, hooks: [] }
+"#,
+    )
+    .await;
+    ps.assert_crash_and_restart(
+        "quitter",
+        "/quit/bad",
+        Some("/quit/ok"),
+        "child exited with status 1",
+    )
+    .await;
+    ps.assert_crash_and_restart("quitter-py", "/quit-py", None, "child exited with status 1")
+        .await;
+}
+
+#[tokio::test]
+async fn an_endless_loop_is_a_504_then_the_child_is_killed_and_restarted() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  spinner:
+    path: libfaulty.so
+    isolation: process
+    timeout_ms: 300
+    handshake_timeout_ms: 2000
+{QUICK_RESTART}    config: {{ spin: true, only_path_suffix: /bad }}
+"#
+        ),
+        r#"
+  spinner: { path: "/spin/{what}", plugin: spinner, hooks: [] }
+"#,
+    )
+    .await;
+    assert_eq!(ps.get("/spin/ok").await.status, 200);
+    let first_pid = ps.pid("spinner").await;
+    let answer = ps.get("/spin/bad").await;
+    assert_error(&answer, 504, "spinner", "timeout");
+    ps.assert_control_serves().await;
+
+    // The child never answers again: the host finds out (a health check without an answer) and
+    // kills it.
+    let entry = ps.restarted("spinner", 1).await;
+    let process = &entry[admin::PROCESS];
+    assert_ne!(process["pid"], first_pid, "{entry}");
+    assert!(process["crashes"].as_u64() >= Some(1), "{entry}");
+    assert!(
+        process["last_crash"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("unresponsive"),
+        "{entry}"
+    );
+    assert_eq!(entry["stats"]["timeouts"], 1, "{entry}");
+    wait_gone(&[first_pid], "the spinning child is killed").await;
+    assert_eq!(
+        ps.metric("backworks_plugin_timeouts_total", &[("plugin", "spinner")])
+            .await,
+        Some(1.0)
+    );
+    let answer = ps.get("/spin/ok").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
+async fn a_stopped_child_is_a_504_then_it_is_killed_and_restarted() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  frozen:
+    path: libfaulty.so
+    isolation: process
+    timeout_ms: 300
+    handshake_timeout_ms: 2000
+{QUICK_RESTART}  frozen-py:
+    command: {}
+    timeout_ms: 300
+    handshake_timeout_ms: 2000
+{QUICK_RESTART}"#,
+            python(fixture("echo.py"), &[])
+        ),
+        r#"
+  frozen: { path: /frozen, methods: [POST], plugin: frozen, hooks: [] }
+  frozen-py: { path: /frozen-py, methods: [POST], plugin: frozen-py, hooks: [] }
+"#,
+    )
+    .await;
+    for (plugin, path) in [("frozen", "/frozen"), ("frozen-py", "/frozen-py")] {
+        let call = || ps.send(reqwest::Method::POST, path, b"hi".to_vec(), None);
+        assert_eq!(call().await.status, 200, "{plugin}");
+        let pid = ps.pid(plugin).await;
+        signal("-STOP", pid);
+        let answer = call().await;
+        assert_error(&answer, 504, plugin, "timeout");
+        ps.assert_control_serves().await;
+
+        let entry = ps.restarted(plugin, 1).await;
+        let process = &entry[admin::PROCESS];
+        assert_ne!(process["pid"], pid, "{entry}");
+        assert!(
+            process["last_crash"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("unresponsive"),
+            "{entry}"
+        );
+        wait_gone(&[pid], "the stopped child is killed").await;
+        let answer = call().await;
+        assert_eq!(
+            answer.status, 200,
+            "{plugin} after the restart: {}",
+            answer.body
+        );
+        ps.assert_control_serves().await;
+    }
+}
+
+#[tokio::test]
+async fn a_memory_hog_dies_at_its_limit_and_the_child_restarts() {
+    // The runner and its runtimes take about 200 MiB of address space; 512 MiB more cannot fit.
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  hog:
+    path: libfaulty.so
+    isolation: process
+    limits: {{ memory_mb: 384 }}
+{QUICK_RESTART}    config: {{ hog_mb: 512, only_path_suffix: /bad }}
+"#
+        ),
+        r#"
+  hog: { path: "/hog/{what}", plugin: hog, hooks: [] }
+"#,
+    )
+    .await;
+    ps.assert_crash_and_restart("hog", "/hog/bad", Some("/hog/ok"), "SIGABRT")
+        .await;
+    // It was the allocation that failed, under the address-space limit.
+    ps.log_line(&["memory allocation of", "failed", r#"plugin="hog""#])
+        .await;
+}
+
+#[tokio::test]
+async fn garbage_on_stdout_is_a_crash_and_the_child_restarts() {
+    // docs/protocol.md §9: a line that is not JSON is a protocol violation: 502 `crashed`, the
+    // child is killed and restarted.
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  garbage:
+    command: {}
+{QUICK_RESTART}"#,
+            python(fixture("garbage_stdout.py"), &[])
+        ),
+        r#"
+  garbage: { path: /garbage, plugin: garbage, hooks: [] }
+"#,
+    )
+    .await;
+    ps.assert_crash_and_restart("garbage", "/garbage", None, "protocol violation")
+        .await;
+    let entry = ps.plugin("garbage").await;
+    let last_crash = entry[admin::PROCESS]["last_crash"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(last_crash.contains("this is not json"), "{entry}");
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_is_a_crash_and_the_child_restarts() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  oversized:
+    command: {}
+    max_frame: 65536
+{QUICK_RESTART}"#,
+            python(fixture("oversized_frame.py"), &["65536"])
+        ),
+        r#"
+  oversized: { path: /oversized, plugin: oversized, hooks: [] }
+"#,
+    )
+    .await;
+    ps.assert_crash_and_restart(
+        "oversized",
+        "/oversized",
+        None,
+        "protocol violation: frame of over 65536 bytes",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_child_that_never_answers_the_handshake_is_an_error_and_answers_503() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  mute:
+    command: {}
+    handshake_timeout_ms: 500
+"#,
+            python(fixture("no_handshake.py"), &[])
+        ),
+        r#"
+  mute: { path: /mute, plugin: mute, hooks: [] }
+"#,
+    )
+    .await;
+    let entry = ps.plugin("mute").await;
+    assert_eq!(entry["state"], "error", "{entry}");
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("no answer to the handshake within 500ms"),
+        "{entry}"
+    );
+    assert!(
+        admin::event_kinds(&entry).contains(&"failed".to_owned()),
+        "{entry}"
+    );
+    let answer = ps.get("/mute").await;
+    assert_error(&answer, 503, "mute", "unavailable");
+    assert!(message(&answer).contains("handshake"), "{}", answer.body);
+    let health = ps.get("/health").await;
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body["status"], "degraded", "{}", health.body);
+    ps.assert_control_serves().await;
+}
+
+#[test]
+fn an_important_plugin_that_never_answers_the_handshake_stops_start_up() {
+    let dir = std::env::temp_dir().join(format!("backworks-important-mute-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let config = dir.join("backworks.yaml");
+    let yaml = format!(
+        "plugins:\n  vital:\n    command: {}\n    important: true\n    \
+         handshake_timeout_ms: 500\nendpoints:\n  vital: {{ path: /vital, plugin: vital }}\n",
+        python(fixture("no_handshake.py"), &[])
+    );
+    std::fs::write(&config, yaml).expect("write config");
+    let stderr_path = dir.join("stderr.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_backworks"))
+        .args(["serve", "-c"])
+        .arg(&config)
+        .args(["--port", &free_port().to_string()])
+        .args(["--admin-port", &free_port().to_string()])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
+        .spawn()
+        .expect("run backworks");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for backworks") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("backworks kept running with an important plugin that cannot start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("important plugin `vital` cannot start") && stderr.contains("handshake"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_plugin_that_crashes_in_initialize_fails_its_start() {
+    // docs/protocol.md §9: an `init` that fails (here: the child exits during it) fails the start;
+    // only a restart's failed handshake counts as a crash. So no restart loop: an error state.
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  doomed:
+    path: libfaulty.so
+    isolation: process
+{QUICK_RESTART}    config: {{ crash_on_init: true }}
+"#
+        ),
+        r#"
+  doomed: { path: /doomed, plugin: doomed, hooks: [] }
+"#,
+    )
+    .await;
+    let entry = ps.plugin("doomed").await;
+    assert_eq!(entry["state"], "error", "{entry}");
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("child exited with status 3 during the handshake"),
+        "{entry}"
+    );
+    assert!(
+        reason.contains("crash_on_init"),
+        "the last log line: {entry}"
+    );
+    assert_eq!(entry[admin::PROCESS]["state"], "stopped", "{entry}");
+    assert_eq!(entry[admin::PROCESS]["restarts"], 0, "{entry}");
+    assert!(
+        admin::event_kinds(&entry).contains(&"failed".to_owned()),
+        "{entry}"
+    );
+    let answer = ps.get("/doomed").await;
+    assert_error(&answer, 503, "doomed", "unavailable");
+    ps.assert_control_serves().await;
+}
+
+/// Waits until `plugin` gives up restarting, and checks what it shows then: state `error` with
+/// `reason`, the events crashed, restarted, gave_up, and 503 `unavailable` at `path`.
+async fn assert_gave_up(ps: &ProcessServer, plugin: &str, path: &str, reason: &str) -> Value {
+    ps.wait_for(&format!("{plugin} to give up"), || async move {
+        ps.plugin(plugin).await[admin::PROCESS]["state"] == "gave_up"
+    })
+    .await;
+    let entry = ps.plugin(plugin).await;
+    assert_eq!(entry["state"], "error", "{entry}");
+    assert_eq!(entry["reason"], reason, "{entry}");
+    assert_eq!(entry[admin::PROCESS]["pid"], Value::Null, "{entry}");
+    assert_eq!(entry[admin::PROCESS]["crashes"], 2, "{entry}");
+    assert_eq!(entry[admin::PROCESS]["restarts"], 1, "{entry}");
+    let kinds = admin::event_kinds(&entry);
+    let course: Vec<&str> = kinds
+        .iter()
+        .map(String::as_str)
+        .filter(|k| matches!(*k, "crashed" | "restarted" | "gave_up"))
+        .collect();
+    assert_eq!(
+        course,
+        ["crashed", "restarted", "crashed", "gave_up"],
+        "{entry}"
+    );
+    assert_eq!(admin::event_details(&entry, "gave_up"), [reason], "{entry}");
+    let answer = ps.get(path).await;
+    assert_error(&answer, 503, plugin, "unavailable");
+    assert!(message(&answer).contains(reason), "{}", answer.body);
+    assert_eq!(
+        ps.metric(metric::CRASHES, &[("plugin", plugin)]).await,
+        Some(2.0)
+    );
+    assert_eq!(
+        ps.metric(
+            "backworks_plugin_state",
+            &[("plugin", plugin), ("state", "error")]
+        )
+        .await,
+        Some(1.0)
+    );
+    ps.assert_control_serves().await;
+    entry
+}
+
+#[tokio::test]
+async fn a_plugin_that_crashes_on_every_call_gives_up_after_its_limit() {
+    let ps = ProcessServer::start(
+        r#"
+  crasher:
+    path: libfaulty.so
+    isolation: process
+    breaker: { enabled: false }
+    restart: { max_restarts: 2, initial_backoff_ms: 50, window_ms: 60000 }
+    config: { segfault: true }
+"#,
+        r#"
+  crasher: { path: /crasher, plugin: crasher, hooks: [] }
+"#,
+    )
+    .await;
+    let answer = ps.get("/crasher").await;
+    assert_error(&answer, 502, "crasher", "crashed");
+    ps.restarted("crasher", 1).await;
+    let answer = ps.get("/crasher").await;
+    assert_error(&answer, 502, "crasher", "crashed");
+    let entry = assert_gave_up(
+        &ps,
+        "crasher",
+        "/crasher",
+        "crashed 2 times in 60s; not restarting",
+    )
+    .await;
+    assert_eq!(
+        entry[admin::PROCESS]["last_crash"],
+        "child exited with signal 11 (SIGSEGV)"
+    );
+}
+
+#[tokio::test]
+async fn a_child_that_dies_after_every_start_gives_up_after_its_limit() {
+    // A command that answers the handshake, then exits: a crash loop without any request.
+    let ps = ProcessServer::start(
+        r#"
+  flapper:
+    command:
+      - sh
+      - -c
+      - |
+        read line
+        echo '{"jsonrpc":"2.0","id":1,"result":{"protocol":"1.0","name":"flapper","features":["handle"]}}'
+        read line
+        echo '{"jsonrpc":"2.0","id":2,"result":{}}'
+        sleep 0.1
+        exit 7
+    restart: { max_restarts: 2, initial_backoff_ms: 50, window_ms: 60000 }
+"#,
+        r#"
+  flapper: { path: /flapper, plugin: flapper, hooks: [] }
+"#,
+    )
+    .await;
+    let entry = assert_gave_up(
+        &ps,
+        "flapper",
+        "/flapper",
+        "crashed 2 times in 60s; not restarting",
+    )
+    .await;
+    assert_eq!(
+        entry[admin::PROCESS]["last_crash"],
+        "child exited with status 7"
+    );
+}
+
+#[tokio::test]
+async fn children_die_with_the_host_even_when_it_is_killed() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  lib:
+    path: libfaulty.so
+    isolation: process
+  py:
+    command: {}
+"#,
+            python(fixture("echo.py"), &[])
+        ),
+        "",
+    )
+    .await;
+    let children = [ps.pid("lib").await, ps.pid("py").await];
+    for pid in children {
+        assert!(!gone(pid), "child {pid} runs");
+    }
+    signal("-9", ps.server.pid());
+    wait_gone(&children, "children outlive the host").await;
+}
+
+#[tokio::test]
+async fn child_stderr_reaches_the_host_log_at_its_level_tagged_with_the_plugin() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  echo:
+    command: {}
+  quitter:
+    command: {}
+    restart: {{ initial_backoff_ms: 50 }}
+  lib:
+    path: libfaulty.so
+    isolation: process
+    config: {{ sleep_ms: 1, only_path_suffix: /slow }}
+  talker:
+    command: {}
+"#,
+            python(fixture("echo.py"), &[]),
+            python(fixture("exit_mid_call.py"), &[]),
+            talker_command(),
+        ),
+        r#"
+  quitter: { path: /quit, plugin: quitter, hooks: [] }
+"#,
+    )
+    .await;
+    // A prefixed stderr line of a command, at its level (`INFO:` → INFO, the prefix removed).
+    let line = ps.log_line(&["echo ready", r#"plugin="echo""#]).await;
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(
+        !line.contains("INFO: echo ready"),
+        "the prefix is the level: {line}"
+    );
+    // A library's `tracing` line in the runner, at its level.
+    let line = ps
+        .log_line(&["faulty initialized: sleep_ms=1", r#"plugin="lib""#])
+        .await;
+    assert!(line.contains(" INFO "), "{line}");
+    // An error line, written just before the child died.
+    assert_eq!(ps.get("/quit").await.status, 502);
+    let line = ps
+        .log_line(&[
+            "exit_mid_call: exiting with status 1",
+            r#"plugin="quitter""#,
+        ])
+        .await;
+    assert!(line.contains(" ERROR "), "{line}");
+    // docs/protocol.md §8: the level word, in any case, then a colon; anything else is info.
+    for (level, text, dropped) in [
+        (" WARN ", "root:slow upstream", Some("WARNING:")),
+        (" ERROR ", "spaced out", Some("error:")),
+        (" INFO ", "Traceback (most recent call last):", None),
+    ] {
+        let line = ps.log_line(&[text, r#"plugin="talker""#]).await;
+        assert!(line.contains(level), "{level}: {line}");
+        if let Some(prefix) = dropped {
+            assert!(!line.contains(prefix), "the prefix is the level: {line}");
+        }
+    }
+    ps.assert_control_serves().await;
+}
+
+/// A command that writes log lines of several shapes on stderr, then runs the echo fixture.
+fn talker_command() -> String {
+    let script = format!(
+        "printf '%s\\n' 'WARNING:root:slow upstream' 'error:   spaced out' \
+         'Traceback (most recent call last):' >&2; exec python3 {}",
+        fixture("echo.py").display()
+    );
+    serde_json::to_string(&["sh", "-c", &script]).expect("argv as JSON")
+}
+
+#[tokio::test]
+async fn resource_limits_apply_to_the_child() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  lib:
+    path: libfaulty.so
+    isolation: process
+    limits: {{ memory_mb: 1024, cpu_seconds: 600, open_files: 64 }}
+  py:
+    command: {}
+    limits: {{ memory_mb: 512, open_files: 16 }}
+"#,
+            python(fixture("echo.py"), &[])
+        ),
+        r#"
+  lib: { path: /lib, plugin: lib, hooks: [] }
+  py: { path: /py, methods: [POST], plugin: py, hooks: [] }
+"#,
+    )
+    .await;
+    let lib = ps.pid("lib").await;
+    assert_eq!(
+        soft_limit(lib, "Max address space"),
+        (1024u64 << 20).to_string()
+    );
+    assert_eq!(soft_limit(lib, "Max cpu time"), "600");
+    assert_eq!(soft_limit(lib, "Max open files"), "64");
+    // A command gets them too: they are set before it is executed.
+    let py = ps.pid("py").await;
+    assert_eq!(
+        soft_limit(py, "Max address space"),
+        (512u64 << 20).to_string()
+    );
+    assert_eq!(soft_limit(py, "Max open files"), "16");
+    // And both serve under them.
+    assert_eq!(ps.get("/lib").await.status, 200);
+    let answer = ps
+        .send(reqwest::Method::POST, "/py", b"limited".to_vec(), None)
+        .await;
+    assert_eq!(
+        (answer.status, answer.bytes.as_slice()),
+        (200, &b"limited"[..])
+    );
+    ps.assert_control_serves().await;
+}
+
+/// The Python example plugin and the echo fixture, with the control endpoint counted by the
+/// report plugin's `after_response` hook at `/counted/{n}`.
+async fn python_server() -> ProcessServer {
+    ProcessServer::start(
+        &format!(
+            r#"
+  report:
+    command: {}
+    hooks: [after_response]
+    config: {{ channels: [ops, billing] }}
+  echo:
+    command: {}
+"#,
+            python(root().join("example-plugins/python/report.py"), &[]),
+            python(fixture("echo.py"), &[])
+        ),
+        r#"
+  counted: { path: "/counted/{n}", plugin: control, hooks: [report] }
+  report: { path: /report, methods: [GET], plugin: report, hooks: [] }
+  notify: { path: /notify, methods: [POST], plugin: report, hooks: [] }
+  echo: { path: /echo, methods: [POST], plugin: echo, hooks: [] }
+"#,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_python_report_plugin_counts_responses_and_takes_notifications() {
+    let ps = python_server().await;
+    let entry = ps.plugin("report").await;
+    assert_eq!(entry["state"], "active", "{entry}");
+    assert_eq!(entry["kind"], "command", "{entry}");
+    assert_eq!(entry["isolation"], "process", "{entry}");
+    assert_eq!(entry["version"], "0.1.0", "{entry}");
+
+    for n in 1..=3 {
+        let answer = ps.get(&format!("/counted/{n}")).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.body["ok"], true);
+    }
+    let report = ps.get("/report").await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    assert_eq!(report.body["responses"], 3, "{}", report.body);
+    assert_eq!(
+        report.body["by_class"],
+        json!({"2xx": 3}),
+        "{}",
+        report.body
+    );
+    assert_eq!(
+        report.body["by_status"],
+        json!({"200": 3}),
+        "{}",
+        report.body
+    );
+    assert_eq!(
+        report.body["by_path"],
+        json!({"/counted/1": 1, "/counted/2": 1, "/counted/3": 1}),
+        "{}",
+        report.body
+    );
+
+    let answer = ps
+        .post_json("/notify", r#"{"channel": "ops", "message": "disk 91%"}"#)
+        .await;
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(answer.body, json!({"id": 1, "channel": "ops"}));
+    ps.log_line(&["notification for ops: disk 91%", r#"plugin="report""#])
+        .await;
+
+    let answer = ps.post_json("/notify", "{oops").await;
+    assert_error(&answer, 400, "report", "bad_request");
+    assert!(
+        message(&answer).contains("invalid JSON body"),
+        "{}",
+        answer.body
+    );
+
+    let answer = ps
+        .post_json("/notify", r#"{"channel": "sales", "message": "hi"}"#)
+        .await;
+    assert_error(&answer, 422, "report", "status");
+    assert!(
+        message(&answer).contains("unknown channel 'sales'"),
+        "{}",
+        answer.body
+    );
+
+    let report = ps.get("/report").await;
+    let notifications = report.body["notifications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(notifications.len(), 1, "{}", report.body);
+    assert_eq!(notifications[0]["channel"], "ops");
+    assert_eq!(notifications[0]["message"], "disk 91%");
+    assert_eq!(notifications[0]["severity"], "info");
+    // Only the counted endpoint goes through the hook.
+    assert_eq!(report.body["responses"], 3, "{}", report.body);
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
+async fn binary_bodies_round_trip_through_a_python_child() {
+    let ps = python_server().await;
+    let every_byte: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+    let answer = ps
+        .send(
+            reqwest::Method::POST,
+            "/echo",
+            every_byte.clone(),
+            Some("application/octet-stream"),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.bytes, every_byte);
+    assert_eq!(answer.headers["content-type"], "application/octet-stream");
+    let empty = ps
+        .send(reqwest::Method::POST, "/echo", Vec::new(), None)
+        .await;
+    assert_eq!((empty.status, empty.bytes.len()), (200, 0));
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
+async fn many_calls_in_flight_on_one_python_child_each_get_their_own_answer() {
+    let ps = python_server().await;
+    let echo_pid = ps.pid("echo").await;
+    let report_pid = ps.pid("report").await;
+    let mut echoes = tokio::task::JoinSet::new();
+    let mut notes = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (http, echo, notify) = (
+            ps.http.clone(),
+            ps.server.url("/echo"),
+            ps.server.url("/notify"),
+        );
+        let body = format!("request {i}: {}", "x".repeat(i * 7));
+        let note = format!(r#"{{"channel": "billing", "message": "note {i}"}}"#);
+        echoes.spawn({
+            let http = http.clone();
+            async move {
+                let res = http
+                    .post(echo)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("POST /echo");
+                let status = res.status().as_u16();
+                (status, res.text().await.expect("echo body") == body)
+            }
+        });
+        notes.spawn(async move {
+            let res = http
+                .post(notify)
+                .header("content-type", "application/json")
+                .body(note)
+                .send()
+                .await
+                .expect("POST /notify");
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.expect("notify JSON");
+            (status, body["id"].as_u64())
+        });
+    }
+    let echoes = echoes.join_all().await;
+    let notes = notes.join_all().await;
+    assert!(
+        echoes.iter().all(|&(status, same)| status == 200 && same),
+        "{echoes:?}"
+    );
+    assert!(notes.iter().all(|&(status, _)| status == 202), "{notes:?}");
+    let mut ids: Vec<u64> = notes.iter().filter_map(|&(_, id)| id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=50).collect::<Vec<_>>(), "each notification once");
+    // One child each served them all.
+    assert_eq!(ps.pid("echo").await, echo_pid);
+    assert_eq!(ps.pid("report").await, report_pid);
+    assert_eq!(ps.plugin("echo").await["stats"]["calls"], 50);
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
+async fn a_child_reporting_unhealthy_three_times_in_a_row_is_restarted() {
+    let ps = ProcessServer::start_with_health(
+        100,
+        r#"
+  sick:
+    path: libfaulty.so
+    isolation: process
+    restart: { initial_backoff_ms: 50, max_restarts: 100 }
+    config: { health: unhealthy }
+"#,
+        r#"
+  sick: { path: /sick, plugin: sick, hooks: [] }
+"#,
+    )
+    .await;
+    let first_pid = ps.pid("sick").await;
+    let entry = ps.restarted("sick", 1).await;
+    assert_ne!(entry[admin::PROCESS]["pid"], first_pid, "{entry}");
+    let crashed = admin::event_details(&entry, "crashed");
+    assert!(
+        crashed
+            .first()
+            .is_some_and(|detail| detail
+                .starts_with("unhealthy 3 times in a row: faulty: configured unhealthy")),
+        "{entry}"
+    );
+    let health_changes = admin::event_details(&entry, "health_changed");
+    assert!(
+        health_changes.iter().any(|d| d.contains("-> unhealthy")),
+        "{entry}"
+    );
+    assert_eq!(entry["health"]["status"], "unhealthy", "{entry}");
+    assert_eq!(
+        ps.metric(
+            "backworks_plugin_health",
+            &[("plugin", "sick"), ("status", "unhealthy")]
+        )
+        .await,
+        Some(1.0)
+    );
+    assert!(ps.metric(metric::RESTARTS, &[("plugin", "sick")]).await >= Some(1.0));
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
+async fn every_call_in_flight_answers_502_when_the_child_dies() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  holder:
+    path: libfaulty.so
+    isolation: process
+    timeout_ms: 600000
+{QUICK_RESTART}    config: {{ sleep_ms: 600000, only_path_suffix: /hold }}
+"#
+        ),
+        r#"
+  holder: { path: "/holder/{what}", plugin: holder, hooks: [] }
+"#,
+    )
+    .await;
+    let pid = ps.pid("holder").await;
+    let holders: Vec<_> = (0..3)
+        .map(|_| {
+            let (http, url) = (ps.http.clone(), ps.server.url("/holder/hold"));
+            tokio::spawn(async move {
+                let res = http.get(url).send().await.expect("GET /holder/hold");
+                let status = res.status().as_u16();
+                (status, res.json::<Value>().await.expect("error JSON"))
+            })
+        })
+        .collect();
+    ps.wait_for("three calls in flight", || async {
+        ps.plugin("holder").await["stats"]["in_flight"] == 3
+    })
+    .await;
+    signal("-9", pid);
+    for holder in holders {
+        let (status, body) = holder.await.expect("holder task");
+        assert_eq!(status, 502, "{body}");
+        assert_eq!(body["error"]["kind"], "crashed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with("child exited with signal 9 (SIGKILL)"),
+            "{body}"
+        );
+    }
+    let entry = ps.restarted("holder", 1).await;
+    assert_eq!(entry["stats"]["errors"]["crashed"], 3, "{entry}");
+    assert_eq!(entry[admin::PROCESS]["crashes"], 1, "one death: {entry}");
+    assert_eq!(ps.get("/holder/fine").await.status, 200);
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
+async fn calls_while_the_child_is_restarting_answer_503_at_once() {
+    // A backoff far longer than the test: the plugin stays down after its crash.
+    let ps = ProcessServer::start(
+        r#"
+  resting:
+    path: libfaulty.so
+    isolation: process
+    breaker: { enabled: false }
+    restart: { initial_backoff_ms: 600000, max_backoff_ms: 600000 }
+    config: { exit: 2, only_path_suffix: /bad }
+"#,
+        r#"
+  resting: { path: "/resting/{what}", plugin: resting, hooks: [] }
+"#,
+    )
+    .await;
+    let answer = ps.get("/resting/bad").await;
+    assert_error(&answer, 502, "resting", "crashed");
+    assert_eq!(message(&answer), "child exited with status 2");
+    for _ in 0..3 {
+        let answer = ps.get("/resting/ok").await;
+        assert_error(&answer, 503, "resting", "unavailable");
+        assert_eq!(message(&answer), "plugin `resting` is restarting");
+        ps.assert_control_serves().await;
+    }
+    let entry = ps.plugin("resting").await;
+    let process = &entry[admin::PROCESS];
+    assert_eq!(process["state"], "restarting", "{entry}");
+    assert_eq!(process["pid"], Value::Null, "{entry}");
+    assert_eq!(
+        (&process["crashes"], &process["restarts"]),
+        (&json!(1), &json!(0))
+    );
+    assert_eq!(entry["stats"]["errors"]["unavailable"], 3, "{entry}");
+}
+
+#[tokio::test]
+async fn a_process_hook_that_crashes_costs_its_request_and_restarts() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  hooker:
+    path: libfaulty.so
+    isolation: process
+    hooks: [before_request]
+{QUICK_RESTART}    config: {{ segfault: true, apply_to: [before_request], only_path_suffix: /bad }}
+"#
+        ),
+        r#"
+  hooked: { path: "/hooked/{what}", plugin: control, hooks: [hooker] }
+"#,
+    )
+    .await;
+    let answer = ps.get("/hooked/ok").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body["ok"], true, "the control plugin answered");
+    ps.assert_crash_and_restart("hooker", "/hooked/bad", Some("/hooked/ok"), "SIGSEGV")
+        .await;
+}
+
+#[tokio::test]
+async fn children_stop_cleanly_when_the_host_shuts_down() {
+    let ps = ProcessServer::start(
+        &format!(
+            r#"
+  lib:
+    path: libfaulty.so
+    isolation: process
+  py:
+    command: {}
+"#,
+            python(fixture("echo.py"), &[])
+        ),
+        "",
+    )
+    .await;
+    let children = [ps.pid("lib").await, ps.pid("py").await];
+    let logs = ps.server.stop();
+    wait_gone(&children, "children outlive the host").await;
+    for plugin in ["lib", "py"] {
+        let tag = format!(r#"plugin="{plugin}""#);
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(&tag) && l.contains(r#"event="shut_down""#)),
+            "{plugin} shut down:\n{logs}"
+        );
+        assert!(
+            !logs
+                .lines()
+                .any(|l| l.contains(&tag) && l.contains(r#"event="crashed""#)),
+            "a shutdown is not a crash:\n{logs}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_commands_own_children_die_with_the_host_even_when_it_is_killed() {
+    // The plugin's process group outlives a SIGKILLed host unless something kills it: the
+    // parent-death signal reaches only the direct child.
+    let dir = grandchild_dir();
+    let script = format!(
+        "sleep 600 & echo $! > {}/grandchild.pid; exec python3 {}",
+        dir.display(),
+        fixture("echo.py").display()
+    );
+    let argv = serde_json::to_string(&["sh", "-c", &script]).expect("argv as JSON");
+    let ps = ProcessServer::start(&format!("\n  forker:\n    command: {argv}\n"), "").await;
+    let child = ps.pid("forker").await;
+    let pid_file = dir.join("grandchild.pid");
+    let grandchild: u32 = ps
+        .poll_until("the grandchild's pid", || {
+            let pid_file = pid_file.clone();
+            async move { std::fs::read_to_string(pid_file).ok()?.trim().parse().ok() }
+        })
+        .await;
+    assert!(!gone(grandchild), "the grandchild runs");
+    signal("-9", ps.server.pid());
+    let deadline = Instant::now() + PATIENCE;
+    while !(gone(child) && gone(grandchild)) {
+        if Instant::now() > deadline {
+            let state = |pid| if gone(pid) { "gone" } else { "alive" };
+            let message = format!(
+                "outlived the host: child {child} {}, grandchild {grandchild} {}",
+                state(child),
+                state(grandchild)
+            );
+            let _ = Command::new("kill")
+                .args(["-9", &grandchild.to_string()])
+                .status();
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("{message}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A folder for the orphan test's pid file.
+fn grandchild_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("backworks-grandchild-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
