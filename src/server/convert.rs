@@ -16,7 +16,10 @@ pub fn request_from_parts<'a>(
 ) -> Request {
     request_with_params(
         parts,
-        params.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+        params
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
         body,
     )
 }
