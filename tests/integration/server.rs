@@ -1,5 +1,6 @@
 //! The real server over HTTP: every example plugin's endpoints and hooks, the built-in, a C plugin,
-//! panics answered with 500 while the host keeps serving, failed and disabled plugins, shutdown.
+//! panics answered with 500 while the host keeps serving, failed and disabled plugins, shutdown,
+//! the request body limit and the admin token.
 
 use serde_json::{Value, json};
 
@@ -372,4 +373,91 @@ async fn plugin_logs_are_tagged_and_shutdown_reaches_every_plugin() {
         );
     }
     let _ = rust_plugins();
+}
+
+#[tokio::test]
+async fn request_body_limit_and_admin_token() {
+    let yaml = r#"
+server:
+  max_request_body: 1024
+  admin: { token: "${ADMIN_TOKEN}" }
+plugin_dirs: ["{{plugins}}"]
+plugins:
+  hello:
+    path: libhello.so
+endpoints:
+  echo: { path: /echo, methods: [POST], plugin: hello }
+"#;
+    let server = Server::start_with_env(yaml, &[("ADMIN_TOKEN", "s3cret-t0ken")]);
+    let http = client();
+
+    // A body over server.max_request_body is refused before the plugin runs.
+    let big = http
+        .post(server.url("/echo"))
+        .body(vec![b'x'; 2000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+    let body = json_of(big).await;
+    assert_eq!(body["error"]["plugin"], "hello", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 1024 bytes (server.max_request_body)"),
+        "{body}"
+    );
+    let small = http
+        .post(server.url("/echo"))
+        .header("content-type", "text/plain")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert_eq!(small.text().await.unwrap(), "hi");
+
+    // The admin API is not on the public port, and needs the token on its own.
+    let public = http
+        .get(server.url("/_backworks/plugins"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(public.status(), 404);
+    for path in [
+        "/_backworks/plugins",
+        "/_backworks/plugins/hello",
+        "/metrics",
+    ] {
+        let none = http.get(server.admin_url(path)).send().await.unwrap();
+        assert_eq!(none.status(), 401, "{path}");
+        assert_eq!(none.headers()["www-authenticate"], "Bearer");
+        let wrong = http
+            .get(server.admin_url(path))
+            .bearer_auth("s3cret-t0keN")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = http
+            .get(server.admin_url(path))
+            .bearer_auth("s3cret-t0ken")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    let missing = http
+        .get(server.admin_url("/_backworks/plugins/nope"))
+        .bearer_auth("s3cret-t0ken")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let logs = server.stop();
+    assert!(
+        !logs.contains("s3cret-t0ken"),
+        "the token is never logged:\n{logs}"
+    );
 }
