@@ -36,6 +36,8 @@ use backworks_plugin_sdk::{BackworksPlugin, Request};
 use criterion::Criterion;
 use tower::ServiceExt;
 
+mod noop_fixture;
+
 /// Every row, in the order criterion runs them.
 const ROWS: [&str; 7] = [
     "bare_vtable",
@@ -46,29 +48,6 @@ const ROWS: [&str; 7] = [
     "builtin_server",
     "dylib_server",
 ];
-
-fn noop_library() -> std::path::PathBuf {
-    // benches run from target/<profile>/deps; the noop cdylib is built next to it.
-    let exe = std::env::current_exe().expect("bench executable");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let lib = dir.join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
-    assert!(
-        lib.exists(),
-        "{} is missing: run `cargo build --release -p backworks-example-noop` first",
-        lib.display()
-    );
-    lib
-}
-
-fn request() -> Request {
-    let mut request = Request::new("GET", "/noop/42");
-    request.params.push(("id".into(), "42".into()));
-    request.headers.insert("host", "localhost");
-    request
-}
 
 fn server(host: &Arc<PluginHost>, rt: &tokio::runtime::Runtime, yaml: &str) -> axum::Router {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -108,7 +87,7 @@ impl Fixture {
             .enable_all()
             .build()
             .expect("runtime");
-        let lib = noop_library();
+        let lib = noop_fixture::library();
         let dylib = Arc::new(
             DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
         );
@@ -154,7 +133,7 @@ impl Fixture {
             builtin,
             builtin_app,
             dylib_app,
-            request: request(),
+            request: noop_fixture::request("GET"),
         }
     }
 }

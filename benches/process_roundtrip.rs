@@ -24,32 +24,10 @@ use backworks_plugin_host::{
 use backworks_plugin_sdk::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
 
+mod noop_fixture;
+
 /// Calls measured one by one for the percentiles, after as many warm-up calls.
 const SAMPLES: usize = 20_000;
-
-fn noop_library() -> std::path::PathBuf {
-    // benches run from target/<profile>/deps; the noop cdylib is built next to it.
-    let exe = std::env::current_exe().expect("bench executable");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>");
-    let lib = dir.join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
-    assert!(
-        lib.exists(),
-        "{} is missing: run `cargo build --release -p backworks-example-noop` first",
-        lib.display()
-    );
-    lib
-}
-
-fn request() -> Request {
-    let mut request = Request::new("POST", "/noop/42");
-    request.params.push(("id".into(), "42".into()));
-    request.headers.insert("host", "localhost");
-    request.body = vec![b'x'; 100];
-    request
-}
 
 /// p50, p90 and p99 of `SAMPLES` calls of `plugin.handle`, after as many warm-up calls.
 fn percentiles(
@@ -79,7 +57,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("runtime");
-    let lib = noop_library();
+    let lib = noop_fixture::library();
     let in_process: Arc<dyn Plugin> = Arc::new(
         DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
     );
@@ -108,7 +86,8 @@ fn bench(c: &mut Criterion) {
         Arc::new(plugin)
     });
 
-    let req = request();
+    let mut req = noop_fixture::request("POST");
+    req.body = vec![b'x'; 100];
     let mut group = c.benchmark_group("process_roundtrip");
     group.bench_function("in_process", |b| {
         b.to_async(&rt).iter(|| in_process.handle(req.clone()))

@@ -3,6 +3,7 @@
 mod cli;
 mod faults;
 mod loader;
+mod observe;
 mod process;
 mod python;
 mod server;

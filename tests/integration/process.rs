@@ -4,138 +4,26 @@
 //! crashes, restarts and state through the admin API and `/metrics`, and that an in-process plugin
 //! on the same server keeps answering 200.
 //!
-//! The names it depends on (admin API, metric names, config fields) are gathered in [`admin`],
-//! [`metric`] and [`ProcessServer::start`], so that a rename is a change in one place.
+//! The server, the requests and the names the tests depend on (admin API, metric names, config
+//! layout) are shared with `faults.rs` in [`crate::observe`]; what only a child has (its pid,
+//! restarts, crashes) is read here.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{Server, client, free_port, root};
-
-/// The control plugin every test serves at `GET /control`: an in-process `faulty` instance with no
-/// fault.
-const CONTROL: &str = r#"
-  control:
-    path: libfaulty.so
-"#;
-
-/// Liveness deadline for anything the tests wait on (restarts, kills, logs): generous, the machine
-/// is shared and noisy; nothing asserts speed.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::observe::{FaultServer, PATIENCE, admin, assert_error, message, metric};
+use crate::support::{root, serve_until_exit};
 
 /// Settings that make a crash test quick: restarts after 50 ms, and no breaker, which would
 /// otherwise refuse calls after failures and hide crashes from the counts.
 const QUICK_RESTART: &str = "    breaker: { enabled: false }\n    \
                              restart: { initial_backoff_ms: 50, max_backoff_ms: 200 }\n";
 
-/// A `backworks serve` (its admin API on a port of its own), plus the requests the tests make.
-struct ProcessServer {
-    server: Server,
-    http: reqwest::Client,
-}
-
-/// What a request got back.
-struct Answer {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    bytes: Vec<u8>,
-    /// The body as JSON, or as a JSON string when it is not JSON.
-    body: Value,
-}
-
-impl ProcessServer {
-    /// Serves `plugins` (YAML entries under `plugins:`, indented two spaces) and `endpoints`
-    /// (under `endpoints:`), plus the control plugin at `/control`. Health is polled every 200 ms
-    /// with a 500 ms timeout.
-    async fn start(plugins: &str, endpoints: &str) -> ProcessServer {
-        ProcessServer::start_with_health(200, plugins, endpoints).await
-    }
-
-    /// [`ProcessServer::start`] with health polled every `interval_ms`.
-    async fn start_with_health(interval_ms: u64, plugins: &str, endpoints: &str) -> ProcessServer {
-        let yaml = config_yaml(interval_ms, plugins, endpoints);
-        let server = ProcessServer {
-            server: Server::start(&yaml),
-            http: client(),
-        };
-        // The admin listener may come up just after the public one.
-        let this = &server;
-        this.wait_for("the admin API to answer", || async move {
-            this.http
-                .get(this.server.admin_url(&admin::plugin("control")))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await;
-        server
-    }
-
-    /// A request on the public port.
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Vec<u8>,
-        content_type: Option<&str>,
-    ) -> Answer {
-        let mut request = self.http.request(method.clone(), self.server.url(path));
-        if let Some(content_type) = content_type {
-            request = request.header("content-type", content_type);
-        }
-        let res = request
-            .body(body)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        let bytes = res.bytes().await.expect("a body").to_vec();
-        let body = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-        Answer {
-            status,
-            headers,
-            bytes,
-            body,
-        }
-    }
-
-    /// `GET` on the public port.
-    async fn get(&self, path: &str) -> Answer {
-        self.send(reqwest::Method::GET, path, Vec::new(), None)
-            .await
-    }
-
-    /// `POST` of a JSON text on the public port.
-    async fn post_json(&self, path: &str, body: &str) -> Answer {
-        let body = body.as_bytes().to_vec();
-        self.send(reqwest::Method::POST, path, body, Some("application/json"))
-            .await
-    }
-
-    /// Asserts that the control plugin answers 200.
-    async fn assert_control_serves(&self) {
-        let answer = self.get("/control").await;
-        assert_eq!(answer.status, 200, "the control plugin: {}", answer.body);
-        assert_eq!(answer.body["ok"], true);
-    }
-
-    /// `GET /_backworks/plugins/{name}`.
-    async fn plugin(&self, name: &str) -> Value {
-        let res = self
-            .http
-            .get(self.server.admin_url(&admin::plugin(name)))
-            .send()
-            .await
-            .expect("admin API");
-        assert_eq!(res.status(), 200, "admin API for {name}");
-        res.json().await.expect("admin JSON")
-    }
-
+/// What the tests read of a process plugin's child.
+impl FaultServer {
     /// The pid of plugin `name`'s running child.
     async fn pid(&self, name: &str) -> u32 {
         let entry = self.plugin(name).await;
@@ -144,18 +32,6 @@ impl ProcessServer {
             .as_u64()
             .and_then(|pid| u32::try_from(pid).ok())
             .unwrap_or_else(|| panic!("no pid for {name}: {entry}"))
-    }
-
-    /// The value of metric `name` with (at least) these labels.
-    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let res = self
-            .http
-            .get(self.server.admin_url(admin::METRICS))
-            .send()
-            .await
-            .expect("/metrics");
-        assert_eq!(res.status(), 200);
-        metric::value(&res.text().await.expect("metrics text"), name, labels)
     }
 
     /// Waits until plugin `name`'s child is running again after at least `restarts` restarts, and
@@ -173,49 +49,22 @@ impl ProcessServer {
         .await
     }
 
-    /// Waits until the server's log has a line containing every one of `parts`.
-    async fn log_line(&self, parts: &[&str]) -> String {
-        self.poll_until(&format!("a log line with {parts:?}"), || async move {
-            self.server
-                .logs()
-                .lines()
-                .find(|line| parts.iter().all(|part| line.contains(part)))
-                .map(str::to_owned)
-        })
-        .await
-    }
-
-    /// Polls `check` until it holds; panics with the logs after [`PATIENCE`].
-    async fn wait_for<F, Fut>(&self, what: &str, mut check: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = bool>,
-    {
-        self.poll_until(what, || {
-            let done = check();
-            async move { done.await.then_some(()) }
-        })
-        .await
-    }
-
-    /// Polls `attempt` until it gives a value; panics with the logs after [`PATIENCE`].
-    async fn poll_until<T, F, Fut>(&self, what: &str, mut attempt: F) -> T
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Option<T>>,
-    {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(value) = attempt().await {
-                return value;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}\n{}",
-                self.server.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// Waits until plugin `name`'s child `pid`, which stopped answering, is killed and replaced:
+    /// a new child runs, the last crash says `unresponsive`, and `pid` is gone. Returns the
+    /// plugin's entry.
+    async fn assert_killed_as_unresponsive(&self, name: &str, pid: u32) -> Value {
+        let entry = self.restarted(name, 1).await;
+        let process = &entry[admin::PROCESS];
+        assert_ne!(process["pid"], pid, "{entry}");
+        assert!(
+            process["last_crash"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("unresponsive"),
+            "{entry}"
+        );
+        wait_gone(&[pid], &format!("{name}'s unresponsive child is killed")).await;
+        entry
     }
 
     /// The common course of a crash: `bad` answers 502 `crashed` with `why` in the message, the
@@ -285,16 +134,6 @@ impl ProcessServer {
     }
 }
 
-/// The config file: health polling, the plugin folder, the control plugin and its endpoint.
-fn config_yaml(interval_ms: u64, plugins: &str, endpoints: &str) -> String {
-    format!(
-        "health: {{ interval_ms: {interval_ms}, timeout_ms: 500 }}\n\
-         plugin_dirs: [\"{{{{plugins}}}}\"]\n\
-         plugins:{CONTROL}{plugins}\n\
-         endpoints:\n  control: {{ path: /control, plugin: control, hooks: [] }}\n{endpoints}"
-    )
-}
-
 /// `python3 <fixture> [args]` as a YAML flow list (absolute path: the child runs in the config's
 /// folder, a temporary directory).
 fn python(script: PathBuf, args: &[&str]) -> String {
@@ -307,85 +146,6 @@ fn python(script: PathBuf, args: &[&str]) -> String {
 /// A script of `tests/fixtures/process/`.
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/process").join(name)
-}
-
-/// The admin API's paths and field names.
-mod admin {
-    /// Prometheus metrics (on the admin listener).
-    pub const METRICS: &str = "/metrics";
-    /// A plugin entry's supervision of its child (`state`, `pid`, `restarts`, `crashes`,
-    /// `last_crash`).
-    pub const PROCESS: &str = "process";
-
-    /// One plugin's entry.
-    pub fn plugin(name: &str) -> String {
-        format!("/_backworks/plugins/{name}")
-    }
-
-    /// The kinds of the events in an entry, oldest first.
-    pub fn event_kinds(entry: &serde_json::Value) -> Vec<String> {
-        entry["events"]
-            .as_array()
-            .map(|events| {
-                events
-                    .iter()
-                    .filter_map(|e| e["kind"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// The details of the events of `kind` in an entry, oldest first.
-    pub fn event_details(entry: &serde_json::Value, kind: &str) -> Vec<String> {
-        entry["events"]
-            .as_array()
-            .map(|events| {
-                events
-                    .iter()
-                    .filter(|e| e["kind"] == kind)
-                    .filter_map(|e| e["detail"].as_str().map(str::to_owned))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// Reading the Prometheus text format.
-mod metric {
-    /// Restarts of a process plugin's child.
-    pub const RESTARTS: &str = "backworks_plugin_restarts_total";
-    /// Crashes of a process plugin's child.
-    pub const CRASHES: &str = "backworks_plugin_crashes_total";
-
-    /// The value of the first sample of `name` that carries every one of `labels`.
-    pub fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .find_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (series_name, series_labels) = match series.split_once('{') {
-                    Some((n, rest)) => (n, rest.trim_end_matches('}')),
-                    None => (series, ""),
-                };
-                let has_all = labels.iter().all(|(k, v)| {
-                    series_labels
-                        .split(',')
-                        .any(|l| l == format!("{k}=\"{v}\""))
-                });
-                (series_name == name && has_all).then(|| value.parse().ok())?
-            })
-    }
-}
-
-/// Asserts the error body `{"error": {"plugin", "kind", "message"}}`.
-fn assert_error(answer: &Answer, status: u16, plugin: &str, kind: &str) {
-    assert_eq!(answer.status, status, "{}", answer.body);
-    assert_eq!(answer.body["error"]["plugin"], plugin, "{}", answer.body);
-    assert_eq!(answer.body["error"]["kind"], kind, "{}", answer.body);
-}
-
-fn message(answer: &Answer) -> &str {
-    answer.body["error"]["message"].as_str().unwrap_or_default()
 }
 
 /// Whether process `pid` is gone: not in `/proc`, or a zombie nobody reaped yet (pid 1 of a
@@ -440,7 +200,7 @@ fn soft_limit(pid: u32, name: &str) -> String {
 
 #[tokio::test]
 async fn a_segfault_costs_its_call_and_the_child_restarts() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   segv:
@@ -467,7 +227,7 @@ async fn a_segfault_costs_its_call_and_the_child_restarts() {
 
 #[tokio::test]
 async fn an_abort_costs_its_call_and_the_child_restarts() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   aborter:
@@ -487,7 +247,7 @@ async fn an_abort_costs_its_call_and_the_child_restarts() {
 
 #[tokio::test]
 async fn an_exit_in_the_middle_of_a_call_costs_it_and_the_child_restarts() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   quitter:
@@ -518,7 +278,7 @@ async fn an_exit_in_the_middle_of_a_call_costs_it_and_the_child_restarts() {
 
 #[tokio::test]
 async fn an_endless_loop_is_a_504_then_the_child_is_killed_and_restarted() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   spinner:
@@ -542,19 +302,12 @@ async fn an_endless_loop_is_a_504_then_the_child_is_killed_and_restarted() {
 
     // The child never answers again: the host finds out (a health check without an answer) and
     // kills it.
-    let entry = ps.restarted("spinner", 1).await;
-    let process = &entry[admin::PROCESS];
-    assert_ne!(process["pid"], first_pid, "{entry}");
-    assert!(process["crashes"].as_u64() >= Some(1), "{entry}");
+    let entry = ps.assert_killed_as_unresponsive("spinner", first_pid).await;
     assert!(
-        process["last_crash"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("unresponsive"),
+        entry[admin::PROCESS]["crashes"].as_u64() >= Some(1),
         "{entry}"
     );
     assert_eq!(entry["stats"]["timeouts"], 1, "{entry}");
-    wait_gone(&[first_pid], "the spinning child is killed").await;
     assert_eq!(
         ps.metric("backworks_plugin_timeouts_total", &[("plugin", "spinner")])
             .await,
@@ -567,7 +320,7 @@ async fn an_endless_loop_is_a_504_then_the_child_is_killed_and_restarted() {
 
 #[tokio::test]
 async fn a_stopped_child_is_a_504_then_it_is_killed_and_restarted() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   frozen:
@@ -597,17 +350,7 @@ async fn a_stopped_child_is_a_504_then_it_is_killed_and_restarted() {
         assert_error(&answer, 504, plugin, "timeout");
         ps.assert_control_serves().await;
 
-        let entry = ps.restarted(plugin, 1).await;
-        let process = &entry[admin::PROCESS];
-        assert_ne!(process["pid"], pid, "{entry}");
-        assert!(
-            process["last_crash"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("unresponsive"),
-            "{entry}"
-        );
-        wait_gone(&[pid], "the stopped child is killed").await;
+        ps.assert_killed_as_unresponsive(plugin, pid).await;
         let answer = call().await;
         assert_eq!(
             answer.status, 200,
@@ -621,7 +364,7 @@ async fn a_stopped_child_is_a_504_then_it_is_killed_and_restarted() {
 #[tokio::test]
 async fn a_memory_hog_dies_at_its_limit_and_the_child_restarts() {
     // The runner and its runtimes take about 200 MiB of address space; 512 MiB more cannot fit.
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   hog:
@@ -647,7 +390,7 @@ async fn a_memory_hog_dies_at_its_limit_and_the_child_restarts() {
 async fn garbage_on_stdout_is_a_crash_and_the_child_restarts() {
     // docs/protocol.md §9: a line that is not JSON is a protocol violation: 502 `crashed`, the
     // child is killed and restarted.
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   garbage:
@@ -671,7 +414,7 @@ async fn garbage_on_stdout_is_a_crash_and_the_child_restarts() {
 
 #[tokio::test]
 async fn a_frame_over_the_limit_is_a_crash_and_the_child_restarts() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   oversized:
@@ -696,7 +439,7 @@ async fn a_frame_over_the_limit_is_a_crash_and_the_child_restarts() {
 
 #[tokio::test]
 async fn a_child_that_never_answers_the_handshake_is_an_error_and_answers_503() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   mute:
@@ -732,40 +475,11 @@ async fn a_child_that_never_answers_the_handshake_is_an_error_and_answers_503() 
 
 #[test]
 fn an_important_plugin_that_never_answers_the_handshake_stops_start_up() {
-    let dir = std::env::temp_dir().join(format!("backworks-important-mute-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let config = dir.join("backworks.yaml");
-    let yaml = format!(
+    let (status, stderr) = serve_until_exit(&format!(
         "plugins:\n  vital:\n    command: {}\n    important: true\n    \
          handshake_timeout_ms: 500\nendpoints:\n  vital: {{ path: /vital, plugin: vital }}\n",
         python(fixture("no_handshake.py"), &[])
-    );
-    std::fs::write(&config, yaml).expect("write config");
-    let stderr_path = dir.join("stderr.log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_backworks"))
-        .args(["serve", "-c"])
-        .arg(&config)
-        .args(["--port", &free_port().to_string()])
-        .args(["--admin-port", &free_port().to_string()])
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&stderr_path).expect("stderr file"))
-        .spawn()
-        .expect("run backworks");
-    let deadline = Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for backworks") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("backworks kept running with an important plugin that cannot start");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
+    ));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("important plugin `vital` cannot start") && stderr.contains("handshake"),
@@ -777,7 +491,7 @@ fn an_important_plugin_that_never_answers_the_handshake_stops_start_up() {
 async fn a_plugin_that_crashes_in_initialize_fails_its_start() {
     // docs/protocol.md §9: an `init` that fails (here: the child exits during it) fails the start;
     // only a restart's failed handshake counts as a crash. So no restart loop: an error state.
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   doomed:
@@ -815,7 +529,7 @@ async fn a_plugin_that_crashes_in_initialize_fails_its_start() {
 
 /// Waits until `plugin` gives up restarting, and checks what it shows then: state `error` with
 /// `reason`, the events crashed, restarted, gave_up, and 503 `unavailable` at `path`.
-async fn assert_gave_up(ps: &ProcessServer, plugin: &str, path: &str, reason: &str) -> Value {
+async fn assert_gave_up(ps: &FaultServer, plugin: &str, path: &str, reason: &str) -> Value {
     ps.wait_for(&format!("{plugin} to give up"), || async move {
         ps.plugin(plugin).await[admin::PROCESS]["state"] == "gave_up"
     })
@@ -859,7 +573,7 @@ async fn assert_gave_up(ps: &ProcessServer, plugin: &str, path: &str, reason: &s
 
 #[tokio::test]
 async fn a_plugin_that_crashes_on_every_call_gives_up_after_its_limit() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         r#"
   crasher:
     path: libfaulty.so
@@ -894,7 +608,7 @@ async fn a_plugin_that_crashes_on_every_call_gives_up_after_its_limit() {
 #[tokio::test]
 async fn a_child_that_dies_after_every_start_gives_up_after_its_limit() {
     // A command that answers the handshake, then exits: a crash loop without any request.
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         r#"
   flapper:
     command:
@@ -927,9 +641,10 @@ async fn a_child_that_dies_after_every_start_gives_up_after_its_limit() {
     );
 }
 
-#[tokio::test]
-async fn children_die_with_the_host_even_when_it_is_killed() {
-    let ps = ProcessServer::start(
+/// A server with two children and no endpoints, `lib` (the `faulty` library) and `py` (the echo
+/// fixture), and their pids.
+async fn two_children() -> (FaultServer, [u32; 2]) {
+    let ps = FaultServer::start(
         &format!(
             r#"
   lib:
@@ -944,6 +659,12 @@ async fn children_die_with_the_host_even_when_it_is_killed() {
     )
     .await;
     let children = [ps.pid("lib").await, ps.pid("py").await];
+    (ps, children)
+}
+
+#[tokio::test]
+async fn children_die_with_the_host_even_when_it_is_killed() {
+    let (ps, children) = two_children().await;
     for pid in children {
         assert!(!gone(pid), "child {pid} runs");
     }
@@ -953,7 +674,7 @@ async fn children_die_with_the_host_even_when_it_is_killed() {
 
 #[tokio::test]
 async fn child_stderr_reaches_the_host_log_at_its_level_tagged_with_the_plugin() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   echo:
@@ -1025,7 +746,7 @@ fn talker_command() -> String {
 
 #[tokio::test]
 async fn resource_limits_apply_to_the_child() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   lib:
@@ -1072,8 +793,8 @@ async fn resource_limits_apply_to_the_child() {
 
 /// The Python example plugin and the echo fixture, with the control endpoint counted by the
 /// report plugin's `after_response` hook at `/counted/{n}`.
-async fn python_server() -> ProcessServer {
-    ProcessServer::start(
+async fn python_server() -> FaultServer {
+    FaultServer::start(
         &format!(
             r#"
   report:
@@ -1254,7 +975,7 @@ async fn many_calls_in_flight_on_one_python_child_each_get_their_own_answer() {
 
 #[tokio::test]
 async fn a_child_reporting_unhealthy_three_times_in_a_row_is_restarted() {
-    let ps = ProcessServer::start_with_health(
+    let ps = FaultServer::start_with_health(
         100,
         r#"
   sick:
@@ -1299,7 +1020,7 @@ async fn a_child_reporting_unhealthy_three_times_in_a_row_is_restarted() {
 
 #[tokio::test]
 async fn every_call_in_flight_answers_502_when_the_child_dies() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   holder:
@@ -1350,7 +1071,7 @@ async fn every_call_in_flight_answers_502_when_the_child_dies() {
 #[tokio::test]
 async fn calls_while_the_child_is_restarting_answer_503_at_once() {
     // A backoff far longer than the test: the plugin stays down after its crash.
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         r#"
   resting:
     path: libfaulty.so
@@ -1386,7 +1107,7 @@ async fn calls_while_the_child_is_restarting_answer_503_at_once() {
 
 #[tokio::test]
 async fn a_process_hook_that_crashes_costs_its_request_and_restarts() {
-    let ps = ProcessServer::start(
+    let ps = FaultServer::start(
         &format!(
             r#"
   hooker:
@@ -1410,21 +1131,7 @@ async fn a_process_hook_that_crashes_costs_its_request_and_restarts() {
 
 #[tokio::test]
 async fn children_stop_cleanly_when_the_host_shuts_down() {
-    let ps = ProcessServer::start(
-        &format!(
-            r#"
-  lib:
-    path: libfaulty.so
-    isolation: process
-  py:
-    command: {}
-"#,
-            python(fixture("echo.py"), &[])
-        ),
-        "",
-    )
-    .await;
-    let children = [ps.pid("lib").await, ps.pid("py").await];
+    let (ps, children) = two_children().await;
     let logs = ps.server.stop();
     wait_gone(&children, "children outlive the host").await;
     for plugin in ["lib", "py"] {
@@ -1454,7 +1161,7 @@ async fn a_commands_own_children_die_with_the_host_even_when_it_is_killed() {
         fixture("echo.py").display()
     );
     let argv = serde_json::to_string(&["sh", "-c", &script]).expect("argv as JSON");
-    let ps = ProcessServer::start(&format!("\n  forker:\n    command: {argv}\n"), "").await;
+    let ps = FaultServer::start(&format!("\n  forker:\n    command: {argv}\n"), "").await;
     let child = ps.pid("forker").await;
     let pid_file = dir.join("grandchild.pid");
     let grandchild: u32 = ps

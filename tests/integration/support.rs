@@ -4,7 +4,7 @@
 use std::io::Read as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -136,25 +136,13 @@ impl Server {
     /// [`Server::start`] with extra environment variables for the server process.
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let c_dir = target_dir().join("c-plugins");
-        let yaml = yaml
-            .replace("{{plugins}}", &rust_plugins().display().to_string())
-            .replace("{{c}}", &c_dir.display().to_string());
-        let config = dir.path().join("backworks.yaml");
-        std::fs::write(&config, yaml).expect("write config");
+        let config = write_config(dir.path(), yaml);
         let port = free_port();
         let admin_port = free_port();
         let log = dir.path().join("server.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_backworks"))
-            .args(["serve", "-c"])
-            .arg(&config)
-            .args(["--port", &port.to_string()])
-            .args(["--admin-port", &admin_port.to_string()])
+        let child = serve_command(&config, port, admin_port, &log)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
             .spawn()
             .expect("start backworks");
         let mut server = Server {
@@ -240,6 +228,58 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.terminate();
     }
+}
+
+/// Runs `backworks serve` on `yaml` (placeholders as in [`Server::start`]) when start-up is
+/// expected to fail: waits until it exits on its own and returns its exit status and what it wrote
+/// on stderr. Kills it and panics if it still runs after 60 s (generous: the machine is shared).
+pub fn serve_until_exit(yaml: &str) -> (ExitStatus, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), yaml);
+    let log = dir.path().join("stderr.log");
+    let mut child = serve_command(&config, free_port(), free_port(), &log)
+        .spawn()
+        .expect("run backworks");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for backworks") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("backworks kept running when it should have stopped start-up");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// Writes `yaml` to `dir/backworks.yaml`, `{{plugins}}` replaced by the Rust plugins' folder and
+/// `{{c}}` by the C plugins' folder, and returns its path.
+fn write_config(dir: &Path, yaml: &str) -> PathBuf {
+    let c_dir = target_dir().join("c-plugins");
+    let yaml = yaml
+        .replace("{{plugins}}", &rust_plugins().display().to_string())
+        .replace("{{c}}", &c_dir.display().to_string());
+    let config = dir.join("backworks.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    config
+}
+
+/// `backworks serve` on `config` and these ports, without colours, its stdout discarded and its
+/// stderr written to `log`.
+fn serve_command(config: &Path, port: u16, admin_port: u16, log: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_backworks"));
+    command
+        .args(["serve", "-c"])
+        .arg(config)
+        .args(["--port", &port.to_string()])
+        .args(["--admin-port", &admin_port.to_string()])
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"));
+    command
 }
 
 /// A blocking-free HTTP client for the tests.

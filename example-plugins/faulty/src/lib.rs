@@ -573,6 +573,16 @@ mod tests {
                 self.status, self.stdout, self.stderr
             )
         }
+
+        /// Asserts that the child was killed by `signal`.
+        fn assert_killed_by(&self, signal: nix::sys::signal::Signal) {
+            assert_eq!(
+                self.status.signal(),
+                Some(signal as i32),
+                "{}",
+                self.context()
+            );
+        }
     }
 
     /// The address space the process uses now, in bytes (`VmSize`).
@@ -638,12 +648,7 @@ mod tests {
             &["/good", "/x/bad", "/after"],
             None,
         );
-        assert_eq!(
-            run.status.signal(),
-            Some(libc_signal(nix::sys::signal::SIGSEGV)),
-            "{}",
-            run.context()
-        );
+        run.assert_killed_by(nix::sys::signal::SIGSEGV);
         assert!(
             run.stdout
                 .contains("/good -> 200 {\"calls\":1,\"ok\":true}"),
@@ -656,12 +661,7 @@ mod tests {
     #[test]
     fn abort_kills_the_process_with_sigabrt() {
         let run = run_child(json!({"abort": true}), &["/x"], None);
-        assert_eq!(
-            run.status.signal(),
-            Some(libc_signal(nix::sys::signal::SIGABRT)),
-            "{}",
-            run.context()
-        );
+        run.assert_killed_by(nix::sys::signal::SIGABRT);
         assert!(
             run.stdout.contains("initialized") && !run.stdout.contains("survived"),
             "{}",
@@ -700,12 +700,7 @@ mod tests {
     #[test]
     fn spin_burns_cpu_until_its_limit_kills_it() {
         let run = run_child(json!({"spin": true}), &["/x"], Some("cpu"));
-        assert_eq!(
-            run.status.signal(),
-            Some(libc_signal(nix::sys::signal::SIGXCPU)),
-            "{}",
-            run.context()
-        );
+        run.assert_killed_by(nix::sys::signal::SIGXCPU);
         assert!(
             run.stdout.contains("initialized") && !run.stdout.contains("/x ->"),
             "{}",
@@ -716,21 +711,12 @@ mod tests {
     #[test]
     fn hog_aborts_past_an_address_space_limit() {
         let run = run_child(json!({"hog_mb": 4096}), &["/x"], Some("memory"));
-        assert_eq!(
-            run.status.signal(),
-            Some(libc_signal(nix::sys::signal::SIGABRT)),
-            "{}",
-            run.context()
-        );
+        run.assert_killed_by(nix::sys::signal::SIGABRT);
         assert!(
             run.stderr
                 .contains("memory allocation of 1048576 bytes failed"),
             "{}",
             run.context()
         );
-    }
-
-    fn libc_signal(signal: nix::sys::signal::Signal) -> i32 {
-        signal as i32
     }
 }

@@ -1,0 +1,32 @@
+//! The `noop` example plugin as the benches load and call it: its library file, built next to the
+//! bench binary, and the request every row sends it.
+
+use std::path::PathBuf;
+
+use backworks_plugin_sdk::Request;
+
+/// The `noop` cdylib of this build's profile; panics saying how to build it when it is missing.
+pub fn library() -> PathBuf {
+    // benches run from target/<profile>/deps; the noop cdylib is built next to it.
+    let exe = std::env::current_exe().expect("bench executable");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>");
+    let lib = dir.join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
+    assert!(
+        lib.exists(),
+        "{} is missing: run `cargo build --release -p backworks-example-noop` first",
+        lib.display()
+    );
+    lib
+}
+
+/// `{method} /noop/42`, as the router hands it over: path parameter `id` = `42` and a `host`
+/// header, no body.
+pub fn request(method: &str) -> Request {
+    let mut request = Request::new(method, "/noop/42");
+    request.params.push(("id".into(), "42".into()));
+    request.headers.insert("host", "localhost");
+    request
+}
