@@ -6,6 +6,10 @@
 //!   the runner), through the same trait: the request out as JSON-RPC over a socket, the plugin
 //!   call in the child, the answer back.
 //!
+//! - `pipe_floor`: no plugin at all: a 100-byte line through `cat` and back over two pipes, with
+//!   blocking reads on one thread. It is the floor this machine puts under any process round trip
+//!   at the moment of the run (it moves a lot on a shared VM), printed beside the others.
+//!
 //! Each call is a `POST` with a 100-byte body. Both run on a current-thread tokio runtime, as a
 //! server's request task runs on a worker with the protocol client's tasks beside it. Criterion
 //! gives means and medians; after it, a plain loop records every call's latency and prints p50,
@@ -46,10 +50,42 @@ fn percentiles(
                 latencies.push(elapsed);
             }
         }
-        latencies.sort_unstable();
-        let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
-        [at(50), at(90), at(99)]
+        quantiles(latencies)
     })
+}
+
+/// p50, p90 and p99 of `SAMPLES` 100-byte line round trips through `cat`.
+fn pipe_floor() -> [Duration; 3] {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut cat = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run cat");
+    let mut to_cat = cat.stdin.take().expect("cat stdin");
+    let mut from_cat = BufReader::new(cat.stdout.take().expect("cat stdout"));
+    let line = format!("{}\n", "x".repeat(100));
+    let mut echoed = String::new();
+    let mut latencies = Vec::with_capacity(SAMPLES);
+    for i in 0..2 * SAMPLES {
+        let start = Instant::now();
+        to_cat.write_all(line.as_bytes()).expect("write to cat");
+        echoed.clear();
+        from_cat.read_line(&mut echoed).expect("read from cat");
+        if i >= SAMPLES {
+            latencies.push(start.elapsed());
+        }
+    }
+    drop(to_cat);
+    let _ = cat.wait();
+    quantiles(latencies)
+}
+
+fn quantiles(mut latencies: Vec<Duration>) -> [Duration; 3] {
+    latencies.sort_unstable();
+    let at = |q: usize| latencies[(latencies.len() * q / 100).min(latencies.len() - 1)];
+    [at(50), at(90), at(99)]
 }
 
 fn bench(c: &mut Criterion) {
@@ -97,8 +133,12 @@ fn bench(c: &mut Criterion) {
     });
     group.finish();
 
-    for (name, plugin) in [("in_process", &in_process), ("process", &process)] {
-        let [p50, p90, p99] = percentiles(&rt, plugin.as_ref(), &req);
+    let rows = [
+        ("in_process", percentiles(&rt, in_process.as_ref(), &req)),
+        ("process", percentiles(&rt, process.as_ref(), &req)),
+        ("pipe_floor", pipe_floor()),
+    ];
+    for (name, [p50, p90, p99]) in rows {
         println!(
             "process_roundtrip/{name}: p50 {:.2} µs, p90 {:.2} µs, p99 {:.2} µs ({SAMPLES} calls)",
             p50.as_secs_f64() * 1e6,
