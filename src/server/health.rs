@@ -60,6 +60,11 @@ pub async fn monitor(host: Arc<PluginHost>, config: HealthConfig) {
     }
 }
 
+fn breaker_open(host: &PluginHost, name: &str) -> bool {
+    host.guarded(name)
+        .is_some_and(|g| g.breaker_state() == backworks_plugin_host::BreakerState::Open)
+}
+
 fn plugin_entry(status: &PluginStatus) -> Value {
     let mut entry = json!({
         "name": status.name,
@@ -99,9 +104,9 @@ pub async fn health(State(state): State<HealthState>) -> Json<Value> {
     }))
 }
 
-/// `GET /ready`, readiness: 200 `{"ready": true}` when every plugin marked `important` is Active
-/// and its last health report is Healthy, else 503 `{"ready": false, "waiting_for": [...]}` naming
-/// each important plugin that is not, and why.
+/// `GET /ready`, readiness: 200 `{"ready": true}` when every plugin marked `important` is Active,
+/// its circuit breaker is not open and its last health report is Healthy, else 503
+/// `{"ready": false, "waiting_for": [...]}` naming each important plugin that is not, and why.
 pub async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
     let mut waiting = Vec::new();
     for name in state.important.iter() {
@@ -111,6 +116,7 @@ pub async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>
             Some(s) if s.state != PluginState::Active => {
                 Some(format!("state {}", s.state.as_str()))
             }
+            Some(_) if breaker_open(&state.host, name) => Some("circuit breaker open".to_owned()),
             Some(s) => match &s.health {
                 Some(Health::Healthy) => None,
                 Some(other) if other.message().is_empty() => Some(other.as_str().to_owned()),

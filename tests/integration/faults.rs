@@ -374,6 +374,7 @@ async fn the_breaker_opens_refuses_without_calling_and_recovers_through_half_ope
         r#"
   flaky:
     path: libfaulty.so
+    important: true
     config: { fail_first: 3 }
     breaker: { consecutive_failures: 3, cooldown_ms: 3000, half_open_probes: 1 }
   relapse:
@@ -419,6 +420,19 @@ async fn the_breaker_opens_refuses_without_calling_and_recovers_through_half_ope
         Some(1.0)
     );
     faults.assert_control_serves().await;
+    // An important plugin with an open breaker is not ready.
+    let ready = faults.get("/ready").await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert_eq!(
+        ready.body["waiting_for"][0]["plugin"], "flaky",
+        "{}",
+        ready.body
+    );
+    assert_eq!(
+        ready.body["waiting_for"][0]["reason"], "circuit breaker open",
+        "{}",
+        ready.body
+    );
 
     // After the cool-down the next call is the probe; it succeeds and closes the breaker. Its body
     // counts the plugin's calls: 4, so none of the refused calls reached it.
@@ -433,6 +447,7 @@ async fn the_breaker_opens_refuses_without_calling_and_recovers_through_half_ope
     assert_eq!(probe.body["calls"], 4, "{}", probe.body);
     let flaky = faults.plugin("flaky").await;
     assert_eq!(flaky["breaker"]["state"], "closed", "{flaky}");
+    assert_eq!(faults.get("/ready").await.status, 200);
     let kinds = admin::event_kinds(&flaky);
     for kind in ["breaker_opened", "breaker_half_open", "breaker_closed"] {
         assert!(kinds.contains(&kind.to_owned()), "{kind} missing: {flaky}");
