@@ -93,6 +93,16 @@ fn rows(config: &Config) -> Vec<Value> {
             PluginKind::Command { argv } => {
                 row["type"] = json!("command");
                 row["command"] = json!(argv);
+                row["path"] = json!(argv.join(" "));
+                let program = argv.first().map(String::as_str).unwrap_or_default();
+                if find_program(program, &config.base_dir) {
+                    row["compatible"] = json!(true);
+                } else {
+                    row["compatible"] = json!(false);
+                    row["problem"] = json!(format!(
+                        "program `{program}` not found (looked next to the config file and on PATH)"
+                    ));
+                }
             }
             PluginKind::External { .. } => {
                 row["type"] = json!("external");
@@ -141,6 +151,16 @@ fn rows(config: &Config) -> Vec<Value> {
         rows.push(row);
     }
     rows
+}
+
+/// Whether `program` names a file the child could run: with a `/`, relative to the config's
+/// folder (where commands run); without, on `PATH`.
+fn find_program(program: &str, base_dir: &Path) -> bool {
+    if program.contains('/') {
+        return base_dir.join(program).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn inspect_row(path: &Path) -> Value {

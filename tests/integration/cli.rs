@@ -225,3 +225,34 @@ fn repository_configs_are_valid() {
         assert!(blocks > 0, "{doc} has no yaml examples");
     }
 }
+
+#[test]
+fn validate_checks_that_a_command_plugins_program_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backworks.yaml");
+    let echo = root().join("tests/fixtures/process/echo.py");
+    std::fs::write(
+        &config,
+        format!(
+            "plugins:\n  echo:\n    command: [python3, \"{}\"]\nendpoints:\n  e: {{ path: /e, plugin: echo }}\n",
+            echo.display()
+        ),
+    )
+    .unwrap();
+    let ok = backworks(&["validate", "-c", config.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    std::fs::write(
+        &config,
+        "plugins:\n  gone:\n    command: [./no-such-plugin.py]\nendpoints:\n  e: { path: /e, plugin: gone }\n",
+    )
+    .unwrap();
+    let bad = backworks(&["validate", "-c", config.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains(
+            "plugin `gone`: program `./no-such-plugin.py` not found (looked next to the config file and on PATH)"
+        ),
+        "{}",
+        text(&bad.stderr)
+    );
+}
