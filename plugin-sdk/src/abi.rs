@@ -350,15 +350,49 @@ impl BwStr {
     /// As [`BwStr::as_bytes`], for the duration of the call.
     pub unsafe fn to_text_lossy(self) -> crate::Text {
         // SAFETY: the caller's contract.
-        let bytes = unsafe { self.as_bytes() };
-        if bytes.is_ascii() {
-            // SAFETY: ASCII is UTF-8. (The common case, checked a word at a time.)
-            return unsafe { std::str::from_utf8_unchecked(bytes) }.into();
-        }
+        text_lossy(unsafe { self.as_bytes() }, false)
+    }
+}
+
+/// `bytes` as text, replacing invalid UTF-8, in lower case if `lower`.
+#[inline(always)]
+fn text_lossy(bytes: &[u8], lower: bool) -> crate::Text {
+    match short_ascii(bytes, lower) {
+        Some(text) => text.into(),
+        None => long_text_lossy(bytes, lower),
+    }
+}
+
+/// `bytes` as a `str` if they are short enough for an inline [`Text`](crate::Text) and ASCII (and,
+/// with `lower`, have no upper-case letter): the common case of request text.
+#[inline(always)]
+fn short_ascii(bytes: &[u8], lower: bool) -> Option<&str> {
+    if bytes.len() > crate::text::INLINE
+        || !bytes.is_ascii()
+        || (lower && bytes.iter().any(u8::is_ascii_uppercase))
+    {
+        return None;
+    }
+    // SAFETY: ASCII is UTF-8.
+    Some(unsafe { std::str::from_utf8_unchecked(bytes) })
+}
+
+/// [`text_lossy`] of text that is long, not ASCII, or (with `lower`) has upper-case letters.
+#[inline(never)]
+fn long_text_lossy(bytes: &[u8], lower: bool) -> crate::Text {
+    let text: crate::Text = if bytes.is_ascii() {
+        // SAFETY: ASCII is UTF-8. (Checked a word at a time.)
+        unsafe { std::str::from_utf8_unchecked(bytes) }.into()
+    } else {
         match std::str::from_utf8(bytes) {
             Ok(text) => text.into(),
             Err(_) => String::from_utf8_lossy(bytes).into(),
         }
+    };
+    if lower {
+        text.into_ascii_lowercase()
+    } else {
+        text
     }
 }
 
@@ -370,6 +404,26 @@ impl BwKvList {
     /// of the call.
     pub unsafe fn to_pairs(self) -> Vec<(crate::Text, crate::Text)> {
         // SAFETY: the caller's contract.
+        unsafe { self.copy_pairs(false) }
+    }
+
+    /// Copies header pairs into [`Headers`](crate::Headers), names in lower case (the host's already
+    /// are: checked while each name is copied, not in a second pass), replacing invalid UTF-8.
+    ///
+    /// # Safety
+    /// As [`BwKvList::to_pairs`].
+    unsafe fn to_headers(self) -> crate::Headers {
+        // SAFETY: the caller's contract.
+        crate::Headers::from_lowercase_pairs(unsafe { self.copy_pairs(true) })
+    }
+
+    /// [`BwKvList::to_pairs`], with the names in lower case if `lower`.
+    ///
+    /// # Safety
+    /// As [`BwKvList::to_pairs`].
+    #[inline(always)]
+    unsafe fn copy_pairs(self, lower: bool) -> Vec<(crate::Text, crate::Text)> {
+        // SAFETY: the caller's contract.
         let pairs = unsafe { self.as_slice() };
         if pairs.is_empty() {
             return Vec::new();
@@ -377,7 +431,8 @@ impl BwKvList {
         let mut out = Vec::with_capacity(pairs.len());
         for kv in pairs {
             // SAFETY: the caller's contract covers the pairs' strings.
-            out.push(unsafe { (kv.key.to_text_lossy(), kv.value.to_text_lossy()) });
+            let (key, value) = unsafe { (kv.key.as_bytes(), kv.value.as_bytes()) };
+            out.push((text_lossy(key, lower), text_lossy(value, false)));
         }
         out
     }
@@ -435,7 +490,7 @@ impl BwRequest {
                 path: self.path.to_text_lossy(),
                 params: self.params.to_pairs(),
                 query: self.query.to_pairs(),
-                headers: crate::Headers::from_pairs(self.headers.to_pairs()),
+                headers: self.headers.to_headers(),
                 body: self.body.as_bytes().to_vec(),
             }
         }
@@ -453,7 +508,7 @@ impl BwResponse {
         unsafe {
             crate::Response {
                 status: self.status,
-                headers: crate::Headers::from_pairs(self.headers.to_pairs()),
+                headers: self.headers.to_headers(),
                 body: self.body.as_bytes().to_vec(),
             }
         }
@@ -547,6 +602,56 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, shutdown), 88);
         assert_eq!(offset_of!(BwPluginVTable, task_start), 96);
         assert_eq!(offset_of!(BwPluginVTable, task_cancel), 104);
+    }
+
+    #[test]
+    fn requests_are_copied_with_lower_case_header_names_and_lossy_text() {
+        let long_name = "X-A-Header-Name-Longer-Than-Inline";
+        let long_value = "a value longer than twenty-three bytes";
+        let headers = [
+            BwKv {
+                key: BwStr::new(b"host"),
+                value: BwStr::new(b"localhost"),
+            },
+            BwKv {
+                key: BwStr::new(b"Accept"),
+                value: BwStr::new("żółw".as_bytes()),
+            },
+            BwKv {
+                key: BwStr::new(long_name.as_bytes()),
+                value: BwStr::new(long_value.as_bytes()),
+            },
+            BwKv {
+                key: BwStr::new(b"x-bad"),
+                value: BwStr::new(b"a\xffb"),
+            },
+        ];
+        let params = [BwKv {
+            key: BwStr::new(b"Id"),
+            value: BwStr::new(b"42"),
+        }];
+        let request = BwRequest {
+            method: BwStr::new(b"GET"),
+            path: BwStr::new(b"/noop/42"),
+            params: BwKvList::new(&params),
+            headers: BwKvList::new(&headers),
+            ..BwRequest::EMPTY
+        };
+        // SAFETY: every view borrows a local that outlives the call.
+        let copy = unsafe { request.to_request() };
+        assert_eq!(copy.method, "GET");
+        assert_eq!(copy.path, "/noop/42");
+        assert_eq!(copy.params, [("Id".into(), "42".into())]);
+        assert!(copy.query.is_empty());
+        assert_eq!(
+            copy.headers.iter().collect::<Vec<_>>(),
+            [
+                ("host", "localhost"),
+                ("accept", "żółw"),
+                (long_name.to_ascii_lowercase().as_str(), long_value),
+                ("x-bad", "a\u{fffd}b"),
+            ]
+        );
     }
 
     #[test]

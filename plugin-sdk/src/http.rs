@@ -69,13 +69,13 @@ impl Headers {
 }
 
 impl Headers {
-    /// Headers from pairs whose names are lower case already (names that are not are made so).
-    pub(crate) fn from_pairs(mut pairs: Vec<(Text, Text)>) -> Headers {
-        for (name, _) in &mut pairs {
-            if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                *name = name.to_ascii_lowercase();
-            }
-        }
+    /// Headers from pairs whose names the caller made lower case.
+    pub(crate) fn from_lowercase_pairs(pairs: Vec<(Text, Text)>) -> Headers {
+        debug_assert!(
+            pairs
+                .iter()
+                .all(|(name, _)| !name.bytes().any(|b| b.is_ascii_uppercase()))
+        );
         Headers(pairs)
     }
 }

@@ -101,7 +101,7 @@ impl fmt::Display for Text {
 }
 
 /// The longest text kept inline.
-const INLINE: usize = 23;
+pub(crate) const INLINE: usize = 23;
 
 impl From<&str> for Text {
     fn from(text: &str) -> Text {

@@ -117,21 +117,11 @@ const INLINE_PAIRS: usize = 16;
 /// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
 /// the stack.
 pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
-    let counts = [
-        request.params.len(),
-        request.query.len(),
-        request.headers.len(),
-    ];
-    let total: usize = counts.iter().sum();
-    let pairs = request
-        .params
-        .iter()
-        .chain(&request.query)
-        .map(|(k, v)| kv((k, v)))
-        .chain(request.headers.iter().map(kv));
+    let (params, query, headers) = (&request.params, &request.query, &request.headers);
+    let total = params.len() + query.len() + headers.len();
     let abi = |pairs: &[BwKv]| {
-        let (params, rest) = pairs.split_at(counts[0]);
-        let (query, headers) = rest.split_at(counts[1]);
+        let (params, rest) = pairs.split_at(params.len());
+        let (query, headers) = rest.split_at(query.len());
         BwRequest {
             method: str_view(&request.method),
             path: str_view(&request.path),
@@ -143,16 +133,31 @@ pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest)
     };
     if total <= INLINE_PAIRS {
         let mut inline = [std::mem::MaybeUninit::<BwKv>::uninit(); INLINE_PAIRS];
+        // One plain loop per list, each over the rest of the slots.
         let mut filled = 0;
-        for (slot, pair) in inline.iter_mut().zip(pairs) {
-            slot.write(pair);
-            filled += 1;
+        for (slot, (k, v)) in inline[filled..].iter_mut().zip(params) {
+            slot.write(kv((k, v)));
         }
-        // SAFETY: the first `filled` elements were written just above.
+        filled += params.len();
+        for (slot, (k, v)) in inline[filled..].iter_mut().zip(query) {
+            slot.write(kv((k, v)));
+        }
+        filled += query.len();
+        for (slot, pair) in inline[filled..].iter_mut().zip(headers.iter()) {
+            slot.write(kv(pair));
+        }
+        filled += headers.len();
+        // SAFETY: `filled` is `total`, at most `INLINE_PAIRS`, and the three loops above wrote the
+        // first `filled` elements (each list has exactly its `len()` pairs).
         let inline = unsafe { std::slice::from_raw_parts(inline.as_ptr().cast::<BwKv>(), filled) };
         f(&abi(inline))
     } else {
-        let heap: Vec<BwKv> = pairs.collect();
+        let heap: Vec<BwKv> = params
+            .iter()
+            .chain(query)
+            .map(|(k, v)| kv((k, v)))
+            .chain(headers.iter().map(kv))
+            .collect();
         f(&abi(&heap))
     }
 }
@@ -225,17 +230,23 @@ impl Output {
                 raw.status
             )));
         }
-        // SAFETY: the output is unreleased, so its views are valid.
-        let headers = unsafe { pairs(plugin, "header", raw.headers)? };
+        let headers = if raw.headers.len == 0 {
+            Headers::new()
+        } else {
+            // SAFETY: the output is unreleased, so its views are valid.
+            unsafe { pairs(plugin, "header", raw.headers)? }
+                .into_iter()
+                .collect()
+        };
         Ok(Response {
             status: raw.status,
-            headers: if headers.is_empty() {
-                Headers::new()
+            headers,
+            body: if raw.body.len == 0 {
+                Vec::new()
             } else {
-                headers.into_iter().collect()
+                // SAFETY: the output is unreleased, so its views are valid.
+                unsafe { raw.body.as_bytes() }.to_vec()
             },
-            // SAFETY: as above.
-            body: unsafe { raw.body.as_bytes() }.to_vec(),
         })
     }
 

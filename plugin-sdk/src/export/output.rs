@@ -70,6 +70,25 @@ fn error_code(error: &PluginError) -> (u32, u16) {
 /// Fills `out` with `outcome`. Borrowed views point into a boxed [`Owned`] that `release` frees.
 pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
     *out = BwOutput::empty();
+    // Outputs that point to nothing (the common answers of a no-op call) first, without the owner.
+    match outcome {
+        Outcome::Done => out.kind = BW_OUT_DONE,
+        Outcome::Continue => out.kind = BW_OUT_CONTINUE,
+        Outcome::Health(Health::Healthy) => {
+            out.kind = BW_OUT_HEALTH;
+            out.code = BW_HEALTH_HEALTHY;
+        }
+        Outcome::Response(response) if response.headers.is_empty() && response.body.is_empty() => {
+            out.kind = BW_OUT_RESPONSE;
+            out.response.status = response.status;
+        }
+        outcome => write_owned(out, outcome),
+    }
+}
+
+/// [`write_output`] of an outcome with something to point to.
+#[inline(never)]
+fn write_owned(out: &mut BwOutput, outcome: Outcome) {
     let mut owned = Owned {
         pairs: Vec::new(),
         request: None,
@@ -77,6 +96,7 @@ pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
         message: String::new(),
     };
     match outcome {
+        // Written by `write_output`; handled here too so that this stays total.
         Outcome::Done => {
             out.kind = BW_OUT_DONE;
             return;
@@ -85,14 +105,10 @@ pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
             out.kind = BW_OUT_CONTINUE;
             return;
         }
-        Outcome::Health(Health::Healthy) => {
-            out.kind = BW_OUT_HEALTH;
-            out.code = BW_HEALTH_HEALTHY;
-            return;
-        }
         Outcome::Health(health) => {
             out.kind = BW_OUT_HEALTH;
             out.code = match health {
+                Health::Healthy => BW_HEALTH_HEALTHY,
                 Health::Degraded(_) => BW_HEALTH_DEGRADED,
                 _ => BW_HEALTH_UNHEALTHY,
             };
@@ -107,11 +123,6 @@ pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
         }
         Outcome::Response(response) => {
             out.kind = BW_OUT_RESPONSE;
-            if response.headers.is_empty() && response.body.is_empty() {
-                // Nothing to point to: no owner, nothing to release.
-                out.response.status = response.status;
-                return;
-            }
             owned.response = Some(response);
         }
         Outcome::Request(request) => {
