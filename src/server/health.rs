@@ -109,8 +109,9 @@ pub async fn health(State(state): State<HealthState>) -> Json<Value> {
 /// `{"ready": false, "waiting_for": [...]}` naming each important plugin that is not, and why.
 pub async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>) {
     let mut waiting = Vec::new();
+    let statuses = state.host.statuses();
     for name in state.important.iter() {
-        let status = state.host.statuses().into_iter().find(|s| &s.name == name);
+        let status = statuses.iter().find(|s| &s.name == name);
         let why = match status {
             None => Some("not started".to_owned()),
             Some(s) if s.state != PluginState::Active => {

@@ -297,11 +297,8 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
                 .map_err(|e| {
                     anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}")
                 })?;
-            tracing::info!(
-                address = %listener.local_addr()?,
-                "admin API listening on http://{}",
-                listener.local_addr()?
-            );
+            let bound = listener.local_addr()?;
+            tracing::info!(address = %bound, "admin API listening on http://{bound}");
             Some(tokio::spawn(async move {
                 axum::serve(listener, admin_app)
                     .with_graceful_shutdown(shutdown_signal())
