@@ -134,21 +134,22 @@ impl Server {
     }
 
     /// [`Server::start`] with extra environment variables for the server process.
+    ///
+    /// The server binds port 0 for both listeners and the test reads the addresses it logs, so
+    /// no two tests can race for a port picked in advance.
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), yaml);
-        let port = free_port();
-        let admin_port = free_port();
         let log = dir.path().join("server.log");
-        let child = serve_command(&config, port, admin_port, &log)
+        let child = serve_command(&config, 0, 0, &log)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .spawn()
             .expect("start backworks");
         let mut server = Server {
             child: Some(child),
-            base: format!("http://127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            base: String::new(),
+            admin: String::new(),
             _dir: dir,
             log,
         };
@@ -156,6 +157,8 @@ impl Server {
         server
     }
 
+    /// Waits until the server logs the address it listens on, then reads both addresses from the
+    /// log.
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -164,13 +167,15 @@ impl Server {
             {
                 panic!("backworks exited early ({status}):\n{}", self.logs());
             }
-            if std::net::TcpStream::connect(self.base.trim_start_matches("http://")).is_ok() {
+            let logs = self.logs();
+            if let Some(base) = logged_url(&logs, "backworks listening on ") {
+                self.base = base;
+                self.admin = logged_url(&logs, "admin API listening on ").unwrap_or_default();
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "backworks did not start:\n{}",
-                self.logs()
+                "backworks did not start:\n{logs}"
             );
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -230,6 +235,13 @@ impl Drop for Server {
     }
 }
 
+/// The `http://host:port` that follows `marker` in the server's log, if it has been logged.
+fn logged_url(logs: &str, marker: &str) -> Option<String> {
+    let rest = &logs[logs.find(marker)? + marker.len()..];
+    let url = rest.split_whitespace().next()?;
+    url.starts_with("http://").then(|| url.to_owned())
+}
+
 /// Runs `backworks serve` on `yaml` (placeholders as in [`Server::start`]) when start-up is
 /// expected to fail: waits until it exits on its own and returns its exit status and what it wrote
 /// on stderr. Kills it and panics if it still runs after 60 s (generous: the machine is shared).
@@ -237,7 +249,7 @@ pub fn serve_until_exit(yaml: &str) -> (ExitStatus, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), yaml);
     let log = dir.path().join("stderr.log");
-    let mut child = serve_command(&config, free_port(), free_port(), &log)
+    let mut child = serve_command(&config, 0, 0, &log)
         .spawn()
         .expect("run backworks");
     let deadline = Instant::now() + Duration::from_secs(60);
