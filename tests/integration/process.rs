@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::observe::{FaultServer, PATIENCE, admin, assert_error, message, metric};
-use crate::support::{root, serve_until_exit};
+use crate::support::{Server, client, root, serve_until_exit};
 
 /// Settings that make a crash test quick: restarts after 50 ms, and no breaker, which would
 /// otherwise refuse calls after failures and hide crashes from the counts.
@@ -789,6 +789,68 @@ async fn resource_limits_apply_to_the_child() {
         (200, &b"limited"[..])
     );
     ps.assert_control_serves().await;
+}
+
+/// The files process `pid` has open, by descriptor.
+fn open_files(pid: u32) -> Vec<(String, PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((entry.file_name().to_string_lossy().into_owned(), target))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn children_do_not_inherit_descriptors_the_host_inherited() {
+    let held = tempfile::NamedTempFile::new().expect("a file for the host to hold");
+    let held_path = held.path().canonicalize().expect("its path");
+    let server = Server::start_holding(
+        &format!(
+            r#"
+plugin_dirs: ["{{{{plugins}}}}"]
+plugins:
+  lib:
+    path: libfaulty.so
+    isolation: process
+  py:
+    command: {}
+"#,
+            python(fixture("echo.py"), &[])
+        ),
+        &held_path,
+    );
+    // The host holds it on descriptor 9, without close-on-exec (the shell opened it)…
+    assert!(
+        open_files(server.pid()).contains(&("9".to_owned(), held_path.clone())),
+        "the host should hold {}: {:?}",
+        held_path.display(),
+        open_files(server.pid())
+    );
+    // …and neither child has it: the runner closed it before loading the library or `exec`ing.
+    let http = client();
+    for name in ["lib", "py"] {
+        let entry: Value = http
+            .get(server.admin_url(&admin::plugin(name)))
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .json()
+            .await
+            .expect("JSON");
+        let pid = entry[admin::PROCESS]["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no pid for {name}: {entry}"));
+        let files = open_files(u32::try_from(pid).expect("a pid"));
+        assert!(
+            files.iter().all(|(_, target)| target != &held_path),
+            "{name}'s child (pid {pid}) inherited {}: {files:?}",
+            held_path.display()
+        );
+    }
 }
 
 /// The Python example plugin and the echo fixture, with the control endpoint counted by the

@@ -138,10 +138,34 @@ impl Server {
     /// The server binds port 0 for both listeners and the test reads the addresses it logs, so
     /// no two tests can race for a port picked in advance.
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Server {
+        Server::spawn(yaml, env, None)
+    }
+
+    /// [`Server::start`] with `file` open on descriptor 9 of the server, without close-on-exec,
+    /// as a supervisor or a wrapper script may leave one.
+    pub fn start_holding(yaml: &str, file: &Path) -> Server {
+        Server::spawn(yaml, &[], Some(file))
+    }
+
+    fn spawn(yaml: &str, env: &[(&str, &str)], held: Option<&Path>) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), yaml);
         let log = dir.path().join("server.log");
-        let child = serve_command(&config, 0, 0, &log)
+        let mut command = serve_command(&config, 0, 0, &log);
+        if let Some(file) = held {
+            // The shell opens the file without close-on-exec, then becomes the server.
+            let mut shell = Command::new("sh");
+            shell
+                .args(["-c", r#"exec 9<"$0" && exec "$@""#])
+                .arg(file)
+                .arg(command.get_program())
+                .args(command.get_args())
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).expect("log file"));
+            command = shell;
+        }
+        let child = command
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .spawn()

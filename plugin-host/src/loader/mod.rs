@@ -11,6 +11,7 @@
 
 mod call;
 mod dynamic;
+mod inherited_fds;
 
 use std::mem::{ManuallyDrop, offset_of};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use backworks_plugin_sdk::abi::{
 };
 
 pub use dynamic::DynamicPlugin;
+pub(crate) use inherited_fds::close_inherited_fds;
 
 use crate::HostError;
 use crate::inspect::{check_compatibility, read_metadata};

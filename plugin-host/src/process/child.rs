@@ -1,7 +1,9 @@
 //! The child side of process isolation: the runner an executable becomes when it is started as
 //! `<exe> __plugin-child …`.
 //!
-//! Before any plugin code runs it asks the kernel to `SIGKILL` it when its parent dies, checks
+//! Before any plugin code runs it closes every file descriptor it inherited above stderr (the
+//! host's own are close-on-exec, but the host may hold some it inherited without that flag), asks
+//! the kernel to `SIGKILL` it when its parent dies, checks
 //! that the parent it was started by is still there (it may have died before the request), and
 //! applies the resource limits. Then:
 //!
@@ -66,7 +68,8 @@ pub(crate) mod env {
 ///
 /// Call it first thing in `main` of any executable that starts process-isolated plugins without a
 /// configured runner ([`ProcessSettings::runner`](crate::policy::ProcessSettings::runner)): the host
-/// starts children as `current_exe() __plugin-child …`.
+/// starts children as `current_exe() __plugin-child …`. Nothing may run before it in a child: the
+/// runner closes every descriptor above stderr it finds open, as inherited.
 ///
 /// ```no_run
 /// backworks_plugin_host::process::child_main_if_requested();
@@ -130,8 +133,11 @@ fn run(args: Vec<OsString>) -> i32 {
     }
 }
 
-/// Parent-death signal, parent check, resource limits.
+/// Inherited descriptors closed, parent-death signal, parent check, resource limits.
 fn set_up() -> Result<(), String> {
+    // First, before this process opens anything of its own (see `close_inherited_fds`).
+    crate::loader::close_inherited_fds()
+        .map_err(|e| format!("cannot close inherited file descriptors: {e}"))?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
         .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
     if let Ok(expected) = std::env::var(env::PARENT_PID) {
