@@ -69,7 +69,7 @@ pub enum HostError {
     },
     /// The plugin was built with `panic = "abort"`: a panic in it would end the host process.
     #[error(
-        "{}: plugin built with panic = \"abort\"; a panic would abort the host, so it is not loaded in process (build it with panic = \"unwind\")",
+        "{}: plugin built with panic = \"abort\"; a panic would abort the host, so it is not loaded in process (build it with panic = \"unwind\", or run it with `isolation: process`)",
         path.display()
     )]
     PanicAbort {

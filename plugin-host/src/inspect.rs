@@ -19,8 +19,20 @@ pub struct Inspection {
     pub path: PathBuf,
     /// Its metadata.
     pub metadata: PluginMetadata,
-    /// `Ok` when this host can load it, else why not.
+    /// `Ok` when this host can load it in its own process, else why not.
     pub compatibility: Result<(), HostError>,
+}
+
+impl Inspection {
+    /// Whether the plugin can run under `isolation: process`: it is compatible, or it was refused
+    /// in process only because it was built with `panic = "abort"` (see
+    /// [`check_child_compatibility`]).
+    pub fn runs_in_child(&self) -> bool {
+        matches!(
+            self.compatibility,
+            Ok(()) | Err(HostError::PanicAbort { .. })
+        )
+    }
 }
 
 /// Reads the metadata of the plugin file at `path` and checks it against this host.
@@ -83,8 +95,22 @@ pub fn supported_sdk() -> String {
 ///
 /// The ABI minor does not matter: fields are only appended, and each side reads the other's size.
 /// The SDK must be of the host's semver family (same major, or same minor below 1.0): within it,
-/// an older or a newer plugin SDK is accepted.
+/// an older or a newer plugin SDK is accepted. A plugin built with `panic = "abort"` is refused:
+/// a panic in it would end the host's process (see [`check_child_compatibility`]).
 pub fn check_compatibility(path: &Path, meta: &PluginMetadata) -> Result<(), HostError> {
+    check_child_compatibility(path, meta)?;
+    if !meta.panic_unwind {
+        return Err(HostError::PanicAbort {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// [`check_compatibility`] for a plugin that runs in a child process of its own
+/// (`isolation: process`): the same checks but the panic strategy. A panic in a plugin built with
+/// `panic = "abort"` ends only its child, which the host answers as a crash and restarts.
+pub fn check_child_compatibility(path: &Path, meta: &PluginMetadata) -> Result<(), HostError> {
     if meta.abi_major != ABI_MAJOR {
         return Err(HostError::AbiMismatch {
             path: path.to_owned(),
@@ -110,11 +136,6 @@ pub fn check_compatibility(path: &Path, meta: &PluginMetadata) -> Result<(), Hos
             path: path.to_owned(),
             expected,
             found: meta.sdk_version.clone(),
-        });
-    }
-    if !meta.panic_unwind {
-        return Err(HostError::PanicAbort {
-            path: path.to_owned(),
         });
     }
     Ok(())
@@ -156,6 +177,13 @@ mod tests {
         assert!(matches!(
             check_compatibility(p, &abort),
             Err(HostError::PanicAbort { .. })
+        ));
+        // In a child of its own, a panic = "abort" plugin is fine; the other rules still hold.
+        assert!(check_child_compatibility(p, &abort).is_ok());
+        abort.sdk_version = "99.0.0".into();
+        assert!(matches!(
+            check_child_compatibility(p, &abort),
+            Err(HostError::SdkMismatch { .. })
         ));
     }
 

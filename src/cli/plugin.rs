@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
+use backworks_plugin_host::Isolation;
 use backworks_plugin_host::discovery::{ScanDir, discover};
 use backworks_plugin_host::inspect::{Inspection, inspect as inspect_file, supported_sdk};
 use serde_json::{Value, json};
@@ -20,11 +21,13 @@ fn inspection_json(inspection: &Inspection) -> Value {
         "abi": format!("{}.{}", m.abi_major, m.abi_minor),
         "panic": if m.panic_unwind { "unwind" } else { "abort" },
         "compatible": inspection.compatibility.is_ok(),
+        "compatible_isolated": inspection.runs_in_child(),
         "problem": inspection.compatibility.as_ref().err().map(|e| e.to_string()),
     })
 }
 
-/// `plugin inspect FILE`: exit 0 when the host can load it, 1 when it cannot.
+/// `plugin inspect FILE`: exit 0 when the host can load it in process, 1 when it cannot (a
+/// `panic = "abort"` plugin, which runs only under `isolation: process`, included).
 pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
     let result = inspect_file(file);
     if as_json {
@@ -49,6 +52,9 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
                 println!("abi:         {}.{}", m.abi_major, m.abi_minor);
                 match &i.compatibility {
                     Ok(()) => println!("compatible:  yes"),
+                    Err(e) if i.runs_in_child() => {
+                        println!("compatible:  only with `isolation: process`: {e}");
+                    }
                     Err(e) => println!("compatible:  no: {e}"),
                 }
             }
@@ -110,6 +116,13 @@ fn rows(config: &Config) -> Vec<Value> {
                     Ok(path) => {
                         seen.insert(path.canonicalize().unwrap_or(path.clone()));
                         merge(&mut row, &inspect_row(&path));
+                        // Under `isolation: process` a `panic = "abort"` plugin is fine.
+                        if matches!(plugin.isolation, Isolation::Process(_))
+                            && row["compatible_isolated"] == true
+                        {
+                            row["compatible"] = json!(true);
+                            row["problem"] = Value::Null;
+                        }
                     }
                     Err(tried) => {
                         row["compatible"] = json!(false);

@@ -6,7 +6,9 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::support::{Server, c_plugin, client, free_port, root, rust_plugin, rust_plugins};
+use crate::support::{
+    Server, c_plugin, client, free_port, panic_abort_plugin, root, rust_plugin, rust_plugins,
+};
 
 fn backworks(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_backworks"))
@@ -252,6 +254,57 @@ fn validate_checks_that_a_command_plugins_program_exists() {
         text(&bad.stderr).contains(
             "plugin `gone`: program `./no-such-plugin.py` not found (looked next to the config file and on PATH)"
         ),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[test]
+fn a_panic_abort_plugin_is_valid_only_under_process_isolation() {
+    let library = panic_abort_plugin();
+    let human = backworks(&["plugin", "inspect", library.to_str().unwrap()]);
+    assert_eq!(human.status.code(), Some(1), "not loadable in process");
+    assert!(
+        text(&human.stdout).contains("compatible:  only with `isolation: process`:"),
+        "{}",
+        text(&human.stdout)
+    );
+    let json = backworks(&["plugin", "inspect", library.to_str().unwrap(), "--json"]);
+    let json: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        (
+            &json["panic"],
+            &json["compatible"],
+            &json["compatible_isolated"]
+        ),
+        (
+            &Value::from("abort"),
+            &Value::from(false),
+            &Value::from(true)
+        )
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backworks.yaml");
+    let write = |isolation: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "plugins:\n  aborter:\n    path: \"{}\"\n{isolation}endpoints:\n  e: {{ path: /e, plugin: aborter }}\n",
+                library.display()
+            ),
+        )
+        .unwrap();
+    };
+    write("    isolation: process\n");
+    let ok = backworks(&["validate", "-c", config.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+    write("");
+    let bad = backworks(&["validate", "-c", config.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("plugin `aborter`:")
+            && text(&bad.stderr).contains("or run it with `isolation: process`"),
         "{}",
         text(&bad.stderr)
     );

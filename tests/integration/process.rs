@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::observe::{FaultServer, PATIENCE, admin, assert_error, message, metric};
-use crate::support::{Server, client, root, serve_until_exit};
+use crate::support::{Server, client, panic_abort_plugin, root, serve_until_exit};
 
 /// Settings that make a crash test quick: restarts after 50 ms, and no breaker, which would
 /// otherwise refuse calls after failures and hide crashes from the counts.
@@ -243,6 +243,52 @@ async fn an_abort_costs_its_call_and_the_child_restarts() {
     .await;
     ps.assert_crash_and_restart("aborter", "/abort/bad", Some("/abort/ok"), "SIGABRT")
         .await;
+}
+
+#[tokio::test]
+async fn a_panic_abort_plugin_runs_isolated_and_a_panic_costs_its_call() {
+    // The same library, built with panic = "abort": refused in process, served in a child, where
+    // a panic aborts the child only.
+    let library = panic_abort_plugin().display().to_string();
+    let ps = FaultServer::start(
+        &format!(
+            r#"
+  isolated:
+    path: "{library}"
+    isolation: process
+{QUICK_RESTART}  in_host:
+    path: "{library}"
+"#
+        ),
+        r#"
+  isolated: { path: "/isolated/{what}", plugin: isolated, hooks: [] }
+  in_host: { path: /in-host, plugin: in_host, hooks: [] }
+"#,
+    )
+    .await;
+    let refused = ps.plugin("in_host").await;
+    assert_eq!(refused["state"], "error", "{refused}");
+    let reason = refused["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains(r#"panic = "abort""#) && reason.contains("isolation: process"),
+        "the reason names the way out: {refused}"
+    );
+    assert_error(&ps.get("/in-host").await, 503, "in_host", "unavailable");
+
+    ps.assert_crash_and_restart(
+        "isolated",
+        "/isolated/panic",
+        Some("/isolated/ok"),
+        "SIGABRT",
+    )
+    .await;
+    let line = ps
+        .log_line(&["broken-panic: handle exploded", r#"plugin="isolated""#])
+        .await;
+    assert!(
+        line.contains("panicked"),
+        "the panic message is logged: {line}"
+    );
 }
 
 #[tokio::test]

@@ -61,6 +61,30 @@ pub fn rust_plugins() -> &'static Path {
     })
 }
 
+/// The `broken-panic` fixture built with `panic = "abort"` (the workspace's `panic-abort`
+/// profile), as some authors ship their plugins; built once per test run.
+pub fn panic_abort_plugin() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root_dir = target_dir().parent().expect("target/<profile>").to_owned();
+        let status = Command::new(env!("CARGO"))
+            .current_dir(root())
+            .args(["build", "--quiet", "--lib", "--profile", "panic-abort"])
+            .args(["-p", "backworks-example-broken-panic"])
+            .env("CARGO_TARGET_DIR", &root_dir)
+            .status()
+            .expect("run cargo build for the panic = \"abort\" plugin");
+        assert!(
+            status.success(),
+            "building the panic = \"abort\" plugin failed"
+        );
+        root_dir.join("panic-abort").join(format!(
+            "libbroken_panic.{}",
+            std::env::consts::DLL_EXTENSION
+        ))
+    })
+}
+
 /// The path of Rust example plugin library `lib` (e.g. `hello`).
 pub fn rust_plugin(lib: &str) -> PathBuf {
     rust_plugins().join(format!("lib{lib}.{}", std::env::consts::DLL_EXTENSION))

@@ -26,7 +26,7 @@ pub use dynamic::DynamicPlugin;
 pub(crate) use inherited_fds::close_inherited_fds;
 
 use crate::HostError;
-use crate::inspect::{check_compatibility, read_metadata};
+use crate::inspect::{check_child_compatibility, check_compatibility, read_metadata};
 
 /// An opened, checked plugin library. Stays mapped for the life of the process.
 pub struct LoadedLibrary {
@@ -65,10 +65,23 @@ impl LoadedLibrary {
 /// The smallest vtable of ABI `major.0`: every function of v1.0 present.
 const MIN_VTABLE_SIZE: usize = offset_of!(BwPluginVTable, task_cancel) + size_of::<usize>();
 
-/// Checks and opens the plugin library at `path`.
+/// Checks and opens the plugin library at `path`, to run in this process.
 pub fn load(path: &Path) -> Result<Arc<LoadedLibrary>, HostError> {
     let metadata = read_metadata(path)?;
     check_compatibility(path, &metadata)?;
+    open_checked(path, metadata)
+}
+
+/// [`load`] in a plugin child (the runner of `isolation: process`), where a library built with
+/// `panic = "abort"` is accepted: a panic ends only the child.
+pub(crate) fn load_in_child(path: &Path) -> Result<Arc<LoadedLibrary>, HostError> {
+    let metadata = read_metadata(path)?;
+    check_child_compatibility(path, &metadata)?;
+    open_checked(path, metadata)
+}
+
+/// Opens a library whose metadata passed the checks and checks its vtable.
+fn open_checked(path: &Path, metadata: PluginMetadata) -> Result<Arc<LoadedLibrary>, HostError> {
     let library = open(path)?;
     // SAFETY: the symbol is declared as a static `BwPluginVTable` by every Backworks plugin; we only
     // take its address here and read it field by field below, after checking magic and size.

@@ -240,7 +240,7 @@ fn serve_library(path: PathBuf) -> i32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(crate::policy::ProcessSettings::default().max_frame);
-    let plugin = match crate::loader::load(&path)
+    let plugin = match crate::loader::load_in_child(&path)
         .and_then(|library| crate::DynamicPlugin::new(library, &name))
     {
         Ok(plugin) => Arc::new(plugin),

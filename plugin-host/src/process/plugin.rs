@@ -74,7 +74,7 @@ impl ProcessPlugin {
                 let path = path.clone();
                 let checked = tokio::task::spawn_blocking(move || {
                     let metadata = crate::inspect::read_metadata(&path)?;
-                    crate::inspect::check_compatibility(&path, &metadata)?;
+                    crate::inspect::check_child_compatibility(&path, &metadata)?;
                     Ok::<_, HostError>(metadata)
                 })
                 .await
