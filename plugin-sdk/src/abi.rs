@@ -654,6 +654,60 @@ mod tests {
         );
     }
 
+    /// Text of every length around the word boundaries of the inline path, and past it.
+    fn boundary_texts(fill: &str) -> Vec<String> {
+        [0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 22, 23, 24, 40]
+            .into_iter()
+            .map(|len| fill.repeat(len).chars().take(len).collect())
+            .collect()
+    }
+
+    #[test]
+    fn text_of_every_length_is_copied_exactly() {
+        for fill in ["aZ-09/", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "@[`{~\x7f"] {
+            for text in boundary_texts(fill) {
+                let copied = text_lossy(text.as_bytes(), false);
+                assert_eq!(copied, text.as_str(), "length {}", text.len());
+                let lowered = text_lossy(text.as_bytes(), true);
+                assert_eq!(lowered, text.to_ascii_lowercase(), "length {}", text.len());
+            }
+        }
+    }
+
+    #[test]
+    fn only_ascii_letters_are_lower_cased() {
+        let every_ascii: Vec<u8> = (0u8..0x80).collect();
+        for chunk in every_ascii.chunks(23).chain(every_ascii.chunks(7)) {
+            let text = std::str::from_utf8(chunk).unwrap();
+            assert_eq!(text_lossy(chunk, true), text.to_ascii_lowercase());
+            assert_eq!(text_lossy(chunk, false), text);
+        }
+    }
+
+    #[test]
+    fn short_text_that_is_not_ascii_takes_the_checked_path() {
+        for text in ["ż", "Żółw", "naïve-Header", "abcdefghijklmnopqrstuvż"] {
+            assert_eq!(text_lossy(text.as_bytes(), false), text);
+            assert_eq!(text_lossy(text.as_bytes(), true), text.to_ascii_lowercase());
+        }
+        // Invalid UTF-8 at the start, the middle and the end of the fast path's words.
+        for (bytes, expected) in [
+            (&b"\xff"[..], "\u{fffd}"),
+            (b"ab\xc3", "ab\u{fffd}"),
+            (
+                b"Abcdefg\x80hijklmnopqrstu",
+                "abcdefg\u{fffd}hijklmnopqrstu",
+            ),
+            (
+                b"ABCDEFGHIJKLMNOPQRSTUV\xfe",
+                "abcdefghijklmnopqrstuv\u{fffd}",
+            ),
+        ] {
+            assert_eq!(text_lossy(bytes, true), expected);
+        }
+        assert_eq!(text_lossy(b"A\xffB", false), "A\u{fffd}B");
+    }
+
     #[test]
     fn magic_spells_bwplugin() {
         assert_eq!(&ABI_MAGIC.to_le_bytes(), b"BWPLUGIN");
