@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 use crate::support::{
-    Server, c_plugin, client, free_port, panic_abort_plugin, root, rust_plugin, rust_plugins,
+    Server, c_plugin, client, panic_abort_plugin, root, rust_plugin, rust_plugins,
 };
 
 fn backworks(args: &[&str]) -> Output {
@@ -68,8 +68,9 @@ fn list_shows_configured_and_discovered_plugins_without_loading() {
         &config,
         format!(
             "server: {{admin: {{port: {}}}}}\nplugin_dirs: [\"{}\"]\nplugins:\n  greeter:\n    path: libhello.so\n  off:\n    path: libkv_store.so\n    enabled: false\n  static:\n    type: builtin\nendpoints:\n  hi: {{ path: /hi, plugin: greeter }}\n",
-            // Nothing listens there, so the list is the on-disk view.
-            free_port(),
+            // Nothing listens on port 1 (a privileged port no test binds), so the list is the
+            // on-disk view.
+            1,
             rust_plugins().display()
         ),
     )

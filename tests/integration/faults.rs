@@ -146,7 +146,7 @@ async fn an_async_call_past_its_timeout_is_a_504_and_is_dropped() {
         r#"
   slow:
     path: libfaulty.so
-    timeout_ms: 300
+    timeout_ms: 2000
     config: { sleep_ms: 600000, only_path_suffix: /hang }
 "#,
         r#"
@@ -447,7 +447,10 @@ async fn the_breaker_opens_refuses_without_calling_and_recovers_through_half_ope
     assert_eq!(probe.body["calls"], 4, "{}", probe.body);
     let flaky = faults.plugin("flaky").await;
     assert_eq!(flaky["breaker"]["state"], "closed", "{flaky}");
-    assert_eq!(faults.get("/ready").await.status, 200);
+    f.wait_for("/ready to answer 200", || async move {
+        f.get("/ready").await.status == 200
+    })
+    .await;
     let kinds = admin::event_kinds(&flaky);
     for kind in ["breaker_opened", "breaker_half_open", "breaker_closed"] {
         assert!(kinds.contains(&kind.to_owned()), "{kind} missing: {flaky}");

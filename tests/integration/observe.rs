@@ -40,7 +40,8 @@ pub struct Answer {
 impl FaultServer {
     /// Serves `plugins` (YAML entries under `plugins:`, indented two spaces) and `endpoints`
     /// (under `endpoints:`), plus the control plugin at `/control`. Health is polled every 200 ms
-    /// with a 500 ms timeout.
+    /// with a 2 s timeout (a healthy plugin's check must never be what runs out of time on a loaded
+    /// machine).
     pub async fn start(plugins: &str, endpoints: &str) -> FaultServer {
         FaultServer::start_with_health(200, plugins, endpoints).await
     }
@@ -52,7 +53,7 @@ impl FaultServer {
         endpoints: &str,
     ) -> FaultServer {
         let yaml = format!(
-            "health: {{ interval_ms: {interval_ms}, timeout_ms: 500 }}\n\
+            "health: {{ interval_ms: {interval_ms}, timeout_ms: 2000 }}\n\
              plugin_dirs: [\"{{{{plugins}}}}\"]\n\
              plugins:{CONTROL}{plugins}\n\
              endpoints:\n  control: {{ path: /control, plugin: control, hooks: [] }}\n{endpoints}"

@@ -330,8 +330,7 @@ async fn an_endless_loop_is_a_504_then_the_child_is_killed_and_restarted() {
   spinner:
     path: libfaulty.so
     isolation: process
-    timeout_ms: 300
-    handshake_timeout_ms: 2000
+    timeout_ms: 2000
 {QUICK_RESTART}    config: {{ spin: true, only_path_suffix: /bad }}
 "#
         ),
@@ -372,12 +371,10 @@ async fn a_stopped_child_is_a_504_then_it_is_killed_and_restarted() {
   frozen:
     path: libfaulty.so
     isolation: process
-    timeout_ms: 300
-    handshake_timeout_ms: 2000
+    timeout_ms: 2000
 {QUICK_RESTART}  frozen-py:
     command: {}
-    timeout_ms: 300
-    handshake_timeout_ms: 2000
+    timeout_ms: 2000
 {QUICK_RESTART}"#,
             python(fixture("echo.py"), &[])
         ),
@@ -1262,16 +1259,16 @@ async fn children_stop_cleanly_when_the_host_shuts_down() {
 async fn a_commands_own_children_die_with_the_host_even_when_it_is_killed() {
     // The plugin's process group outlives a SIGKILLed host unless something kills it: the
     // parent-death signal reaches only the direct child.
-    let dir = grandchild_dir();
+    let dir = tempfile::tempdir().expect("a folder for the grandchild's pid file");
     let script = format!(
         "sleep 600 & echo $! > {}/grandchild.pid; exec python3 {}",
-        dir.display(),
+        dir.path().display(),
         fixture("echo.py").display()
     );
     let argv = serde_json::to_string(&["sh", "-c", &script]).expect("argv as JSON");
     let ps = FaultServer::start(&format!("\n  forker:\n    command: {argv}\n"), "").await;
     let child = ps.pid("forker").await;
-    let pid_file = dir.join("grandchild.pid");
+    let pid_file = dir.path().join("grandchild.pid");
     let grandchild: u32 = ps
         .poll_until("the grandchild's pid", || {
             let pid_file = pid_file.clone();
@@ -1292,17 +1289,8 @@ async fn a_commands_own_children_die_with_the_host_even_when_it_is_killed() {
             let _ = Command::new("kill")
                 .args(["-9", &grandchild.to_string()])
                 .status();
-            let _ = std::fs::remove_dir_all(&dir);
             panic!("{message}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A folder for the orphan test's pid file.
-fn grandchild_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("backworks-grandchild-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }

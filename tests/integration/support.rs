@@ -2,10 +2,9 @@
 //! real `backworks` binary on a free port.
 
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The workspace root.
@@ -92,6 +91,11 @@ pub fn rust_plugin(lib: &str) -> PathBuf {
 
 /// Compiles `example-plugins/c/<source>.c` against the SDK's C header into a shared library, once.
 pub fn c_plugin(source: &str) -> PathBuf {
+    // One compile at a time in this process: two tests asking for the same library at once would
+    // otherwise both compile it to the same temporary file. (The temporary name carries the pid,
+    // the rename is atomic, so other processes are safe.)
+    static COMPILING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
     let out_dir = target_dir().join("c-plugins");
     std::fs::create_dir_all(&out_dir).expect("create target/<profile>/c-plugins");
     let name = Path::new(source)
@@ -107,7 +111,7 @@ pub fn c_plugin(source: &str) -> PathBuf {
     };
     if !fresh {
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-        // Unique temporary name, then rename: tests compile in parallel.
+        // Compile to a temporary name, then rename: a reader never sees half a library.
         let tmp = out_dir.join(format!("{name}.{}.tmp.so", std::process::id()));
         let output = Command::new(&cc)
             .args([
@@ -129,14 +133,6 @@ pub fn c_plugin(source: &str) -> PathBuf {
         std::fs::rename(&tmp, &out).expect("move compiled C plugin into place");
     }
     out
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// A running `backworks serve`, killed (gracefully, SIGTERM) when dropped.
@@ -253,18 +249,20 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Stops the server with SIGTERM and waits; returns its logs.
+    /// Stops the server with SIGTERM and waits for it to exit (up to 60 s: the tests that call
+    /// this read what it logs while shutting down); returns its logs.
     pub fn stop(mut self) -> String {
-        self.terminate();
+        self.terminate(Duration::from_secs(60));
         self.logs()
     }
 
-    fn terminate(&mut self) {
+    /// SIGTERM, then SIGKILL if it still runs after `patience`.
+    fn terminate(&mut self, patience: Duration) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill")
                 .args(["-TERM", &child.id().to_string()])
                 .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + patience;
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;
@@ -279,14 +277,16 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.terminate();
+        self.terminate(Duration::from_secs(10));
     }
 }
 
-/// The `http://host:port` that follows `marker` in the server's log, if it has been logged.
+/// The `http://host:port` that follows `marker` in the server's log, once its whole line has been
+/// written.
 fn logged_url(logs: &str, marker: &str) -> Option<String> {
     let rest = &logs[logs.find(marker)? + marker.len()..];
-    let url = rest.split_whitespace().next()?;
+    let (line, _) = rest.split_once('\n')?;
+    let url = line.split_whitespace().next()?;
     url.starts_with("http://").then(|| url.to_owned())
 }
 

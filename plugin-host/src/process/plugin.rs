@@ -694,15 +694,15 @@ while True:
             error.to_string(),
             "plugin `p` failed to start: timed out: no answer to the handshake within 500ms"
         );
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        eventually("the child is gone", || {
-            !super::super::spawn::tests::alive(pid)
-        })
-        .await;
+        // On a loaded machine the group may be killed before `sh` wrote its pid: then there is
+        // no child left to look for.
+        let pid = std::fs::read_to_string(&pid_file).ok();
+        if let Some(pid) = pid.and_then(|pid| pid.trim().parse::<i32>().ok()) {
+            eventually("the child is gone", || {
+                !super::super::spawn::tests::alive(pid)
+            })
+            .await;
+        }
     }
 
     #[tokio::test]
