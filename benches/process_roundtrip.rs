@@ -6,6 +6,9 @@
 //!   the runner), through the same trait: the request out as JSON-RPC over a socket, the plugin
 //!   call in the child, the answer back.
 //!
+//! - `process_no_spin`: the same with `spin: 0` (`spin_us: 0` in `backworks.yaml`): each side's
+//!   thread sleeps as soon as it has nothing to read, instead of polling for 50 µs first (see
+//!   `plugin-host/src/protocol/spin.rs`);
 //! - `pipe_floor`: no plugin at all: a 100-byte line through `cat` and back over two pipes, with
 //!   blocking reads on one thread. It is the floor this machine puts under any process round trip
 //!   at the moment of the run (it moves a lot on a shared VM), printed beside the others.
@@ -105,22 +108,27 @@ fn bench(c: &mut Criterion) {
         ]),
         ..ProcessSettings::default()
     };
-    let process: Arc<dyn Plugin> = rt.block_on(async {
-        let lifecycle = Arc::new(Lifecycle::new("noop", PluginState::Loading));
-        let plugin =
-            ProcessPlugin::start("noop", &PluginSource::Library(lib), &settings, lifecycle)
+    let start_child = |settings: &ProcessSettings| -> Arc<dyn Plugin> {
+        rt.block_on(async {
+            let lifecycle = Arc::new(Lifecycle::new("noop", PluginState::Loading));
+            let source = PluginSource::Library(lib.clone());
+            let plugin = ProcessPlugin::start("noop", &source, settings, lifecycle)
                 .await
                 .expect("start the noop child");
-        plugin
-            .initialize(&serde_json::Value::Null)
-            .await
-            .expect("init");
-        in_process
-            .initialize(&serde_json::Value::Null)
-            .await
-            .expect("init");
-        Arc::new(plugin)
+            plugin
+                .initialize(&serde_json::Value::Null)
+                .await
+                .expect("init");
+            Arc::new(plugin)
+        })
+    };
+    let process = start_child(&settings);
+    let process_no_spin = start_child(&ProcessSettings {
+        spin: Duration::ZERO,
+        ..settings.clone()
     });
+    rt.block_on(in_process.initialize(&serde_json::Value::Null))
+        .expect("init");
 
     let mut req = noop_fixture::request("POST");
     req.body = vec![b'x'; 100];
@@ -131,11 +139,18 @@ fn bench(c: &mut Criterion) {
     group.bench_function("process", |b| {
         b.to_async(&rt).iter(|| process.handle(req.clone()))
     });
+    group.bench_function("process_no_spin", |b| {
+        b.to_async(&rt).iter(|| process_no_spin.handle(req.clone()))
+    });
     group.finish();
 
     let rows = [
         ("in_process", percentiles(&rt, in_process.as_ref(), &req)),
         ("process", percentiles(&rt, process.as_ref(), &req)),
+        (
+            "process_no_spin",
+            percentiles(&rt, process_no_spin.as_ref(), &req),
+        ),
         ("pipe_floor", pipe_floor()),
     ];
     for (name, [p50, p90, p99]) in rows {
@@ -148,6 +163,7 @@ fn bench(c: &mut Criterion) {
     }
     rt.block_on(async {
         let _ = process.shutdown().await;
+        let _ = process_no_spin.shutdown().await;
     });
 }
 

@@ -98,6 +98,10 @@ pub struct ProcessSettings {
     pub handshake_timeout: Duration,
     /// The largest protocol frame accepted either way, in bytes. Default 64 MiB.
     pub max_frame: usize,
+    /// How long each side keeps polling for the next message after one arrived, before its
+    /// thread sleeps ([`SpinRead`](crate::protocol::SpinRead)): up to this much CPU per message,
+    /// for a round trip without the wake-up of a sleeping CPU. Default 50 µs; zero turns it off.
+    pub spin: Duration,
     /// The child's working directory; `None` inherits the host's. `backworks` sets it to the
     /// directory of `backworks.yaml`, so a `command` names its script relative to the config.
     pub working_dir: Option<std::path::PathBuf>,
@@ -111,6 +115,7 @@ impl Default for ProcessSettings {
             restart: RestartPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
             max_frame: 64 * 1024 * 1024,
+            spin: Duration::from_micros(50),
             working_dir: None,
         }
     }

@@ -94,6 +94,7 @@ pub(crate) struct RawPlugin {
     pub restart: Option<RawRestart>,
     pub handshake_timeout_ms: Option<Number>,
     pub max_frame: Option<Number>,
+    pub spin_us: Option<Number>,
 }
 
 /// A plugin's `breaker:`.

@@ -24,6 +24,7 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
@@ -59,6 +60,8 @@ pub(crate) mod env {
     pub(crate) const LIMITS: &str = "BACKWORKS_PLUGIN_LIMITS";
     /// The largest protocol frame, in bytes.
     pub(crate) const MAX_FRAME: &str = "BACKWORKS_PLUGIN_MAX_FRAME";
+    /// How long the runner keeps polling for the next call after one arrived, in microseconds.
+    pub(crate) const SPIN_US: &str = "BACKWORKS_PLUGIN_SPIN_US";
     /// The most verbose log level the host records: `off`, `error`, … `trace`.
     pub(crate) const LOG_LEVEL: &str = "BACKWORKS_PLUGIN_LOG";
 }
@@ -240,6 +243,13 @@ fn serve_library(path: PathBuf) -> i32 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(crate::policy::ProcessSettings::default().max_frame);
+    let spin = std::env::var(env::SPIN_US)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(
+            crate::policy::ProcessSettings::default().spin,
+            Duration::from_micros,
+        );
     let plugin = match crate::loader::load_in_child(&path)
         .and_then(|library| crate::DynamicPlugin::new(library, &name))
     {
@@ -268,6 +278,7 @@ fn serve_library(path: PathBuf) -> i32 {
         let socket = std::os::unix::net::UnixStream::from(socket);
         socket.set_nonblocking(true)?;
         let (reader, writer) = tokio::net::UnixStream::from_std(socket)?.into_split();
+        let reader = crate::protocol::SpinRead::new(reader, spin);
         crate::protocol::serve(plugin, reader, writer, max_frame).await
     });
     match result {

@@ -15,7 +15,7 @@ use super::restart::format_duration;
 use super::spawn::{GroupGuard, Launch, spawn};
 use super::stderr::{self, LastLine};
 use crate::policy::ProcessSettings;
-use crate::protocol::{CallError, Client, CloseReason, LogRecord, Manifest};
+use crate::protocol::{CallError, Client, CloseReason, LogRecord, Manifest, SpinRead};
 
 /// How long a dead child has to report its exit status before the crash is described without it.
 pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -154,7 +154,7 @@ pub(crate) async fn start_child(
     });
     let log_name = name.to_owned();
     let client = Client::new(
-        spawned.channel.reader,
+        SpinRead::new(spawned.channel.reader, settings.spin),
         spawned.channel.writer,
         settings.max_frame,
         move |record: LogRecord| log_record(&log_name, record),

@@ -115,6 +115,7 @@ impl Launch {
                 (env::NAME, name.to_owned()),
                 (env::LIMITS, encode_limits(&settings.limits)),
                 (env::MAX_FRAME, settings.max_frame.to_string()),
+                (env::SPIN_US, settings.spin.as_micros().to_string()),
                 (env::LOG_LEVEL, max_log_level().to_owned()),
             ],
             working_dir: settings.working_dir.clone(),

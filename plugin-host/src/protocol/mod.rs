@@ -43,6 +43,7 @@ pub mod message;
 mod outbox;
 mod routing;
 mod serve;
+mod spin;
 
 #[cfg(test)]
 mod end_to_end;
@@ -52,6 +53,7 @@ pub use log::{LogLevel, LogRecord, LogSink};
 pub use message::{Features, Manifest};
 pub use routing::CloseReason;
 pub use serve::{Server, serve};
+pub use spin::SpinRead;
 
 /// The protocol version this host and plugin side speak, `MAJOR.MINOR`. A peer is compatible when
 /// its major equals ours; minors only add optional members and methods.

@@ -172,6 +172,7 @@ pub(super) fn isolation(
             ("restart", raw.restart.is_some()),
             ("handshake_timeout_ms", raw.handshake_timeout_ms.is_some()),
             ("max_frame", raw.max_frame.is_some()),
+            ("spin_us", raw.spin_us.is_some()),
         ];
         if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
             let message =
@@ -206,6 +207,18 @@ pub(super) fn isolation(
                 format!("{} must be at least 4096 bytes", field(n, "max_frame")),
             ));
         }
+    }
+    if let Some(raw_us) = &raw.spin_us {
+        let expected = "a whole number of microseconds up to 10000, 0 to turn it off";
+        let us: u64 = integer(ip, raw_us, &field(n, "spin_us"), expected)?;
+        if us > 10_000 {
+            return Err(ip.error(
+                INVALID,
+                raw_us.referenced,
+                format!("{} must be {expected}, found {us}", field(n, "spin_us")),
+            ));
+        }
+        settings.spin = Duration::from_micros(us);
     }
     Ok(Isolation::Process(settings))
 }
@@ -339,6 +352,7 @@ mod tests {
     restart: {initial_backoff_ms: 50, max_backoff_ms: 400, max_restarts: 2, window_ms: 10000}
     handshake_timeout_ms: 3000
     max_frame: 65536
+    spin_us: 0
 ",
         )
         .unwrap();
@@ -372,6 +386,7 @@ mod tests {
         assert_eq!(settings.restart.initial_backoff, Duration::from_millis(50));
         assert_eq!(settings.handshake_timeout, Duration::from_secs(3));
         assert_eq!(settings.max_frame, 65536);
+        assert_eq!(settings.spin, Duration::ZERO);
     }
 
     #[test]
@@ -392,7 +407,10 @@ mod tests {
                 argv: vec!["python3".into(), "plugins/report.py".into()]
             }
         );
-        assert!(matches!(p.isolation, Isolation::Process(_)));
+        let Isolation::Process(settings) = &p.isolation else {
+            panic!("{:?}", p.isolation);
+        };
+        assert_eq!(settings.spin, Duration::from_micros(50), "the default");
     }
 
     #[test]
@@ -440,6 +458,15 @@ mod tests {
             ),
             "4:56: `restart.max_backoff_ms` of plugin `p` (100 ms) is shorter than \
              `restart.initial_backoff_ms` (500 ms)"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {command: [x], spin_us: 20000}\n"),
+            "2:30: `spin_us` of plugin `p` must be a whole number of microseconds up to 10000, 0 \
+             to turn it off, found 20000"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {path: l.so, spin_us: 10}\n"),
+            "2:13: plugin `p` sets `spin_us`, which only applies with `isolation: process`"
         );
     }
 }
