@@ -99,8 +99,9 @@ pub struct ProcessSettings {
     /// The largest protocol frame accepted either way, in bytes. Default 64 MiB.
     pub max_frame: usize,
     /// How long each side keeps polling for the next message after one arrived, before its
-    /// thread sleeps ([`SpinRead`](crate::protocol::SpinRead)): up to this much CPU per message,
-    /// for a round trip without the wake-up of a sleeping CPU. Default 50 µs; zero turns it off.
+    /// thread sleeps, while messages come close together ([`SpinRead`](crate::protocol::SpinRead)):
+    /// up to this much CPU per message, for round trips without the wake-up of a sleeping CPU.
+    /// Default zero (off): it pays on machines with idle cores, and costs throughput on busy ones.
     pub spin: Duration,
     /// The child's working directory; `None` inherits the host's. `backworks` sets it to the
     /// directory of `backworks.yaml`, so a `command` names its script relative to the config.
@@ -115,7 +116,7 @@ impl Default for ProcessSettings {
             restart: RestartPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
             max_frame: 64 * 1024 * 1024,
-            spin: Duration::from_micros(50),
+            spin: Duration::ZERO,
             working_dir: None,
         }
     }

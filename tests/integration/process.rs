@@ -1124,6 +1124,73 @@ async fn a_child_reporting_unhealthy_three_times_in_a_row_is_restarted() {
 }
 
 #[tokio::test]
+async fn spinning_children_answer_every_call_in_a_loop_and_at_once() {
+    // `spin_us` on a library child and a command: both ends poll between close messages. Every
+    // call, one after another (the case spinning is for) and many at once, gets its own answer.
+    let ps = FaultServer::start(
+        &format!(
+            r#"
+  quick:
+    path: libfaulty.so
+    isolation: process
+    spin_us: 50
+  py:
+    command: {}
+    spin_us: 50
+"#,
+            python(fixture("echo.py"), &[])
+        ),
+        r#"
+  quick: { path: "/quick/{n}", plugin: quick, hooks: [] }
+  py: { path: /py, methods: [POST], plugin: py, hooks: [] }
+"#,
+    )
+    .await;
+    // The runner was told (a command gets the variable too, to spin on its side if it wants).
+    for name in ["quick", "py"] {
+        let pid = ps.pid(name).await;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        assert!(
+            environ
+                .split(|&b| b == 0)
+                .any(|var| var == b"BACKWORKS_PLUGIN_SPIN_US=50"),
+            "{name}'s child has BACKWORKS_PLUGIN_SPIN_US=50"
+        );
+    }
+    for i in 0..200 {
+        let answer = ps.get(&format!("/quick/{i}")).await;
+        assert_eq!(answer.status, 200, "call {i}: {}", answer.body);
+        let body = format!("call {i}").into_bytes();
+        let answer = ps
+            .send(reqwest::Method::POST, "/py", body.clone(), None)
+            .await;
+        assert_eq!((answer.status, answer.bytes), (200, body), "py call {i}");
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let (http, url) = (ps.http.clone(), ps.server.url("/py"));
+        calls.spawn(async move {
+            let body = format!("at once {i}");
+            let res = http
+                .post(url)
+                .body(body.clone())
+                .send()
+                .await
+                .expect("POST /py");
+            (res.status().as_u16(), res.text().await.expect("body"), body)
+        });
+    }
+    while let Some(call) = calls.join_next().await {
+        let (status, got, sent) = call.expect("call task");
+        assert_eq!((status, got), (200, sent));
+    }
+    let quick = ps.plugin("quick").await;
+    assert_eq!(quick["stats"]["calls"], 200, "{quick}");
+    assert_eq!(quick[admin::PROCESS]["restarts"], 0, "{quick}");
+    ps.assert_control_serves().await;
+}
+
+#[tokio::test]
 async fn every_call_in_flight_answers_502_when_the_child_dies() {
     let ps = FaultServer::start(
         &format!(

@@ -60,7 +60,8 @@ pub(crate) mod env {
     pub(crate) const LIMITS: &str = "BACKWORKS_PLUGIN_LIMITS";
     /// The largest protocol frame, in bytes.
     pub(crate) const MAX_FRAME: &str = "BACKWORKS_PLUGIN_MAX_FRAME";
-    /// How long the runner keeps polling for the next call after one arrived, in microseconds.
+    /// How long the runner keeps polling for the next call after one arrived, in microseconds
+    /// (0: not at all).
     pub(crate) const SPIN_US: &str = "BACKWORKS_PLUGIN_SPIN_US";
     /// The most verbose log level the host records: `off`, `error`, … `trace`.
     pub(crate) const LOG_LEVEL: &str = "BACKWORKS_PLUGIN_LOG";

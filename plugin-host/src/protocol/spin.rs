@@ -4,13 +4,16 @@
 //! the answer. On a virtual machine whose idle CPUs halt, each wake-up of a sleeping thread costs
 //! tens of microseconds (measured here: ~50 µs for a pipe round trip between two processes whose
 //! threads sleep, ~5 µs when the CPUs are busy; see BENCHMARKS.md). [`SpinRead`] trades a bounded
-//! amount of CPU for that latency: for `budget` after data arrived, a read that finds nothing
-//! wakes its own task again instead of letting it sleep, so the runtime keeps polling (its I/O
-//! driver included) and the next message is picked up as soon as it lands. Once the budget has
-//! passed with nothing to read, the task sleeps as usual: an idle connection costs nothing.
+//! amount of CPU for that latency: while messages come close together, for `budget` after each
+//! one a read that finds nothing wakes its own task again instead of letting it sleep, so the
+//! runtime keeps polling (its I/O driver included) and the next message is picked up as soon as it
+//! lands. Once the budget has passed with nothing to read, the task sleeps as usual; after a long
+//! gap it does not spin at all, so sparse traffic and an idle connection cost nothing.
 //!
 //! The task returns `Pending` on every spin, so other tasks on the same runtime keep running
 //! (a call in the child, the host's other work); it only keeps the thread from going to sleep.
+//! Off by default ([`ProcessSettings::spin`](crate::policy::ProcessSettings::spin)): on a machine
+//! without idle cores the polling competes with real work.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -30,6 +33,9 @@ pub struct SpinRead<R> {
     budget: Duration,
     /// When the last read returned data; `None` before the first.
     last_data: Option<quanta::Instant>,
+    /// Whether messages come close enough together for spinning to pay: the gap before the last
+    /// one was under twice the budget.
+    dense: bool,
 }
 
 impl<R> SpinRead<R> {
@@ -39,12 +45,25 @@ impl<R> SpinRead<R> {
             inner,
             budget,
             last_data: None,
+            dense: false,
         }
     }
 
-    /// Whether a read that found nothing now should spin rather than sleep.
+    /// Whether a read that found nothing now should spin rather than sleep: messages have been
+    /// coming close together, and the budget since the last one is not used up.
     fn spinning(&self) -> bool {
-        !self.budget.is_zero() && self.last_data.is_some_and(|at| at.elapsed() < self.budget)
+        self.dense && self.last_data.is_some_and(|at| at.elapsed() < self.budget)
+    }
+
+    /// Notes that data arrived now. Spinning pays only when the next message comes within the
+    /// budget; that is judged by the gap before this one, against twice the budget (a gap measured
+    /// without spinning includes the wake-up that spinning would save).
+    fn arrived(&mut self) {
+        let now = quanta::Instant::now();
+        self.dense = self
+            .last_data
+            .is_some_and(|before| now.saturating_duration_since(before) < 2 * self.budget);
+        self.last_data = Some(now);
     }
 }
 
@@ -58,7 +77,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for SpinRead<R> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
                 if !self.budget.is_zero() && buf.filled().len() > before {
-                    self.last_data = Some(quanta::Instant::now());
+                    self.arrived();
                 }
                 Poll::Ready(result)
             }
@@ -77,31 +96,32 @@ impl<R: AsyncRead + Unpin> AsyncRead for SpinRead<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    /// Counts how often its task is polled while the read waits.
-    struct Polls<R> {
-        inner: R,
-        count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Counts how often it is polled.
+    struct Polls {
+        inner: DuplexStream,
+        count: Arc<AtomicUsize>,
     }
 
-    impl<R: AsyncRead + Unpin> AsyncRead for Polls<R> {
+    impl AsyncRead for Polls {
         fn poll_read(
             mut self: Pin<&mut Self>,
             cx: &mut Context<'_>,
             buf: &mut ReadBuf<'_>,
         ) -> Poll<std::io::Result<()>> {
-            self.count
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.count.fetch_add(1, Ordering::Relaxed);
             Pin::new(&mut self.inner).poll_read(cx, buf)
         }
     }
 
-    /// Reads one message, then waits `quiet` for a second one that comes late; returns how often
-    /// the reader was polled in all.
-    async fn polls_with(budget: Duration, quiet: Duration) -> usize {
+    /// Reads a byte, waits `gap`, reads another, then waits 50 ms for a third that comes late;
+    /// returns how often the reader was polled while it waited for the third.
+    async fn polls_waiting(budget: Duration, gap: Duration) -> usize {
         let (mut to_reader, from_writer) = tokio::io::duplex(64);
-        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::new(AtomicUsize::new(0));
         let mut reader = SpinRead::new(
             Polls {
                 inner: from_writer,
@@ -109,35 +129,41 @@ mod tests {
             },
             budget,
         );
-        to_reader.write_all(b"one").await.unwrap();
-        let mut got = [0u8; 3];
-        reader.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"one");
+        let mut byte = [0u8; 1];
+        for b in [b'a', b'b'] {
+            to_reader.write_all(&[b]).await.unwrap();
+            reader.read_exact(&mut byte).await.unwrap();
+            assert_eq!(byte[0], b);
+            tokio::time::sleep(gap).await;
+        }
+        let before = count.load(Ordering::Relaxed);
         let late = tokio::spawn(async move {
-            tokio::time::sleep(quiet).await;
-            to_reader.write_all(b"two").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            to_reader.write_all(b"c").await.unwrap();
             to_reader
         });
-        reader.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"two", "every byte arrives, spinning or not");
+        reader.read_exact(&mut byte).await.unwrap();
+        assert_eq!(&byte, b"c", "every byte arrives, spinning or not");
         drop(late.await.unwrap());
-        count.load(std::sync::atomic::Ordering::Relaxed)
+        count.load(Ordering::Relaxed) - before
     }
 
     #[tokio::test]
-    async fn spins_after_data_and_sleeps_without_a_budget() {
-        // No budget: the waiting read is polled once, then woken by the data (a few polls).
-        let sleeping = polls_with(Duration::ZERO, Duration::from_millis(50)).await;
-        assert!(
-            sleeping <= 4,
-            "a reader without budget sleeps: {sleeping} polls"
-        );
-        // A budget longer than the wait: the task keeps polling the whole time.
-        let spinning = polls_with(Duration::from_secs(10), Duration::from_millis(50)).await;
-        assert!(
-            spinning > 100,
-            "a reader within its budget keeps polling: {spinning} polls"
-        );
+    async fn spins_while_messages_come_close_together() {
+        // Two messages well within twice the budget: waiting for the third, the task keeps
+        // polling.
+        let spinning = polls_waiting(Duration::from_secs(10), Duration::ZERO).await;
+        assert!(spinning > 100, "dense messages spin: {spinning} polls");
+    }
+
+    #[tokio::test]
+    async fn sleeps_without_a_budget_or_after_a_long_gap() {
+        // No budget: polled once, then woken by the data.
+        let off = polls_waiting(Duration::ZERO, Duration::ZERO).await;
+        assert!(off <= 4, "no budget, no spinning: {off} polls");
+        // A gap of 20 ms against a 1 ms budget: spinning would not have caught the message.
+        let sparse = polls_waiting(Duration::from_millis(1), Duration::from_millis(20)).await;
+        assert!(sparse <= 4, "sparse messages do not spin: {sparse} polls");
     }
 
     #[tokio::test]
@@ -145,15 +171,16 @@ mod tests {
         let budget = Duration::from_millis(300);
         let (mut to_reader, from_writer) = tokio::io::duplex(64);
         let mut reader = SpinRead::new(from_writer, budget);
-        assert!(!reader.spinning(), "nothing read yet");
-        to_reader.write_all(b"x").await.unwrap();
-        let mut got = [0u8; 1];
-        reader.read_exact(&mut got).await.unwrap();
+        let mut byte = [0u8; 1];
+        to_reader.write_all(b"ab").await.unwrap();
+        reader.read_exact(&mut byte).await.unwrap();
+        assert!(
+            !reader.spinning(),
+            "one message says nothing about the next"
+        );
+        reader.read_exact(&mut byte).await.unwrap();
+        assert!(reader.spinning(), "two close together do");
         tokio::time::sleep(budget + Duration::from_millis(50)).await;
         assert!(!reader.spinning(), "the budget has passed");
-        to_reader.write_all(b"y").await.unwrap();
-        reader.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got, b"y");
-        assert!(reader.spinning(), "data starts the budget again");
     }
 }

@@ -352,7 +352,7 @@ mod tests {
     restart: {initial_backoff_ms: 50, max_backoff_ms: 400, max_restarts: 2, window_ms: 10000}
     handshake_timeout_ms: 3000
     max_frame: 65536
-    spin_us: 0
+    spin_us: 50
 ",
         )
         .unwrap();
@@ -386,7 +386,7 @@ mod tests {
         assert_eq!(settings.restart.initial_backoff, Duration::from_millis(50));
         assert_eq!(settings.handshake_timeout, Duration::from_secs(3));
         assert_eq!(settings.max_frame, 65536);
-        assert_eq!(settings.spin, Duration::ZERO);
+        assert_eq!(settings.spin, Duration::from_micros(50));
     }
 
     #[test]
@@ -410,7 +410,7 @@ mod tests {
         let Isolation::Process(settings) = &p.isolation else {
             panic!("{:?}", p.isolation);
         };
-        assert_eq!(settings.spin, Duration::from_micros(50), "the default");
+        assert_eq!(settings.spin, Duration::ZERO, "off by default");
     }
 
     #[test]
