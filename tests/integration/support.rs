@@ -1,6 +1,7 @@
 //! Shared test machinery: building the example plugins, compiling the C plugins, and running the
 //! real `backworks` binary on a free port.
 
+use std::ffi::OsStr;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -171,21 +172,17 @@ impl Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), yaml);
         let log = dir.path().join("server.log");
-        let mut command = serve_command(&config, 0, 0, &log);
-        if let Some(file) = held {
-            // The shell opens the file without close-on-exec, then becomes the server.
-            let mut shell = Command::new("sh");
-            shell
-                .args(["-c", r#"exec 9<"$0" && exec "$@""#])
-                .arg(file)
-                .arg(command.get_program())
-                .args(command.get_args())
-                .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).expect("log file"));
-            command = shell;
-        }
-        let child = command
+        // With a held file, a shell opens it without close-on-exec, then becomes the server.
+        let wrapper: &[&OsStr] = match held {
+            Some(file) => &[
+                OsStr::new("sh"),
+                OsStr::new("-c"),
+                OsStr::new(r#"exec 9<"$0" && exec "$@""#),
+                file.as_os_str(),
+            ],
+            None => &[],
+        };
+        let child = serve_command(wrapper, &config, &log)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .spawn()
@@ -297,7 +294,7 @@ pub fn serve_until_exit(yaml: &str) -> (ExitStatus, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), yaml);
     let log = dir.path().join("stderr.log");
-    let mut child = serve_command(&config, 0, 0, &log)
+    let mut child = serve_command(&[], &config, &log)
         .spawn()
         .expect("run backworks");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -327,15 +324,21 @@ fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     config
 }
 
-/// `backworks serve` on `config` and these ports, without colours, its stdout discarded and its
-/// stderr written to `log`.
-fn serve_command(config: &Path, port: u16, admin_port: u16, log: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_backworks"));
+/// `backworks serve` on `config`, both listeners on port 0 (the addresses are in the log), without
+/// colours, its stdout discarded and its stderr written to `log`; run through `wrapper` (a program
+/// and its arguments, the server's command line after them) when that is not empty.
+fn serve_command(wrapper: &[&OsStr], config: &Path, log: &Path) -> Command {
+    let backworks = OsStr::new(env!("CARGO_BIN_EXE_backworks"));
+    let (program, wrapper_args) = wrapper.split_first().unwrap_or((&backworks, &[]));
+    let mut command = Command::new(program);
+    command.args(wrapper_args);
+    if !wrapper.is_empty() {
+        command.arg(backworks);
+    }
     command
         .args(["serve", "-c"])
         .arg(config)
-        .args(["--port", &port.to_string()])
-        .args(["--admin-port", &admin_port.to_string()])
+        .args(["--port", "0", "--admin-port", "0"])
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("log file"));

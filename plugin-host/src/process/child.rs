@@ -234,23 +234,20 @@ fn apply_limits(limits: &ResourceLimits) -> Result<(), String> {
     Ok(())
 }
 
+/// The number in environment variable `name`, if it is set and parses.
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
 /// Loads the library and serves it on fd 0 until the host closes it.
 fn serve_library(path: PathBuf) -> i32 {
     let name = std::env::var(env::NAME).unwrap_or_else(|_| "plugin".to_owned());
     let level = std::env::var(env::LOG_LEVEL).unwrap_or_default();
     // Only fails if a subscriber is set already, which then keeps logging.
     let _ = tracing::subscriber::set_global_default(StderrLog::new(&level));
-    let max_frame = std::env::var(env::MAX_FRAME)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(crate::policy::ProcessSettings::default().max_frame);
-    let spin = std::env::var(env::SPIN_US)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(
-            crate::policy::ProcessSettings::default().spin,
-            Duration::from_micros,
-        );
+    let defaults = crate::policy::ProcessSettings::default();
+    let max_frame = env_number(env::MAX_FRAME).unwrap_or(defaults.max_frame);
+    let spin = env_number(env::SPIN_US).map_or(defaults.spin, Duration::from_micros);
     let plugin = match crate::loader::load_in_child(&path)
         .and_then(|library| crate::DynamicPlugin::new(library, &name))
     {
