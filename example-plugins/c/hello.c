@@ -22,7 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-BW_PLUGIN_METADATA("c-hello", "0.1.0", "answers every request with a JSON greeting, from C");
+/* No hooks: the empty list says so, so an operator who lists one gets a config error. */
+BW_PLUGIN_METADATA_HOOKS("c-hello", "0.1.0", "answers every request with a JSON greeting, from C", "");
 
 /* One instance per configured plugin. Immutable once created. */
 typedef struct HelloInstance {

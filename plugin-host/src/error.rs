@@ -67,6 +67,19 @@ pub enum HostError {
         /// The plugin's SDK version.
         found: String,
     },
+    /// The operator subscribed the plugin to a hook it does not implement.
+    #[error(
+        "plugin `{plugin}` is listed for hooks it does not implement: `hooks:` lists {listed}, the plugin declares {}",
+        if declared.is_empty() { "none".to_owned() } else { declared.clone() }
+    )]
+    HooksNotImplemented {
+        /// The plugin.
+        plugin: String,
+        /// The hooks the config lists that the plugin does not declare, comma-separated.
+        listed: String,
+        /// The hooks the plugin declares, comma-separated.
+        declared: String,
+    },
     /// The plugin was built with `panic = "abort"`: a panic in it would end the host process.
     #[error(
         "{}: plugin built with panic = \"abort\"; a panic would abort the host, so it is not loaded in process (build it with panic = \"unwind\", or run it with `isolation: process`)",

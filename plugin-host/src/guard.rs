@@ -157,7 +157,7 @@ impl Guarded {
     pub fn after_response<'a>(
         &'a self,
         request: &'a Request,
-        response: Response,
+        response: &'a Response,
     ) -> impl Future<Output = Result<Response, PluginError>> + Send + 'a {
         self.run(self.inner.after_response(request, response), |response| {
             self.check(response, false)
@@ -411,14 +411,15 @@ impl Plugin for Guarded {
         Box::pin(Guarded::before_request(self, request))
     }
 
-    fn after_response<'life0, 'life1, 'async_trait>(
+    fn after_response<'life0, 'life1, 'life2, 'async_trait>(
         &'life0 self,
         request: &'life1 Request,
-        response: Response,
+        response: &'life2 Response,
     ) -> BoxFuture<'async_trait, Result<Response, PluginError>>
     where
         'life0: 'async_trait,
         'life1: 'async_trait,
+        'life2: 'async_trait,
         Self: 'async_trait,
     {
         Box::pin(Guarded::after_response(self, request, response))
@@ -639,7 +640,7 @@ mod tests {
         let hook = plugin.before_request(&Request::new("GET", "/x")).await;
         assert_eq!(hook, Ok(HookAction::Continue));
         let after = plugin
-            .after_response(&Request::new("GET", "/x"), Response::new(201))
+            .after_response(&Request::new("GET", "/x"), &Response::new(201))
             .await;
         assert_eq!(after.expect("passed on").status, 201);
         assert_eq!(s.guarded.stats().snapshot().successes, 4);
@@ -907,7 +908,7 @@ mod tests {
         );
         let after = s
             .guarded
-            .after_response(&Request::new("GET", "/after/4096"), Response::new(200))
+            .after_response(&Request::new("GET", "/after/4096"), &Response::new(200))
             .await;
         assert_eq!(after.expect_err("too big").status(), 502);
         assert_eq!(s.guarded.breaker_state(), BreakerState::Open);
@@ -927,7 +928,10 @@ mod tests {
         );
         // after_response passes on the endpoint's 500: not the hook's failure.
         for _ in 0..5 {
-            let response = s.guarded.after_response(&request, Response::new(500)).await;
+            let response = s
+                .guarded
+                .after_response(&request, &Response::new(500))
+                .await;
             assert_eq!(response.expect("passed on").status, 500);
         }
         assert_eq!(s.guarded.breaker().consecutive_failures(), 0);

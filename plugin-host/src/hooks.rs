@@ -1,39 +1,107 @@
-//! Hook chains around an endpoint: `before_request` in order, `after_response` in reverse.
+//! Hook chains around an endpoint: `before_request` in order, `after_response` in reverse, and
+//! observers after the response has left.
+//!
+//! # What a failing hook costs
+//! A hook *fails* when its call returns an error: the plugin's own, a panic, a timeout, or a
+//! refusal by its guard (open breaker, concurrency limit). An early answer
+//! ([`HookAction::Respond`], a 401 from an auth check) is not a failure. What a failure does is the
+//! hook's [`OnFailure`]:
+//!
+//! | hook point | default | [`OnFailure::Reject`] | [`OnFailure::Skip`] |
+//! |---|---|---|---|
+//! | `before_request` | `Reject` | the client gets the hook's error; the endpoint does not run | the chain goes on as if the hook had said continue |
+//! | `after_response` | `Skip` | the client gets the hook's error instead of the response | the response goes out as it stood before this hook |
+//! | observe | — | never reaches the client | never reaches the client |
+//!
+//! Every failure is counted in the plugin's call statistics (by its guard) and in the chain's
+//! [`HookCounts`], and logged with the plugin's name.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use backworks_plugin_sdk::{HookAction, PluginError, Request, Response};
 
+use crate::observe::Observer;
 use crate::plugin::Plugin;
+use crate::public_error::error_response;
+
+/// What a hook's failure does to the request (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    /// The client gets the hook's error (fail closed).
+    Reject,
+    /// The hook is passed over (fail open).
+    Skip,
+}
+
+impl OnFailure {
+    /// `"reject"` or `"skip"`, as in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnFailure::Reject => "reject",
+            OnFailure::Skip => "skip",
+        }
+    }
+
+    /// The default for `before_request`: an auth check that cannot run must not let requests
+    /// through.
+    pub const BEFORE_REQUEST: OnFailure = OnFailure::Reject;
+
+    /// The default for `after_response`: a response the endpoint already produced (a write that
+    /// happened) is not turned into an error.
+    pub const AFTER_RESPONSE: OnFailure = OnFailure::Skip;
+}
+
+/// How often one plugin's hooks failed, by what happened next. Shared by every chain the plugin
+/// is in.
+#[derive(Debug, Default)]
+pub struct HookCounts {
+    /// Failures that became the client's answer.
+    pub rejected: AtomicU64,
+    /// Failures passed over by an `on_failure: skip` policy.
+    pub skipped: AtomicU64,
+}
 
 /// One plugin's place in a chain.
 #[derive(Debug, Clone)]
 pub struct Hook {
     /// The plugin.
     pub plugin: Arc<dyn Plugin>,
-    /// Whether its `before_request` runs.
-    pub before_request: bool,
-    /// Whether its `after_response` runs.
-    pub after_response: bool,
+    /// Whether its `before_request` runs, and what its failure does.
+    pub before_request: Option<OnFailure>,
+    /// Whether its `after_response` runs, and what its failure does.
+    pub after_response: Option<OnFailure>,
+    /// Its observe subscription, when it has one.
+    pub observer: Option<Arc<Observer>>,
+    /// Its failure counts.
+    pub counts: Arc<HookCounts>,
 }
 
 /// The hooks of one endpoint, in `before_request` order.
 ///
-/// `before_request` hooks run first to last; the first that answers early stops the chain (neither
-/// later hooks nor the endpoint run). Then `after_response` hooks run last to first, over the
-/// response — whether it came from the endpoint, an early answer or an error — but only for hooks
-/// at or before the one that answered, so every hook that saw the request also sees its response.
+/// `before_request` hooks run first to last; the first that answers early (or fails, under
+/// [`OnFailure::Reject`]) stops the chain: neither later hooks nor the endpoint run. Then
+/// `after_response` hooks run last to first, over the response — whether it came from the
+/// endpoint, an early answer or an error — but only for hooks at or before the one that answered,
+/// so every hook that saw the request also sees its response. Last, every observer is handed a copy
+/// of the request and the final response.
 #[derive(Debug, Clone, Default)]
 pub struct HookChain {
     hooks: Vec<Hook>,
     any_after: bool,
+    observers: Vec<Arc<Observer>>,
 }
 
 impl HookChain {
     /// A chain of these hooks, in `before_request` order.
     pub fn new(hooks: Vec<Hook>) -> HookChain {
-        let any_after = hooks.iter().any(|h| h.after_response);
-        HookChain { hooks, any_after }
+        let any_after = hooks.iter().any(|h| h.after_response.is_some());
+        let observers = hooks.iter().filter_map(|h| h.observer.clone()).collect();
+        HookChain {
+            hooks,
+            any_after,
+            observers,
+        }
     }
 
     /// Whether the chain has no hooks.
@@ -50,9 +118,9 @@ impl HookChain {
         let mut reached = self.hooks.len();
         let mut early = None;
         for (index, hook) in self.hooks.iter().enumerate() {
-            if !hook.before_request {
+            let Some(on_failure) = hook.before_request else {
                 continue;
-            }
+            };
             match hook.plugin.before_request(&request).await {
                 Ok(HookAction::Continue) => {}
                 Ok(HookAction::ContinueWith(changed)) => request = changed,
@@ -62,13 +130,17 @@ impl HookChain {
                     break;
                 }
                 Err(error) => {
-                    early = Some(error_response(&hook.plugin.info().name, &error));
-                    reached = index + 1;
-                    break;
+                    if let Some(response) =
+                        hook.failed("before_request", on_failure, &error, &request)
+                    {
+                        early = Some(response);
+                        reached = index + 1;
+                        break;
+                    }
                 }
             }
         }
-        if !self.any_after {
+        if !self.any_after && self.observers.is_empty() {
             return match early {
                 Some(response) => response,
                 None => endpoint(request).await,
@@ -79,58 +151,69 @@ impl HookChain {
             None => endpoint(request.clone()).await,
         };
         for hook in self.hooks[..reached].iter().rev() {
-            if !hook.after_response {
+            let Some(on_failure) = hook.after_response else {
                 continue;
-            }
-            response = match hook.plugin.after_response(&request, response).await {
-                Ok(changed) => changed,
-                Err(error) => error_response(&hook.plugin.info().name, &error),
             };
+            match hook.plugin.after_response(&request, &response).await {
+                Ok(changed) => response = changed,
+                Err(error) => {
+                    if let Some(refusal) =
+                        hook.failed("after_response", on_failure, &error, &request)
+                    {
+                        response = refusal;
+                    }
+                }
+            }
+        }
+        if let Some((last, others)) = self.observers.split_last() {
+            for observer in others {
+                observer.offer(request.clone(), response.clone());
+            }
+            last.offer(request, response.clone());
         }
         response
     }
 }
 
-/// The response for a plugin's error: its status and `{"error": {"plugin", "kind", "message"}}`.
-/// Panics and internal errors are logged with the plugin's name.
-///
-/// ```
-/// use backworks_plugin_host::hooks::error_response;
-/// use backworks_plugin_sdk::PluginError;
-/// let res = error_response("auth", &PluginError::Unauthorized("no key".into()));
-/// assert_eq!(res.status, 401);
-/// let body: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
-/// assert_eq!(body["error"]["plugin"], "auth");
-/// ```
-///
-/// A refusal by the open circuit breaker carries `Retry-After` (whole seconds until the next probe).
-pub fn error_response(plugin: &str, error: &PluginError) -> Response {
-    let status = error.status();
-    match error {
-        // Refusals are counted in the metrics; logging each one would flood the log exactly when
-        // a plugin is in trouble (the breaker logs its own transitions).
-        PluginError::CircuitOpen { .. }
-        | PluginError::Overloaded(_)
-        | PluginError::Unavailable(_) => {
-            tracing::debug!(plugin, kind = error.kind(), "plugin call refused: {error}");
+impl Hook {
+    /// Counts and logs a failure of this hook at `point`; the error response when the policy
+    /// rejects, `None` when it skips.
+    fn failed(
+        &self,
+        point: &'static str,
+        on_failure: OnFailure,
+        error: &PluginError,
+        request: &Request,
+    ) -> Option<Response> {
+        let plugin = &self.plugin.info().name;
+        match on_failure {
+            OnFailure::Reject => {
+                self.counts.rejected.fetch_add(1, Ordering::Relaxed);
+                Some(error_response(
+                    plugin,
+                    error,
+                    request.header("x-request-id"),
+                ))
+            }
+            OnFailure::Skip => {
+                let skipped = self.counts.skipped.fetch_add(1, Ordering::Relaxed);
+                // Refusals come in floods while a plugin is in trouble: log the first and then
+                // one per power of two; everything else once each.
+                let refusal = matches!(
+                    error,
+                    PluginError::CircuitOpen { .. } | PluginError::Overloaded(_)
+                );
+                if !refusal || skipped.is_power_of_two() || skipped == 0 {
+                    tracing::warn!(
+                        plugin,
+                        hook = point,
+                        kind = error.kind(),
+                        skipped = skipped + 1,
+                        "hook failed and was skipped (on_failure: skip): {error}"
+                    );
+                }
+                None
+            }
         }
-        _ if status >= 500 => {
-            tracing::warn!(plugin, kind = error.kind(), "plugin call failed: {error}");
-        }
-        _ => {}
-    }
-    let response = Response::json(&serde_json::json!({
-        "error": {
-            "plugin": plugin,
-            "kind": error.kind(),
-            "message": error.message(),
-        }
-    }))
-    .with_status(status);
-    match error {
-        PluginError::CircuitOpen {
-            retry_after_secs, ..
-        } => response.with_header("retry-after", retry_after_secs.to_string()),
-        _ => response,
     }
 }

@@ -154,6 +154,7 @@ mod tests {
             version: "1.0.0".into(),
             description: String::new(),
             panic_unwind: true,
+            hooks: None,
         }
     }
 

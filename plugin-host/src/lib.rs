@@ -8,7 +8,10 @@
 //! - [`loader`] opens a checked library and creates plugin instances ([`DynamicPlugin`]).
 //! - [`Plugin`] is one async trait over built-in and library plugins; [`BuiltinPlugin`] wraps a
 //!   [`BackworksPlugin`](backworks_plugin_sdk::BackworksPlugin) compiled into your binary.
-//! - [`PluginHost`] keeps every plugin's lifecycle state; [`HookChain`] runs hooks around a call.
+//! - [`PluginHost`] keeps every plugin's lifecycle state; [`HookChain`] runs hooks around a call,
+//!   with a failure policy per hook ([`OnFailure`]) and observe-only subscriptions ([`Observer`]).
+//! - [`public_error`] turns a failed call into the public JSON error body (no internals), and
+//!   [`redact`] keeps secrets out of everything the host prints or serves.
 //!
 //! ```no_run
 //! use backworks_plugin_host::{PluginHost, PluginSource, PluginSpec};
@@ -38,19 +41,23 @@ pub mod hooks;
 pub mod inspect;
 pub mod lifecycle;
 pub mod loader;
+pub mod observe;
 mod plugin;
 pub mod policy;
 pub mod process;
 pub mod protocol;
+pub mod public_error;
+pub mod redact;
 mod registry;
 pub mod stats;
 
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use error::HostError;
 pub use guard::Guarded;
-pub use hooks::{Hook, HookChain};
+pub use hooks::{Hook, HookChain, HookCounts, OnFailure};
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
 pub use loader::{DynamicPlugin, LoadedLibrary};
+pub use observe::Observer;
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind};
 pub use policy::{CallPolicy, Isolation};
 pub use process::{ProcessPlugin, SupervisionSnapshot};

@@ -62,11 +62,12 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
     /// The plugin's `before_request` hook.
     async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError>;
 
-    /// The plugin's `after_response` hook.
+    /// The plugin's `after_response` hook: the response to send instead of `response`. The
+    /// response is lent, so that a caller whose hook fails can still send it as it stood.
     async fn after_response(
         &self,
         request: &Request,
-        response: Response,
+        response: &Response,
     ) -> Result<Response, PluginError>;
 
     /// The plugin's health.
@@ -106,6 +107,7 @@ impl<P: BackworksPlugin> BuiltinPlugin<P> {
                     version: version.to_owned(),
                     description: description.to_owned(),
                     panic_unwind: true,
+                    hooks: Some(P::HOOKS),
                 },
             },
             plugin,
@@ -146,9 +148,9 @@ impl<P: BackworksPlugin> Plugin for BuiltinPlugin<P> {
     async fn after_response(
         &self,
         request: &Request,
-        response: Response,
+        response: &Response,
     ) -> Result<Response, PluginError> {
-        caught(self.plugin.after_response(request, response)).await
+        caught(self.plugin.after_response(request, response.clone())).await
     }
 
     async fn health_check(&self) -> Health {

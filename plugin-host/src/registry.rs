@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use backworks_plugin_sdk::{Health, PluginMetadata};
+use backworks_plugin_sdk::{Health, Hooks, PluginMetadata};
 
 use crate::guard::Guarded;
 use crate::lifecycle::{EventKind, Lifecycle, PluginState};
@@ -38,6 +38,9 @@ pub struct PluginSpec {
     pub policy: CallPolicy,
     /// In the host process or in a child.
     pub isolation: Isolation,
+    /// The hooks the host will call (an observe subscription calls `after_response`). A plugin
+    /// whose metadata declares its hooks must declare these, or it does not start.
+    pub hooks: Hooks,
 }
 
 impl PluginSpec {
@@ -49,6 +52,7 @@ impl PluginSpec {
             config,
             policy: CallPolicy::default(),
             isolation: Isolation::InProcess,
+            hooks: Hooks::NONE,
         }
     }
 }
@@ -269,12 +273,17 @@ impl PluginHost {
                 let process = Arc::new(
                     ProcessPlugin::start(&spec.name, source, settings, lifecycle.clone()).await?,
                 );
+                // Before the entry holds it: dropping it here stops the child.
+                check_hooks(&spec.name, spec.hooks, process.info().metadata.hooks)?;
                 let supervised = process.clone();
                 self.update(&spec.name, move |e| e.process = Some(supervised));
                 process
             }
         };
         let metadata = plugin.info().metadata.clone();
+        if !matches!(spec.isolation, Isolation::Process(_)) {
+            check_hooks(&spec.name, spec.hooks, metadata.hooks)?;
+        }
         lifecycle.set_state(PluginState::Loaded);
         lifecycle.record(
             EventKind::Loaded,
@@ -361,6 +370,34 @@ impl PluginHost {
             lifecycle.set_state(PluginState::Stopped);
         }
     }
+}
+
+/// Checks the hooks the host will call against those the plugin declares: a missing one is an
+/// error; a declared `before_request` that the host will not call is a warning (an auth check that
+/// never runs lets every request through). A plugin that declares nothing is not checked.
+fn check_hooks(name: &str, wanted: Hooks, declared: Option<Hooks>) -> Result<(), HostError> {
+    let Some(declared) = declared else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = wanted
+        .names()
+        .filter(|hook| !declared.names().any(|d| d == *hook))
+        .collect();
+    if !missing.is_empty() {
+        return Err(HostError::HooksNotImplemented {
+            plugin: name.to_owned(),
+            listed: missing.join(", "),
+            declared: declared.names().collect::<Vec<_>>().join(", "),
+        });
+    }
+    if declared.before_request() && !wanted.before_request() {
+        tracing::warn!(
+            plugin = name,
+            "plugin implements before_request but is not subscribed to it: add `hooks: \
+             [before_request]` to its entry, or its check never runs"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -459,6 +459,25 @@ static inline BwStr bw_str(const void *ptr, size_t len) {
     BW_PLUGIN_METADATA_FULL(BW_STRINGIFY(BW_ABI_MAJOR) "." BW_STRINGIFY(BW_ABI_MINOR),              \
                             BW_SDK_VERSION, name, version, description, "unwind")
 
+/*
+ * BW_PLUGIN_METADATA_HOOKS(name, version, description, hooks) is BW_PLUGIN_METADATA plus the hooks
+ * the plugin implements, as a comma-separated string literal: "before_request",
+ * "after_response", "before_request,after_response", or "" for none. The host checks an
+ * operator's `hooks:` list against it without loading the library (a hook listed but not
+ * declared is a config error; a declared before_request left unsubscribed is a warning). A plugin
+ * that uses BW_PLUGIN_METADATA declares nothing, and the host cannot check its hooks.
+ */
+#define BW_PLUGIN_METADATA_HOOKS(name, version, description, hooks)                                 \
+    BW_METADATA_ATTRIBUTES static const char bw_plugin_metadata[] =                                  \
+        BW_METADATA_MAGIC "\0"                                                                      \
+        "abi=" BW_STRINGIFY(BW_ABI_MAJOR) "." BW_STRINGIFY(BW_ABI_MINOR) "\0"                        \
+        "sdk=" BW_SDK_VERSION "\0"                                                                  \
+        "name=" name "\0"                                                                           \
+        "version=" version "\0"                                                                     \
+        "description=" description "\0"                                                             \
+        "panic=unwind\0"                                                                            \
+        "hooks=" hooks "\0"
+
 /* The metadata defined by BW_PLUGIN_METADATA as a BwStr, for BwPluginVTable.metadata (a constant
  * initializer). */
 #define BW_METADATA_STR { (const uint8_t *)bw_plugin_metadata, sizeof(bw_plugin_metadata) }

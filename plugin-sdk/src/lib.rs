@@ -42,7 +42,7 @@ mod text;
 pub use async_trait::async_trait;
 pub use error::{PluginError, PluginResult, parse_config};
 pub use http::{Headers, Health, HookAction, Request, Response};
-pub use metadata::PluginMetadata;
+pub use metadata::{Hooks, PluginMetadata};
 pub use plugin::BackworksPlugin;
 pub use serde_json;
 pub use text::Text;
@@ -54,8 +54,8 @@ pub const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What most plugins need, in one `use`.
 pub mod prelude {
     pub use crate::{
-        BackworksPlugin, Headers, Health, HookAction, PluginError, PluginResult, Request, Response,
-        Text, async_trait, export_plugin, parse_config,
+        BackworksPlugin, Headers, Health, HookAction, Hooks, PluginError, PluginResult, Request,
+        Response, Text, async_trait, export_plugin, parse_config,
     };
     pub use serde_json::{Value, json};
 }

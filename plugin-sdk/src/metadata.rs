@@ -11,7 +11,9 @@
 //! (without the spaces). It starts with [`MAGIC`], then `key=value` entries each ended by a NUL byte,
 //! then an empty entry. Keys a reader does not know are ignored, so new keys can be added. Version 1
 //! keys: `abi` (`MAJOR.MINOR`), `sdk` (the SDK's semver), `name`, `version` (semver), `description`,
-//! `panic` (`unwind` or `abort`).
+//! `panic` (`unwind` or `abort`), `hooks` (the hooks the plugin implements, comma-separated:
+//! `before_request`, `after_response`; empty for none). A plugin without a `hooks` key (built before
+//! the key existed) has not declared its hooks, and the host cannot check its `hooks:` list.
 //!
 //! [`parse`] reads untrusted bytes: it is bounded ([`MAX_LEN`], [`MAX_VALUE_LEN`]), never panics,
 //! and has a fuzz-style property test.
@@ -43,6 +45,98 @@ pub struct PluginMetadata {
     /// Whether the plugin was built with `panic = "unwind"` (a `panic = "abort"` plugin would take the
     /// whole process down on a panic, so the host refuses to load it in process).
     pub panic_unwind: bool,
+    /// The hooks the plugin implements; `None` when its metadata does not say (a library built
+    /// before the `hooks` key existed).
+    pub hooks: Option<Hooks>,
+}
+
+/// The hooks a plugin implements, declared in its metadata so that the host can check an
+/// operator's `hooks:` list against them without running the plugin.
+///
+/// A Rust plugin declares them with [`BackworksPlugin::HOOKS`](crate::BackworksPlugin::HOOKS):
+///
+/// ```
+/// use backworks_plugin_sdk::Hooks;
+/// const BOTH: Hooks = Hooks::BEFORE_REQUEST.and(Hooks::AFTER_RESPONSE);
+/// assert!(BOTH.before_request() && BOTH.after_response());
+/// assert_eq!(BOTH.to_string(), "before_request,after_response");
+/// assert_eq!("after_response".parse::<Hooks>(), Ok(Hooks::AFTER_RESPONSE));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Hooks(u8);
+
+impl Hooks {
+    /// No hooks.
+    pub const NONE: Hooks = Hooks(0);
+    /// `before_request`.
+    pub const BEFORE_REQUEST: Hooks = Hooks(1);
+    /// `after_response`.
+    pub const AFTER_RESPONSE: Hooks = Hooks(2);
+    /// Every hook.
+    pub const ALL: Hooks = Hooks(3);
+
+    /// Both sets of hooks.
+    pub const fn and(self, other: Hooks) -> Hooks {
+        Hooks(self.0 | other.0)
+    }
+
+    /// Whether `before_request` is among them.
+    pub const fn before_request(self) -> bool {
+        self.0 & Self::BEFORE_REQUEST.0 != 0
+    }
+
+    /// Whether `after_response` is among them.
+    pub const fn after_response(self) -> bool {
+        self.0 & Self::AFTER_RESPONSE.0 != 0
+    }
+
+    /// Whether there are none.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The names, in the order of the hook points: `before_request`, `after_response`.
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        [
+            (self.before_request(), "before_request"),
+            (self.after_response(), "after_response"),
+        ]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+    }
+
+    /// The metadata value: the names joined by commas (a `const`, for `export_plugin!`).
+    pub const fn metadata_value(self) -> &'static str {
+        match self.0 {
+            1 => "before_request",
+            2 => "after_response",
+            3 => "before_request,after_response",
+            _ => "",
+        }
+    }
+}
+
+impl fmt::Display for Hooks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.metadata_value())
+    }
+}
+
+impl std::str::FromStr for Hooks {
+    type Err = String;
+
+    /// Reads a comma-separated list of hook names (the metadata value); an empty string is none.
+    fn from_str(s: &str) -> Result<Hooks, String> {
+        let mut hooks = Hooks::NONE;
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            hooks = hooks.and(match name {
+                "before_request" => Hooks::BEFORE_REQUEST,
+                "after_response" => Hooks::AFTER_RESPONSE,
+                other => return Err(other.to_owned()),
+            });
+        }
+        Ok(hooks)
+    }
 }
 
 /// Why metadata bytes could not be read.
@@ -88,8 +182,8 @@ impl std::error::Error for MetadataError {}
 /// Reads metadata bytes (the content of the metadata section, possibly followed by padding).
 pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
     let rest = bytes.strip_prefix(MAGIC).ok_or(MetadataError::BadMagic)?;
-    let (mut abi, mut sdk, mut name, mut version, mut description, mut panic) =
-        (None, None, None, None, None, None);
+    let (mut abi, mut sdk, mut name, mut version, mut description, mut panic, mut hooks) =
+        (None, None, None, None, None, None, None);
     let mut pos = 0;
     loop {
         if MAGIC.len() + pos > MAX_LEN {
@@ -119,6 +213,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
             "version" => &mut version,
             "description" => &mut description,
             "panic" => &mut panic,
+            "hooks" => &mut hooks,
             _ => continue,
         };
         *slot = Some(value.to_owned());
@@ -148,6 +243,13 @@ pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
             });
         }
     };
+    let hooks = match hooks {
+        None => None,
+        Some(value) => Some(value.parse().map_err(|_| MetadataError::BadValue {
+            key: "hooks",
+            value: value.clone(),
+        })?),
+    };
     Ok(PluginMetadata {
         abi_major,
         abi_minor,
@@ -156,6 +258,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
         version: version.ok_or(MetadataError::Missing("version"))?,
         description: description.unwrap_or_default(),
         panic_unwind,
+        hooks,
     })
 }
 
@@ -166,13 +269,15 @@ const fn entries<'a>(
     version: &'a str,
     description: &'a str,
     panic_unwind: bool,
-) -> [(&'static str, &'a str); 5] {
+    hooks: Hooks,
+) -> [(&'static str, &'a str); 6] {
     [
         ("sdk=", crate::SDK_VERSION),
         ("name=", name),
         ("version=", version),
         ("description=", description),
         ("panic=", if panic_unwind { "unwind" } else { "abort" }),
+        ("hooks=", hooks.metadata_value()),
     ]
 }
 
@@ -191,11 +296,12 @@ pub const fn encoded_len(
     version: &str,
     description: &str,
     panic_unwind: bool,
+    hooks: Hooks,
 ) -> usize {
     let abi = crate::abi::ABI_MAJOR;
     let minor = crate::abi::ABI_MINOR;
     let mut len = MAGIC.len() + "abi=".len() + digits(abi) + 1 + digits(minor) + 1;
-    let entries = entries(name, version, description, panic_unwind);
+    let entries = entries(name, version, description, panic_unwind, hooks);
     let mut i = 0;
     while i < entries.len() {
         len += entries[i].0.len() + entries[i].1.len() + 1;
@@ -237,6 +343,7 @@ pub const fn encode<const N: usize>(
     version: &str,
     description: &str,
     panic_unwind: bool,
+    hooks: Hooks,
 ) -> [u8; N] {
     let mut out = [0u8; N];
     let mut at = 0;
@@ -251,7 +358,7 @@ pub const fn encode<const N: usize>(
     at = put(&mut out, at, b".");
     at = put_number(&mut out, at, crate::abi::ABI_MINOR);
     at += 1;
-    let entries = entries(name, version, description, panic_unwind);
+    let entries = entries(name, version, description, panic_unwind, hooks);
     let mut e = 0;
     while e < entries.len() {
         at = put(&mut out, at, entries[e].0.as_bytes());
@@ -267,8 +374,9 @@ pub const fn encode<const N: usize>(
 mod tests {
     use super::*;
 
-    const LEN: usize = encoded_len("hello", "1.2.3", "says hello", true);
-    static META: [u8; LEN] = encode("hello", "1.2.3", "says hello", true);
+    const HOOKS: Hooks = Hooks::AFTER_RESPONSE;
+    const LEN: usize = encoded_len("hello", "1.2.3", "says hello", true, HOOKS);
+    static META: [u8; LEN] = encode("hello", "1.2.3", "says hello", true, HOOKS);
 
     #[test]
     fn round_trip() {
@@ -282,6 +390,33 @@ mod tests {
             (crate::abi::ABI_MAJOR, crate::abi::ABI_MINOR)
         );
         assert!(meta.panic_unwind);
+        assert_eq!(meta.hooks, Some(Hooks::AFTER_RESPONSE));
+    }
+
+    #[test]
+    fn hooks_round_trip_and_absent_hooks_are_undeclared() {
+        for hooks in [
+            Hooks::NONE,
+            Hooks::BEFORE_REQUEST,
+            Hooks::AFTER_RESPONSE,
+            Hooks::ALL,
+        ] {
+            assert_eq!(hooks.to_string().parse::<Hooks>(), Ok(hooks));
+        }
+        assert_eq!("".parse::<Hooks>(), Ok(Hooks::NONE));
+        assert_eq!(
+            "before_request, nope".parse::<Hooks>(),
+            Err("nope".to_owned())
+        );
+        let raw = b"BWMETA1\0abi=1.0\0sdk=0.1.0\0name=c\0version=0.0.1\0\0";
+        assert_eq!(parse(raw).unwrap().hooks, None);
+        let raw = b"BWMETA1\0abi=1.0\0sdk=0.1.0\0name=c\0version=0.0.1\0hooks=\0\0";
+        assert_eq!(parse(raw).unwrap().hooks, Some(Hooks::NONE));
+        let raw = b"BWMETA1\0abi=1.0\0sdk=0.1.0\0name=c\0version=0.0.1\0hooks=observe\0\0";
+        assert!(matches!(
+            parse(raw),
+            Err(MetadataError::BadValue { key: "hooks", .. })
+        ));
     }
 
     #[test]

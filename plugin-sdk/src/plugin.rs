@@ -31,6 +31,32 @@ use crate::{Health, HookAction, PluginResult, Request, Response};
 /// ```
 #[async_trait::async_trait]
 pub trait BackworksPlugin: Send + Sync + 'static {
+    /// The hooks this plugin implements. [`export_plugin!`](crate::export_plugin) writes them into
+    /// the library's metadata, where the host reads them without running the plugin: an operator
+    /// who lists a hook the plugin does not declare gets a config error, and one who leaves out a
+    /// declared `before_request` (an auth check, say) gets a warning. Declare every hook you
+    /// override:
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::prelude::*;
+    ///
+    /// #[derive(Default)]
+    /// struct ApiKey;
+    ///
+    /// #[async_trait]
+    /// impl BackworksPlugin for ApiKey {
+    ///     const HOOKS: Hooks = Hooks::BEFORE_REQUEST;
+    ///
+    ///     async fn before_request(&self, request: &Request) -> PluginResult<HookAction> {
+    ///         match request.header("x-api-key") {
+    ///             Some("let-me-in") => Ok(HookAction::Continue),
+    ///             _ => Err(PluginError::Unauthorized("missing or wrong x-api-key".into())),
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    const HOOKS: crate::Hooks = crate::Hooks::NONE;
+
     /// Called once, before any other call, with the plugin's `config` from `backworks.yaml` (`null`
     /// when there is none). An error here keeps the plugin from serving.
     async fn initialize(&self, config: serde_json::Value) -> PluginResult<()> {

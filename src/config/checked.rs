@@ -9,7 +9,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use backworks_plugin_host::OnFailure;
 use backworks_plugin_host::policy::{CallPolicy, Isolation};
+use backworks_plugin_sdk::Hooks;
 
 /// A checked `backworks.yaml`.
 #[derive(Clone, Debug, PartialEq)]
@@ -144,10 +146,17 @@ pub struct PluginConfig {
     pub enabled: bool,
     /// The plugin's own configuration, interpolated; `Null` when absent.
     pub config: serde_json::Value,
-    /// Whether the plugin takes part in the `before_request` hook point.
-    pub before_request: bool,
-    /// Whether the plugin takes part in the `after_response` hook point.
-    pub after_response: bool,
+    /// Whether the plugin takes part in the `before_request` hook point, and what its failure
+    /// does (default [`OnFailure::Reject`]).
+    pub before_request: Option<OnFailure>,
+    /// Whether the plugin takes part in the `after_response` hook point, and what its failure
+    /// does (default [`OnFailure::Skip`]).
+    pub after_response: Option<OnFailure>,
+    /// Whether the plugin observes responses (`hooks: [observe]`): its `after_response` is called
+    /// after the response has left, off the response path, and its answer is thrown away.
+    pub observe: bool,
+    /// The length of its observe queue; a full queue drops exchanges (counted). Default 1024.
+    pub observe_queue: usize,
     /// Position in the default hook chain: lower runs first, ties keep file order.
     pub order: i32,
     /// An important plugin that fails to start stops the server's start-up; `/ready` needs it
@@ -162,7 +171,20 @@ pub struct PluginConfig {
 impl PluginConfig {
     /// Whether the plugin takes part in any hook point.
     pub fn has_hooks(&self) -> bool {
-        self.before_request || self.after_response
+        self.before_request.is_some() || self.after_response.is_some() || self.observe
+    }
+
+    /// The hooks the host calls on this plugin (an observer's calls are `after_response` calls).
+    pub fn called_hooks(&self) -> Hooks {
+        let before = match self.before_request {
+            Some(_) => Hooks::BEFORE_REQUEST,
+            None => Hooks::NONE,
+        };
+        let after = match self.after_response.is_some() || self.observe {
+            true => Hooks::AFTER_RESPONSE,
+            false => Hooks::NONE,
+        };
+        before.and(after)
     }
 }
 
@@ -225,8 +247,10 @@ mod tests {
             kind: PluginKind::Builtin,
             enabled,
             config: serde_json::Value::Null,
-            before_request: hooks,
-            after_response: false,
+            before_request: hooks.then_some(OnFailure::Reject),
+            after_response: None,
+            observe: false,
+            observe_queue: 1024,
             order,
             important: false,
             policy: CallPolicy::default(),

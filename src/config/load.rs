@@ -310,7 +310,7 @@ endpoints:
         );
         let auth = c.plugin("auth").unwrap();
         assert_eq!(auth.config, json!({"api_key": "dev-key"}));
-        assert!(auth.before_request && !auth.after_response);
+        assert!(auth.before_request.is_some() && auth.after_response.is_none());
         let request_id = c.plugin("request-id").unwrap();
         assert_eq!(
             (request_id.kind.clone(), request_id.order),

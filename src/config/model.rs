@@ -82,6 +82,8 @@ pub(crate) struct RawPlugin {
     pub enabled: Option<Spanned<Scalar>>,
     pub config: Option<Spanned<Node>>,
     pub hooks: Option<Vec<Text>>,
+    pub on_failure: Option<RawOnFailure>,
+    pub observe_queue: Option<Number>,
     pub order: Option<Number>,
     pub important: Option<Number>,
     pub timeout_ms: Option<Number>,
@@ -95,6 +97,14 @@ pub(crate) struct RawPlugin {
     pub handshake_timeout_ms: Option<Number>,
     pub max_frame: Option<Number>,
     pub spin_us: Option<Number>,
+}
+
+/// A plugin's `on_failure:`: what a failure of each of its hooks does.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOnFailure {
+    pub before_request: Option<Text>,
+    pub after_response: Option<Text>,
 }
 
 /// A plugin's `breaker:`.

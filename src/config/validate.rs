@@ -12,6 +12,7 @@ use super::interpolate::{EnvLookup, Interpolator};
 use super::model::{RawConfig, RawPlugin, RawPluginDir, Scalar, Text};
 
 mod endpoints;
+mod hooks;
 mod policy;
 mod server;
 
@@ -145,27 +146,7 @@ fn plugin(
             }
         },
     };
-    let mut before_request = false;
-    let mut after_response = false;
-    for hook in raw.hooks.iter().flatten() {
-        let hook = ip.text(hook)?;
-        let slot = match hook.value.as_str() {
-            "before_request" => &mut before_request,
-            "after_response" => &mut after_response,
-            _ => {
-                let message = format!(
-                    "plugin `{n}` has unknown hook point {}; \
-                     expected `before_request` or `after_response`",
-                    hook.quoted()
-                );
-                return Err(ip.error(INVALID, hook.at, message));
-            }
-        };
-        if std::mem::replace(slot, true) {
-            let message = format!("plugin `{n}` lists hook point `{}` twice", hook.value);
-            return Err(ip.error(INVALID, hook.at, message));
-        }
-    }
+    let subscription = hooks::subscription(ip, n, raw)?;
     let isolation = policy::isolation(ip, name, raw, &mut kind)?;
     let policy = policy::call_policy(ip, n, raw)?;
     Ok(PluginConfig {
@@ -185,8 +166,10 @@ fn plugin(
             Some(node) => ip.json(node)?,
             None => serde_json::Value::Null,
         },
-        before_request,
-        after_response,
+        before_request: subscription.before_request,
+        after_response: subscription.after_response,
+        observe: subscription.observe,
+        observe_queue: subscription.observe_queue,
         order: match &raw.order {
             Some(order) => integer(
                 ip,
@@ -316,7 +299,7 @@ mod tests {
             (PluginKind::Builtin, true, 0)
         );
         assert_eq!(p.config, serde_json::Value::Null);
-        assert!(!p.before_request && !p.after_response);
+        assert!(p.before_request.is_none() && p.after_response.is_none());
         assert_eq!((c.plugins[1].enabled, c.plugins[1].order), (false, -3));
         assert_eq!(c.endpoints[0].methods, ["GET"]);
         assert_eq!(c.endpoints[0].hooks, None);
@@ -346,7 +329,7 @@ mod tests {
             }
         );
         let p = &c.plugins[0];
-        assert!(p.before_request && p.after_response);
+        assert!(p.before_request.is_some() && p.after_response.is_some());
         assert_eq!(p.order, 7);
         assert_eq!(c.endpoints[0].methods, ["GET", "POST", "PATCH"]);
         assert_eq!(c.endpoints[0].hooks, Some(vec!["p".to_owned()]));
@@ -421,7 +404,7 @@ mod tests {
         assert_eq!(
             error("plugins:\n  p:\n    hooks: [before_request, before-response]\n"),
             "3:29: plugin `p` has unknown hook point `before-response`; \
-             expected `before_request` or `after_response`"
+             expected `before_request`, `after_response` or `observe`"
         );
         assert_eq!(
             error("plugins:\n  p:\n    hooks:\n      - after_response\n      - after_response\n"),

@@ -2,7 +2,7 @@
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use backworks_plugin_host::hooks::error_response;
+use backworks_plugin_host::public_error::error_response;
 use backworks_plugin_sdk::{Headers, PluginError, Request, Response, Text};
 use bytes::Bytes;
 
@@ -62,7 +62,7 @@ pub fn into_http(plugin: &str, response: Response) -> axum::response::Response {
         Ok(http) => http,
         Err(message) => {
             let error = PluginError::InvalidResponse(message);
-            match try_into_http(error_response(plugin, &error)) {
+            match try_into_http(error_response(plugin, &error, None)) {
                 Ok(http) => http,
                 Err(_) => {
                     let mut bare = axum::response::Response::new(Body::empty());
@@ -113,8 +113,9 @@ mod tests {
         let error = error_of(http);
         assert_eq!(error["plugin"], "evil");
         assert_eq!(error["kind"], "invalid_response");
-        assert!(
-            error["message"].as_str().unwrap().contains("x-bad"),
+        // The details (which header) go to the log; the public body says only what happened.
+        assert_eq!(
+            error["message"], "the plugin gave an invalid response",
             "{error}"
         );
 
@@ -122,7 +123,7 @@ mod tests {
         let error = error_of(into_http("evil", bad_name));
         assert_eq!(error["kind"], "invalid_response");
         assert!(
-            error["message"].as_str().unwrap().contains("bad name"),
+            !error["message"].as_str().unwrap().contains("bad name"),
             "{error}"
         );
 

@@ -57,12 +57,21 @@ impl EndpointStats {
 pub struct Metrics {
     host: Arc<PluginHost>,
     endpoints: Vec<Arc<EndpointStats>>,
+    hooks: Vec<super::HookShare>,
 }
 
 impl Metrics {
-    /// Metrics of `host`'s plugins and of `endpoints`.
-    pub fn new(host: Arc<PluginHost>, endpoints: Vec<Arc<EndpointStats>>) -> Metrics {
-        Metrics { host, endpoints }
+    /// Metrics of `host`'s plugins, of `endpoints`, and of the plugins' `hooks`.
+    pub fn new(
+        host: Arc<PluginHost>,
+        endpoints: Vec<Arc<EndpointStats>>,
+        hooks: Vec<super::HookShare>,
+    ) -> Metrics {
+        Metrics {
+            host,
+            endpoints,
+            hooks,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -325,6 +334,53 @@ impl prometheus_client::collector::Collector for Metrics {
             MetricType::Histogram,
             &loaded,
             |m, (plugin, s)| histogram(m, &vec![("plugin", *plugin)], &s.latency),
+        )?;
+        family(
+            e,
+            "backworks_hook_failures",
+            "Failed hook calls of each plugin, by what followed: `rejected` (the client got the \
+             error) or `skipped` (on_failure: skip passed the hook over).",
+            MetricType::Counter,
+            &self.hooks,
+            |m, share| {
+                let rejected = share.counts.rejected.load(Ordering::Relaxed);
+                let skipped = share.counts.skipped.load(Ordering::Relaxed);
+                counter(
+                    m,
+                    &vec![("plugin", &share.name), ("outcome", "rejected")],
+                    rejected,
+                )?;
+                counter(
+                    m,
+                    &vec![("plugin", &share.name), ("outcome", "skipped")],
+                    skipped,
+                )
+            },
+        )?;
+        let observers: Vec<_> = self
+            .hooks
+            .iter()
+            .filter_map(|share| share.observer.as_ref())
+            .collect();
+        family(
+            e,
+            "backworks_observer_exchanges",
+            "Request/response pairs offered to each observing plugin, by outcome: `delivered`, \
+             `failed` (its call failed), `dropped` (its queue was full).",
+            MetricType::Counter,
+            &observers,
+            |m, observer| {
+                let counts = observer.counts();
+                for (outcome, value) in [
+                    ("delivered", &counts.delivered),
+                    ("failed", &counts.failed),
+                    ("dropped", &counts.dropped),
+                ] {
+                    let labels = vec![("plugin", observer.name()), ("outcome", outcome)];
+                    counter(m, &labels, value.load(Ordering::Relaxed))?;
+                }
+                Ok(())
+            },
         )?;
         Ok(())
     }

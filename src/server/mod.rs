@@ -20,11 +20,12 @@ use axum::extract::{DefaultBodyLimit, RawPathParams};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{MethodFilter, MethodRouter, on};
-use backworks_plugin_host::hooks::error_response;
+use backworks_plugin_host::public_error::error_response;
 use backworks_plugin_host::{
-    Hook, HookChain, Isolation, Plugin, PluginHost, PluginSource, PluginSpec, PluginState,
+    Hook, HookChain, HookCounts, Isolation, Observer, Plugin, PluginHost, PluginSource, PluginSpec,
+    PluginState,
 };
-use backworks_plugin_sdk::{PluginError, Response};
+use backworks_plugin_sdk::{PluginError, Response, Text};
 use bytes::Bytes;
 
 use crate::config::{Config, EndpointConfig, PluginKind};
@@ -37,7 +38,37 @@ struct Endpoint {
     max_request_body: usize,
     /// `Err` with the reason when the endpoint cannot be served (plugin disabled or failed, or a
     /// hook plugin unavailable): the endpoint then answers 503 rather than run without its hooks.
+    /// The reason is logged and shown on the admin API, never in a public body.
     target: Result<(Arc<dyn Plugin>, HookChain), String>,
+}
+
+/// What the hooks of one plugin share across every endpoint's chain: its failure counts and its
+/// observe subscription.
+#[derive(Debug, Clone)]
+pub struct HookShare {
+    /// The plugin.
+    pub name: String,
+    /// Its hook failures, by outcome.
+    pub counts: Arc<HookCounts>,
+    /// Its observe subscription.
+    pub observer: Option<Arc<Observer>>,
+}
+
+/// One [`HookShare`] per configured plugin with hooks that is active; observers start here.
+fn hook_shares(config: &Config, host: &PluginHost) -> Vec<HookShare> {
+    config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && p.has_hooks())
+        .filter_map(|p| {
+            let plugin = host.get(&p.name)?;
+            Some(HookShare {
+                name: p.name.clone(),
+                counts: Arc::default(),
+                observer: p.observe.then(|| Observer::start(plugin, p.observe_queue)),
+            })
+        })
+        .collect()
 }
 
 /// Starts every configured plugin on `host`. A plugin that fails is logged, recorded in its `Error`
@@ -69,6 +100,7 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
         }
         let mut spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
         spec.policy = plugin.policy.clone();
+        spec.hooks = plugin.called_hooks();
         spec.isolation = plugin.isolation.clone();
         if let Isolation::Process(settings) = &mut spec.isolation {
             settings
@@ -85,7 +117,12 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
     Ok(())
 }
 
-fn resolve(config: &Config, host: &PluginHost, endpoint: &EndpointConfig) -> Endpoint {
+fn resolve(
+    config: &Config,
+    host: &PluginHost,
+    shares: &[HookShare],
+    endpoint: &EndpointConfig,
+) -> Endpoint {
     let unavailable = |name: &str| match host.state(name) {
         Some(state @ PluginState::Error(_)) => {
             format!("plugin `{name}` failed to start ({})", state_reason(&state))
@@ -99,13 +136,28 @@ fn resolve(config: &Config, host: &PluginHost, endpoint: &EndpointConfig) -> End
             .ok_or_else(|| unavailable(&endpoint.plugin))?;
         let mut hooks = Vec::new();
         for hook in config.hook_chain(endpoint) {
-            let plugin = host
-                .get(&hook.name)
-                .ok_or_else(|| unavailable(&hook.name))?;
+            let plugin = host.get(&hook.name);
+            let share = shares.iter().find(|s| s.name == hook.name);
+            let (plugin, share) = match (plugin, share) {
+                (Some(plugin), Some(share)) => (plugin, share),
+                // An observer that is not running costs its observations, never the endpoint.
+                _ if hook.observe => {
+                    tracing::warn!(
+                        endpoint = endpoint.name,
+                        "observer `{}` is not running: {}",
+                        hook.name,
+                        unavailable(&hook.name)
+                    );
+                    continue;
+                }
+                _ => return Err(unavailable(&hook.name)),
+            };
             hooks.push(Hook {
                 plugin,
                 before_request: hook.before_request,
                 after_response: hook.after_response,
+                observer: share.observer.clone(),
+                counts: share.counts.clone(),
             });
         }
         Ok((plugin, HookChain::new(hooks)))
@@ -142,8 +194,9 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
     // Endpoints sharing a path share one method router.
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     let mut stats = Vec::with_capacity(config.endpoints.len());
+    let shares = hook_shares(config, &host);
     for endpoint_config in &config.endpoints {
-        let endpoint = Arc::new(resolve(config, &host, endpoint_config));
+        let endpoint = Arc::new(resolve(config, &host, &shares, endpoint_config));
         stats.push(endpoint.stats.clone());
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
@@ -180,7 +233,7 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         .route("/health", axum::routing::get(health::health))
         .route("/ready", axum::routing::get(health::ready))
         .with_state(health_state.clone());
-    let metrics = Arc::new(metrics::Metrics::new(host.clone(), stats));
+    let metrics = Arc::new(metrics::Metrics::new(host.clone(), stats, shares));
     let admin = admin::router(config, host, metrics, health_state);
     (router.merge(health), admin)
 }
@@ -222,9 +275,13 @@ async fn answer(
     body: Result<Bytes, BytesRejection>,
 ) -> axum::response::Response {
     let refuse = |error: PluginError| {
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok());
         convert::into_http(
             &endpoint.plugin_name,
-            error_response(&endpoint.plugin_name, &error),
+            error_response(&endpoint.plugin_name, &error, request_id),
         )
     };
     let (plugin, hooks) = match &endpoint.target {
@@ -261,9 +318,12 @@ async fn answer(
 }
 
 async fn call(plugin: &dyn Plugin, request: backworks_plugin_sdk::Request) -> Response {
+    // The request id of an error body comes from the request; keep its header (a cheap copy of
+    // short inline text) only in case the call fails.
+    let request_id = request.header("x-request-id").map(Text::from);
     match plugin.handle(request).await {
         Ok(response) => response,
-        Err(error) => error_response(&plugin.info().name, &error),
+        Err(error) => error_response(&plugin.info().name, &error, request_id.as_deref()),
     }
 }
 

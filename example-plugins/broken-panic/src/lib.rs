@@ -76,6 +76,8 @@ impl BrokenPanic {
 
 #[async_trait]
 impl BackworksPlugin for BrokenPanic {
+    const HOOKS: Hooks = Hooks::ALL;
+
     async fn initialize(&self, config: Value) -> PluginResult<()> {
         let config: BrokenPanicConfig = parse_config(config)?;
         if config.panic_in == Some(PanicIn::Initialize) {

@@ -176,6 +176,8 @@ impl Faulty {
 
 #[async_trait]
 impl BackworksPlugin for Faulty {
+    const HOOKS: Hooks = Hooks::ALL;
+
     async fn initialize(&self, config: Value) -> PluginResult<()> {
         let settings = Settings::parse(config)?;
         if settings.behaviour == Behaviour::CrashOnInit {

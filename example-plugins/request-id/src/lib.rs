@@ -115,6 +115,8 @@ fn existing_id(request: &Request) -> Option<&str> {
 
 #[async_trait]
 impl BackworksPlugin for RequestId {
+    const HOOKS: Hooks = Hooks::ALL;
+
     async fn initialize(&self, config: Value) -> PluginResult<()> {
         let config: RequestIdConfig = parse_config(config)?;
         if config.require_api_key.as_deref() == Some("") {

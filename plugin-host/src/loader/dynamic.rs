@@ -241,7 +241,7 @@ impl Plugin for DynamicPlugin {
     async fn after_response(
         &self,
         request: &Request,
-        response: Response,
+        response: &Response,
     ) -> Result<Response, PluginError> {
         let f = self.vtable().after_response.expect("checked at load time");
         let mut out = Output::empty();
@@ -258,7 +258,6 @@ impl Plugin for DynamicPlugin {
                 f(instance, abi, &abi_response, raw)
             })
         });
-        drop(response);
         finish(&mut out, waiting).await;
         match out.raw.kind {
             BW_OUT_RESPONSE => out.response(&self.info.name),

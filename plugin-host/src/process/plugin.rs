@@ -104,6 +104,7 @@ impl ProcessPlugin {
             version: manifest.version.clone(),
             description: manifest.description.clone(),
             panic_unwind: true,
+            hooks: Some(manifest.features.hooks()),
         });
         Ok(ProcessPlugin {
             info: PluginInfo {
@@ -282,7 +283,7 @@ impl Plugin for ProcessPlugin {
     async fn after_response(
         &self,
         request: &Request,
-        response: Response,
+        response: &Response,
     ) -> Result<Response, PluginError> {
         self.call(|live| async move { live.client.after_response(request, response).await })
             .await

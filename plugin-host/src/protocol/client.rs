@@ -271,14 +271,14 @@ impl Client {
     pub async fn after_response(
         &self,
         request: &Request,
-        response: Response,
+        response: &Response,
     ) -> Result<Response, CallError> {
         if !self.supports(AFTER_RESPONSE) {
-            return Ok(response);
+            return Ok(response.clone());
         }
         let params = ExchangeParams {
             request: request.into(),
-            response: (&response).into(),
+            response: response.into(),
         };
         let result: ResponseResultIn = self.typed("after_response", &params).await?;
         Response::try_from(result.response).map_err(CallError::Protocol)

@@ -62,6 +62,7 @@ impl Fake {
                     version: "2.3.4".into(),
                     description: "a fake for the tests".into(),
                     panic_unwind: true,
+                    hooks: Some(backworks_plugin_sdk::Hooks::ALL),
                 },
             },
             config: Mutex::new(None),
@@ -165,13 +166,15 @@ impl Plugin for Fake {
     async fn after_response(
         &self,
         request: &Request,
-        response: Response,
+        response: &Response,
     ) -> Result<Response, PluginError> {
         self.hook_calls.fetch_add(1, Ordering::SeqCst);
         if request.header("x-fail-after").is_some() {
             return Err(PluginError::Unavailable("later".into()));
         }
-        Ok(response.with_header("x-after", request.path.clone()))
+        Ok(response
+            .clone()
+            .with_header("x-after", request.path.clone()))
     }
 
     async fn health_check(&self) -> Health {
@@ -278,7 +281,7 @@ async fn handshake_every_call_kind_and_an_orderly_shutdown() {
     assert_eq!(rewritten.body, b"payload");
 
     let after = c
-        .after_response(&request, Response::new(201))
+        .after_response(&request, &Response::new(201))
         .await
         .unwrap();
     assert_eq!(
@@ -288,7 +291,7 @@ async fn handshake_every_call_kind_and_an_orderly_shutdown() {
     let mut failing = request.clone();
     failing.headers.insert("x-fail-after", "1");
     assert_eq!(
-        c.after_response(&failing, Response::new(200)).await,
+        c.after_response(&failing, &Response::new(200)).await,
         Err(CallError::Plugin(PluginError::Unavailable("later".into())))
     );
 
@@ -496,7 +499,7 @@ async fn unlisted_features_are_not_called() {
     );
     let unchanged = p
         .client
-        .after_response(&request, Response::new(204))
+        .after_response(&request, &Response::new(204))
         .await
         .unwrap();
     assert_eq!(unchanged, Response::new(204));

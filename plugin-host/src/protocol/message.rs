@@ -272,6 +272,22 @@ impl Features {
         health_check: true,
     };
 
+    /// The hooks among the features.
+    pub fn hooks(&self) -> backworks_plugin_sdk::Hooks {
+        use backworks_plugin_sdk::Hooks;
+        let before = if self.before_request {
+            Hooks::BEFORE_REQUEST
+        } else {
+            Hooks::NONE
+        };
+        let after = if self.after_response {
+            Hooks::AFTER_RESPONSE
+        } else {
+            Hooks::NONE
+        };
+        before.and(after)
+    }
+
     /// The names of the features, in the order of the protocol document.
     pub fn names(&self) -> Vec<&'static str> {
         let flags = [

@@ -29,8 +29,9 @@ use super::outbox::{Outbox, PushError};
 use crate::Plugin;
 
 /// Serves `plugin` over `reader` (the process's stdin) and `writer` (its stdout) until the input
-/// ends, with frames of at most `max_frame` bytes and every feature listed in the manifest. See
-/// [`Server`] to list fewer features or to send logs.
+/// ends, with frames of at most `max_frame` bytes. The manifest lists `handle`, `health_check` and
+/// the hooks the plugin's metadata declares (every hook when it declares none). See [`Server`] to
+/// list other features or to send logs.
 pub async fn serve<R, W>(
     plugin: Arc<dyn Plugin>,
     reader: R,
@@ -41,7 +42,18 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    Server::new(reader, writer, max_frame).run(plugin).await
+    let features = match plugin.info().metadata.hooks {
+        Some(hooks) => Features {
+            before_request: hooks.before_request(),
+            after_response: hooks.after_response(),
+            ..Features::ALL
+        },
+        None => Features::ALL,
+    };
+    Server::new(reader, writer, max_frame)
+        .with_features(features)
+        .run(plugin)
+        .await
 }
 
 /// The plugin side of a connection, before it runs.
@@ -221,7 +233,7 @@ impl Calls {
                     Ok(response) => self.spawn(id, async move {
                         let request = p.request.into();
                         plugin
-                            .after_response(&request, response)
+                            .after_response(&request, &response)
                             .await
                             .map(Reply::Response)
                     }),

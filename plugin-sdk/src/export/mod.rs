@@ -53,8 +53,14 @@ macro_rules! export_plugin {
     ($plugin:ty, name = $name:expr, version = $version:expr, description = $description:expr $(,)?) => {
         const _: () = {
             const __BW_PANIC_UNWIND: bool = cfg!(panic = "unwind");
-            const __BW_META_LEN: usize =
-                $crate::metadata::encoded_len($name, $version, $description, __BW_PANIC_UNWIND);
+            const __BW_HOOKS: $crate::Hooks = <$plugin as $crate::BackworksPlugin>::HOOKS;
+            const __BW_META_LEN: usize = $crate::metadata::encoded_len(
+                $name,
+                $version,
+                $description,
+                __BW_PANIC_UNWIND,
+                __BW_HOOKS,
+            );
             #[used]
             #[cfg_attr(
                 any(target_os = "macos", target_os = "ios"),
@@ -65,8 +71,13 @@ macro_rules! export_plugin {
                 not(any(target_os = "macos", target_os = "ios", windows)),
                 unsafe(link_section = ".backworks_meta")
             )]
-            static __BW_METADATA: [u8; __BW_META_LEN] =
-                $crate::metadata::encode($name, $version, $description, __BW_PANIC_UNWIND);
+            static __BW_METADATA: [u8; __BW_META_LEN] = $crate::metadata::encode(
+                $name,
+                $version,
+                $description,
+                __BW_PANIC_UNWIND,
+                __BW_HOOKS,
+            );
 
             #[unsafe(no_mangle)]
             #[allow(non_upper_case_globals)]
