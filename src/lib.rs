@@ -4,8 +4,10 @@
 //! - [`server`] starts the configured plugins and serves their endpoints.
 //! - [`builtins`] are the plugins compiled into the binary.
 //! - [`cli`] implements the `backworks` commands.
+//! - [`logging`] is the log's writer, which keeps secrets out of the log.
 
 pub mod builtins;
 pub mod cli;
 pub mod config;
+pub mod logging;
 pub mod server;

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """report: a Backworks plugin written in Python, run as a child process over the wire protocol.
 
-- Its ``after_response`` hook counts every response the server sends through it, by status class,
-  by status and by endpoint path.
+- It observes every response (``hooks: [observe]`` in ``backworks.yaml``: its ``after_response``
+  hook is called after the response has left, off the response path) and counts them by status
+  class, by status and by endpoint path. Paths are chosen by clients, so at most ``max_paths``
+  distinct ones are counted; the rest are counted together under ``"(other)"``.
 - ``GET .../report`` answers those counts as JSON, with the notifications received so far.
 - ``POST .../notify`` takes a notification ``{"channel": "...", "message": "...",
   "severity": "info|warning|critical"}``, checks it against the configured channels, keeps the
@@ -13,6 +15,7 @@ Config (all optional)::
 
     channels: [ops, billing]     # the channels /notify accepts (default: [ops])
     max_notifications: 100       # how many notifications are kept (default: 100)
+    max_paths: 1000              # how many distinct paths are counted (default: 1000)
 
 Run by the host as ``command: ["python3", "example-plugins/python/report.py"]``; it needs only
 ``python3`` (3.8 or newer) and the helper module in ``sdk/python``.
@@ -46,15 +49,17 @@ _by_path = Counter()
 _notifications = deque(maxlen=100)
 _next_id = 1
 _channels = ["ops"]
+_max_paths = 1000
+OTHER_PATHS = "(other)"
 
 
 @plugin.init
 def init(config):
-    global _channels, _notifications
+    global _channels, _notifications, _max_paths
     config = config or {}
     if not isinstance(config, dict):
         raise PluginError(500, "config must be a map", kind="config")
-    unknown = sorted(set(config) - {"channels", "max_notifications"})
+    unknown = sorted(set(config) - {"channels", "max_notifications", "max_paths"})
     if unknown:
         raise PluginError(500, "unknown config key(s): %s" % ", ".join(unknown), kind="config")
     channels = config.get("channels", ["ops"])
@@ -65,9 +70,13 @@ def init(config):
     if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 100000:
         raise PluginError(500, "max_notifications must be a number from 1 to 100000",
                           kind="config")
+    max_paths = config.get("max_paths", 1000)
+    if not isinstance(max_paths, int) or isinstance(max_paths, bool) or not 1 <= max_paths <= 100000:
+        raise PluginError(500, "max_paths must be a number from 1 to 100000", kind="config")
     with _lock:
         _channels = list(channels)
         _notifications = deque(_notifications, maxlen=keep)
+        _max_paths = max_paths
     plugin.log("info", "report plugin ready", channels=_channels, max_notifications=keep)
 
 
@@ -92,6 +101,7 @@ def report():
             "by_class": dict(sorted(_by_class.items())),
             "by_status": {str(k): v for k, v in sorted(_by_status.items())},
             "by_path": dict(_by_path.most_common(20)),
+            "distinct_paths": len(_by_path),
             "notifications": list(_notifications),
         }
 
@@ -129,7 +139,11 @@ def count(request, response):
     with _lock:
         _by_class["%dxx" % (response.status // 100)] += 1
         _by_status[response.status] += 1
-        _by_path[request.path] += 1
+        # Clients choose paths: a flood of distinct ones must not grow the map without bound.
+        path = request.path
+        if path not in _by_path and len(_by_path) >= _max_paths:
+            path = OTHER_PATHS
+        _by_path[path] += 1
     return response
 
 

@@ -8,7 +8,7 @@ use backworks_plugin_host::discovery::{ScanDir, discover};
 use backworks_plugin_host::inspect::{Inspection, inspect as inspect_file, supported_sdk};
 use serde_json::{Value, json};
 
-use crate::config::{Config, PluginKind};
+use crate::config::{Config, PluginConfig, PluginKind};
 
 fn inspection_json(inspection: &Inspection) -> Value {
     let m = &inspection.metadata;
@@ -20,6 +20,7 @@ fn inspection_json(inspection: &Inspection) -> Value {
         "sdk_version": m.sdk_version,
         "abi": format!("{}.{}", m.abi_major, m.abi_minor),
         "panic": if m.panic_unwind { "unwind" } else { "abort" },
+        "hooks_implemented": m.hooks.map(|h| h.names().collect::<Vec<_>>()),
         "compatible": inspection.compatibility.is_ok(),
         "compatible_isolated": inspection.runs_in_child(),
         "problem": inspection.compatibility.as_ref().err().map(|e| e.to_string()),
@@ -50,6 +51,16 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
                     supported_sdk()
                 );
                 println!("abi:         {}.{}", m.abi_major, m.abi_minor);
+                match m.hooks {
+                    Some(hooks) if hooks.is_empty() => println!("hooks:       none"),
+                    Some(hooks) => println!(
+                        "hooks:       {}",
+                        hooks.names().collect::<Vec<_>>().join(", ")
+                    ),
+                    None => {
+                        println!("hooks:       not declared (built before hooks were declared)")
+                    }
+                }
                 match &i.compatibility {
                     Ok(()) => println!("compatible:  yes"),
                     Err(e) if i.runs_in_child() => {
@@ -67,6 +78,37 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
     })
 }
 
+/// Compares the hooks `plugin`'s entry calls with those its file declares: one it does not
+/// implement makes the row incompatible; a declared `before_request` left unsubscribed is a
+/// warning (an auth check that never runs).
+fn check_hooks(row: &mut Value, plugin: &PluginConfig) {
+    let Some(declared) = row["hooks_implemented"].as_array().cloned() else {
+        return;
+    };
+    let declared: Vec<&str> = declared.iter().filter_map(Value::as_str).collect();
+    let called = plugin.called_hooks();
+    let missing: Vec<&str> = called.names().filter(|h| !declared.contains(h)).collect();
+    if !missing.is_empty() && row["compatible"] == true {
+        row["compatible"] = json!(false);
+        row["problem"] = json!(format!(
+            "`hooks:` lists {} (observe is served by after_response), which the plugin does not \
+             implement; it declares {}",
+            missing.join(", "),
+            if declared.is_empty() {
+                "no hooks".to_owned()
+            } else {
+                declared.join(", ")
+            }
+        ));
+    }
+    if declared.contains(&"before_request") && plugin.before_request.is_none() {
+        row["warning"] = json!(
+            "the plugin implements before_request but its entry does not list it in `hooks:`, \
+             so it never runs (add `hooks: [before_request]` if it is a check such as auth)"
+        );
+    }
+}
+
 /// One row per configured plugin, then one per unconfigured plugin file in `plugin_dirs`.
 fn rows(config: &Config) -> Vec<Value> {
     let mut rows = Vec::new();
@@ -81,6 +123,7 @@ fn rows(config: &Config) -> Vec<Value> {
             "name": plugin.name,
             "configured": true,
             "enabled": plugin.enabled,
+            "hooks_enabled": plugin.hook_points(),
         });
         match &plugin.kind {
             PluginKind::Builtin => {
@@ -116,6 +159,7 @@ fn rows(config: &Config) -> Vec<Value> {
                     Ok(path) => {
                         seen.insert(path.canonicalize().unwrap_or(path.clone()));
                         merge(&mut row, &inspect_row(&path));
+                        check_hooks(&mut row, plugin);
                         // Under `isolation: process` a `panic = "abort"` plugin is fine.
                         if matches!(plugin.isolation, Isolation::Process(_))
                             && row["compatible_isolated"] == true
@@ -200,6 +244,7 @@ fn merge(into: &mut Value, from: &Value) {
 /// `admin_url` (default: the config's `server.admin` address), else the on-disk view.
 pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyhow::Result<i32> {
     let config = crate::config::load(config_path)?;
+    backworks_plugin_host::redact::add_secrets(config.secrets.0.iter().cloned());
     let url = admin_url.map(str::to_owned).or_else(|| {
         config
             .server
@@ -358,8 +403,19 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
+    backworks_plugin_host::redact::add_secrets(config.secrets.0.iter().cloned());
     let mut problems = 0;
     for row in rows(&config) {
+        if row["configured"] == true
+            && row["enabled"] == true
+            && let Some(warning) = row["warning"].as_str()
+        {
+            eprintln!(
+                "warning: {}: plugin `{}`: {warning}",
+                config.source.display(),
+                row["name"].as_str().unwrap_or("?"),
+            );
+        }
         if row["configured"] == true && row["enabled"] == true && row["compatible"] != true {
             problems += 1;
             eprintln!(

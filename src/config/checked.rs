@@ -30,6 +30,19 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// `health:`: how the health monitor polls the plugins.
     pub health: HealthConfig,
+    /// Values the environment put into plugin configs; never printed.
+    pub secrets: Secrets,
+}
+
+/// Values from the environment (`${VAR}` in a plugin's `config:`) that the host must never print
+/// or serve: register them with [`backworks_plugin_host::redact::add_secrets`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<String>);
+
+impl fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
 }
 
 /// Where the HTTP server listens.
@@ -174,6 +187,16 @@ impl PluginConfig {
         self.before_request.is_some() || self.after_response.is_some() || self.observe
     }
 
+    /// The hook points its entry subscribes it to, as written in `hooks:`.
+    pub fn hook_points(&self) -> Vec<&'static str> {
+        let points = [
+            (self.before_request.is_some(), "before_request"),
+            (self.after_response.is_some(), "after_response"),
+            (self.observe, "observe"),
+        ];
+        points.into_iter().filter(|p| p.0).map(|p| p.1).collect()
+    }
+
     /// The hooks the host calls on this plugin (an observer's calls are `after_response` calls).
     pub fn called_hooks(&self) -> Hooks {
         let before = match self.before_request {
@@ -277,6 +300,7 @@ mod tests {
             plugins,
             endpoints: vec![],
             health: HealthConfig::default(),
+            secrets: Secrets::default(),
         }
     }
 

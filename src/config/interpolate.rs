@@ -107,12 +107,26 @@ impl Expanded {
 pub(crate) struct Interpolator<'a> {
     env: EnvLookup<'a>,
     file: &'a Path,
+    /// Values the environment gave to strings of plugin configs: secrets, as far as the host
+    /// knows (see [`Interpolator::secrets`]).
+    secrets: std::cell::RefCell<Vec<String>>,
 }
 
 impl<'a> Interpolator<'a> {
     /// An interpolator reading variables from `env`, reporting errors in `file`.
     pub fn new(env: EnvLookup<'a>, file: &'a Path) -> Self {
-        Self { env, file }
+        Self {
+            env,
+            file,
+            secrets: Default::default(),
+        }
+    }
+
+    /// Every value the environment gave to a string in a plugin's `config:` (through
+    /// [`Interpolator::json`]), which the host must never print or serve. Defaults written in the
+    /// file are not secrets; settings of the host itself (ports, paths) are not either.
+    pub fn secrets(&self) -> Vec<String> {
+        self.secrets.borrow().clone()
     }
 
     /// Expands a located string.
@@ -155,7 +169,18 @@ impl<'a> Interpolator<'a> {
                     ));
                 }
             },
-            Node::Str(template) => Value::String(self.expand_at(template, node.defined)?),
+            Node::Str(template) => {
+                let recording = |name: &str| {
+                    let value = (self.env)(name);
+                    if let Some(value) = &value {
+                        self.secrets.borrow_mut().push(value.clone());
+                    }
+                    value
+                };
+                let value =
+                    expand(template, &recording).map_err(|e| self.expand_error(e, node.defined))?;
+                Value::String(value)
+            }
             Node::Seq(items) => Value::Array(
                 items
                     .iter()
@@ -182,7 +207,11 @@ impl<'a> Interpolator<'a> {
     }
 
     fn expand_at(&self, template: &str, at: Location) -> Result<String, ConfigError> {
-        expand(template, self.env).map_err(|e| {
+        expand(template, self.env).map_err(|e| self.expand_error(e, at))
+    }
+
+    fn expand_error(&self, e: ExpandError, at: Location) -> ConfigError {
+        {
             let message = match e {
                 ExpandError::Missing(name) => format!(
                     "environment variable `{name}` is not set \
@@ -197,7 +226,7 @@ impl<'a> Interpolator<'a> {
                 ),
             };
             self.error(ConfigErrorKind::Interpolation, at, message)
-        })
+        }
     }
 }
 

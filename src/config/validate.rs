@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde_saphyr::Spanned;
 
-use super::checked::{Config, PluginConfig, PluginDir, PluginKind};
+use super::checked::{Config, PluginConfig, PluginDir, PluginKind, Secrets};
 use super::error::{ConfigError, ConfigErrorKind};
 use super::interpolate::{EnvLookup, Interpolator};
 use super::model::{RawConfig, RawPlugin, RawPluginDir, Scalar, Text};
@@ -48,6 +48,7 @@ pub(crate) fn check(
     let empty = IndexMap::new();
     let endpoints = endpoints::check(&ip, raw.endpoints.as_ref().unwrap_or(&empty), &plugins)?;
     Ok(Config {
+        secrets: Secrets(ip.secrets()),
         source: source.to_path_buf(),
         base_dir: base_dir.to_path_buf(),
         server,

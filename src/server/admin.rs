@@ -4,6 +4,7 @@
 //! With `server.admin.token` set, every request must carry `Authorization: Bearer <token>`;
 //! the comparison takes the same time whatever the guess.
 
+use backworks_plugin_host::redact::redact;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ use crate::config::{Config, PluginKind};
 /// What the operator configured about each plugin, for the admin API.
 #[derive(Debug, Clone)]
 struct Configured {
+    hooks: Vec<&'static str>,
     important: bool,
     isolation: &'static str,
     kind: &'static str,
@@ -56,6 +58,7 @@ pub fn router(
                 backworks_plugin_host::Isolation::Process(_) => "process",
             };
             let about = Configured {
+                hooks: p.hook_points(),
                 important: p.important,
                 isolation,
                 kind,
@@ -171,7 +174,7 @@ fn describe(state: &AdminState, status: &PluginStatus) -> Value {
             json!({
                 "at": humantime::format_rfc3339_millis(event.at).to_string(),
                 "kind": event.kind.as_str(),
-                "detail": event.detail,
+                "detail": redact(&event.detail),
             })
         })
         .collect();
@@ -181,15 +184,21 @@ fn describe(state: &AdminState, status: &PluginStatus) -> Value {
         "description": status.metadata.as_ref().map(|m| m.description.clone()),
         "kind": configured.map(|c| c.kind),
         "isolation": configured.map(|c| c.isolation),
+        "hooks_enabled": configured.map(|c| &c.hooks),
+        "hooks_implemented": status
+            .metadata
+            .as_ref()
+            .and_then(|m| m.hooks)
+            .map(|h| h.names().collect::<Vec<_>>()),
         "important": configured.is_some_and(|c| c.important),
         "state": status.state.as_str(),
         "reason": match &status.state {
-            backworks_plugin_host::PluginState::Error(reason) => Some(reason.clone()),
+            backworks_plugin_host::PluginState::Error(reason) => Some(redact(reason)),
             _ => None,
         },
         "health": status.health.as_ref().map(|h| json!({
             "status": h.as_str(),
-            "message": h.message(),
+            "message": redact(h.message()),
         })),
         "breaker": guard.as_ref().map(|g| g.breaker_snapshot()),
         "stats": guard.as_ref().map(|g| g.stats().snapshot()),

@@ -71,16 +71,11 @@ fn plugin_entry(status: &PluginStatus) -> Value {
         "state": status.state.as_str(),
         "version": status.metadata.as_ref().map(|m| m.version.clone()),
     });
-    if let PluginState::Error(reason) = &status.state {
-        entry["error"] = json!(reason);
-    }
     if status.state == PluginState::Active {
         match &status.health {
             Some(health) => {
+                // The message is the plugin's own text: for the admin API, not the public.
                 entry["health"] = json!(health.as_str());
-                if !health.message().is_empty() {
-                    entry["health_message"] = json!(health.message());
-                }
             }
             None => entry["health"] = json!("unknown"),
         }
@@ -120,8 +115,7 @@ pub async fn ready(State(state): State<HealthState>) -> (StatusCode, Json<Value>
             Some(_) if breaker_open(&state.host, name) => Some("circuit breaker open".to_owned()),
             Some(s) => match &s.health {
                 Some(Health::Healthy) => None,
-                Some(other) if other.message().is_empty() => Some(other.as_str().to_owned()),
-                Some(other) => Some(format!("{}: {}", other.as_str(), other.message())),
+                Some(other) => Some(other.as_str().to_owned()),
                 None => Some("no health report yet".to_owned()),
             },
         };

@@ -212,6 +212,31 @@ pub fn message(answer: &Answer) -> &str {
     answer.body["error"]["message"].as_str().unwrap_or_default()
 }
 
+impl FaultServer {
+    /// What an operator learns of an error answer: see [`Server::detail`].
+    pub async fn detail(&self, answer: &Answer) -> String {
+        if answer.status < 500 {
+            return message(answer).to_owned();
+        }
+        let id = answer.body["error"]["request_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error body without a request id: {}", answer.body));
+        self.log_line(&[id]).await
+    }
+}
+
+impl Answer {
+    /// An answer made of a status and a JSON body (no headers).
+    pub fn of(status: u16, body: Value) -> Answer {
+        Answer {
+            status,
+            headers: Default::default(),
+            bytes: body.to_string().into_bytes(),
+            body,
+        }
+    }
+}
+
 /// The admin API's paths and field names.
 pub mod admin {
     /// Prometheus metrics (on the admin listener).

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::observe::{FaultServer, PATIENCE, admin, assert_error, message, metric};
+use crate::observe::{FaultServer, PATIENCE, admin, assert_error, metric};
 use crate::support::{Server, client, panic_abort_plugin, root, serve_until_exit};
 
 /// Settings that make a crash test quick: restarts after 50 ms, and no breaker, which would
@@ -88,7 +88,7 @@ impl FaultServer {
         let first_pid = self.pid(plugin).await;
         let answer = self.get(bad).await;
         assert_error(&answer, 502, plugin, "crashed");
-        assert!(message(&answer).contains(why), "{}", answer.body);
+        assert!(self.detail(&answer).await.contains(why), "{}", answer.body);
         self.assert_control_serves().await;
 
         let entry = self.restarted(plugin, 1).await;
@@ -219,7 +219,9 @@ async fn a_segfault_costs_its_call_and_the_child_restarts() {
     // The message says it as the shell would (core dumps may add `, core dumped`).
     let answer = ps.get("/segv/bad").await;
     assert!(
-        message(&answer).starts_with("child exited with signal 11 (SIGSEGV)"),
+        ps.detail(&answer)
+            .await
+            .contains("child exited with signal 11 (SIGSEGV)"),
         "{}",
         answer.body
     );
@@ -509,7 +511,11 @@ async fn a_child_that_never_answers_the_handshake_is_an_error_and_answers_503() 
     );
     let answer = ps.get("/mute").await;
     assert_error(&answer, 503, "mute", "unavailable");
-    assert!(message(&answer).contains("handshake"), "{}", answer.body);
+    assert!(
+        ps.detail(&answer).await.contains("handshake"),
+        "{}",
+        answer.body
+    );
     let health = ps.get("/health").await;
     assert_eq!(health.status, 200);
     assert_eq!(health.body["status"], "degraded", "{}", health.body);
@@ -597,7 +603,7 @@ async fn assert_gave_up(ps: &FaultServer, plugin: &str, path: &str, reason: &str
     assert_eq!(admin::event_details(&entry, "gave_up"), [reason], "{entry}");
     let answer = ps.get(path).await;
     assert_error(&answer, 503, plugin, "unavailable");
-    assert!(message(&answer).contains(reason), "{}", answer.body);
+    assert!(ps.detail(&answer).await.contains(reason), "{}", answer.body);
     assert_eq!(
         ps.metric(metric::CRASHES, &[("plugin", plugin)]).await,
         Some(2.0)
@@ -969,7 +975,7 @@ async fn the_python_report_plugin_counts_responses_and_takes_notifications() {
     let answer = ps.post_json("/notify", "{oops").await;
     assert_error(&answer, 400, "report", "bad_request");
     assert!(
-        message(&answer).contains("invalid JSON body"),
+        ps.detail(&answer).await.contains("invalid JSON body"),
         "{}",
         answer.body
     );
@@ -979,7 +985,7 @@ async fn the_python_report_plugin_counts_responses_and_takes_notifications() {
         .await;
     assert_error(&answer, 422, "report", "status");
     assert!(
-        message(&answer).contains("unknown channel 'sales'"),
+        ps.detail(&answer).await.contains("unknown channel 'sales'"),
         "{}",
         answer.body
     );
@@ -1227,9 +1233,10 @@ async fn every_call_in_flight_answers_502_when_the_child_dies() {
         let (status, body) = holder.await.expect("holder task");
         assert_eq!(status, 502, "{body}");
         assert_eq!(body["error"]["kind"], "crashed", "{body}");
-        let message = body["error"]["message"].as_str().unwrap_or_default();
         assert!(
-            message.starts_with("child exited with signal 9 (SIGKILL)"),
+            ps.detail(&crate::observe::Answer::of(status, body.clone()))
+                .await
+                .contains("child exited with signal 9 (SIGKILL)"),
             "{body}"
         );
     }
@@ -1259,11 +1266,23 @@ async fn calls_while_the_child_is_restarting_answer_503_at_once() {
     .await;
     let answer = ps.get("/resting/bad").await;
     assert_error(&answer, 502, "resting", "crashed");
-    assert_eq!(message(&answer), "child exited with status 2");
+    assert!(
+        ps.detail(&answer)
+            .await
+            .contains("child exited with status 2"),
+        "{}",
+        answer.body
+    );
     for _ in 0..3 {
         let answer = ps.get("/resting/ok").await;
         assert_error(&answer, 503, "resting", "unavailable");
-        assert_eq!(message(&answer), "plugin `resting` is restarting");
+        assert!(
+            ps.detail(&answer)
+                .await
+                .contains("plugin `resting` is restarting"),
+            "{}",
+            answer.body
+        );
         ps.assert_control_serves().await;
     }
     let entry = ps.plugin("resting").await;

@@ -184,7 +184,8 @@ impl Server {
         };
         let child = serve_command(wrapper, &config, &log)
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
+            // Refusals (breaker, shedding, unavailable) are logged at debug: the tests read them.
+            .env("RUST_LOG", "info,backworks_plugin_host::public_error=debug")
             .spawn()
             .expect("start backworks");
         let mut server = Server {
@@ -229,6 +230,33 @@ impl Server {
             let _ = f.read_to_string(&mut text);
         }
         text
+    }
+
+    /// What an operator learns of an error answer with this JSON `body`: for a client error (4xx)
+    /// its public message; otherwise the server's log line with the body's request id, since a
+    /// public body leaves a server error's details out. Waits up to a minute for the line.
+    pub fn detail(&self, status: u16, body: &serde_json::Value) -> String {
+        if status < 500 {
+            return body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        let id = body["error"]["request_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error body without a request id: {body}"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(line) = self.logs().lines().find(|line| line.contains(id)) {
+                return line.to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with request id {id}:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
     }
 
     /// `base` + `path`.
