@@ -6,5 +6,6 @@ mod loader;
 mod observe;
 mod process;
 mod python;
+mod seams;
 mod server;
 mod support;
