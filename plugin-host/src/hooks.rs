@@ -165,11 +165,8 @@ impl HookChain {
                 }
             }
         }
-        if let Some((last, others)) = self.observers.split_last() {
-            for observer in others {
-                observer.offer(request.clone(), response.clone());
-            }
-            last.offer(request, response.clone());
+        for observer in &self.observers {
+            observer.offer(|| (request.clone(), response.clone()));
         }
         response
     }

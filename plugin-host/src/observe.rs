@@ -76,9 +76,11 @@ impl Observer {
         })
     }
 
-    /// Queues an exchange; drops and counts it when the queue is full.
-    pub fn offer(&self, request: Request, response: Response) {
-        if self.queue.try_send((request, response)).is_err() {
+    /// Queues the exchange `copy` makes; drops and counts it when the queue is full, without
+    /// making the copy when the queue is already full.
+    pub fn offer(&self, copy: impl FnOnce() -> (Request, Response)) {
+        let queued = self.queue.capacity() > 0 && self.queue.try_send(copy()).is_ok();
+        if !queued {
             let dropped = self.counts.dropped.fetch_add(1, Ordering::Relaxed);
             // One line per power of two, so a flood is visible without flooding the log.
             if dropped.is_power_of_two() || dropped == 0 {
