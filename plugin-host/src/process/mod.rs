@@ -41,6 +41,7 @@ mod child_log;
 mod exit;
 mod live;
 mod plugin;
+mod reaper;
 mod restart;
 mod spawn;
 mod status;
@@ -49,4 +50,4 @@ mod supervisor;
 
 pub use child::{CHILD_ARG, child_main_if_requested};
 pub use plugin::{ProcessPlugin, UNHEALTHY_LIMIT};
-pub use status::{ChildState, SupervisionSnapshot};
+pub use status::{ChildState, Containment, SupervisionSnapshot};
