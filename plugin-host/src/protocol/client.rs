@@ -557,7 +557,11 @@ mod tests {
             503
         );
         assert_eq!(client.close_reason(), None, "the connection lives on");
-        assert_eq!(client.bytes_written(), 64, "what the pipe took before it filled");
+        assert_eq!(
+            client.bytes_written(),
+            64,
+            "what the pipe took before it filled"
+        );
     }
 
     #[tokio::test]
