@@ -482,6 +482,43 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_child_gets_a_clean_environment_and_what_its_settings_name() {
+        let mut settings = settings();
+        settings.env = ChildEnv {
+            pass: vec!["CARGO_PKG_NAME".into()],
+            set: vec![("MODE".into(), "fast".into())],
+        };
+        let launch = Launch::new(
+            "p",
+            &PluginSource::Command(vec!["sh".into(), "-c".into(), "env >&2".into()]),
+            &settings,
+        )
+        .unwrap();
+        let mut child = spawn(&launch).await.unwrap();
+        let mut log = String::new();
+        use tokio::io::AsyncReadExt;
+        child.log.read_to_string(&mut log).await.unwrap();
+        let names: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(n, _)| n)
+            .collect();
+        assert!(log.lines().any(|l| l == "MODE=fast"), "{log}");
+        assert!(
+            log.lines()
+                .any(|l| l == "CARGO_PKG_NAME=backworks-plugin-host"),
+            "{log}"
+        );
+        // Cargo sets this one for the test process; nobody passed it on.
+        assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
+        assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "{log}");
+        assert!(
+            names.contains(&env::NAME),
+            "the runner's own settings: {log}"
+        );
+    }
+
+    #[tokio::test]
     async fn dropping_the_guard_kills_the_whole_group() {
         let launch = Launch::new(
             "p",
