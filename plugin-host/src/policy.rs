@@ -73,6 +73,10 @@ impl Default for BreakerSettings {
 
 /// Where a plugin's code runs.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per plugin from its config, never on a call path"
+)]
 pub enum Isolation {
     /// In the host process (the default): fastest, but a crash or a blocked thread in the plugin
     /// is the host's.

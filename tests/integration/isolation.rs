@@ -331,7 +331,7 @@ async fn a_child_that_stops_reading_costs_bounded_memory_answers_503_and_is_rest
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         checks += 1;
-        if checks % 5 == 0 {
+        if checks.is_multiple_of(5) {
             ps.assert_control_serves().await;
         }
         let entry = ps.plugin("sink").await;
