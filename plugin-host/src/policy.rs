@@ -73,6 +73,10 @@ impl Default for BreakerSettings {
 
 /// Where a plugin's code runs.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per plugin from its config, never on a call path"
+)]
 pub enum Isolation {
     /// In the host process (the default): fastest, but a crash or a blocked thread in the plugin
     /// is the host's.
@@ -98,6 +102,12 @@ pub struct ProcessSettings {
     pub handshake_timeout: Duration,
     /// The largest protocol frame accepted either way, in bytes. Default 64 MiB.
     pub max_frame: usize,
+    /// The most bytes the host holds for the child while the child does not read them (calls
+    /// sent but not yet taken from its input). A call that would go over fails at once as
+    /// overloaded (503), and the child is killed and restarted if it then reads nothing for the
+    /// probe deadline. One call larger than this is still sent when nothing else waits, so the
+    /// host holds at most this or one frame. Default 16 MiB.
+    pub max_outbound: usize,
     /// How long each side keeps polling for the next message after one arrived, before its
     /// thread sleeps, while messages come close together ([`SpinRead`](crate::protocol::SpinRead)):
     /// up to this much CPU per message, for round trips without the wake-up of a sleeping CPU.
@@ -106,6 +116,57 @@ pub struct ProcessSettings {
     /// The child's working directory; `None` inherits the host's. `backworks` sets it to the
     /// directory of `backworks.yaml`, so a `command` names its script relative to the config.
     pub working_dir: Option<std::path::PathBuf>,
+    /// What the child's environment holds beyond the minimal one ([`ChildEnv::BASE`]): the host's
+    /// environment is never passed whole. Default: nothing more.
+    pub env: ChildEnv,
+}
+
+/// A child's environment beyond the minimal one: the host's variables it may see, and variables
+/// set for it. Its `Debug` shows names only: values may be secrets.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct ChildEnv {
+    /// Names of the host's variables passed through, when the host has them.
+    pub pass: Vec<String>,
+    /// Variables set to these values (after `pass`, so a name in both gets this value).
+    pub set: Vec<(String, String)>,
+}
+
+impl ChildEnv {
+    /// The host's variables every child gets when the host has them: where programs are, whose
+    /// home, the locale, the temporary directory.
+    pub const BASE: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"];
+
+    /// The child's variables besides the runner's own: [`BASE`](ChildEnv::BASE) and `pass` from
+    /// `host` (a lookup in the host's environment), then `set`.
+    pub fn resolve(&self, host: impl Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+        let mut vars: Vec<(String, String)> = Vec::new();
+        let mut put = |name: &str, value: String| match vars.iter_mut().find(|(n, _)| n == name) {
+            Some(slot) => slot.1 = value,
+            None => vars.push((name.to_owned(), value)),
+        };
+        for name in Self::BASE
+            .iter()
+            .copied()
+            .chain(self.pass.iter().map(String::as_str))
+        {
+            if let Some(value) = host(name) {
+                put(name, value);
+            }
+        }
+        for (name, value) in &self.set {
+            put(name, value.clone());
+        }
+        vars
+    }
+}
+
+impl std::fmt::Debug for ChildEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChildEnv")
+            .field("pass", &self.pass)
+            .field("set", &self.set.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl Default for ProcessSettings {
@@ -116,8 +177,10 @@ impl Default for ProcessSettings {
             restart: RestartPolicy::default(),
             handshake_timeout: Duration::from_secs(10),
             max_frame: 64 * 1024 * 1024,
+            max_outbound: crate::protocol::DEFAULT_MAX_OUTBOUND,
             spin: Duration::ZERO,
             working_dir: None,
+            env: ChildEnv::default(),
         }
     }
 }
@@ -155,5 +218,54 @@ impl Default for RestartPolicy {
             max_restarts: 5,
             window: Duration::from_secs(60),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_gets_the_base_the_passed_and_the_set_variables_only() {
+        let host = |name: &str| match name {
+            "PATH" => Some("/bin".to_owned()),
+            "LANG" => Some("C.UTF-8".to_owned()),
+            "REGION" => Some("eu".to_owned()),
+            "ADMIN_TOKEN" => Some("s3cret".to_owned()),
+            _ => None,
+        };
+        let env = ChildEnv {
+            pass: vec!["REGION".into(), "MISSING".into()],
+            set: vec![("MODE".into(), "fast".into()), ("LANG".into(), "C".into())],
+        };
+        assert_eq!(
+            env.resolve(host),
+            [
+                ("PATH".to_owned(), "/bin".to_owned()),
+                ("LANG".to_owned(), "C".to_owned()),
+                ("REGION".to_owned(), "eu".to_owned()),
+                ("MODE".to_owned(), "fast".to_owned()),
+            ]
+        );
+        assert_eq!(ChildEnv::default().resolve(|_| None), []);
+    }
+
+    #[test]
+    fn debug_shows_names_but_never_values() {
+        let env = ChildEnv {
+            pass: vec!["REGION".into()],
+            set: vec![("TOKEN".into(), "s3cret".into())],
+        };
+        let shown = format!(
+            "{:?}",
+            ProcessSettings {
+                env,
+                ..ProcessSettings::default()
+            }
+        );
+        assert!(
+            shown.contains("TOKEN") && !shown.contains("s3cret"),
+            "{shown}"
+        );
     }
 }

@@ -97,6 +97,18 @@ pub(crate) struct RawPlugin {
     pub handshake_timeout_ms: Option<Number>,
     pub max_frame: Option<Number>,
     pub spin_us: Option<Number>,
+    pub max_outbound: Option<Number>,
+    pub env: Option<RawEnv>,
+}
+
+/// A process-isolated plugin's `env:`: what the child gets beyond the minimal environment.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEnv {
+    /// Names of the host's variables passed through as they are.
+    pub pass: Option<Vec<Text>>,
+    /// Variables set to these values (interpolated like any other string).
+    pub set: Option<IndexMap<Text, Number>>,
 }
 
 /// A plugin's `on_failure:`: what a failure of each of its hooks does.

@@ -2,6 +2,7 @@
 
 mod cli;
 mod faults;
+mod isolation;
 mod loader;
 mod observe;
 mod process;

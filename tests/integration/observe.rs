@@ -52,6 +52,24 @@ impl FaultServer {
         plugins: &str,
         endpoints: &str,
     ) -> FaultServer {
+        FaultServer::start_with(interval_ms, plugins, endpoints, &[]).await
+    }
+
+    /// [`FaultServer::start`] with these extra variables in the server's environment.
+    pub async fn start_with_env(
+        plugins: &str,
+        endpoints: &str,
+        env: &[(&str, &str)],
+    ) -> FaultServer {
+        FaultServer::start_with(200, plugins, endpoints, env).await
+    }
+
+    async fn start_with(
+        interval_ms: u64,
+        plugins: &str,
+        endpoints: &str,
+        env: &[(&str, &str)],
+    ) -> FaultServer {
         let yaml = format!(
             "health: {{ interval_ms: {interval_ms}, timeout_ms: 2000 }}\n\
              plugin_dirs: [\"{{{{plugins}}}}\"]\n\
@@ -59,7 +77,7 @@ impl FaultServer {
              endpoints:\n  control: {{ path: /control, plugin: control, hooks: [] }}\n{endpoints}"
         );
         let faults = FaultServer {
-            server: Server::start(&yaml),
+            server: Server::start_with_env(&yaml, env),
             http: client(),
         };
         // The admin listener may come up just after the public one.

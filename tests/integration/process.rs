@@ -25,7 +25,7 @@ const QUICK_RESTART: &str = "    breaker: { enabled: false }\n    \
 /// What the tests read of a process plugin's child.
 impl FaultServer {
     /// The pid of plugin `name`'s running child.
-    async fn pid(&self, name: &str) -> u32 {
+    pub(crate) async fn pid(&self, name: &str) -> u32 {
         let entry = self.plugin(name).await;
         assert_eq!(entry[admin::PROCESS]["state"], "running", "{entry}");
         entry[admin::PROCESS]["pid"]
@@ -36,7 +36,7 @@ impl FaultServer {
 
     /// Waits until plugin `name`'s child is running again after at least `restarts` restarts, and
     /// returns the plugin's entry.
-    async fn restarted(&self, name: &str, restarts: u64) -> Value {
+    pub(crate) async fn restarted(&self, name: &str, restarts: u64) -> Value {
         self.poll_until(
             &format!("{name} to be restarted {restarts} time(s)"),
             || async move {
@@ -136,7 +136,7 @@ impl FaultServer {
 
 /// `python3 <fixture> [args]` as a YAML flow list (absolute path: the child runs in the config's
 /// folder, a temporary directory).
-fn python(script: PathBuf, args: &[&str]) -> String {
+pub(crate) fn python(script: PathBuf, args: &[&str]) -> String {
     let mut argv = vec!["python3".to_owned(), script.display().to_string()];
     argv.extend(args.iter().map(|a| (*a).to_owned()));
     // A JSON array is a YAML flow sequence.
@@ -144,13 +144,13 @@ fn python(script: PathBuf, args: &[&str]) -> String {
 }
 
 /// A script of `tests/fixtures/process/`.
-fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures/process").join(name)
 }
 
 /// Whether process `pid` is gone: not in `/proc`, or a zombie nobody reaped yet (pid 1 of a
 /// container may not reap).
-fn gone(pid: u32) -> bool {
+pub(crate) fn gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // `pid (comm) S ...`: the state follows the last `)`.
@@ -163,7 +163,7 @@ fn gone(pid: u32) -> bool {
 
 /// Waits until every one of `pids` is [`gone`]; panics naming `what` and the survivors after
 /// [`PATIENCE`].
-async fn wait_gone(pids: &[u32], what: &str) {
+pub(crate) async fn wait_gone(pids: &[u32], what: &str) {
     let deadline = Instant::now() + PATIENCE;
     loop {
         let alive: Vec<u32> = pids.iter().copied().filter(|&pid| !gone(pid)).collect();
@@ -176,7 +176,7 @@ async fn wait_gone(pids: &[u32], what: &str) {
 }
 
 /// Sends `signal` (`-STOP`, `-9`) to `pid` with `kill`.
-fn signal(signal: &str, pid: u32) {
+pub(crate) fn signal(signal: &str, pid: u32) {
     let status = Command::new("kill")
         .args([signal, &pid.to_string()])
         .status()

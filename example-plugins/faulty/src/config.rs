@@ -84,6 +84,9 @@ pub struct FaultyConfig {
     pub health: Option<HealthSetting>,
     /// `health_check` awaits a tokio sleep of this many milliseconds before it reports.
     pub health_delay_ms: Option<u64>,
+    /// Process isolation only: `initialize` leaves a `setsid` daemon behind that appends its pid
+    /// to this file.
+    pub spawn_daemon: Option<String>,
 }
 
 /// The `error:` field: the error every call returns.
@@ -201,6 +204,8 @@ pub struct Settings {
     pub health: HealthSetting,
     /// How long `health_check` waits before it reports.
     pub health_delay: Duration,
+    /// Where the daemon `initialize` leaves behind writes its pid, if it leaves one.
+    pub spawn_daemon: Option<String>,
 }
 
 impl Default for Settings {
@@ -211,6 +216,7 @@ impl Default for Settings {
             only_path_suffix: None,
             health: HealthSetting::Healthy,
             health_delay: Duration::ZERO,
+            spawn_daemon: None,
         }
     }
 }
@@ -341,6 +347,7 @@ impl FaultyConfig {
             only_path_suffix: self.only_path_suffix,
             health: self.health.unwrap_or_default(),
             health_delay: Duration::from_millis(self.health_delay_ms.unwrap_or(0)),
+            spawn_daemon: self.spawn_daemon.clone(),
         })
     }
 }

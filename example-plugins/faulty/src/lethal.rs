@@ -65,3 +65,24 @@ pub(crate) fn hog(hoard: &Mutex<Vec<Vec<u8>>>, mb: usize) -> usize {
     }
     hoard.len()
 }
+
+/// Leaves a daemon behind, as a careless plugin might: `setsid -f` forks a process into a new
+/// session (out of the plugin's process group) whose parent exits at once, so it is orphaned; it
+/// appends its pid to `pid_file` and sleeps for ten minutes.
+pub(crate) fn spawn_daemon(pid_file: &str) -> std::io::Result<()> {
+    tracing::error!("faulty: leaving a setsid daemon behind");
+    let status = std::process::Command::new("setsid")
+        .args([
+            "-f",
+            "sh",
+            "-c",
+            r#"echo $$ >> "$0"; exec sleep 600"#,
+            pid_file,
+        ])
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("setsid -f: {status}")))
+    }
+}

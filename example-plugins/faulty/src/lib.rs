@@ -38,6 +38,7 @@
 //! | `apply_to: [..]`         | the methods that misbehave, among `handle`, `before_request`, `after_response`; default `[handle]` |
 //! | `health: H`              | `health_check` reports `healthy` (default), `degraded` ([`DEGRADED_MESSAGE`]) or `unhealthy` ([`UNHEALTHY_MESSAGE`]) |
 //! | `health_delay_ms: N`     | `health_check` awaits a tokio sleep of N ms before it reports (a health check past its timeout) |
+//! | `spawn_daemon: "FILE"`   | ⚠ `initialize` leaves a `setsid` daemon behind that appends its pid to FILE (process isolation only) |
 //!
 //! `calls` (`n` above) counts every call of `handle`, `before_request` and `after_response` on the
 //! instance so far, this one and failed ones included (`health_check` is not counted): a test can
@@ -182,6 +183,10 @@ impl BackworksPlugin for Faulty {
         let settings = Settings::parse(config)?;
         if settings.behaviour == Behaviour::CrashOnInit {
             lethal::exit_in_initialize();
+        }
+        if let Some(pid_file) = &settings.spawn_daemon {
+            lethal::spawn_daemon(pid_file)
+                .map_err(|e| PluginError::Internal(format!("cannot leave a daemon: {e}")))?;
         }
         tracing::info!("faulty initialized: {settings}");
         *self

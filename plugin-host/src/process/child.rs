@@ -1,11 +1,13 @@
 //! The child side of process isolation: the runner an executable becomes when it is started as
 //! `<exe> __plugin-child …`.
 //!
-//! Before any plugin code runs it closes every file descriptor it inherited above stderr (the
-//! host's own are close-on-exec, but the host may hold some it inherited without that flag), asks
-//! the kernel to `SIGKILL` it when its parent dies, checks
-//! that the parent it was started by is still there (it may have died before the request), and
-//! applies the resource limits. Then:
+//! The runner is two processes. The first, the **supervising runner** ([`super::reaper`]), runs no
+//! plugin code: it closes every file descriptor it inherited above stderr (the host's own are
+//! close-on-exec, but the host may hold some it inherited without that flag), arms its
+//! parent-death signal (`SIGTERM`, which it catches), checks that the host it was started by is
+//! still there (it may have died before the request), and becomes the child subreaper of
+//! everything below it. Then it forks the **plugin process**, which asks for `SIGKILL` when the
+//! runner dies, applies the resource limits, and:
 //!
 //! - `<exe> __plugin-child -- PROGRAM ARGS…` replaces itself with the program (`exec`; the
 //!   parent-death signal and the limits carry over), which speaks the protocol on stdin/stdout;
@@ -13,10 +15,12 @@
 //!   passed as fd 0. Its stdout is joined to stderr, so whatever the plugin prints is a log line and
 //!   can never corrupt the protocol; its log events are written to stderr as level-prefixed lines.
 //!
-//! Between the two it starts a group watchdog (`<exe> __plugin-child --group-watchdog`, see
-//! `start_watchdog`) so that even processes the plugin starts die with the host.
+//! Both inherit the runner's stdin, stdout and stderr: the protocol goes straight between the host
+//! and the plugin process. When the plugin process ends, or the host says stop or dies, the
+//! supervising runner kills every process left below it and ends as the plugin process ended.
 //!
-//! The host passes the rest through the environment ([`env`]).
+//! The host passes the rest through the environment ([`env`]), which holds nothing else of the
+//! host's but what the plugin's `env` setting names.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::AsFd;
@@ -28,9 +32,10 @@ use std::time::Duration;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::Signal;
-use nix::unistd::getppid;
+use nix::unistd::{Pid, getppid};
 
 use super::child_log::StderrLog;
+use super::reaper;
 use crate::policy::ResourceLimits;
 
 /// The first argument that turns an executable into the runner.
@@ -39,14 +44,8 @@ pub const CHILD_ARG: &str = "__plugin-child";
 /// Separates the runner's arguments from a command to `exec`.
 pub(crate) const COMMAND_SEPARATOR: &str = "--";
 
-/// `<exe> __plugin-child --group-watchdog`: the watchdog the runner starts in its process group.
-const WATCHDOG_ARG: &str = "--group-watchdog";
-
-/// How often the watchdog looks at its parent.
-const WATCHDOG_TICK: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// Exit status of a runner that could not set the child up (parent gone, limits refused).
-const EXIT_SETUP: i32 = 70;
+pub(super) const EXIT_SETUP: i32 = 70;
 /// Exit status of a runner that could not `exec` the command (as the shell's "not found").
 const EXIT_EXEC: i32 = 127;
 
@@ -108,41 +107,29 @@ fn parse_target(args: Vec<OsString>) -> Result<Target, String> {
 }
 
 fn run(args: Vec<OsString>) -> i32 {
-    if args.len() == 1 && args[0] == WATCHDOG_ARG {
-        return watch_parent();
-    }
-    if let Err(reason) = set_up() {
-        eprintln!("ERROR: plugin child set-up failed: {reason}");
-        return EXIT_SETUP;
-    }
-    if let Err(reason) = start_watchdog() {
-        eprintln!("ERROR: plugin child set-up failed: {reason}");
-        return EXIT_SETUP;
-    }
-    match parse_target(args) {
-        Ok(Target::Command(argv)) => {
-            let error = Command::new(&argv[0])
-                .args(&argv[1..])
-                .env_remove(env::PARENT_PID)
-                .env_remove(env::LIMITS)
-                .exec();
-            eprintln!("ERROR: cannot run `{}`: {error}", argv[0].to_string_lossy());
-            EXIT_EXEC
-        }
-        Ok(Target::Library(path)) => serve_library(path),
+    let target = match parse_target(args) {
+        Ok(target) => target,
         Err(usage) => {
             eprintln!("ERROR: {usage}");
-            EXIT_SETUP
+            return EXIT_SETUP;
         }
+    };
+    if let Err(reason) = set_up_runner() {
+        eprintln!("ERROR: plugin child set-up failed: {reason}");
+        return EXIT_SETUP;
     }
+    reaper::contain(move |runner| run_plugin(target, runner))
 }
 
-/// Inherited descriptors closed, parent-death signal, parent check, resource limits.
-fn set_up() -> Result<(), String> {
+/// The supervising runner: inherited descriptors closed, its signals blocked (to be waited for),
+/// parent-death signal, parent check, subreaper, no core dumps.
+fn set_up_runner() -> Result<(), String> {
     // First, before this process opens anything of its own (see `close_inherited_fds`).
     crate::loader::close_inherited_fds()
         .map_err(|e| format!("cannot close inherited file descriptors: {e}"))?;
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+    // Blocked before it is armed: the parent-death signal waits for the runner to take it.
+    reaper::block_signals()?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
         .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
     if let Ok(expected) = std::env::var(env::PARENT_PID) {
         let parent = getppid().as_raw().to_string();
@@ -152,40 +139,40 @@ fn set_up() -> Result<(), String> {
             ));
         }
     }
+    reaper::become_subreaper()?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("cannot turn core dumps off: {e}"))
+}
+
+/// The plugin process: set up, then `exec` the command or serve the library.
+fn run_plugin(target: Target, runner: Pid) -> i32 {
+    if let Err(reason) = set_up_plugin(runner) {
+        eprintln!("ERROR: plugin child set-up failed: {reason}");
+        return EXIT_SETUP;
+    }
+    match target {
+        Target::Command(argv) => {
+            let error = Command::new(&argv[0])
+                .args(&argv[1..])
+                .env_remove(env::PARENT_PID)
+                .env_remove(env::LIMITS)
+                .exec();
+            eprintln!("ERROR: cannot run `{}`: {error}", argv[0].to_string_lossy());
+            EXIT_EXEC
+        }
+        Target::Library(path) => serve_library(path),
+    }
+}
+
+/// The plugin process: parent-death signal (its parent is the runner), parent check, resource
+/// limits.
+fn set_up_plugin(runner: Pid) -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    if getppid() != runner {
+        return Err(format!("the runner (pid {runner}) is gone"));
+    }
     let limits = parse_limits(&std::env::var(env::LIMITS).unwrap_or_default())?;
     apply_limits(&limits)
-}
-
-/// Starts the group watchdog: a second process in the runner's process group (which the plugin's
-/// own subprocesses join too) that outlives the runner just long enough to kill the whole group.
-///
-/// The parent-death signal reaches only the runner: when the host is killed with `SIGKILL`, it
-/// has no chance to kill the group, and whatever the plugin started would be orphaned. The
-/// watchdog sees its parent (the runner, or the program it `exec`ed) die, by `getppid` changing,
-/// and then sends `SIGKILL` to the group, itself included. While the host lives it kills the group
-/// itself when the runner exits, and the watchdog with it.
-fn start_watchdog() -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find the runner: {e}"))?;
-    Command::new(exe)
-        .args([CHILD_ARG, WATCHDOG_ARG])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map(drop)
-        .map_err(|e| format!("cannot start the group watchdog: {e}"))
-}
-
-/// The watchdog's loop: returns (after killing its process group) once its parent is gone.
-fn watch_parent() -> i32 {
-    let parent = getppid();
-    loop {
-        std::thread::sleep(WATCHDOG_TICK);
-        if getppid() != parent {
-            let _ = nix::sys::signal::killpg(nix::unistd::getpgrp(), Signal::SIGKILL);
-            return 0;
-        }
-    }
 }
 
 /// Reads `memory_bytes=N,cpu_seconds=N,open_files=N` (any subset, any order).

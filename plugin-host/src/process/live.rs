@@ -11,8 +11,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::exit::Exit;
+use super::reaper::children_of;
 use super::restart::format_duration;
 use super::spawn::{GroupGuard, Launch, spawn};
+use super::status::Containment;
 use super::stderr::{self, LastLine};
 use crate::policy::ProcessSettings;
 use crate::protocol::{CallError, Client, CloseReason, LogRecord, Manifest, SpinRead};
@@ -27,7 +29,10 @@ const LOG_WAIT: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub(crate) struct Live {
     pub(crate) client: Client,
+    /// The plugin process's pid (the runner's, until the handshake shows the plugin runs).
     pub(crate) pid: u32,
+    /// The runner's pid: the host's child.
+    pub(crate) runner_pid: u32,
     pub(crate) manifest: Manifest,
     group: Arc<GroupGuard>,
     exit: watch::Receiver<Option<Exit>>,
@@ -153,15 +158,17 @@ pub(crate) async fn start_child(
         async move { stderr::forward(&name, spawned.log, last).await }
     });
     let log_name = name.to_owned();
-    let client = Client::new(
+    let client = Client::with_outbound_limit(
         SpinRead::new(spawned.channel.reader, settings.spin),
         spawned.channel.writer,
         settings.max_frame,
+        settings.max_outbound,
         move |record: LogRecord| log_record(&log_name, record),
     );
     let mut live = Live {
         client,
         pid: spawned.pid,
+        runner_pid: spawned.pid,
         manifest: Manifest {
             protocol: String::new(),
             name: String::new(),
@@ -192,6 +199,14 @@ pub(crate) async fn start_child(
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(manifest)) => {
             live.manifest = manifest;
+            if launch.containment == Containment::Subreaper {
+                // The plugin process answered, so it runs: the runner's first child (orphans it
+                // adopts later come after it).
+                let runner = nix::unistd::Pid::from_raw(live.runner_pid as i32);
+                if let Some(first) = children_of(runner).first() {
+                    live.pid = first.as_raw() as u32;
+                }
+            }
             Ok(Arc::new(live))
         }
         Ok(Err(error)) => Err(live.failed_handshake(error).await),

@@ -16,10 +16,15 @@
 //!   `<exe> __plugin-child …`). It sets the parent-death signal and the resource limits, then
 //!   serves a plugin library or `exec`s a command.
 //!
-//! Children never outlive the host: each is the leader of its own process group, which is killed
-//! when the plugin is shut down or dropped, and it gets `SIGKILL` from the kernel when the host
-//! dies, even by `SIGKILL` (`PR_SET_PDEATHSIG`). The child's stderr is its log: each line reaches
-//! the host's log at the level its prefix names, tagged `plugin = "<name>"`.
+//! No process a plugin starts outlives it: the runner is a child subreaper that kills every
+//! descendant (one that left the process group with `setsid` included) when the plugin process
+//! ends, when the plugin is shut down, restarted or dropped, and when the host dies, even by
+//! `SIGKILL` (its parent-death signal, `PR_SET_PDEATHSIG`, is one it catches); see the `reaper`
+//! module. Children start with a clean environment
+//! ([`ProcessSettings::env`](crate::policy::ProcessSettings::env)), and the host holds at most
+//! [`ProcessSettings::max_outbound`](crate::policy::ProcessSettings::max_outbound) bytes for a
+//! child that does not read its input. The child's stderr is its log: each line reaches the
+//! host's log at the level its prefix names, tagged `plugin = "<name>"`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -41,6 +46,7 @@ mod child_log;
 mod exit;
 mod live;
 mod plugin;
+mod reaper;
 mod restart;
 mod spawn;
 mod status;
@@ -49,4 +55,4 @@ mod supervisor;
 
 pub use child::{CHILD_ARG, child_main_if_requested};
 pub use plugin::{ProcessPlugin, UNHEALTHY_LIMIT};
-pub use status::{ChildState, SupervisionSnapshot};
+pub use status::{ChildState, Containment, SupervisionSnapshot};

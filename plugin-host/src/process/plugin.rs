@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::live::{Live, start_child};
 use super::restart::format_duration;
 use super::spawn::Launch;
-use super::status::{ChildState, SupervisionSnapshot};
+use super::status::{ChildState, Containment, SupervisionSnapshot};
 use super::supervisor::{Shared, Slot, supervise};
 use crate::HostError;
 use crate::lifecycle::Lifecycle;
@@ -93,6 +93,17 @@ impl ProcessPlugin {
         let live = start_child(name, &launch, settings, None)
             .await
             .map_err(fail)?;
+        tracing::info!(
+            plugin = name,
+            pid = live.pid,
+            runner_pid = live.runner_pid,
+            containment = launch.containment.as_str(),
+            "plugin child started; its descendants are contained by {}",
+            match launch.containment {
+                Containment::Subreaper => "a subreaper runner",
+                Containment::ProcessGroup => "its process group only",
+            }
+        );
         let shared = Arc::new(Shared::new(name, launch, settings.clone(), lifecycle));
         shared.begin(live.clone());
         let manifest = &live.manifest;
@@ -119,16 +130,21 @@ impl ProcessPlugin {
 
     /// The supervision counters and the child's state, for the admin API.
     pub fn supervision(&self) -> SupervisionSnapshot {
-        let (state, pid) = match self.shared.slot() {
-            Slot::Starting(live) => (ChildState::Starting, Some(live.pid)),
-            Slot::Running(live) => (ChildState::Running, Some(live.pid)),
+        let (state, live) = match self.shared.slot() {
+            Slot::Starting(live) => (ChildState::Starting, Some(live)),
+            Slot::Running(live) => (ChildState::Running, Some(live)),
             Slot::Restarting => (ChildState::Restarting, None),
             Slot::GaveUp(_) => (ChildState::GaveUp, None),
             Slot::Stopped => (ChildState::Stopped, None),
         };
         SupervisionSnapshot {
             state,
-            pid,
+            pid: live.as_ref().map(|live| live.pid),
+            runner_pid: live
+                .as_ref()
+                .filter(|live| live.runner_pid != live.pid)
+                .map(|live| live.runner_pid),
+            containment: self.shared.launch.containment,
             restarts: self.shared.restarts.load(Ordering::Relaxed),
             crashes: self.shared.crashes.load(Ordering::Relaxed),
             last_crash: self
@@ -159,6 +175,11 @@ impl ProcessPlugin {
             Err(CallError::Closed(reason)) => {
                 Err(PluginError::Crashed(live.crash_detail(&reason).await))
             }
+            Err(error @ CallError::Overloaded(_)) => {
+                // The child is not reading its input: find out whether it reads at all.
+                probe(&self.shared, &live);
+                Err(error.into())
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -181,7 +202,9 @@ impl Drop for Abandoned<'_> {
 }
 
 /// Sends the child a health check in the background, unless one is running; a child that does
-/// not answer within the probe deadline is killed (and restarted by the supervisor).
+/// not answer within the probe deadline is killed (and restarted by the supervisor). So is one
+/// whose input is full (the check cannot even be sent) and that reads none of it within the
+/// deadline.
 fn probe(shared: &Arc<Shared>, live: &Arc<Live>) {
     if live.probing.swap(true, Ordering::AcqRel) {
         return;
@@ -192,12 +215,23 @@ fn probe(shared: &Arc<Shared>, live: &Arc<Live>) {
     };
     let (live, deadline) = (live.clone(), shared.probe_timeout());
     runtime.spawn(async move {
+        let read_before = live.client.bytes_written();
         // Any answer, even an error, shows the child is alive.
         let call = live
             .client
             .call("health_check", Value::Object(Default::default()));
-        if tokio::time::timeout(deadline, call).await.is_err() {
-            live.kill(unresponsive(deadline));
+        match tokio::time::timeout(deadline, call).await {
+            Err(_) => live.kill(unresponsive(deadline)),
+            Ok(Err(CallError::Overloaded(_))) => {
+                tokio::time::sleep(deadline).await;
+                if live.client.bytes_written() == read_before {
+                    live.kill(format!(
+                        "unresponsive: read none of its input within {}",
+                        format_duration(deadline)
+                    ));
+                }
+            }
+            Ok(_) => {}
         }
         live.probing.store(false, Ordering::Release);
     });
@@ -307,7 +341,7 @@ impl Plugin for ProcessPlugin {
             tokio::time::timeout(deadline, call)
                 .await
                 .map(|answer| match answer {
-                    Err(CallError::Closed(reason)) => Err(CallError::Closed(reason)),
+                    Err(error @ (CallError::Closed(_) | CallError::Overloaded(_))) => Err(error),
                     _ => Ok(Health::Healthy),
                 })
         };
@@ -319,6 +353,10 @@ impl Plugin for ProcessPlugin {
             }
             Ok(Err(CallError::Closed(reason))) => {
                 return Health::Unhealthy(live.crash_detail(&reason).await);
+            }
+            Ok(Err(error @ CallError::Overloaded(_))) => {
+                probe(&self.shared, &live);
+                return Health::Unhealthy(error.to_string());
             }
             Ok(Err(error)) => Health::Unhealthy(error.to_string()),
             Ok(Ok(health)) => health,

@@ -24,7 +24,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, waitid};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -33,7 +33,8 @@ use tokio::sync::{oneshot, watch};
 
 use super::child::{CHILD_ARG, COMMAND_SEPARATOR, env};
 use super::exit::Exit;
-use crate::policy::{ProcessSettings, ResourceLimits};
+use super::status::Containment;
+use crate::policy::{ChildEnv, ProcessSettings, ResourceLimits};
 use crate::registry::PluginSource;
 
 /// What to start: the runner's argv and how the protocol reaches the child.
@@ -41,12 +42,16 @@ use crate::registry::PluginSource;
 pub(crate) struct Launch {
     /// Program and arguments.
     pub(crate) argv: Vec<OsString>,
-    /// Environment for the runner.
+    /// The runner's own settings, set on top of `child_env`.
     pub(crate) env: Vec<(&'static str, String)>,
+    /// The plugin's environment: nothing of the host's but what this names.
+    pub(crate) child_env: ChildEnv,
     /// The child's working directory.
     pub(crate) working_dir: Option<PathBuf>,
     /// How the protocol travels.
     pub(crate) transport: Transport,
+    /// How the child's descendants are ended with it.
+    pub(crate) containment: Containment,
 }
 
 /// How the protocol travels between host and child.
@@ -66,6 +71,13 @@ impl Launch {
         source: &PluginSource,
         settings: &ProcessSettings,
     ) -> io::Result<Launch> {
+        // The host's own runner contains what the plugin starts; another runner is trusted with
+        // nothing but its process group.
+        let containment = match &settings.runner {
+            None => Containment::Subreaper,
+            Some(runner) if runner.iter().any(|arg| arg == CHILD_ARG) => Containment::Subreaper,
+            Some(_) => Containment::ProcessGroup,
+        };
         let mut argv: Vec<OsString> = match &settings.runner {
             Some(runner) if !runner.is_empty() => {
                 let mut argv: Vec<OsString> = runner.iter().map(OsString::from).collect();
@@ -118,8 +130,10 @@ impl Launch {
                 (env::SPIN_US, settings.spin.as_micros().to_string()),
                 (env::LOG_LEVEL, max_log_level().to_owned()),
             ],
+            child_env: settings.env.clone(),
             working_dir: settings.working_dir.clone(),
             transport,
+            containment,
         })
     }
 
@@ -158,19 +172,31 @@ pub(crate) fn encode_limits(limits: &ResourceLimits) -> String {
     .join(",")
 }
 
-/// A child's process group. Killing it after the leader was reaped does nothing.
+/// A child (the runner) and its process group. Killing it after the runner was reaped does
+/// nothing.
 #[derive(Debug)]
 pub(crate) struct ProcessGroup {
     pgid: Pid,
     reaped: Mutex<bool>,
+    containment: Containment,
 }
 
 impl ProcessGroup {
-    /// Sends `SIGKILL` to every process of the group, unless the leader was reaped already.
+    /// Ends the child and everything it started, unless the runner was reaped already: the
+    /// supervising runner is told to stop (`SIGTERM`, and `SIGCONT` in case it was stopped), and
+    /// kills every descendant before it exits; any other runner's group gets `SIGKILL`.
     pub(crate) fn kill(&self) {
         let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
         if !*reaped {
-            let _ = killpg(self.pgid, Signal::SIGKILL);
+            match self.containment {
+                Containment::Subreaper => {
+                    let _ = kill(self.pgid, Signal::SIGTERM);
+                    let _ = kill(self.pgid, Signal::SIGCONT);
+                }
+                Containment::ProcessGroup => {
+                    let _ = killpg(self.pgid, Signal::SIGKILL);
+                }
+            }
         }
     }
 }
@@ -279,6 +305,7 @@ fn fork_and_wait(
     let group = Arc::new(ProcessGroup {
         pgid: Pid::from_raw(pid as i32),
         reaped: Mutex::new(false),
+        containment: launch.containment,
     });
     let handed = started.send(Ok(Started {
         pid,
@@ -291,7 +318,8 @@ fn fork_and_wait(
         group.kill();
     }
     // Wait for the exit without reaping: the zombie keeps the group id reserved while we kill
-    // whatever the child left behind in its group.
+    // whatever the child left behind in its group (nothing, unless a supervising runner was
+    // killed before it could end its descendants).
     while let Err(Errno::EINTR) = waitid(
         Id::Pid(Pid::from_raw(pid as i32)),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
@@ -313,7 +341,10 @@ fn start(launch: &Launch) -> io::Result<(std::process::Child, RawIo, OwnedFd)> {
         .split_first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let mut command = Command::new(program);
-    command.args(args).process_group(0);
+    command.args(args).process_group(0).env_clear();
+    for (key, value) in launch.child_env.resolve(|name| std::env::var(name).ok()) {
+        command.env(key, value);
+    }
     for (key, value) in &launch.env {
         command.env(key, value);
     }
@@ -448,6 +479,43 @@ pub(crate) mod tests {
         assert_eq!(log, "to-log\n");
         let exit = *child.exit.wait_for(Option::is_some).await.unwrap();
         assert_eq!(exit, Some(Exit::Code(3)));
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_a_clean_environment_and_what_its_settings_name() {
+        let mut settings = settings();
+        settings.env = ChildEnv {
+            pass: vec!["CARGO_PKG_NAME".into()],
+            set: vec![("MODE".into(), "fast".into())],
+        };
+        let launch = Launch::new(
+            "p",
+            &PluginSource::Command(vec!["sh".into(), "-c".into(), "env >&2".into()]),
+            &settings,
+        )
+        .unwrap();
+        let mut child = spawn(&launch).await.unwrap();
+        let mut log = String::new();
+        use tokio::io::AsyncReadExt;
+        child.log.read_to_string(&mut log).await.unwrap();
+        let names: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(n, _)| n)
+            .collect();
+        assert!(log.lines().any(|l| l == "MODE=fast"), "{log}");
+        assert!(
+            log.lines()
+                .any(|l| l == "CARGO_PKG_NAME=backworks-plugin-host"),
+            "{log}"
+        );
+        // Cargo sets this one for the test process; nobody passed it on.
+        assert!(std::env::var("CARGO_MANIFEST_DIR").is_ok());
+        assert!(!names.contains(&"CARGO_MANIFEST_DIR"), "{log}");
+        assert!(
+            names.contains(&env::NAME),
+            "the runner's own settings: {log}"
+        );
     }
 
     #[tokio::test]

@@ -31,6 +31,10 @@ pub enum CallError {
     /// does not fit the method, an error code that is not a plugin error). The connection lives
     /// on.
     Protocol(String),
+    /// The call was not sent: the plugin is not reading its input, and the bytes already waiting
+    /// for it are at the outbound bound ([`Client::with_outbound_limit`]). The connection lives
+    /// on.
+    Overloaded(String),
 }
 
 impl std::fmt::Display for CallError {
@@ -39,6 +43,7 @@ impl std::fmt::Display for CallError {
             CallError::Plugin(e) => e.fmt(f),
             CallError::Closed(reason) => write!(f, "connection to the plugin lost: {reason}"),
             CallError::Protocol(m) => write!(f, "protocol error: {m}"),
+            CallError::Overloaded(m) => write!(f, "overloaded: {m}"),
         }
     }
 }
@@ -47,12 +52,14 @@ impl std::error::Error for CallError {}
 
 impl From<CallError> for PluginError {
     /// A plugin error stays itself; a lost connection is [`PluginError::Crashed`] (502); a
-    /// protocol error is [`PluginError::InvalidResponse`] (502).
+    /// protocol error is [`PluginError::InvalidResponse`] (502); a full outbound buffer is
+    /// [`PluginError::Overloaded`] (503).
     fn from(e: CallError) -> PluginError {
         match e {
             CallError::Plugin(e) => e,
             CallError::Closed(reason) => PluginError::Crashed(reason.to_string()),
             CallError::Protocol(m) => PluginError::InvalidResponse(m),
+            CallError::Overloaded(m) => PluginError::Overloaded(m),
         }
     }
 }
@@ -101,10 +108,31 @@ impl Client {
     /// `on_log` gets each `log` notification; it runs on the reader task, so it must be quick.
     ///
     /// Spawns a reader task and a writer task on the current tokio runtime: call it inside one.
+    ///
+    /// At most [`DEFAULT_MAX_OUTBOUND`] bytes wait for the plugin to read them; see
+    /// [`Client::with_outbound_limit`].
     pub fn new<R, W>(
         reader: R,
         writer: W,
         max_frame: usize,
+        on_log: impl Fn(LogRecord) + Send + Sync + 'static,
+    ) -> Client
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        Client::with_outbound_limit(reader, writer, max_frame, DEFAULT_MAX_OUTBOUND, on_log)
+    }
+
+    /// [`Client::new`] with at most `max_outbound` bytes waiting for the plugin to read them
+    /// (one message may be larger when nothing else waits). A call that would go over fails at
+    /// once with [`CallError::Overloaded`] instead of being buffered: a plugin that stops reading
+    /// its input costs the host no more memory than this.
+    pub fn with_outbound_limit<R, W>(
+        reader: R,
+        writer: W,
+        max_frame: usize,
+        max_outbound: usize,
         on_log: impl Fn(LogRecord) + Send + Sync + 'static,
     ) -> Client
     where
@@ -116,7 +144,7 @@ impl Client {
                 next_id: 1,
                 ..Calls::default()
             }),
-            outbox: Outbox::new(max_frame),
+            outbox: Outbox::new(max_frame, max_outbound),
             closed: watch::Sender::new(None),
             features: AtomicU8::new(feature_bits(Features::ALL)),
         });
@@ -183,6 +211,14 @@ impl Client {
                 return Err(CallError::Protocol(format!(
                     "{method} request of {len} bytes is over the frame limit of {} bytes",
                     shared.outbox.max_frame()
+                )));
+            }
+            Err(PushError::Full(waiting)) => {
+                guard.forget();
+                return Err(CallError::Overloaded(format!(
+                    "the plugin is not reading its input: {waiting} bytes are waiting for it, \
+                     the limit is {}",
+                    shared.outbox.max_waiting()
                 )));
             }
             Err(PushError::Closed) => {
@@ -328,7 +364,16 @@ impl Client {
     pub fn in_flight(&self) -> usize {
         self.shared().calls().pending.len()
     }
+
+    /// Bytes the plugin has read from the host so far. A caller that got
+    /// [`CallError::Overloaded`] can watch it to tell a slow reader from one that reads nothing.
+    pub fn bytes_written(&self) -> u64 {
+        self.shared().outbox.written()
+    }
 }
+
+/// The default bound on bytes waiting for a plugin to read them: 16 MiB.
+pub const DEFAULT_MAX_OUTBOUND: usize = 16 * 1024 * 1024;
 
 /// A call waiting for its answer. Dropped before the answer came (the caller gave up), it forgets
 /// the call and tells the plugin with a `cancel` notification.
@@ -477,6 +522,46 @@ mod tests {
         assert_eq!(p.next_message().await["method"], "small");
         p.send(r#"{"jsonrpc":"2.0","id":2,"result":1}"#).await;
         assert_eq!(small.await.unwrap(), Ok(serde_json::json!(1)));
+    }
+
+    #[tokio::test]
+    async fn a_plugin_that_reads_nothing_gets_calls_refused_as_overloaded() {
+        // The plugin's input holds 64 bytes and nobody reads it.
+        let (host_in, _plugin_out) = tokio::io::duplex(64);
+        let (_plugin_in, host_out) = tokio::io::duplex(64);
+        let client = Client::with_outbound_limit(host_in, host_out, 4096, 1000, |_| {});
+        let mut calls = Vec::new();
+        let mut overloaded = None;
+        for _ in 0..100 {
+            let c = client.clone();
+            let call =
+                tokio::spawn(async move { c.call("x", Value::String("y".repeat(90))).await });
+            tokio::task::yield_now().await;
+            if call.is_finished() {
+                overloaded = Some(call.await.unwrap());
+                break;
+            }
+            calls.push(call);
+        }
+        let Some(Err(CallError::Overloaded(message))) = overloaded else {
+            panic!("no call was refused: {overloaded:?}");
+        };
+        assert!(
+            message.starts_with("the plugin is not reading its input: ")
+                && message.ends_with("bytes are waiting for it, the limit is 1000"),
+            "{message}"
+        );
+        assert!(calls.len() <= 10, "{} calls were queued", calls.len());
+        assert_eq!(
+            PluginError::from(CallError::Overloaded(message)).status(),
+            503
+        );
+        assert_eq!(client.close_reason(), None, "the connection lives on");
+        assert_eq!(
+            client.bytes_written(),
+            64,
+            "what the pipe took before it filled"
+        );
     }
 
     #[tokio::test]

@@ -48,7 +48,7 @@ mod spin;
 #[cfg(test)]
 mod end_to_end;
 
-pub use client::{CallError, Client};
+pub use client::{CallError, Client, DEFAULT_MAX_OUTBOUND};
 pub use log::{LogLevel, LogRecord, LogSink};
 pub use message::{Features, Manifest};
 pub use routing::CloseReason;

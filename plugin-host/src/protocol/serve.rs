@@ -88,7 +88,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Server<R, W> {
         Server {
             reader,
             writer,
-            outbox: Arc::new(Outbox::new(max_frame)),
+            // The host reads everything a plugin writes (its frame limit bounds each message), so
+            // the plugin's side needs no bound of its own.
+            outbox: Arc::new(Outbox::new(max_frame, usize::MAX)),
             features: Features::ALL,
         }
     }

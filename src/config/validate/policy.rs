@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use backworks_plugin_host::policy::{
-    BreakerSettings, CallPolicy, Isolation, ProcessSettings, ResourceLimits, RestartPolicy,
+    BreakerSettings, CallPolicy, ChildEnv, Isolation, ProcessSettings, ResourceLimits,
+    RestartPolicy,
 };
 use serde_saphyr::Spanned;
 
@@ -12,7 +13,9 @@ use super::{INVALID, boolean, integer};
 use crate::config::checked::PluginKind;
 use crate::config::error::ConfigError;
 use crate::config::interpolate::Interpolator;
-use crate::config::model::{Number, RawBreaker, RawLimits, RawPlugin, RawRestart, Scalar, Text};
+use crate::config::model::{
+    Number, RawBreaker, RawEnv, RawLimits, RawPlugin, RawRestart, Scalar, Text,
+};
 
 /// The plugin's call policy (`timeout_ms`, `max_concurrency`, `max_response_body`, `breaker`).
 pub(super) fn call_policy(
@@ -173,6 +176,8 @@ pub(super) fn isolation(
             ("handshake_timeout_ms", raw.handshake_timeout_ms.is_some()),
             ("max_frame", raw.max_frame.is_some()),
             ("spin_us", raw.spin_us.is_some()),
+            ("max_outbound", raw.max_outbound.is_some()),
+            ("env", raw.env.is_some()),
         ];
         if let Some((name, _)) = stray.iter().find(|(_, set)| *set) {
             let message =
@@ -220,7 +225,89 @@ pub(super) fn isolation(
         }
         settings.spin = Duration::from_micros(us);
     }
+    if let Some(bytes) = &raw.max_outbound {
+        settings.max_outbound = positive(ip, bytes, &field(n, "max_outbound"), "a size in bytes")?;
+        if settings.max_outbound < 65536 {
+            return Err(ip.error(
+                INVALID,
+                bytes.referenced,
+                format!("{} must be at least 65536 bytes", field(n, "max_outbound")),
+            ));
+        }
+    }
+    if let Some(env) = &raw.env {
+        settings.env = child_env(ip, n, env)?;
+    }
     Ok(Isolation::Process(settings))
+}
+
+/// Variables the runner sets for itself: a plugin's `env` may not name them.
+const RESERVED_PREFIX: &str = "BACKWORKS_PLUGIN_";
+
+/// `env: {pass: [NAME, …], set: {NAME: value, …}}`. A value is interpolated and never shown in
+/// a message.
+fn child_env(ip: &Interpolator<'_>, n: &str, raw: &RawEnv) -> Result<ChildEnv, ConfigError> {
+    let mut env = ChildEnv::default();
+    let check_name = |name: &Text, key: &str| -> Result<String, ConfigError> {
+        let what = format!("`env.{key}` of plugin `{n}`");
+        let name_ok = name
+            .value
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name
+                .value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            let message = format!(
+                "{what} names `{}`, which is not a variable name (letters, digits and `_`, not \
+                 starting with a digit)",
+                name.value
+            );
+            return Err(ip.error(INVALID, name.referenced, message));
+        }
+        if name.value.starts_with(RESERVED_PREFIX) {
+            let message = format!(
+                "{what} names `{}`: variables starting with `{RESERVED_PREFIX}` are the runner's own",
+                name.value
+            );
+            return Err(ip.error(INVALID, name.referenced, message));
+        }
+        Ok(name.value.clone())
+    };
+    for name in raw.pass.iter().flatten() {
+        let name = check_name(name, "pass")?;
+        if !env.pass.contains(&name) {
+            env.pass.push(name);
+        }
+    }
+    for (name, value) in raw.set.iter().flatten() {
+        let checked = check_name(name, "set")?;
+        if env.pass.contains(&checked) {
+            let message = format!(
+                "`env.set` of plugin `{n}` sets `{checked}`, which `env.pass` passes from the \
+                 host already; keep one"
+            );
+            return Err(ip.error(INVALID, name.referenced, message));
+        }
+        let (found, _) = ip.scalar(value)?;
+        let text = match found {
+            Scalar::Text(t) => t,
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        };
+        if text.contains('\0') {
+            let message = format!(
+                "`env.set.{checked}` of plugin `{n}` holds a NUL character, which no environment \
+                 variable can"
+            );
+            return Err(ip.error(INVALID, value.referenced, message));
+        }
+        env.set.push((checked, text));
+    }
+    Ok(env)
 }
 
 fn command(
@@ -353,6 +440,8 @@ mod tests {
     handshake_timeout_ms: 3000
     max_frame: 65536
     spin_us: 50
+    max_outbound: 1048576
+    env: {pass: [REGION], set: {MODE: fast, WORKERS: 4}}
 ",
         )
         .unwrap();
@@ -387,6 +476,15 @@ mod tests {
         assert_eq!(settings.handshake_timeout, Duration::from_secs(3));
         assert_eq!(settings.max_frame, 65536);
         assert_eq!(settings.spin, Duration::from_micros(50));
+        assert_eq!(settings.max_outbound, 1 << 20);
+        assert_eq!(settings.env.pass, ["REGION"]);
+        assert_eq!(
+            settings.env.set,
+            [
+                ("MODE".to_owned(), "fast".to_owned()),
+                ("WORKERS".to_owned(), "4".to_owned())
+            ]
+        );
     }
 
     #[test]
@@ -467,6 +565,29 @@ mod tests {
         assert_eq!(
             error("plugins:\n  p: {path: l.so, spin_us: 10}\n"),
             "2:13: plugin `p` sets `spin_us`, which only applies with `isolation: process`"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {path: l.so, env: {pass: [X]}}\n"),
+            "2:13: plugin `p` sets `env`, which only applies with `isolation: process`"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {command: [x], max_outbound: 1000}\n"),
+            "2:35: `max_outbound` of plugin `p` must be at least 65536 bytes"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {command: [x], env: {pass: [1X]}}\n"),
+            "2:34: `env.pass` of plugin `p` names `1X`, which is not a variable name (letters, \
+             digits and `_`, not starting with a digit)"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {command: [x], env: {set: {BACKWORKS_PLUGIN_NAME: y}}}\n"),
+            "2:33: `env.set` of plugin `p` names `BACKWORKS_PLUGIN_NAME`: variables starting \
+             with `BACKWORKS_PLUGIN_` are the runner's own"
+        );
+        assert_eq!(
+            error("plugins:\n  p: {command: [x], env: {pass: [A], set: {A: y}}}\n"),
+            "2:44: `env.set` of plugin `p` sets `A`, which `env.pass` passes from the host \
+             already; keep one"
         );
     }
 }
