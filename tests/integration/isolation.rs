@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::observe::{FaultServer, PATIENCE, admin, assert_error, message};
+use crate::observe::{FaultServer, PATIENCE, admin, assert_error};
 use crate::process::{fixture, gone, python, signal};
 
 /// Quick restarts and no breaker (which would refuse calls after failures and hide them).
@@ -116,7 +116,11 @@ async fn a_setsid_grandchild_dies_when_its_plugin_crashes_and_restarts() {
     let answer = ps.get("/fork/crash").await;
     assert_error(&answer, 502, "forker", "crashed");
     // The runner ends as the plugin process did: the host still reads the plugin's signal.
-    assert!(message(&answer).contains("SIGSEGV"), "{}", answer.body);
+    assert!(
+        ps.detail(&answer).await.contains("SIGSEGV"),
+        "{}",
+        answer.body
+    );
     ps.assert_control_serves().await;
     ps.restarted("forker", 1).await;
     let pids = grandchildren(&ps, &pid_file, 2).await;
