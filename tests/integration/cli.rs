@@ -2,21 +2,12 @@
 //! API), validate; and the example configs in the repository, which must stay valid.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
 use crate::support::{
-    Server, c_plugin, client, panic_abort_plugin, root, rust_plugin, rust_plugins,
+    Server, backworks, c_plugin, client, panic_abort_plugin, root, rust_plugin, rust_plugins,
 };
-
-fn backworks(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_backworks"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run backworks")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -4,10 +4,8 @@
 //! agree, and public bodies carry no secrets or internals. In every test the control plugin keeps
 //! answering 200.
 
-use std::process::Command;
-
 use crate::observe::{Answer, FaultServer, assert_error, message};
-use crate::support::{Server, client, root, rust_plugins};
+use crate::support::{Server, backworks, client, root, write_config};
 
 /// A server with a `target` endpoint at `/t` behind the hook plugin `hook` (YAML of its entry,
 /// indented four spaces, after `path: libfaulty.so`).
@@ -24,6 +22,17 @@ async fn target_calls(faults: &FaultServer) -> u64 {
     faults.plugin("target").await["stats"]["calls"]
         .as_u64()
         .unwrap_or(0)
+}
+
+/// `backworks_observer_exchanges_total` of the plugin `hook` with this outcome.
+async fn observed(faults: &FaultServer, outcome: &str) -> f64 {
+    faults
+        .metric(
+            "backworks_observer_exchanges_total",
+            &[("plugin", "hook"), ("outcome", outcome)],
+        )
+        .await
+        .unwrap_or(0.0)
 }
 
 async fn hook_failures(faults: &FaultServer, outcome: &str) -> f64 {
@@ -193,13 +202,7 @@ async fn a_failing_observer_never_reaches_the_client() {
     }
     faults
         .wait_for("the observer's failures to be counted", || async {
-            faults
-                .metric(
-                    "backworks_observer_exchanges_total",
-                    &[("plugin", "hook"), ("outcome", "failed")],
-                )
-                .await
-                == Some(5.0)
+            observed(&faults, "failed").await == 5.0
         })
         .await;
     faults.assert_control_serves().await;
@@ -216,13 +219,7 @@ async fn a_full_observer_queue_drops_and_counts() {
     for _ in 0..20 {
         assert_served_by_target(&faults.get("/t").await);
     }
-    let dropped = faults
-        .metric(
-            "backworks_observer_exchanges_total",
-            &[("plugin", "hook"), ("outcome", "dropped")],
-        )
-        .await
-        .unwrap_or(0.0);
+    let dropped = observed(&faults, "dropped").await;
     assert!(dropped >= 10.0, "dropped {dropped}");
     faults.assert_control_serves().await;
 }
@@ -281,22 +278,6 @@ async fn the_report_plugin_bounds_what_clients_can_grow() {
     faults.assert_control_serves().await;
 }
 
-fn backworks(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_backworks"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("run backworks")
-}
-
-fn write_config(yaml: &str) -> (tempfile::TempDir, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("backworks.yaml");
-    let yaml = yaml.replace("{{plugins}}", &rust_plugins().display().to_string());
-    std::fs::write(&path, yaml).unwrap();
-    (dir, path.display().to_string())
-}
-
 /// Finding 3: a hook listed for a plugin that does not implement it is an error in `validate`
 /// and in `serve` (the plugin does not start, the endpoints behind it answer 503); a plugin that
 /// implements `before_request` but is not subscribed is warned about by both.
@@ -310,7 +291,8 @@ async fn listed_and_implemented_hooks_must_agree() {
         guarded: { path: /guarded, plugin: control, hooks: [hello] }\n  \
         open: { path: /open, plugin: auth, hooks: [] }\n  \
         control: { path: /control, plugin: control, hooks: [] }\n";
-    let (_dir, config) = write_config(yaml);
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), yaml).display().to_string();
     let out = backworks(&["validate", "-c", &config]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

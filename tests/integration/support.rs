@@ -342,7 +342,7 @@ pub fn serve_until_exit(yaml: &str) -> (ExitStatus, String) {
 
 /// Writes `yaml` to `dir/backworks.yaml`, `{{plugins}}` replaced by the Rust plugins' folder and
 /// `{{c}}` by the C plugins' folder, and returns its path.
-fn write_config(dir: &Path, yaml: &str) -> PathBuf {
+pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let c_dir = target_dir().join("c-plugins");
     let yaml = yaml
         .replace("{{plugins}}", &rust_plugins().display().to_string())
@@ -350,6 +350,15 @@ fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     let config = dir.join("backworks.yaml");
     std::fs::write(&config, yaml).expect("write config");
     config
+}
+
+/// Runs the `backworks` command with `args`, without colours, and waits for its output.
+pub fn backworks(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_backworks"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run backworks")
 }
 
 /// `backworks serve` on `config`, both listeners on port 0 (the addresses are in the log), without
