@@ -7,6 +7,7 @@
 
 mod admin;
 mod convert;
+pub mod edge;
 pub mod health;
 pub mod metrics;
 
@@ -15,10 +16,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
 use axum::extract::{DefaultBodyLimit, RawPathParams};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use backworks_plugin_host::hooks::error_response;
 use backworks_plugin_host::{
@@ -148,11 +149,24 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
             let endpoint = endpoint.clone();
-            let handler =
-                move |params: RawPathParams, parts: Parts, body: Result<Bytes, BytesRejection>| {
-                    let endpoint = endpoint.clone();
-                    async move { serve_endpoint(&endpoint, params, parts, body).await }
-                };
+            // A GET route answers HEAD too (axum routes HEAD to it when the path has no HEAD
+            // route of its own): the plugin sees a GET, hyper sends the head without the body.
+            let head_as_get = filter == MethodFilter::GET;
+            let handler = move |params: Result<RawPathParams, RawPathParamsRejection>,
+                                mut parts: Parts,
+                                body: Result<Bytes, BytesRejection>| {
+                let endpoint = endpoint.clone();
+                async move {
+                    let params = match params {
+                        Ok(params) => params,
+                        Err(rejection) => return edge::reply::bad_path_parameter(&rejection),
+                    };
+                    if head_as_get && parts.method == Method::HEAD {
+                        parts.method = Method::GET;
+                    }
+                    serve_endpoint(&endpoint, params, parts, body).await
+                }
+            };
             let route = by_path.remove(endpoint_config.path.as_str());
             let route = match route {
                 Some(route) => route.on(filter, handler),
@@ -182,7 +196,15 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         .with_state(health_state.clone());
     let metrics = Arc::new(metrics::Metrics::new(host.clone(), stats));
     let admin = admin::router(config, host, metrics, health_state);
-    (router.merge(health), admin)
+    // Unknown paths and wrong methods get the JSON error shape too.
+    let public = router
+        .merge(health)
+        .fallback(edge::reply::not_found)
+        .method_not_allowed_fallback(edge::reply::method_not_allowed);
+    let admin = admin
+        .fallback(edge::reply::not_found)
+        .method_not_allowed_fallback(edge::reply::method_not_allowed);
+    (public, admin)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -278,8 +300,8 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     health::check_all(&host, config.health.timeout).await;
     let monitor = tokio::spawn(health::monitor(host.clone(), config.health.clone()));
     let (app, admin_app) = routers(&config, host.clone());
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let edge = config.server.edge.clone();
+    let listener = edge::bind(addr, edge.backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let admin = match &config.server.admin {
@@ -292,30 +314,32 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
                 )
             })?;
             let admin_addr = SocketAddr::new(ip, admin.port);
-            let listener = tokio::net::TcpListener::bind(admin_addr)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}")
-                })?;
+            let listener = edge::bind(admin_addr, edge.backlog).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}")
+            })?;
             let bound = listener.local_addr()?;
             tracing::info!(address = %bound, "admin API listening on http://{bound}");
-            Some(tokio::spawn(async move {
-                axum::serve(listener, admin_app)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-            }))
+            let cap = edge::ADMIN_CONNECTIONS.min(edge.max_connections);
+            Some(tokio::spawn(edge::serve(
+                listener,
+                admin_app,
+                edge.clone(),
+                cap,
+                shutdown_signal(),
+            )))
         }
         None => None,
     };
+    let max_connections = edge::connection_cap(edge.max_connections, config.plugins.len());
     tracing::info!(
         address = %local,
         endpoints = config.endpoints.len(),
         plugins = config.plugins.len(),
+        max_connections,
+        backlog = edge::effective_backlog(edge.backlog),
         "backworks listening on http://{local}"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    edge::serve(listener, app, edge, max_connections, shutdown_signal()).await;
     monitor.abort();
     if let Some(admin) = admin {
         admin.abort();
