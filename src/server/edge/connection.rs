@@ -14,8 +14,9 @@
 //! drops the response body there), so the state needs no lock; the accept loop only reads it to
 //! pick a connection to shed.
 
+use std::future::{Future, poll_fn};
 use std::io;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -76,7 +77,7 @@ pub(super) struct Conn {
     shed: AtomicBool,
     /// Set when the request body stalled past `body_read_timeout`; read once by the service.
     body_stalled: AtomicBool,
-    /// Wakes the connection's task: its deadline may have moved, or it was shed.
+    /// Wakes the connection's task when it is shed (phase changes happen on that task itself).
     wake: Notify,
 }
 
@@ -117,10 +118,7 @@ impl Conn {
     fn saw_bytes(&self) {
         match self.phase() {
             Phase::Fresh => self.phase.store(Phase::Head as u8, Ordering::Relaxed),
-            Phase::Idle => {
-                self.enter(Phase::Head);
-                self.wake.notify_one();
-            }
+            Phase::Idle => self.enter(Phase::Head),
             Phase::Head | Phase::Busy => {}
         }
     }
@@ -128,13 +126,13 @@ impl Conn {
     /// hyper parsed a request head and called the service.
     pub(super) fn request_started(&self) {
         self.body_stalled.store(false, Ordering::Relaxed);
-        self.enter(Phase::Busy);
+        // No clock read: a busy connection has no deadline and is never shed.
+        self.phase.store(Phase::Busy as u8, Ordering::Relaxed);
     }
 
     /// hyper is done with the response body: the connection waits for its next request.
     pub(super) fn request_done(&self) {
         self.enter(Phase::Idle);
-        self.wake.notify_one();
     }
 
     pub(super) fn mark_body_stalled(&self) {
@@ -220,6 +218,11 @@ impl AsyncWrite for Watched {
 
 /// Serves HTTP/1.1 on `stream` until the client closes, a deadline passes, the connection is
 /// shed, or the server drains (then the request in progress is finished first).
+///
+/// Phase changes happen while hyper is polled here, so the deadline is looked at right after each
+/// poll, with no extra wake-up per request. The timer is only moved earlier; when it fires before
+/// the deadline (the phase moved on meanwhile) it is set again, so a busy connection resets it
+/// about once per timeout instead of once per request.
 pub(super) async fn drive(
     stream: TcpStream,
     conn: Arc<Conn>,
@@ -237,48 +240,57 @@ pub(super) async fn drive(
         .keep_alive(true)
         .header_read_timeout(None)
         .serve_connection(io, service);
-    let mut http = std::pin::pin!(http);
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    let mut sleep = std::pin::pin!(sleep);
-    let mut armed = None;
+    let mut http = pin!(http);
+    let mut shed = pin!(conn.wake.notified());
+    let mut drained = pin!(draining.changed());
+    let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
+    let mut armed: Option<Instant> = None;
     let mut closing = false;
-    loop {
-        let deadline = conn.deadline(edge);
-        if let Some(at) = deadline
-            && armed != Some(at)
-        {
-            sleep.as_mut().reset(at);
-            armed = Some(at);
-        }
-        tokio::select! {
-            result = http.as_mut() => {
+    poll_fn(|cx| {
+        loop {
+            if let Poll::Ready(result) = http.as_mut().poll(cx) {
                 if let Err(error) = result {
                     tracing::debug!("connection ended: {error}");
                 }
-                return;
+                return Poll::Ready(());
             }
-            () = conn.wake.notified() => {
-                if conn.is_shed() && !closing {
-                    if conn.phase() != Phase::Busy {
-                        tracing::debug!(phase = conn.phase().as_str(), "connection shed");
-                        return;
-                    }
-                    http.as_mut().graceful_shutdown();
-                    closing = true;
+            if closing {
+                break;
+            }
+            if shed.as_mut().poll(cx).is_ready() {
+                if conn.phase() != Phase::Busy {
+                    tracing::debug!(phase = conn.phase().as_str(), "connection shed");
+                    return Poll::Ready(());
                 }
-            }
-            () = &mut sleep, if deadline.is_some() => {
-                if conn.deadline(edge).is_some_and(|at| at <= Instant::now()) {
-                    tracing::debug!(phase = conn.phase().as_str(), "connection timed out");
-                    return;
-                }
-            }
-            _ = draining.changed(), if !closing => {
-                http.as_mut().graceful_shutdown();
                 closing = true;
+            } else if drained.as_mut().poll(cx).is_ready() {
+                closing = true;
+            } else {
+                break;
             }
+            // Finish the request in progress, then close; hyper needs another poll to act.
+            http.as_mut().graceful_shutdown();
         }
-    }
+        // While a request is served there is no deadline; the timer may fire meanwhile and is
+        // looked at again once the phase has moved on.
+        while let Some(at) = conn.deadline(edge) {
+            if armed.is_none_or(|armed| at < armed) {
+                sleep.as_mut().reset(at);
+                armed = Some(at);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                break;
+            }
+            if Some(at) == armed {
+                tracing::debug!(phase = conn.phase().as_str(), "connection timed out");
+                return Poll::Ready(());
+            }
+            // It fired for an earlier deadline: set it for the current one.
+            armed = None;
+        }
+        Poll::Pending
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -122,16 +122,17 @@ impl Registry {
     /// for a request before those halfway through a request head. Returns how many were asked.
     fn shed(&self, n: usize) -> usize {
         let conns = self.lock();
+        // Ties in `since` (the same millisecond) go to the earlier accepted, the smaller id.
         let mut candidates: Vec<_> = conns
-            .values()
-            .filter(|c| !c.is_shed())
-            .filter_map(|c| {
+            .iter()
+            .filter(|(_, c)| !c.is_shed())
+            .filter_map(|(id, c)| {
                 let rank = match c.phase() {
                     Phase::Fresh | Phase::Idle => 0,
                     Phase::Head => 1,
                     Phase::Busy => return None,
                 };
-                Some(((rank, c.since()), c))
+                Some(((rank, c.since(), *id), c))
             })
             .collect();
         if n == 1 {
@@ -345,5 +346,14 @@ mod tests {
         assert!(idle_new.is_shed());
         assert_eq!(registry.shed(5), 0);
         assert!(!busy.is_shed());
+        // Accepted in the same millisecond: the first accepted goes first.
+        let first = conn(Phase::Fresh);
+        let second = conn(Phase::Fresh);
+        let _more = (
+            registry.insert(first.clone()),
+            registry.insert(second.clone()),
+        );
+        assert_eq!(registry.shed(1), 1);
+        assert!(first.is_shed() && !second.is_shed());
     }
 }
