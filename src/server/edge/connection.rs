@@ -22,10 +22,10 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::task::AtomicWaker;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::service::EdgeService;
@@ -75,10 +75,13 @@ pub(super) struct Conn {
     since: AtomicU64,
     /// Set by the accept loop to make room for a new client.
     shed: AtomicBool,
+    /// Set by the accept loop when the server stops.
+    drain: AtomicBool,
     /// Set when the request body stalled past `body_read_timeout`; read once by the service.
     body_stalled: AtomicBool,
-    /// Wakes the connection's task when it is shed (phase changes happen on that task itself).
-    wake: Notify,
+    /// Wakes the connection's task when it is shed or drained (phase changes happen on that task
+    /// itself). Registering costs an atomic swap per poll, not a lock as a `Notify` would.
+    waker: AtomicWaker,
 }
 
 impl Conn {
@@ -88,8 +91,9 @@ impl Conn {
             phase: AtomicU8::new(Phase::Fresh as u8),
             since: AtomicU64::new(0),
             shed: AtomicBool::new(false),
+            drain: AtomicBool::new(false),
             body_stalled: AtomicBool::new(false),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
         };
         conn.since.store(conn.now(), Ordering::Relaxed);
         conn
@@ -145,13 +149,19 @@ impl Conn {
 
     /// Asks the connection to close to make room; `false` when it was asked before.
     pub(super) fn shed(&self) -> bool {
-        let first = !self.shed.swap(true, Ordering::Relaxed);
-        self.wake.notify_one();
+        let first = !self.shed.swap(true, Ordering::Release);
+        self.waker.wake();
         first
     }
 
+    /// Asks the connection to finish the request in progress, if any, and close.
+    pub(super) fn drain(&self) {
+        self.drain.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
     pub(super) fn is_shed(&self) -> bool {
-        self.shed.load(Ordering::Relaxed)
+        self.shed.load(Ordering::Acquire)
     }
 
     /// When the connection must close if nothing changes, `None` while a request is served.
@@ -228,7 +238,6 @@ pub(super) async fn drive(
     conn: Arc<Conn>,
     service: EdgeService,
     edge: &EdgeConfig,
-    mut draining: watch::Receiver<bool>,
 ) {
     let io = TokioIo::new(Watched {
         stream,
@@ -241,8 +250,6 @@ pub(super) async fn drive(
         .header_read_timeout(None)
         .serve_connection(io, service);
     let mut http = pin!(http);
-    let mut shed = pin!(conn.wake.notified());
-    let mut drained = pin!(draining.changed());
     let mut sleep = pin!(tokio::time::sleep(Duration::ZERO));
     let mut armed: Option<Instant> = None;
     let mut closing = false;
@@ -257,13 +264,15 @@ pub(super) async fn drive(
             if closing {
                 break;
             }
-            if shed.as_mut().poll(cx).is_ready() {
+            // Registered before the flags are read, so a shed or drain in between still wakes.
+            conn.waker.register(cx.waker());
+            if conn.is_shed() {
                 if conn.phase() != Phase::Busy {
                     tracing::debug!(phase = conn.phase().as_str(), "connection shed");
                     return Poll::Ready(());
                 }
                 closing = true;
-            } else if drained.as_mut().poll(cx).is_ready() {
+            } else if conn.drain.load(Ordering::Acquire) {
                 closing = true;
             } else {
                 break;

@@ -37,7 +37,7 @@ use std::time::Duration;
 use axum::Router;
 use nix::errno::Errno;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::config::EdgeConfig;
@@ -149,6 +149,13 @@ impl Registry {
     fn len(&self) -> usize {
         self.lock().len()
     }
+
+    /// Asks every connection to finish its request in progress and close.
+    fn drain(&self) {
+        for conn in self.lock().values() {
+            conn.drain();
+        }
+    }
 }
 
 /// A connection's entry in the registry, removed when the connection's task ends.
@@ -176,7 +183,6 @@ pub async fn serve(
     let edge = Arc::new(edge);
     let slots = Arc::new(Semaphore::new(cap));
     let registry = Arc::new(Registry::default());
-    let (drain, draining) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Backoff::default();
     loop {
@@ -235,15 +241,14 @@ pub async fn serve(
             body_read_timeout: edge.body_read_timeout,
         };
         let edge = edge.clone();
-        let draining = draining.clone();
         tokio::spawn(async move {
-            connection::drive(stream, conn, service, &edge, draining).await;
+            connection::drive(stream, conn, service, &edge).await;
             drop(registered);
             drop(permit);
         });
     }
     drop(listener);
-    let _ = drain.send(true);
+    registry.drain();
     let open = registry.len();
     if open > 0 {
         tracing::info!(
