@@ -232,7 +232,6 @@ pub async fn serve(
                 }
             }
         };
-        let _ = stream.set_nodelay(true);
         let conn = Arc::new(Conn::new(epoch));
         let registered = registry.insert(conn.clone());
         let service = EdgeService {
