@@ -7,7 +7,7 @@
 
 mod admin;
 mod convert;
-pub mod edge;
+mod edge;
 pub mod health;
 pub mod metrics;
 

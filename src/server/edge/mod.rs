@@ -4,11 +4,11 @@
 //! - **Backlog.** Each listener is bound with `server.backlog` (default 4096, the kernel caps it at
 //!   `net.core.somaxconn`), so a burst of connections right after start is queued by the kernel
 //!   instead of dropped and retried after a 1 s SYN retransmit, as with the usual 128.
-//! - **Timeouts.** Each connection is in one [`connection::Phase`] at a time, with its own
+//! - **Timeouts.** Each connection is in one phase (`connection::Phase`) at a time, with its own
 //!   deadline: the header-read timeout from accept (or from the first byte of a later request) to
 //!   the end of the request head, the idle timeout between requests, and none while a request is
 //!   served. The request body has its own timeout between two reads, answered 408
-//!   ([`service`]). hyper 1.x has a `header_read_timeout`, but it starts again as soon as a
+//!   (`service`). hyper 1.x has a `header_read_timeout`, but it starts again as soon as a
 //!   keep-alive connection goes idle, so it bounds idle time and header time together and the
 //!   two cannot be set apart (nginx's `keepalive_timeout` and `client_header_timeout`); it is off
 //!   here and the connection task keeps both deadlines itself.
