@@ -10,7 +10,8 @@ use crate::observe::PATIENCE;
 use crate::support::{Server, client, serve_until_exit};
 
 /// A server with the `server:` lines given (indented two spaces), the `static` built-in at
-/// `/version` and the hello plugin at `/hello/{name}` (GET) and `/echo` (POST).
+/// `/version`, the hello plugin at `/hello/{name}` (GET) and `/echo` (POST), and async-clock at
+/// `/sleep/{ms}`.
 fn config(server: &str) -> String {
     format!(
         r#"
@@ -20,6 +21,8 @@ plugin_dirs: ["{{{{plugins}}}}"]
 plugins:
   hello:
     path: libhello.so
+  async-clock:
+    path: libasync_clock.so
   static:
     type: builtin
     config: {{ status: 200, body: {{ name: backworks }} }}
@@ -27,6 +30,7 @@ endpoints:
   hello: {{ path: "/hello/{{name}}", methods: [GET], plugin: hello }}
   echo: {{ path: /echo, methods: [POST], plugin: hello }}
   version: {{ path: /version, plugin: static }}
+  sleep: {{ path: "/sleep/{{ms}}", methods: [GET], plugin: async-clock }}
 "#
     )
 }
@@ -354,4 +358,47 @@ fn bad_edge_settings_stop_serve_with_line_and_column() {
         assert!(!status.success(), "{yaml}");
         assert!(stderr.contains(says), "{yaml}\n{stderr}");
     }
+}
+
+#[tokio::test]
+async fn a_stop_finishes_the_request_in_progress_and_does_not_wait_for_idle_connections() {
+    // Were the stop to wait for the silent connection's header-read timeout, `stop` would run
+    // out of patience and kill the server before it logs `stopped`.
+    let server = Server::start(&config("  header_read_timeout_ms: 600000"));
+    let mut silent = connect(&server).await;
+    let http = client();
+    let slow = tokio::spawn(http.get(server.url("/sleep/1500")).send());
+    // Stop only once the request is in the plugin.
+    let plugin = server.admin_url("/_backworks/plugins/async-clock");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let about: Value = http
+            .get(&plugin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if about["stats"]["in_flight"] == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never in flight: {about}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let logs = tokio::task::spawn_blocking(move || server.stop())
+        .await
+        .unwrap();
+    let answered = slow
+        .await
+        .unwrap()
+        .expect("the request in progress is answered");
+    assert_eq!(answered.status(), 200);
+    closed(&mut silent)
+        .await
+        .expect("silent connection at stop");
+    assert!(logs.contains("stopped"), "{logs}");
 }
