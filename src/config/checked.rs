@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub max_request_body: usize,
     /// The admin listener (`/_backworks/*`, `/metrics`); `None` when turned off.
     pub admin: Option<AdminConfig>,
+    /// Timeouts, the connection cap and the listen backlog of both listeners.
+    pub edge: EdgeConfig,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +67,40 @@ impl Default for ServerConfig {
             port: 3000,
             max_request_body: 2 * 1024 * 1024,
             admin: Some(AdminConfig::default()),
+            edge: EdgeConfig::default(),
+        }
+    }
+}
+
+/// How the HTTP edge treats connections (`server.*_timeout_ms`, `max_connections`, `backlog`).
+/// The defaults are nginx's (`client_header_timeout`, `keepalive_timeout`, `client_body_timeout`);
+/// see `docs/operations.md`, "The HTTP edge".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EdgeConfig {
+    /// From accept (or from the first byte of a later request) to the end of the request head;
+    /// past it the connection is closed. Default 60 s.
+    pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may sit between requests. Default 75 s.
+    pub idle_timeout: Duration,
+    /// The longest pause between two reads of a request body; past it the request is answered
+    /// 408. Default 60 s.
+    pub body_read_timeout: Duration,
+    /// Open connections on the public listener, at most; the server lowers it to fit the
+    /// descriptor limit. Default 10,000.
+    pub max_connections: usize,
+    /// The listen backlog of both listeners (the kernel caps it at `net.core.somaxconn`).
+    /// Default 4096.
+    pub backlog: u32,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(75),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            backlog: 4096,
         }
     }
 }

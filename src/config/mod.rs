@@ -33,8 +33,8 @@ mod search;
 mod validate;
 
 pub use checked::{
-    AdminConfig, Config, EndpointConfig, HealthConfig, PluginConfig, PluginDir, PluginKind,
-    ServerConfig,
+    AdminConfig, Config, EdgeConfig, EndpointConfig, HealthConfig, PluginConfig, PluginDir,
+    PluginKind, ServerConfig,
 };
 pub use error::{ConfigError, ConfigErrorKind};
 pub use load::{load, parse_str, parse_str_with_env};

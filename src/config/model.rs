@@ -37,6 +37,11 @@ pub(crate) struct RawServer {
     pub port: Option<Number>,
     pub max_request_body: Option<Number>,
     pub admin: Option<RawAdmin>,
+    pub header_read_timeout_ms: Option<Number>,
+    pub idle_timeout_ms: Option<Number>,
+    pub body_read_timeout_ms: Option<Number>,
+    pub max_connections: Option<Number>,
+    pub backlog: Option<Number>,
 }
 
 /// `server.admin:`.

@@ -1,12 +1,14 @@
 //! `backworks serve`: start the configured plugins and serve the configured endpoints through them.
 //!
-//! The call path of a request: axum routes it (the endpoint's path and methods) to [`serve_endpoint`],
-//! which builds the SDK request, runs the endpoint's hook chain around the endpoint plugin's
-//! `handle`, and turns the plugin's response — or its error, as a JSON body naming it — into the
-//! HTTP response.
+//! The call path of a request: the edge (`edge`: listener, accept loop, connection cap, header,
+//! idle and body timeouts) hands it to axum, which routes it (the endpoint's path and methods) to
+//! [`serve_endpoint`], which builds the SDK request, runs the endpoint's hook chain around the
+//! endpoint plugin's `handle`, and turns the plugin's response — or its error, as a JSON body
+//! naming it — into the HTTP response.
 
 mod admin;
 mod convert;
+mod edge;
 pub mod health;
 pub mod metrics;
 
@@ -15,10 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
 use axum::extract::{DefaultBodyLimit, RawPathParams};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use backworks_plugin_host::public_error::error_response;
 use backworks_plugin_host::{
@@ -201,11 +203,26 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
             let endpoint = endpoint.clone();
-            let handler =
-                move |params: RawPathParams, parts: Parts, body: Result<Bytes, BytesRejection>| {
-                    let endpoint = endpoint.clone();
-                    async move { serve_endpoint(&endpoint, params, parts, body).await }
-                };
+            // A GET route answers HEAD too (axum routes HEAD to it when the path has no HEAD
+            // route of its own): the plugin sees a GET, hyper sends the head without the body.
+            let head_as_get = filter == MethodFilter::GET;
+            let handler = move |params: Result<RawPathParams, RawPathParamsRejection>,
+                                mut parts: Parts,
+                                body: Result<Bytes, BytesRejection>| {
+                let endpoint = endpoint.clone();
+                async move {
+                    let params = match params {
+                        Ok(params) => params,
+                        Err(rejection) => {
+                            return edge::reply::bad_path_parameter(&rejection, &parts.headers);
+                        }
+                    };
+                    if head_as_get && parts.method == Method::HEAD {
+                        parts.method = Method::GET;
+                    }
+                    serve_endpoint(&endpoint, params, parts, body).await
+                }
+            };
             let route = by_path.remove(endpoint_config.path.as_str());
             let route = match route {
                 Some(route) => route.on(filter, handler),
@@ -235,7 +252,15 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         .with_state(health_state.clone());
     let metrics = Arc::new(metrics::Metrics::new(host.clone(), stats, shares));
     let admin = admin::router(config, host, metrics, health_state);
-    (router.merge(health), admin)
+    // Unknown paths and wrong methods get the JSON error shape too.
+    let public = router
+        .merge(health)
+        .fallback(edge::reply::not_found)
+        .method_not_allowed_fallback(edge::reply::method_not_allowed);
+    let admin = admin
+        .fallback(edge::reply::not_found)
+        .method_not_allowed_fallback(edge::reply::method_not_allowed);
+    (public, admin)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -338,8 +363,8 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     health::check_all(&host, config.health.timeout).await;
     let monitor = tokio::spawn(health::monitor(host.clone(), config.health.clone()));
     let (app, admin_app) = routers(&config, host.clone());
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let edge = config.server.edge.clone();
+    let listener = edge::bind(addr, edge.backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let admin = match &config.server.admin {
@@ -352,30 +377,32 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
                 )
             })?;
             let admin_addr = SocketAddr::new(ip, admin.port);
-            let listener = tokio::net::TcpListener::bind(admin_addr)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}")
-                })?;
+            let listener = edge::bind(admin_addr, edge.backlog).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {admin_addr} (server.admin): {e}")
+            })?;
             let bound = listener.local_addr()?;
             tracing::info!(address = %bound, "admin API listening on http://{bound}");
-            Some(tokio::spawn(async move {
-                axum::serve(listener, admin_app)
-                    .with_graceful_shutdown(shutdown_signal())
-                    .await
-            }))
+            let cap = edge::ADMIN_CONNECTIONS.min(edge.max_connections);
+            Some(tokio::spawn(edge::serve(
+                listener,
+                admin_app,
+                edge.clone(),
+                cap,
+                shutdown_signal(),
+            )))
         }
         None => None,
     };
+    let max_connections = edge::connection_cap(edge.max_connections, config.plugins.len());
     tracing::info!(
         address = %local,
         endpoints = config.endpoints.len(),
         plugins = config.plugins.len(),
+        max_connections,
+        backlog = edge::effective_backlog(edge.backlog),
         "backworks listening on http://{local}"
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    edge::serve(listener, app, edge, max_connections, shutdown_signal()).await;
     monitor.abort();
     if let Some(admin) = admin {
         admin.abort();

@@ -1,6 +1,7 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
 mod cli;
+mod edge;
 mod faults;
 mod isolation;
 mod loader;

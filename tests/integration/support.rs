@@ -159,29 +159,39 @@ impl Server {
     /// The server binds port 0 for both listeners and the test reads the addresses it logs, so
     /// no two tests can race for a port picked in advance.
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Server {
-        Server::spawn(yaml, env, None)
+        Server::spawn(yaml, env, &[])
     }
 
     /// [`Server::start`] with `file` open on descriptor 9 of the server, without close-on-exec,
     /// as a supervisor or a wrapper script may leave one.
     pub fn start_holding(yaml: &str, file: &Path) -> Server {
-        Server::spawn(yaml, &[], Some(file))
+        // A shell opens the file without close-on-exec, then becomes the server.
+        let wrapper = [
+            OsStr::new("sh"),
+            OsStr::new("-c"),
+            OsStr::new(r#"exec 9<"$0" && exec "$@""#),
+            file.as_os_str(),
+        ];
+        Server::spawn(yaml, &[], &wrapper)
     }
 
-    fn spawn(yaml: &str, env: &[(&str, &str)], held: Option<&Path>) -> Server {
+    /// [`Server::start`] with the server's descriptor limit (`RLIMIT_NOFILE`) lowered to `limit`,
+    /// as a container or a supervisor may set it.
+    pub fn start_with_fd_limit(yaml: &str, limit: u32) -> Server {
+        let limit = limit.to_string();
+        let wrapper = [
+            OsStr::new("sh"),
+            OsStr::new("-c"),
+            OsStr::new(r#"ulimit -n "$0" && exec "$@""#),
+            OsStr::new(&limit),
+        ];
+        Server::spawn(yaml, &[], &wrapper)
+    }
+
+    fn spawn(yaml: &str, env: &[(&str, &str)], wrapper: &[&OsStr]) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = write_config(dir.path(), yaml);
         let log = dir.path().join("server.log");
-        // With a held file, a shell opens it without close-on-exec, then becomes the server.
-        let wrapper: &[&OsStr] = match held {
-            Some(file) => &[
-                OsStr::new("sh"),
-                OsStr::new("-c"),
-                OsStr::new(r#"exec 9<"$0" && exec "$@""#),
-                file.as_os_str(),
-            ],
-            None => &[],
-        };
         let child = serve_command(wrapper, &config, &log)
             .envs(env.iter().copied())
             // Refusals (breaker, shedding, unavailable) are logged at debug: the tests read them.

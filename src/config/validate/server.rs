@@ -1,15 +1,24 @@
-//! Checks of `server:` (listeners, request limit, the admin API) and `health:`.
+//! Checks of `server:` (listeners, request limit, the HTTP edge's timeouts and caps, the admin
+//! API) and `health:`.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{INVALID, boolean, integer};
-use crate::config::checked::{AdminConfig, HealthConfig, ServerConfig};
+use crate::config::checked::{AdminConfig, EdgeConfig, HealthConfig, ServerConfig};
 use crate::config::error::ConfigError;
 use crate::config::interpolate::Interpolator;
-use crate::config::model::{Number, RawAdmin, RawConfig, Text};
+use crate::config::model::{Number, RawAdmin, RawConfig, RawServer, Text};
 
 const PORT: &str = "an integer from 0 to 65535";
+
+/// The longest edge timeout: one day. Longer is a mistake (and would overflow a deadline).
+const MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// The largest `server.max_connections`.
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// The largest `server.backlog` (Linux caps it at `net.core.somaxconn` anyway).
+const MAX_BACKLOG: u32 = 65_535;
 
 pub(super) fn server(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
     let mut server = ServerConfig::default();
@@ -29,7 +38,57 @@ pub(super) fn server(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<ServerCon
     if let Some(admin) = &raw.admin {
         server.admin = admin_config(ip, admin)?;
     }
+    server.edge = edge(ip, raw)?;
     Ok(server)
+}
+
+fn edge(ip: &Interpolator<'_>, raw: &RawServer) -> Result<EdgeConfig, ConfigError> {
+    let mut edge = EdgeConfig::default();
+    let timeout = |raw: &Number, what: &str| {
+        bounded(ip, raw, what, "a number of milliseconds", 1, MAX_TIMEOUT_MS)
+            .map(Duration::from_millis)
+    };
+    if let Some(ms) = &raw.header_read_timeout_ms {
+        edge.header_read_timeout = timeout(ms, "`server.header_read_timeout_ms`")?;
+    }
+    if let Some(ms) = &raw.idle_timeout_ms {
+        edge.idle_timeout = timeout(ms, "`server.idle_timeout_ms`")?;
+    }
+    if let Some(ms) = &raw.body_read_timeout_ms {
+        edge.body_read_timeout = timeout(ms, "`server.body_read_timeout_ms`")?;
+    }
+    if let Some(n) = &raw.max_connections {
+        let what = "`server.max_connections`";
+        edge.max_connections = bounded(ip, n, what, "a count", 1, MAX_CONNECTIONS)?;
+    }
+    if let Some(n) = &raw.backlog {
+        edge.backlog = bounded(ip, n, "`server.backlog`", "a count", 1, MAX_BACKLOG)?;
+    }
+    Ok(edge)
+}
+
+/// An integer from `min` to `max`, inclusive.
+fn bounded<T>(
+    ip: &Interpolator<'_>,
+    raw: &Number,
+    what: &str,
+    unit: &str,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: TryFrom<i128> + PartialOrd + fmt::Display,
+{
+    let expected = format!("{unit} from {min} to {max}");
+    let value: T = integer(ip, raw, what, &expected)?;
+    if value < min || value > max {
+        return Err(ip.error(
+            INVALID,
+            raw.referenced,
+            format!("{what} must be {expected}, found {value}"),
+        ));
+    }
+    Ok(value)
 }
 
 fn host_text(ip: &Interpolator<'_>, host: &Text, what: &str) -> Result<String, ConfigError> {
@@ -125,6 +184,52 @@ mod tests {
         assert_eq!(admin.token, None);
         assert_eq!(c.server.max_request_body, 2 * 1024 * 1024);
         assert_eq!(c.health, HealthConfig::default());
+        let edge = &c.server.edge;
+        assert_eq!(edge.header_read_timeout, Duration::from_secs(60));
+        assert_eq!(edge.idle_timeout, Duration::from_secs(75));
+        assert_eq!(edge.body_read_timeout, Duration::from_secs(60));
+        assert_eq!((edge.max_connections, edge.backlog), (10_000, 4096));
+    }
+
+    #[test]
+    fn edge_settings_are_read() {
+        let c = parse(
+            "server:\n  header_read_timeout_ms: 300\n  idle_timeout_ms: '400'\n  \
+             body_read_timeout_ms: 500\n  max_connections: 20\n  backlog: 2048\n",
+        )
+        .unwrap();
+        let edge = &c.server.edge;
+        assert_eq!(edge.header_read_timeout, Duration::from_millis(300));
+        assert_eq!(edge.idle_timeout, Duration::from_millis(400));
+        assert_eq!(edge.body_read_timeout, Duration::from_millis(500));
+        assert_eq!((edge.max_connections, edge.backlog), (20, 2048));
+    }
+
+    #[test]
+    fn bad_edge_settings_point_at_the_value() {
+        assert_eq!(
+            error("server:\n  header_read_timeout_ms: 0\n"),
+            "2:27: `server.header_read_timeout_ms` must be a number of milliseconds from 1 to \
+             86400000, found 0"
+        );
+        assert_eq!(
+            error("server:\n  idle_timeout_ms: 86400001\n"),
+            "2:20: `server.idle_timeout_ms` must be a number of milliseconds from 1 to 86400000, \
+             found 86400001"
+        );
+        assert_eq!(
+            error("server: {body_read_timeout_ms: soon}\n"),
+            "1:32: `server.body_read_timeout_ms` must be a number of milliseconds from 1 to \
+             86400000, found `soon`"
+        );
+        assert_eq!(
+            error("server:\n  max_connections: -1\n"),
+            "2:20: `server.max_connections` must be a count from 1 to 1000000, found `-1`"
+        );
+        assert_eq!(
+            error("server:\n  backlog: 0\n"),
+            "2:12: `server.backlog` must be a count from 1 to 65535, found 0"
+        );
     }
 
     #[test]
