@@ -2,8 +2,9 @@
 
 use std::path::PathBuf;
 
-use backworks_plugin_sdk::PluginError;
 use backworks_plugin_sdk::metadata::MetadataError;
+
+use crate::CallError;
 
 /// Why a plugin could not be discovered, inspected, loaded or started. Every variant names the file
 /// or the plugin, and what was expected and found where that applies.
@@ -147,13 +148,48 @@ pub enum HostError {
         /// Name and version from the vtable.
         vtable: String,
     },
-    /// The plugin failed to create its instance or to initialize.
+    /// The plugin failed to create its instance or to initialize: its own error, or the host's
+    /// (a timeout, a crash of its child).
     #[error("plugin `{plugin}` failed to start: {source}")]
     Start {
         /// The plugin's name.
         plugin: String,
-        /// The plugin's error.
-        source: PluginError,
+        /// Why.
+        source: CallError,
+    },
+    /// A process-isolated plugin's runner could not be started.
+    #[error("plugin `{plugin}` failed to start: cannot start `{command}`: {source}")]
+    Spawn {
+        /// The plugin's name.
+        plugin: String,
+        /// The command line.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A process-isolated plugin speaks another major version of the wire protocol.
+    #[error("plugin `{plugin}` failed to start: {source}")]
+    ProtocolMismatch {
+        /// The plugin's name.
+        plugin: String,
+        /// The versions.
+        source: crate::protocol::VersionError,
+    },
+    /// A `command` plugin asked to run in process; it can only run in a child.
+    #[error("plugin `{plugin}` failed to start: a `command` plugin needs `isolation: process`")]
+    IsolationRequired {
+        /// The plugin's name.
+        plugin: String,
+    },
+    /// A thread the host ran a blocking step on (loading a library, reading a file) failed.
+    #[error("plugin `{plugin}` failed to start: the {what} thread failed: {reason}")]
+    Thread {
+        /// The plugin's name.
+        plugin: String,
+        /// What the thread did.
+        what: &'static str,
+        /// Why it failed (it panicked or was cancelled).
+        reason: String,
     },
     /// Two plugins were given the same name.
     #[error("two plugins are named `{name}`")]

@@ -4,15 +4,15 @@
 //!
 //! For `handle`, `before_request` and `after_response`, in this order:
 //!
-//! 1. **Breaker.** An open breaker refuses the call at once with [`PluginError::CircuitOpen`]
+//! 1. **Breaker.** An open breaker refuses the call at once with [`CallError::CircuitOpen`]
 //!    (503, with `retry_after_secs` for `Retry-After`); the plugin is not called.
 //! 2. **Concurrency.** Past `max_concurrency` calls in flight the call is shed at once with
-//!    [`PluginError::Overloaded`] (503): no queue.
-//! 3. **Timeout.** A call still running at its deadline is answered [`PluginError::Timeout`] (504)
+//!    [`CallError::Overloaded`] (503): no queue.
+//! 3. **Timeout.** A call still running at its deadline is answered [`CallError::Timeout`] (504)
 //!    and its future is dropped, which cancels a library plugin's task. A call that answers on its
 //!    first poll never touches the timer.
 //! 4. **Response size.** A response whose body is over `max_response_body` (from `handle`,
-//!    `after_response`, or a hook's early answer) becomes [`PluginError::InvalidResponse`] (502).
+//!    `after_response`, or a hook's early answer) becomes [`CallError::InvalidResponse`] (502).
 //!
 //! `health_check` gets the timeout only (a late answer is `Unhealthy`); `initialize` and
 //! `shutdown` go straight through.
@@ -53,6 +53,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Response};
 
+use crate::CallError;
 use crate::breaker::{
     BreakerSnapshot, BreakerState, CircuitBreaker, Outcome, Permit, Refusal, Transition,
 };
@@ -136,7 +137,7 @@ impl Guarded {
     pub fn handle(
         &self,
         request: Request,
-    ) -> impl Future<Output = Result<Response, PluginError>> + Send + '_ {
+    ) -> impl Future<Output = Result<Response, CallError>> + Send + '_ {
         self.run(self.inner.handle(request), |response| {
             self.check(response, true)
         })
@@ -146,7 +147,7 @@ impl Guarded {
     pub fn before_request<'a>(
         &'a self,
         request: &'a Request,
-    ) -> impl Future<Output = Result<HookAction, PluginError>> + Send + 'a {
+    ) -> impl Future<Output = Result<HookAction, CallError>> + Send + 'a {
         self.run(self.inner.before_request(request), |action| match action {
             HookAction::Respond(response) => self.check(response, true),
             HookAction::Continue | HookAction::ContinueWith(_) => Ok(Outcome::Success),
@@ -158,7 +159,7 @@ impl Guarded {
         &'a self,
         request: &'a Request,
         response: &'a Response,
-    ) -> impl Future<Output = Result<Response, PluginError>> + Send + 'a {
+    ) -> impl Future<Output = Result<Response, CallError>> + Send + 'a {
         self.run(self.inner.after_response(request, response), |response| {
             self.check(response, false)
         })
@@ -172,9 +173,9 @@ impl Guarded {
     /// at a successful answer.
     async fn run<T>(
         &self,
-        call: impl Future<Output = Result<T, PluginError>>,
-        judge: impl FnOnce(&T) -> Result<Outcome, PluginError>,
-    ) -> Result<T, PluginError> {
+        call: impl Future<Output = Result<T, CallError>>,
+        judge: impl FnOnce(&T) -> Result<Outcome, CallError>,
+    ) -> Result<T, CallError> {
         // Time is kept as the time since `origin`: one clock read and one subtraction each end.
         let start = self.origin.elapsed();
         let permit = match self.breaker.try_acquire(start) {
@@ -234,10 +235,10 @@ impl Guarded {
 
     /// Judges a response: over the size limit it is an error; with `count_status`, a 5xx is a
     /// failure for the breaker when the policy says so.
-    fn check(&self, response: &Response, count_status: bool) -> Result<Outcome, PluginError> {
+    fn check(&self, response: &Response, count_status: bool) -> Result<Outcome, CallError> {
         let limit = self.policy.max_response_body;
         if response.body.len() > limit {
-            return Err(PluginError::InvalidResponse(format!(
+            return Err(CallError::InvalidResponse(format!(
                 "plugin `{}` answered a body of {} bytes, over the limit of {limit}",
                 self.name(),
                 response.body.len()
@@ -250,13 +251,13 @@ impl Guarded {
         }
     }
 
-    fn refused(&self, refusal: Refusal) -> PluginError {
+    fn refused(&self, refusal: Refusal) -> CallError {
         self.stats.record_breaker_rejected();
         let state = match refusal.state {
             BreakerState::HalfOpen => "half-open",
             _ => "open",
         };
-        PluginError::CircuitOpen {
+        CallError::CircuitOpen {
             message: format!(
                 "circuit breaker of plugin `{}` is {state} ({})",
                 self.name(),
@@ -266,16 +267,16 @@ impl Guarded {
         }
     }
 
-    fn shed(&self) -> PluginError {
+    fn shed(&self) -> CallError {
         self.stats.record_shed();
-        PluginError::Overloaded(format!(
+        CallError::Overloaded(format!(
             "plugin `{}` is at its limit of {} concurrent calls",
             self.name(),
             self.policy.max_concurrency.unwrap_or_default()
         ))
     }
 
-    fn timed_out(&self, now: Duration, took: Duration, overrun: bool) -> PluginError {
+    fn timed_out(&self, now: Duration, took: Duration, overrun: bool) -> CallError {
         let limit = self.policy.timeout.unwrap_or_default();
         self.stats.record_timeout();
         if overrun {
@@ -298,7 +299,7 @@ impl Guarded {
             };
             self.lifecycle.record(EventKind::TimedOut, detail);
         }
-        PluginError::Timeout(format!(
+        CallError::Timeout(format!(
             "plugin `{}` did not answer within {limit:?}",
             self.name()
         ))
@@ -329,13 +330,15 @@ impl Guarded {
 
 /// Whether an error returned by the plugin counts against it: everything but the answers a plugin
 /// gives the client on purpose.
-fn is_failure(error: &PluginError) -> bool {
+fn is_failure(error: &CallError) -> bool {
     match error {
-        PluginError::BadRequest(_)
-        | PluginError::Unauthorized(_)
-        | PluginError::Forbidden(_)
-        | PluginError::NotFound(_) => false,
-        PluginError::Status { status, .. } => !(400..500).contains(status),
+        CallError::Plugin(
+            PluginError::BadRequest(_)
+            | PluginError::Unauthorized(_)
+            | PluginError::Forbidden(_)
+            | PluginError::NotFound(_),
+        ) => false,
+        CallError::Plugin(PluginError::Status { status, .. }) => !(400..500).contains(status),
         _ => true,
     }
 }
@@ -382,7 +385,7 @@ impl Plugin for Guarded {
         self.inner.info()
     }
 
-    async fn initialize(&self, config: &serde_json::Value) -> Result<(), PluginError> {
+    async fn initialize(&self, config: &serde_json::Value) -> Result<(), CallError> {
         self.inner.initialize(config).await
     }
 
@@ -391,7 +394,7 @@ impl Plugin for Guarded {
     fn handle<'life0, 'async_trait>(
         &'life0 self,
         request: Request,
-    ) -> BoxFuture<'async_trait, Result<Response, PluginError>>
+    ) -> BoxFuture<'async_trait, Result<Response, CallError>>
     where
         'life0: 'async_trait,
         Self: 'async_trait,
@@ -402,7 +405,7 @@ impl Plugin for Guarded {
     fn before_request<'life0, 'life1, 'async_trait>(
         &'life0 self,
         request: &'life1 Request,
-    ) -> BoxFuture<'async_trait, Result<HookAction, PluginError>>
+    ) -> BoxFuture<'async_trait, Result<HookAction, CallError>>
     where
         'life0: 'async_trait,
         'life1: 'async_trait,
@@ -415,7 +418,7 @@ impl Plugin for Guarded {
         &'life0 self,
         request: &'life1 Request,
         response: &'life2 Response,
-    ) -> BoxFuture<'async_trait, Result<Response, PluginError>>
+    ) -> BoxFuture<'async_trait, Result<Response, CallError>>
     where
         'life0: 'async_trait,
         'life1: 'async_trait,
@@ -436,7 +439,7 @@ impl Plugin for Guarded {
         }
     }
 
-    async fn shutdown(&self) -> Result<(), PluginError> {
+    async fn shutdown(&self) -> Result<(), CallError> {
         self.inner.shutdown().await
     }
 }
@@ -561,7 +564,7 @@ mod tests {
             self.fake.inner().calls.load(Ordering::SeqCst)
         }
 
-        async fn get(&self, path: &str) -> Result<Response, PluginError> {
+        async fn get(&self, path: &str) -> Result<Response, CallError> {
             self.guarded.handle(Request::new("GET", path)).await
         }
 
@@ -652,7 +655,7 @@ mod tests {
         let error = s.get("/hang").await.expect_err("times out");
         assert_eq!(
             error,
-            PluginError::Timeout("plugin `fake` did not answer within 50ms".into())
+            CallError::Timeout("plugin `fake` did not answer within 50ms".into())
         );
         assert_eq!(error.status(), 504);
         assert_eq!(s.fake.inner().dropped.load(Ordering::SeqCst), 1);
@@ -676,7 +679,7 @@ mod tests {
         let error = s.get("/block").await.expect_err("answered too late");
         assert_eq!(
             error,
-            PluginError::Timeout("plugin `fake` did not answer within 20ms".into())
+            CallError::Timeout("plugin `fake` did not answer within 20ms".into())
         );
         let stats = s.guarded.stats().snapshot();
         assert_eq!((stats.timeouts, stats.overruns, stats.successes), (1, 1, 0));
@@ -723,7 +726,7 @@ mod tests {
         let error = s.get("/ok").await.expect_err("shed");
         assert_eq!(
             error,
-            PluginError::Overloaded("plugin `fake` is at its limit of 2 concurrent calls".into())
+            CallError::Overloaded("plugin `fake` is at its limit of 2 concurrent calls".into())
         );
         assert_eq!(error.status(), 503);
         assert_eq!(s.calls(), 2, "the shed call never reached the plugin");
@@ -764,12 +767,12 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(
                 s.get("/fail").await,
-                Err(PluginError::Internal("broken".into()))
+                Err(PluginError::Internal("broken".into()).into())
             );
         }
         assert_eq!(s.guarded.breaker_state(), BreakerState::Open);
         let error = s.get("/ok").await.expect_err("refused");
-        let PluginError::CircuitOpen {
+        let CallError::CircuitOpen {
             message,
             retry_after_secs,
         } = &error
@@ -813,7 +816,7 @@ mod tests {
         let _ = s.get("/panic").await;
         assert_eq!(
             s.get("/fail").await.map(|r| r.status),
-            Err(PluginError::Internal("broken".into()))
+            Err(PluginError::Internal("broken".into()).into())
         );
         assert_eq!(s.guarded.breaker_state(), BreakerState::Open);
         // Sleeping at least the cool-down is enough whatever the machine's load.
@@ -894,7 +897,7 @@ mod tests {
         );
         assert_eq!(
             s.get("/body/1025").await,
-            Err(PluginError::InvalidResponse(
+            Err(CallError::InvalidResponse(
                 "plugin `fake` answered a body of 1025 bytes, over the limit of 1024".into()
             ))
         );
@@ -946,7 +949,7 @@ mod tests {
         assert_eq!(s.guarded.breaker_state(), BreakerState::Open);
         assert!(matches!(
             s.guarded.before_request(&request).await,
-            Err(PluginError::CircuitOpen { .. })
+            Err(CallError::CircuitOpen { .. })
         ));
         assert_eq!(s.calls(), 9);
     }

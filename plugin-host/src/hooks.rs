@@ -19,8 +19,9 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use backworks_plugin_sdk::{HookAction, PluginError, Request, Response};
+use backworks_plugin_sdk::{HookAction, Request, Response};
 
+use crate::CallError;
 use crate::observe::Observer;
 use crate::plugin::Plugin;
 use crate::public_error::error_response;
@@ -179,7 +180,7 @@ impl Hook {
         &self,
         point: &'static str,
         on_failure: OnFailure,
-        error: &PluginError,
+        error: &CallError,
         request: &Request,
     ) -> Option<Response> {
         let plugin = &self.plugin.info().name;
@@ -198,7 +199,7 @@ impl Hook {
                 // one per power of two; everything else once each.
                 let refusal = matches!(
                     error,
-                    PluginError::CircuitOpen { .. } | PluginError::Overloaded(_)
+                    CallError::CircuitOpen { .. } | CallError::Overloaded(_)
                 );
                 if !refusal || skipped.is_power_of_two() || skipped == 0 {
                     tracing::warn!(

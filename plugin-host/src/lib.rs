@@ -34,6 +34,7 @@
 //! ```
 
 pub mod breaker;
+mod call_error;
 pub mod discovery;
 mod error;
 pub mod guard;
@@ -52,6 +53,7 @@ mod registry;
 pub mod stats;
 
 pub use breaker::{BreakerState, CircuitBreaker};
+pub use call_error::CallError;
 pub use error::HostError;
 pub use guard::Guarded;
 pub use hooks::{Hook, HookChain, HookCounts, OnFailure};

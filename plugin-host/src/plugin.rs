@@ -4,6 +4,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::CallError;
 use async_trait::async_trait;
 use backworks_plugin_sdk::{
     BackworksPlugin, Health, HookAction, PluginError, PluginMetadata, Request, Response,
@@ -46,7 +47,8 @@ pub struct PluginInfo {
 
 /// A running plugin as the host sees it. Calls may run concurrently.
 ///
-/// Errors are [`PluginError`]s; a panic inside the plugin arrives as [`PluginError::Panic`] and
+/// Errors are [`CallError`]s: the plugin's own ([`CallError::Plugin`]), or what the host adds (a
+/// timeout, a crash, ...). A panic inside the plugin arrives as [`PluginError::Panic`] and
 /// never unwinds into the caller.
 #[async_trait]
 pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
@@ -54,13 +56,13 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
     fn info(&self) -> &PluginInfo;
 
     /// Hands the plugin its config; called once, before any other call.
-    async fn initialize(&self, config: &serde_json::Value) -> Result<(), PluginError>;
+    async fn initialize(&self, config: &serde_json::Value) -> Result<(), CallError>;
 
     /// Serves a request routed to the plugin.
-    async fn handle(&self, request: Request) -> Result<Response, PluginError>;
+    async fn handle(&self, request: Request) -> Result<Response, CallError>;
 
     /// The plugin's `before_request` hook.
-    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError>;
+    async fn before_request(&self, request: &Request) -> Result<HookAction, CallError>;
 
     /// The plugin's `after_response` hook: the response to send instead of `response`. The
     /// response is lent, so that a caller whose hook fails can still send it as it stood.
@@ -68,13 +70,13 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
         &self,
         request: &Request,
         response: &Response,
-    ) -> Result<Response, PluginError>;
+    ) -> Result<Response, CallError>;
 
     /// The plugin's health.
     async fn health_check(&self) -> Health;
 
     /// Asks the plugin to release what it holds; no call follows.
-    async fn shutdown(&self) -> Result<(), PluginError>;
+    async fn shutdown(&self) -> Result<(), CallError>;
 }
 
 /// A [`BackworksPlugin`] compiled into the host, behind the [`Plugin`] trait. Panics in it are
@@ -120,11 +122,12 @@ impl<P: BackworksPlugin> BuiltinPlugin<P> {
     }
 }
 
-async fn caught<T>(f: impl Future<Output = Result<T, PluginError>>) -> Result<T, PluginError> {
+async fn caught<T>(f: impl Future<Output = Result<T, PluginError>>) -> Result<T, CallError> {
     AssertUnwindSafe(f)
         .catch_unwind()
         .await
         .unwrap_or_else(|p| Err(PluginError::from_panic(p.as_ref())))
+        .map_err(CallError::Plugin)
 }
 
 #[async_trait]
@@ -133,15 +136,15 @@ impl<P: BackworksPlugin> Plugin for BuiltinPlugin<P> {
         &self.info
     }
 
-    async fn initialize(&self, config: &serde_json::Value) -> Result<(), PluginError> {
+    async fn initialize(&self, config: &serde_json::Value) -> Result<(), CallError> {
         caught(self.plugin.initialize(config.clone())).await
     }
 
-    async fn handle(&self, request: Request) -> Result<Response, PluginError> {
+    async fn handle(&self, request: Request) -> Result<Response, CallError> {
         caught(self.plugin.handle(request)).await
     }
 
-    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError> {
+    async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {
         caught(self.plugin.before_request(request)).await
     }
 
@@ -149,7 +152,7 @@ impl<P: BackworksPlugin> Plugin for BuiltinPlugin<P> {
         &self,
         request: &Request,
         response: &Response,
-    ) -> Result<Response, PluginError> {
+    ) -> Result<Response, CallError> {
         caught(self.plugin.after_response(request, response.clone())).await
     }
 
@@ -159,7 +162,7 @@ impl<P: BackworksPlugin> Plugin for BuiltinPlugin<P> {
             .unwrap_or_else(|e| Health::Unhealthy(e.to_string()))
     }
 
-    async fn shutdown(&self) -> Result<(), PluginError> {
+    async fn shutdown(&self) -> Result<(), CallError> {
         caught(self.plugin.shutdown()).await
     }
 }

@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use backworks_plugin_sdk::{PluginError, Response};
 
+use crate::CallError;
 use crate::redact::redact;
 
 /// The longest `x-request-id` taken from a request; a longer or odd one is replaced.
@@ -28,30 +29,38 @@ const MAX_REQUEST_ID: usize = 128;
 /// one for anything else.
 ///
 /// ```
+/// use backworks_plugin_host::CallError;
 /// use backworks_plugin_host::public_error::public_message;
 /// use backworks_plugin_sdk::PluginError;
-/// assert_eq!(public_message(&PluginError::NotFound("no key \"x\"".into())), "no key \"x\"");
+/// let not_found = CallError::from(PluginError::NotFound("no key \"x\"".into()));
+/// assert_eq!(public_message(&not_found), "no key \"x\"");
 /// assert_eq!(
-///     public_message(&PluginError::Crashed("child wrote: /srv/secret.txt".into())),
+///     public_message(&CallError::Crashed("child wrote: /srv/secret.txt".into())),
 ///     "the plugin stopped while serving the request"
 /// );
 /// ```
-pub fn public_message(error: &PluginError) -> std::borrow::Cow<'_, str> {
+pub fn public_message(error: &CallError) -> std::borrow::Cow<'_, str> {
     let fixed = match error {
-        PluginError::BadRequest(m)
-        | PluginError::Unauthorized(m)
-        | PluginError::Forbidden(m)
-        | PluginError::NotFound(m) => return redact(m),
-        PluginError::Status { status, message } if (400..500).contains(status) => {
+        CallError::Plugin(
+            PluginError::BadRequest(m)
+            | PluginError::Unauthorized(m)
+            | PluginError::Forbidden(m)
+            | PluginError::NotFound(m),
+        ) => return redact(m),
+        CallError::Plugin(PluginError::Status { status, message })
+            if (400..500).contains(status) =>
+        {
             return redact(message);
         }
-        PluginError::Timeout(_) => "the plugin did not answer in time",
-        PluginError::Overloaded(_) => "the plugin is busy; try again later",
-        PluginError::CircuitOpen { .. } => "the plugin is failing; calls to it are paused",
-        PluginError::Unavailable(_) => "the plugin is not available",
-        PluginError::Crashed(_) => "the plugin stopped while serving the request",
-        PluginError::InvalidResponse(_) => "the plugin gave an invalid response",
-        PluginError::Cancelled => "the call was cancelled",
+        CallError::Timeout(_) => "the plugin did not answer in time",
+        CallError::Overloaded(_) => "the plugin is busy; try again later",
+        CallError::CircuitOpen { .. } => "the plugin is failing; calls to it are paused",
+        CallError::Unavailable(_) | CallError::Plugin(PluginError::Unavailable(_)) => {
+            "the plugin is not available"
+        }
+        CallError::Crashed(_) => "the plugin stopped while serving the request",
+        CallError::InvalidResponse(_) => "the plugin gave an invalid response",
+        CallError::Plugin(PluginError::Cancelled) => "the call was cancelled",
         _ => "the plugin failed",
     };
     std::borrow::Cow::Borrowed(fixed)
@@ -90,23 +99,23 @@ fn new_request_id() -> String {
 /// they come in floods and are counted in the metrics).
 ///
 /// ```
+/// use backworks_plugin_host::CallError;
 /// use backworks_plugin_host::public_error::error_response;
 /// use backworks_plugin_sdk::PluginError;
-/// let res = error_response("auth", &PluginError::Unauthorized("no key".into()), None);
+/// let no_key = CallError::from(PluginError::Unauthorized("no key".into()));
+/// let res = error_response("auth", &no_key, None);
 /// assert_eq!(res.status, 401);
 /// let body: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
 /// assert_eq!(body["error"]["plugin"], "auth");
 /// assert_eq!(body["error"]["message"], "no key");
 /// assert!(body["error"]["request_id"].is_string());
 /// ```
-pub fn error_response(plugin: &str, error: &PluginError, request_id: Option<&str>) -> Response {
+pub fn error_response(plugin: &str, error: &CallError, request_id: Option<&str>) -> Response {
     let status = error.status();
     let id = self::request_id(request_id);
     let kind = error.kind();
     match error {
-        PluginError::CircuitOpen { .. }
-        | PluginError::Overloaded(_)
-        | PluginError::Unavailable(_) => {
+        CallError::CircuitOpen { .. } | CallError::Overloaded(_) | CallError::Unavailable(_) => {
             tracing::debug!(
                 plugin,
                 kind,
@@ -129,7 +138,7 @@ pub fn error_response(plugin: &str, error: &PluginError, request_id: Option<&str
     }))
     .with_status(status);
     match error {
-        PluginError::CircuitOpen {
+        CallError::CircuitOpen {
             retry_after_secs, ..
         } => response.with_header("retry-after", retry_after_secs.to_string()),
         _ => response,
@@ -147,15 +156,16 @@ mod tests {
     #[test]
     fn internals_stay_out_of_the_body() {
         for error in [
-            PluginError::Internal("/srv/app/config.toml: permission denied".into()),
-            PluginError::Config("key sk-live-123 rejected".into()),
-            PluginError::Crashed("stdout: garbage".into()),
-            PluginError::Unavailable("init failed: /etc/x".into()),
-            PluginError::Panic("at src/lib.rs:10".into()),
+            PluginError::Internal("/srv/app/config.toml: permission denied".into()).into(),
+            PluginError::Config("key sk-live-123 rejected".into()).into(),
+            CallError::Crashed("stdout: garbage".into()),
+            CallError::Unavailable("init failed: /etc/x".into()),
+            PluginError::Panic("at src/lib.rs:10".into()).into(),
             PluginError::Status {
                 status: 503,
                 message: "db at 10.0.0.5 down".into(),
-            },
+            }
+            .into(),
         ] {
             let text = String::from_utf8(error_response("p", &error, None).body).unwrap();
             assert!(!text.contains('/') || !text.contains("srv"), "{text}");
@@ -171,7 +181,7 @@ mod tests {
     #[test]
     fn client_errors_keep_their_message_redacted() {
         crate::redact::add_secrets(["s3cr3t-value"]);
-        let error = PluginError::BadRequest("key s3cr3t-value is wrong".into());
+        let error = CallError::from(PluginError::BadRequest("key s3cr3t-value is wrong".into()));
         let response = error_response("p", &error, None);
         assert_eq!(response.status, 400);
         assert_eq!(
@@ -186,7 +196,7 @@ mod tests {
         assert!(request_id(Some("bad\"id")).starts_with("bw-"));
         assert!(request_id(Some(&"x".repeat(200))).starts_with("bw-"));
         assert_ne!(request_id(None), request_id(None));
-        let response = error_response("p", &PluginError::Timeout("x".into()), Some("abc-1"));
+        let response = error_response("p", &CallError::Timeout("x".into()), Some("abc-1"));
         assert_eq!(body(&response)["error"]["kind"], "timeout");
         assert_eq!(body(&response)["error"]["request_id"], "abc-1");
     }

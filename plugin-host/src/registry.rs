@@ -253,20 +253,16 @@ impl PluginHost {
                     DynamicPlugin::new(library, &name)
                 })
                 .await
-                .map_err(|e| HostError::Start {
+                .map_err(|e| HostError::Thread {
                     plugin: spec.name.clone(),
-                    source: backworks_plugin_sdk::PluginError::Internal(format!(
-                        "loading thread failed: {e}"
-                    )),
+                    what: "loading",
+                    reason: e.to_string(),
                 })??;
                 Arc::new(plugin)
             }
             (PluginSource::Command(_), Isolation::InProcess) => {
-                return Err(HostError::Start {
+                return Err(HostError::IsolationRequired {
                     plugin: spec.name.clone(),
-                    source: backworks_plugin_sdk::PluginError::Config(
-                        "a `command` plugin needs `isolation: process`".into(),
-                    ),
                 });
             }
             (source, Isolation::Process(settings)) => {
@@ -466,7 +462,10 @@ mod tests {
 
         // A panic in a built-in is an error, not an unwind.
         let result = ok.handle(Request::new("GET", "/")).await;
-        assert_eq!(result, Err(PluginError::Panic("flaky handle".into())));
+        assert_eq!(
+            result,
+            Err(PluginError::Panic("flaky handle".into()).into())
+        );
 
         host.shutdown().await;
         assert_eq!(host.state("a"), Some(PluginState::Stopped));

@@ -10,56 +10,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backworks_plugin_sdk::PluginError;
+use crate::CallError;
+use crate::call_error::{
+    CANCELLED_INDEX as CANCELLED, CIRCUIT_OPEN_INDEX as CIRCUIT_OPEN, KIND_COUNT,
+    OVERLOADED_INDEX as OVERLOADED,
+};
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeStruct};
 
-/// The kinds of [`PluginError`], in the order of [`error_kind_index`]; each is the error's
-/// [`PluginError::kind`].
-pub const ERROR_KINDS: [&str; 15] = [
-    "bad_request",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "config",
-    "unavailable",
-    "internal",
-    "status",
-    "panic",
-    "cancelled",
-    "timeout",
-    "overloaded",
-    "circuit_open",
-    "crashed",
-    "invalid_response",
-];
-
-/// Where `error`'s kind sits in [`ERROR_KINDS`]. A kind added to the SDK later and not listed
-/// here counts as `internal`.
-pub fn error_kind_index(error: &PluginError) -> usize {
-    match error {
-        PluginError::BadRequest(_) => 0,
-        PluginError::Unauthorized(_) => 1,
-        PluginError::Forbidden(_) => 2,
-        PluginError::NotFound(_) => 3,
-        PluginError::Config(_) => 4,
-        PluginError::Unavailable(_) => 5,
-        PluginError::Internal(_) => 6,
-        PluginError::Status { .. } => 7,
-        PluginError::Panic(_) => 8,
-        PluginError::Cancelled => 9,
-        PluginError::Timeout(_) => 10,
-        PluginError::Overloaded(_) => 11,
-        PluginError::CircuitOpen { .. } => 12,
-        PluginError::Crashed(_) => 13,
-        PluginError::InvalidResponse(_) => 14,
-        _ => 6,
+/// The kinds a call can fail with, in the order of [`CallError::kind_index`]: derived from the
+/// SDK's and the host's kind tables.
+pub fn error_kinds() -> [&'static str; KIND_COUNT] {
+    let mut kinds = [""; KIND_COUNT];
+    for (slot, kind) in kinds.iter_mut().zip(CallError::kinds()) {
+        *slot = kind;
     }
+    kinds
 }
-
-const CANCELLED: usize = 9;
-const OVERLOADED: usize = 11;
-const CIRCUIT_OPEN: usize = 12;
 
 /// Upper bounds of the latency buckets, in seconds; a last bucket, `+Inf`, takes the rest.
 pub const LATENCY_BOUNDS_SECONDS: [f64; 16] = [
@@ -206,15 +173,15 @@ impl Serialize for HistogramSnapshot {
     }
 }
 
-/// Errors by kind, indexed like [`ERROR_KINDS`]. Serialized as a map from kind to count, every
+/// Errors by kind, indexed like [`error_kinds`]. Serialized as a map from kind to count, every
 /// kind present.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ErrorCounts(pub [u64; ERROR_KINDS.len()]);
+pub struct ErrorCounts(pub [u64; KIND_COUNT]);
 
 impl ErrorCounts {
     /// The count of one kind (`"timeout"`, ...); 0 for an unknown kind.
     pub fn get(&self, kind: &str) -> u64 {
-        ERROR_KINDS
+        error_kinds()
             .iter()
             .position(|k| *k == kind)
             .map_or(0, |i| self.0[i])
@@ -222,7 +189,7 @@ impl ErrorCounts {
 
     /// Every kind with its count.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ERROR_KINDS.iter().copied().zip(self.0.iter().copied())
+        error_kinds().into_iter().zip(self.0.iter().copied())
     }
 
     /// All errors.
@@ -233,7 +200,7 @@ impl ErrorCounts {
 
 impl Serialize for ErrorCounts {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(ERROR_KINDS.len()))?;
+        let mut map = serializer.serialize_map(Some(KIND_COUNT))?;
         for (kind, count) in self.iter() {
             map.serialize_entry(kind, &count)?;
         }
@@ -251,7 +218,7 @@ impl Serialize for ErrorCounts {
 /// and down, a latency bucket and the latency sum, the breaker's window).
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    errors: [AtomicU64; ERROR_KINDS.len()],
+    errors: [AtomicU64; KIND_COUNT],
     timeouts: AtomicU64,
     overruns: AtomicU64,
     shed: AtomicU64,
@@ -286,9 +253,9 @@ impl PluginStats {
     }
 
     /// A call that reached the plugin ended after `took`, with `error` or successfully.
-    pub fn record_call(&self, took: Duration, error: Option<&PluginError>) {
+    pub fn record_call(&self, took: Duration, error: Option<&CallError>) {
         if let Some(error) = error {
-            self.errors[error_kind_index(error)].fetch_add(1, Ordering::Relaxed);
+            self.errors[error.kind_index()].fetch_add(1, Ordering::Relaxed);
         }
         self.latency.observe(took);
     }
@@ -485,38 +452,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_error_kind_has_its_index() {
-        let errors = [
-            PluginError::BadRequest(String::new()),
-            PluginError::Unauthorized(String::new()),
-            PluginError::Forbidden(String::new()),
-            PluginError::NotFound(String::new()),
-            PluginError::Config(String::new()),
-            PluginError::Unavailable(String::new()),
-            PluginError::Internal(String::new()),
-            PluginError::Status {
-                status: 418,
-                message: String::new(),
-            },
-            PluginError::Panic(String::new()),
-            PluginError::Cancelled,
-            PluginError::Timeout(String::new()),
-            PluginError::Overloaded(String::new()),
-            PluginError::CircuitOpen {
-                message: String::new(),
-                retry_after_secs: 1,
-            },
-            PluginError::Crashed(String::new()),
-            PluginError::InvalidResponse(String::new()),
-        ];
-        assert_eq!(errors.len(), ERROR_KINDS.len());
-        for (i, error) in errors.iter().enumerate() {
-            assert_eq!(error_kind_index(error), i);
-            assert_eq!(ERROR_KINDS[i], error.kind());
-        }
-    }
-
-    #[test]
     fn histogram_buckets_are_inclusive_and_cumulative_on_read() {
         let h = LatencyHistogram::new();
         h.observe(Duration::from_nanos(300)); // 0.0001
@@ -577,7 +512,7 @@ mod tests {
         let ms = Duration::from_millis;
         s.record_call(ms(1), None);
         s.record_call(ms(2), None);
-        s.record_call(ms(30), Some(&PluginError::Timeout("slow".into())));
+        s.record_call(ms(30), Some(&CallError::Timeout("slow".into())));
         s.record_timeout();
         s.record_overrun();
         s.record_shed();
@@ -597,7 +532,7 @@ mod tests {
         let json = serde_json::to_value(&snap).unwrap();
         assert_eq!(json["errors"]["timeout"], 1);
         assert_eq!(json["errors"]["panic"], 0);
-        assert_eq!(json["errors"].as_object().unwrap().len(), ERROR_KINDS.len());
+        assert_eq!(json["errors"].as_object().unwrap().len(), KIND_COUNT);
         assert_eq!(
             (json["calls"].as_u64(), json["successes"].as_u64()),
             (Some(6), Some(2))

@@ -1,7 +1,94 @@
 //! Errors a plugin returns, and the HTTP statuses the host answers them with.
 
-/// What went wrong in a plugin call. The host answers the request with [`PluginError::status`] and a
-/// JSON body `{"error": {"plugin", "kind", "message"}}`.
+/// Declares [`ErrorKind`], the one table of error kinds: each kind's wire name, ABI code and HTTP
+/// status, written once. Everything else (the ABI's codes, the wire protocol's `kind`, metric labels,
+/// the host's answers) derives from it.
+macro_rules! error_kinds {
+    ($( $(#[$doc:meta])* $kind:ident = $name:literal, $code:ident, $status:literal; )*) => {
+        /// The kinds of error a plugin can return: its name on the wire, in error bodies and in
+        /// metrics, its `BW_ERR_*` code on the ABI, and its HTTP status.
+        ///
+        /// ```
+        /// use backworks_plugin_sdk::{ErrorKind, abi};
+        /// assert_eq!(ErrorKind::NotFound.name(), "not_found");
+        /// assert_eq!(ErrorKind::NotFound.abi_code(), abi::BW_ERR_NOT_FOUND);
+        /// assert_eq!(ErrorKind::NotFound.status(), 404);
+        /// assert_eq!(ErrorKind::from_name("not_found"), Some(ErrorKind::NotFound));
+        /// assert_eq!(ErrorKind::from_abi_code(abi::BW_ERR_NOT_FOUND), Some(ErrorKind::NotFound));
+        /// ```
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum ErrorKind {
+            $( $(#[$doc])* $kind, )*
+        }
+
+        impl ErrorKind {
+            /// Every kind, in ABI code order.
+            pub const ALL: &'static [ErrorKind] = &[$( ErrorKind::$kind, )*];
+
+            /// The kind's name: `kind` in error bodies, on the wire and in metrics.
+            pub const fn name(self) -> &'static str {
+                match self { $( ErrorKind::$kind => $name, )* }
+            }
+
+            /// The kind's `BW_ERR_*` code on the ABI.
+            pub const fn abi_code(self) -> u32 {
+                match self { $( ErrorKind::$kind => crate::abi::$code, )* }
+            }
+
+            /// The HTTP status an error of this kind is answered with ([`ErrorKind::Status`]
+            /// carries its own; 500 is its fallback).
+            pub const fn status(self) -> u16 {
+                match self { $( ErrorKind::$kind => $status, )* }
+            }
+
+            /// The kind named `name`.
+            pub fn from_name(name: &str) -> Option<ErrorKind> {
+                match name { $( $name => Some(ErrorKind::$kind), )* _ => None }
+            }
+
+            /// The kind with the ABI code `code`.
+            pub fn from_abi_code(code: u32) -> Option<ErrorKind> {
+                ErrorKind::ALL.iter().copied().find(|k| k.abi_code() == code)
+            }
+        }
+    };
+}
+
+error_kinds! {
+    /// The plugin failed.
+    Internal = "internal", BW_ERR_INTERNAL, 500;
+    /// The plugin panicked; made by the SDK's shims, not by plugin code.
+    Panic = "panic", BW_ERR_PANIC, 500;
+    /// The request is malformed.
+    BadRequest = "bad_request", BW_ERR_BAD_REQUEST, 400;
+    /// The caller is not authenticated.
+    Unauthorized = "unauthorized", BW_ERR_UNAUTHORIZED, 401;
+    /// The caller may not do this.
+    Forbidden = "forbidden", BW_ERR_FORBIDDEN, 403;
+    /// No such resource.
+    NotFound = "not_found", BW_ERR_NOT_FOUND, 404;
+    /// The plugin's configuration is invalid.
+    Config = "config", BW_ERR_CONFIG, 500;
+    /// Something the plugin depends on is unavailable.
+    Unavailable = "unavailable", BW_ERR_UNAVAILABLE, 503;
+    /// The call was cancelled before it finished.
+    Cancelled = "cancelled", BW_ERR_CANCELLED, 503;
+    /// An HTTP status of the plugin's choice.
+    Status = "status", BW_ERR_STATUS, 500;
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a plugin says went wrong in a call. The host answers the request with
+/// [`PluginError::status`] and a JSON body naming the plugin and the [`ErrorKind`].
+///
+/// These are the errors a plugin can return. What the host adds when it stops or refuses a call
+/// (a timeout, an open breaker, a crashed child) is the host's own type, not this one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PluginError {
@@ -34,33 +121,12 @@ pub enum PluginError {
         /// What happened.
         message: String,
     },
-    /// The plugin panicked (500). Made by the SDK and the host, not by plugin code.
+    /// The plugin panicked (500). Made by the SDK's shims, not by plugin code.
     #[error("plugin panicked: {0}")]
     Panic(String),
     /// The call was cancelled before it finished.
     #[error("call cancelled")]
     Cancelled,
-    /// The call ran past its deadline (504). Made by the host.
-    #[error("timed out: {0}")]
-    Timeout(String),
-    /// The plugin is at its concurrency limit and the call was shed (503). Made by the host.
-    #[error("overloaded: {0}")]
-    Overloaded(String),
-    /// The plugin's circuit breaker is open and the plugin was not called (503). Made by the host.
-    #[error("circuit open: {message}")]
-    CircuitOpen {
-        /// What happened.
-        message: String,
-        /// Seconds until the breaker lets a probe call through (the `Retry-After` header).
-        retry_after_secs: u64,
-    },
-    /// The plugin's process died during the call (502). Made by the host.
-    #[error("plugin crashed: {0}")]
-    Crashed(String),
-    /// The plugin answered something the host cannot accept: an oversized body, an invalid header,
-    /// a malformed protocol message (502). Made by the host.
-    #[error("invalid response: {0}")]
-    InvalidResponse(String),
 }
 
 /// The result of a plugin call.
@@ -96,7 +162,47 @@ pub fn parse_config<T: serde::de::DeserializeOwned + Default>(
 }
 
 impl PluginError {
-    /// The HTTP status the host answers this error with.
+    /// The error of kind `kind` with `message`; `status` is used by [`ErrorKind::Status`] only.
+    /// This is how an error read from the ABI or the wire protocol is rebuilt.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::{ErrorKind, PluginError};
+    /// let e = PluginError::new(ErrorKind::Status, 418, "short and stout".into());
+    /// assert_eq!((e.kind(), e.status()), ("status", 418));
+    /// ```
+    pub fn new(kind: ErrorKind, status: u16, message: String) -> PluginError {
+        match kind {
+            ErrorKind::BadRequest => PluginError::BadRequest(message),
+            ErrorKind::Unauthorized => PluginError::Unauthorized(message),
+            ErrorKind::Forbidden => PluginError::Forbidden(message),
+            ErrorKind::NotFound => PluginError::NotFound(message),
+            ErrorKind::Config => PluginError::Config(message),
+            ErrorKind::Unavailable => PluginError::Unavailable(message),
+            ErrorKind::Internal => PluginError::Internal(message),
+            ErrorKind::Status => PluginError::Status { status, message },
+            ErrorKind::Panic => PluginError::Panic(message),
+            ErrorKind::Cancelled => PluginError::Cancelled,
+        }
+    }
+
+    /// The error's kind.
+    pub fn error_kind(&self) -> ErrorKind {
+        match self {
+            PluginError::BadRequest(_) => ErrorKind::BadRequest,
+            PluginError::Unauthorized(_) => ErrorKind::Unauthorized,
+            PluginError::Forbidden(_) => ErrorKind::Forbidden,
+            PluginError::NotFound(_) => ErrorKind::NotFound,
+            PluginError::Config(_) => ErrorKind::Config,
+            PluginError::Unavailable(_) => ErrorKind::Unavailable,
+            PluginError::Internal(_) => ErrorKind::Internal,
+            PluginError::Status { .. } => ErrorKind::Status,
+            PluginError::Panic(_) => ErrorKind::Panic,
+            PluginError::Cancelled => ErrorKind::Cancelled,
+        }
+    }
+
+    /// The HTTP status the host answers this error with: its kind's, or for
+    /// [`PluginError::Status`] its own when that is 400–599 (else 500).
     ///
     /// ```
     /// use backworks_plugin_sdk::PluginError;
@@ -104,44 +210,19 @@ impl PluginError {
     /// ```
     pub fn status(&self) -> u16 {
         match self {
-            PluginError::BadRequest(_) => 400,
-            PluginError::Unauthorized(_) => 401,
-            PluginError::Forbidden(_) => 403,
-            PluginError::NotFound(_) => 404,
-            PluginError::Unavailable(_) => 503,
             PluginError::Status { status, .. } if (400..=599).contains(status) => *status,
-            PluginError::Cancelled => 503,
-            PluginError::Timeout(_) => 504,
-            PluginError::Overloaded(_) | PluginError::CircuitOpen { .. } => 503,
-            PluginError::Crashed(_) | PluginError::InvalidResponse(_) => 502,
-            _ => 500,
+            _ => self.error_kind().status(),
         }
     }
 
-    /// A short machine-readable name of the variant (`"bad_request"`, `"panic"`, ...).
+    /// The name of the error's kind (`"bad_request"`, `"panic"`, ...): see [`ErrorKind::name`].
     ///
     /// ```
     /// use backworks_plugin_sdk::PluginError;
     /// assert_eq!(PluginError::Panic("boom".into()).kind(), "panic");
     /// ```
     pub fn kind(&self) -> &'static str {
-        match self {
-            PluginError::BadRequest(_) => "bad_request",
-            PluginError::Unauthorized(_) => "unauthorized",
-            PluginError::Forbidden(_) => "forbidden",
-            PluginError::NotFound(_) => "not_found",
-            PluginError::Config(_) => "config",
-            PluginError::Unavailable(_) => "unavailable",
-            PluginError::Internal(_) => "internal",
-            PluginError::Status { .. } => "status",
-            PluginError::Panic(_) => "panic",
-            PluginError::Cancelled => "cancelled",
-            PluginError::Timeout(_) => "timeout",
-            PluginError::Overloaded(_) => "overloaded",
-            PluginError::CircuitOpen { .. } => "circuit_open",
-            PluginError::Crashed(_) => "crashed",
-            PluginError::InvalidResponse(_) => "invalid_response",
-        }
+        self.error_kind().name()
     }
 
     /// The message without the variant's prefix.
@@ -160,11 +241,6 @@ impl PluginError {
             | PluginError::Unavailable(m)
             | PluginError::Internal(m)
             | PluginError::Panic(m)
-            | PluginError::Timeout(m)
-            | PluginError::Overloaded(m)
-            | PluginError::Crashed(m)
-            | PluginError::InvalidResponse(m)
-            | PluginError::CircuitOpen { message: m, .. }
             | PluginError::Status { message: m, .. } => m,
             PluginError::Cancelled => "call cancelled",
         }
@@ -195,15 +271,7 @@ mod tests {
         assert_eq!(PluginError::Config(String::new()).status(), 500);
         assert_eq!(PluginError::Internal(String::new()).status(), 500);
         assert_eq!(PluginError::Panic(String::new()).status(), 500);
-        assert_eq!(PluginError::Timeout(String::new()).status(), 504);
-        assert_eq!(PluginError::Overloaded(String::new()).status(), 503);
-        assert_eq!(PluginError::Crashed(String::new()).status(), 502);
-        assert_eq!(PluginError::InvalidResponse(String::new()).status(), 502);
-        let open = PluginError::CircuitOpen {
-            message: "5 failures in a row".into(),
-            retry_after_secs: 3,
-        };
-        assert_eq!((open.status(), open.kind()), (503, "circuit_open"));
+        assert_eq!(PluginError::Unavailable(String::new()).status(), 503);
         let teapot = PluginError::Status {
             status: 418,
             message: "short and stout".into(),
@@ -216,6 +284,23 @@ mod tests {
             message: String::new(),
         };
         assert_eq!(ok.status(), 500);
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_its_name_and_abi_code() {
+        let mut names = std::collections::HashSet::new();
+        for &kind in ErrorKind::ALL {
+            assert!(names.insert(kind.name()), "{kind} twice");
+            assert_eq!(ErrorKind::from_name(kind.name()), Some(kind));
+            assert_eq!(ErrorKind::from_abi_code(kind.abi_code()), Some(kind));
+            let error = PluginError::new(kind, 418, "m".into());
+            assert_eq!(error.error_kind(), kind);
+        }
+        assert_eq!(
+            ErrorKind::from_name("timeout"),
+            None,
+            "a host kind, not a plugin's"
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ mod runtime;
 mod text;
 
 pub use async_trait::async_trait;
-pub use error::{PluginError, PluginResult, parse_config};
+pub use error::{ErrorKind, PluginError, PluginResult, parse_config};
 pub use http::{Headers, Health, HookAction, Request, Response};
 pub use metadata::{Hooks, PluginMetadata};
 pub use plugin::BackworksPlugin;

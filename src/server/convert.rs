@@ -2,8 +2,9 @@
 
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
+use backworks_plugin_host::CallError;
 use backworks_plugin_host::public_error::error_response;
-use backworks_plugin_sdk::{Headers, PluginError, Request, Response, Text};
+use backworks_plugin_sdk::{Headers, Request, Response, Text};
 use bytes::Bytes;
 
 /// Builds the SDK request a plugin sees from the request parts and the route's path parameters.
@@ -61,7 +62,7 @@ pub fn into_http(plugin: &str, response: Response) -> axum::response::Response {
     match try_into_http(response) {
         Ok(http) => http,
         Err(message) => {
-            let error = PluginError::InvalidResponse(message);
+            let error = CallError::InvalidResponse(message);
             match try_into_http(error_response(plugin, &error, None)) {
                 Ok(http) => http,
                 Err(_) => {

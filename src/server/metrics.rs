@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use backworks_plugin_host::PluginHost;
 use backworks_plugin_host::stats::{
-    ERROR_KINDS, HistogramSnapshot, LatencyHistogram, StatsSnapshot,
+    HistogramSnapshot, LatencyHistogram, StatsSnapshot, error_kinds,
 };
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -306,7 +306,7 @@ impl prometheus_client::collector::Collector for Metrics {
             MetricType::Counter,
             &loaded,
             |m, (plugin, s)| {
-                for kind in ERROR_KINDS {
+                for kind in error_kinds() {
                     let labels = vec![("plugin", *plugin), ("kind", kind)];
                     counter(m, &labels, s.errors.get(kind))?;
                 }

@@ -24,8 +24,8 @@ use axum::http::{Method, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use backworks_plugin_host::public_error::error_response;
 use backworks_plugin_host::{
-    Hook, HookChain, HookCounts, Isolation, Observer, Plugin, PluginHost, PluginSource, PluginSpec,
-    PluginState,
+    CallError, Hook, HookChain, HookCounts, Isolation, Observer, Plugin, PluginHost, PluginSource,
+    PluginSpec, PluginState,
 };
 use backworks_plugin_sdk::{PluginError, Response, Text};
 use bytes::Bytes;
@@ -299,7 +299,7 @@ async fn answer(
     parts: Parts,
     body: Result<Bytes, BytesRejection>,
 ) -> axum::response::Response {
-    let refuse = |error: PluginError| {
+    let refuse = |error: CallError| {
         let request_id = parts
             .headers
             .get("x-request-id")
@@ -311,24 +311,24 @@ async fn answer(
     };
     let (plugin, hooks) = match &endpoint.target {
         Ok(target) => target,
-        Err(reason) => return refuse(PluginError::Unavailable(reason.clone())),
+        Err(reason) => return refuse(CallError::Unavailable(reason.clone())),
     };
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(PluginError::Status {
+            return refuse(CallError::Plugin(PluginError::Status {
                 status: 413,
                 message: format!(
                     "request body is over the limit of {} bytes (server.max_request_body)",
                     endpoint.max_request_body
                 ),
-            });
+            }));
         }
         Err(rejection) => {
-            return refuse(PluginError::BadRequest(format!(
+            return refuse(CallError::Plugin(PluginError::BadRequest(format!(
                 "cannot read the request body: {}",
                 rejection.body_text()
-            )));
+            ))));
         }
     };
     let request = convert::request_from_parts(&parts, params.iter(), body);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backworks_plugin_host::inspect::{self, Inspection};
-use backworks_plugin_host::{DynamicPlugin, HostError, LoadedLibrary, Plugin, loader};
+use backworks_plugin_host::{CallError, DynamicPlugin, HostError, LoadedLibrary, Plugin, loader};
 use backworks_plugin_sdk::abi::{ABI_MAGIC, ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, METADATA_SECTION};
 use backworks_plugin_sdk::{PluginError, Request, Response, SDK_VERSION};
 use serde_json::{Value, json};
@@ -591,7 +591,7 @@ async fn a_header_that_is_not_utf8_is_an_invalid_response() {
         .handle(get("/anything", &[]))
         .await
         .expect_err("a header value of bytes FF FE must be refused, not passed on lossily");
-    let PluginError::InvalidResponse(message) = &err else {
+    let CallError::InvalidResponse(message) = &err else {
         panic!("expected an invalid response, got {err:?}");
     };
     assert!(message.contains("`garbage`"), "names the plugin: {message}");
@@ -625,7 +625,7 @@ async fn rust_hello_config_error_is_a_config_error() {
         .initialize(&json!({ "greeting": 5 }))
         .await
         .expect_err("a number is no greeting");
-    let PluginError::Config(message) = &err else {
+    let CallError::Plugin(PluginError::Config(message)) = &err else {
         panic!("expected PluginError::Config, got {err:?}");
     };
     assert!(message.contains("invalid type"), "{message}");
@@ -645,7 +645,7 @@ async fn panics_arrive_as_errors_and_the_plugin_keeps_serving() {
         .handle(get("/x/panic", &[]))
         .await
         .expect_err("/x/panic panics");
-    let PluginError::Panic(message) = &err else {
+    let CallError::Plugin(PluginError::Panic(message)) = &err else {
         panic!("expected PluginError::Panic, got {err:?}");
     };
     assert!(message.contains("handle exploded"), "{message}");
@@ -655,7 +655,7 @@ async fn panics_arrive_as_errors_and_the_plugin_keeps_serving() {
         .handle(get("/x/panic-later", &[]))
         .await
         .expect_err("/x/panic-later panics");
-    let PluginError::Panic(message) = &err else {
+    let CallError::Plugin(PluginError::Panic(message)) = &err else {
         panic!("expected PluginError::Panic, got {err:?}");
     };
     assert!(message.contains("handle exploded"), "{message}");

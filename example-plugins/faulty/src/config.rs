@@ -4,6 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
+use backworks_plugin_sdk::ErrorKind;
 use backworks_plugin_sdk::prelude::*;
 use serde::Deserialize;
 
@@ -24,22 +25,10 @@ const BEHAVIOUR_FIELDS: [&str; 13] = [
     "crash_on_init",
 ];
 
-/// The error kinds `error.kind` accepts, as [`PluginError::kind`] names them.
-pub const ERROR_KINDS: [&str; 13] = [
-    "bad_request",
-    "unauthorized",
-    "forbidden",
-    "not_found",
-    "config",
-    "unavailable",
-    "internal",
-    "status",
-    "panic",
-    "timeout",
-    "overloaded",
-    "crashed",
-    "invalid_response",
-];
+/// The error kinds `error.kind` accepts: every [`ErrorKind`] a plugin can return, by name.
+pub fn error_kinds() -> impl Iterator<Item = &'static str> {
+    ErrorKind::ALL.iter().map(|kind| kind.name())
+}
 
 /// The configuration as written in `backworks.yaml`. See the crate docs for what each field does.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,7 +84,7 @@ pub struct FaultyConfig {
 pub struct ErrorConfig {
     /// HTTP status, 400–599. Alone, it makes a [`PluginError::Status`].
     pub status: Option<u16>,
-    /// One of [`ERROR_KINDS`]; default `internal`, or `status` when `status` is set.
+    /// One of [`error_kinds`]; default `internal`, or `status` when `status` is set.
     pub kind: Option<String>,
     /// The error's message; required.
     pub message: Option<String>,
@@ -374,34 +363,19 @@ impl ErrorConfig {
             Some(_) => "status",
             None => "internal",
         });
-        let error = match kind {
-            "bad_request" => PluginError::BadRequest(message),
-            "unauthorized" => PluginError::Unauthorized(message),
-            "forbidden" => PluginError::Forbidden(message),
-            "not_found" => PluginError::NotFound(message),
-            "config" => PluginError::Config(message),
-            "unavailable" => PluginError::Unavailable(message),
-            "internal" => PluginError::Internal(message),
-            "status" => match self.status {
-                Some(status) => PluginError::Status { status, message },
-                None => {
-                    return Err(config_error(
-                        "field `error.status`: required with kind `status`".to_owned(),
-                    ));
-                }
-            },
-            "panic" => PluginError::Panic(message),
-            "timeout" => PluginError::Timeout(message),
-            "overloaded" => PluginError::Overloaded(message),
-            "crashed" => PluginError::Crashed(message),
-            "invalid_response" => PluginError::InvalidResponse(message),
-            other => {
-                return Err(config_error(format!(
-                    "field `error.kind`: unknown kind `{other}`, expected one of `{}`",
-                    ERROR_KINDS.join("`, `")
-                )));
-            }
+        let Some(error_kind) = ErrorKind::from_name(kind) else {
+            let known: Vec<_> = error_kinds().collect();
+            return Err(config_error(format!(
+                "field `error.kind`: unknown kind `{kind}`, expected one of `{}`",
+                known.join("`, `")
+            )));
         };
+        if error_kind == ErrorKind::Status && self.status.is_none() {
+            return Err(config_error(
+                "field `error.status`: required with kind `status`".to_owned(),
+            ));
+        }
+        let error = PluginError::new(error_kind, self.status.unwrap_or(500), message);
         if let Some(status) = self.status
             && status != error.status()
         {
@@ -630,7 +604,7 @@ mod tests {
 
     #[test]
     fn every_listed_error_kind_is_accepted() {
-        for kind in ERROR_KINDS {
+        for kind in error_kinds() {
             let status = (kind == "status").then_some(599);
             let settings =
                 Settings::parse(json!({"error": {"kind": kind, "status": status, "message": "m"}}))

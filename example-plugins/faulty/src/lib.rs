@@ -7,7 +7,7 @@
 //! | Config field            | What a call does                                                        |
 //! |-------------------------|-------------------------------------------------------------------------|
 //! | (none)                  | 200 `{"ok":true,"calls":n}`                                             |
-//! | `error: {status?, kind?, message}` | fails with that [`PluginError`]: `kind` as [`PluginError::kind`] names it (see [`ERROR_KINDS`]), default `internal` (500), or `status` when only `status` (400–599) is given |
+//! | `error: {status?, kind?, message}` | fails with that [`PluginError`]: `kind` as [`PluginError::kind`] names it (see [`error_kinds`]), default `internal` (500), or `status` when only `status` (400–599) is given |
 //! | `sleep_ms: N`           | awaits a tokio sleep of N ms, then goes on (cancellable: dropped at a timeout) |
 //! | `block_ms: N`           | blocks its thread with `std::thread::sleep` for N ms, then goes on (cannot be cancelled) |
 //! | `body_bytes: N`         | 200 with a body of N bytes `x`, `content-type: application/octet-stream` |
@@ -69,7 +69,7 @@ use backworks_plugin_sdk::prelude::*;
 use backworks_plugin_sdk::tracing;
 
 pub use config::{
-    Behaviour, ERROR_KINDS, ErrorConfig, FaultyConfig, HealthSetting, Method, Settings,
+    Behaviour, ErrorConfig, FaultyConfig, HealthSetting, Method, Settings, error_kinds,
 };
 pub use lethal::CRASH_ON_INIT_STATUS;
 

@@ -4,8 +4,9 @@
 
 use std::ffi::c_void;
 
+use crate::CallError;
 use backworks_plugin_sdk::abi::*;
-use backworks_plugin_sdk::{Headers, PluginError, Request, Response, Text};
+use backworks_plugin_sdk::{ErrorKind, Headers, PluginError, Request, Response, Text};
 use tokio::sync::oneshot;
 
 /// An output the plugin handed over; released through the plugin's function when dropped. (The
@@ -163,8 +164,8 @@ pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest)
 }
 
 /// The plugin's invalid response: text of it that is not UTF-8.
-fn not_utf8(plugin: &str, what: std::fmt::Arguments<'_>) -> PluginError {
-    PluginError::InvalidResponse(format!(
+fn not_utf8(plugin: &str, what: std::fmt::Arguments<'_>) -> CallError {
+    CallError::InvalidResponse(format!(
         "plugin `{plugin}` answered {what} that is not UTF-8"
     ))
 }
@@ -173,11 +174,7 @@ fn not_utf8(plugin: &str, what: std::fmt::Arguments<'_>) -> PluginError {
 ///
 /// # Safety
 /// As [`BwKvList::as_slice`], and each pair's strings as [`BwStr::as_bytes`], during the call.
-unsafe fn pairs(
-    plugin: &str,
-    what: &str,
-    list: BwKvList,
-) -> Result<Vec<(Text, Text)>, PluginError> {
+unsafe fn pairs(plugin: &str, what: &str, list: BwKvList) -> Result<Vec<(Text, Text)>, CallError> {
     // SAFETY: the caller's contract.
     let list = unsafe { list.as_slice() };
     let mut pairs = Vec::with_capacity(list.len());
@@ -201,31 +198,19 @@ impl Output {
         unsafe { self.raw.message.to_string_lossy() }
     }
 
+    /// The plugin's error of an `ERROR` output, its kind read from its code through the SDK's
+    /// kind table (an unknown code is `internal`).
     pub(super) fn error(&self) -> PluginError {
-        let message = self.message();
-        match self.raw.code {
-            BW_ERR_PANIC => PluginError::Panic(message),
-            BW_ERR_BAD_REQUEST => PluginError::BadRequest(message),
-            BW_ERR_UNAUTHORIZED => PluginError::Unauthorized(message),
-            BW_ERR_FORBIDDEN => PluginError::Forbidden(message),
-            BW_ERR_NOT_FOUND => PluginError::NotFound(message),
-            BW_ERR_CONFIG => PluginError::Config(message),
-            BW_ERR_UNAVAILABLE => PluginError::Unavailable(message),
-            BW_ERR_CANCELLED => PluginError::Cancelled,
-            BW_ERR_STATUS => PluginError::Status {
-                status: self.raw.response.status,
-                message,
-            },
-            _ => PluginError::Internal(message),
-        }
+        let kind = ErrorKind::from_abi_code(self.raw.code).unwrap_or(ErrorKind::Internal);
+        PluginError::new(kind, self.raw.response.status, self.message())
     }
 
     /// The response of a `RESPONSE` output, checked: a status outside 100–999 or text that is not
     /// UTF-8 is the plugin's invalid response, naming it.
-    pub(super) fn response(&self, plugin: &str) -> Result<Response, PluginError> {
+    pub(super) fn response(&self, plugin: &str) -> Result<Response, CallError> {
         let raw = &self.raw.response;
         if !(100..=999).contains(&raw.status) {
-            return Err(PluginError::InvalidResponse(format!(
+            return Err(CallError::InvalidResponse(format!(
                 "plugin `{plugin}` answered an invalid HTTP status {}",
                 raw.status
             )));
@@ -251,7 +236,7 @@ impl Output {
     }
 
     /// The replacement request of a `REQUEST` output, checked like [`Output::response`].
-    pub(super) fn request(&self, plugin: &str) -> Result<Request, PluginError> {
+    pub(super) fn request(&self, plugin: &str) -> Result<Request, CallError> {
         let raw = &self.raw.request;
         // SAFETY: the output is unreleased, so its views are valid.
         unsafe {
@@ -276,11 +261,13 @@ impl Output {
         }
     }
 
-    pub(super) fn unexpected(&self, call: &str) -> PluginError {
+    /// The error of an output that is not the answer `call` expects: the plugin's error, or an
+    /// invalid response when it answered another kind of output.
+    pub(super) fn unexpected(&self, call: &str) -> CallError {
         if self.raw.kind == BW_OUT_ERROR {
-            self.error()
+            self.error().into()
         } else {
-            PluginError::Internal(format!(
+            CallError::InvalidResponse(format!(
                 "plugin answered `{call}` with output kind {}",
                 self.raw.kind
             ))
@@ -302,9 +289,9 @@ mod tests {
         out
     }
 
-    fn invalid(result: Result<Response, PluginError>) -> String {
+    fn invalid(result: Result<Response, CallError>) -> String {
         match result {
-            Err(PluginError::InvalidResponse(message)) => message,
+            Err(CallError::InvalidResponse(message)) => message,
             other => panic!("expected an invalid response, got {other:?}"),
         }
     }

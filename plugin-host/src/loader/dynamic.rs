@@ -17,6 +17,7 @@ use super::LoadedLibrary;
 use super::call::{
     Output, TaskGuard, Waiting, finish, kv, on_complete, str_view, with_request_view,
 };
+use crate::CallError;
 use crate::HostError;
 use crate::plugin::{Plugin, PluginInfo, PluginKind};
 
@@ -189,7 +190,7 @@ impl Plugin for DynamicPlugin {
         &self.info
     }
 
-    async fn initialize(&self, config: &serde_json::Value) -> Result<(), PluginError> {
+    async fn initialize(&self, config: &serde_json::Value) -> Result<(), CallError> {
         let json = serde_json::to_vec(config)
             .map_err(|e| PluginError::Config(format!("cannot encode config: {e}")))?;
         let f = self.vtable().initialize.expect("checked at load time");
@@ -205,7 +206,7 @@ impl Plugin for DynamicPlugin {
         }
     }
 
-    async fn handle(&self, request: Request) -> Result<Response, PluginError> {
+    async fn handle(&self, request: Request) -> Result<Response, CallError> {
         let f = self.vtable().handle.expect("checked at load time");
         let mut out = Output::empty();
         let waiting = with_request_view(&request, |abi| {
@@ -221,7 +222,7 @@ impl Plugin for DynamicPlugin {
         }
     }
 
-    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError> {
+    async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {
         let f = self.vtable().before_request.expect("checked at load time");
         let mut out = Output::empty();
         let waiting = with_request_view(request, |abi| {
@@ -242,7 +243,7 @@ impl Plugin for DynamicPlugin {
         &self,
         request: &Request,
         response: &Response,
-    ) -> Result<Response, PluginError> {
+    ) -> Result<Response, CallError> {
         let f = self.vtable().after_response.expect("checked at load time");
         let mut out = Output::empty();
         let waiting = with_request_view(request, |abi| {
@@ -279,7 +280,7 @@ impl Plugin for DynamicPlugin {
         }
     }
 
-    async fn shutdown(&self) -> Result<(), PluginError> {
+    async fn shutdown(&self) -> Result<(), CallError> {
         let f = self.vtable().shutdown.expect("checked at load time");
         let mut out = Output::empty();
         // SAFETY: live instance of this library; valid output.

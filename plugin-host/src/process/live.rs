@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use backworks_plugin_sdk::PluginError;
 use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,7 +16,10 @@ use super::spawn::{GroupGuard, Launch, spawn};
 use super::status::Containment;
 use super::stderr::{self, LastLine};
 use crate::policy::ProcessSettings;
-use crate::protocol::{CallError, Client, CloseReason, LogRecord, Manifest, SpinRead};
+use crate::protocol::{
+    Client, ClientError, CloseReason, LogRecord, Manifest, SpinRead, VersionError,
+};
+use crate::{CallError, HostError};
 
 /// How long a dead child has to report its exit status before the crash is described without it.
 pub(crate) const EXIT_WAIT: Duration = Duration::from_secs(2);
@@ -135,8 +137,41 @@ impl Live {
     }
 }
 
-/// Why a child could not be started: the error a first start fails with.
-pub(crate) type StartError = PluginError;
+/// Why a child could not be started.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The runner could not be started.
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The plugin speaks another major version of the protocol.
+    #[error(transparent)]
+    Protocol(#[from] VersionError),
+    /// The handshake failed: the child died, broke the protocol, refused `init` or did not
+    /// answer in time.
+    #[error(transparent)]
+    Handshake(#[from] CallError),
+}
+
+impl StartError {
+    /// The host's error for plugin `plugin` that failed to start this way.
+    pub(crate) fn into_host_error(self, plugin: &str) -> HostError {
+        let plugin = plugin.to_owned();
+        match self {
+            StartError::Spawn { command, source } => HostError::Spawn {
+                plugin,
+                command,
+                source,
+            },
+            StartError::Protocol(source) => HostError::ProtocolMismatch { plugin, source },
+            StartError::Handshake(source) => HostError::Start { plugin, source },
+        }
+    }
+}
 
 /// Starts a child and runs the handshake: `getmanifest`, the version check, and `init` with
 /// `config` when given, all within the handshake timeout. A child that fails is killed.
@@ -146,11 +181,9 @@ pub(crate) async fn start_child(
     settings: &ProcessSettings,
     config: Option<&Value>,
 ) -> Result<Arc<Live>, StartError> {
-    let spawned = spawn(launch).await.map_err(|e| {
-        PluginError::Internal(format!(
-            "cannot start `{}`: {e}",
-            launch.command_line().join(" ")
-        ))
+    let spawned = spawn(launch).await.map_err(|source| StartError::Spawn {
+        command: launch.command_line().join(" "),
+        source,
     })?;
     let last_line = LastLine::default();
     let forwarder = tokio::spawn({
@@ -188,16 +221,20 @@ pub(crate) async fn start_child(
     let timeout = settings.handshake_timeout;
     let handshake = async {
         let manifest = live.client.manifest().await?;
-        manifest
-            .check()
-            .map_err(|m| CallError::Plugin(PluginError::Internal(m)))?;
+        if let Err(mismatch) = manifest.check() {
+            return Ok(Err(mismatch));
+        }
         if let Some(config) = config {
             live.client.init(name, config.clone()).await?;
         }
-        Ok::<_, CallError>(manifest)
+        Ok::<_, ClientError>(Ok(manifest))
     };
     match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(manifest)) => {
+        Ok(Ok(Err(mismatch))) => {
+            live.kill_quietly();
+            Err(mismatch.into())
+        }
+        Ok(Ok(Ok(manifest))) => {
             live.manifest = manifest;
             if launch.containment == Containment::Subreaper {
                 // The plugin process answered, so it runs: the runner's first child (orphans it
@@ -209,26 +246,26 @@ pub(crate) async fn start_child(
             }
             Ok(Arc::new(live))
         }
-        Ok(Err(error)) => Err(live.failed_handshake(error).await),
+        Ok(Err(error)) => Err(live.failed_handshake(error).await.into()),
         Err(_) => {
             live.kill_quietly();
             let detail = format!(
                 "no answer to the handshake within {}",
                 format_duration(timeout)
             );
-            Err(PluginError::Timeout(live.with_last_line(detail).await))
+            Err(CallError::Timeout(live.with_last_line(detail).await).into())
         }
     }
 }
 
 impl Live {
     /// The error of a handshake that failed with `error`; the child is killed.
-    pub(crate) async fn failed_handshake(&self, error: CallError) -> PluginError {
+    pub(crate) async fn failed_handshake(&self, error: ClientError) -> CallError {
         match error {
-            CallError::Closed(reason) => {
+            ClientError::Closed(reason) => {
                 let death = self.describe_death(&reason).await;
                 let detail = format!("{death} during the handshake");
-                PluginError::Crashed(self.with_last_line(detail).await)
+                CallError::Crashed(self.with_last_line(detail).await)
             }
             other => {
                 self.kill_quietly();

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backworks_plugin_sdk::{Health, HookAction, PluginError, PluginMetadata, Request, Response};
+use backworks_plugin_sdk::{Health, HookAction, PluginMetadata, Request, Response};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -15,11 +15,12 @@ use super::restart::format_duration;
 use super::spawn::Launch;
 use super::status::{ChildState, Containment, SupervisionSnapshot};
 use super::supervisor::{Shared, Slot, supervise};
+use crate::CallError;
 use crate::HostError;
 use crate::lifecycle::Lifecycle;
 use crate::plugin::{Plugin, PluginInfo, PluginKind};
 use crate::policy::ProcessSettings;
-use crate::protocol::CallError;
+use crate::protocol::ClientError;
 use crate::registry::PluginSource;
 
 /// How long a child has to exit on its own after `shutdown` before its group is killed.
@@ -65,10 +66,6 @@ impl ProcessPlugin {
         settings: &ProcessSettings,
         lifecycle: Arc<Lifecycle>,
     ) -> Result<ProcessPlugin, HostError> {
-        let fail = |source: PluginError| HostError::Start {
-            plugin: name.to_owned(),
-            source,
-        };
         let file_metadata = match source {
             PluginSource::Library(path) => {
                 let path = path.clone();
@@ -78,21 +75,27 @@ impl ProcessPlugin {
                     Ok::<_, HostError>(metadata)
                 })
                 .await
-                .map_err(|e| {
-                    fail(PluginError::Internal(format!(
-                        "checking thread failed: {e}"
-                    )))
+                .map_err(|e| HostError::Thread {
+                    plugin: name.to_owned(),
+                    what: "file check",
+                    reason: e.to_string(),
                 })?;
                 Some(checked?)
             }
             _ => None,
         };
-        let launch = Launch::new(name, source, settings)
-            .map_err(|e| fail(PluginError::Config(e.to_string())))?;
+        let launch = Launch::new(name, source, settings).map_err(|source| HostError::Spawn {
+            plugin: name.to_owned(),
+            command: match &settings.runner {
+                Some(runner) => runner.join(" "),
+                None => "the plugin runner".to_owned(),
+            },
+            source,
+        })?;
         let command_line = launch.command_line();
         let live = start_child(name, &launch, settings, None)
             .await
-            .map_err(fail)?;
+            .map_err(|e| e.into_host_error(name))?;
         tracing::info!(
             plugin = name,
             pid = live.pid,
@@ -158,9 +161,9 @@ impl ProcessPlugin {
 
     /// Runs one call on the live child. If the call is dropped before it finishes (a timeout),
     /// the child is probed; if its connection dies, the call answers 502 with why the child died.
-    async fn call<T, F>(&self, call: impl FnOnce(Arc<Live>) -> F) -> Result<T, PluginError>
+    async fn call<T, F>(&self, call: impl FnOnce(Arc<Live>) -> F) -> Result<T, CallError>
     where
-        F: Future<Output = Result<T, CallError>>,
+        F: Future<Output = Result<T, ClientError>>,
     {
         let live = self.shared.live()?;
         let mut abandoned = Abandoned {
@@ -172,10 +175,10 @@ impl ProcessPlugin {
         abandoned.armed = false;
         match result {
             Ok(value) => Ok(value),
-            Err(CallError::Closed(reason)) => {
-                Err(PluginError::Crashed(live.crash_detail(&reason).await))
+            Err(ClientError::Closed(reason)) => {
+                Err(CallError::Crashed(live.crash_detail(&reason).await))
             }
-            Err(error @ CallError::Overloaded(_)) => {
+            Err(error @ ClientError::Overloaded(_)) => {
                 // The child is not reading its input: find out whether it reads at all.
                 probe(&self.shared, &live);
                 Err(error.into())
@@ -222,7 +225,7 @@ fn probe(shared: &Arc<Shared>, live: &Arc<Live>) {
             .call("health_check", Value::Object(Default::default()));
         match tokio::time::timeout(deadline, call).await {
             Err(_) => live.kill(unresponsive(deadline)),
-            Ok(Err(CallError::Overloaded(_))) => {
+            Ok(Err(ClientError::Overloaded(_))) => {
                 tokio::time::sleep(deadline).await;
                 if live.client.bytes_written() == read_before {
                     live.kill(format!(
@@ -268,9 +271,9 @@ impl Plugin for ProcessPlugin {
 
     /// Sends `init` (within the handshake timeout) and starts supervising the child. A failure
     /// kills the child.
-    async fn initialize(&self, config: &Value) -> Result<(), PluginError> {
+    async fn initialize(&self, config: &Value) -> Result<(), CallError> {
         let Some(live) = self.shared.starting() else {
-            return Err(PluginError::Internal(
+            return Err(CallError::Unavailable(
                 "a process plugin is initialized once, after it started".into(),
             ));
         };
@@ -281,7 +284,7 @@ impl Plugin for ProcessPlugin {
             Ok(Err(error)) => Err(live.failed_handshake(error).await),
             Err(_) => {
                 live.kill_quietly();
-                Err(PluginError::Timeout(format!(
+                Err(CallError::Timeout(format!(
                     "no answer to `init` within {}",
                     format_duration(timeout)
                 )))
@@ -294,7 +297,7 @@ impl Plugin for ProcessPlugin {
         let _ = self.shared.config.set(config.clone());
         if !self.shared.set_slot(Slot::Running(live.clone())) {
             live.kill_quietly();
-            return Err(PluginError::Unavailable(format!(
+            return Err(CallError::Unavailable(format!(
                 "plugin `{}` was stopped",
                 self.shared.name
             )));
@@ -304,12 +307,12 @@ impl Plugin for ProcessPlugin {
         Ok(())
     }
 
-    async fn handle(&self, request: Request) -> Result<Response, PluginError> {
+    async fn handle(&self, request: Request) -> Result<Response, CallError> {
         self.call(|live| async move { live.client.handle(&request).await })
             .await
     }
 
-    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError> {
+    async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {
         self.call(|live| async move { live.client.before_request(request).await })
             .await
     }
@@ -318,7 +321,7 @@ impl Plugin for ProcessPlugin {
         &self,
         request: &Request,
         response: &Response,
-    ) -> Result<Response, PluginError> {
+    ) -> Result<Response, CallError> {
         self.call(|live| async move { live.client.after_response(request, response).await })
             .await
     }
@@ -341,7 +344,9 @@ impl Plugin for ProcessPlugin {
             tokio::time::timeout(deadline, call)
                 .await
                 .map(|answer| match answer {
-                    Err(error @ (CallError::Closed(_) | CallError::Overloaded(_))) => Err(error),
+                    Err(error @ (ClientError::Closed(_) | ClientError::Overloaded(_))) => {
+                        Err(error)
+                    }
                     _ => Ok(Health::Healthy),
                 })
         };
@@ -351,10 +356,10 @@ impl Plugin for ProcessPlugin {
                 live.kill(reason.clone());
                 return Health::Unhealthy(reason);
             }
-            Ok(Err(CallError::Closed(reason))) => {
+            Ok(Err(ClientError::Closed(reason))) => {
                 return Health::Unhealthy(live.crash_detail(&reason).await);
             }
-            Ok(Err(error @ CallError::Overloaded(_))) => {
+            Ok(Err(error @ ClientError::Overloaded(_))) => {
                 probe(&self.shared, &live);
                 return Health::Unhealthy(error.to_string());
             }
@@ -374,7 +379,7 @@ impl Plugin for ProcessPlugin {
 
     /// Sends `shutdown`, closes the child's input, gives it [`SHUTDOWN_GRACE`] to exit, then
     /// kills its process group. No restart follows.
-    async fn shutdown(&self) -> Result<(), PluginError> {
+    async fn shutdown(&self) -> Result<(), CallError> {
         let Some(live) = self.shared.stop() else {
             return Ok(());
         };
@@ -386,7 +391,7 @@ impl Plugin for ProcessPlugin {
         match answer {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(error.into()),
-            Err(_) => Err(PluginError::Timeout(format!(
+            Err(_) => Err(CallError::Timeout(format!(
                 "no answer to `shutdown` within {}",
                 format_duration(timeout)
             ))),
@@ -403,6 +408,7 @@ mod tests {
     use super::*;
     use crate::lifecycle::{EventKind, PluginState};
     use crate::policy::RestartPolicy;
+    use backworks_plugin_sdk::PluginError;
 
     /// A protocol-speaking test double in Python (standard library only). `sys.argv[1]` may be
     /// `v2` (claims protocol 2.0). Request paths choose what it does.
@@ -535,7 +541,7 @@ while True:
         assert_eq!(response.headers.get("x-path"), Some("/echo"));
         assert_eq!(
             plugin.handle(get("/missing")).await,
-            Err(PluginError::NotFound("no such thing".into()))
+            Err(PluginError::NotFound("no such thing".into()).into())
         );
         // Hooks the manifest does not list pass through without a round trip.
         assert_eq!(
@@ -557,7 +563,7 @@ while True:
         let error = plugin.handle(get("/segv")).await.unwrap_err();
         assert_eq!(error.status(), 502);
         assert!(
-            matches!(&error, PluginError::Crashed(m) if m.starts_with("child exited with signal 11 (SIGSEGV)")),
+            matches!(&error, CallError::Crashed(m) if m.starts_with("child exited with signal 11 (SIGSEGV)")),
             "{error}"
         );
         eventually("the child is restarted", || {
@@ -592,7 +598,7 @@ while True:
         let error = plugin.handle(get("/exit")).await.unwrap_err();
         assert_eq!(
             error,
-            PluginError::Crashed("child exited with status 1".into())
+            CallError::Crashed("child exited with status 1".into())
         );
         assert_eq!(plugin.supervision().state, ChildState::Restarting);
         let error = plugin.handle(get("/echo")).await.unwrap_err();

@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
-use backworks_plugin_sdk::PluginError;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::live::{EXIT_WAIT, Live, start_child};
+use super::live::{EXIT_WAIT, Live, StartError, start_child};
 use super::restart::{Decision, RestartTracker};
 use super::spawn::Launch;
+use crate::CallError;
 use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::policy::ProcessSettings;
 use crate::protocol::CloseReason;
@@ -77,20 +77,20 @@ impl Shared {
     }
 
     /// The running child, or the 503 a call answers while there is none.
-    pub(crate) fn live(&self) -> Result<Arc<Live>, PluginError> {
+    pub(crate) fn live(&self) -> Result<Arc<Live>, CallError> {
         let name = &self.name;
         match &*self.slot.read().unwrap_or_else(|e| e.into_inner()) {
             Slot::Running(live) => Ok(live.clone()),
-            Slot::Starting(_) => Err(PluginError::Unavailable(format!(
+            Slot::Starting(_) => Err(CallError::Unavailable(format!(
                 "plugin `{name}` is starting"
             ))),
-            Slot::Restarting => Err(PluginError::Unavailable(format!(
+            Slot::Restarting => Err(CallError::Unavailable(format!(
                 "plugin `{name}` is restarting"
             ))),
-            Slot::GaveUp(reason) => Err(PluginError::Unavailable(format!(
-                "plugin `{name}` {reason}"
-            ))),
-            Slot::Stopped => Err(PluginError::Unavailable(format!(
+            Slot::GaveUp(reason) => {
+                Err(CallError::Unavailable(format!("plugin `{name}` {reason}")))
+            }
+            Slot::Stopped => Err(CallError::Unavailable(format!(
                 "plugin `{name}` is stopped"
             ))),
         }
@@ -226,7 +226,9 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut live: Arc<Live>) {
                     );
                     break new;
                 }
-                Err(PluginError::Crashed(detail)) => shared.record_crash(&detail, None),
+                Err(StartError::Handshake(CallError::Crashed(detail))) => {
+                    shared.record_crash(&detail, None)
+                }
                 Err(error) => shared.record_crash(&error.to_string(), None),
             }
         };

@@ -19,47 +19,40 @@ use super::message::{
 };
 use super::outbox::{Outbox, PushError};
 use super::routing::{Calls, CloseReason, Shared, read_loop};
+use crate::CallError;
 
-/// Why a call failed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CallError {
-    /// The plugin answered with an error.
-    Plugin(PluginError),
+/// Why a call over the wire failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    /// The plugin answered with an error (its own, or one its side of the connection made, such
+    /// as an invalid response of the library it runs).
+    #[error(transparent)]
+    Plugin(CallError),
     /// The connection died before the answer came.
+    #[error("connection to the plugin lost: {0}")]
     Closed(CloseReason),
     /// The call or its answer broke the protocol (a request over the frame limit, an answer that
     /// does not fit the method, an error code that is not a plugin error). The connection lives
     /// on.
+    #[error("protocol error: {0}")]
     Protocol(String),
     /// The call was not sent: the plugin is not reading its input, and the bytes already waiting
     /// for it are at the outbound bound ([`Client::with_outbound_limit`]). The connection lives
     /// on.
+    #[error("overloaded: {0}")]
     Overloaded(String),
 }
 
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Plugin(e) => e.fmt(f),
-            CallError::Closed(reason) => write!(f, "connection to the plugin lost: {reason}"),
-            CallError::Protocol(m) => write!(f, "protocol error: {m}"),
-            CallError::Overloaded(m) => write!(f, "overloaded: {m}"),
-        }
-    }
-}
-
-impl std::error::Error for CallError {}
-
-impl From<CallError> for PluginError {
-    /// A plugin error stays itself; a lost connection is [`PluginError::Crashed`] (502); a
-    /// protocol error is [`PluginError::InvalidResponse`] (502); a full outbound buffer is
-    /// [`PluginError::Overloaded`] (503).
-    fn from(e: CallError) -> PluginError {
+impl From<ClientError> for CallError {
+    /// A plugin error stays the plugin's; a lost connection is [`CallError::Crashed`] (502); a
+    /// protocol error is [`CallError::InvalidResponse`] (502); a full outbound buffer is
+    /// [`CallError::Overloaded`] (503).
+    fn from(e: ClientError) -> CallError {
         match e {
-            CallError::Plugin(e) => e,
-            CallError::Closed(reason) => PluginError::Crashed(reason.to_string()),
-            CallError::Protocol(m) => PluginError::InvalidResponse(m),
-            CallError::Overloaded(m) => PluginError::Overloaded(m),
+            ClientError::Plugin(e) => e,
+            ClientError::Closed(reason) => CallError::Crashed(reason.to_string()),
+            ClientError::Protocol(m) => CallError::InvalidResponse(m),
+            ClientError::Overloaded(m) => CallError::Overloaded(m),
         }
     }
 }
@@ -83,7 +76,7 @@ fn feature_bits(f: Features) -> u8 {
 /// Many calls may be in flight at once, and answers may come in any order. Dropping a call's
 /// future forgets the call and sends the plugin a `cancel` notification. When the connection dies
 /// (end of the plugin's output, an I/O error, a protocol violation), every call in flight returns
-/// [`CallError::Closed`] at once, and so does every later call; [`Client::closed`] says why.
+/// [`ClientError::Closed`] at once, and so does every later call; [`Client::closed`] says why.
 #[derive(Debug, Clone)]
 pub struct Client {
     handle: Arc<Handle>,
@@ -126,7 +119,7 @@ impl Client {
 
     /// [`Client::new`] with at most `max_outbound` bytes waiting for the plugin to read them
     /// (one message may be larger when nothing else waits). A call that would go over fails at
-    /// once with [`CallError::Overloaded`] instead of being buffered: a plugin that stops reading
+    /// once with [`ClientError::Overloaded`] instead of being buffered: a plugin that stops reading
     /// its input costs the host no more memory than this.
     pub fn with_outbound_limit<R, W>(
         reader: R,
@@ -174,19 +167,23 @@ impl Client {
 
     /// Calls `method` with `params` and returns the result as JSON (`null` if the plugin answered
     /// `"result": null`).
-    pub async fn call(&self, method: &str, params: Value) -> Result<Value, CallError> {
+    pub async fn call(&self, method: &str, params: Value) -> Result<Value, ClientError> {
         let answer = self.request(method, &params).await?;
         parse_answer::<Value>(method, &answer).map(|r| r.unwrap_or(Value::Null))
     }
 
     /// Sends a call and waits for its answer's bytes.
-    async fn request<P: Serialize>(&self, method: &str, params: &P) -> Result<Vec<u8>, CallError> {
+    async fn request<P: Serialize>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<Vec<u8>, ClientError> {
         let shared = &self.handle.shared;
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut calls = shared.calls();
             if let Some(reason) = &calls.closed {
-                return Err(CallError::Closed(reason.clone()));
+                return Err(ClientError::Closed(reason.clone()));
             }
             let id = calls.next_id;
             calls.next_id += 1;
@@ -208,14 +205,14 @@ impl Client {
             Ok(()) => {}
             Err(PushError::TooLarge(len)) => {
                 guard.forget();
-                return Err(CallError::Protocol(format!(
+                return Err(ClientError::Protocol(format!(
                     "{method} request of {len} bytes is over the frame limit of {} bytes",
                     shared.outbox.max_frame()
                 )));
             }
             Err(PushError::Full(waiting)) => {
                 guard.forget();
-                return Err(CallError::Overloaded(format!(
+                return Err(ClientError::Overloaded(format!(
                     "the plugin is not reading its input: {waiting} bytes are waiting for it, \
                      the limit is {}",
                     shared.outbox.max_waiting()
@@ -223,7 +220,7 @@ impl Client {
             }
             Err(PushError::Closed) => {
                 guard.forget();
-                return Err(CallError::Closed(
+                return Err(ClientError::Closed(
                     self.close_reason().unwrap_or(CloseReason::ClosedByHost),
                 ));
             }
@@ -232,8 +229,8 @@ impl Client {
         guard.finished = true;
         match answer {
             Ok(Ok(bytes)) => Ok(bytes),
-            Ok(Err(reason)) => Err(CallError::Closed(reason)),
-            Err(_) => Err(CallError::Closed(
+            Ok(Err(reason)) => Err(ClientError::Closed(reason)),
+            Err(_) => Err(ClientError::Closed(
                 self.close_reason().unwrap_or(CloseReason::ClosedByHost),
             )),
         }
@@ -244,10 +241,10 @@ impl Client {
         &self,
         method: &str,
         params: &P,
-    ) -> Result<T, CallError> {
+    ) -> Result<T, ClientError> {
         let answer = self.request(method, params).await?;
         parse_answer::<T>(method, &answer)?
-            .ok_or_else(|| CallError::Protocol(format!("the answer to {method} has no result")))
+            .ok_or_else(|| ClientError::Protocol(format!("the answer to {method} has no result")))
     }
 
     fn supports(&self, bit: u8) -> bool {
@@ -257,7 +254,7 @@ impl Client {
     /// `getmanifest`: what the plugin is and which calls it answers. The features it lists are
     /// remembered: from then on a hook it does not list passes through without a round trip
     /// (see the typed calls below). Check the result with [`Manifest::check`].
-    pub async fn manifest(&self) -> Result<Manifest, CallError> {
+    pub async fn manifest(&self) -> Result<Manifest, ClientError> {
         let manifest: Manifest = self.typed("getmanifest", &ManifestParams::ours()).await?;
         self.shared()
             .features
@@ -266,7 +263,7 @@ impl Client {
     }
 
     /// `init`: hands the plugin its instance name and config.
-    pub async fn init(&self, name: &str, config: Value) -> Result<(), CallError> {
+    pub async fn init(&self, name: &str, config: Value) -> Result<(), ClientError> {
         let params = InitParams {
             name: name.into(),
             config,
@@ -276,22 +273,25 @@ impl Client {
 
     /// `handle`: serves a request. A plugin whose manifest does not list `"handle"` is not asked:
     /// the call fails with [`PluginError::Internal`].
-    pub async fn handle(&self, request: &Request) -> Result<Response, CallError> {
+    pub async fn handle(&self, request: &Request) -> Result<Response, ClientError> {
         if !self.supports(HANDLE) {
-            return Err(CallError::Plugin(PluginError::Internal(
-                "the plugin serves no endpoints (its manifest does not list \"handle\")".into(),
-            )));
+            return Err(ClientError::Plugin(
+                PluginError::Internal(
+                    "the plugin serves no endpoints (its manifest does not list \"handle\")".into(),
+                )
+                .into(),
+            ));
         }
         let params = RequestParams {
             request: request.into(),
         };
         let result: ResponseResultIn = self.typed("handle", &params).await?;
-        Response::try_from(result.response).map_err(CallError::Protocol)
+        Response::try_from(result.response).map_err(ClientError::Protocol)
     }
 
     /// `before_request`: runs the hook; [`HookAction::Continue`] without a round trip if the
     /// manifest does not list `"before_request"`.
-    pub async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {
+    pub async fn before_request(&self, request: &Request) -> Result<HookAction, ClientError> {
         if !self.supports(BEFORE_REQUEST) {
             return Ok(HookAction::Continue);
         }
@@ -299,7 +299,7 @@ impl Client {
             request: request.into(),
         };
         let result: HookResultIn = self.typed("before_request", &params).await?;
-        HookAction::try_from(result).map_err(CallError::Protocol)
+        HookAction::try_from(result).map_err(ClientError::Protocol)
     }
 
     /// `after_response`: runs the hook; the response unchanged without a round trip if the
@@ -308,7 +308,7 @@ impl Client {
         &self,
         request: &Request,
         response: &Response,
-    ) -> Result<Response, CallError> {
+    ) -> Result<Response, ClientError> {
         if !self.supports(AFTER_RESPONSE) {
             return Ok(response.clone());
         }
@@ -317,22 +317,22 @@ impl Client {
             response: response.into(),
         };
         let result: ResponseResultIn = self.typed("after_response", &params).await?;
-        Response::try_from(result.response).map_err(CallError::Protocol)
+        Response::try_from(result.response).map_err(ClientError::Protocol)
     }
 
     /// `health_check`: the plugin's own view of its health; [`Health::Healthy`] without a round
     /// trip if the manifest does not list `"health_check"` (an answering plugin is alive).
-    pub async fn health_check(&self) -> Result<Health, CallError> {
+    pub async fn health_check(&self) -> Result<Health, ClientError> {
         if !self.supports(HEALTH_CHECK) {
             return Ok(Health::Healthy);
         }
         let result: HealthWire<'static> = self.typed("health_check", &Empty {}).await?;
-        Health::try_from(result).map_err(CallError::Protocol)
+        Health::try_from(result).map_err(ClientError::Protocol)
     }
 
     /// `shutdown`: asks the plugin to release what it holds. Then [`close`](Client::close) the
     /// connection (or drop every clone): the plugin exits when its input ends.
-    pub async fn shutdown(&self) -> Result<(), CallError> {
+    pub async fn shutdown(&self) -> Result<(), ClientError> {
         self.typed::<_, IgnoredAny>("shutdown", &Empty {})
             .await
             .map(drop)
@@ -366,7 +366,7 @@ impl Client {
     }
 
     /// Bytes the plugin has read from the host so far. A caller that got
-    /// [`CallError::Overloaded`] can watch it to tell a slow reader from one that reads nothing.
+    /// [`ClientError::Overloaded`] can watch it to tell a slow reader from one that reads nothing.
     pub fn bytes_written(&self) -> u64 {
         self.shared().outbox.written()
     }
@@ -411,13 +411,16 @@ impl Drop for InFlight<'_> {
 }
 
 /// Reads an answer: its result as `T` (`None` if it has none), or the error it carries.
-fn parse_answer<T: DeserializeOwned>(method: &str, answer: &[u8]) -> Result<Option<T>, CallError> {
+fn parse_answer<T: DeserializeOwned>(
+    method: &str,
+    answer: &[u8],
+) -> Result<Option<T>, ClientError> {
     let answer: AnswerIn<T> = serde_json::from_slice(answer)
-        .map_err(|e| CallError::Protocol(format!("invalid answer to {method}: {e}")))?;
+        .map_err(|e| ClientError::Protocol(format!("invalid answer to {method}: {e}")))?;
     match answer.error {
-        Some(error) => Err(match error.to_plugin_error() {
-            Some(e) => CallError::Plugin(e),
-            None => CallError::Protocol(format!(
+        Some(error) => Err(match error.to_error() {
+            Some(e) => ClientError::Plugin(e),
+            None => ClientError::Protocol(format!(
                 "the plugin answered {method} with error {}: {}",
                 error.code, error.message
             )),
@@ -467,16 +470,18 @@ mod tests {
         let (a, b, d) = calls.await.unwrap();
         assert_eq!(
             a,
-            Err(CallError::Plugin(PluginError::Unauthorized(
-                "no key".into()
-            )))
+            Err(ClientError::Plugin(
+                PluginError::Unauthorized("no key".into()).into()
+            ))
         );
         let b = b.unwrap_err();
         assert_eq!(
             b,
-            CallError::Protocol("the plugin answered b with error -32601: method not found".into())
+            ClientError::Protocol(
+                "the plugin answered b with error -32601: method not found".into()
+            )
         );
-        assert_eq!(PluginError::from(b).status(), 502);
+        assert_eq!(crate::CallError::from(b).status(), 502);
         assert_eq!(d, Ok(Value::Null));
         assert_eq!(p.client.close_reason(), None);
     }
@@ -509,7 +514,7 @@ mod tests {
     async fn an_oversized_request_is_refused_before_sending_and_the_connection_lives() {
         let mut p = peer(100);
         let err = p.client.call("big", Value::String("x".repeat(200))).await;
-        let Err(CallError::Protocol(m)) = err else {
+        let Err(ClientError::Protocol(m)) = err else {
             panic!("{err:?}")
         };
         assert!(
@@ -543,7 +548,7 @@ mod tests {
             }
             calls.push(call);
         }
-        let Some(Err(CallError::Overloaded(message))) = overloaded else {
+        let Some(Err(ClientError::Overloaded(message))) = overloaded else {
             panic!("no call was refused: {overloaded:?}");
         };
         assert!(
@@ -553,7 +558,7 @@ mod tests {
         );
         assert!(calls.len() <= 10, "{} calls were queued", calls.len());
         assert_eq!(
-            PluginError::from(CallError::Overloaded(message)).status(),
+            crate::CallError::from(ClientError::Overloaded(message)).status(),
             503
         );
         assert_eq!(client.close_reason(), None, "the connection lives on");
@@ -573,7 +578,7 @@ mod tests {
         p.client.close();
         assert_eq!(
             call.await.unwrap(),
-            Err(CallError::Closed(CloseReason::ClosedByHost))
+            Err(ClientError::Closed(CloseReason::ClosedByHost))
         );
         assert_eq!(p.input.next_line().await.unwrap(), None);
     }

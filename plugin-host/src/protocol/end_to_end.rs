@@ -11,6 +11,8 @@ use backworks_plugin_sdk::{Health, HookAction, PluginError, PluginMetadata, Requ
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
+use crate::CallError;
+
 use super::*;
 use crate::{Plugin, PluginInfo, PluginKind};
 
@@ -91,15 +93,15 @@ impl Plugin for Fake {
         &self.info
     }
 
-    async fn initialize(&self, config: &Value) -> Result<(), PluginError> {
+    async fn initialize(&self, config: &Value) -> Result<(), CallError> {
         if config.get("fail") == Some(&Value::Bool(true)) {
-            return Err(PluginError::Config("`fail` is set".into()));
+            return Err(PluginError::Config("`fail` is set".into()).into());
         }
         *self.config.lock().unwrap() = Some(config.clone());
         Ok(())
     }
 
-    async fn handle(&self, request: Request) -> Result<Response, PluginError> {
+    async fn handle(&self, request: Request) -> Result<Response, CallError> {
         let path = request.path.to_string();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match segments.as_slice() {
@@ -138,7 +140,8 @@ impl Plugin for Fake {
                 },
                 "unavailable" => PluginError::Unavailable("database down".into()),
                 _ => PluginError::Internal("unknown error kind".into()),
-            }),
+            }
+            .into()),
             ["big", n] => Ok(Response::new(200).with_body(vec![b'b'; n.parse().unwrap()])),
             ["panic"] => panic!("the fake plugin panicked"),
             ["panic-later"] => {
@@ -146,11 +149,11 @@ impl Plugin for Fake {
                 tokio::task::yield_now().await;
                 panic!("the fake plugin panicked later")
             }
-            _ => Err(PluginError::NotFound(path.to_string())),
+            _ => Err(PluginError::NotFound(path.to_string()).into()),
         }
     }
 
-    async fn before_request(&self, request: &Request) -> Result<HookAction, PluginError> {
+    async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {
         self.hook_calls.fetch_add(1, Ordering::SeqCst);
         if request.header("x-block").is_some() {
             return Ok(HookAction::Respond(Response::new(401).with_body("blocked")));
@@ -167,10 +170,10 @@ impl Plugin for Fake {
         &self,
         request: &Request,
         response: &Response,
-    ) -> Result<Response, PluginError> {
+    ) -> Result<Response, CallError> {
         self.hook_calls.fetch_add(1, Ordering::SeqCst);
         if request.header("x-fail-after").is_some() {
-            return Err(PluginError::Unavailable("later".into()));
+            return Err(PluginError::Unavailable("later".into()).into());
         }
         Ok(response
             .clone()
@@ -182,7 +185,7 @@ impl Plugin for Fake {
         Health::Degraded("warming up".into())
     }
 
-    async fn shutdown(&self) -> Result<(), PluginError> {
+    async fn shutdown(&self) -> Result<(), CallError> {
         self.shut_down.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -245,9 +248,9 @@ async fn handshake_every_call_kind_and_an_orderly_shutdown() {
     let refused = c.init("fake-1", json!({"fail": true})).await;
     assert_eq!(
         refused,
-        Err(CallError::Plugin(PluginError::Config(
-            "`fail` is set".into()
-        )))
+        Err(ClientError::Plugin(
+            PluginError::Config("`fail` is set".into()).into()
+        ))
     );
     c.init("fake-1", json!({"greeting": "hi"})).await.unwrap();
     assert_eq!(
@@ -292,7 +295,9 @@ async fn handshake_every_call_kind_and_an_orderly_shutdown() {
     failing.headers.insert("x-fail-after", "1");
     assert_eq!(
         c.after_response(&failing, &Response::new(200)).await,
-        Err(CallError::Plugin(PluginError::Unavailable("later".into())))
+        Err(ClientError::Plugin(
+            PluginError::Unavailable("later".into()).into()
+        ))
     );
 
     assert_eq!(
@@ -391,22 +396,22 @@ async fn plugin_errors_keep_their_kind_message_and_status() {
             .handle(&Request::new("GET", format!("/error/{kind}")))
             .await
             .unwrap_err();
-        let got = PluginError::from(got);
-        assert_eq!((&got, got.status()), (&expected, status));
+        let got = CallError::from(got);
+        assert_eq!((&got, got.status()), (&CallError::Plugin(expected), status));
     }
     let panic = p.client.handle(&Request::new("GET", "/panic")).await;
     assert_eq!(
         panic,
-        Err(CallError::Plugin(PluginError::Panic(
-            "the fake plugin panicked".into()
-        )))
+        Err(ClientError::Plugin(
+            PluginError::Panic("the fake plugin panicked".into()).into()
+        ))
     );
     let later = p.client.handle(&Request::new("GET", "/panic-later")).await;
     assert_eq!(
         later,
-        Err(CallError::Plugin(PluginError::Panic(
-            "the fake plugin panicked later".into()
-        )))
+        Err(ClientError::Plugin(
+            PluginError::Panic("the fake plugin panicked later".into()).into()
+        ))
     );
     // The connection survives all of them.
     assert!(p.client.handle(&Request::new("GET", "/echo")).await.is_ok());
@@ -455,13 +460,13 @@ async fn when_the_plugin_dies_every_call_in_flight_fails_at_once() {
     p.served.abort();
     for call in calls {
         let result = eventually("a failed call", call).await.unwrap();
-        assert_eq!(result, Err(CallError::Closed(CloseReason::Eof)));
-        assert_eq!(PluginError::from(result.unwrap_err()).status(), 502);
+        assert_eq!(result, Err(ClientError::Closed(CloseReason::Eof)));
+        assert_eq!(CallError::from(result.unwrap_err()).status(), 502);
     }
     assert_eq!(p.client.closed().await, CloseReason::Eof);
     assert_eq!(
         p.client.handle(&Request::new("GET", "/echo")).await,
-        Err(CallError::Closed(CloseReason::Eof))
+        Err(ClientError::Closed(CloseReason::Eof))
     );
 }
 
@@ -472,11 +477,11 @@ async fn an_answer_over_the_hosts_frame_limit_is_a_violation() {
     request.body = vec![7; 2048];
     // The request itself is over the host's limit: refused before sending.
     let refused = p.client.handle(&request).await.unwrap_err();
-    assert!(matches!(refused, CallError::Protocol(_)), "{refused:?}");
+    assert!(matches!(refused, ClientError::Protocol(_)), "{refused:?}");
     // A small request whose answer is too big: the plugin answers, the host refuses the frame.
     let result = p.client.handle(&Request::new("GET", "/big/2048")).await;
     let reason = CloseReason::Violation("frame of over 1024 bytes".into());
-    assert_eq!(result, Err(CallError::Closed(reason.clone())));
+    assert_eq!(result, Err(ClientError::Closed(reason.clone())));
     assert_eq!(p.client.closed().await, reason);
 }
 
@@ -510,7 +515,7 @@ async fn unlisted_features_are_not_called() {
     let no_handle = pair(1 << 20, 1 << 20, Features::default());
     no_handle.client.manifest().await.unwrap();
     let err = no_handle.client.handle(&request).await.unwrap_err();
-    assert_eq!(PluginError::from(err).status(), 500);
+    assert_eq!(CallError::from(err).status(), 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,12 +7,13 @@
 
 use std::borrow::Cow;
 
-use backworks_plugin_sdk::PluginError;
+use backworks_plugin_sdk::{ErrorKind, PluginError};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::PROTOCOL_VERSION;
+use crate::CallError;
 
 /// The `jsonrpc` member of every message.
 pub const JSONRPC: &str = "2.0";
@@ -186,11 +187,11 @@ impl RpcError {
         }
     }
 
-    /// The error object of a plugin error: code [`PLUGIN_ERROR`], the message without the
-    /// variant's prefix, and `data: {"kind", "status"}`.
-    pub fn from_plugin(error: &PluginError) -> RpcError {
+    /// The error object of a failed call: code [`PLUGIN_ERROR`], the message without the kind's
+    /// prefix, and `data: {"kind", "status"}` (and `retry_after_secs` for `circuit_open`).
+    pub fn from_error(error: &CallError) -> RpcError {
         let mut data = serde_json::json!({ "kind": error.kind(), "status": error.status() });
-        if let PluginError::CircuitOpen {
+        if let CallError::CircuitOpen {
             retry_after_secs, ..
         } = error
         {
@@ -203,10 +204,12 @@ impl RpcError {
         }
     }
 
-    /// The plugin error this object stands for, if its code is [`PLUGIN_ERROR`]. A known `kind`
-    /// gives its variant; an unknown or missing kind gives [`PluginError::Status`] when `status`
-    /// is 400–599 and [`PluginError::Internal`] otherwise.
-    pub fn to_plugin_error(&self) -> Option<PluginError> {
+    /// The error this object stands for, if its code is [`PLUGIN_ERROR`]: a plugin kind (the
+    /// SDK's [`ErrorKind`] table) gives the plugin's error, a host kind (a plugin child passing on
+    /// what its own host side found, such as an invalid response) the host's; an unknown or
+    /// missing kind gives [`PluginError::Status`] when `status` is 400–599 and
+    /// [`PluginError::Internal`] otherwise.
+    pub fn to_error(&self) -> Option<CallError> {
         if self.code != PLUGIN_ERROR {
             return None;
         }
@@ -216,33 +219,23 @@ impl RpcError {
             .and_then(|d| d.get("status"))
             .and_then(Value::as_u64)
             .and_then(|s| u16::try_from(s).ok());
-        let m = self.message.clone();
-        Some(match kind.unwrap_or("") {
-            "bad_request" => PluginError::BadRequest(m),
-            "unauthorized" => PluginError::Unauthorized(m),
-            "forbidden" => PluginError::Forbidden(m),
-            "not_found" => PluginError::NotFound(m),
-            "config" => PluginError::Config(m),
-            "unavailable" => PluginError::Unavailable(m),
-            "internal" => PluginError::Internal(m),
-            "panic" => PluginError::Panic(m),
-            "cancelled" => PluginError::Cancelled,
-            "timeout" => PluginError::Timeout(m),
-            "overloaded" => PluginError::Overloaded(m),
-            "crashed" => PluginError::Crashed(m),
-            "invalid_response" => PluginError::InvalidResponse(m),
-            "circuit_open" => PluginError::CircuitOpen {
-                message: m,
-                retry_after_secs: data
-                    .and_then(|d| d.get("retry_after_secs"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0),
-            },
-            _ => match status {
-                Some(status @ 400..=599) => PluginError::Status { status, message: m },
-                _ => PluginError::Internal(m),
-            },
-        })
+        let retry_after = data
+            .and_then(|d| d.get("retry_after_secs"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let message = self.message.clone();
+        let kind = kind.unwrap_or("");
+        if let Some(kind) = ErrorKind::from_name(kind) {
+            let status = status.unwrap_or(kind.status());
+            return Some(PluginError::new(kind, status, message).into());
+        }
+        if let Some(error) = CallError::from_host_kind(kind, message.clone(), retry_after) {
+            return Some(error);
+        }
+        Some(CallError::Plugin(match status {
+            Some(status @ 400..=599) => PluginError::Status { status, message },
+            _ => PluginError::Internal(message),
+        }))
     }
 }
 
@@ -343,7 +336,7 @@ pub struct Manifest {
 
 impl Manifest {
     /// Whether this host can talk to the plugin: see [`check_version`](super::check_version).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), super::VersionError> {
         super::check_version(&self.protocol)
     }
 }
@@ -465,35 +458,36 @@ mod tests {
     #[test]
     fn plugin_errors_round_trip_through_error_objects() {
         let errors = [
-            PluginError::BadRequest("b".into()),
-            PluginError::Unauthorized("u".into()),
-            PluginError::Forbidden("f".into()),
-            PluginError::NotFound("n".into()),
-            PluginError::Config("c".into()),
-            PluginError::Unavailable("v".into()),
-            PluginError::Internal("i".into()),
+            PluginError::BadRequest("b".into()).into(),
+            PluginError::Unauthorized("u".into()).into(),
+            PluginError::Forbidden("f".into()).into(),
+            PluginError::NotFound("n".into()).into(),
+            PluginError::Config("c".into()).into(),
+            PluginError::Unavailable("v".into()).into(),
+            PluginError::Internal("i".into()).into(),
             PluginError::Status {
                 status: 418,
                 message: "teapot".into(),
-            },
-            PluginError::Panic("p".into()),
-            PluginError::Cancelled,
-            PluginError::Timeout("t".into()),
-            PluginError::Overloaded("o".into()),
-            PluginError::CircuitOpen {
+            }
+            .into(),
+            PluginError::Panic("p".into()).into(),
+            PluginError::Cancelled.into(),
+            CallError::Timeout("t".into()),
+            CallError::Overloaded("o".into()),
+            CallError::CircuitOpen {
                 message: "open".into(),
                 retry_after_secs: 7,
             },
-            PluginError::Crashed("x".into()),
-            PluginError::InvalidResponse("r".into()),
+            CallError::Crashed("x".into()),
+            CallError::InvalidResponse("r".into()),
         ];
         for e in errors {
-            let object = RpcError::from_plugin(&e);
+            let object = RpcError::from_error(&e);
             assert_eq!(object.code, PLUGIN_ERROR);
             assert_eq!(object.data.as_ref().unwrap()["status"], e.status());
             let text = serde_json::to_string(&object).unwrap();
             let back: RpcError = serde_json::from_str(&text).unwrap();
-            assert_eq!(back.to_plugin_error(), Some(e));
+            assert_eq!(back.to_error(), Some(e));
         }
     }
 
@@ -504,19 +498,19 @@ mod tests {
             message: "m".into(),
             data: Some(data),
         };
-        let gone = e(json!({"kind": "gone", "status": 410})).to_plugin_error();
+        let gone = e(json!({"kind": "gone", "status": 410})).to_error();
         assert_eq!(
             gone,
-            Some(PluginError::Status {
+            Some(CallError::Plugin(PluginError::Status {
                 status: 410,
                 message: "m".into()
-            })
+            }))
         );
-        let odd = e(json!({"kind": "odd", "status": 302})).to_plugin_error();
-        assert_eq!(odd, Some(PluginError::Internal("m".into())));
-        let bare = RpcError::new(PLUGIN_ERROR, "m").to_plugin_error();
-        assert_eq!(bare, Some(PluginError::Internal("m".into())));
-        assert_eq!(RpcError::new(METHOD_NOT_FOUND, "m").to_plugin_error(), None);
+        let odd = e(json!({"kind": "odd", "status": 302})).to_error();
+        assert_eq!(odd, Some(PluginError::Internal("m".into()).into()));
+        let bare = RpcError::new(PLUGIN_ERROR, "m").to_error();
+        assert_eq!(bare, Some(PluginError::Internal("m".into()).into()));
+        assert_eq!(RpcError::new(METHOD_NOT_FOUND, "m").to_error(), None);
     }
 
     #[test]
@@ -602,7 +596,7 @@ mod tests {
             let _ = request_from_json(value.clone());
             let _ = response_from_json(value.clone());
             let _ = serde_json::from_value::<Manifest>(value.clone());
-            let _ = serde_json::from_value::<RpcError>(value.clone()).map(|e| e.to_plugin_error());
+            let _ = serde_json::from_value::<RpcError>(value.clone()).map(|e| e.to_error());
             let _ = HookResultIn::deserialize(&value).map(HookAction::try_from);
             let _ = HealthWire::deserialize(&value).map(Health::try_from);
             let _ = serde_json::from_slice::<AnswerIn<ResponseResultIn>>(&text);

@@ -48,7 +48,7 @@ mod spin;
 #[cfg(test)]
 mod end_to_end;
 
-pub use client::{CallError, Client, DEFAULT_MAX_OUTBOUND};
+pub use client::{Client, ClientError, DEFAULT_MAX_OUTBOUND};
 pub use log::{LogLevel, LogRecord, LogSink};
 pub use message::{Features, Manifest};
 pub use routing::CloseReason;
@@ -69,22 +69,43 @@ pub const PROTOCOL_VERSION: &str = "1.0";
 /// assert!(check_version("1.0").is_ok());
 /// assert!(check_version("1.7").is_ok());
 /// assert_eq!(
-///     check_version("2.0").unwrap_err(),
+///     check_version("2.0").unwrap_err().to_string(),
 ///     "plugin speaks protocol 2.0; this host speaks 1.0 (the major versions must be equal)"
 /// );
 /// ```
-pub fn check_version(theirs: &str) -> Result<(), String> {
+pub fn check_version(theirs: &str) -> Result<(), VersionError> {
     let ours = major(PROTOCOL_VERSION).unwrap_or(0);
     match major(theirs) {
         Some(major) if major == ours => Ok(()),
-        Some(_) => Err(format!(
-            "plugin speaks protocol {theirs}; this host speaks {PROTOCOL_VERSION} (the major \
-             versions must be equal)"
-        )),
-        None => Err(format!(
-            "invalid protocol version {theirs:?}: expected MAJOR.MINOR, e.g. \"{PROTOCOL_VERSION}\""
-        )),
+        Some(_) => Err(VersionError::Incompatible {
+            found: theirs.to_owned(),
+        }),
+        None => Err(VersionError::Invalid {
+            found: theirs.to_owned(),
+        }),
     }
+}
+
+/// Why a peer's protocol version is refused: it says what was found and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VersionError {
+    /// Another major version.
+    #[error(
+        "plugin speaks protocol {found}; this host speaks {PROTOCOL_VERSION} (the major versions \
+         must be equal)"
+    )]
+    Incompatible {
+        /// The version the plugin speaks.
+        found: String,
+    },
+    /// Not a version.
+    #[error(
+        "invalid protocol version {found:?}: expected MAJOR.MINOR, e.g. \"{PROTOCOL_VERSION}\""
+    )]
+    Invalid {
+        /// What the plugin sent.
+        found: String,
+    },
 }
 
 /// The major of `MAJOR[.MINOR[.PATCH]][-pre]`, if the version is well formed.
@@ -120,10 +141,10 @@ mod tests {
 
     #[test]
     fn other_majors_and_garbage_are_refused_with_what_was_found() {
-        let err = check_version("0.9").unwrap_err();
+        let err = check_version("0.9").unwrap_err().to_string();
         assert!(err.contains("protocol 0.9") && err.contains("1.0"), "{err}");
         for v in ["", "x", "1.", ".1", "1.a", "1.0.0.0", "v1.0", " 1.0"] {
-            let err = check_version(v).unwrap_err();
+            let err = check_version(v).unwrap_err().to_string();
             assert!(err.starts_with("invalid protocol version"), "{v}: {err}");
         }
     }

@@ -204,8 +204,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::protocol::{CallError, Client};
-    use backworks_plugin_sdk::PluginError;
+    use crate::protocol::{Client, ClientError};
     use std::sync::Arc;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
@@ -257,10 +256,13 @@ pub(super) mod tests {
         p.output.write_all(line).await.unwrap();
         p.output.shutdown().await.unwrap();
         let reason = p.client.closed().await;
-        assert_eq!(call.await.unwrap(), Err(CallError::Closed(reason.clone())));
+        assert_eq!(
+            call.await.unwrap(),
+            Err(ClientError::Closed(reason.clone()))
+        );
         assert_eq!(
             p.client.call("later", Value::Null).await,
-            Err(CallError::Closed(reason.clone()))
+            Err(ClientError::Closed(reason.clone()))
         );
         reason
     }
@@ -338,14 +340,14 @@ pub(super) mod tests {
         for call in calls {
             assert_eq!(
                 call.await.unwrap(),
-                Err(CallError::Closed(CloseReason::Eof))
+                Err(ClientError::Closed(CloseReason::Eof))
             );
         }
         assert_eq!(p.client.closed().await, CloseReason::Eof);
-        let err = PluginError::from(CallError::Closed(CloseReason::Eof));
+        let err = crate::CallError::from(ClientError::Closed(CloseReason::Eof));
         assert_eq!(
             err,
-            PluginError::Crashed("the plugin closed its output".into())
+            crate::CallError::Crashed("the plugin closed its output".into())
         );
         assert_eq!(err.status(), 502);
     }

@@ -26,6 +26,7 @@ use super::message::{
     Kind, METHOD_NOT_FOUND, Manifest, ParamsIn, RpcError, classify,
 };
 use super::outbox::{Outbox, PushError};
+use crate::CallError;
 use crate::Plugin;
 
 /// Serves `plugin` over `reader` (the process's stdin) and `writer` (its stdout) until the input
@@ -266,7 +267,7 @@ impl Calls {
     fn spawn(
         &self,
         id: Value,
-        work: impl Future<Output = Result<Reply, PluginError>> + Send + 'static,
+        work: impl Future<Output = Result<Reply, CallError>> + Send + 'static,
     ) {
         let mut work = Box::pin(AssertUnwindSafe(work).catch_unwind());
         // A future must not rely on the waker of a poll that returned Pending being woken: the
@@ -293,10 +294,10 @@ impl Calls {
         }
     }
 
-    fn answer(&self, id: &Value, result: Result<&Manifest, PluginError>) {
+    fn answer(&self, id: &Value, result: Result<&Manifest, CallError>) {
         match result {
             Ok(manifest) => push_answer(&self.outbox, id, manifest),
-            Err(e) => self.error(id, &RpcError::from_plugin(&e)),
+            Err(e) => self.error(id, &RpcError::from_error(&e)),
         }
     }
 
@@ -317,9 +318,9 @@ impl Calls {
 
 /// A call's result, with a panic turned into [`PluginError::Panic`].
 fn caught(
-    result: Result<Result<Reply, PluginError>, Box<dyn std::any::Any + Send>>,
-) -> Result<Reply, PluginError> {
-    result.unwrap_or_else(|panic| Err(PluginError::from_panic(panic.as_ref())))
+    result: Result<Result<Reply, CallError>, Box<dyn std::any::Any + Send>>,
+) -> Result<Reply, CallError> {
+    result.unwrap_or_else(|panic| Err(PluginError::from_panic(panic.as_ref()).into()))
 }
 
 /// The params of a call as `P`, or the error to answer with.
@@ -334,7 +335,7 @@ fn params<P: DeserializeOwned>(line: &[u8]) -> Result<P, RpcError> {
     }
 }
 
-fn send_reply(outbox: &Outbox, id: &Value, result: Result<Reply, PluginError>) {
+fn send_reply(outbox: &Outbox, id: &Value, result: Result<Reply, CallError>) {
     match result {
         Ok(Reply::Empty) => push_answer(outbox, id, &Empty {}),
         Ok(Reply::Response(r)) => push_answer(
@@ -350,7 +351,7 @@ fn send_reply(outbox: &Outbox, id: &Value, result: Result<Reply, PluginError>) {
             let _ = outbox.push(&ErrorAnswer {
                 jsonrpc: JSONRPC,
                 id,
-                error: &RpcError::from_plugin(&e),
+                error: &RpcError::from_error(&e),
             });
         }
     }
@@ -365,14 +366,14 @@ fn push_answer<T: serde::Serialize>(outbox: &Outbox, id: &Value, result: &T) {
         result,
     });
     if let Err(PushError::TooLarge(len)) = pushed {
-        let error = PluginError::InvalidResponse(format!(
+        let error = CallError::InvalidResponse(format!(
             "answer of {len} bytes is over the frame limit of {} bytes",
             outbox.max_frame()
         ));
         let _ = outbox.push(&ErrorAnswer {
             jsonrpc: JSONRPC,
             id,
-            error: &RpcError::from_plugin(&error),
+            error: &RpcError::from_error(&error),
         });
     }
 }

@@ -44,26 +44,12 @@ fn str_view(s: &str) -> BwStr {
     BwStr::new(s.as_bytes())
 }
 
-/// The error code (and, for [`BW_ERR_STATUS`], the status) an error crosses the ABI with.
+/// The error code (and, for [`BW_ERR_STATUS`], the status) an error crosses the ABI with: its
+/// kind's code, from the one table ([`crate::ErrorKind`]).
 fn error_code(error: &PluginError) -> (u32, u16) {
     match error {
-        PluginError::Panic(_) => (BW_ERR_PANIC, 0),
-        PluginError::BadRequest(_) => (BW_ERR_BAD_REQUEST, 0),
-        PluginError::Unauthorized(_) => (BW_ERR_UNAUTHORIZED, 0),
-        PluginError::Forbidden(_) => (BW_ERR_FORBIDDEN, 0),
-        PluginError::NotFound(_) => (BW_ERR_NOT_FOUND, 0),
-        PluginError::Config(_) => (BW_ERR_CONFIG, 0),
-        PluginError::Unavailable(_) => (BW_ERR_UNAVAILABLE, 0),
-        PluginError::Cancelled => (BW_ERR_CANCELLED, 0),
         PluginError::Status { status, .. } => (BW_ERR_STATUS, *status),
-        // The host-made kinds (timeout, overloaded, ...) have no code of their own: they cross as
-        // their HTTP status, so a plugin passing one on keeps its meaning.
-        PluginError::Timeout(_)
-        | PluginError::Overloaded(_)
-        | PluginError::CircuitOpen { .. }
-        | PluginError::Crashed(_)
-        | PluginError::InvalidResponse(_) => (BW_ERR_STATUS, error.status()),
-        _ => (BW_ERR_INTERNAL, 0),
+        _ => (error.error_kind().abi_code(), 0),
     }
 }
 

@@ -117,7 +117,7 @@ mod tests {
         );
         let plugin = backworks_plugin_host::public_error::error_response(
             "p",
-            &backworks_plugin_sdk::PluginError::NotFound("x".into()),
+            &backworks_plugin_sdk::PluginError::NotFound("x".into()).into(),
             None,
         );
         let plugin: serde_json::Value = serde_json::from_slice(&plugin.body).unwrap();
