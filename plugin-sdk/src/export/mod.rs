@@ -10,6 +10,7 @@
 //!    exactly once, also when cancelled.
 
 mod call;
+mod input;
 mod output;
 
 use std::ffi::c_void;
@@ -307,7 +308,7 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
-        let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
+        let (this, request) = unsafe { (instance::<P>(this), input::request(&*request)) };
         let future = plugin(this).handle(request);
         // SAFETY: the future borrows only the plugin value; `out` is the host's valid output.
         unsafe { call::drive(this, out, future, None, responded) }
@@ -321,7 +322,7 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
-        let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
+        let (this, request) = unsafe { (instance::<P>(this), input::request(&*request)) };
         let request = LentRequest::new(request);
         // SAFETY: `drive` drops the future before `request`.
         let future = plugin(this).before_request(unsafe { request.get() });
@@ -349,8 +350,8 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
         let (this, request, response) = unsafe {
             (
                 instance::<P>(this),
-                (*request).to_request(),
-                (*response).to_response(),
+                input::request(&*request),
+                input::response(&*response),
             )
         };
         let request = LentRequest::new(request);
@@ -557,7 +558,7 @@ mod tests {
             unsafe { (VTABLE.before_request.unwrap())(probe.instance, &request, &mut out) };
         assert_eq!((status, out.kind), (BW_READY, BW_OUT_REQUEST));
         // SAFETY: unreleased output.
-        let changed = unsafe { out.request.to_request() };
+        let changed = unsafe { input::request(&out.request) };
         assert_eq!(changed.method, "GET");
         assert_eq!(changed.path, Text::from("/x"));
         assert_eq!(changed.header("x-seen"), Some("yes"));
