@@ -15,12 +15,12 @@ mod output;
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::abi::*;
+use crate::host_link::HostLink;
 use crate::{BackworksPlugin, HookAction, PluginError, PluginResult, Response};
 use call::LentRequest;
-pub(crate) use call::with_current_link;
 use output::{Outcome, write_output};
 
 /// Writes the metadata section and the exported vtable of a plugin library.
@@ -109,54 +109,6 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
     }
 }
 
-/// The host's services for one instance, shared with every call and log line of that instance.
-pub(crate) struct HostLink {
-    /// Null once the instance is freed: the host's struct may then be gone.
-    services: RwLock<*const BwHostServices>,
-    max_level: u32,
-}
-
-// SAFETY: the host promises its services struct is thread-safe and stays valid until
-// `instance_free` returns; `instance_free` nulls the pointer under the write lock first, and every
-// read happens under the read lock, so no thread uses it after that.
-unsafe impl Send for HostLink {}
-// SAFETY: as above.
-unsafe impl Sync for HostLink {}
-
-impl HostLink {
-    /// Most verbose `BW_LOG_*` level the host records.
-    pub(crate) fn max_level(&self) -> u32 {
-        self.max_level
-    }
-
-    /// Hands one log line to the host; dropped if the instance is gone or the host has no logger.
-    pub(crate) fn log(&self, level: u32, target: &str, message: &str) {
-        if level > self.max_level {
-            return;
-        }
-        let Ok(services) = self.services.read() else {
-            return;
-        };
-        if services.is_null() {
-            return;
-        }
-        // SAFETY: not null, so `instance_free` has not run and the host keeps the struct valid.
-        let services = unsafe { &**services };
-        if let Some(log) = services.log {
-            // SAFETY: the host's logger is thread-safe, never unwinds, and only borrows the strings
-            // for the duration of the call.
-            unsafe {
-                log(
-                    services.ctx,
-                    level,
-                    BwStr::new(target.as_bytes()),
-                    BwStr::new(message.as_bytes()),
-                )
-            };
-        }
-    }
-}
-
 /// What `instance_new` returns to the host.
 pub(super) struct Instance<P> {
     plugin: Arc<P>,
@@ -211,10 +163,9 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
             };
             return BW_READY;
         }
-        let link = Arc::new(HostLink {
-            services: RwLock::new(services),
-            max_level: host.max_log_level,
-        });
+        // SAFETY: the host keeps its services valid, unchanged and thread-safe until
+        // `instance_free` returns, which detaches the link first.
+        let link = Arc::new(unsafe { HostLink::new(services, host.max_log_level) });
         crate::logging::install(&link);
         let boxed = Box::new(Instance {
             plugin: Arc::new(P::default()),
@@ -237,9 +188,7 @@ unsafe extern "C" fn instance_free<P: BackworksPlugin>(instance: *mut c_void) {
         // on it runs.
         let instance = unsafe { Box::from_raw(instance.cast::<Instance<P>>()) };
         crate::logging::uninstall(&instance.host);
-        if let Ok(mut services) = instance.host.services.write() {
-            *services = std::ptr::null();
-        }
+        instance.host.detach();
         let _context = crate::runtime::get().map(|rt| rt.enter());
         drop(instance);
     }));
