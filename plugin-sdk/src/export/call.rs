@@ -223,6 +223,13 @@ impl Drop for Completion {
     }
 }
 
+/// The vtable's `task_start`: spawns a pending call's task on the library's runtime, which calls
+/// `completion` exactly once. Returns the handle for `task_cancel` (the task itself).
+///
+/// # Safety
+/// `task` must be the `task` of a pending output that [`drive`] wrote, not yet passed to
+/// [`task_cancel`]. `completion.complete`, if set, must be callable from any thread with
+/// `completion.ctx`. (A task started twice reports an error to the second completion.)
 pub(super) unsafe extern "C" fn task_start(
     task: *mut c_void,
     completion: BwCompletion,
@@ -262,6 +269,12 @@ pub(super) unsafe extern "C" fn task_start(
     task
 }
 
+/// The vtable's `task_cancel`: frees a task handle, aborting the task if it still runs (its
+/// completion then reports it cancelled) or dropping its future if it never started.
+///
+/// # Safety
+/// `handle` must be null, a handle [`task_start`] returned, or the `task` of a pending output that
+/// [`drive`] wrote and no one started; it must be passed here exactly once and not used afterwards.
 pub(super) unsafe extern "C" fn task_cancel(handle: *mut c_void) {
     if handle.is_null() {
         return;

@@ -130,6 +130,14 @@ fn guard(out: *mut BwOutput, body: impl FnOnce() -> i32) -> i32 {
     }
 }
 
+/// The vtable's `instance_new`: a new value of `P` with its link to the host, or null with the reason
+/// in `out`.
+///
+/// # Safety
+/// `out` must be valid for writes, and not used by anyone else, for the duration of the call.
+/// `services` must be null (an error output) or point to the host's services of this instance,
+/// readable for at least the `size` it states, and valid, unchanged and usable from any thread until
+/// `instance_free` of the returned instance has returned.
 unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
     services: *const BwHostServices,
     out: *mut BwOutput,
@@ -179,6 +187,13 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
     instance
 }
 
+/// The vtable's `instance_free`: detaches the instance from the host and drops it.
+///
+/// # Safety
+/// `instance` must be null or come from `instance_new::<P>` of this library, be passed here exactly
+/// once, and have no call running on it; it must not be used afterwards. (A task still pending holds
+/// its own references to the plugin value and the link, so it stays sound, but the ABI asks the host
+/// to finish or cancel it first.)
 unsafe extern "C" fn instance_free<P: BackworksPlugin>(instance: *mut c_void) {
     if instance.is_null() {
         return;
@@ -226,6 +241,12 @@ fn responded(result: PluginResult<Response>) -> Outcome {
     }
 }
 
+/// The vtable's `initialize`: parses the config and runs [`BackworksPlugin::initialize`].
+///
+/// # Safety
+/// `this` must come from `instance_new::<P>` of this library and not be freed before the call
+/// returns; `config_json` must be valid as [`BwStr::as_bytes`], and `out` valid for writes and used
+/// by no one else, for the duration of the call.
 unsafe extern "C" fn initialize<P: BackworksPlugin>(
     this: *mut c_void,
     config_json: BwStr,
@@ -250,6 +271,13 @@ unsafe extern "C" fn initialize<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `handle`: copies the request and runs [`BackworksPlugin::handle`].
+///
+/// # Safety
+/// `this` must come from `instance_new::<P>` of this library and not be freed before the call
+/// returns; `request` must point to a request whose views are valid (as [`BwStr::as_bytes`] and
+/// [`BwKvList::as_slice`]), and `out` be valid for writes and used by no one else, for the duration
+/// of the call.
 unsafe extern "C" fn handle<P: BackworksPlugin>(
     this: *mut c_void,
     request: *const BwRequest,
@@ -264,6 +292,11 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `before_request`: copies the request and runs
+/// [`BackworksPlugin::before_request`].
+///
+/// # Safety
+/// As [`handle`].
 unsafe extern "C" fn before_request<P: BackworksPlugin>(
     this: *mut c_void,
     request: *const BwRequest,
@@ -287,6 +320,11 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `after_response`: copies the request and the response and runs
+/// [`BackworksPlugin::after_response`].
+///
+/// # Safety
+/// As [`handle`], and `response` like `request`.
 unsafe extern "C" fn after_response<P: BackworksPlugin>(
     this: *mut c_void,
     request: *const BwRequest,
@@ -311,6 +349,11 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `health_check`: runs [`BackworksPlugin::health_check`].
+///
+/// # Safety
+/// `this` must come from `instance_new::<P>` of this library and not be freed before the call
+/// returns; `out` must be valid for writes and used by no one else for the duration of the call.
 unsafe extern "C" fn health_check<P: BackworksPlugin>(
     this: *mut c_void,
     out: *mut BwOutput,
@@ -324,6 +367,10 @@ unsafe extern "C" fn health_check<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `shutdown`: runs [`BackworksPlugin::shutdown`].
+///
+/// # Safety
+/// As [`health_check`].
 unsafe extern "C" fn shutdown<P: BackworksPlugin>(this: *mut c_void, out: *mut BwOutput) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library.
@@ -517,6 +564,11 @@ mod tests {
         }
     }
 
+    /// The test's completion: sends what the output holds to the test and releases it.
+    ///
+    /// # Safety
+    /// `ctx` must be a `Box<mpsc::Sender<Copied>>` leaked for this completion and passed here once;
+    /// `output` must point to an unreleased output of this library, which this takes over.
     unsafe extern "C" fn send_completion(ctx: *mut c_void, output: *mut BwOutput) {
         // SAFETY: `ctx` is the boxed sender of the test, passed to exactly one completion; the
         // output is ours now.
