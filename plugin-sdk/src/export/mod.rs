@@ -80,8 +80,10 @@ macro_rules! export_plugin {
                 __BW_HOOKS,
             );
 
+            // No `#[allow]` or `#[expect]` of `non_upper_case_globals` here: rustc exempts
+            // `#[no_mangle]` statics from that lint (the name is the ABI's), so an `#[expect]`
+            // would be reported unfulfilled in every plugin and an `#[allow]` suppresses nothing.
             #[unsafe(no_mangle)]
-            #[allow(non_upper_case_globals)]
             static backworks_plugin: $crate::abi::BwPluginVTable =
                 $crate::export::vtable::<$plugin>(&__BW_METADATA);
         };
