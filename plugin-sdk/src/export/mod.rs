@@ -1,7 +1,9 @@
-//! The plugin side of the C ABI: the `extern "C"` functions behind [`export_plugin!`].
+//! The plugin side of the C ABI: the `extern "C"` functions behind
+//! [`export_plugin!`](crate::export_plugin).
 //!
-//! Not a public API: [`export_plugin!`] is. Every function here catches panics, so none crosses the
-//! boundary, and turns a plugin's future into the ABI's ready-or-pending protocol:
+//! Not a public API: [`export_plugin!`](crate::export_plugin) is. Every function here catches
+//! panics, so none crosses the boundary, and turns a plugin's future into the ABI's
+//! ready-or-pending protocol:
 //!
 //! 1. The call's future is polled once, inline, on the host's thread, inside the plugin's own tokio
 //!    runtime context. A handler that does not wait (most do not) finishes here, with no thread hop.
@@ -90,7 +92,8 @@ macro_rules! export_plugin {
     };
 }
 
-/// The vtable of plugin type `P`, pointing at `metadata`. Used by [`export_plugin!`].
+/// The vtable of plugin type `P`, pointing at `metadata`. Used by
+/// [`export_plugin!`](crate::export_plugin).
 pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> BwPluginVTable {
     BwPluginVTable {
         magic: ABI_MAGIC,
