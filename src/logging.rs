@@ -2,8 +2,9 @@
 //!
 //! `tracing_subscriber`'s formatter writes each event with one `write_all` of the whole line, so
 //! redacting each write sees whole values. Secrets are the values the environment put into plugin
-//! configs ([`crate::config::Secrets`], registered with [`backworks_plugin_host::redact`]); plugin
-//! log lines pass through here too, since they reach the host's `tracing`.
+//! configs ([`Config::secrets`](crate::config::Config::secrets), registered with
+//! [`backworks_plugin_host::redact`]); plugin log lines pass through here too, since they reach
+//! the host's `tracing`.
 
 use std::io::Write;
 

@@ -11,7 +11,7 @@
 //! a crash, a timeout, an open breaker, an initialization that failed, an invalid response — gets a
 //! fixed message per kind, because its details (a child's output, a file path, a config value) are
 //! for the operator. The details go to the log, with the same request id, and to the admin API.
-//! Every message passes through [`redact`](crate::redact::redact).
+//! Every message passes through [`redact`].
 
 use std::hash::BuildHasher;
 use std::sync::OnceLock;

@@ -24,6 +24,12 @@
 //!   from any thread, when the task is done or cancelled.
 //!
 //! Integers are native-endian; `size_t` is `usize`. Strings are UTF-8 without a terminating NUL.
+//!
+//! # What lives here
+//! The types, the constants, the accessors either side needs to read a view ([`BwStr::as_bytes`],
+//! [`BwKvList::as_slice`] and the like) and the layout tests; nothing else. Turning views into owned
+//! values and back is the job of the side that does it: the plugin side's is in the SDK's `export`
+//! module (`export/input.rs`, `export/output.rs`), the host's in its loader.
 
 use std::ffi::c_void;
 
@@ -323,9 +329,7 @@ impl BwStr {
             unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
         }
     }
-}
 
-impl BwStr {
     /// Copies the bytes into a `String`, replacing invalid UTF-8.
     ///
     /// # Safety
@@ -343,100 +347,9 @@ impl BwStr {
         // SAFETY: the caller's contract.
         std::str::from_utf8(unsafe { self.as_bytes() }).ok()
     }
-
-    /// Copies the bytes into a [`Text`](crate::Text) (inline when short), replacing invalid UTF-8.
-    ///
-    /// # Safety
-    /// As [`BwStr::as_bytes`], for the duration of the call.
-    pub unsafe fn to_text_lossy(self) -> crate::Text {
-        // SAFETY: the caller's contract.
-        text_lossy(unsafe { self.as_bytes() }, false)
-    }
-}
-
-/// `bytes` as text, replacing invalid UTF-8, in lower case if `lower`.
-#[inline(always)]
-fn text_lossy(bytes: &[u8], lower: bool) -> crate::Text {
-    match short_ascii(bytes, lower) {
-        Some(text) => text.into(),
-        None => long_text_lossy(bytes, lower),
-    }
-}
-
-/// `bytes` as a `str` if they are short enough for an inline [`Text`](crate::Text) and ASCII (and,
-/// with `lower`, have no upper-case letter): the common case of request text.
-#[inline(always)]
-fn short_ascii(bytes: &[u8], lower: bool) -> Option<&str> {
-    if bytes.len() > crate::text::INLINE
-        || !bytes.is_ascii()
-        || (lower && bytes.iter().any(u8::is_ascii_uppercase))
-    {
-        return None;
-    }
-    // SAFETY: ASCII is UTF-8.
-    Some(unsafe { std::str::from_utf8_unchecked(bytes) })
-}
-
-/// [`text_lossy`] of text that is long, not ASCII, or (with `lower`) has upper-case letters.
-#[inline(never)]
-fn long_text_lossy(bytes: &[u8], lower: bool) -> crate::Text {
-    let text: crate::Text = if bytes.is_ascii() {
-        // SAFETY: ASCII is UTF-8. (Checked a word at a time.)
-        unsafe { std::str::from_utf8_unchecked(bytes) }.into()
-    } else {
-        match std::str::from_utf8(bytes) {
-            Ok(text) => text.into(),
-            Err(_) => String::from_utf8_lossy(bytes).into(),
-        }
-    };
-    if lower {
-        text.into_ascii_lowercase()
-    } else {
-        text
-    }
 }
 
 impl BwKvList {
-    /// Copies the pairs into owned text, replacing invalid UTF-8.
-    ///
-    /// # Safety
-    /// As [`BwKvList::as_slice`], and every pair's strings as [`BwStr::as_bytes`], for the duration
-    /// of the call.
-    pub unsafe fn to_pairs(self) -> Vec<(crate::Text, crate::Text)> {
-        // SAFETY: the caller's contract.
-        unsafe { self.copy_pairs(false) }
-    }
-
-    /// Copies header pairs into [`Headers`](crate::Headers), names in lower case (the host's already
-    /// are: checked while each name is copied, not in a second pass), replacing invalid UTF-8.
-    ///
-    /// # Safety
-    /// As [`BwKvList::to_pairs`].
-    unsafe fn to_headers(self) -> crate::Headers {
-        // SAFETY: the caller's contract.
-        crate::Headers::from_lowercase_pairs(unsafe { self.copy_pairs(true) })
-    }
-
-    /// [`BwKvList::to_pairs`], with the names in lower case if `lower`.
-    ///
-    /// # Safety
-    /// As [`BwKvList::to_pairs`].
-    #[inline(always)]
-    unsafe fn copy_pairs(self, lower: bool) -> Vec<(crate::Text, crate::Text)> {
-        // SAFETY: the caller's contract.
-        let pairs = unsafe { self.as_slice() };
-        if pairs.is_empty() {
-            return Vec::new();
-        }
-        let mut out = Vec::with_capacity(pairs.len());
-        for kv in pairs {
-            // SAFETY: the caller's contract covers the pairs' strings.
-            let (key, value) = unsafe { (kv.key.as_bytes(), kv.value.as_bytes()) };
-            out.push((text_lossy(key, lower), text_lossy(value, false)));
-        }
-        out
-    }
-
     /// An empty list.
     pub const EMPTY: BwKvList = BwKvList {
         ptr: std::ptr::NonNull::<BwKv>::dangling().as_ptr(),
@@ -475,44 +388,6 @@ impl BwRequest {
         headers: BwKvList::EMPTY,
         body: BwStr::EMPTY,
     };
-}
-
-impl BwRequest {
-    /// Copies the request into an owned [`Request`](crate::Request).
-    ///
-    /// # Safety
-    /// Every view of the request must be valid, as [`BwStr::as_bytes`], for the duration of the call.
-    pub unsafe fn to_request(&self) -> crate::Request {
-        // SAFETY: the caller's contract.
-        unsafe {
-            crate::Request {
-                method: self.method.to_text_lossy(),
-                path: self.path.to_text_lossy(),
-                params: self.params.to_pairs(),
-                query: self.query.to_pairs(),
-                headers: self.headers.to_headers(),
-                body: self.body.as_bytes().to_vec(),
-            }
-        }
-    }
-}
-
-impl BwResponse {
-    /// Copies the response into an owned [`Response`](crate::Response).
-    ///
-    /// # Safety
-    /// Every view of the response must be valid, as [`BwStr::as_bytes`], for the duration of the
-    /// call.
-    pub unsafe fn to_response(&self) -> crate::Response {
-        // SAFETY: the caller's contract.
-        unsafe {
-            crate::Response {
-                status: self.status,
-                headers: self.headers.to_headers(),
-                body: self.body.as_bytes().to_vec(),
-            }
-        }
-    }
 }
 
 impl BwResponse {
@@ -602,110 +477,6 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, shutdown), 88);
         assert_eq!(offset_of!(BwPluginVTable, task_start), 96);
         assert_eq!(offset_of!(BwPluginVTable, task_cancel), 104);
-    }
-
-    #[test]
-    fn requests_are_copied_with_lower_case_header_names_and_lossy_text() {
-        let long_name = "X-A-Header-Name-Longer-Than-Inline";
-        let long_value = "a value longer than twenty-three bytes";
-        let headers = [
-            BwKv {
-                key: BwStr::new(b"host"),
-                value: BwStr::new(b"localhost"),
-            },
-            BwKv {
-                key: BwStr::new(b"Accept"),
-                value: BwStr::new("żółw".as_bytes()),
-            },
-            BwKv {
-                key: BwStr::new(long_name.as_bytes()),
-                value: BwStr::new(long_value.as_bytes()),
-            },
-            BwKv {
-                key: BwStr::new(b"x-bad"),
-                value: BwStr::new(b"a\xffb"),
-            },
-        ];
-        let params = [BwKv {
-            key: BwStr::new(b"Id"),
-            value: BwStr::new(b"42"),
-        }];
-        let request = BwRequest {
-            method: BwStr::new(b"GET"),
-            path: BwStr::new(b"/noop/42"),
-            params: BwKvList::new(&params),
-            headers: BwKvList::new(&headers),
-            ..BwRequest::EMPTY
-        };
-        // SAFETY: every view borrows a local that outlives the call.
-        let copy = unsafe { request.to_request() };
-        assert_eq!(copy.method, "GET");
-        assert_eq!(copy.path, "/noop/42");
-        assert_eq!(copy.params, [("Id".into(), "42".into())]);
-        assert!(copy.query.is_empty());
-        assert_eq!(
-            copy.headers.iter().collect::<Vec<_>>(),
-            [
-                ("host", "localhost"),
-                ("accept", "żółw"),
-                (long_name.to_ascii_lowercase().as_str(), long_value),
-                ("x-bad", "a\u{fffd}b"),
-            ]
-        );
-    }
-
-    /// Text of every length around the word boundaries of the inline path, and past it.
-    fn boundary_texts(fill: &str) -> Vec<String> {
-        [0, 1, 2, 3, 4, 7, 8, 9, 15, 16, 17, 22, 23, 24, 40]
-            .into_iter()
-            .map(|len| fill.repeat(len).chars().take(len).collect())
-            .collect()
-    }
-
-    #[test]
-    fn text_of_every_length_is_copied_exactly() {
-        for fill in ["aZ-09/", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "@[`{~\x7f"] {
-            for text in boundary_texts(fill) {
-                let copied = text_lossy(text.as_bytes(), false);
-                assert_eq!(copied, text.as_str(), "length {}", text.len());
-                let lowered = text_lossy(text.as_bytes(), true);
-                assert_eq!(lowered, text.to_ascii_lowercase(), "length {}", text.len());
-            }
-        }
-    }
-
-    #[test]
-    fn only_ascii_letters_are_lower_cased() {
-        let every_ascii: Vec<u8> = (0u8..0x80).collect();
-        for chunk in every_ascii.chunks(23).chain(every_ascii.chunks(7)) {
-            let text = std::str::from_utf8(chunk).unwrap();
-            assert_eq!(text_lossy(chunk, true), text.to_ascii_lowercase());
-            assert_eq!(text_lossy(chunk, false), text);
-        }
-    }
-
-    #[test]
-    fn short_text_that_is_not_ascii_takes_the_checked_path() {
-        for text in ["ż", "Żółw", "naïve-Header", "abcdefghijklmnopqrstuvż"] {
-            assert_eq!(text_lossy(text.as_bytes(), false), text);
-            assert_eq!(text_lossy(text.as_bytes(), true), text.to_ascii_lowercase());
-        }
-        // Invalid UTF-8 at the start, the middle and the end of the fast path's words.
-        for (bytes, expected) in [
-            (&b"\xff"[..], "\u{fffd}"),
-            (b"ab\xc3", "ab\u{fffd}"),
-            (
-                b"Abcdefg\x80hijklmnopqrstu",
-                "abcdefg\u{fffd}hijklmnopqrstu",
-            ),
-            (
-                b"ABCDEFGHIJKLMNOPQRSTUV\xfe",
-                "abcdefghijklmnopqrstuv\u{fffd}",
-            ),
-        ] {
-            assert_eq!(text_lossy(bytes, true), expected);
-        }
-        assert_eq!(text_lossy(b"A\xffB", false), "A\u{fffd}B");
     }
 
     #[test]

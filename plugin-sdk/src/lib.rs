@@ -32,6 +32,7 @@ pub mod abi;
 mod error;
 #[doc(hidden)]
 pub mod export;
+mod host_link;
 mod http;
 mod logging;
 pub mod metadata;

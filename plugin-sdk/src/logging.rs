@@ -5,9 +5,11 @@
 //! subscriber, a `log` logger and a panic hook that forward every line through the host-services
 //! vtable, where the host tags it with the plugin's name.
 //!
-//! Which instance a line belongs to: while the SDK polls a call of an instance it marks that instance
-//! current on the thread (see `export::call`); lines from elsewhere (a task the plugin spawned, a thread of
-//! its own) go to the most recently created live instance of the library.
+//! Which instance a line belongs to: while the SDK polls a call of an instance it marks that
+//! instance current on the thread (see [`host_link`]); lines from elsewhere (a task the plugin
+//! spawned, a thread of its own) go to the most recently created live instance of the library.
+//!
+//! This module knows instances only as [`HostLink`]s: it depends on `host_link`, never on `export`.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Once, Weak};
@@ -16,7 +18,7 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::abi::{BW_LOG_DEBUG, BW_LOG_ERROR, BW_LOG_INFO, BW_LOG_TRACE, BW_LOG_WARN};
-use crate::export::{HostLink, with_current_link};
+use crate::host_link::{self, HostLink};
 
 /// Live instances of this library, newest last: where lines without a current instance go.
 static INSTANCES: Mutex<Vec<Weak<HostLink>>> = Mutex::new(Vec::new());
@@ -72,7 +74,7 @@ pub(crate) fn uninstall(link: &Arc<HostLink>) {
 
 /// Sends one line to the current instance's host, or to the newest live instance.
 fn emit(level: u32, target: &str, message: &str) {
-    let sent = with_current_link(|current| match current {
+    let sent = host_link::with_current(|current| match current {
         Some(link) => {
             link.log(level, target, message);
             true

@@ -2,7 +2,7 @@
 //!
 //! The call path of a request: the edge (`edge`: listener, accept loop, connection cap, header,
 //! idle and body timeouts) hands it to axum, which routes it (the endpoint's path and methods) to
-//! [`serve_endpoint`], which builds the SDK request, runs the endpoint's hook chain around the
+//! `serve_endpoint`, which builds the SDK request, runs the endpoint's hook chain around the
 //! endpoint plugin's `handle`, and turns the plugin's response — or its error, as a JSON body
 //! naming it — into the HTTP response.
 

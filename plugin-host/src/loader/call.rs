@@ -86,6 +86,12 @@ pub(super) async fn finish(out: &mut Output, waiting: Option<Waiting>) {
 }
 
 /// The completion a pending task calls: moves the output into the waiting call's channel.
+///
+/// # Safety
+/// `ctx` must be the boxed sender made for this task (the `ctx` of the [`BwCompletion`] given to
+/// `task_start`), and this must be called exactly once for it; `output` must point to a valid
+/// output for the duration of the call, whose contents (and the duty to release them) pass to the
+/// host.
 pub(super) unsafe extern "C" fn on_complete(ctx: *mut c_void, output: *mut BwOutput) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: `ctx` is the boxed sender made for this task, and the plugin calls the completion

@@ -62,6 +62,12 @@ impl Drop for DynamicPlugin {
 }
 
 /// Records one log line of a plugin in the host's log, tagged with the plugin's name.
+///
+/// # Safety
+/// `ctx` must be the `ctx` of the [`BwHostServices`] this host gave an instance (its
+/// `Services::name`), called before that instance's `instance_free` returns; `target` and
+/// `message` must be valid as [`BwStr::as_bytes`] for the duration of the call. Any thread may call
+/// it.
 unsafe extern "C" fn host_log(ctx: *mut c_void, level: u32, target: BwStr, message: BwStr) {
     let _ = std::panic::catch_unwind(|| {
         // SAFETY: `ctx` is the `Services::name` of a live instance (the plugin only calls this before

@@ -377,7 +377,7 @@ impl Plugin for ProcessPlugin {
         health
     }
 
-    /// Sends `shutdown`, closes the child's input, gives it [`SHUTDOWN_GRACE`] to exit, then
+    /// Sends `shutdown`, closes the child's input, gives it `SHUTDOWN_GRACE` (two seconds) to exit, then
     /// kills its process group. No restart follows.
     async fn shutdown(&self) -> Result<(), CallError> {
         let Some(live) = self.shared.stop() else {

@@ -15,9 +15,10 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use super::Instance;
 use super::output::{Outcome, write_output};
-use super::{HostLink, Instance};
 use crate::abi::{BW_OUT_PENDING, BW_PENDING, BW_READY, BwCompletion, BwOutput};
+use crate::host_link::{self, HostLink};
 use crate::{PluginError, Request};
 
 /// A plugin method's future with its borrows erased; see [`drive`] for who keeps them alive.
@@ -27,8 +28,6 @@ pub(super) type CallFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>
 type TaskFuture = Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 
 thread_local! {
-    /// The link of the instance whose call is being polled on this thread (null when none).
-    static CURRENT: Cell<*const HostLink> = const { Cell::new(std::ptr::null()) };
     /// Whether this thread has the library's runtime as its current one for good (see
     /// [`in_runtime`]).
     static ENTERED: Cell<bool> = const { Cell::new(false) };
@@ -55,24 +54,15 @@ fn in_runtime<R>(runtime: &tokio::runtime::Runtime, f: impl FnOnce() -> R) -> R 
     f()
 }
 
-/// Runs `f` with the link of the instance whose call this thread is polling, if any.
-pub(crate) fn with_current_link<R>(f: impl FnOnce(Option<&HostLink>) -> R) -> R {
-    let current = CURRENT.with(Cell::get);
-    // SAFETY: `CURRENT` is only non-null inside `poll_as`, which sets it to a link that outlives
-    // the poll (the instance's, kept by the host during a call, or a task's own `Arc`) and restores
-    // the previous value before it returns, also when the poll panics.
-    f(unsafe { current.as_ref() })
-}
-
 /// Polls `future` once with `link` current; a panic becomes [`PluginError::Panic`].
 fn poll_as<T>(
     link: &HostLink,
     future: &mut CallFuture<T>,
     cx: &mut Context<'_>,
 ) -> Poll<Result<T, PluginError>> {
-    let previous = CURRENT.with(|c| c.replace(link));
-    let result = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)));
-    CURRENT.with(|c| c.set(previous));
+    let result = host_link::as_current(link, || {
+        catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx)))
+    });
     match result {
         Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
         Ok(Poll::Pending) => Poll::Pending,
@@ -233,6 +223,13 @@ impl Drop for Completion {
     }
 }
 
+/// The vtable's `task_start`: spawns a pending call's task on the library's runtime, which calls
+/// `completion` exactly once. Returns the handle for `task_cancel` (the task itself).
+///
+/// # Safety
+/// `task` must be the `task` of a pending output that [`drive`] wrote, not yet passed to
+/// [`task_cancel`]. `completion.complete`, if set, must be callable from any thread with
+/// `completion.ctx`. (A task started twice reports an error to the second completion.)
 pub(super) unsafe extern "C" fn task_start(
     task: *mut c_void,
     completion: BwCompletion,
@@ -272,6 +269,12 @@ pub(super) unsafe extern "C" fn task_start(
     task
 }
 
+/// The vtable's `task_cancel`: frees a task handle, aborting the task if it still runs (its
+/// completion then reports it cancelled) or dropping its future if it never started.
+///
+/// # Safety
+/// `handle` must be null, a handle [`task_start`] returned, or the `task` of a pending output that
+/// [`drive`] wrote and no one started; it must be passed here exactly once and not used afterwards.
 pub(super) unsafe extern "C" fn task_cancel(handle: *mut c_void) {
     if handle.is_null() {
         return;

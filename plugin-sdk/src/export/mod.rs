@@ -1,7 +1,9 @@
-//! The plugin side of the C ABI: the `extern "C"` functions behind [`export_plugin!`].
+//! The plugin side of the C ABI: the `extern "C"` functions behind
+//! [`export_plugin!`](crate::export_plugin).
 //!
-//! Not a public API: [`export_plugin!`] is. Every function here catches panics, so none crosses the
-//! boundary, and turns a plugin's future into the ABI's ready-or-pending protocol:
+//! Not a public API: [`export_plugin!`](crate::export_plugin) is. Every function here catches
+//! panics, so none crosses the boundary, and turns a plugin's future into the ABI's
+//! ready-or-pending protocol:
 //!
 //! 1. The call's future is polled once, inline, on the host's thread, inside the plugin's own tokio
 //!    runtime context. A handler that does not wait (most do not) finishes here, with no thread hop.
@@ -10,16 +12,17 @@
 //!    exactly once, also when cancelled.
 
 mod call;
+mod input;
 mod output;
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use crate::abi::*;
+use crate::host_link::HostLink;
 use crate::{BackworksPlugin, HookAction, PluginError, PluginResult, Response};
 use call::LentRequest;
-pub(crate) use call::with_current_link;
 use output::{Outcome, write_output};
 
 /// Writes the metadata section and the exported vtable of a plugin library.
@@ -79,15 +82,18 @@ macro_rules! export_plugin {
                 __BW_HOOKS,
             );
 
+            // No `#[allow]` or `#[expect]` of `non_upper_case_globals` here: rustc exempts
+            // `#[no_mangle]` statics from that lint (the name is the ABI's), so an `#[expect]`
+            // would be reported unfulfilled in every plugin and an `#[allow]` suppresses nothing.
             #[unsafe(no_mangle)]
-            #[allow(non_upper_case_globals)]
             static backworks_plugin: $crate::abi::BwPluginVTable =
                 $crate::export::vtable::<$plugin>(&__BW_METADATA);
         };
     };
 }
 
-/// The vtable of plugin type `P`, pointing at `metadata`. Used by [`export_plugin!`].
+/// The vtable of plugin type `P`, pointing at `metadata`. Used by
+/// [`export_plugin!`](crate::export_plugin).
 pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> BwPluginVTable {
     BwPluginVTable {
         magic: ABI_MAGIC,
@@ -105,54 +111,6 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         shutdown: Some(shutdown::<P>),
         task_start: Some(call::task_start),
         task_cancel: Some(call::task_cancel),
-    }
-}
-
-/// The host's services for one instance, shared with every call and log line of that instance.
-pub(crate) struct HostLink {
-    /// Null once the instance is freed: the host's struct may then be gone.
-    services: RwLock<*const BwHostServices>,
-    max_level: u32,
-}
-
-// SAFETY: the host promises its services struct is thread-safe and stays valid until
-// `instance_free` returns; `instance_free` nulls the pointer under the write lock first, and every
-// read happens under the read lock, so no thread uses it after that.
-unsafe impl Send for HostLink {}
-// SAFETY: as above.
-unsafe impl Sync for HostLink {}
-
-impl HostLink {
-    /// Most verbose `BW_LOG_*` level the host records.
-    pub(crate) fn max_level(&self) -> u32 {
-        self.max_level
-    }
-
-    /// Hands one log line to the host; dropped if the instance is gone or the host has no logger.
-    pub(crate) fn log(&self, level: u32, target: &str, message: &str) {
-        if level > self.max_level {
-            return;
-        }
-        let Ok(services) = self.services.read() else {
-            return;
-        };
-        if services.is_null() {
-            return;
-        }
-        // SAFETY: not null, so `instance_free` has not run and the host keeps the struct valid.
-        let services = unsafe { &**services };
-        if let Some(log) = services.log {
-            // SAFETY: the host's logger is thread-safe, never unwinds, and only borrows the strings
-            // for the duration of the call.
-            unsafe {
-                log(
-                    services.ctx,
-                    level,
-                    BwStr::new(target.as_bytes()),
-                    BwStr::new(message.as_bytes()),
-                )
-            };
-        }
     }
 }
 
@@ -177,6 +135,14 @@ fn guard(out: *mut BwOutput, body: impl FnOnce() -> i32) -> i32 {
     }
 }
 
+/// The vtable's `instance_new`: a new value of `P` with its link to the host, or null with the reason
+/// in `out`.
+///
+/// # Safety
+/// `out` must be valid for writes, and not used by anyone else, for the duration of the call.
+/// `services` must be null (an error output) or point to the host's services of this instance,
+/// readable for at least the `size` it states, and valid, unchanged and usable from any thread until
+/// `instance_free` of the returned instance has returned.
 unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
     services: *const BwHostServices,
     out: *mut BwOutput,
@@ -210,10 +176,9 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
             };
             return BW_READY;
         }
-        let link = Arc::new(HostLink {
-            services: RwLock::new(services),
-            max_level: host.max_log_level,
-        });
+        // SAFETY: the host keeps its services valid, unchanged and thread-safe until
+        // `instance_free` returns, which detaches the link first.
+        let link = Arc::new(unsafe { HostLink::new(services, host.max_log_level) });
         crate::logging::install(&link);
         let boxed = Box::new(Instance {
             plugin: Arc::new(P::default()),
@@ -227,6 +192,13 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
     instance
 }
 
+/// The vtable's `instance_free`: detaches the instance from the host and drops it.
+///
+/// # Safety
+/// `instance` must be null or come from `instance_new::<P>` of this library, be passed here exactly
+/// once, and have no call running on it; it must not be used afterwards. (A task still pending holds
+/// its own references to the plugin value and the link, so it stays sound, but the ABI asks the host
+/// to finish or cancel it first.)
 unsafe extern "C" fn instance_free<P: BackworksPlugin>(instance: *mut c_void) {
     if instance.is_null() {
         return;
@@ -236,9 +208,7 @@ unsafe extern "C" fn instance_free<P: BackworksPlugin>(instance: *mut c_void) {
         // on it runs.
         let instance = unsafe { Box::from_raw(instance.cast::<Instance<P>>()) };
         crate::logging::uninstall(&instance.host);
-        if let Ok(mut services) = instance.host.services.write() {
-            *services = std::ptr::null();
-        }
+        instance.host.detach();
         let _context = crate::runtime::get().map(|rt| rt.enter());
         drop(instance);
     }));
@@ -276,6 +246,12 @@ fn responded(result: PluginResult<Response>) -> Outcome {
     }
 }
 
+/// The vtable's `initialize`: parses the config and runs [`BackworksPlugin::initialize`].
+///
+/// # Safety
+/// `this` must come from `instance_new::<P>` of this library and not be freed before the call
+/// returns; `config_json` must be valid as [`BwStr::as_bytes`], and `out` valid for writes and used
+/// by no one else, for the duration of the call.
 unsafe extern "C" fn initialize<P: BackworksPlugin>(
     this: *mut c_void,
     config_json: BwStr,
@@ -300,6 +276,13 @@ unsafe extern "C" fn initialize<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `handle`: copies the request and runs [`BackworksPlugin::handle`].
+///
+/// # Safety
+/// `this` must come from `instance_new::<P>` of this library and not be freed before the call
+/// returns; `request` must point to a request whose views are valid (as [`BwStr::as_bytes`] and
+/// [`BwKvList::as_slice`]), and `out` be valid for writes and used by no one else, for the duration
+/// of the call.
 unsafe extern "C" fn handle<P: BackworksPlugin>(
     this: *mut c_void,
     request: *const BwRequest,
@@ -307,13 +290,18 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
-        let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
+        let (this, request) = unsafe { (instance::<P>(this), input::request(&*request)) };
         let future = plugin(this).handle(request);
         // SAFETY: the future borrows only the plugin value; `out` is the host's valid output.
         unsafe { call::drive(this, out, future, None, responded) }
     })
 }
 
+/// The vtable's `before_request`: copies the request and runs
+/// [`BackworksPlugin::before_request`].
+///
+/// # Safety
+/// As [`handle`].
 unsafe extern "C" fn before_request<P: BackworksPlugin>(
     this: *mut c_void,
     request: *const BwRequest,
@@ -321,7 +309,7 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
-        let (this, request) = unsafe { (instance::<P>(this), (*request).to_request()) };
+        let (this, request) = unsafe { (instance::<P>(this), input::request(&*request)) };
         let request = LentRequest::new(request);
         // SAFETY: `drive` drops the future before `request`.
         let future = plugin(this).before_request(unsafe { request.get() });
@@ -337,6 +325,11 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `after_response`: copies the request and the response and runs
+/// [`BackworksPlugin::after_response`].
+///
+/// # Safety
+/// As [`handle`], and `response` like `request`.
 unsafe extern "C" fn after_response<P: BackworksPlugin>(
     this: *mut c_void,
     request: *const BwRequest,
@@ -349,8 +342,8 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
         let (this, request, response) = unsafe {
             (
                 instance::<P>(this),
-                (*request).to_request(),
-                (*response).to_response(),
+                input::request(&*request),
+                input::response(&*response),
             )
         };
         let request = LentRequest::new(request);
@@ -361,6 +354,11 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `health_check`: runs [`BackworksPlugin::health_check`].
+///
+/// # Safety
+/// `this` must come from `instance_new::<P>` of this library and not be freed before the call
+/// returns; `out` must be valid for writes and used by no one else for the duration of the call.
 unsafe extern "C" fn health_check<P: BackworksPlugin>(
     this: *mut c_void,
     out: *mut BwOutput,
@@ -374,6 +372,10 @@ unsafe extern "C" fn health_check<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `shutdown`: runs [`BackworksPlugin::shutdown`].
+///
+/// # Safety
+/// As [`health_check`].
 unsafe extern "C" fn shutdown<P: BackworksPlugin>(this: *mut c_void, out: *mut BwOutput) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library.
@@ -557,7 +559,7 @@ mod tests {
             unsafe { (VTABLE.before_request.unwrap())(probe.instance, &request, &mut out) };
         assert_eq!((status, out.kind), (BW_READY, BW_OUT_REQUEST));
         // SAFETY: unreleased output.
-        let changed = unsafe { out.request.to_request() };
+        let changed = unsafe { input::request(&out.request) };
         assert_eq!(changed.method, "GET");
         assert_eq!(changed.path, Text::from("/x"));
         assert_eq!(changed.header("x-seen"), Some("yes"));
@@ -567,6 +569,11 @@ mod tests {
         }
     }
 
+    /// The test's completion: sends what the output holds to the test and releases it.
+    ///
+    /// # Safety
+    /// `ctx` must be a `Box<mpsc::Sender<Copied>>` leaked for this completion and passed here once;
+    /// `output` must point to an unreleased output of this library, which this takes over.
     unsafe extern "C" fn send_completion(ctx: *mut c_void, output: *mut BwOutput) {
         // SAFETY: `ctx` is the boxed sender of the test, passed to exactly one completion; the
         // output is ours now.

@@ -30,6 +30,11 @@ struct Owned {
     message: String,
 }
 
+/// The `release` of every output [`write_output`] gives an owner: frees what its views point into.
+///
+/// # Safety
+/// `owner` must be null or the `owner` of an output that [`write_output`] filled, passed here
+/// exactly once; no view of that output may be read afterwards.
 unsafe extern "C" fn release_owned(owner: *mut c_void) {
     if !owner.is_null() {
         let _ = catch_unwind(AssertUnwindSafe(|| {
