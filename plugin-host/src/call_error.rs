@@ -136,7 +136,7 @@ impl CallError {
         }
     }
 
-    /// Every kind name a call can fail with, [`KIND_COUNT`] of them: the plugin's, then the
+    /// Every kind name a call can fail with: the plugin's, then the
     /// host's (`unavailable` is in both tables and listed once). What the statistics count by.
     pub fn kinds() -> impl Iterator<Item = &'static str> {
         ErrorKind::ALL.iter().map(|k| k.name()).chain(
