@@ -123,21 +123,26 @@ impl fmt::Display for Hooks {
 }
 
 impl std::str::FromStr for Hooks {
-    type Err = String;
+    type Err = UnknownHook;
 
     /// Reads a comma-separated list of hook names (the metadata value); an empty string is none.
-    fn from_str(s: &str) -> Result<Hooks, String> {
+    fn from_str(s: &str) -> Result<Hooks, UnknownHook> {
         let mut hooks = Hooks::NONE;
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             hooks = hooks.and(match name {
                 "before_request" => Hooks::BEFORE_REQUEST,
                 "after_response" => Hooks::AFTER_RESPONSE,
-                other => return Err(other.to_owned()),
+                other => return Err(UnknownHook(other.to_owned())),
             });
         }
         Ok(hooks)
     }
 }
+
+/// A hook name that is not `before_request` or `after_response`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown hook `{0}` (expected `before_request` or `after_response`)")]
+pub struct UnknownHook(pub String);
 
 /// Why metadata bytes could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -406,7 +411,7 @@ mod tests {
         assert_eq!("".parse::<Hooks>(), Ok(Hooks::NONE));
         assert_eq!(
             "before_request, nope".parse::<Hooks>(),
-            Err("nope".to_owned())
+            Err(UnknownHook("nope".to_owned()))
         );
         let raw = b"BWMETA1\0abi=1.0\0sdk=0.1.0\0name=c\0version=0.0.1\0\0";
         assert_eq!(parse(raw).unwrap().hooks, None);

@@ -61,31 +61,38 @@ fn request_with_params(
 pub fn into_http(plugin: &str, response: Response) -> axum::response::Response {
     match try_into_http(response) {
         Ok(http) => http,
-        Err(message) => {
-            let error = CallError::InvalidResponse(message);
-            match try_into_http(error_response(plugin, &error, None)) {
-                Ok(http) => http,
-                Err(_) => {
-                    let mut bare = axum::response::Response::new(Body::empty());
-                    *bare.status_mut() = StatusCode::BAD_GATEWAY;
-                    bare
-                }
+        Err(error) => match try_into_http(error_response(plugin, &error, None)) {
+            Ok(http) => http,
+            Err(_) => {
+                let mut bare = axum::response::Response::new(Body::empty());
+                *bare.status_mut() = StatusCode::BAD_GATEWAY;
+                bare
             }
-        }
+        },
     }
 }
 
-fn try_into_http(response: Response) -> Result<axum::response::Response, String> {
-    let status = StatusCode::from_u16(response.status)
-        .map_err(|_| format!("plugin returned an invalid HTTP status {}", response.status))?;
+/// The HTTP response, or the plugin's invalid response when its status or a header is not valid
+/// HTTP.
+fn try_into_http(response: Response) -> Result<axum::response::Response, CallError> {
+    let invalid = CallError::InvalidResponse;
+    let status = StatusCode::from_u16(response.status).map_err(|_| {
+        invalid(format!(
+            "plugin returned an invalid HTTP status {}",
+            response.status
+        ))
+    })?;
     let mut http = axum::response::Response::new(Body::from(response.body));
     *http.status_mut() = status;
     let headers = http.headers_mut();
     for (name, value) in response.headers.iter() {
         let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("plugin returned an invalid header name {name:?}"))?;
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| format!("plugin returned an invalid value for header `{name}`"))?;
+            .map_err(|_| invalid(format!("plugin returned an invalid header name {name:?}")))?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            invalid(format!(
+                "plugin returned an invalid value for header `{name}`"
+            ))
+        })?;
         headers.append(name, value);
     }
     Ok(http)

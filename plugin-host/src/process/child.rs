@@ -94,15 +94,67 @@ enum Target {
     Command(Vec<OsString>),
 }
 
-fn parse_target(args: Vec<OsString>) -> Result<Target, String> {
+/// Why the runner or the plugin process could not be set up. Printed on stderr (which the host
+/// logs) before the runner exits with [`EXIT_SETUP`].
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SetupError {
+    /// The runner's arguments are not a library or `--` and a command.
+    #[error("usage: {CHILD_ARG} LIBRARY | {CHILD_ARG} {COMMAND_SEPARATOR} PROGRAM [ARGS…]")]
+    Usage,
+    /// Inherited descriptors could not be listed or closed.
+    #[error("cannot close inherited file descriptors: {0}")]
+    InheritedFds(std::io::Error),
+    /// A system call of the set-up failed.
+    #[error("cannot {what}: {source}")]
+    System {
+        /// What the set-up tried.
+        what: String,
+        /// The error.
+        source: nix::Error,
+    },
+    /// The runner's parent is not the host that started it: the host died meanwhile.
+    #[error("the host (pid {expected}) is gone; parent is now pid {found}")]
+    HostGone {
+        /// The host's pid.
+        expected: String,
+        /// The parent's pid now.
+        found: String,
+    },
+    /// The plugin process's parent is not its runner any more.
+    #[error("the runner (pid {0}) is gone")]
+    RunnerGone(Pid),
+    /// The resource limits the host passed do not read.
+    #[error("invalid limit `{item}`: {why}")]
+    Limit {
+        /// The item as written.
+        item: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The host passed a limit this runner does not know.
+    #[error("unknown limit `{0}`")]
+    UnknownLimit(String),
+    /// The runner's thread count could not be read.
+    #[error("cannot read /proc/self/status: {0}")]
+    Status(std::io::Error),
+    /// The runner has more than one thread, so it may not fork.
+    #[error("has {0} threads; it must fork from one")]
+    Threads(String),
+}
+
+/// `what` failed with `source`.
+pub(super) fn system(what: impl Into<String>) -> impl FnOnce(nix::Error) -> SetupError {
+    let what = what.into();
+    move |source| SetupError::System { what, source }
+}
+
+fn parse_target(args: Vec<OsString>) -> Result<Target, SetupError> {
     match args.split_first() {
         Some((first, rest)) if first == COMMAND_SEPARATOR && !rest.is_empty() => {
             Ok(Target::Command(rest.to_vec()))
         }
         Some((library, [])) if library != COMMAND_SEPARATOR => Ok(Target::Library(library.into())),
-        _ => Err(format!(
-            "usage: {CHILD_ARG} LIBRARY | {CHILD_ARG} {COMMAND_SEPARATOR} PROGRAM [ARGS…]"
-        )),
+        _ => Err(SetupError::Usage),
     }
 }
 
@@ -123,24 +175,21 @@ fn run(args: Vec<OsString>) -> i32 {
 
 /// The supervising runner: inherited descriptors closed, its signals blocked (to be waited for),
 /// parent-death signal, parent check, subreaper, no core dumps.
-fn set_up_runner() -> Result<(), String> {
+fn set_up_runner() -> Result<(), SetupError> {
     // First, before this process opens anything of its own (see `close_inherited_fds`).
-    crate::loader::close_inherited_fds()
-        .map_err(|e| format!("cannot close inherited file descriptors: {e}"))?;
+    crate::loader::close_inherited_fds().map_err(SetupError::InheritedFds)?;
     // Blocked before it is armed: the parent-death signal waits for the runner to take it.
     reaper::block_signals()?;
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
-        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+        .map_err(system("set the parent-death signal"))?;
     if let Ok(expected) = std::env::var(env::PARENT_PID) {
-        let parent = getppid().as_raw().to_string();
-        if parent != expected {
-            return Err(format!(
-                "the host (pid {expected}) is gone; parent is now pid {parent}"
-            ));
+        let found = getppid().as_raw().to_string();
+        if found != expected {
+            return Err(SetupError::HostGone { expected, found });
         }
     }
     reaper::become_subreaper()?;
-    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(|e| format!("cannot turn core dumps off: {e}"))
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(system("turn core dumps off"))
 }
 
 /// The plugin process: set up, then `exec` the command or serve the library.
@@ -165,31 +214,33 @@ fn run_plugin(target: Target, runner: Pid) -> i32 {
 
 /// The plugin process: parent-death signal (its parent is the runner), parent check, resource
 /// limits.
-fn set_up_plugin(runner: Pid) -> Result<(), String> {
+fn set_up_plugin(runner: Pid) -> Result<(), SetupError> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
-        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+        .map_err(system("set the parent-death signal"))?;
     if getppid() != runner {
-        return Err(format!("the runner (pid {runner}) is gone"));
+        return Err(SetupError::RunnerGone(runner));
     }
     let limits = parse_limits(&std::env::var(env::LIMITS).unwrap_or_default())?;
     apply_limits(&limits)
 }
 
 /// Reads `memory_bytes=N,cpu_seconds=N,open_files=N` (any subset, any order).
-fn parse_limits(text: &str) -> Result<ResourceLimits, String> {
+fn parse_limits(text: &str) -> Result<ResourceLimits, SetupError> {
     let mut limits = ResourceLimits::default();
     for item in text.split(',').filter(|s| !s.is_empty()) {
+        let invalid = |why| SetupError::Limit {
+            item: item.to_owned(),
+            why,
+        };
         let (key, value) = item
             .split_once('=')
-            .ok_or_else(|| format!("invalid limit `{item}`: expected KEY=NUMBER"))?;
-        let value: u64 = value
-            .parse()
-            .map_err(|_| format!("invalid limit `{item}`: not a number"))?;
+            .ok_or_else(|| invalid("expected KEY=NUMBER"))?;
+        let value: u64 = value.parse().map_err(|_| invalid("not a number"))?;
         let slot = match key {
             "memory_bytes" => &mut limits.memory_bytes,
             "cpu_seconds" => &mut limits.cpu_seconds,
             "open_files" => &mut limits.open_files,
-            _ => return Err(format!("unknown limit `{key}`")),
+            _ => return Err(SetupError::UnknownLimit(key.to_owned())),
         };
         *slot = Some(value);
     }
@@ -199,7 +250,7 @@ fn parse_limits(text: &str) -> Result<ResourceLimits, String> {
 /// Applies each limit that is set, never above the inherited hard limit, and turns core dumps off.
 /// The CPU limit's hard value is one second above the soft one: `SIGXCPU` first, `SIGKILL` if the
 /// plugin ignores it.
-fn apply_limits(limits: &ResourceLimits) -> Result<(), String> {
+fn apply_limits(limits: &ResourceLimits) -> Result<(), SetupError> {
     let wanted = [
         (Resource::RLIMIT_AS, "memory", limits.memory_bytes, 0),
         (Resource::RLIMIT_CPU, "CPU time", limits.cpu_seconds, 1),
@@ -207,17 +258,14 @@ fn apply_limits(limits: &ResourceLimits) -> Result<(), String> {
     ];
     for (resource, what, value, slack) in wanted {
         let Some(value) = value else { continue };
-        let (_, hard) =
-            getrlimit(resource).map_err(|e| format!("cannot read the {what} limit: {e}"))?;
+        let (_, hard) = getrlimit(resource).map_err(system(format!("read the {what} limit")))?;
         let soft = value.min(hard);
         let new_hard = value.saturating_add(slack).min(hard);
-        setrlimit(resource, soft, new_hard)
-            .map_err(|e| format!("cannot limit {what} to {value}: {e}"))?;
+        setrlimit(resource, soft, new_hard).map_err(system(format!("limit {what} to {value}")))?;
     }
     // A crashing plugin must not litter core files where it runs (nor take the time to write
     // them): lowering a limit is always allowed.
-    setrlimit(Resource::RLIMIT_CORE, 0, 0)
-        .map_err(|e| format!("cannot turn core dumps off: {e}"))?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(system("turn core dumps off"))?;
     Ok(())
 }
 
@@ -286,15 +334,15 @@ mod tests {
     #[test]
     fn targets() {
         assert_eq!(
-            parse_target(os(&["/p/libx.so"])),
-            Ok(Target::Library("/p/libx.so".into()))
+            parse_target(os(&["/p/libx.so"])).ok(),
+            Some(Target::Library("/p/libx.so".into()))
         );
         assert_eq!(
-            parse_target(os(&["--", "python3", "x.py"])),
-            Ok(Target::Command(os(&["python3", "x.py"])))
+            parse_target(os(&["--", "python3", "x.py"])).ok(),
+            Some(Target::Command(os(&["python3", "x.py"])))
         );
         for bad in [&[][..], &["--"], &["a", "b"]] {
-            let err = parse_target(os(bad)).unwrap_err();
+            let err = parse_target(os(bad)).unwrap_err().to_string();
             assert!(err.starts_with("usage: __plugin-child"), "{bad:?}: {err}");
         }
     }
@@ -307,6 +355,7 @@ mod tests {
             open_files: None,
         };
         let text = super::super::spawn::encode_limits(&limits);
+        let parse_limits = |text: &str| parse_limits(text).map_err(|e| e.to_string());
         assert_eq!(parse_limits(&text), Ok(limits));
         assert_eq!(parse_limits(""), Ok(ResourceLimits::default()));
         assert_eq!(

@@ -29,6 +29,8 @@
 
 use std::fs;
 
+use super::child::{SetupError, system};
+
 use nix::errno::Errno;
 use nix::sys::signal::{SigHandler, SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -51,16 +53,13 @@ fn watched() -> SigSet {
 
 /// Blocks the signals the runner waits for, so that they wait for it. First thing, before the
 /// parent-death signal is armed.
-pub(super) fn block_signals() -> Result<(), String> {
-    watched()
-        .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))
+pub(super) fn block_signals() -> Result<(), SetupError> {
+    watched().thread_block().map_err(system("block signals"))
 }
 
 /// Makes this process the subreaper of everything it starts.
-pub(super) fn become_subreaper() -> Result<(), String> {
-    nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| format!("cannot become a child subreaper: {e}"))
+pub(super) fn become_subreaper() -> Result<(), SetupError> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(system("become a child subreaper"))
 }
 
 /// Forks the plugin process, which runs `plugin` (given the runner's pid) and exits with what it
@@ -93,17 +92,16 @@ pub(super) fn contain(plugin: impl FnOnce(Pid) -> i32) -> i32 {
 }
 
 /// Refuses to fork from a process with more than one thread.
-fn single_threaded() -> Result<(), String> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("cannot read /proc/self/status: {e}"))?;
+fn single_threaded() -> Result<(), SetupError> {
+    let status = fs::read_to_string("/proc/self/status").map_err(SetupError::Status)?;
     let threads = status
         .lines()
         .find_map(|line| line.strip_prefix("Threads:"))
         .map(str::trim);
     match threads {
         Some("1") => Ok(()),
-        Some(n) => Err(format!("has {n} threads; it must fork from one")),
-        None => Err("cannot count its threads".into()),
+        Some(n) => Err(SetupError::Threads(n.to_owned())),
+        None => Err(SetupError::Threads("an unknown number of".to_owned())),
     }
 }
 
@@ -243,7 +241,7 @@ mod tests {
     #[test]
     fn a_test_process_is_not_single_threaded() {
         // The test harness runs each test on a thread of its own: the runner's check sees it.
-        let error = single_threaded().unwrap_err();
+        let error = single_threaded().unwrap_err().to_string();
         assert!(error.contains("threads; it must fork from one"), "{error}");
     }
 }

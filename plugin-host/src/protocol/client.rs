@@ -286,7 +286,7 @@ impl Client {
             request: request.into(),
         };
         let result: ResponseResultIn = self.typed("handle", &params).await?;
-        Response::try_from(result.response).map_err(ClientError::Protocol)
+        Response::try_from(result.response).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// `before_request`: runs the hook; [`HookAction::Continue`] without a round trip if the
@@ -299,7 +299,7 @@ impl Client {
             request: request.into(),
         };
         let result: HookResultIn = self.typed("before_request", &params).await?;
-        HookAction::try_from(result).map_err(ClientError::Protocol)
+        HookAction::try_from(result).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// `after_response`: runs the hook; the response unchanged without a round trip if the
@@ -317,7 +317,7 @@ impl Client {
             response: response.into(),
         };
         let result: ResponseResultIn = self.typed("after_response", &params).await?;
-        Response::try_from(result.response).map_err(ClientError::Protocol)
+        Response::try_from(result.response).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// `health_check`: the plugin's own view of its health; [`Health::Healthy`] without a round
@@ -327,7 +327,7 @@ impl Client {
             return Ok(Health::Healthy);
         }
         let result: HealthWire<'static> = self.typed("health_check", &Empty {}).await?;
-        Health::try_from(result).map_err(ClientError::Protocol)
+        Health::try_from(result).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// `shutdown`: asks the plugin to release what it holds. Then [`close`](Client::close) the

@@ -131,6 +131,32 @@ impl<'a> From<&'a Response> for ResponseOut<'a> {
     }
 }
 
+/// Why a request, response, hook result or health report read from the wire is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The JSON does not have the shape of `docs/protocol.md` (serde's message says where).
+    #[error("{0}")]
+    Shape(String),
+    /// A response's status is not an HTTP status.
+    #[error("status {0} is not an HTTP status")]
+    Status(u16),
+    /// `before_request` answered `respond` without a response.
+    #[error("action \"respond\" without a \"response\"")]
+    RespondWithoutResponse,
+    /// `before_request` answered an action the protocol does not have.
+    #[error("unknown action {0:?} (expected \"continue\" or \"respond\")")]
+    UnknownAction(String),
+    /// `health_check` answered a status the protocol does not have.
+    #[error("unknown health status {0:?} (expected \"healthy\", \"degraded\" or \"unhealthy\")")]
+    UnknownHealth(String),
+}
+
+impl From<serde_json::Error> for WireError {
+    fn from(e: serde_json::Error) -> WireError {
+        WireError::Shape(e.to_string())
+    }
+}
+
 /// A received response.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ResponseIn {
@@ -142,11 +168,11 @@ pub(crate) struct ResponseIn {
 }
 
 impl TryFrom<ResponseIn> for Response {
-    type Error = String;
+    type Error = WireError;
     /// Refuses a status outside 100–999, as the library loader does.
-    fn try_from(r: ResponseIn) -> Result<Response, String> {
+    fn try_from(r: ResponseIn) -> Result<Response, WireError> {
         if !(100..=999).contains(&r.status) {
-            return Err(format!("status {} is not an HTTP status", r.status));
+            return Err(WireError::Status(r.status));
         }
         Ok(Response {
             status: r.status,
@@ -230,16 +256,14 @@ pub(crate) struct HookResultIn {
 }
 
 impl TryFrom<HookResultIn> for HookAction {
-    type Error = String;
-    fn try_from(h: HookResultIn) -> Result<HookAction, String> {
+    type Error = WireError;
+    fn try_from(h: HookResultIn) -> Result<HookAction, WireError> {
         match (h.action.as_str(), h.request, h.response) {
             ("continue", None, _) => Ok(HookAction::Continue),
             ("continue", Some(r), _) => Ok(HookAction::ContinueWith(r.into())),
             ("respond", _, Some(r)) => Ok(HookAction::Respond(r.try_into()?)),
-            ("respond", _, None) => Err("action \"respond\" without a \"response\"".into()),
-            (other, _, _) => Err(format!(
-                "unknown action {other:?} (expected \"continue\" or \"respond\")"
-            )),
+            ("respond", _, None) => Err(WireError::RespondWithoutResponse),
+            (other, _, _) => Err(WireError::UnknownAction(other.to_owned())),
         }
     }
 }
@@ -262,15 +286,13 @@ impl<'a> From<&'a Health> for HealthWire<'a> {
 }
 
 impl TryFrom<HealthWire<'_>> for Health {
-    type Error = String;
-    fn try_from(h: HealthWire<'_>) -> Result<Health, String> {
+    type Error = WireError;
+    fn try_from(h: HealthWire<'_>) -> Result<Health, WireError> {
         match &*h.status {
             "healthy" => Ok(Health::Healthy),
             "degraded" => Ok(Health::Degraded(h.message.into_owned())),
             "unhealthy" => Ok(Health::Unhealthy(h.message.into_owned())),
-            other => Err(format!(
-                "unknown health status {other:?} (expected \"healthy\", \"degraded\" or \"unhealthy\")"
-            )),
+            other => Err(WireError::UnknownHealth(other.to_owned())),
         }
     }
 }
@@ -281,10 +303,8 @@ pub fn request_to_json(request: &Request) -> Value {
 }
 
 /// A request from the protocol's JSON; the error says what is wrong.
-pub fn request_from_json(value: Value) -> Result<Request, String> {
-    RequestIn::deserialize(value)
-        .map(Request::from)
-        .map_err(|e| e.to_string())
+pub fn request_from_json(value: Value) -> Result<Request, WireError> {
+    Ok(RequestIn::deserialize(value).map(Request::from)?)
 }
 
 /// A response as the protocol's JSON (`RESP` in `docs/protocol.md`).
@@ -293,10 +313,8 @@ pub fn response_to_json(response: &Response) -> Value {
 }
 
 /// A response from the protocol's JSON; a status outside 100–999 is refused.
-pub fn response_from_json(value: Value) -> Result<Response, String> {
-    ResponseIn::deserialize(value)
-        .map_err(|e| e.to_string())
-        .and_then(Response::try_from)
+pub fn response_from_json(value: Value) -> Result<Response, WireError> {
+    Response::try_from(ResponseIn::deserialize(value)?)
 }
 
 #[cfg(test)]
@@ -339,13 +357,21 @@ mod tests {
 
     #[test]
     fn malformed_requests_and_responses_say_why() {
-        let e = request_from_json(json!({"path": "/"})).unwrap_err();
+        let e = request_from_json(json!({"path": "/"}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `method`"), "{e}");
-        let e = response_from_json(json!({"status": 200, "body": "%%"})).unwrap_err();
+        let e = response_from_json(json!({"status": 200, "body": "%%"}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid base64 body"), "{e}");
-        let e = response_from_json(json!({"status": 42})).unwrap_err();
+        let e = response_from_json(json!({"status": 42}))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "status 42 is not an HTTP status");
-        let e = response_from_json(json!({"status": 200, "headers": [["a"]]})).unwrap_err();
+        let e = response_from_json(json!({"status": 200, "headers": [["a"]]}))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("invalid length 1"), "{e}");
     }
 
@@ -353,8 +379,9 @@ mod tests {
     fn hook_results() {
         let parse = |v: Value| {
             HookResultIn::deserialize(v)
-                .map_err(|e| e.to_string())
+                .map_err(WireError::from)
                 .and_then(HookAction::try_from)
+                .map_err(|e| e.to_string())
         };
         assert_eq!(
             parse(json!({"action": "continue"})),
@@ -430,6 +457,7 @@ mod tests {
         assert!(
             Health::try_from(bad)
                 .unwrap_err()
+                .to_string()
                 .contains("unknown health status")
         );
     }

@@ -88,19 +88,21 @@ impl Shared {
         self.closed.send_replace(Some(reason));
     }
 
-    /// Handles one line from the plugin; an error is a protocol violation.
+    /// Handles one line from the plugin; an error is the protocol violation that closes the
+    /// connection.
     fn dispatch(
         &self,
         line: &[u8],
         on_log: &(dyn Fn(LogRecord) + Send + Sync),
-    ) -> Result<(), String> {
+    ) -> Result<(), CloseReason> {
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        match classify(line).map_err(|e| e.message)? {
+        let violation = CloseReason::Violation;
+        match classify(line).map_err(|e| violation(e.message))? {
             Kind::Answer { id, error } => {
                 let Some(n) = id.as_ref().and_then(Value::as_u64) else {
-                    return Err(answer_without_id(line, id.as_ref(), error));
+                    return Err(violation(answer_without_id(line, id.as_ref(), error)));
                 };
                 let mut calls = self.calls();
                 if let Some(tx) = calls.pending.remove(&n) {
@@ -108,7 +110,7 @@ impl Shared {
                     // The caller may have gone in the meantime; then nobody wants the answer.
                     let _ = tx.send(Ok(line.to_vec()));
                 } else if n == 0 || n >= calls.next_id {
-                    return Err(format!("answer to unknown id {n}"));
+                    return Err(violation(format!("answer to unknown id {n}")));
                 }
                 // Otherwise: a late answer to a call the host gave up on (cancelled); dropped.
                 Ok(())
@@ -128,10 +130,10 @@ impl Shared {
                         }
                         Ok(())
                     }
-                    Ok(ParamsIn { params: None }) => {
-                        Err("invalid log notification: missing params".to_owned())
-                    }
-                    Err(e) => Err(format!("invalid log notification: {e}")),
+                    Ok(ParamsIn { params: None }) => Err(violation(
+                        "invalid log notification: missing params".to_owned(),
+                    )),
+                    Err(e) => Err(violation(format!("invalid log notification: {e}"))),
                 }
             }
             Kind::Notification { method } => {
@@ -196,7 +198,7 @@ pub(super) async fn read_loop<R: AsyncRead + Unpin>(
             Err(e) => return CloseReason::Io(format!("reading from the plugin: {e}")),
         };
         if let Err(violation) = shared.dispatch(line, on_log) {
-            return CloseReason::Violation(violation);
+            return violation;
         }
     }
 }

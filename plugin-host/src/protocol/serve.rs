@@ -240,7 +240,7 @@ impl Calls {
                             .await
                             .map(Reply::Response)
                     }),
-                    Err(e) => self.error(&id, &RpcError::new(INVALID_PARAMS, e)),
+                    Err(e) => self.error(&id, &RpcError::new(INVALID_PARAMS, e.to_string())),
                 },
                 Err(e) => self.error(&id, &e),
             },
