@@ -18,7 +18,7 @@
 //! gives means and medians; after it, a plain loop records every call's latency and prints p50,
 //! p90 and p99 for both (the brief's targets for `process`: p50 ≤ 20 µs, p99 ≤ 200 µs).
 //!
-//! Run with `cargo build --release -p backworks-example-noop` then
+//! Run with `cargo build --release -p backworks-fixture-noop --example noop` then
 //! `cargo bench --bench process_roundtrip`; method and results are in BENCHMARKS.md.
 
 use std::sync::Arc;

@@ -11,7 +11,7 @@ of the plugin's child from /proc/PID/stat before and after. Three loads, each wi
 - four clients (threads), back to back, twice.
 
 Run from the repository root, after
-`cargo build --release -p backworks -p backworks-example-noop`:
+`cargo build --release -p backworks -p backworks-fixture-noop --bin backworks --example noop`:
 
     python3 benches/spin_cost.py
 
@@ -29,7 +29,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXE = os.path.join(ROOT, "target", "release", "backworks")
-LIB = os.path.join(ROOT, "target", "release", "libnoop.so")
+LIB = os.path.join(ROOT, "target", "release", "examples", "libnoop.so")
 
 
 def cpu_seconds(pid):

@@ -1,5 +1,5 @@
-//! The `noop` example plugin as the benches load and call it: its library file, built next to the
-//! bench binary, and the request every row sends it.
+//! The `noop` fixture (`tests/fixtures/plugins/noop`) as the benches load and call it: its library
+//! file, built beside the bench binary, and the request every row sends it.
 
 use std::path::PathBuf;
 
@@ -7,16 +7,19 @@ use backworks_plugin_sdk::Request;
 
 /// The `noop` cdylib of this build's profile; panics saying how to build it when it is missing.
 pub fn library() -> PathBuf {
-    // benches run from target/<profile>/deps; the noop cdylib is built next to it.
+    // benches run from target/<profile>/deps; the noop cdylib, an example target of the fixture,
+    // is built in target/<profile>/examples.
     let exe = std::env::current_exe().expect("bench executable");
     let dir = exe
         .parent()
         .and_then(|d| d.parent())
         .expect("target/<profile>");
-    let lib = dir.join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
+    let lib = dir
+        .join("examples")
+        .join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
     assert!(
         lib.exists(),
-        "{} is missing: run `cargo build --release -p backworks-example-noop` first",
+        "{} is missing: run `cargo build --release -p backworks-fixture-noop --example noop` first",
         lib.display()
     );
     lib

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::support::{
-    Server, backworks, c_plugin, client, panic_abort_plugin, root, rust_plugin, rust_plugins,
+    Server, backworks, c_fixture, client, panic_abort_plugin, root, rust_plugin, rust_plugins,
 };
 
 fn text(bytes: &[u8]) -> String {
@@ -28,7 +28,7 @@ fn inspect_reports_metadata_and_verdict() {
     let human = backworks(&["plugin", "inspect", lib.to_str().unwrap()]);
     assert!(text(&human.stdout).contains("compatible:  yes"));
 
-    let wrong = c_plugin("broken/wrong_abi_major");
+    let wrong = c_fixture("wrong_abi_major");
     let out = backworks(&["plugin", "inspect", wrong.to_str().unwrap(), "--json"]);
     assert_eq!(out.status.code(), Some(1));
     let json: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -162,7 +162,7 @@ fn validate_names_file_line_and_column() {
         );
     }
     // A valid config whose plugin file is incompatible fails validation, naming the plugin.
-    let wrong = c_plugin("broken/newer_sdk");
+    let wrong = c_fixture("newer_sdk");
     let file = dir.path().join("ok.yaml");
     std::fs::write(
         &file,
@@ -217,6 +217,86 @@ fn repository_configs_are_valid() {
             }
         }
         assert!(blocks > 0, "{doc} has no yaml examples");
+    }
+}
+
+/// The demo's `plugin list` (backworks.yaml, on-disk view) after a build of the whole workspace
+/// shows the example plugins and no test fixture: the fixtures' libraries are example targets
+/// (in `target/<profile>/examples`, which the demo does not scan) and the broken C libraries are
+/// compiled into `target/<profile>/c-plugins`.
+///
+/// The demo scans `target/release`; the tests run in their own profile, whose folder holds the
+/// same files once the tests have built every plugin and fixture, so the demo's config is read
+/// with that folder in place of `target/release`.
+#[test]
+fn the_demos_plugin_list_shows_no_test_fixture() {
+    // Builds every Rust plugin and fixture, and one broken C library, as the tests do.
+    rust_plugins();
+    crate::support::c_fixture("wrong_magic");
+    let demo = std::fs::read_to_string(root().join("backworks.yaml")).expect("backworks.yaml");
+    let (scanned, local) = ("  - target/release\n", "  - plugins\n");
+    assert!(
+        demo.contains(scanned) && demo.contains(local),
+        "the demo's plugin_dirs changed:\n{demo}"
+    );
+    let profile_dir = crate::support::target_dir();
+    let yaml = demo
+        .replace(scanned, &format!("  - \"{}\"\n", profile_dir.display()))
+        .replace(
+            local,
+            &format!("  - \"{}\"\n", root().join("plugins").display()),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("backworks.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let out = backworks(&[
+        "plugin",
+        "list",
+        "-c",
+        config.to_str().unwrap(),
+        "--json",
+        "--admin-url",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["source"], "disk", "{out}");
+    let rows = out["plugins"].as_array().unwrap();
+
+    // The example plugins are there, found in the profile's folder.
+    for name in ["hello", "request-id", "kv-store", "async-clock"] {
+        let row = rows
+            .iter()
+            .find(|r| r["plugin_name"] == name)
+            .unwrap_or_else(|| panic!("{name} is not listed: {rows:?}"));
+        let path = row["path"].as_str().unwrap_or_default();
+        assert!(Path::new(path).starts_with(&profile_dir), "{row}");
+    }
+    // No fixture: not by its plugin name, nor by its file.
+    let mut fixtures: Vec<String> = ["faulty", "noop", "broken_panic"]
+        .iter()
+        .map(|lib| format!("lib{lib}.so"))
+        .collect();
+    for entry in std::fs::read_dir(root().join("tests/fixtures/c")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "c") {
+            let stem = path.file_stem().unwrap().to_string_lossy();
+            fixtures.push(format!("lib{stem}.so"));
+        }
+    }
+    for row in rows {
+        let file = Path::new(row["path"].as_str().unwrap_or_default())
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        assert!(
+            !fixtures.contains(&file)
+                && !["faulty", "noop", "broken-panic"]
+                    .contains(&row["plugin_name"].as_str().unwrap_or_default()),
+            "a test fixture in the demo's list: {row}\n(in a target folder from before the \
+             fixtures moved, delete the stale {}/lib{{faulty,noop,broken_panic}}.so)",
+            profile_dir.display()
+        );
     }
 }
 

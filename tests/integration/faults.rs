@@ -3,7 +3,7 @@
 //! admin API and `/metrics`, and that a healthy plugin on the same server keeps answering 200.
 //!
 //! The server, the requests and the names the tests depend on (admin API, metric names, config
-//! layout) are shared with `process.rs` in [`crate::observe`].
+//! layout) are shared with the `process_*.rs` catalogues in [`crate::observe`].
 
 use std::time::{Duration, Instant};
 

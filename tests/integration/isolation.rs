@@ -11,12 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::child::{QUICK_RESTART, fixture, gone, python, signal};
 use crate::observe::{FaultServer, PATIENCE, admin, assert_error};
-use crate::process::{fixture, gone, python, signal};
-
-/// Quick restarts and no breaker (which would refuse calls after failures and hide them).
-const QUICK_RESTART: &str = "    breaker: { enabled: false }\n    \
-                             restart: { initial_backoff_ms: 50, max_backoff_ms: 200 }\n";
 
 /// A server with `forker` (`double_fork.py`, appending each start's grandchild pid to `pid_file`)
 /// at `/fork/{what}`.

@@ -11,7 +11,7 @@ use backworks_plugin_sdk::abi::{ABI_MAGIC, ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, M
 use backworks_plugin_sdk::{PluginError, Request, Response, SDK_VERSION};
 use serde_json::{Value, json};
 
-use crate::support::{c_plugin, rust_plugin};
+use crate::support::{c_fixture, c_plugin, rust_plugin};
 
 /// The environment variable `constructor_marker.c`'s constructor reads: the file it creates.
 const MARKER_VAR: &str = "BACKWORKS_MARKER";
@@ -103,7 +103,7 @@ fn pseudo_random_bytes(n: usize) -> Vec<u8> {
 
 // ---- 1. every broken C fixture refused with its own error ----------------------------------------
 
-/// Every fixture in `example-plugins/c/broken/` and the test that covers it; a new fixture without
+/// Every fixture in `tests/fixtures/c/` and the test that covers it; a new fixture without
 /// a test fails [`every_broken_fixture_is_covered`].
 const BROKEN_FIXTURES: &[(&str, &str)] = &[
     ("wrong_magic", "wrong_magic_is_bad_magic"),
@@ -126,7 +126,7 @@ const BROKEN_FIXTURES: &[(&str, &str)] = &[
 
 #[test]
 fn every_broken_fixture_is_covered() {
-    let dir = crate::support::root().join("example-plugins/c/broken");
+    let dir = crate::support::root().join("tests/fixtures/c");
     let mut found: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|entry| entry.expect("directory entry").path())
@@ -152,7 +152,7 @@ fn every_broken_fixture_is_covered() {
 
 #[test]
 fn wrong_magic_is_bad_magic() {
-    let path = c_plugin("broken/wrong_magic");
+    let path = c_fixture("wrong_magic");
     // Only the vtable is wrong: the metadata is that of a compatible plugin.
     let inspection = inspect_ok(&path);
     assert_eq!(inspection.metadata.name, "broken-wrong-magic");
@@ -184,7 +184,7 @@ fn wrong_magic_is_bad_magic() {
 
 #[test]
 fn wrong_abi_major_is_refused_by_inspection() {
-    let path = c_plugin("broken/wrong_abi_major");
+    let path = c_fixture("wrong_abi_major");
     // The metadata alone says it: inspection, which never loads the file, already refuses it.
     let inspection = inspect_ok(&path);
     assert_eq!(inspection.metadata.name, "broken-wrong-abi-major");
@@ -224,7 +224,7 @@ fn wrong_abi_major_is_refused_by_inspection() {
 
 #[test]
 fn newer_sdk_is_refused_by_inspection() {
-    let path = c_plugin("broken/newer_sdk");
+    let path = c_fixture("newer_sdk");
     let inspection = inspect_ok(&path);
     assert_eq!(inspection.metadata.sdk_version, "1.0.0");
     let err = inspection
@@ -251,7 +251,7 @@ fn newer_sdk_is_refused_by_inspection() {
 #[test]
 fn no_metadata_section_is_no_metadata() {
     // The vtable is valid and its metadata bytes too, but not in the section: no inspection.
-    let path = c_plugin("broken/no_metadata");
+    let path = c_fixture("no_metadata");
     for err in [
         inspect::inspect(&path).expect_err("no metadata section"),
         load_err(&path),
@@ -273,7 +273,7 @@ fn no_metadata_section_is_no_metadata() {
 
 #[test]
 fn plain_library_is_no_metadata() {
-    let path = c_plugin("broken/not_a_plugin");
+    let path = c_fixture("not_a_plugin");
     for err in [
         inspect::inspect(&path).expect_err("a plain library"),
         load_err(&path),
@@ -298,7 +298,7 @@ fn plain_library_is_no_metadata() {
 
 #[test]
 fn missing_entry_symbol_is_missing_symbol() {
-    let path = c_plugin("broken/missing_symbol");
+    let path = c_fixture("missing_symbol");
     let inspection = inspect_ok(&path);
     assert_eq!(inspection.metadata.name, "broken-missing-symbol");
     assert!(
@@ -321,7 +321,7 @@ fn missing_entry_symbol_is_missing_symbol() {
 
 #[test]
 fn short_vtable_is_vtable_too_small() {
-    let path = c_plugin("broken/short_vtable");
+    let path = c_fixture("short_vtable");
     assert!(inspect_ok(&path).compatibility.is_ok());
 
     let err = load_err(&path);
@@ -346,7 +346,7 @@ fn short_vtable_is_vtable_too_small() {
 
 #[test]
 fn panic_abort_is_refused_by_inspection() {
-    let path = c_plugin("broken/panic_abort");
+    let path = c_fixture("panic_abort");
     let inspection = inspect_ok(&path);
     assert!(!inspection.metadata.panic_unwind);
     let err = inspection
@@ -411,7 +411,7 @@ fn junk_files_fail_in_inspection_and_are_never_opened() {
 
 #[test]
 fn inspect_cli_never_runs_the_constructor() {
-    let path = c_plugin("broken/constructor_marker");
+    let path = c_fixture("constructor_marker");
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("marker");
     let output = Command::new(env!("CARGO_BIN_EXE_backworks"))
@@ -446,7 +446,7 @@ fn inspect_cli_never_runs_the_constructor() {
 /// appears, so its absence above means the constructor did not run, not that it cannot run.
 #[test]
 fn load_runs_the_constructor() {
-    let path = c_plugin("broken/constructor_marker");
+    let path = c_fixture("constructor_marker");
     let dir = tempfile::tempdir().expect("tempdir");
     let marker = dir.path().join("marker");
     let output = Command::new(std::env::current_exe().expect("test executable"))
@@ -586,7 +586,7 @@ async fn c_hello_answers_through_the_abi() {
 
 #[tokio::test]
 async fn a_header_that_is_not_utf8_is_an_invalid_response() {
-    let plugin = started(&c_plugin("broken/bad_utf8_header"), "garbage", Value::Null).await;
+    let plugin = started(&c_fixture("bad_utf8_header"), "garbage", Value::Null).await;
     let err = plugin
         .handle(get("/anything", &[]))
         .await

@@ -1,12 +1,16 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
+mod child;
 mod cli;
 mod edge;
 mod faults;
 mod isolation;
 mod loader;
 mod observe;
-mod process;
+mod process_children;
+mod process_crashes;
+mod process_python;
+mod process_unavailable;
 mod python;
 mod seams;
 mod server;

@@ -1,4 +1,4 @@
-//! What the fault catalogues (`faults.rs`, `process.rs`) share: a `backworks serve` with a healthy
+//! What the fault catalogues (`faults.rs`, `process_*.rs`) share: a `backworks serve` with a healthy
 //! control plugin beside the plugins under test, the requests they make on its public port, and how
 //! they read what it shows (admin API, `/metrics`, error bodies), polling with a generous deadline.
 //!

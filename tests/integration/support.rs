@@ -23,42 +23,82 @@ pub fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The Rust example plugins the tests load, built once per test run with the same cargo and
-/// profile as the tests (a no-op when `cargo build --workspace` ran before).
+/// The Rust plugins the tests load, example plugins and fixtures, in one folder of their own,
+/// `target/<profile>/test-plugins`; built once per test run with the same cargo and profile as
+/// the tests (a no-op when nothing changed).
+///
+/// The example plugins are cdylib crates and land in `target/<profile>`; the fixtures' libraries
+/// are example targets (so `cargo build --workspace` leaves them out of the folder the demo
+/// scans) and land in `target/<profile>/examples`. Both are linked (or copied) into the one
+/// folder the test configs name as `{{plugins}}`.
 pub fn rust_plugins() -> &'static Path {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let target = target_dir();
-        let profile = target
-            .file_name()
-            .and_then(|p| p.to_str())
-            .unwrap_or("debug")
-            .to_owned();
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(root()).args(["build", "--quiet", "--lib"]);
+        let mut cmd = cargo_build(&target);
         for package in [
             "backworks-example-hello",
             "backworks-example-request-id",
             "backworks-example-kv-store",
             "backworks-example-async-clock",
-            "backworks-example-noop",
-            "backworks-example-broken-panic",
-            "backworks-example-faulty",
+            "backworks-fixture-noop",
+            "backworks-fixture-broken-panic",
+            "backworks-fixture-faulty",
         ] {
             cmd.args(["-p", package]);
         }
-        if profile == "release" {
-            cmd.arg("--release");
+        // The example plugins' cdylibs, and the fixtures' (their only example targets).
+        cmd.args(["--lib", "--examples"]);
+        let status = cmd.status().expect("run cargo build for the Rust plugins");
+        assert!(status.success(), "building the Rust plugins failed");
+
+        let dir = target.join("test-plugins");
+        std::fs::create_dir_all(&dir).expect("create target/<profile>/test-plugins");
+        for (built, lib) in [
+            (&target, "hello"),
+            (&target, "request_id"),
+            (&target, "kv_store"),
+            (&target, "async_clock"),
+            (&target.join("examples"), "noop"),
+            (&target.join("examples"), "broken_panic"),
+            (&target.join("examples"), "faulty"),
+        ] {
+            let file = library_file(lib);
+            place(&built.join(&file), &dir.join(&file));
         }
-        if let Some(dir) = target.parent() {
-            cmd.env("CARGO_TARGET_DIR", dir);
-        }
-        let status = cmd
-            .status()
-            .expect("run cargo build for the example plugins");
-        assert!(status.success(), "building the example plugins failed");
-        target
+        dir
     })
+}
+
+/// `cargo build --quiet` with the tests' cargo, into the tests' target folder, in the profile of
+/// `target` (`target/<profile>`).
+fn cargo_build(target: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root()).args(["build", "--quiet"]);
+    if target.file_name().and_then(|p| p.to_str()) == Some("release") {
+        cmd.arg("--release");
+    }
+    if let Some(dir) = target.parent() {
+        cmd.env("CARGO_TARGET_DIR", dir);
+    }
+    cmd
+}
+
+/// `lib<name>.so` (`.dylib`, `.dll`).
+fn library_file(name: &str) -> String {
+    format!("lib{name}.{}", std::env::consts::DLL_EXTENSION)
+}
+
+/// Puts a hard link to `built` (a copy where links fail) at `at`, replacing what was there in one
+/// step, so a reader never sees half a library.
+fn place(built: &Path, at: &Path) {
+    let tmp = at.with_extension(format!("{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(built, &tmp).is_err() {
+        std::fs::copy(built, &tmp)
+            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), tmp.display()));
+    }
+    std::fs::rename(&tmp, at).unwrap_or_else(|e| panic!("move {} into place: {e}", at.display()));
 }
 
 /// The `broken-panic` fixture built with `panic = "abort"` (the workspace's `panic-abort`
@@ -69,8 +109,13 @@ pub fn panic_abort_plugin() -> &'static Path {
         let root_dir = target_dir().parent().expect("target/<profile>").to_owned();
         let status = Command::new(env!("CARGO"))
             .current_dir(root())
-            .args(["build", "--quiet", "--lib", "--profile", "panic-abort"])
-            .args(["-p", "backworks-example-broken-panic"])
+            .args(["build", "--quiet", "--profile", "panic-abort"])
+            .args([
+                "-p",
+                "backworks-fixture-broken-panic",
+                "--example",
+                "broken_panic",
+            ])
             .env("CARGO_TARGET_DIR", &root_dir)
             .status()
             .expect("run cargo build for the panic = \"abort\" plugin");
@@ -78,20 +123,31 @@ pub fn panic_abort_plugin() -> &'static Path {
             status.success(),
             "building the panic = \"abort\" plugin failed"
         );
-        root_dir.join("panic-abort").join(format!(
-            "libbroken_panic.{}",
-            std::env::consts::DLL_EXTENSION
-        ))
+        root_dir
+            .join("panic-abort/examples")
+            .join(library_file("broken_panic"))
     })
 }
 
-/// The path of Rust example plugin library `lib` (e.g. `hello`).
+/// The path of Rust plugin library `lib` (e.g. `hello`, `faulty`) in [`rust_plugins`].
 pub fn rust_plugin(lib: &str) -> PathBuf {
-    rust_plugins().join(format!("lib{lib}.{}", std::env::consts::DLL_EXTENSION))
+    rust_plugins().join(library_file(lib))
 }
 
-/// Compiles `example-plugins/c/<source>.c` against the SDK's C header into a shared library, once.
-pub fn c_plugin(source: &str) -> PathBuf {
+/// Compiles the example C plugin `example-plugins/c/<name>.c` against the SDK's C header into a
+/// shared library, once.
+pub fn c_plugin(name: &str) -> PathBuf {
+    compile_c(&root().join("example-plugins/c").join(format!("{name}.c")))
+}
+
+/// Compiles the broken C library `tests/fixtures/c/<name>.c` against the SDK's C header into a
+/// shared library, once.
+pub fn c_fixture(name: &str) -> PathBuf {
+    compile_c(&root().join("tests/fixtures/c").join(format!("{name}.c")))
+}
+
+/// Compiles `src` into `target/<profile>/c-plugins/lib<stem>.so`, unless that is newer.
+fn compile_c(src: &Path) -> PathBuf {
     // One compile at a time in this process: two tests asking for the same library at once would
     // otherwise both compile it to the same temporary file. (The temporary name carries the pid,
     // the rename is atomic, so other processes are safe.)
@@ -99,14 +155,13 @@ pub fn c_plugin(source: &str) -> PathBuf {
     let _one_at_a_time = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
     let out_dir = target_dir().join("c-plugins");
     std::fs::create_dir_all(&out_dir).expect("create target/<profile>/c-plugins");
-    let name = Path::new(source)
-        .file_name()
+    let name = src
+        .file_stem()
         .and_then(|n| n.to_str())
         .expect("source name")
         .to_owned();
     let out = out_dir.join(format!("lib{name}.so"));
-    let src = root().join("example-plugins/c").join(format!("{source}.c"));
-    let fresh = match (std::fs::metadata(&out), std::fs::metadata(&src)) {
+    let fresh = match (std::fs::metadata(&out), std::fs::metadata(src)) {
         (Ok(o), Ok(s)) => o.modified().ok() >= s.modified().ok(),
         _ => false,
     };
@@ -122,7 +177,7 @@ pub fn c_plugin(source: &str) -> PathBuf {
             .arg(root().join("plugin-sdk/include"))
             .arg("-o")
             .arg(&tmp)
-            .arg(&src)
+            .arg(src)
             .output()
             .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}` (install gcc): {e}"));
         assert!(

@@ -410,63 +410,12 @@ mod tests {
     use crate::policy::RestartPolicy;
     use backworks_plugin_sdk::PluginError;
 
-    /// A protocol-speaking test double in Python (standard library only). `sys.argv[1]` may be
-    /// `v2` (claims protocol 2.0). Request paths choose what it does.
-    const FAKE: &str = r#"
-import base64, json, os, signal, sys
-unhealthy = False
-protocol = "2.0" if sys.argv[1:] == ["v2"] else "1.0"
-def send(obj):
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-def answer(id, result):
-    send({"jsonrpc": "2.0", "id": id, "result": result})
-def respond(id, status, body=b"", headers=()):
-    answer(id, {"response": {"status": status, "headers": list(headers),
-                             "body": base64.b64encode(body).decode()}})
-while True:
-    line = sys.stdin.readline()
-    if not line:
-        break
-    msg = json.loads(line)
-    method, id, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
-    if method == "getmanifest":
-        answer(id, {"protocol": protocol, "name": "fake", "version": "0.1.0",
-                    "description": "test double", "features": ["handle", "health_check"]})
-    elif method == "init":
-        config = params.get("config") or {}
-        answer(id, {})
-        if config.get("die_after_init"):
-            os._exit(3)
-    elif method == "handle":
-        request = params["request"]
-        path = request["path"]
-        if path == "/segv":
-            os.kill(os.getpid(), signal.SIGSEGV)
-        elif path == "/exit":
-            os._exit(1)
-        elif path == "/hang":
-            pass
-        elif path == "/freeze":
-            os.kill(os.getpid(), signal.SIGSTOP)
-        elif path == "/garbage":
-            sys.stdout.write("this is not json\n")
-            sys.stdout.flush()
-        elif path == "/sick":
-            unhealthy = True
-            respond(id, 204)
-        elif path == "/missing":
-            send({"jsonrpc": "2.0", "id": id, "error": {"code": -32000, "message": "no such thing",
-                  "data": {"kind": "not_found", "status": 404}}})
-        else:
-            sys.stderr.write("WARN: echoing " + path + "\n")
-            sys.stderr.flush()
-            respond(id, 200, base64.b64decode(request.get("body", "")), [["x-path", path]])
-    elif method == "health_check":
-        answer(id, {"status": "unhealthy", "message": "sick"} if unhealthy else {"status": "healthy"})
-    elif method == "shutdown":
-        answer(id, {})
-"#;
+    /// The protocol-speaking test double, `tests/fixtures/process/fake.py` (standard library
+    /// only): `sys.argv[1]` may be `v2` (claims protocol 2.0); request paths choose what it does.
+    const FAKE: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/process/fake.py"
+    );
 
     fn settings() -> ProcessSettings {
         ProcessSettings {
@@ -484,7 +433,7 @@ while True:
     }
 
     fn fake(args: &[&str]) -> PluginSource {
-        let mut argv = vec!["python3".to_owned(), "-c".to_owned(), FAKE.to_owned()];
+        let mut argv = vec!["python3".to_owned(), FAKE.to_owned()];
         argv.extend(args.iter().map(|a| a.to_string()));
         PluginSource::Command(argv)
     }
