@@ -462,3 +462,48 @@ async fn client_errors_keep_their_message_and_the_request_id() {
     assert_eq!(body["error"]["request_id"], "trace-42", "{body}");
     faults.assert_control_serves().await;
 }
+
+/// Issue #9: every error kind a plugin can return, through the ABI (in process) and through the
+/// wire protocol (`isolation: process`), arrives with its kind name and status: one table, the
+/// SDK's `ErrorKind`, on both sides of both boundaries.
+#[tokio::test]
+async fn every_error_kind_crosses_the_abi_and_the_wire_unchanged() {
+    use backworks_plugin_sdk::ErrorKind;
+    let mut plugins = String::new();
+    let mut endpoints = String::new();
+    for kind in ErrorKind::ALL {
+        let name = kind.name();
+        let status = if *kind == ErrorKind::Status {
+            ", status: 418"
+        } else {
+            ""
+        };
+        for (suffix, isolation) in [("abi", ""), ("wire", "\n    isolation: process")] {
+            plugins.push_str(&format!(
+                "\n  {name}-{suffix}:\n    path: libfaulty.so{isolation}\n    \
+                 config: {{ error: {{ kind: {name}, message: \"m\"{status} }} }}\n"
+            ));
+            endpoints.push_str(&format!(
+                "  {name}-{suffix}: {{ path: /{name}/{suffix}, plugin: {name}-{suffix}, hooks: [] }}\n"
+            ));
+        }
+    }
+    let faults = FaultServer::start(&plugins, &endpoints).await;
+    for kind in ErrorKind::ALL {
+        let expected = if *kind == ErrorKind::Status {
+            418
+        } else {
+            kind.status()
+        };
+        for suffix in ["abi", "wire"] {
+            let answer = faults.get(&format!("/{}/{suffix}", kind.name())).await;
+            assert_error(
+                &answer,
+                expected,
+                &format!("{}-{suffix}", kind.name()),
+                kind.name(),
+            );
+        }
+    }
+    faults.assert_control_serves().await;
+}
