@@ -35,9 +35,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::lifecycle::EventKind;
+use crate::call_window::CallWindow;
 use crate::policy::BreakerSettings;
-use crate::stats::CallWindow;
 
 /// Where a breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,17 +92,6 @@ pub struct Transition {
     pub to: BreakerState,
     /// Why, for the operator: "5 failures in a row", "12 of 20 calls failed in 30s", ...
     pub detail: String,
-}
-
-impl Transition {
-    /// The lifecycle event this transition is recorded as.
-    pub fn event_kind(&self) -> EventKind {
-        match self.to {
-            BreakerState::Closed => EventKind::BreakerClosed,
-            BreakerState::Open => EventKind::BreakerOpened,
-            BreakerState::HalfOpen => EventKind::BreakerHalfOpen,
-        }
-    }
 }
 
 /// The right to make one call; hand it back with [`CircuitBreaker::on_result`] or
@@ -488,7 +476,7 @@ mod tests {
                 detail: "3 failures in a row".into(),
             }]
         );
-        assert_eq!(moves[0].event_kind(), EventKind::BreakerOpened);
+        assert_eq!(moves[0].to, BreakerState::Open);
         assert_eq!(b.state(), BreakerState::Open);
         let r = refusal(&b, t0 + Duration::from_secs(1));
         assert_eq!(r.state, BreakerState::Open);
@@ -605,7 +593,7 @@ mod tests {
             (moved.from, moved.to),
             (BreakerState::Open, BreakerState::HalfOpen)
         );
-        assert_eq!(moved.event_kind(), EventKind::BreakerHalfOpen);
+        assert_eq!(moved.to, BreakerState::HalfOpen);
         assert_eq!(b.state(), BreakerState::HalfOpen);
         // The probe limit is 1: a second call is refused while the probe runs.
         let r = refusal(&b, after);
@@ -617,7 +605,7 @@ mod tests {
             .expect("closes");
         assert_eq!(closed.to, BreakerState::Closed);
         assert_eq!(closed.detail, "1 probe call succeeded");
-        assert_eq!(closed.event_kind(), EventKind::BreakerClosed);
+        assert_eq!(closed.to, BreakerState::Closed);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.consecutive_failures(), 0);
         // The window starts afresh: two failures do not open it.

@@ -324,7 +324,17 @@ impl Guarded {
 
     fn report(&self, transition: Transition) {
         self.lifecycle
-            .record(transition.event_kind(), transition.detail);
+            .record(event_of(transition.to), transition.detail);
+    }
+}
+
+/// The lifecycle event a breaker moving to `state` is recorded as: the breaker is a pure state
+/// machine, and its caller turns its transitions into events.
+fn event_of(state: BreakerState) -> EventKind {
+    match state {
+        BreakerState::Closed => EventKind::BreakerClosed,
+        BreakerState::Open => EventKind::BreakerOpened,
+        BreakerState::HalfOpen => EventKind::BreakerHalfOpen,
     }
 }
 

@@ -11,7 +11,19 @@ use backworks_plugin_sdk::{
 };
 use futures_util::FutureExt;
 
-/// Where a plugin's code comes from.
+/// Where a plugin's code comes from, as asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    /// A built-in plugin registered under this name with [`PluginHost::register_builtin`](crate::PluginHost::register_builtin).
+    Builtin(String),
+    /// A plugin library file.
+    Library(PathBuf),
+    /// A program speaking the wire protocol (`["python3", "plugins/report.py"]`); needs
+    /// [`Isolation::Process`](crate::Isolation::Process).
+    Command(Vec<String>),
+}
+
+/// Where a plugin's code comes from, as started: what [`PluginInfo`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PluginKind {
     /// Compiled into the host binary and registered by name.

@@ -1,29 +1,16 @@
 //! The plugin registry: every plugin's lifecycle state, and starting and stopping plugins.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
 use backworks_plugin_sdk::{Health, Hooks, PluginMetadata};
 
 use crate::guard::Guarded;
 use crate::lifecycle::{EventKind, Lifecycle, PluginState};
-use crate::plugin::{BuiltinFactory, Plugin};
+use crate::plugin::{BuiltinFactory, Plugin, PluginSource};
 use crate::policy::{CallPolicy, Isolation};
 use crate::process::{ProcessPlugin, SupervisionSnapshot};
 use crate::{DynamicPlugin, HostError};
-
-/// Where a plugin's code comes from, as asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PluginSource {
-    /// A built-in plugin registered under this name with [`PluginHost::register_builtin`].
-    Builtin(String),
-    /// A plugin library file.
-    Library(PathBuf),
-    /// A program speaking the wire protocol (`["python3", "plugins/report.py"]`); needs
-    /// [`Isolation::Process`].
-    Command(Vec<String>),
-}
 
 /// A plugin to start.
 #[derive(Debug, Clone)]

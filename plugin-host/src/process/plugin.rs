@@ -18,10 +18,10 @@ use super::supervisor::{Shared, Slot, supervise};
 use crate::CallError;
 use crate::HostError;
 use crate::lifecycle::Lifecycle;
+use crate::plugin::PluginSource;
 use crate::plugin::{Plugin, PluginInfo, PluginKind};
 use crate::policy::ProcessSettings;
 use crate::protocol::ClientError;
-use crate::registry::PluginSource;
 
 /// How long a child has to exit on its own after `shutdown` before its group is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);

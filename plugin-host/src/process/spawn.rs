@@ -34,8 +34,8 @@ use tokio::sync::{oneshot, watch};
 use super::child::{CHILD_ARG, COMMAND_SEPARATOR, env};
 use super::exit::Exit;
 use super::status::Containment;
+use crate::plugin::PluginSource;
 use crate::policy::{ChildEnv, ProcessSettings, ResourceLimits};
-use crate::registry::PluginSource;
 
 /// What to start: the runner's argv and how the protocol reaches the child.
 #[derive(Debug, Clone, PartialEq, Eq)]
