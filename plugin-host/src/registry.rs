@@ -301,14 +301,17 @@ impl PluginHost {
         Ok(guarded)
     }
 
-    /// The plugin named `name` behind its call guard, if it is active.
+    /// The plugin named `name` behind its call guard, if it is active: the handle to call it
+    /// through. `None` once it has stopped or failed.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Plugin>> {
         self.guarded(name)
             .filter(|g| g.lifecycle().state() == PluginState::Active)
             .map(|g| g as Arc<dyn Plugin>)
     }
 
-    /// The call guard of plugin `name` (its breaker and counters), once loaded, in any state.
+    /// The call guard of plugin `name`, once loaded, in any state: for reading its breaker
+    /// ([`Guarded::breaker_state`]) and counters ([`Guarded::stats`]). To call a plugin, use
+    /// [`get`](Self::get), which answers only while the plugin is active.
     pub fn guarded(&self, name: &str) -> Option<Arc<Guarded>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
