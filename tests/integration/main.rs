@@ -2,6 +2,7 @@
 
 mod cli;
 mod edge;
+mod embed;
 mod faults;
 mod isolation;
 mod loader;
