@@ -29,7 +29,7 @@ use axum::body::Body;
 use backworks::config;
 use backworks_plugin_host::{
     BuiltinPlugin, CallPolicy, DynamicPlugin, Guarded, Lifecycle, Plugin, PluginHost, PluginState,
-    loader,
+    load_library,
 };
 use backworks_plugin_sdk::abi::{BwKvList, BwRequest, BwStr};
 use backworks_plugin_sdk::{BackworksPlugin, Request};
@@ -89,7 +89,7 @@ impl Fixture {
             .expect("runtime");
         let lib = noop_fixture::library();
         let dylib = Arc::new(
-            DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
+            DynamicPlugin::new(load_library(&lib).expect("load noop"), "noop").expect("instance"),
         );
         let builtin = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::Noop));
         rt.block_on(async {

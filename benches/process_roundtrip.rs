@@ -24,9 +24,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backworks_plugin_host::policy::ProcessSettings;
 use backworks_plugin_host::{
-    DynamicPlugin, Lifecycle, Plugin, PluginSource, PluginState, ProcessPlugin, loader,
+    DynamicPlugin, Lifecycle, Plugin, PluginSource, PluginState, ProcessPlugin, ProcessSettings,
+    load_library,
 };
 use backworks_plugin_sdk::Request;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -98,13 +98,13 @@ fn bench(c: &mut Criterion) {
         .expect("runtime");
     let lib = noop_fixture::library();
     let in_process: Arc<dyn Plugin> = Arc::new(
-        DynamicPlugin::new(loader::load(&lib).expect("load noop"), "noop").expect("instance"),
+        DynamicPlugin::new(load_library(&lib).expect("load noop"), "noop").expect("instance"),
     );
     let settings = ProcessSettings {
         // The `backworks` binary calls the child entry point first thing in `main`.
         runner: Some(vec![
             env!("CARGO_BIN_EXE_backworks").to_owned(),
-            backworks_plugin_host::process::CHILD_ARG.to_owned(),
+            backworks_plugin_host::CHILD_ARG.to_owned(),
         ]),
         ..ProcessSettings::default()
     };

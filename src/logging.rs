@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use backworks_plugin_host::redact::redact;
+use backworks_plugin_host::redact;
 use tracing_subscriber::fmt::MakeWriter;
 
 /// Makes [`RedactingWriter`]s over standard error.

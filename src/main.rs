@@ -9,7 +9,7 @@ use backworks::cli::{Cli, LogFormat, run};
 
 fn main() {
     // `backworks __plugin-child ...` is the runner of a process-isolated plugin: it never returns.
-    backworks_plugin_host::process::child_main_if_requested();
+    backworks_plugin_host::child_main_if_requested();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -24,7 +24,7 @@ fn main() {
         Ok(code) => code,
         Err(error) => {
             let message = format!("{error:#}");
-            eprintln!("error: {}", backworks_plugin_host::redact::redact(&message));
+            eprintln!("error: {}", backworks_plugin_host::redact(&message));
             1
         }
     };

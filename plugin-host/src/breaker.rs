@@ -105,7 +105,8 @@ pub struct Permit {
 
 impl Permit {
     /// Whether this is one of the half-open breaker's probe calls.
-    pub fn is_probe(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
 }
@@ -189,11 +190,6 @@ impl CircuitBreaker {
                 times_opened: 0,
             }),
         }
-    }
-
-    /// The settings it was built with.
-    pub fn settings(&self) -> &BreakerSettings {
-        &self.settings
     }
 
     /// The current state (one atomic load).

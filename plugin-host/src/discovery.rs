@@ -28,7 +28,7 @@ pub struct Discovered {
 /// Lists the library files (by [`LIBRARY_EXTENSION`]) in `dirs`, without loading any of them.
 ///
 /// ```
-/// use backworks_plugin_host::discovery::{discover, ScanDir};
+/// use backworks_plugin_host::{discover, ScanDir};
 /// let found = discover(&[ScanDir { path: "no/such/dir".into(), recursive: false }]);
 /// assert!(found.files.is_empty() && found.errors.is_empty());
 /// ```

@@ -127,7 +127,8 @@ impl Guarded {
     }
 
     /// The breaker itself.
-    pub fn breaker(&self) -> &CircuitBreaker {
+    #[cfg(test)]
+    pub(crate) fn breaker(&self) -> &CircuitBreaker {
         &self.breaker
     }
 

@@ -1,20 +1,7 @@
 //! Hook chains around an endpoint: `before_request` in order, `after_response` in reverse, and
 //! observers after the response has left.
 //!
-//! # What a failing hook costs
-//! A hook *fails* when its call returns an error: the plugin's own, a panic, a timeout, or a
-//! refusal by its guard (open breaker, concurrency limit). An early answer
-//! ([`HookAction::Respond`], a 401 from an auth check) is not a failure. What a failure does is the
-//! hook's [`OnFailure`]:
-//!
-//! | hook point | default | [`OnFailure::Reject`] | [`OnFailure::Skip`] |
-//! |---|---|---|---|
-//! | `before_request` | `Reject` | the client gets the hook's error; the endpoint does not run | the chain goes on as if the hook had said continue |
-//! | `after_response` | `Skip` | the client gets the hook's error instead of the response | the response goes out as it stood before this hook |
-//! | observe | — | never reaches the client | never reaches the client |
-//!
-//! Every failure is counted in the plugin's call statistics (by its guard) and in the chain's
-//! [`HookCounts`], and logged with the plugin's name.
+//! What a failing hook costs is its [`OnFailure`]; see there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +13,21 @@ use crate::observe::Observer;
 use crate::plugin::Plugin;
 use crate::public_error::error_response;
 
-/// What a hook's failure does to the request (see the [module docs](self)).
+/// What a hook's failure does to the request.
+///
+/// A hook *fails* when its call returns an error: the plugin's own, a panic, a timeout, or a
+/// refusal by its guard (open breaker, concurrency limit). An early answer
+/// ([`HookAction::Respond`], a 401 from an auth check) is not a failure. What a failure does is the
+/// hook's [`OnFailure`]:
+///
+/// | hook point | default | [`OnFailure::Reject`] | [`OnFailure::Skip`] |
+/// |---|---|---|---|
+/// | `before_request` | `Reject` | the client gets the hook's error; the endpoint does not run | the chain goes on as if the hook had said continue |
+/// | `after_response` | `Skip` | the client gets the hook's error instead of the response | the response goes out as it stood before this hook |
+/// | observe | — | never reaches the client | never reaches the client |
+///
+/// Every failure is counted in the plugin's call statistics (by its guard) and in the chain's
+/// [`HookCounts`], and logged with the plugin's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnFailure {
     /// The client gets the hook's error (fail closed).

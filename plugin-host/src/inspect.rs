@@ -25,8 +25,8 @@ pub struct Inspection {
 
 impl Inspection {
     /// Whether the plugin can run under `isolation: process`: it is compatible, or it was refused
-    /// in process only because it was built with `panic = "abort"` (see
-    /// [`check_child_compatibility`]).
+    /// in process only because it was built with `panic = "abort"`
+    /// ([`HostError::PanicAbort`]).
     pub fn runs_in_child(&self) -> bool {
         matches!(
             self.compatibility,

@@ -1,70 +1,154 @@
 //! # Backworks plugin host
 //!
 //! Load, check and run Backworks plugins from your own Rust service — the same library the
-//! `backworks` server uses.
+//! `backworks` server is built on. Everything is reached from the crate root; the modules are
+//! private, except [`protocol`] (the wire protocol's host side) and [`sdk`] (the plugin SDK, so
+//! this crate is the only dependency an embedder needs).
 //!
-//! - [`discovery`] lists plugin files in folders without opening them.
-//! - [`inspect`] reads a file's metadata and judges its compatibility without running its code.
-//! - [`loader`] opens a checked library and creates plugin instances ([`DynamicPlugin`]).
-//! - [`Plugin`] is one async trait over built-in and library plugins; [`BuiltinPlugin`] wraps a
-//!   [`BackworksPlugin`](backworks_plugin_sdk::BackworksPlugin) compiled into your binary.
-//! - [`PluginHost`] keeps every plugin's lifecycle state; [`HookChain`] runs hooks around a call,
-//!   with a failure policy per hook ([`OnFailure`]) and observe-only subscriptions ([`Observer`]).
-//! - [`public_error`] turns a failed call into the public JSON error body (no internals), and
-//!   [`redact`] keeps secrets out of everything the host prints or serves.
+//! ## Finding and checking plugins
+//! [`discover`] lists the library files in folders ([`ScanDir`]) without opening them.
+//! [`inspect`] reads a file's metadata section and judges whether this host can load it
+//! ([`Inspection`]), **without running any of its code**: no constructor runs, so listing an
+//! untrusted folder is safe.
+//!
+//! ## Loading and running
+//! [`PluginHost`] is the entry point: [`PluginHost::start`] takes a [`PluginSpec`] (a name, a
+//! [`PluginSource`] — a library file, a built-in, or a command — its config, a [`CallPolicy`] and
+//! an [`Isolation`]) and loads, checks, creates and initializes the plugin, moving its
+//! [`Lifecycle`] through the [`PluginState`]s. What you get back is an `Arc<dyn` [`Plugin`]`>`:
+//! one async trait over every kind of plugin ([`DynamicPlugin`] for a library in this process,
+//! [`ProcessPlugin`] for one in a child, [`BuiltinPlugin`] for a
+//! [`BackworksPlugin`](sdk::BackworksPlugin) compiled into your binary). Its calls take and give
+//! the SDK's plain values: [`Request`], [`Response`], [`HookAction`], [`Health`].
+//! [`PluginHost::get`] finds a started plugin again; [`PluginHost::statuses`] and
+//! [`PluginHost::lifecycle`] report on every plugin, failed ones included.
+//! [`load_library`] is the level below, for a library without the host's bookkeeping.
+//!
+//! ## The call guard
+//! Every plugin the host starts sits behind its [`Guarded`] call guard, which applies its
+//! [`CallPolicy`] to every call: a deadline (a call past it answers 504 while the plugin's work is
+//! dropped), a concurrency limit (excess calls are shed with 503), a response size limit, and a
+//! circuit breaker ([`BreakerSettings`], [`BreakerState`]) that stops calling a failing plugin and
+//! lets a probe through after a pause. [`PluginHost::guarded`] gives the guard itself, to read its
+//! breaker and its [`PluginStats`] (counters and a [`LatencyHistogram`] for your metrics).
+//!
+//! ## Hooks and observers
+//! A [`HookChain`] runs `before_request` hooks in order and `after_response` hooks in reverse
+//! around an endpoint call, each [`Hook`] with its failure policy ([`OnFailure`]: fail closed or
+//! open), counted in [`HookCounts`]. An [`Observer`] hands each finished exchange to a plugin off
+//! the response path, through a bounded queue that drops rather than waits.
+//!
+//! ## Process isolation
+//! With [`Isolation::Process`] a plugin runs in a supervised child process ([`ProcessPlugin`],
+//! settings in [`ProcessSettings`]): a crash, an abort or a hang there costs only its own calls;
+//! the child is restarted with backoff, runs with a clean environment and resource limits, and
+//! never outlives the host. The child is your own executable started again with [`CHILD_ARG`], so
+//! call [`child_main_if_requested`] first thing in `main`. Host and child speak the JSON-RPC
+//! [`protocol`] over stdio, which plugins in other languages (Python) speak too.
+//!
+//! ## Errors and what a client sees
+//! [`HostError`] says why a plugin could not be found, inspected, loaded or started; each variant
+//! names the file or plugin. [`CallError`] says why a call failed: the plugin's own
+//! [`PluginError`] ([`CallError::Plugin`]), or what the host did (timeout, shed, breaker open,
+//! crashed, invalid response). [`error_response`] turns a `CallError` into the public JSON error
+//! body, which carries no internals, with a [`request_id`]. [`redact`] removes the secrets you
+//! registered with [`add_secrets`] (the values `${VAR}` put into configs) from anything you print.
+//!
+//! ## Example
+//! Load every plugin found in a folder and serve one request through `hello`. The
+//! `axum_embed` example of this crate (`examples/axum_embed/`) does the same behind an HTTP
+//! route.
 //!
 //! ```no_run
-//! use backworks_plugin_host::{PluginHost, PluginSource, PluginSpec};
-//! use backworks_plugin_sdk::Request;
+//! use backworks_plugin_host::{
+//!     PluginHost, PluginSource, PluginSpec, Request, ScanDir, discover, error_response, inspect,
+//! };
 //!
 //! # async fn run() -> Result<(), backworks_plugin_host::HostError> {
 //! let host = PluginHost::new();
-//! let hello = host
-//!     .start(&PluginSpec::new(
-//!         "hello",
-//!         PluginSource::Library("plugins/libhello.so".into()),
-//!         serde_json::json!({ "greeting": "Hi" }),
-//!     ))
-//!     .await?;
+//! let found = discover(&[ScanDir { path: "plugins".into(), recursive: false }]);
+//! for path in found.files {
+//!     // Reads the file's metadata without running its code.
+//!     let inspection = inspect(&path)?;
+//!     if let Err(why) = &inspection.compatibility {
+//!         eprintln!("skipping {}: {why}", path.display());
+//!         continue;
+//!     }
+//!     let name = inspection.metadata.name.clone();
+//!     let config = serde_json::json!({ "greeting": "Hi" });
+//!     host.start(&PluginSpec::new(&name, PluginSource::Library(path), config)).await?;
+//! }
+//!
+//! let hello = host.get("hello").expect("hello is active");
 //! let mut request = Request::new("GET", "/hello/ana");
 //! request.params.push(("name".into(), "ana".into()));
-//! let response = hello.handle(request).await;
+//! let response = match hello.handle(request).await {
+//!     Ok(response) => response,
+//!     Err(error) => error_response("hello", &error, None),
+//! };
+//! println!("{} {}", response.status, String::from_utf8_lossy(&response.body));
 //! host.shutdown().await;
 //! # Ok(()) }
 //! ```
 
-pub mod breaker;
+mod breaker;
 mod call_error;
 mod call_window;
-pub mod discovery;
+mod discovery;
 mod error;
-pub mod guard;
-pub mod hooks;
-pub mod inspect;
+mod guard;
+mod hooks;
+mod inspect;
 mod latency;
-pub mod lifecycle;
-pub mod loader;
-pub mod observe;
+mod lifecycle;
+mod loader;
+mod observe;
 mod plugin;
-pub mod policy;
-pub mod process;
+mod policy;
+mod process;
 pub mod protocol;
-pub mod public_error;
-pub mod redact;
+mod public_error;
+mod redact;
 mod registry;
-pub mod stats;
+mod stats;
 
-pub use breaker::{BreakerState, CircuitBreaker};
+// The SDK's types that appear in this crate's API, so an embedder needs one dependency.
+pub use backworks_plugin_sdk as sdk;
+pub use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Response};
+
+// Finding and checking plugin files.
+pub use discovery::{Discovered, LIBRARY_EXTENSION, ScanDir, discover};
+pub use inspect::{Inspection, inspect, supported_sdk};
+
+// Loading and running plugins.
+pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
+pub use loader::{DynamicPlugin, LoadedLibrary, load as load_library};
+pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
+pub use registry::{PluginHost, PluginSpec, PluginStatus};
+
+// The call guard and its policy.
+pub use breaker::{BreakerSnapshot, BreakerState};
+pub use guard::Guarded;
+pub use policy::{
+    BreakerSettings, CallPolicy, ChildEnv, Isolation, ProcessSettings, ResourceLimits,
+    RestartPolicy,
+};
+
+// Hooks and observers.
+pub use hooks::{Hook, HookChain, HookCounts, OnFailure};
+pub use observe::{Observer, ObserverCounts};
+
+// Process isolation.
+pub use process::{
+    CHILD_ARG, ChildState, Containment, ProcessPlugin, SupervisionSnapshot, child_main_if_requested,
+};
+
+// Metrics.
+pub use latency::{HistogramSnapshot, LATENCY_BOUNDS_SECONDS, LatencyHistogram};
+pub use stats::{ErrorCounts, PluginStats, StatsSnapshot, error_kinds};
+
+// Errors and what the host shows of them.
 pub use call_error::CallError;
 pub use error::HostError;
-pub use guard::Guarded;
-pub use hooks::{Hook, HookChain, HookCounts, OnFailure};
-pub use latency::{HistogramSnapshot, LATENCY_BOUNDS_SECONDS, LATENCY_BUCKETS, LatencyHistogram};
-pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
-pub use loader::{DynamicPlugin, LoadedLibrary};
-pub use observe::Observer;
-pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
-pub use policy::{CallPolicy, Isolation};
-pub use process::{ProcessPlugin, SupervisionSnapshot};
-pub use registry::{PluginHost, PluginSpec, PluginStatus};
-pub use stats::{PluginStats, StatsSnapshot};
+pub use public_error::{error_response, request_id};
+pub use redact::{add_secrets, redact};

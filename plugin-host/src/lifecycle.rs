@@ -162,7 +162,7 @@ impl Lifecycle {
     }
 
     /// Moves to `state`. Does not record an event: callers record the event that caused it.
-    pub fn set_state(&self, state: PluginState) {
+    pub(crate) fn set_state(&self, state: PluginState) {
         *self.state.write().unwrap_or_else(|e| e.into_inner()) = state;
     }
 
@@ -192,7 +192,7 @@ impl Lifecycle {
 
     /// Logs an event with the plugin's name and keeps it in the history (the oldest goes when the
     /// history is full).
-    pub fn record(&self, kind: EventKind, detail: impl Into<String>) {
+    pub(crate) fn record(&self, kind: EventKind, detail: impl Into<String>) {
         let detail = detail.into();
         if kind.is_trouble() {
             tracing::warn!(plugin = self.name, event = kind.as_str(), "{detail}");

@@ -15,9 +15,6 @@ use tokio::sync::mpsc;
 
 use crate::plugin::Plugin;
 
-/// Default length of an observer's queue.
-pub const DEFAULT_QUEUE: usize = 1024;
-
 /// How many exchanges one observer hands to its plugin at the same time.
 const IN_FLIGHT: usize = 4;
 
@@ -41,6 +38,9 @@ pub struct Observer {
 }
 
 impl Observer {
+    /// Default length of an observer's queue.
+    pub const DEFAULT_QUEUE: usize = 1024;
+
     /// Starts observing through `plugin` with a queue of `capacity` exchanges (at least 1), on the
     /// current tokio runtime. The task ends when the observer is dropped and its queue is empty.
     pub fn start(plugin: Arc<dyn Plugin>, capacity: usize) -> Arc<Observer> {

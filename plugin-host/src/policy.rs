@@ -109,7 +109,7 @@ pub struct ProcessSettings {
     /// host holds at most this or one frame. Default 16 MiB.
     pub max_outbound: usize,
     /// How long each side keeps polling for the next message after one arrived, before its
-    /// thread sleeps, while messages come close together ([`SpinRead`](crate::protocol::SpinRead)):
+    /// thread sleeps, while messages come close together (the wire protocol's `SpinRead`):
     /// up to this much CPU per message, for round trips without the wake-up of a sleeping CPU.
     /// Default zero (off): it pays on machines with idle cores, and costs throughput on busy ones.
     pub spin: Duration,

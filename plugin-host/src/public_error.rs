@@ -27,18 +27,6 @@ const MAX_REQUEST_ID: usize = 128;
 
 /// The message a client sees for `error`: the plugin's own for a client error it chose, a fixed
 /// one for anything else.
-///
-/// ```
-/// use backworks_plugin_host::CallError;
-/// use backworks_plugin_host::public_error::public_message;
-/// use backworks_plugin_sdk::PluginError;
-/// let not_found = CallError::from(PluginError::NotFound("no key \"x\"".into()));
-/// assert_eq!(public_message(&not_found), "no key \"x\"");
-/// assert_eq!(
-///     public_message(&CallError::Crashed("child wrote: /srv/secret.txt".into())),
-///     "the plugin stopped while serving the request"
-/// );
-/// ```
 pub fn public_message(error: &CallError) -> std::borrow::Cow<'_, str> {
     let fixed = match error {
         CallError::Plugin(
@@ -100,7 +88,7 @@ fn new_request_id() -> String {
 ///
 /// ```
 /// use backworks_plugin_host::CallError;
-/// use backworks_plugin_host::public_error::error_response;
+/// use backworks_plugin_host::error_response;
 /// use backworks_plugin_sdk::PluginError;
 /// let no_key = CallError::from(PluginError::Unauthorized("no key".into()));
 /// let res = error_response("auth", &no_key, None);
@@ -148,6 +136,16 @@ pub fn error_response(plugin: &str, error: &CallError, request_id: Option<&str>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chosen_client_error_keeps_its_message_a_crash_does_not() {
+        let not_found = CallError::from(PluginError::NotFound("no key \"x\"".into()));
+        assert_eq!(public_message(&not_found), "no key \"x\"");
+        assert_eq!(
+            public_message(&CallError::Crashed("child wrote: /srv/secret.txt".into())),
+            "the plugin stopped while serving the request"
+        );
+    }
 
     fn body(response: &Response) -> serde_json::Value {
         serde_json::from_slice(&response.body).unwrap()

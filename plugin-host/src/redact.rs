@@ -35,10 +35,10 @@ where
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
 }
 
-/// `text` with every registered secret replaced by [`REDACTED`]; borrowed when it holds none.
+/// `text` with every registered secret replaced by `[redacted]`; borrowed when it holds none.
 ///
 /// ```
-/// use backworks_plugin_host::redact::{add_secrets, redact};
+/// use backworks_plugin_host::{add_secrets, redact};
 /// add_secrets(["hunter22"]);
 /// assert_eq!(redact("password hunter22 refused"), "password [redacted] refused");
 /// assert_eq!(redact("nothing here"), "nothing here");

@@ -90,6 +90,45 @@ impl Entry {
 ///
 /// A plugin that fails to load or initialize is recorded in [`PluginState::Error`] with the reason;
 /// the others are unaffected.
+///
+/// [`get`](PluginHost::get) gives the plugin to call while it is active;
+/// [`guarded`](PluginHost::guarded) gives its call guard, to read, in any state:
+///
+/// ```
+/// use std::sync::Arc;
+/// use backworks_plugin_host::sdk::{BackworksPlugin, PluginResult, async_trait};
+/// use backworks_plugin_host::{
+///     BuiltinPlugin, PluginHost, PluginSource, PluginSpec, Request, Response,
+/// };
+///
+/// #[derive(Debug)]
+/// struct Ok200;
+///
+/// #[async_trait]
+/// impl BackworksPlugin for Ok200 {
+///     async fn handle(&self, _request: Request) -> PluginResult<Response> {
+///         Ok(Response::new(200))
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let host = PluginHost::new();
+/// host.register_builtin("ok", |name| {
+///     Arc::new(BuiltinPlugin::new(name, "1.0.0", "answers 200", Ok200))
+/// });
+/// let spec = PluginSpec::new("ok", PluginSource::Builtin("ok".into()), serde_json::json!({}));
+/// host.start(&spec).await.expect("a built-in starts");
+///
+/// let plugin = host.get("ok").expect("active");
+/// assert_eq!(plugin.handle(Request::new("GET", "/")).await.unwrap().status, 200);
+/// assert_eq!(host.guarded("ok").unwrap().stats().snapshot().calls, 1);
+///
+/// host.shutdown().await;
+/// assert!(host.get("ok").is_none());
+/// assert!(host.guarded("ok").is_some());
+/// # }
+/// ```
 #[derive(Default)]
 pub struct PluginHost {
     builtins: RwLock<HashMap<String, BuiltinFactory>>,
@@ -288,14 +327,17 @@ impl PluginHost {
         Ok(guarded)
     }
 
-    /// The plugin named `name` behind its call guard, if it is active.
+    /// The plugin named `name` behind its call guard, if it is active: the handle to call it
+    /// through. `None` once it has stopped or failed.
     pub fn get(&self, name: &str) -> Option<Arc<dyn Plugin>> {
         self.guarded(name)
             .filter(|g| g.lifecycle().state() == PluginState::Active)
             .map(|g| g as Arc<dyn Plugin>)
     }
 
-    /// The call guard of plugin `name` (its breaker and counters), once loaded, in any state.
+    /// The call guard of plugin `name`, once loaded, in any state: for reading its breaker
+    /// ([`Guarded::breaker_state`]) and counters ([`Guarded::stats`]). To call a plugin, use
+    /// [`get`](Self::get), which answers only while the plugin is active.
     pub fn guarded(&self, name: &str) -> Option<Arc<Guarded>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries

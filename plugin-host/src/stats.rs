@@ -64,7 +64,7 @@ impl Serialize for ErrorCounts {
 
 /// One plugin's counters, shared by its calls and read by the admin API and `/metrics`.
 ///
-/// A call either reached the plugin and ended ([`record_call`](Self::record_call): its latency,
+/// A call either reached the plugin and ended (`record_call`: its latency,
 /// and its error if any), or was shed, refused by the breaker, or dropped by its caller before it
 /// ended. `calls` is the sum of those, so it never goes backwards; `successes` is derived as
 /// `calls` minus errors (export `calls` and `errors` as the counters, not `successes`). There is no
@@ -84,13 +84,13 @@ pub struct PluginStats {
 
 impl PluginStats {
     /// All zero.
-    pub fn new() -> PluginStats {
+    pub(crate) fn new() -> PluginStats {
         PluginStats::default()
     }
 
     /// Counts a call in flight unless `limit` calls already are; `false` means shed it (nothing
     /// was counted). Every `true` must be followed by one [`exit`](Self::exit).
-    pub fn try_enter(&self, limit: Option<usize>) -> bool {
+    pub(crate) fn try_enter(&self, limit: Option<usize>) -> bool {
         let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
         match limit {
             Some(limit) if before >= limit as u64 => {
@@ -102,12 +102,12 @@ impl PluginStats {
     }
 
     /// A call counted by [`try_enter`](Self::try_enter) is no longer in flight.
-    pub fn exit(&self) {
+    pub(crate) fn exit(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// A call that reached the plugin ended after `took`, with `error` or successfully.
-    pub fn record_call(&self, took: Duration, error: Option<&CallError>) {
+    pub(crate) fn record_call(&self, took: Duration, error: Option<&CallError>) {
         if let Some(error) = error {
             self.errors[error.kind_index()].fetch_add(1, Ordering::Relaxed);
         }
@@ -115,29 +115,29 @@ impl PluginStats {
     }
 
     /// A call passed its deadline (its `timeout` error is counted by `record_call`).
-    pub fn record_timeout(&self) {
+    pub(crate) fn record_timeout(&self) {
         self.timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call blocked its thread past its deadline, so the timeout could not fire (also a timeout).
-    pub fn record_overrun(&self) {
+    pub(crate) fn record_overrun(&self) {
         self.overruns.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call was shed at the concurrency limit (an `overloaded` error).
-    pub fn record_shed(&self) {
+    pub(crate) fn record_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
         self.errors[OVERLOADED].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call was refused by the circuit breaker (a `circuit_open` error).
-    pub fn record_breaker_rejected(&self) {
+    pub(crate) fn record_breaker_rejected(&self) {
         self.breaker_rejected.fetch_add(1, Ordering::Relaxed);
         self.errors[CIRCUIT_OPEN].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call was dropped by its caller before it ended (a `cancelled` error).
-    pub fn record_dropped(&self) {
+    pub(crate) fn record_dropped(&self) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         self.errors[CANCELLED].fetch_add(1, Ordering::Relaxed);
     }

@@ -100,7 +100,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             admin_port,
         } => {
             let mut config = crate::config::load(&config)?;
-            backworks_plugin_host::redact::add_secrets(config.secrets.0.iter().cloned());
+            backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
             if let Some(port) = port {
                 config.server.port = port;
             }

@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use backworks_plugin_host::Isolation;
-use backworks_plugin_host::discovery::{ScanDir, discover};
-use backworks_plugin_host::inspect::{Inspection, inspect as inspect_file, supported_sdk};
+use backworks_plugin_host::{Inspection, inspect as inspect_file, supported_sdk};
+use backworks_plugin_host::{ScanDir, discover};
 use serde_json::{Value, json};
 
 use crate::config::{Config, PluginConfig, PluginKind};
@@ -244,7 +244,7 @@ fn merge(into: &mut Value, from: &Value) {
 /// `admin_url` (default: the config's `server.admin` address), else the on-disk view.
 pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyhow::Result<i32> {
     let config = crate::config::load(config_path)?;
-    backworks_plugin_host::redact::add_secrets(config.secrets.0.iter().cloned());
+    backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
     let url = admin_url.map(str::to_owned).or_else(|| {
         config
             .server
@@ -403,7 +403,7 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
             return Ok(1);
         }
     };
-    backworks_plugin_host::redact::add_secrets(config.secrets.0.iter().cloned());
+    backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
     let mut problems = 0;
     for row in rows(&config) {
         if row["configured"] == true

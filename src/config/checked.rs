@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use backworks_plugin_host::OnFailure;
-use backworks_plugin_host::policy::{CallPolicy, Isolation};
+use backworks_plugin_host::{CallPolicy, Isolation};
 use backworks_plugin_sdk::Hooks;
 
 /// A checked `backworks.yaml`.
@@ -35,7 +35,7 @@ pub struct Config {
 }
 
 /// Values from the environment (`${VAR}` in a plugin's `config:`) that the host must never print
-/// or serve: register them with [`backworks_plugin_host::redact::add_secrets`].
+/// or serve: register them with [`backworks_plugin_host::add_secrets`].
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secrets(pub Vec<String>);
 

@@ -4,7 +4,7 @@
 //! With `server.admin.token` set, every request must carry `Authorization: Bearer <token>`;
 //! the comparison takes the same time whatever the guess.
 
-use backworks_plugin_host::redact::redact;
+use backworks_plugin_host::redact;
 use std::collections::HashMap;
 use std::sync::Arc;
 

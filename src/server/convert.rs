@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use backworks_plugin_host::CallError;
-use backworks_plugin_host::public_error::error_response;
+use backworks_plugin_host::error_response;
 use backworks_plugin_sdk::{Headers, Request, Response, Text};
 use bytes::Bytes;
 

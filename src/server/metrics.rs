@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backworks_plugin_host::stats::{StatsSnapshot, error_kinds};
-use backworks_plugin_host::{HistogramSnapshot, LatencyHistogram, PluginHost};
+use backworks_plugin_host::PluginHost;
+use backworks_plugin_host::{HistogramSnapshot, LatencyHistogram, StatsSnapshot, error_kinds};
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 

@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, RawPathParams};
 use axum::http::request::Parts;
 use axum::http::{Method, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter, on};
-use backworks_plugin_host::public_error::error_response;
+use backworks_plugin_host::error_response;
 use backworks_plugin_host::{
     CallError, Hook, HookChain, HookCounts, Isolation, Observer, Plugin, PluginHost, PluginSource,
     PluginSpec, PluginState,

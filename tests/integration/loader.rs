@@ -5,8 +5,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backworks_plugin_host::inspect::{self, Inspection};
-use backworks_plugin_host::{CallError, DynamicPlugin, HostError, LoadedLibrary, Plugin, loader};
+use backworks_plugin_host::{
+    CallError, DynamicPlugin, HostError, Inspection, LoadedLibrary, Plugin, inspect, load_library,
+};
 use backworks_plugin_sdk::abi::{ABI_MAGIC, ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, METADATA_SECTION};
 use backworks_plugin_sdk::{PluginError, Request, Response, SDK_VERSION};
 use serde_json::{Value, json};
@@ -20,9 +21,9 @@ const LOAD_CHILD_VAR: &str = "BACKWORKS_LOAD_CHILD";
 
 // ---- helpers -------------------------------------------------------------------------------------
 
-/// `loader::load(path)`, which must fail.
+/// `load_library(path)`, which must fail.
 fn load_err(path: &Path) -> HostError {
-    match loader::load(path) {
+    match load_library(path) {
         Ok(library) => panic!(
             "{} loaded, but must be refused: {library:?}",
             path.display()
@@ -31,14 +32,14 @@ fn load_err(path: &Path) -> HostError {
     }
 }
 
-/// `loader::load(path)`, which must succeed.
+/// `load_library(path)`, which must succeed.
 fn load_ok(path: &Path) -> Arc<LoadedLibrary> {
-    loader::load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+    load_library(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
 }
 
-/// `inspect::inspect(path)`, which must read the metadata.
+/// `inspect(path)`, which must read the metadata.
 fn inspect_ok(path: &Path) -> Inspection {
-    inspect::inspect(path).unwrap_or_else(|e| panic!("inspecting {}: {e}", path.display()))
+    inspect(path).unwrap_or_else(|e| panic!("inspecting {}: {e}", path.display()))
 }
 
 /// Asserts that the message of `err` names the file and contains every one of `words`.
@@ -253,7 +254,7 @@ fn no_metadata_section_is_no_metadata() {
     // The vtable is valid and its metadata bytes too, but not in the section: no inspection.
     let path = c_fixture("no_metadata");
     for err in [
-        inspect::inspect(&path).expect_err("no metadata section"),
+        inspect(&path).expect_err("no metadata section"),
         load_err(&path),
     ] {
         let HostError::NoMetadata { section, .. } = &err else {
@@ -275,7 +276,7 @@ fn no_metadata_section_is_no_metadata() {
 fn plain_library_is_no_metadata() {
     let path = c_fixture("not_a_plugin");
     for err in [
-        inspect::inspect(&path).expect_err("a plain library"),
+        inspect(&path).expect_err("a plain library"),
         load_err(&path),
     ] {
         assert!(
@@ -384,7 +385,7 @@ fn junk_files_fail_in_inspection_and_are_never_opened() {
     std::fs::write(&truncated, &hello[..1000]).expect("write truncated copy");
 
     for path in [&random, &empty, &truncated] {
-        let inspected = inspect::inspect(path).expect_err("junk has no metadata");
+        let inspected = inspect(path).expect_err("junk has no metadata");
         let loaded = load_err(path);
         for err in [&inspected, &loaded] {
             assert!(

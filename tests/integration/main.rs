@@ -3,6 +3,7 @@
 mod child;
 mod cli;
 mod edge;
+mod embed;
 mod faults;
 mod isolation;
 mod loader;

@@ -70,12 +70,12 @@ pub(crate) mod env {
 /// `__plugin-child`); returns at once otherwise.
 ///
 /// Call it first thing in `main` of any executable that starts process-isolated plugins without a
-/// configured runner ([`ProcessSettings::runner`](crate::policy::ProcessSettings::runner)): the host
+/// configured runner ([`ProcessSettings::runner`](crate::ProcessSettings::runner)): the host
 /// starts children as `current_exe() __plugin-child …`. Nothing may run before it in a child: the
 /// runner closes every descriptor above stderr it finds open, as inherited.
 ///
 /// ```no_run
-/// backworks_plugin_host::process::child_main_if_requested();
+/// backworks_plugin_host::child_main_if_requested();
 /// // … the program itself …
 /// ```
 pub fn child_main_if_requested() {

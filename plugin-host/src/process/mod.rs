@@ -28,8 +28,9 @@
 //!
 //! ```no_run
 //! use std::sync::Arc;
-//! use backworks_plugin_host::{Lifecycle, Plugin, PluginSource, PluginState, ProcessPlugin};
-//! use backworks_plugin_host::policy::ProcessSettings;
+//! use backworks_plugin_host::{
+//!     Lifecycle, Plugin, PluginSource, PluginState, ProcessPlugin, ProcessSettings,
+//! };
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let lifecycle = Arc::new(Lifecycle::new("report", PluginState::Loading));
@@ -54,5 +55,5 @@ mod stderr;
 mod supervisor;
 
 pub use child::{CHILD_ARG, child_main_if_requested};
-pub use plugin::{ProcessPlugin, UNHEALTHY_LIMIT};
+pub use plugin::ProcessPlugin;
 pub use status::{ChildState, Containment, SupervisionSnapshot};

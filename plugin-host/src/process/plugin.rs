@@ -27,7 +27,7 @@ use crate::protocol::ClientError;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Unhealthy health-check answers in a row after which the child is restarted.
-pub const UNHEALTHY_LIMIT: u32 = 3;
+const UNHEALTHY_LIMIT: u32 = 3;
 
 /// A plugin running in a child process, supervised: crashes cost the calls in flight (502), the
 /// child is restarted with backoff, and a crash loop ends in [`PluginState::Error`] with every
@@ -327,7 +327,7 @@ impl Plugin for ProcessPlugin {
     }
 
     /// Asks the child within the probe deadline. No answer kills it (it restarts); an
-    /// `unhealthy` answer [`UNHEALTHY_LIMIT`] times in a row restarts it too.
+    /// `unhealthy` answer `UNHEALTHY_LIMIT` times in a row restarts it too.
     async fn health_check(&self) -> Health {
         let live = match self.shared.live() {
             Ok(live) => live,

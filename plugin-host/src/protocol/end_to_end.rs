@@ -13,6 +13,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::CallError;
 
+use super::log::LogSink;
+use super::serve::Server;
 use super::*;
 use crate::{Plugin, PluginInfo, PluginKind};
 

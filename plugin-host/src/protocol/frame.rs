@@ -53,11 +53,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// The limit, in bytes.
-    pub fn max(&self) -> usize {
-        self.max
-    }
-
     /// The next line; `Ok(None)` at the end of the stream. Cancel-safe between lines only: a
     /// caller that drops the future mid-line loses that line's start.
     pub async fn next(&mut self) -> std::io::Result<Option<Frame<'_>>> {

@@ -12,6 +12,7 @@ use backworks_plugin_sdk::{Headers, Health, HookAction, Request, Response, Text}
 use base64::Engine as _;
 use serde::de;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+#[cfg(test)]
 use serde_json::Value;
 
 /// Bodies are standard base64 with padding; decoding also accepts them without padding.
@@ -298,21 +299,19 @@ impl TryFrom<HealthWire<'_>> for Health {
 }
 
 /// A request as the protocol's JSON (`REQ` in `docs/protocol.md`).
+#[cfg(test)]
 pub fn request_to_json(request: &Request) -> Value {
     serde_json::to_value(RequestOut::from(request)).unwrap_or(Value::Null)
 }
 
 /// A request from the protocol's JSON; the error says what is wrong.
+#[cfg(test)]
 pub fn request_from_json(value: Value) -> Result<Request, WireError> {
     Ok(RequestIn::deserialize(value).map(Request::from)?)
 }
 
-/// A response as the protocol's JSON (`RESP` in `docs/protocol.md`).
-pub fn response_to_json(response: &Response) -> Value {
-    serde_json::to_value(ResponseOut::from(response)).unwrap_or(Value::Null)
-}
-
 /// A response from the protocol's JSON; a status outside 100–999 is refused.
+#[cfg(test)]
 pub fn response_from_json(value: Value) -> Result<Response, WireError> {
     Response::try_from(ResponseIn::deserialize(value)?)
 }

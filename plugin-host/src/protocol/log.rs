@@ -1,10 +1,12 @@
 //! Plugin logs: the `log` notification a plugin sends, the level rule for lines a plugin writes
 //! to stderr, and [`LogSink`], the plugin side's handle for sending `log` notifications.
 
+#[cfg(test)]
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
 use super::outbox::Outbox;
 
 /// The level of a plugin log line.
@@ -106,14 +108,6 @@ impl std::fmt::Display for LogRecord {
 /// [`LogLevel::from_word`]) followed by `:` has that level, and its message is the rest with
 /// leading spaces removed; any other line is [`LogLevel::Info`] and kept whole. A trailing `\r` is
 /// dropped. Python's default logging format (`WARNING:root:message`) is recognised.
-///
-/// ```
-/// use backworks_plugin_host::protocol::log::{parse_stderr_line, LogLevel};
-/// assert_eq!(parse_stderr_line("ERROR: disk full"), (LogLevel::Error, "disk full"));
-/// assert_eq!(parse_stderr_line("warning:root:slow"), (LogLevel::Warn, "root:slow"));
-/// assert_eq!(parse_stderr_line("Traceback (most recent call last):"),
-///            (LogLevel::Info, "Traceback (most recent call last):"));
-/// ```
 pub fn parse_stderr_line(line: &str) -> (LogLevel, &str) {
     let line = line.strip_suffix('\r').unwrap_or(line);
     if let Some((word, rest)) = line.split_once(':')
@@ -128,17 +122,20 @@ pub fn parse_stderr_line(line: &str) -> (LogLevel, &str) {
 /// The plugin side's handle for sending `log` notifications to the host, from any thread,
 /// without waiting. Get one from [`Server::log_sink`](super::Server::log_sink); once the
 /// connection is closed, records are dropped.
+#[cfg(test)]
 #[derive(Clone)]
 pub struct LogSink {
     pub(super) outbox: Arc<Outbox>,
 }
 
+#[cfg(test)]
 impl std::fmt::Debug for LogSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogSink").finish_non_exhaustive()
     }
 }
 
+#[cfg(test)]
 impl LogSink {
     /// Sends `record` as a `log` notification.
     pub fn send(&self, record: &LogRecord) {
@@ -175,6 +172,22 @@ mod tests {
         for (line, level, message) in cases {
             assert_eq!(parse_stderr_line(line), (level, message), "{line:?}");
         }
+    }
+
+    #[test]
+    fn python_logging_and_tracebacks() {
+        assert_eq!(
+            parse_stderr_line("ERROR: disk full"),
+            (LogLevel::Error, "disk full")
+        );
+        assert_eq!(
+            parse_stderr_line("warning:root:slow"),
+            (LogLevel::Warn, "root:slow")
+        );
+        assert_eq!(
+            parse_stderr_line("Traceback (most recent call last):"),
+            (LogLevel::Info, "Traceback (most recent call last):")
+        );
     }
 
     #[test]

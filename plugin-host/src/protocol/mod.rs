@@ -7,13 +7,15 @@
 //! `before_request`, `after_response` and `health_check` calls, many in flight at once, and at
 //! last `shutdown`.
 //!
-//! - [`frame`]: the bounded line reader both sides use.
-//! - [`message`]: the messages as data, and their conversions to and from the SDK's request,
-//!   response, hook action, health and error types. No I/O.
-//! - [`Client`]: the host side: calls by id over any reader/writer pair, `closed()` when the
-//!   connection dies.
-//! - [`serve`] / [`Server`]: the plugin side: answers the host's calls with any [`Plugin`].
-//! - [`log`]: `log` notifications and the stderr log-line rule.
+//! This module is public for one purpose: driving a plugin over a connection you open yourself (a
+//! socket, a container's stdio) with [`Client`], the same host side [`ProcessPlugin`] uses for the
+//! children it spawns, and checking a peer's version ([`check_version`]). Everything else in it —
+//! the framing, the messages, the writer's queue, the routing of answers by id, and the plugin
+//! side (`serve`, used by the runner in `process/child.rs`) — is the crate's own.
+//!
+//! - [`Client`]: the host side: calls by id over any reader/writer pair, `closed()` with a
+//!   [`CloseReason`] when the connection dies; [`Manifest`] and [`Features`] are the plugin's
+//!   answer to `getmanifest`, [`LogRecord`] a `log` notification.
 //!
 //! ```no_run
 //! use backworks_plugin_host::protocol::Client;
@@ -33,13 +35,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! [`Plugin`]: crate::Plugin
+//! [`ProcessPlugin`]: crate::ProcessPlugin
 
 mod client;
-pub mod frame;
-pub mod http;
-pub mod log;
-pub mod message;
+mod frame;
+mod http;
+pub(crate) mod log;
+mod message;
 mod outbox;
 mod routing;
 mod serve;
@@ -49,11 +51,11 @@ mod spin;
 mod end_to_end;
 
 pub use client::{Client, ClientError, DEFAULT_MAX_OUTBOUND};
-pub use log::{LogLevel, LogRecord, LogSink};
+pub use log::{LogLevel, LogRecord};
 pub use message::{Features, Manifest};
 pub use routing::CloseReason;
-pub use serve::{Server, serve};
-pub use spin::SpinRead;
+pub(crate) use serve::serve;
+pub(crate) use spin::SpinRead;
 
 /// The protocol version this host and plugin side speak, `MAJOR.MINOR`. A peer is compatible when
 /// its major equals ours; minors only add optional members and methods.

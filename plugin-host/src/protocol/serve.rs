@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 
 use super::frame::{Frame, LineReader};
 use super::http::{ExchangeParamsIn, HealthWire, HookResultOut, RequestParamsIn, ResponseResult};
+#[cfg(test)]
 use super::log::LogSink;
 use super::message::{
     Answer, Empty, ErrorAnswer, Features, INVALID_PARAMS, INVALID_REQUEST, InitParams, JSONRPC,
@@ -57,23 +58,8 @@ where
         .await
 }
 
-/// The plugin side of a connection, before it runs.
-///
-/// ```no_run
-/// use std::sync::Arc;
-/// use backworks_plugin_host::protocol::{LogLevel, Server};
-///
-/// # async fn run(
-/// #     plugin: Arc<dyn backworks_plugin_host::Plugin>,
-/// #     stdin: tokio::io::DuplexStream,
-/// #     stdout: tokio::io::DuplexStream,
-/// # ) -> std::io::Result<()> {
-/// let server = Server::new(stdin, stdout, 64 << 20);
-/// let logs = server.log_sink();
-/// logs.log(LogLevel::Info, "starting");
-/// server.run(plugin).await
-/// # }
-/// ```
+/// The plugin side of a connection, before it runs: [`serve`] with other features listed, or
+/// (in tests) with a [`LogSink`] taken before it runs.
 #[derive(Debug)]
 pub struct Server<R, W> {
     reader: R,
@@ -102,6 +88,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Server<R, W> {
         self
     }
 
+    #[cfg(test)]
     /// A handle that sends `log` notifications over this connection, from any thread. Records
     /// sent before [`run`](Server::run) are queued; after it returns, they are dropped.
     pub fn log_sink(&self) -> LogSink {

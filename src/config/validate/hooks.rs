@@ -1,7 +1,6 @@
 //! The rules of a plugin's hook subscription: `hooks:`, `on_failure:`, `observe_queue:`.
 
-use backworks_plugin_host::OnFailure;
-use backworks_plugin_host::observe::DEFAULT_QUEUE;
+use backworks_plugin_host::{Observer, OnFailure};
 
 use super::{INVALID, integer};
 use crate::config::error::ConfigError;
@@ -96,7 +95,7 @@ pub(super) fn subscription(
             }
             queue
         }
-        None => DEFAULT_QUEUE,
+        None => Observer::DEFAULT_QUEUE,
     };
     Ok(Subscription {
         before_request: before.then_some(before_policy),
@@ -141,7 +140,7 @@ mod tests {
         assert_eq!(p.before_request, Some(OnFailure::Reject));
         assert_eq!(p.after_response, Some(OnFailure::Skip));
         assert!(!p.observe);
-        assert_eq!(p.observe_queue, DEFAULT_QUEUE);
+        assert_eq!(p.observe_queue, Observer::DEFAULT_QUEUE);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use backworks_plugin_host::policy::{
+use backworks_plugin_host::{
     BreakerSettings, CallPolicy, ChildEnv, Isolation, ProcessSettings, ResourceLimits,
     RestartPolicy,
 };

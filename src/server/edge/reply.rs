@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backworks_plugin_host::public_error::request_id;
+use backworks_plugin_host::request_id;
 
 /// `{"error": {"kind": kind, "message": message, "plugin": null, "request_id": ...}}` with
 /// `status`; the request id is the request's `x-request-id` (in `headers`) or a new one.
@@ -115,7 +115,7 @@ mod tests {
                 "plugin": null,
             })
         );
-        let plugin = backworks_plugin_host::public_error::error_response(
+        let plugin = backworks_plugin_host::error_response(
             "p",
             &backworks_plugin_sdk::PluginError::NotFound("x".into()).into(),
             None,
