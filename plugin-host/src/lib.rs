@@ -124,7 +124,7 @@ pub use inspect::{Inspection, inspect, supported_sdk};
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
 pub use loader::{DynamicPlugin, LoadedLibrary, load as load_library};
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
-pub use registry::{PluginHost, PluginSpec, PluginStatus};
+pub use registry::{PluginHost, PluginSpec, PluginStatus, Retiring};
 
 // The call guard and its policy.
 pub use breaker::{BreakerSnapshot, BreakerState};

@@ -59,11 +59,39 @@ pub struct PluginStatus {
     pub health: Option<Health>,
     /// Its child process's supervision (pid, restarts, crashes), when it is process-isolated.
     pub supervision: Option<SupervisionSnapshot>,
+    /// Which generation of the plugin this is: 1 when first started, one more with each
+    /// [`PluginHost::start_next`] that was committed.
+    pub generation: u64,
+}
+
+/// Where an entry stands among the generations of its plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// The generation lookups give.
+    Current,
+    /// Started by [`PluginHost::start_next`], not committed yet: invisible to lookups.
+    Pending,
+    /// Replaced or removed, draining its calls before it is shut down.
+    Retired,
+}
+
+/// A generation taken out of service by [`PluginHost::commit`] or [`PluginHost::retire`]: the
+/// caller drains it (waits until nothing uses it), then hands it to [`PluginHost::finish`].
+#[derive(Debug, Clone)]
+pub struct Retiring {
+    /// The plugin's name.
+    pub name: String,
+    /// The generation retired.
+    pub generation: u64,
+    /// Its call guard, when it was loaded: in-flight calls are in its stats.
+    pub plugin: Option<Arc<Guarded>>,
 }
 
 #[derive(Debug)]
 struct Entry {
     name: String,
+    generation: u64,
+    phase: Phase,
     source: Option<PluginSource>,
     metadata: Option<PluginMetadata>,
     lifecycle: Arc<Lifecycle>,
@@ -74,6 +102,14 @@ struct Entry {
 }
 
 impl Entry {
+    fn retiring(&self) -> Retiring {
+        Retiring {
+            name: self.name.clone(),
+            generation: self.generation,
+            plugin: self.plugin.clone(),
+        }
+    }
+
     fn status(&self) -> PluginStatus {
         PluginStatus {
             name: self.name.clone(),
@@ -82,6 +118,7 @@ impl Entry {
             metadata: self.metadata.clone(),
             health: self.lifecycle.health(),
             supervision: self.process.as_ref().map(|p| p.supervision()),
+            generation: self.generation,
         }
     }
 }
@@ -132,8 +169,11 @@ impl Entry {
 #[derive(Default)]
 pub struct PluginHost {
     builtins: RwLock<HashMap<String, BuiltinFactory>>,
-    /// In registration order: shutdown goes in reverse.
+    /// In registration order: shutdown goes in reverse. A plugin's generations are entries of
+    /// the same name, newest last.
     entries: RwLock<Vec<Entry>>,
+    /// Generations retired and finished, per plugin name.
+    finished: RwLock<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -179,16 +219,53 @@ impl PluginHost {
         state: PluginState,
         metadata: Option<PluginMetadata>,
     ) -> Result<Arc<Lifecycle>, HostError> {
+        self.push_entry(name, source, state, metadata, Phase::Current)
+    }
+
+    /// Records a new entry of `name` in `phase`; a current or pending one of that name already
+    /// there is a duplicate for a current one.
+    fn push_entry(
+        &self,
+        name: &str,
+        source: Option<PluginSource>,
+        state: PluginState,
+        metadata: Option<PluginMetadata>,
+        phase: Phase,
+    ) -> Result<Arc<Lifecycle>, HostError> {
         let lifecycle = Arc::new(Lifecycle::new(name, state.clone()));
         {
             let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-            if entries.iter().any(|e| e.name == name) {
+            let live = |e: &&Entry| e.name == name && e.phase != Phase::Retired;
+            let taken = match phase {
+                Phase::Current => entries.iter().any(|e| live(&e)),
+                _ => entries
+                    .iter()
+                    .any(|e| e.name == name && e.phase == Phase::Pending),
+            };
+            if taken {
                 return Err(HostError::DuplicateName {
                     name: name.to_owned(),
                 });
             }
+            let finished = self
+                .finished
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .copied()
+                .unwrap_or(0);
+            let generation = entries
+                .iter()
+                .filter(|e| e.name == name)
+                .map(|e| e.generation)
+                .max()
+                .unwrap_or(finished)
+                .max(finished)
+                + 1;
             entries.push(Entry {
                 name: name.to_owned(),
+                generation,
+                phase,
                 source,
                 metadata,
                 lifecycle: lifecycle.clone(),
@@ -204,9 +281,10 @@ impl PluginHost {
         Ok(lifecycle)
     }
 
+    /// Changes the newest entry of `name` (the one being started).
     fn update(&self, name: &str, f: impl FnOnce(&mut Entry)) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = entries.iter_mut().find(|e| e.name == name) {
+        if let Some(entry) = entries.iter_mut().rev().find(|e| e.name == name) {
             f(entry);
         }
     }
@@ -224,7 +302,157 @@ impl PluginHost {
             PluginState::Loading,
             None,
         )?;
-        let result = self.start_recorded(spec, &lifecycle).await;
+        self.bring_up(spec, &lifecycle).await
+    }
+
+    /// Starts a new generation of plugin `spec.name` beside the one serving, for a reload: it is
+    /// loaded and initialized like [`start`](Self::start), but lookups keep giving the current
+    /// generation until [`commit`](Self::commit). A failure leaves nothing behind: the current
+    /// generation goes on as it was. Returns the new plugin and its generation.
+    pub async fn start_next(&self, spec: &PluginSpec) -> Result<(Arc<dyn Plugin>, u64), HostError> {
+        let lifecycle = self.push_entry(
+            &spec.name,
+            Some(spec.source.clone()),
+            PluginState::Loading,
+            None,
+            Phase::Pending,
+        )?;
+        let generation = self.generation_of(&lifecycle);
+        match self.bring_up(spec, &lifecycle).await {
+            Ok(plugin) => Ok((plugin, generation)),
+            Err(error) => {
+                self.remove(&spec.name, generation);
+                Err(error)
+            }
+        }
+    }
+
+    /// Makes the pending `generation` of `name` the current one; the generations it replaces are
+    /// retired and returned, to drain and [`finish`](Self::finish).
+    pub fn commit(&self, name: &str, generation: u64) -> Vec<Retiring> {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut retiring = Vec::new();
+        for entry in entries.iter_mut().filter(|e| e.name == name) {
+            match entry.phase {
+                Phase::Pending if entry.generation == generation => entry.phase = Phase::Current,
+                Phase::Current => {
+                    entry.phase = Phase::Retired;
+                    retiring.push(entry.retiring());
+                }
+                _ => {}
+            }
+        }
+        retiring
+    }
+
+    /// Shuts a pending generation down and forgets it: a reload that failed elsewhere.
+    pub async fn discard(&self, name: &str, generation: u64) {
+        let plugin = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .find(|e| e.name == name && e.generation == generation && e.phase == Phase::Pending)
+                .and_then(|e| e.plugin.clone())
+        };
+        if let Some(plugin) = plugin {
+            let _ = plugin.shutdown().await;
+        }
+        self.remove(name, generation);
+    }
+
+    /// Takes plugin `name` out of service (a reload removed or disabled it): its current
+    /// generation is retired and returned, to drain and [`finish`](Self::finish).
+    pub fn retire(&self, name: &str) -> Vec<Retiring> {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let mut retiring = Vec::new();
+        for entry in entries.iter_mut().filter(|e| e.name == name) {
+            if entry.phase == Phase::Current {
+                entry.phase = Phase::Retired;
+                retiring.push(entry.retiring());
+            }
+        }
+        retiring
+    }
+
+    /// Shuts a drained generation down (`shutdown`, then `Stopped`) and forgets it. Its library
+    /// stays mapped: libraries are never unloaded.
+    pub async fn finish(&self, retired: &Retiring) {
+        if let Some(plugin) = &retired.plugin
+            && plugin.lifecycle().state() == PluginState::Active
+        {
+            match plugin.shutdown().await {
+                Ok(()) => plugin
+                    .lifecycle()
+                    .record(EventKind::ShutDown, "retired generation shut down"),
+                Err(error) => plugin.lifecycle().record(
+                    EventKind::ShutDown,
+                    format!("retired generation's shutdown failed: {error}"),
+                ),
+            }
+            plugin.lifecycle().set_state(PluginState::Stopped);
+        }
+        self.remove(&retired.name, retired.generation);
+        *self
+            .finished
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(retired.name.clone())
+            .or_default() = retired.generation;
+    }
+
+    /// How many generations of `name` were retired (finished, or still draining): every one
+    /// before the current generation, or every one when the plugin was removed.
+    pub fn retired_generations(&self, name: &str) -> u64 {
+        let newest = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .filter(|e| e.name == name && e.phase != Phase::Pending)
+                .map(|e| e.generation)
+                .max()
+        };
+        let finished = self
+            .finished
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0);
+        match self.current_generation(name) {
+            Some(current) => current - 1,
+            None => newest.unwrap_or(0).max(finished),
+        }
+    }
+
+    /// The generation of `name` that serves.
+    pub fn current_generation(&self, name: &str) -> Option<u64> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| e.name == name && e.phase == Phase::Current)
+            .map(|e| e.generation)
+    }
+
+    fn generation_of(&self, lifecycle: &Arc<Lifecycle>) -> u64 {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.lifecycle, lifecycle))
+            .map_or(0, |e| e.generation)
+    }
+
+    fn remove(&self, name: &str, generation: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|e| !(e.name == name && e.generation == generation));
+    }
+
+    /// Loads and initializes the plugin of a recorded entry, and records the outcome.
+    async fn bring_up(
+        &self,
+        spec: &PluginSpec,
+        lifecycle: &Arc<Lifecycle>,
+    ) -> Result<Arc<dyn Plugin>, HostError> {
+        let result = self.start_recorded(spec, lifecycle).await;
         match &result {
             Ok(plugin) => {
                 let info = plugin.info();
@@ -342,7 +570,7 @@ impl PluginHost {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .find(|e| e.name == name)
+            .find(|e| e.name == name && e.phase == Phase::Current)
             .and_then(|e| e.plugin.clone())
     }
 
@@ -356,14 +584,18 @@ impl PluginHost {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
-            .find(|e| e.name == name)
+            .find(|e| e.name == name && e.phase == Phase::Current)
             .map(|e| e.lifecycle.clone())
     }
 
-    /// Every plugin's status, in registration order.
+    /// Every plugin's status (its current generation), in registration order.
     pub fn statuses(&self) -> Vec<PluginStatus> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
-        entries.iter().map(Entry::status).collect()
+        entries
+            .iter()
+            .filter(|e| e.phase == Phase::Current)
+            .map(Entry::status)
+            .collect()
     }
 
     /// Every active plugin, in registration order.
@@ -371,6 +603,7 @@ impl PluginHost {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
+            .filter(|e| e.phase == Phase::Current)
             .filter(|e| e.lifecycle.state() == PluginState::Active)
             .filter_map(|e| e.plugin.clone())
             .map(|g| g as Arc<dyn Plugin>)
@@ -380,11 +613,17 @@ impl PluginHost {
     /// Shuts every active plugin down, last started first, and marks it `Stopped`. A plugin whose
     /// `shutdown` fails is logged and still marked stopped.
     pub async fn shutdown(&self) {
-        for plugin in self.active().into_iter().rev() {
-            let name = plugin.info().name.clone();
-            let Some(lifecycle) = self.lifecycle(&name) else {
-                continue;
-            };
+        // Current generations and retired ones still draining; not a reload's pending one.
+        let running: Vec<(Arc<Guarded>, Arc<Lifecycle>)> = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .filter(|e| e.phase != Phase::Pending)
+                .filter(|e| e.lifecycle.state() == PluginState::Active)
+                .filter_map(|e| Some((e.plugin.clone()?, e.lifecycle.clone())))
+                .collect()
+        };
+        for (plugin, lifecycle) in running.into_iter().rev() {
             match plugin.shutdown().await {
                 Ok(()) => lifecycle.record(EventKind::ShutDown, "plugin shut down"),
                 Err(error) => lifecycle.record(

@@ -1,6 +1,7 @@
 //! The `backworks` command line.
 
 mod plugin;
+mod reload;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -54,6 +55,22 @@ pub enum Command {
         /// The config file.
         #[arg(short, long, default_value = "backworks.yaml")]
         config: PathBuf,
+    },
+    /// Asks a running server to reload its config and plugins (its admin API's
+    /// `POST /_backworks/reload`); exit code 1 when the reload is refused, 2 when no server answers.
+    Reload {
+        /// The config file (for the admin API's address and token).
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+        /// The admin API, e.g. `http://127.0.0.1:9090` (default: `server.admin` of the config).
+        #[arg(long)]
+        admin_url: Option<String>,
+        /// The admin API's bearer token (default: `server.admin.token` of the config).
+        #[arg(long, env = "BACKWORKS_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Print the reload report as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage plugins.
     Plugin {
@@ -130,6 +147,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Validate { config } => plugin::validate(&config),
+        Command::Reload {
+            config,
+            admin_url,
+            token,
+            json,
+        } => reload::reload(&config, admin_url.as_deref(), token.as_deref(), json),
         Command::Plugin { command } => match command {
             PluginCommand::List {
                 config,

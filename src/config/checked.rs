@@ -32,6 +32,34 @@ pub struct Config {
     pub health: HealthConfig,
     /// Values the environment put into plugin configs; never printed.
     pub secrets: Secrets,
+    /// `reload:`: how a running server takes a changed config or plugin file.
+    pub reload: ReloadConfig,
+}
+
+/// How a running server reloads (`backworks reload`, `SIGHUP`, or watching the files).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReloadConfig {
+    /// Reload by itself when the config file or a plugin file changes content. Default `false`.
+    pub watch: bool,
+    /// How often the watched files are read for a change of content. Default 1 s.
+    pub watch_interval: Duration,
+    /// How long a replaced generation may take to finish its calls before it is shut down
+    /// anyway. Default 30 s.
+    pub drain_timeout: Duration,
+    /// How many generations of one plugin may be retired before a further reload of it is
+    /// refused (libraries are never unloaded, so each costs its mapping). Default 32.
+    pub max_generations: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            watch: false,
+            watch_interval: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(30),
+            max_generations: 32,
+        }
+    }
 }
 
 /// Values from the environment (`${VAR}` in a plugin's `config:`) that the host must never print
@@ -337,6 +365,7 @@ mod tests {
             endpoints: vec![],
             health: HealthConfig::default(),
             secrets: Secrets::default(),
+            reload: ReloadConfig::default(),
         }
     }
 

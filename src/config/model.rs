@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     pub plugins: Option<IndexMap<Text, Spanned<Option<RawPlugin>>>>,
     pub endpoints: Option<IndexMap<Text, Spanned<RawEndpoint>>>,
     pub health: Option<RawHealth>,
+    pub reload: Option<RawReload>,
 }
 
 /// A number (or a string that becomes one after interpolation), with its location.
@@ -52,6 +53,16 @@ pub(crate) struct RawAdmin {
     pub host: Option<Text>,
     pub port: Option<Number>,
     pub token: Option<Text>,
+}
+
+/// `reload:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawReload {
+    pub watch: Option<Number>,
+    pub watch_interval_ms: Option<Number>,
+    pub drain_timeout_ms: Option<Number>,
+    pub max_generations: Option<Number>,
 }
 
 /// `health:`.

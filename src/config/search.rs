@@ -121,6 +121,7 @@ mod tests {
             endpoints: vec![],
             health: Default::default(),
             secrets: Default::default(),
+            reload: Default::default(),
         }
     }
 

@@ -48,6 +48,7 @@ pub(crate) fn check(
     let empty = IndexMap::new();
     let endpoints = endpoints::check(&ip, raw.endpoints.as_ref().unwrap_or(&empty), &plugins)?;
     Ok(Config {
+        reload: server::reload(&ip, raw)?,
         secrets: Secrets(ip.secrets()),
         source: source.to_path_buf(),
         base_dir: base_dir.to_path_buf(),

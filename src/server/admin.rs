@@ -6,7 +6,7 @@
 
 use backworks_plugin_host::redact;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 
 use super::health::{self, HealthState};
 use super::metrics::Metrics;
+use super::reload::{ReloadReport, Reloader};
 use crate::config::{Config, PluginKind};
 
 /// What the operator configured about each plugin, for the admin API.
@@ -43,6 +44,7 @@ pub fn router(
     host: Arc<PluginHost>,
     metrics: Arc<Metrics>,
     health: HealthState,
+    reloader: Option<Weak<Reloader>>,
 ) -> Router {
     let configured = config
         .plugins
@@ -81,18 +83,55 @@ pub fn router(
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .with_state(health);
+    let reload_routes = match reloader {
+        Some(reloader) => Router::new()
+            .route(
+                "/_backworks/reload",
+                axum::routing::post(reload).get(last_reload),
+            )
+            .with_state(reloader),
+        None => Router::new(),
+    };
     Router::new()
         .route("/_backworks/plugins", get(plugins))
         .route("/_backworks/plugins/{name}", get(plugin))
         .route("/metrics", get(prometheus))
         .with_state(state)
         .merge(health_routes)
+        .merge(reload_routes)
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| {
                 let token = token.clone();
                 async move { authorize(token.as_deref(), request, next).await }
             },
         ))
+}
+
+/// `POST /_backworks/reload`: reloads; 200 with the report when the new config serves, 409 with
+/// the report's errors when the reload was refused (the running generation goes on serving).
+async fn reload(State(reloader): State<Weak<Reloader>>) -> Response {
+    let Some(reloader) = reloader.upgrade() else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let report = reloader.reload().await;
+    let status = if report.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    (status, Json(redacted(&report))).into_response()
+}
+
+/// `GET /_backworks/reload`: the last reload's report (`null` before the first).
+async fn last_reload(State(reloader): State<Weak<Reloader>>) -> Response {
+    let report = reloader.upgrade().and_then(|r| r.last());
+    Json(report.map(|r| redacted(&r)).unwrap_or(Value::Null)).into_response()
+}
+
+/// A reload report as JSON, with every secret redacted (errors may quote a plugin's message).
+fn redacted(report: &ReloadReport) -> Value {
+    let text = serde_json::to_string(report).unwrap_or_default();
+    serde_json::from_str(&redact(&text)).unwrap_or(Value::Null)
 }
 
 async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {
@@ -191,6 +230,8 @@ fn describe(state: &AdminState, status: &PluginStatus) -> Value {
             .and_then(|m| m.hooks)
             .map(|h| h.names().collect::<Vec<_>>()),
         "important": configured.is_some_and(|c| c.important),
+        "generation": status.generation,
+        "retired_generations": state.host.retired_generations(&status.name),
         "state": status.state.as_str(),
         "reason": match &status.state {
             backworks_plugin_host::PluginState::Error(reason) => Some(redact(reason)),

@@ -38,7 +38,7 @@ pub async fn check_all(host: &PluginHost, timeout: Duration) {
     futures_util::future::join_all(checks).await;
 }
 
-async fn check_one(plugin: &dyn Plugin, timeout: Duration) -> Health {
+pub(crate) async fn check_one(plugin: &dyn Plugin, timeout: Duration) -> Health {
     match tokio::time::timeout(timeout, plugin.health_check()).await {
         Ok(health) => health,
         Err(_) => Health::Unhealthy(format!(

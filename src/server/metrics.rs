@@ -229,6 +229,34 @@ impl prometheus_client::collector::Collector for Metrics {
                 Ok(())
             },
         )?;
+        family(
+            e,
+            "backworks_plugin_generation",
+            "The serving generation of each plugin (1 at start, one more per reload that changed it).",
+            MetricType::Gauge,
+            &plugins,
+            |m, (status, _, _)| {
+                let labels = vec![("plugin", status.name.as_str())];
+                gauge(
+                    m,
+                    &labels,
+                    i64::try_from(status.generation).unwrap_or(i64::MAX),
+                )
+            },
+        )?;
+        family(
+            e,
+            "backworks_plugin_retired_generations",
+            "Generations of each plugin retired by reloads (their libraries stay mapped; bounded \
+             by reload.max_generations).",
+            MetricType::Gauge,
+            &plugins,
+            |m, (status, _, _)| {
+                let retired = self.host.retired_generations(&status.name);
+                let labels = vec![("plugin", status.name.as_str())];
+                gauge(m, &labels, i64::try_from(retired).unwrap_or(i64::MAX))
+            },
+        )?;
         let supervised: Vec<_> = plugins
             .iter()
             .filter_map(|(status, _, _)| {

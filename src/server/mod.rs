@@ -11,6 +11,7 @@ mod convert;
 mod edge;
 pub mod health;
 pub mod metrics;
+pub mod reload;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,7 +31,7 @@ use backworks_plugin_host::{
 use backworks_plugin_sdk::{PluginError, Response, Text};
 use bytes::Bytes;
 
-use crate::config::{Config, EndpointConfig, PluginKind};
+use crate::config::{Config, EndpointConfig, PluginConfig, PluginKind};
 use metrics::EndpointStats;
 
 /// Everything an endpoint needs at request time, resolved once at start-up.
@@ -50,22 +51,35 @@ struct Endpoint {
 pub struct HookShare {
     /// The plugin.
     pub name: String,
+    /// The plugin's generation this share belongs to: a reload that keeps the generation keeps
+    /// the share (its counts and its observer's queue).
+    pub generation: u64,
     /// Its hook failures, by outcome.
     pub counts: Arc<HookCounts>,
     /// Its observe subscription.
     pub observer: Option<Arc<Observer>>,
 }
 
-/// One [`HookShare`] per configured plugin with hooks that is active; observers start here.
-fn hook_shares(config: &Config, host: &PluginHost) -> Vec<HookShare> {
+/// One [`HookShare`] per configured plugin with hooks that is active: the one `carry` has for its
+/// current generation, or a new one (observers start here).
+fn hook_shares(config: &Config, host: &PluginHost, carry: &Carry) -> Vec<HookShare> {
     config
         .plugins
         .iter()
         .filter(|p| p.enabled && p.has_hooks())
         .filter_map(|p| {
             let plugin = host.get(&p.name)?;
+            let generation = host.current_generation(&p.name).unwrap_or(0);
+            let kept = carry
+                .shares
+                .iter()
+                .find(|s| s.name == p.name && s.generation == generation);
+            if let Some(kept) = kept {
+                return Some(kept.clone());
+            }
             Some(HookShare {
                 name: p.name.clone(),
+                generation,
                 counts: Arc::default(),
                 observer: p.observe.then(|| Observer::start(plugin, p.observe_queue)),
             })
@@ -73,42 +87,34 @@ fn hook_shares(config: &Config, host: &PluginHost) -> Vec<HookShare> {
         .collect()
 }
 
+/// What one serving generation hands to the next: endpoint counters by endpoint name, and each
+/// plugin's hook share, so that a reload keeps the counts of what it did not change.
+#[derive(Debug, Clone, Default)]
+pub struct Carry {
+    stats: BTreeMap<String, Arc<EndpointStats>>,
+    shares: Vec<HookShare>,
+}
+
 /// Starts every configured plugin on `host`. A plugin that fails is logged, recorded in its `Error`
 /// state and skipped; the others start regardless. An `important: true` plugin that fails stops
 /// start-up: the error names it and says why.
 pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result<()> {
     for plugin in &config.plugins {
-        let source = match &plugin.kind {
-            PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
-            PluginKind::Command { argv } => PluginSource::Command(argv.clone()),
-            PluginKind::External { path } if !plugin.enabled => PluginSource::Library(path.clone()),
-            PluginKind::External { .. } => match config.resolve_plugin_path(plugin) {
-                Ok(path) => PluginSource::Library(path),
-                Err(tried) => {
-                    let tried: Vec<_> = tried.iter().map(|p| p.display().to_string()).collect();
-                    let reason = format!("plugin file not found; looked at {}", tried.join(", "));
-                    let _ =
-                        host.record(&plugin.name, None, PluginState::Error(reason.clone()), None);
-                    if plugin.important {
-                        anyhow::bail!("important plugin `{}` cannot start: {reason}", plugin.name);
-                    }
-                    continue;
+        let source = match plugin_source(config, plugin) {
+            Ok(source) => source,
+            Err(reason) => {
+                let _ = host.record(&plugin.name, None, PluginState::Error(reason.clone()), None);
+                if plugin.important {
+                    anyhow::bail!("important plugin `{}` cannot start: {reason}", plugin.name);
                 }
-            },
+                continue;
+            }
         };
         if !plugin.enabled {
             let _ = host.record(&plugin.name, Some(source), PluginState::Disabled, None);
             continue;
         }
-        let mut spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
-        spec.policy = plugin.policy.clone();
-        spec.hooks = plugin.called_hooks();
-        spec.isolation = plugin.isolation.clone();
-        if let Isolation::Process(settings) = &mut spec.isolation {
-            settings
-                .working_dir
-                .get_or_insert_with(|| config.base_dir.clone());
-        }
+        let spec = plugin_spec(config, plugin, source);
         // The host logs the failure and records the plugin's Error state.
         if let Err(error) = host.start(&spec).await
             && plugin.important
@@ -119,10 +125,52 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
     Ok(())
 }
 
+/// Where `plugin`'s code comes from: its library file found through `plugin_dirs`, or the reason
+/// it cannot be found.
+pub(crate) fn plugin_source(
+    config: &Config,
+    plugin: &PluginConfig,
+) -> Result<PluginSource, String> {
+    Ok(match &plugin.kind {
+        PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
+        PluginKind::Command { argv } => PluginSource::Command(argv.clone()),
+        PluginKind::External { path } if !plugin.enabled => PluginSource::Library(path.clone()),
+        PluginKind::External { .. } => match config.resolve_plugin_path(plugin) {
+            Ok(path) => PluginSource::Library(path),
+            Err(tried) => {
+                let tried: Vec<_> = tried.iter().map(|p| p.display().to_string()).collect();
+                return Err(format!(
+                    "plugin file not found; looked at {}",
+                    tried.join(", ")
+                ));
+            }
+        },
+    })
+}
+
+/// What the host needs to start `plugin` from `source`.
+pub(crate) fn plugin_spec(
+    config: &Config,
+    plugin: &PluginConfig,
+    source: PluginSource,
+) -> PluginSpec {
+    let mut spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
+    spec.policy = plugin.policy.clone();
+    spec.hooks = plugin.called_hooks();
+    spec.isolation = plugin.isolation.clone();
+    if let Isolation::Process(settings) = &mut spec.isolation {
+        settings
+            .working_dir
+            .get_or_insert_with(|| config.base_dir.clone());
+    }
+    spec
+}
+
 fn resolve(
     config: &Config,
     host: &PluginHost,
     shares: &[HookShare],
+    carry: &Carry,
     endpoint: &EndpointConfig,
 ) -> Endpoint {
     let unavailable = |name: &str| match host.state(name) {
@@ -172,7 +220,12 @@ fn resolve(
     }
     Endpoint {
         plugin_name: endpoint.plugin.clone(),
-        stats: Arc::new(EndpointStats::new(&endpoint.name, &endpoint.plugin)),
+        stats: carry
+            .stats
+            .get(&endpoint.name)
+            .filter(|s| s.plugin == endpoint.plugin)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(EndpointStats::new(&endpoint.name, &endpoint.plugin))),
         max_request_body: config.server.max_request_body,
         target,
     }
@@ -187,18 +240,25 @@ fn state_reason(state: &PluginState) -> &str {
 
 /// The public router: every configured endpoint, plus `/health` and `/ready`.
 pub fn router(config: &Config, host: Arc<PluginHost>) -> Router {
-    routers(config, host).0
+    routers(config, host, &Carry::default(), None).0
 }
 
-/// The public router, and the admin router (`/_backworks/*`, `/metrics`, `/health`, `/ready`)
-/// that reports on it.
-pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
+/// The public router, and the admin router (`/_backworks/*`, `/metrics`, `/health`, `/ready`, and
+/// `/_backworks/reload` when a `reloader` is given) that reports on it, for the plugins `host`
+/// serves now; and what the next generation carries over (counters and observers of what a
+/// reload does not change).
+pub fn routers(
+    config: &Config,
+    host: Arc<PluginHost>,
+    carry: &Carry,
+    reloader: Option<std::sync::Weak<reload::Reloader>>,
+) -> (Router, Router, Carry) {
     // Endpoints sharing a path share one method router.
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
     let mut stats = Vec::with_capacity(config.endpoints.len());
-    let shares = hook_shares(config, &host);
+    let shares = hook_shares(config, &host, carry);
     for endpoint_config in &config.endpoints {
-        let endpoint = Arc::new(resolve(config, &host, &shares, endpoint_config));
+        let endpoint = Arc::new(resolve(config, &host, &shares, carry, endpoint_config));
         stats.push(endpoint.stats.clone());
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
@@ -250,8 +310,15 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
         .route("/health", axum::routing::get(health::health))
         .route("/ready", axum::routing::get(health::ready))
         .with_state(health_state.clone());
+    let next = Carry {
+        stats: stats
+            .iter()
+            .map(|s| (s.endpoint.clone(), s.clone()))
+            .collect(),
+        shares: shares.clone(),
+    };
     let metrics = Arc::new(metrics::Metrics::new(host.clone(), stats, shares));
-    let admin = admin::router(config, host, metrics, health_state);
+    let admin = admin::router(config, host, metrics, health_state, reloader);
     // Unknown paths and wrong methods get the JSON error shape too.
     let public = router
         .merge(health)
@@ -260,7 +327,7 @@ pub fn routers(config: &Config, host: Arc<PluginHost>) -> (Router, Router) {
     let admin = admin
         .fallback(edge::reply::not_found)
         .method_not_allowed_fallback(edge::reply::method_not_allowed);
-    (public, admin)
+    (public, admin, next)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -362,7 +429,14 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     // One round of health checks before serving, so `/ready` has answers from the start.
     health::check_all(&host, config.health.timeout).await;
     let monitor = tokio::spawn(health::monitor(host.clone(), config.health.clone()));
-    let (app, admin_app) = routers(&config, host.clone());
+    let reload = config.reload.clone();
+    let reloader = reload::Reloader::new(config.clone(), host.clone());
+    let (app, admin_app) = (reloader.public_router(), reloader.admin_router());
+    #[cfg(unix)]
+    let hangups = tokio::spawn(reload::on_sighup(reloader.clone()));
+    let watcher = reload
+        .watch
+        .then(|| tokio::spawn(reload::watch(reloader.clone(), reload.watch_interval)));
     let edge = config.server.edge.clone();
     let listener = edge::bind(addr, edge.backlog)
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
@@ -404,6 +478,11 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     );
     edge::serve(listener, app, edge, max_connections, shutdown_signal()).await;
     monitor.abort();
+    #[cfg(unix)]
+    hangups.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     if let Some(admin) = admin {
         admin.abort();
     }

@@ -13,6 +13,7 @@ mod process_crashes;
 mod process_python;
 mod process_unavailable;
 mod python;
+mod reload;
 mod seams;
 mod server;
 mod support;

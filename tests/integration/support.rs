@@ -99,6 +99,8 @@ fn place(built: &Path, at: &Path) {
             .unwrap_or_else(|e| panic!("copy {} to {}: {e}", built.display(), tmp.display()));
     }
     std::fs::rename(&tmp, at).unwrap_or_else(|e| panic!("move {} into place: {e}", at.display()));
+    // When `at` already was a link to the same file, rename(2) does nothing and leaves `tmp`.
+    let _ = std::fs::remove_file(&tmp);
 }
 
 /// The `broken-panic` fixture built with `panic = "abort"` (the workspace's `panic-abort`
@@ -200,9 +202,22 @@ pub struct Server {
     /// Holds the config and log files; removed when the server is dropped.
     _dir: tempfile::TempDir,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl Server {
+    /// Writes `yaml` over the server's config file (`{{plugins}}` and `{{c}}` replaced as in
+    /// [`Server::start`]), for a reload to read.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let dir = self.config.parent().expect("the config's folder");
+        write_config(dir, yaml);
+    }
+
+    /// The config file the server reads.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// Writes `yaml` to a temporary `backworks.yaml` and serves it, waiting until `/health` answers.
     /// `{{plugins}}` in the yaml becomes the Rust plugins' folder and `{{c}}` the C plugins' folder.
     pub fn start(yaml: &str) -> Server {
@@ -259,6 +274,7 @@ impl Server {
             admin: String::new(),
             _dir: dir,
             log,
+            config,
         };
         server.wait_ready();
         server

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::{INVALID, boolean, integer};
-use crate::config::checked::{AdminConfig, EdgeConfig, HealthConfig, ServerConfig};
+use crate::config::checked::{AdminConfig, EdgeConfig, HealthConfig, ReloadConfig, ServerConfig};
 use crate::config::error::ConfigError;
 use crate::config::interpolate::Interpolator;
 use crate::config::model::{Number, RawAdmin, RawConfig, RawServer, Text};
@@ -156,6 +156,32 @@ pub(super) fn health(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<HealthCon
         health.timeout = millis(ip, ms, "`health.timeout_ms`")?;
     }
     Ok(health)
+}
+
+pub(super) fn reload(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<ReloadConfig, ConfigError> {
+    let mut reload = ReloadConfig::default();
+    let Some(raw) = &raw.reload else {
+        return Ok(reload);
+    };
+    if let Some(flag) = &raw.watch {
+        reload.watch = boolean(ip, flag, "`reload.watch`")?;
+    }
+    if let Some(ms) = &raw.watch_interval_ms {
+        reload.watch_interval = millis(ip, ms, "`reload.watch_interval_ms`")?;
+    }
+    if let Some(ms) = &raw.drain_timeout_ms {
+        reload.drain_timeout = millis(ip, ms, "`reload.drain_timeout_ms`")?;
+    }
+    if let Some(n) = &raw.max_generations {
+        let what = "`reload.max_generations`";
+        let expected = "a number from 1 to 10000";
+        let max: u64 = integer(ip, n, what, expected)?;
+        if !(1..=10_000).contains(&max) {
+            return Err(ip.error(INVALID, n.referenced, format!("{what} must be {expected}")));
+        }
+        reload.max_generations = max;
+    }
+    Ok(reload)
 }
 
 fn millis(ip: &Interpolator<'_>, raw: &Number, what: &str) -> Result<Duration, ConfigError> {

@@ -1,0 +1,446 @@
+//! Hot reload: re-read `backworks.yaml`, start a new generation of what changed beside what
+//! serves, swap the routers atomically, and drain the old generation.
+//!
+//! A reload is triggered by `POST /_backworks/reload` (what `backworks reload` sends), by `SIGHUP`,
+//! or, with `reload.watch`, by a change of content of the config file or a plugin file. One runs at
+//! a time. It:
+//!
+//! 1. loads and checks the whole config; `server:` changes are reported, and wait for a restart;
+//! 2. compares each plugin with the one serving: its entry (config, policy, hooks, isolation,
+//!    path) and its library file's content (SHA-256). Unchanged plugins keep their instance and
+//!    state; added and changed ones get a new generation ([`PluginHost::start_next`]) beside the
+//!    serving one; removed and disabled ones are retired;
+//! 3. refuses the whole reload — nothing changes, the old generation goes on serving — when the
+//!    config is invalid, a new generation fails to start, an important one is not healthy, or a
+//!    plugin has reached `reload.max_generations`;
+//! 4. commits the new generations, builds the new routers and swaps them in: a request runs start
+//!    to end on the routers (and so the plugins) it started on, because it holds them;
+//! 5. drains: once no request holds the old routers and the retired generations have no call in
+//!    flight (or `reload.drain_timeout` passed), they get `shutdown`. Their libraries stay mapped
+//!    (libraries are never unloaded), which is why generations are bounded.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::Request;
+use axum::response::Response;
+use backworks_plugin_host::{Health, Plugin, PluginHost, PluginState, Retiring};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+
+use super::{Carry, health, plugin_source, plugin_spec, routers};
+use crate::config::{Config, PluginConfig, PluginKind};
+
+/// The outcome of one reload, as the admin API and `backworks reload` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    /// Whether the new config serves now.
+    pub ok: bool,
+    /// The serving generation after the reload (1 at start; one more per successful reload).
+    pub generation: u64,
+    /// Plugins started for the first time.
+    pub added: Vec<String>,
+    /// Plugins that got a new generation (entry or file content changed).
+    pub changed: Vec<String>,
+    /// Plugins retired (removed or disabled).
+    pub removed: Vec<String>,
+    /// Plugins that kept their instance and state.
+    pub unchanged: Vec<String>,
+    /// Why the reload was refused; empty when it succeeded.
+    pub errors: Vec<String>,
+    /// What the reload did not apply.
+    pub warnings: Vec<String>,
+    /// When it ended, RFC 3339.
+    pub at: String,
+}
+
+/// What serves now, and what a reload compares against.
+#[derive(Debug)]
+struct Serving {
+    config: Config,
+    carry: Carry,
+    /// The content hash of each library plugin's file.
+    hashes: BTreeMap<String, Option<[u8; 32]>>,
+    generation: u64,
+}
+
+/// Holds the serving routers and reloads them.
+#[derive(Debug)]
+pub struct Reloader {
+    host: Arc<PluginHost>,
+    public: ArcSwap<Router>,
+    admin: ArcSwap<Router>,
+    serving: tokio::sync::Mutex<Serving>,
+    last: Mutex<Option<ReloadReport>>,
+    this: Weak<Reloader>,
+}
+
+impl Reloader {
+    /// The reloader of `config`, whose plugins `host` has started.
+    pub fn new(config: Config, host: Arc<PluginHost>) -> Arc<Reloader> {
+        Arc::new_cyclic(|this: &Weak<Reloader>| {
+            let (public, admin, carry) =
+                routers(&config, host.clone(), &Carry::default(), Some(this.clone()));
+            let hashes = config
+                .plugins
+                .iter()
+                .map(|p| (p.name.clone(), file_hash(&config, p)))
+                .collect();
+            Reloader {
+                host,
+                public: ArcSwap::from_pointee(public),
+                admin: ArcSwap::from_pointee(admin),
+                serving: tokio::sync::Mutex::new(Serving {
+                    config,
+                    carry,
+                    hashes,
+                    generation: 1,
+                }),
+                last: Mutex::new(None),
+                this: this.clone(),
+            }
+        })
+    }
+
+    /// The public router: each request is served by the routers current when it arrives.
+    pub fn public_router(self: &Arc<Self>) -> Router {
+        let this = self.clone();
+        Router::new().fallback_service(tower::service_fn(move |request: Request| {
+            let current = this.public.load_full();
+            serve_on(current, request)
+        }))
+    }
+
+    /// The admin router, swapped the same way.
+    pub fn admin_router(self: &Arc<Self>) -> Router {
+        let this = self.clone();
+        Router::new().fallback_service(tower::service_fn(move |request: Request| {
+            let current = this.admin.load_full();
+            serve_on(current, request)
+        }))
+    }
+
+    /// The last reload's report, if there was one.
+    pub fn last(&self) -> Option<ReloadReport> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The serving generation.
+    pub async fn generation(&self) -> u64 {
+        self.serving.lock().await.generation
+    }
+
+    /// The file the config is read from.
+    pub async fn source(&self) -> std::path::PathBuf {
+        self.serving.lock().await.config.source.clone()
+    }
+
+    /// Reloads (see the module docs); logs and returns the outcome.
+    pub async fn reload(&self) -> ReloadReport {
+        let mut serving = self.serving.lock().await;
+        let report = self.reload_locked(&mut serving).await;
+        if report.ok {
+            tracing::info!(
+                generation = report.generation,
+                added = ?report.added,
+                changed = ?report.changed,
+                removed = ?report.removed,
+                "reload applied"
+            );
+        } else {
+            tracing::warn!(errors = ?report.errors, "reload refused; the running generation goes on serving");
+        }
+        for warning in &report.warnings {
+            tracing::warn!("reload: {warning}");
+        }
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
+        report
+    }
+
+    async fn reload_locked(&self, serving: &mut Serving) -> ReloadReport {
+        let mut report = ReloadReport {
+            ok: false,
+            generation: serving.generation,
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            unchanged: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            at: String::new(),
+        };
+        let finish = |mut report: ReloadReport| {
+            report.at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+            report
+        };
+        let mut config = match crate::config::load(&serving.config.source) {
+            Ok(config) => config,
+            Err(error) => {
+                report.errors.push(error.to_string());
+                return finish(report);
+            }
+        };
+        backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
+        // The listeners are not re-bound: `server:` keeps what the server started with (and the
+        // command line's overrides).
+        if config.server != serving.config.server {
+            report
+                .warnings
+                .push("changes under `server:` take effect at the next restart".to_owned());
+        }
+        config.server = serving.config.server.clone();
+
+        let hashes: BTreeMap<String, Option<[u8; 32]>> = config
+            .plugins
+            .iter()
+            .map(|p| (p.name.clone(), file_hash(&config, p)))
+            .collect();
+        let mut start = Vec::new();
+        let mut retire = Vec::new();
+        for plugin in &config.plugins {
+            let name = &plugin.name;
+            match serving.config.plugin(name) {
+                None => {
+                    report.added.push(name.clone());
+                    start.push(plugin);
+                }
+                Some(old) if old == plugin && serving.hashes.get(name) == hashes.get(name) => {
+                    report.unchanged.push(name.clone());
+                }
+                Some(_) => {
+                    report.changed.push(name.clone());
+                    start.push(plugin);
+                    retire.push(name.clone());
+                }
+            }
+        }
+        for old in &serving.config.plugins {
+            if config.plugin(&old.name).is_none() {
+                report.removed.push(old.name.clone());
+                retire.push(old.name.clone());
+            }
+        }
+        for name in &report.changed {
+            let retired = self.host.retired_generations(name);
+            if retired >= config.reload.max_generations {
+                report.errors.push(format!(
+                    "plugin `{name}` has {retired} retired generations, the limit \
+                     (reload.max_generations: {}); restart the server to reload it again",
+                    config.reload.max_generations
+                ));
+            }
+        }
+        if !report.errors.is_empty() {
+            return finish(report);
+        }
+
+        // New generations beside the serving ones.
+        let mut started: Vec<(String, u64, Arc<dyn Plugin>)> = Vec::new();
+        let mut disabled = Vec::new();
+        for plugin in start {
+            if !plugin.enabled {
+                disabled.push(plugin);
+                continue;
+            }
+            let source = match plugin_source(&config, plugin) {
+                Ok(source) => source,
+                Err(reason) => {
+                    report
+                        .errors
+                        .push(format!("plugin `{}`: {reason}", plugin.name));
+                    continue;
+                }
+            };
+            match self
+                .host
+                .start_next(&plugin_spec(&config, plugin, source))
+                .await
+            {
+                Ok((new, generation)) => started.push((plugin.name.clone(), generation, new)),
+                Err(error) => report.errors.push(error.to_string()),
+            }
+        }
+        if report.errors.is_empty() {
+            self.check_important(&config, &started, &mut report).await;
+        }
+        if !report.errors.is_empty() {
+            for (name, generation, _) in started {
+                self.host.discard(&name, generation).await;
+            }
+            return finish(report);
+        }
+
+        // Commit, swap, drain.
+        let mut retiring: Vec<Retiring> = Vec::new();
+        for (name, generation, _) in &started {
+            retiring.extend(self.host.commit(name, *generation));
+        }
+        for name in retire
+            .iter()
+            .filter(|n| !started.iter().any(|(s, _, _)| s == *n))
+        {
+            retiring.extend(self.host.retire(name));
+        }
+        for plugin in disabled {
+            let source = plugin_source(&config, plugin).ok();
+            let _ = self
+                .host
+                .record(&plugin.name, source, PluginState::Disabled, None);
+        }
+        let (public, admin, carry) = routers(
+            &config,
+            self.host.clone(),
+            &serving.carry,
+            Some(self.this.clone()),
+        );
+        let old_public = self.public.swap(Arc::new(public));
+        let old_admin = self.admin.swap(Arc::new(admin));
+        tokio::spawn(drain(
+            self.host.clone(),
+            retiring,
+            vec![old_public, old_admin],
+            config.reload.drain_timeout,
+        ));
+        serving.generation += 1;
+        serving.config = config;
+        serving.carry = carry;
+        serving.hashes = hashes;
+        report.generation = serving.generation;
+        report.ok = true;
+        finish(report)
+    }
+
+    /// Refuses the reload when an important plugin's new generation is not healthy.
+    async fn check_important(
+        &self,
+        config: &Config,
+        started: &[(String, u64, Arc<dyn Plugin>)],
+        report: &mut ReloadReport,
+    ) {
+        for (name, _, plugin) in started {
+            if !config.plugin(name).is_some_and(|p| p.important) {
+                continue;
+            }
+            // The new generation is not current yet: ask the one just started.
+            let health = health::check_one(plugin.as_ref(), config.health.timeout).await;
+            if health != Health::Healthy {
+                report.errors.push(format!(
+                    "important plugin `{name}`'s new generation is {}: {}",
+                    health.as_str(),
+                    health.message()
+                ));
+            }
+        }
+    }
+}
+
+/// Serves `request` on `router`, which the request holds until it is answered.
+async fn serve_on(router: Arc<Router>, request: Request) -> Result<Response, Infallible> {
+    let response = router.as_ref().clone().oneshot(request).await;
+    drop(router);
+    response
+}
+
+/// Waits until nothing holds the old routers and the retired generations have no call in flight
+/// (or `timeout` passed), then shuts the retired generations down.
+async fn drain(
+    host: Arc<PluginHost>,
+    retiring: Vec<Retiring>,
+    old: Vec<Arc<Router>>,
+    timeout: Duration,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let held = old.iter().any(|router| Arc::strong_count(router) > 1);
+        let busy = retiring.iter().any(|r| {
+            r.plugin
+                .as_ref()
+                .is_some_and(|p| p.stats().snapshot().in_flight > 0)
+        });
+        if !held && !busy {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "retired generations still busy at the drain deadline; shutting them down"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(old);
+    for retired in &retiring {
+        host.finish(retired).await;
+        tracing::info!(
+            plugin = retired.name,
+            generation = retired.generation,
+            "retired generation drained and shut down"
+        );
+    }
+}
+
+/// The SHA-256 of `plugin`'s library file, when it is a library that can be read.
+fn file_hash(config: &Config, plugin: &PluginConfig) -> Option<[u8; 32]> {
+    let PluginKind::External { .. } = plugin.kind else {
+        return None;
+    };
+    let path = config.resolve_plugin_path(plugin).ok()?;
+    hash_file(&path)
+}
+
+/// The SHA-256 of a file's content.
+pub(crate) fn hash_file(path: &Path) -> Option<[u8; 32]> {
+    let bytes = std::fs::read(path).ok()?;
+    Some(Sha256::digest(&bytes).into())
+}
+
+/// Reloads whenever `SIGHUP` arrives, until the task is dropped.
+#[cfg(unix)]
+pub async fn on_sighup(reloader: Arc<Reloader>) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        tracing::warn!("cannot listen for SIGHUP; reload through the admin API");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading");
+        reloader.reload().await;
+    }
+}
+
+/// With `reload.watch`: reads the config file and the plugin files every `interval` and reloads
+/// when the content of one changed (a write that leaves the content as it was, or a file
+/// touched, does nothing), until the task is dropped.
+pub async fn watch(reloader: Arc<Reloader>, interval: Duration) {
+    let mut seen = watched(&reloader).await;
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let now = watched(&reloader).await;
+        if now != seen {
+            // A refused change is not retried until the files change again.
+            tracing::info!("a watched file changed: reloading");
+            reloader.reload().await;
+        }
+        seen = now;
+    }
+}
+
+/// The content hashes of the config file and of every library plugin file it names.
+async fn watched(reloader: &Reloader) -> Vec<Option<[u8; 32]>> {
+    let source = reloader.source().await;
+    let mut hashes = vec![hash_file(&source)];
+    if let Ok(config) = crate::config::load(&source) {
+        hashes.extend(config.plugins.iter().map(|p| file_hash(&config, p)));
+    }
+    hashes
+}

@@ -1,0 +1,300 @@
+//! Hot reload (issue #10): `POST /_backworks/reload`, `backworks reload`, `SIGHUP` and the file
+//! watcher; reloads under constant load lose no request, a failed reload changes nothing,
+//! unchanged plugins keep their state, retired generations are bounded and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::observe::{PATIENCE, metric};
+use crate::support::{Server, backworks, client};
+
+/// The demo's hello and kv-store, hello greeting with `greeting`; `extra` is appended under
+/// `plugins:` (entries indented two spaces) and `reload` at the top level.
+fn config(greeting: &str, extra: &str, reload: &str) -> String {
+    format!(
+        "plugin_dirs: [\"{{{{plugins}}}}\"]\n{reload}\
+         plugins:\n  \
+         hello: {{ path: libhello.so, config: {{ greeting: {greeting} }} }}\n  \
+         kv: {{ path: libkv_store.so }}\n{extra}\
+         endpoints:\n  \
+         hello: {{ path: \"/hello/{{name}}\", plugin: hello }}\n  \
+         kv: {{ path: \"/kv/{{key}}\", methods: [GET, PUT], plugin: kv }}\n"
+    )
+}
+
+async fn get(server: &Server, path: &str) -> (u16, Value) {
+    let res = client()
+        .get(server.url(path))
+        .send()
+        .await
+        .expect("an answer");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn message(server: &Server) -> String {
+    let (status, body) = get(server, "/hello/ana").await;
+    assert_eq!(status, 200, "{body}");
+    body["message"].as_str().unwrap_or_default().to_owned()
+}
+
+/// `POST /_backworks/reload`: its status and report.
+async fn reload(server: &Server) -> (u16, Value) {
+    let res = client()
+        .post(server.admin_url("/_backworks/reload"))
+        .send()
+        .await
+        .expect("the admin API answers");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+async fn plugin(server: &Server, name: &str) -> Value {
+    client()
+        .get(server.admin_url(&format!("/_backworks/plugins/{name}")))
+        .send()
+        .await
+        .expect("the admin API answers")
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+async fn metrics(server: &Server) -> String {
+    client()
+        .get(server.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .unwrap_or_default()
+}
+
+/// Polls `check` until it holds; panics with `what` after the patience runs out.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + PATIENCE;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_under_constant_load_lose_no_request() {
+    let server = Arc::new(Server::start(&config("Hello", "", "")));
+    let put = client()
+        .put(server.url("/kv/color"))
+        .body("blue")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+
+    // A bounded load: eight clients, each sending one request after another until the reloads
+    // are done (and at most for the patience).
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let deadline = Instant::now() + PATIENCE;
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let answer = match http.get(server.url("/hello/ana")).send().await {
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            let body: Value = res.json().await.unwrap_or(Value::Null);
+                            (status, body["message"].as_str().unwrap_or("").to_owned())
+                        }
+                        Err(error) => (0, error.to_string()),
+                    };
+                    answers.push(answer);
+                }
+                answers
+            })
+        })
+        .collect();
+
+    let greetings = ["Hi", "Hello"];
+    for n in 0..20 {
+        server.rewrite_config(&config(greetings[n % 2], "", ""));
+        let (status, report) = reload(&server).await;
+        assert_eq!(status, 200, "reload {n}: {report}");
+        assert_eq!(report["changed"], serde_json::json!(["hello"]), "{report}");
+        assert_eq!(report["unchanged"], serde_json::json!(["kv"]), "{report}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for task in clients {
+        answers.extend(task.await.expect("a client"));
+    }
+    assert!(
+        answers.len() > 100,
+        "the load was too light: {} requests",
+        answers.len()
+    );
+    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed requests: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    for (_, message) in &answers {
+        assert!(
+            message == "Hello, ana!" || message == "Hi, ana!",
+            "an answer from neither generation: {message:?}"
+        );
+    }
+    // The last reload's answer, afterwards.
+    assert_eq!(message(&server).await, "Hello, ana!");
+    // kv-store was not changed: same instance, same state.
+    let (status, _) = get(&server, "/kv/color").await;
+    assert_eq!(status, 200);
+    let kept = client().get(server.url("/kv/color")).send().await.unwrap();
+    assert_eq!(kept.text().await.unwrap(), "blue");
+    let hello = plugin(&server, "hello").await;
+    assert_eq!(hello["generation"], 21, "{hello}");
+    assert_eq!(hello["retired_generations"], 20, "{hello}");
+    assert_eq!(plugin(&server, "kv").await["generation"], 1);
+    let text = metrics(&server).await;
+    assert_eq!(
+        metric::value(
+            &text,
+            "backworks_plugin_retired_generations",
+            &[("plugin", "hello")]
+        ),
+        Some(20.0)
+    );
+    // The retired generations drain and are shut down.
+    server_logs_eventually(&server, "retired generation drained and shut down").await;
+}
+
+async fn server_logs_eventually(server: &Server, line: &str) {
+    eventually(&format!("the log line {line:?}"), || async {
+        server.logs().contains(line)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_reload_changes_nothing() {
+    let server = Server::start(&config("Hello", "", ""));
+    // A file that does not parse: refused with its place; the old generation serves.
+    server.rewrite_config("plugins:\n  hello: [unclosed\n");
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 409, "{report}");
+    assert_eq!(report["ok"], false);
+    let error = report["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        error.contains("backworks.yaml:"),
+        "names the file and place: {error}"
+    );
+    assert_eq!(message(&server).await, "Hello, ana!");
+
+    // A new generation that fails `initialize` (a greeting must be a string): refused, nothing
+    // changed, the error names the plugin.
+    server.rewrite_config(&config("5", "", ""));
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 409, "{report}");
+    let error = report["errors"][0].as_str().unwrap_or_default();
+    assert!(error.contains("plugin `hello` failed to start"), "{error}");
+    assert_eq!(message(&server).await, "Hello, ana!");
+    assert_eq!(plugin(&server, "hello").await["generation"], 1);
+    let last: Value = client()
+        .get(server.admin_url("/_backworks/reload"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["ok"], false, "{last}");
+
+    // `backworks reload` says so and exits 1; once the file is fixed it applies and exits 0.
+    let config_path = server.config_path().display().to_string();
+    let cli = backworks(&["reload", "-c", &config_path, "--admin-url", &server.admin]);
+    assert_eq!(cli.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&cli.stderr);
+    assert!(
+        stderr.contains("reload refused") && stderr.contains("plugin `hello`"),
+        "{stderr}"
+    );
+    server.rewrite_config(&config("Hi", "", ""));
+    let cli = backworks(&["reload", "-c", &config_path, "--admin-url", &server.admin]);
+    let stdout = String::from_utf8_lossy(&cli.stdout);
+    assert_eq!(cli.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("reload applied: generation 2"), "{stdout}");
+    assert!(stdout.contains("changed: hello"), "{stdout}");
+    assert_eq!(message(&server).await, "Hi, ana!");
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_a_removed_plugin_is_retired() {
+    let server = Server::start(&config("Hello", "", ""));
+    // kv-store and its endpoint go away; hello changes.
+    server.rewrite_config(
+        "plugin_dirs: [\"{{plugins}}\"]\nplugins:\n  \
+         hello: { path: libhello.so, config: { greeting: Hey } }\n\
+         endpoints:\n  hello: { path: \"/hello/{name}\", plugin: hello }\n",
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    eventually("the reload by SIGHUP", || async {
+        get(&server, "/hello/ana").await.1["message"] == "Hey, ana!"
+    })
+    .await;
+    let (status, body) = get(&server, "/kv/color").await;
+    assert_eq!(status, 404, "the endpoint is gone: {body}");
+    server_logs_eventually(&server, "reload applied").await;
+}
+
+#[tokio::test]
+async fn the_watcher_reloads_on_a_change_of_content_only() {
+    let watch = "reload: { watch: true, watch_interval_ms: 100 }\n";
+    let server = Server::start(&config("Hello", "", watch));
+    // Rewriting the same content changes nothing.
+    server.rewrite_config(&config("Hello", "", watch));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(plugin(&server, "hello").await["generation"], 1);
+    assert!(!server.logs().contains("a watched file changed"));
+    // A real change reloads.
+    server.rewrite_config(&config("Howdy", "", watch));
+    eventually("the watcher's reload", || async {
+        get(&server, "/hello/ana").await.1["message"] == "Howdy, ana!"
+    })
+    .await;
+    assert_eq!(plugin(&server, "hello").await["generation"], 2);
+}
+
+#[tokio::test]
+async fn reloads_of_one_plugin_are_bounded() {
+    let bounded = "reload: { max_generations: 2 }\n";
+    let server = Server::start(&config("Hello", "", bounded));
+    for greeting in ["A", "B"] {
+        server.rewrite_config(&config(greeting, "", bounded));
+        assert_eq!(reload(&server).await.0, 200);
+    }
+    server.rewrite_config(&config("C", "", bounded));
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 409, "{report}");
+    let error = report["errors"][0].as_str().unwrap_or_default();
+    assert!(
+        error.contains("plugin `hello` has 2 retired generations")
+            && error.contains("reload.max_generations: 2"),
+        "{error}"
+    );
+    assert_eq!(message(&server).await, "B, ana!");
+}
