@@ -701,6 +701,58 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_new_generation_serves_only_once_committed_and_the_old_one_drains() {
+        let host = host();
+        let first = host.start(&spec("a", json!({}))).await.unwrap();
+        let (second, generation) = host.start_next(&spec("a", json!({}))).await.unwrap();
+        assert_eq!(generation, 2);
+        // Not committed: lookups give the first generation.
+        assert!(Arc::ptr_eq(&host.get("a").unwrap(), &first));
+        assert_eq!(host.current_generation("a"), Some(1));
+        assert_eq!(host.statuses().len(), 1);
+        let retiring = host.commit("a", generation);
+        assert!(Arc::ptr_eq(&host.get("a").unwrap(), &second));
+        assert_eq!(host.statuses()[0].generation, 2);
+        assert_eq!(retiring.len(), 1);
+        assert_eq!(retiring[0].generation, 1);
+        assert_eq!(host.retired_generations("a"), 1);
+        // The retired one still answers (a request that started on it finishes on it) until it
+        // is finished.
+        assert_eq!(first.info().name, "a");
+        host.finish(&retiring[0]).await;
+        assert_eq!(
+            retiring[0].plugin.as_ref().unwrap().lifecycle().state(),
+            PluginState::Stopped
+        );
+        assert_eq!(host.state("a"), Some(PluginState::Active));
+        assert_eq!(host.retired_generations("a"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_or_discarded_generation_leaves_the_current_one_alone() {
+        let host = host();
+        let first = host.start(&spec("a", json!({}))).await.unwrap();
+        let err = host
+            .start_next(&spec("a", json!({"fail": true})))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("asked to fail"), "{err}");
+        assert!(Arc::ptr_eq(&host.get("a").unwrap(), &first));
+        let (_, generation) = host.start_next(&spec("a", json!({}))).await.unwrap();
+        host.discard("a", generation).await;
+        assert!(Arc::ptr_eq(&host.get("a").unwrap(), &first));
+        assert_eq!(host.current_generation("a"), Some(1));
+        assert_eq!(host.retired_generations("a"), 0);
+        // Retiring takes it out of service; the name can then be used again.
+        let retiring = host.retire("a");
+        assert!(host.get("a").is_none());
+        host.finish(&retiring[0]).await;
+        assert_eq!(host.retired_generations("a"), 1);
+        host.start(&spec("a", json!({}))).await.unwrap();
+        assert_eq!(host.current_generation("a"), Some(2));
+    }
+
+    #[tokio::test]
     async fn lifecycle_states_and_errors() {
         let host = host();
         let ok = host.start(&spec("a", json!({}))).await.unwrap();

@@ -298,3 +298,35 @@ async fn reloads_of_one_plugin_are_bounded() {
     );
     assert_eq!(message(&server).await, "B, ana!");
 }
+
+/// A process-isolated plugin: the new generation's child starts beside the old one, takes over,
+/// and the old child is stopped once drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_plugin_reload_starts_a_new_child_and_stops_the_old() {
+    let isolated = |greeting: &str| {
+        format!(
+            "plugin_dirs: [\"{{{{plugins}}}}\"]\nplugins:\n  \
+             hello: {{ path: libhello.so, isolation: process, config: {{ greeting: {greeting} }} }}\n\
+             endpoints:\n  hello: {{ path: \"/hello/{{name}}\", plugin: hello }}\n"
+        )
+    };
+    let server = Server::start(&isolated("Hello"));
+    let old_pid = plugin(&server, "hello").await["process"]["pid"]
+        .as_u64()
+        .expect("a child pid");
+    server.rewrite_config(&isolated("Hi"));
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(message(&server).await, "Hi, ana!");
+    let new_pid = plugin(&server, "hello").await["process"]["pid"]
+        .as_u64()
+        .expect("a child pid");
+    assert_ne!(old_pid, new_pid);
+    eventually("the old child to be stopped", || async {
+        !std::path::Path::new(&format!("/proc/{old_pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{old_pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    })
+    .await;
+    assert_eq!(message(&server).await, "Hi, ana!");
+}
