@@ -346,6 +346,7 @@ mod tests {
             plugins,
             endpoints: vec![],
             health: HealthConfig::default(),
+            trust: TrustConfig::default(),
             secrets: Secrets::default(),
         }
     }

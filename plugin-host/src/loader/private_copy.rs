@@ -184,7 +184,6 @@ fn private_file(base: &Path, bytes: &[u8], digest: &Sha256Digest) -> std::io::Re
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)?;
         file.write_all(bytes)?;
-        file.sync_data()?;
         drop(file);
         File::open(&path)
     })();
