@@ -205,4 +205,40 @@ pub enum HostError {
         /// The built-ins registered, comma-separated.
         available: String,
     },
+    /// The plugin file failed the file checks (`trust.file_checks`): who may have written it.
+    #[error("{}: refused by the file checks: {problem}", path.display())]
+    FileRefused {
+        /// The file as configured.
+        path: PathBuf,
+        /// What was found: the mode, the owner, the directory, the file type.
+        problem: String,
+    },
+    /// The verifier of the load policy (a signature check) refused the file's bytes.
+    #[error("{}: refused: {reason}", path.display())]
+    Unverified {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The private copy a library is loaded from could not be made.
+    #[error("{}: cannot make the private copy to load from ({store}): {source}", path.display())]
+    PrivateCopy {
+        /// The file.
+        path: PathBuf,
+        /// Where copies live: `memfd` or `directory`.
+        store: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A plugin child read other bytes than the host checked.
+    #[error("{}: the bytes read have SHA-256 {found}, the host checked {expected}", path.display())]
+    HashMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The hash the host checked.
+        expected: String,
+        /// The hash of what was read.
+        found: String,
+    },
 }

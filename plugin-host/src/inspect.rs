@@ -55,7 +55,12 @@ pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
         path: path.to_owned(),
         source,
     })?;
-    let file = object::File::parse(&*data).map_err(|e| HostError::NotALibrary {
+    metadata_of(path, &data)
+}
+
+/// Reads and parses the metadata section of `data`, the bytes of the file at `path`.
+pub(crate) fn metadata_of(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
+    let file = object::File::parse(data).map_err(|e| HostError::NotALibrary {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;

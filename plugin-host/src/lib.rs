@@ -22,7 +22,15 @@
 //! the SDK's plain values: [`Request`], [`Response`], [`HookAction`], [`Health`].
 //! [`PluginHost::get`] finds a started plugin again; [`PluginHost::statuses`] and
 //! [`PluginHost::lifecycle`] report on every plugin, failed ones included.
-//! [`load_library`] is the level below, for a library without the host's bookkeeping.
+//! [`load_library`] and [`load_checked`] are the level below, for a library without the host's
+//! bookkeeping.
+//!
+//! ## Files you can trust and replace
+//! Before a library is loaded its file is checked ([`check_file`], [`FileChecks`]: owner, mode,
+//! directory, as ssh's `StrictModes`), read once, passed to the [`LoadPolicy`]'s [`Verifier`] (a
+//! signature check), and loaded from a private, immutable copy of exactly those bytes (a sealed
+//! `memfd`, or a private directory where that cannot run: [`copy_store`]). Set the policy with
+//! [`PluginHost::set_load_policy`]; process-isolated plugins load the same checked bytes.
 //!
 //! ## The call guard
 //! Every plugin the host starts sits behind its [`Guarded`] call guard, which applies its
@@ -122,7 +130,10 @@ pub use inspect::{Inspection, inspect, supported_sdk};
 
 // Loading and running plugins.
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
-pub use loader::{DynamicPlugin, LoadedLibrary, load as load_library};
+pub use loader::{
+    CopyStore, DynamicPlugin, FileChecks, LoadPolicy, LoadedLibrary, PRIVATE_COPY_ENV, Verifier,
+    check_file, copy_store, load as load_library, load_checked,
+};
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
 pub use registry::{PluginHost, PluginSpec, PluginStatus, Retiring};
 

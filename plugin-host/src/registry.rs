@@ -10,7 +10,7 @@ use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::plugin::{BuiltinFactory, Plugin, PluginSource};
 use crate::policy::{CallPolicy, Isolation};
 use crate::process::{ProcessPlugin, SupervisionSnapshot};
-use crate::{DynamicPlugin, HostError};
+use crate::{DynamicPlugin, HostError, LoadPolicy};
 
 /// A plugin to start.
 #[derive(Debug, Clone)]
@@ -169,6 +169,8 @@ impl Entry {
 #[derive(Default)]
 pub struct PluginHost {
     builtins: RwLock<HashMap<String, BuiltinFactory>>,
+    /// What a plugin file must pass before it is loaded.
+    load_policy: RwLock<LoadPolicy>,
     /// In registration order: shutdown goes in reverse. A plugin's generations are entries of
     /// the same name, newest last.
     entries: RwLock<Vec<Entry>>,
@@ -188,6 +190,21 @@ impl PluginHost {
     /// An empty host.
     pub fn new() -> PluginHost {
         PluginHost::default()
+    }
+
+    /// Sets what a plugin file must pass before it is loaded, for every later
+    /// [`start`](Self::start): the file checks and a verifier of its bytes. Strict file checks
+    /// and no verifier by default.
+    pub fn set_load_policy(&self, policy: LoadPolicy) {
+        *self.load_policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// The load policy in force.
+    pub fn load_policy(&self) -> LoadPolicy {
+        self.load_policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Makes the built-in plugin `name` available to [`PluginSource::Builtin`]. The factory gets the
@@ -502,8 +519,9 @@ impl PluginHost {
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
                 let (path, name) = (path.clone(), spec.name.clone());
+                let policy = self.load_policy();
                 let plugin = tokio::task::spawn_blocking(move || {
-                    let library = crate::loader::load(&path)?;
+                    let library = crate::loader::load_checked(&path, &policy)?;
                     DynamicPlugin::new(library, &name)
                 })
                 .await
@@ -521,7 +539,14 @@ impl PluginHost {
             }
             (source, Isolation::Process(settings)) => {
                 let process = Arc::new(
-                    ProcessPlugin::start(&spec.name, source, settings, lifecycle.clone()).await?,
+                    ProcessPlugin::start_checked(
+                        &spec.name,
+                        source,
+                        settings,
+                        lifecycle.clone(),
+                        &self.load_policy(),
+                    )
+                    .await?,
                 );
                 // Before the entry holds it: dropping it here stops the child.
                 check_hooks(&spec.name, spec.hooks, process.info().metadata.hooks)?;

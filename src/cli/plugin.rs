@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use backworks_plugin_host::Isolation;
+use backworks_plugin_host::{FileChecks, check_file};
 use backworks_plugin_host::{Inspection, inspect as inspect_file, supported_sdk};
 use backworks_plugin_host::{ScanDir, discover};
 use serde_json::{Value, json};
@@ -31,11 +32,10 @@ fn inspection_json(inspection: &Inspection) -> Value {
 /// `panic = "abort"` plugin, which runs only under `isolation: process`, included).
 pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
     let result = inspect_file(file);
+    // `inspect` has no config: the verdict is the default's, strict.
+    let checks = check_file(file, FileChecks::Strict);
     if as_json {
-        let value = match &result {
-            Ok(inspection) => inspection_json(inspection),
-            Err(e) => json!({ "path": file, "compatible": false, "problem": e.to_string() }),
-        };
+        let value = inspect_row(file, FileChecks::Strict);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         match &result {
@@ -71,9 +71,15 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
             }
             Err(e) => println!("error: {e}"),
         }
+        match &checks {
+            Ok(()) => println!("file checks: ok (strict)"),
+            Err(e) => println!(
+                "file checks: refused (strict; `trust.file_checks: relaxed` would load it): {e}"
+            ),
+        }
     }
     Ok(match result {
-        Ok(i) if i.compatibility.is_ok() => 0,
+        Ok(i) if i.compatibility.is_ok() && checks.is_ok() => 0,
         _ => 1,
     })
 }
@@ -158,7 +164,7 @@ fn rows(config: &Config) -> Vec<Value> {
                 match config.resolve_plugin_path(plugin) {
                     Ok(path) => {
                         seen.insert(path.canonicalize().unwrap_or(path.clone()));
-                        merge(&mut row, &inspect_row(&path));
+                        merge(&mut row, &inspect_row(&path, config.trust.file_checks));
                         check_hooks(&mut row, plugin);
                         // Under `isolation: process` a `panic = "abort"` plugin is fine.
                         if matches!(plugin.isolation, Isolation::Process(_))
@@ -204,7 +210,7 @@ fn rows(config: &Config) -> Vec<Value> {
             continue;
         }
         let mut row = json!({ "configured": false, "type": "external", "state": "discovered" });
-        merge(&mut row, &inspect_row(&file));
+        merge(&mut row, &inspect_row(&file, config.trust.file_checks));
         rows.push(row);
     }
     rows
@@ -220,10 +226,29 @@ fn find_program(program: &str, base_dir: &Path) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
-fn inspect_row(path: &Path) -> Value {
-    match inspect_file(path) {
+/// The inspection of `path` with the verdict of the file checks: a file they refuse is not
+/// compatible, whatever its metadata says, since the host will not load it.
+fn inspect_row(path: &Path, checks: FileChecks) -> Value {
+    let mut row = match inspect_file(path) {
         Ok(inspection) => inspection_json(&inspection),
         Err(e) => json!({ "path": path, "compatible": false, "problem": e.to_string() }),
+    };
+    add_file_checks(&mut row, path, checks);
+    row
+}
+
+/// Adds `file_checks` (`{mode, ok, problem}`) to a row; a refusal makes the row incompatible.
+fn add_file_checks(row: &mut Value, path: &Path, checks: FileChecks) {
+    let verdict = check_file(path, checks);
+    row["file_checks"] = json!({
+        "mode": checks.as_str(),
+        "ok": verdict.is_ok(),
+        "problem": verdict.as_ref().err().map(|e| e.to_string()),
+    });
+    if let Err(refused) = verdict {
+        row["compatible"] = json!(false);
+        row["compatible_isolated"] = json!(false);
+        row["problem"] = json!(refused.to_string());
     }
 }
 

@@ -9,8 +9,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backworks_plugin_host::OnFailure;
 use backworks_plugin_host::{CallPolicy, Isolation};
+use backworks_plugin_host::{FileChecks, OnFailure};
 use backworks_plugin_sdk::Hooks;
 
 /// A checked `backworks.yaml`.
@@ -30,6 +30,8 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// `health:`: how the health monitor polls the plugins.
     pub health: HealthConfig,
+    /// `trust:`: what a plugin file must pass before it is loaded.
+    pub trust: TrustConfig,
     /// Values the environment put into plugin configs; never printed.
     pub secrets: Secrets,
     /// `reload:`: how a running server takes a changed config or plugin file.
@@ -71,6 +73,14 @@ impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Secrets({} redacted)", self.0.len())
     }
+}
+
+/// `trust:`: what a plugin file must pass before it is loaded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrustConfig {
+    /// `trust.file_checks`: owner, mode and directory of each library (see
+    /// `docs/operations.md`, "Plugin files"). Strict by default.
+    pub file_checks: FileChecks,
 }
 
 /// Where the HTTP server listens.
@@ -364,6 +374,7 @@ mod tests {
             plugins,
             endpoints: vec![],
             health: HealthConfig::default(),
+            trust: TrustConfig::default(),
             secrets: Secrets::default(),
             reload: ReloadConfig::default(),
         }

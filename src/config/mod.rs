@@ -34,7 +34,7 @@ mod validate;
 
 pub use checked::{
     AdminConfig, Config, EdgeConfig, EndpointConfig, HealthConfig, PluginConfig, PluginDir,
-    PluginKind, ReloadConfig, Secrets, ServerConfig,
+    PluginKind, ReloadConfig, Secrets, ServerConfig, TrustConfig,
 };
 pub use error::{ConfigError, ConfigErrorKind};
 pub use load::{load, parse_str, parse_str_with_env};

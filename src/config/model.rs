@@ -25,6 +25,15 @@ pub(crate) struct RawConfig {
     pub endpoints: Option<IndexMap<Text, Spanned<RawEndpoint>>>,
     pub health: Option<RawHealth>,
     pub reload: Option<RawReload>,
+    pub trust: Option<RawTrust>,
+}
+
+/// `trust:`: what a plugin file must pass before it is loaded.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrust {
+    /// `strict` (the default) or `relaxed`.
+    pub file_checks: Option<Text>,
 }
 
 /// A number (or a string that becomes one after interpolation), with its location.

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use indexmap::IndexMap;
 use serde_saphyr::Spanned;
 
-use super::checked::{Config, PluginConfig, PluginDir, PluginKind, Secrets};
+use super::checked::{Config, PluginConfig, PluginDir, PluginKind, Secrets, TrustConfig};
 use super::error::{ConfigError, ConfigErrorKind};
 use super::interpolate::{EnvLookup, Interpolator};
 use super::model::{RawConfig, RawPlugin, RawPluginDir, Scalar, Text};
@@ -28,6 +28,7 @@ pub(crate) fn check(
     let ip = Interpolator::new(env, source);
     let server = server::server(&ip, raw)?;
     let health = server::health(&ip, raw)?;
+    let trust = trust(&ip, raw)?;
     let plugin_dirs = match &raw.plugin_dirs {
         None => vec![PluginDir {
             path: base_dir.join("plugins"),
@@ -57,7 +58,26 @@ pub(crate) fn check(
         plugins,
         endpoints,
         health,
+        trust,
     })
+}
+
+fn trust(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<TrustConfig, ConfigError> {
+    let mut trust = TrustConfig::default();
+    if let Some(text) = raw.trust.as_ref().and_then(|t| t.file_checks.as_ref()) {
+        let text = ip.text(text)?;
+        trust.file_checks = text.value.parse().map_err(|_| {
+            ip.error(
+                INVALID,
+                text.at,
+                format!(
+                    "`trust.file_checks` is {}: expected `strict` or `relaxed`",
+                    text.quoted()
+                ),
+            )
+        })?;
+    }
+    Ok(trust)
 }
 
 fn plugin_dir(

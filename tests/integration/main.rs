@@ -5,6 +5,7 @@ mod cli;
 mod edge;
 mod embed;
 mod faults;
+mod files;
 mod isolation;
 mod loader;
 mod observe;

@@ -1,9 +1,15 @@
-//! Loading plugin libraries: check the file, open it, check the vtable, then create instances.
+//! Loading plugin libraries: check the file, read it once, check the bytes, copy them privately,
+//! open the copy, check the vtable, then create instances.
 //!
-//! The order is the point. [`load`] reads the file's metadata *without* mapping it for execution
-//! and refuses an incompatible plugin before `dlopen` runs any of its constructors; then it opens the
-//! library (`RTLD_NOW | RTLD_LOCAL`), reads the exported vtable as plain data and checks its magic,
-//! ABI major, size and functions before calling any of them.
+//! The order is the point. [`load_checked`] checks who may have written the file
+//! ([`FileChecks`]), reads its bytes **once**, hands them to the policy's verifier (a signature
+//! check), reads the metadata section from those bytes *without* mapping them for execution, and
+//! refuses an incompatible plugin before `dlopen` runs any of its constructors. Then it writes the
+//! same bytes into a private, immutable copy (a sealed `memfd`, see `private_copy`) and opens
+//! *that* (`RTLD_NOW | RTLD_LOCAL`): what runs is exactly what was checked, and replacing,
+//! truncating or deleting the original file later changes nothing. It reads the exported vtable as
+//! plain data and checks its magic, ABI major, size and functions before calling any of them.
+//! Identical bytes share one copy, so one `dlopen` handle.
 //!
 //! A library is never unloaded: code of it may still run (a cancelled task winding down on the
 //! plugin's runtime threads, a thread the plugin started), and unmapping it under them would crash
@@ -11,7 +17,9 @@
 
 mod call;
 mod dynamic;
+mod file_checks;
 mod inherited_fds;
+mod private_copy;
 
 use std::mem::{ManuallyDrop, offset_of};
 use std::path::{Path, PathBuf};
@@ -23,16 +31,43 @@ use backworks_plugin_sdk::abi::{
 };
 
 pub use dynamic::DynamicPlugin;
+pub use file_checks::{FileChecks, check_file};
 pub(crate) use inherited_fds::close_inherited_fds;
+pub(crate) use private_copy::PrivateCopy;
+pub use private_copy::{STORE_ENV as PRIVATE_COPY_ENV, Store as CopyStore, store as copy_store};
 
 use crate::HostError;
-use crate::inspect::{check_child_compatibility, check_compatibility, read_metadata};
+use crate::inspect::{check_child_compatibility, check_compatibility, metadata_of};
+
+/// A check of a plugin file's bytes, run after they are read and before anything of them is
+/// parsed or mapped: a signature verifier. Gets the file as configured and its bytes; an `Err`
+/// refuses the plugin.
+pub type Verifier = Arc<dyn Fn(&Path, &[u8]) -> Result<(), HostError> + Send + Sync>;
+
+/// What a plugin file must pass before it is loaded.
+#[derive(Clone, Default)]
+pub struct LoadPolicy {
+    /// Who may have written the file (`trust.file_checks`). Strict by default.
+    pub file_checks: FileChecks,
+    /// Run on the bytes read, before any is parsed or mapped; `None` checks nothing more.
+    pub verify: Option<Verifier>,
+}
+
+impl std::fmt::Debug for LoadPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadPolicy")
+            .field("file_checks", &self.file_checks)
+            .field("verify", &self.verify.as_ref().map(|_| "<verifier>"))
+            .finish()
+    }
+}
 
 /// An opened, checked plugin library. Stays mapped for the life of the process.
 pub struct LoadedLibrary {
     path: PathBuf,
     metadata: PluginMetadata,
     vtable: &'static BwPluginVTable,
+    copy: Arc<PrivateCopy>,
     _library: ManuallyDrop<libloading::Library>,
 }
 
@@ -41,12 +76,13 @@ impl std::fmt::Debug for LoadedLibrary {
         f.debug_struct("LoadedLibrary")
             .field("path", &self.path)
             .field("metadata", &self.metadata)
+            .field("sha256", &self.sha256())
             .finish_non_exhaustive()
     }
 }
 
 impl LoadedLibrary {
-    /// The file it was loaded from.
+    /// The file it was loaded from (as configured; what runs is its private copy).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -60,29 +96,136 @@ impl LoadedLibrary {
     pub fn vtable(&self) -> &'static BwPluginVTable {
         self.vtable
     }
+
+    /// The SHA-256 of the bytes loaded, in hex: equal for files with identical content.
+    pub fn sha256(&self) -> String {
+        private_copy::hex(self.copy.sha256())
+    }
+
+    /// Where its private copy lives.
+    pub fn store(&self) -> CopyStore {
+        self.copy.store()
+    }
 }
 
 /// The smallest vtable of ABI `major.0`: every function of v1.0 present.
 const MIN_VTABLE_SIZE: usize = offset_of!(BwPluginVTable, task_cancel) + size_of::<usize>();
 
-/// Checks and opens the plugin library at `path`, to run in this process.
+/// Checks and opens the plugin library at `path` under the default [`LoadPolicy`] (strict file
+/// checks, no verifier).
 pub fn load(path: &Path) -> Result<Arc<LoadedLibrary>, HostError> {
-    let metadata = read_metadata(path)?;
-    check_compatibility(path, &metadata)?;
-    open_checked(path, metadata)
+    load_checked(path, &LoadPolicy::default())
+}
+
+/// Checks the plugin file at `path` under `policy` and opens a private copy of exactly the bytes
+/// checked, to run in this process.
+pub fn load_checked(path: &Path, policy: &LoadPolicy) -> Result<Arc<LoadedLibrary>, HostError> {
+    let (metadata, copy) = check_and_copy(path, policy, Runs::InProcess)?;
+    open_checked(path, copy, metadata)
+}
+
+/// Where a checked library will run, which decides the compatibility rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Runs {
+    /// In the host.
+    InProcess,
+    /// In a plugin child (`isolation: process`), where `panic = "abort"` is accepted.
+    InChild,
+}
+
+/// The one path from a file to bytes that may run: file checks, one read, the verifier, metadata
+/// and compatibility from those bytes, then their private copy.
+pub(crate) fn check_and_copy(
+    path: &Path,
+    policy: &LoadPolicy,
+    runs: Runs,
+) -> Result<(PluginMetadata, Arc<PrivateCopy>), HostError> {
+    let file = file_checks::open_checked(path, policy.file_checks)?;
+    let bytes = private_copy::read_all(file).map_err(|source| HostError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(verify) = &policy.verify {
+        verify(path, &bytes)?;
+    }
+    let metadata = checked_metadata(path, &bytes, runs)?;
+    Ok((metadata, private(path, &bytes)?))
+}
+
+fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetadata, HostError> {
+    let metadata = metadata_of(path, bytes)?;
+    match runs {
+        Runs::InProcess => check_compatibility(path, &metadata)?,
+        Runs::InChild => check_child_compatibility(path, &metadata)?,
+    }
+    Ok(metadata)
+}
+
+fn private(path: &Path, bytes: &[u8]) -> Result<Arc<PrivateCopy>, HostError> {
+    private_copy::copy_of(bytes).map_err(|source| HostError::PrivateCopy {
+        path: path.to_owned(),
+        store: private_copy::store().as_str(),
+        source,
+    })
+}
+
+/// What the host tells a plugin child about the library to load: where to read the host's
+/// private copy, and the hash of the bytes the host checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ChildCopy {
+    /// `/proc/<host pid>/fd/<n>`: the host's copy, readable by its children.
+    pub(crate) source: PathBuf,
+    /// Hex SHA-256 of the checked bytes.
+    pub(crate) sha256: String,
+}
+
+impl ChildCopy {
+    /// How a child of this process reaches `copy`.
+    pub(crate) fn of(copy: &PrivateCopy) -> ChildCopy {
+        ChildCopy {
+            source: copy.path_for_children(),
+            sha256: private_copy::hex(copy.sha256()),
+        }
+    }
 }
 
 /// [`load`] in a plugin child (the runner of `isolation: process`), where a library built with
 /// `panic = "abort"` is accepted: a panic ends only the child.
-pub(crate) fn load_in_child(path: &Path) -> Result<Arc<LoadedLibrary>, HostError> {
-    let metadata = read_metadata(path)?;
-    check_child_compatibility(path, &metadata)?;
-    open_checked(path, metadata)
+///
+/// With `from`, the child reads the host's private copy (once), refuses bytes whose hash is not
+/// the one the host checked, and loads a private copy of its own: a file replaced since the host
+/// checked it never reaches the child, not even at a restart. Without (a runner started by hand),
+/// it reads `path` once and loads a private copy of that.
+pub(crate) fn load_in_child(
+    path: &Path,
+    from: Option<&ChildCopy>,
+) -> Result<Arc<LoadedLibrary>, HostError> {
+    let source = from.map_or(path, |c| c.source.as_path());
+    let bytes = std::fs::read(source).map_err(|source| HostError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if let Some(expected) = from {
+        let found = private_copy::hex(&private_copy::sha256(&bytes));
+        if found != expected.sha256 {
+            return Err(HostError::HashMismatch {
+                path: path.to_owned(),
+                expected: expected.sha256.clone(),
+                found,
+            });
+        }
+    }
+    let metadata = checked_metadata(path, &bytes, Runs::InChild)?;
+    open_checked(path, private(path, &bytes)?, metadata)
 }
 
-/// Opens a library whose metadata passed the checks and checks its vtable.
-fn open_checked(path: &Path, metadata: PluginMetadata) -> Result<Arc<LoadedLibrary>, HostError> {
-    let library = open(path)?;
+/// Opens the private copy of a library whose metadata passed the checks and checks its vtable.
+fn open_checked(
+    path: &Path,
+    copy: Arc<PrivateCopy>,
+    metadata: PluginMetadata,
+) -> Result<Arc<LoadedLibrary>, HostError> {
+    let library = open(path, &copy.proc_path())?;
     // SAFETY: the symbol is declared as a static `BwPluginVTable` by every Backworks plugin; we only
     // take its address here and read it field by field below, after checking magic and size.
     let symbol = unsafe { library.get::<*const BwPluginVTable>(ENTRY_SYMBOL_NUL) };
@@ -101,32 +244,24 @@ fn open_checked(path: &Path, metadata: PluginMetadata) -> Result<Arc<LoadedLibra
         path: path.to_owned(),
         metadata,
         vtable,
+        copy,
         _library: ManuallyDrop::new(library),
     }))
 }
 
-fn open(path: &Path) -> Result<libloading::Library, HostError> {
-    #[cfg(unix)]
-    {
-        use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
-        // SAFETY: opening a library runs its initialisers. We only get here for a file whose metadata
-        // says it is a compatible Backworks plugin; RTLD_NOW resolves every symbol now, so a missing
-        // one fails here rather than in the middle of a request.
-        unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }
-            .map(Into::into)
-            .map_err(|source| HostError::Open {
-                path: path.to_owned(),
-                source,
-            })
-    }
-    #[cfg(not(unix))]
-    {
-        // SAFETY: as above; Windows resolves imports at load time.
-        unsafe { libloading::Library::new(path) }.map_err(|source| HostError::Open {
+/// Opens the library at `copy` (its private copy); errors name `path`, the file as configured.
+fn open(path: &Path, copy: &Path) -> Result<libloading::Library, HostError> {
+    use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
+    // SAFETY: opening a library runs its initialisers. We only get here for bytes that passed the
+    // file checks and the verifier and whose metadata says they are a compatible Backworks plugin,
+    // and `copy` holds exactly those bytes, immutable; RTLD_NOW resolves every symbol now, so a
+    // missing one fails here rather than in the middle of a request.
+    unsafe { Library::open(Some(copy), RTLD_NOW | RTLD_LOCAL) }
+        .map(Into::into)
+        .map_err(|source| HostError::Open {
             path: path.to_owned(),
             source,
         })
-    }
 }
 
 /// Reads the vtable at `address` and checks it before anything in it is called.

@@ -12,8 +12,11 @@
 //! - `<exe> __plugin-child -- PROGRAM ARGS…` replaces itself with the program (`exec`; the
 //!   parent-death signal and the limits carry over), which speaks the protocol on stdin/stdout;
 //! - `<exe> __plugin-child LIBRARY` loads the plugin library and serves it over the socket the host
-//!   passed as fd 0. Its stdout is joined to stderr, so whatever the plugin prints is a log line and
-//!   can never corrupt the protocol; its log events are written to stderr as level-prefixed lines.
+//!   passed as fd 0. It loads the bytes the host checked: it reads the host's private copy named
+//!   by `BACKWORKS_PLUGIN_COPY`, refuses them unless their SHA-256 is `BACKWORKS_PLUGIN_SHA256`,
+//!   and opens a private copy of its own, so a file replaced meanwhile never runs here. Its
+//!   stdout is joined to stderr, so whatever the plugin prints is a log line and can never
+//!   corrupt the protocol; its log events are written to stderr as level-prefixed lines.
 //!
 //! Both inherit the runner's stdin, stdout and stderr: the protocol goes straight between the host
 //! and the plugin process. When the plugin process ends, or the host says stop or dies, the
@@ -64,6 +67,11 @@ pub(crate) mod env {
     pub(crate) const SPIN_US: &str = "BACKWORKS_PLUGIN_SPIN_US";
     /// The most verbose log level the host records: `off`, `error`, … `trace`.
     pub(crate) const LOG_LEVEL: &str = "BACKWORKS_PLUGIN_LOG";
+    /// Where the runner reads the library's bytes: the host's private copy
+    /// (`/proc/<host pid>/fd/<n>`).
+    pub(crate) const COPY: &str = "BACKWORKS_PLUGIN_COPY";
+    /// The hex SHA-256 of the bytes the host checked; the runner loads nothing else.
+    pub(crate) const SHA256: &str = "BACKWORKS_PLUGIN_SHA256";
 }
 
 /// Runs the plugin child and exits if this process was started as one (`argv[1]` is
@@ -283,7 +291,15 @@ fn serve_library(path: PathBuf) -> i32 {
     let defaults = crate::policy::ProcessSettings::default();
     let max_frame = env_number(env::MAX_FRAME).unwrap_or(defaults.max_frame);
     let spin = env_number(env::SPIN_US).map_or(defaults.spin, Duration::from_micros);
-    let plugin = match crate::loader::load_in_child(&path)
+    // The host's checked copy and its hash; a runner started by hand reads the file itself.
+    let copy = match (std::env::var_os(env::COPY), std::env::var(env::SHA256)) {
+        (Some(source), Ok(sha256)) => Some(crate::loader::ChildCopy {
+            source: source.into(),
+            sha256,
+        }),
+        _ => None,
+    };
+    let plugin = match crate::loader::load_in_child(&path, copy.as_ref())
         .and_then(|library| crate::DynamicPlugin::new(library, &name))
     {
         Ok(plugin) => Arc::new(plugin),

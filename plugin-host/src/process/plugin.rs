@@ -17,7 +17,9 @@ use super::status::{ChildState, Containment, SupervisionSnapshot};
 use super::supervisor::{Shared, Slot, supervise};
 use crate::CallError;
 use crate::HostError;
+use crate::LoadPolicy;
 use crate::lifecycle::Lifecycle;
+use crate::loader::{ChildCopy, Runs};
 use crate::plugin::PluginSource;
 use crate::plugin::{Plugin, PluginInfo, PluginKind};
 use crate::policy::ProcessSettings;
@@ -55,9 +57,9 @@ impl std::fmt::Debug for ProcessPlugin {
 
 impl ProcessPlugin {
     /// Starts plugin `name` from `source` in a child process and reads its manifest (within
-    /// `settings.handshake_timeout`). A library is checked first, from its file, as for loading
-    /// in process; a command is run as configured. Crashes and restarts are recorded on
-    /// `lifecycle`.
+    /// `settings.handshake_timeout`). A library is checked first under the default
+    /// [`LoadPolicy`], as for loading in process ([`start_checked`](Self::start_checked)); a
+    /// command is run as configured. Crashes and restarts are recorded on `lifecycle`.
     ///
     /// Must be called inside a tokio runtime.
     pub async fn start(
@@ -66,13 +68,24 @@ impl ProcessPlugin {
         settings: &ProcessSettings,
         lifecycle: Arc<Lifecycle>,
     ) -> Result<ProcessPlugin, HostError> {
-        let file_metadata = match source {
+        Self::start_checked(name, source, settings, lifecycle, &LoadPolicy::default()).await
+    }
+
+    /// [`start`](Self::start) with a library checked under `policy`: its file is checked and read
+    /// once in the host, the bytes verified and kept in a private copy, and the child (at every
+    /// restart too) loads exactly those bytes from that copy, checking their hash.
+    pub async fn start_checked(
+        name: &str,
+        source: &PluginSource,
+        settings: &ProcessSettings,
+        lifecycle: Arc<Lifecycle>,
+        policy: &LoadPolicy,
+    ) -> Result<ProcessPlugin, HostError> {
+        let checked = match source {
             PluginSource::Library(path) => {
-                let path = path.clone();
+                let (path, policy) = (path.clone(), policy.clone());
                 let checked = tokio::task::spawn_blocking(move || {
-                    let metadata = crate::inspect::read_metadata(&path)?;
-                    crate::inspect::check_child_compatibility(&path, &metadata)?;
-                    Ok::<_, HostError>(metadata)
+                    crate::loader::check_and_copy(&path, &policy, Runs::InChild)
                 })
                 .await
                 .map_err(|e| HostError::Thread {
@@ -84,14 +97,19 @@ impl ProcessPlugin {
             }
             _ => None,
         };
-        let launch = Launch::new(name, source, settings).map_err(|source| HostError::Spawn {
-            plugin: name.to_owned(),
-            command: match &settings.runner {
-                Some(runner) => runner.join(" "),
-                None => "the plugin runner".to_owned(),
-            },
-            source,
-        })?;
+        let mut launch =
+            Launch::new(name, source, settings).map_err(|source| HostError::Spawn {
+                plugin: name.to_owned(),
+                command: match &settings.runner {
+                    Some(runner) => runner.join(" "),
+                    None => "the plugin runner".to_owned(),
+                },
+                source,
+            })?;
+        let file_metadata = checked.map(|(metadata, copy)| {
+            launch.read_copy(&ChildCopy::of(&copy));
+            metadata
+        });
         let command_line = launch.command_line();
         let live = start_child(name, &launch, settings, None)
             .await

@@ -34,6 +34,7 @@ use tokio::sync::{oneshot, watch};
 use super::child::{CHILD_ARG, COMMAND_SEPARATOR, env};
 use super::exit::Exit;
 use super::status::Containment;
+use crate::loader::ChildCopy;
 use crate::plugin::PluginSource;
 use crate::policy::{ChildEnv, ProcessSettings, ResourceLimits};
 
@@ -135,6 +136,14 @@ impl Launch {
             transport,
             containment,
         })
+    }
+
+    /// Tells the runner to load the host's private copy of the library (see
+    /// [`crate::loader::load_in_child`]) rather than to read the configured file again.
+    pub(crate) fn read_copy(&mut self, copy: &ChildCopy) {
+        self.env
+            .push((env::COPY, copy.source.to_string_lossy().into_owned()));
+        self.env.push((env::SHA256, copy.sha256.clone()));
     }
 
     /// The command line, for the plugin's info and messages.
