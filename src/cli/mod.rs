@@ -141,10 +141,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 .context("cannot start the tokio runtime")?;
             runtime.block_on(async {
                 let host = Arc::new(PluginHost::new());
-                host.set_load_policy(backworks_plugin_host::LoadPolicy {
-                    file_checks: config.trust.file_checks,
-                    ..Default::default()
-                });
+                host.set_load_policy(crate::server::load_policy(&config));
                 crate::builtins::register(&host);
                 crate::server::serve(config, addr, host).await
             })?;

@@ -148,6 +148,14 @@ pub(crate) fn plugin_source(
     })
 }
 
+/// What a plugin file must pass before the host loads it, from `trust:`.
+pub fn load_policy(config: &Config) -> backworks_plugin_host::LoadPolicy {
+    backworks_plugin_host::LoadPolicy {
+        file_checks: config.trust.file_checks,
+        ..Default::default()
+    }
+}
+
 /// What the host needs to start `plugin` from `source`.
 pub(crate) fn plugin_spec(
     config: &Config,

@@ -196,6 +196,13 @@ impl Reloader {
         }
         config.server = serving.config.server.clone();
 
+        // A change of `trust:` re-checks every library plugin: each gets a new generation, loaded
+        // under the new policy (restored if the reload is refused).
+        let trust_changed = config.trust != serving.config.trust;
+        let old_policy = self.host.load_policy();
+        if trust_changed {
+            self.host.set_load_policy(super::load_policy(&config));
+        }
         let hashes: BTreeMap<String, Option<[u8; 32]>> = config
             .plugins
             .iter()
@@ -210,7 +217,12 @@ impl Reloader {
                     report.added.push(name.clone());
                     start.push(plugin);
                 }
-                Some(old) if old == plugin && serving.hashes.get(name) == hashes.get(name) => {
+                Some(old)
+                    if old == plugin
+                        && serving.hashes.get(name) == hashes.get(name)
+                        && !(trust_changed
+                            && matches!(plugin.kind, PluginKind::External { .. })) =>
+                {
                     report.unchanged.push(name.clone());
                 }
                 Some(_) => {
@@ -237,6 +249,7 @@ impl Reloader {
             }
         }
         if !report.errors.is_empty() {
+            self.host.set_load_policy(old_policy);
             return finish(report);
         }
 
@@ -273,6 +286,7 @@ impl Reloader {
             for (name, generation, _) in started {
                 self.host.discard(&name, generation).await;
             }
+            self.host.set_load_policy(old_policy);
             return finish(report);
         }
 

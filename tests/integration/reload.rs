@@ -330,3 +330,70 @@ async fn a_process_plugin_reload_starts_a_new_child_and_stops_the_old() {
     .await;
     assert_eq!(message(&server).await, "Hi, ana!");
 }
+
+/// Twenty reloads alternating two builds of one plugin file (the Rust hello and the C hello,
+/// copied over the configured file in place, as `cp` does) under constant load: no request
+/// fails, every answer comes from one of the two builds, and each reload loads the new content
+/// (from a private copy of its own, though the path stays the same).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_reloads_alternating_two_builds_of_a_file_lose_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("libgreet.so");
+    let builds = [
+        crate::support::rust_plugin("hello"),
+        crate::support::c_plugin("hello"),
+    ];
+    let answers = ["Hello, ana!", "Hello from C"];
+    std::fs::copy(&builds[0], &file).unwrap();
+    let yaml = format!(
+        "plugins:\n  greet: {{ path: \"{}\" }}\n\
+         endpoints:\n  greet: {{ path: \"/hello/{{name}}\", plugin: greet }}\n",
+        file.display()
+    );
+    let server = Arc::new(Server::start(&yaml));
+    assert_eq!(message(&server).await, answers[0]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (server, stop) = (server.clone(), stop.clone());
+            tokio::spawn(async move {
+                let http = client();
+                let deadline = Instant::now() + PATIENCE;
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let answer = match http.get(server.url("/hello/ana")).send().await {
+                        Ok(res) => {
+                            let status = res.status().as_u16();
+                            let body: Value = res.json().await.unwrap_or(Value::Null);
+                            (status, body["message"].as_str().unwrap_or("").to_owned())
+                        }
+                        Err(error) => (0, error.to_string()),
+                    };
+                    seen.push(answer);
+                }
+                seen
+            })
+        })
+        .collect();
+    for n in 1..=20 {
+        std::fs::copy(&builds[n % 2], &file).unwrap();
+        let (status, report) = reload(&server).await;
+        assert_eq!(status, 200, "reload {n}: {report}");
+        assert_eq!(report["changed"], serde_json::json!(["greet"]), "{report}");
+        assert_eq!(message(&server).await, answers[n % 2], "after reload {n}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut seen = Vec::new();
+    for task in clients {
+        seen.extend(task.await.expect("a client"));
+    }
+    assert!(seen.len() > 100, "the load was too light: {}", seen.len());
+    for (status, body) in &seen {
+        assert_eq!(*status, 200, "{body}");
+        assert!(
+            answers.contains(&body.as_str()),
+            "an answer from neither build: {body:?}"
+        );
+    }
+    assert_eq!(message(&server).await, answers[0]);
+}
