@@ -205,4 +205,12 @@ pub enum HostError {
         /// The built-ins registered, comma-separated.
         available: String,
     },
+    /// The library's signature is missing or not acceptable and signatures are required.
+    #[error("plugin `{plugin}` refused: {source}")]
+    Signature {
+        /// The plugin's name.
+        plugin: String,
+        /// The verdict on its signature.
+        source: crate::SignatureError,
+    },
 }

@@ -55,7 +55,13 @@ pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
         path: path.to_owned(),
         source,
     })?;
-    let file = object::File::parse(&*data).map_err(|e| HostError::NotALibrary {
+    metadata_from_bytes(path, &data)
+}
+
+/// Parses the metadata section of a plugin file already read into `data` (`path` names it in
+/// errors): what the loader and the signature check use, so the bytes read are the bytes judged.
+pub fn metadata_from_bytes(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
+    let file = object::File::parse(data).map_err(|e| HostError::NotALibrary {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
