@@ -30,6 +30,9 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// `health:`: how the health monitor polls the plugins.
     pub health: HealthConfig,
+    /// `trust:`: the keys plugin signatures are checked against, and whether a library without a
+    /// valid signature is refused.
+    pub trust: backworks_plugin_host::TrustPolicy,
     /// Values the environment put into plugin configs; never printed.
     pub secrets: Secrets,
 }
@@ -336,6 +339,7 @@ mod tests {
             plugins,
             endpoints: vec![],
             health: HealthConfig::default(),
+            trust: Default::default(),
             secrets: Secrets::default(),
         }
     }

@@ -120,6 +120,7 @@ mod tests {
             plugins: vec![],
             endpoints: vec![],
             health: Default::default(),
+            trust: Default::default(),
             secrets: Default::default(),
         }
     }

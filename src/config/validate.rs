@@ -15,6 +15,7 @@ mod endpoints;
 mod hooks;
 mod policy;
 mod server;
+mod trust;
 
 const INVALID: ConfigErrorKind = ConfigErrorKind::Invalid;
 
@@ -28,6 +29,7 @@ pub(crate) fn check(
     let ip = Interpolator::new(env, source);
     let server = server::server(&ip, raw)?;
     let health = server::health(&ip, raw)?;
+    let trust = trust::policy(&ip, raw.trust.as_ref())?;
     let plugin_dirs = match &raw.plugin_dirs {
         None => vec![PluginDir {
             path: base_dir.join("plugins"),
@@ -56,6 +58,7 @@ pub(crate) fn check(
         plugins,
         endpoints,
         health,
+        trust,
     })
 }
 
