@@ -222,8 +222,20 @@ pub fn verify(
             key_id,
             trusted: ids.clone(),
         })?;
-    let comment = signature.trusted_comment().to_owned();
-    let signed = SignedBinding::parse(&comment);
+    // Shown in messages: control characters escaped, so a hostile file cannot forge log lines.
+    let comment: String = signature
+        .trusted_comment()
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    let signed = SignedBinding::parse(signature.trusted_comment());
     let actual = sha256_hex(file_bytes);
     let other_file = |signed_hash: &str| SignatureError::OtherFile {
         path: path.clone(),

@@ -6,6 +6,7 @@ use std::path::Path;
 use backworks_plugin_host::Isolation;
 use backworks_plugin_host::{Inspection, inspect as inspect_file, supported_sdk};
 use backworks_plugin_host::{ScanDir, discover};
+use backworks_plugin_host::{TrustPolicy, Verdict, check_signature};
 use serde_json::{Value, json};
 
 use crate::config::{Config, PluginConfig, PluginKind};
@@ -29,13 +30,29 @@ fn inspection_json(inspection: &Inspection) -> Value {
 
 /// `plugin inspect FILE`: exit 0 when the host can load it in process, 1 when it cannot (a
 /// `panic = "abort"` plugin, which runs only under `isolation: process`, included).
-pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
+pub fn inspect(file: &Path, as_json: bool, config: &Path) -> anyhow::Result<i32> {
     let result = inspect_file(file);
+    // The signature is judged with the config's `trust:` when there is a config.
+    let policy = if config.exists() {
+        match crate::config::load(config) {
+            Ok(config) => config.trust,
+            Err(e) => {
+                eprintln!("warning: {e}; judging the signature with no trusted keys");
+                TrustPolicy::default()
+            }
+        }
+    } else {
+        TrustPolicy::default()
+    };
+    let mut signature = json!({});
+    add_signature(&mut signature, file, &policy, None);
+    let refused = policy.require_signatures && signature["signature_valid"] != true;
     if as_json {
-        let value = match &result {
+        let mut value = match &result {
             Ok(inspection) => inspection_json(inspection),
             Err(e) => json!({ "path": file, "compatible": false, "problem": e.to_string() }),
         };
+        merge(&mut value, &signature);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         match &result {
@@ -71,9 +88,16 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
             }
             Err(e) => println!("error: {e}"),
         }
+        println!(
+            "signature:   {}",
+            signature["signature"].as_str().unwrap_or("-")
+        );
+        if let Some(problem) = signature["signature_problem"].as_str() {
+            println!("             {problem}");
+        }
     }
     Ok(match result {
-        Ok(i) if i.compatibility.is_ok() => 0,
+        Ok(i) if i.compatibility.is_ok() && !refused => 0,
         _ => 1,
     })
 }
@@ -160,12 +184,20 @@ fn rows(config: &Config) -> Vec<Value> {
                         seen.insert(path.canonicalize().unwrap_or(path.clone()));
                         merge(&mut row, &inspect_row(&path));
                         check_hooks(&mut row, plugin);
+                        add_signature(&mut row, &path, &config.trust, Some(&plugin.name));
                         // Under `isolation: process` a `panic = "abort"` plugin is fine.
                         if matches!(plugin.isolation, Isolation::Process(_))
                             && row["compatible_isolated"] == true
                         {
                             row["compatible"] = json!(true);
                             row["problem"] = Value::Null;
+                        }
+                        if config.trust.require_signatures
+                            && row["signature_valid"] != true
+                            && row["compatible"] == true
+                        {
+                            row["compatible"] = json!(false);
+                            row["problem"] = row["signature_problem"].clone();
                         }
                     }
                     Err(tried) => {
@@ -205,6 +237,7 @@ fn rows(config: &Config) -> Vec<Value> {
         }
         let mut row = json!({ "configured": false, "type": "external", "state": "discovered" });
         merge(&mut row, &inspect_row(&file));
+        add_signature(&mut row, &file, &config.trust, None);
         rows.push(row);
     }
     rows
@@ -224,6 +257,25 @@ fn inspect_row(path: &Path) -> Value {
     match inspect_file(path) {
         Ok(inspection) => inspection_json(&inspection),
         Err(e) => json!({ "path": path, "compatible": false, "problem": e.to_string() }),
+    }
+}
+
+/// Adds the signature verdict on the file at `path` to `row` (`signature`, `signature_valid`,
+/// `signature_problem`), reading the file and its `.minisig`, never loading it.
+fn add_signature(row: &mut Value, path: &Path, policy: &TrustPolicy, configured_as: Option<&str>) {
+    let verdict = match std::fs::read(path) {
+        Ok(bytes) => check_signature(path, &bytes, policy, configured_as),
+        Err(e) => {
+            row["signature"] = json!("unreadable");
+            row["signature_valid"] = json!(false);
+            row["signature_problem"] = json!(format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    row["signature"] = json!(verdict.label());
+    row["signature_valid"] = json!(matches!(verdict, Verdict::Valid(_)));
+    if let Verdict::Invalid(e) = &verdict {
+        row["signature_problem"] = json!(e.to_string());
     }
 }
 
@@ -272,8 +324,8 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
     }
     println!("(no server answering; showing the plugin files on disk)");
     println!(
-        "{:<20} {:<9} {:<10} {:<10} {:<11} FILE / PROBLEM",
-        "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE"
+        "{:<20} {:<9} {:<10} {:<10} {:<11} {:<34} FILE / PROBLEM",
+        "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE", "SIGNATURE"
     );
     for row in &rows {
         let name = row["name"]
@@ -291,7 +343,7 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
             .or_else(|| row["path"].as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "{:<20} {:<9} {:<10} {:<10} {:<11} {}",
+            "{:<20} {:<9} {:<10} {:<10} {:<11} {:<34} {}",
             name,
             row["type"].as_str().unwrap_or("-"),
             row["version"].as_str().unwrap_or("-"),
@@ -301,6 +353,7 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
             } else {
                 "no"
             },
+            row["signature"].as_str().unwrap_or("-"),
             detail
         );
     }
@@ -414,6 +467,18 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
                 "warning: {}: plugin `{}`: {warning}",
                 config.source.display(),
                 row["name"].as_str().unwrap_or("?"),
+            );
+        }
+        if row["configured"] == true
+            && row["enabled"] == true
+            && !config.trust.require_signatures
+            && let Some(problem) = row["signature_problem"].as_str()
+        {
+            eprintln!(
+                "warning: {}: plugin `{}`: signature {} (not required, so it would load): {problem}",
+                config.source.display(),
+                row["name"].as_str().unwrap_or("?"),
+                row["signature"].as_str().unwrap_or("?"),
             );
         }
         if row["configured"] == true && row["enabled"] == true && row["compatible"] != true {
