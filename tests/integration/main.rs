@@ -16,3 +16,4 @@ mod python;
 mod seams;
 mod server;
 mod support;
+mod trust;
