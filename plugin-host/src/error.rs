@@ -210,7 +210,7 @@ pub enum HostError {
     Signature {
         /// The plugin's name.
         plugin: String,
-        /// The verdict on its signature.
-        source: crate::SignatureError,
+        /// The verdict on its signature (boxed: it is the largest error).
+        source: Box<crate::SignatureError>,
     },
 }

@@ -418,7 +418,7 @@ pub fn check_library(
         Verdict::NotRequired => Ok(None),
         Verdict::Invalid(source) if policy.require_signatures => Err(HostError::Signature {
             plugin: plugin.to_owned(),
-            source,
+            source: Box::new(source),
         }),
         Verdict::Invalid(error) => {
             tracing::warn!(
