@@ -38,7 +38,11 @@ fn bench(c: &mut Criterion) {
                 backworks_plugin_host::sha256_hex(&original)
             );
             let sig = minisign::sign(None, &pair.sk, &original[..], Some(&comment), None).unwrap();
-            std::fs::write(backworks_plugin_host::signature_path(&path), sig.to_string()).unwrap();
+            std::fs::write(
+                backworks_plugin_host::signature_path(&path),
+                sig.to_string(),
+            )
+            .unwrap();
             (path, original.clone())
         })
         .collect();
