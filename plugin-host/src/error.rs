@@ -241,4 +241,12 @@ pub enum HostError {
         /// The hash of what was read.
         found: String,
     },
+    /// The library's signature is missing or not acceptable and signatures are required.
+    #[error("plugin `{plugin}` refused: {source}")]
+    Signature {
+        /// The plugin's name.
+        plugin: String,
+        /// The verdict on its signature (boxed: it is the largest error).
+        source: Box<crate::SignatureError>,
+    },
 }

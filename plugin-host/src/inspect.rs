@@ -55,11 +55,12 @@ pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
         path: path.to_owned(),
         source,
     })?;
-    metadata_of(path, &data)
+    metadata_from_bytes(path, &data)
 }
 
-/// Reads and parses the metadata section of `data`, the bytes of the file at `path`.
-pub(crate) fn metadata_of(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
+/// Parses the metadata section of a plugin file already read into `data` (`path` names it in
+/// errors): what the loader and the signature check use, so the bytes read are the bytes judged.
+pub fn metadata_from_bytes(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
     let file = object::File::parse(data).map_err(|e| HostError::NotALibrary {
         path: path.to_owned(),
         reason: e.to_string(),

@@ -11,6 +11,12 @@
 //! ([`Inspection`]), **without running any of its code**: no constructor runs, so listing an
 //! untrusted folder is safe.
 //!
+//! ## Signatures
+//! A plugin file can carry a minisign signature beside it (`libhello.so.minisig`) whose trusted
+//! comment binds the plugin's name, version and SHA-256. [`verify_signature`] checks one against
+//! [`TrustedKeys`] and a [`Binding`] over bytes already read; [`check_signature`] gives the
+//! [`Verdict`] on a library file and [`check_library`] applies a [`TrustPolicy`] before loading.
+//!
 //! ## Loading and running
 //! [`PluginHost`] is the entry point: [`PluginHost::start`] takes a [`PluginSpec`] (a name, a
 //! [`PluginSource`] — a library file, a built-in, or a command — its config, a [`CallPolicy`] and
@@ -118,7 +124,9 @@ pub mod protocol;
 mod public_error;
 mod redact;
 mod registry;
+mod signature;
 mod stats;
+mod trust;
 
 // The SDK's types that appear in this crate's API, so an embedder needs one dependency.
 pub use backworks_plugin_sdk as sdk;
@@ -126,7 +134,14 @@ pub use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Respons
 
 // Finding and checking plugin files.
 pub use discovery::{Discovered, LIBRARY_EXTENSION, ScanDir, discover};
-pub use inspect::{Inspection, inspect, supported_sdk};
+pub use inspect::{Inspection, inspect, metadata_from_bytes, supported_sdk};
+
+// Signatures: trusted keys and verifying a file's signature before any of its code runs.
+pub use signature::{
+    SignatureError, TrustedIds, Verdict, Verified, check as check_signature, check_library,
+    signature_path, verify as verify_signature,
+};
+pub use trust::{Binding, KeyId, TrustPolicy, TrustedKey, TrustedKeys, sha256_hex};
 
 // Loading and running plugins.
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};

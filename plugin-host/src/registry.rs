@@ -10,7 +10,7 @@ use crate::lifecycle::{EventKind, Lifecycle, PluginState};
 use crate::plugin::{BuiltinFactory, Plugin, PluginSource};
 use crate::policy::{CallPolicy, Isolation};
 use crate::process::{ProcessPlugin, SupervisionSnapshot};
-use crate::{DynamicPlugin, HostError, LoadPolicy};
+use crate::{DynamicPlugin, HostError, LoadPolicy, TrustPolicy};
 
 /// A plugin to start.
 #[derive(Debug, Clone)]
@@ -171,6 +171,8 @@ pub struct PluginHost {
     builtins: RwLock<HashMap<String, BuiltinFactory>>,
     /// What a plugin file must pass before it is loaded.
     load_policy: RwLock<LoadPolicy>,
+    /// The signatures every library must carry, when set.
+    trust: RwLock<Option<Arc<TrustPolicy>>>,
     /// In registration order: shutdown goes in reverse. A plugin's generations are entries of
     /// the same name, newest last.
     entries: RwLock<Vec<Entry>>,
@@ -197,6 +199,31 @@ impl PluginHost {
     /// and no verifier by default.
     pub fn set_load_policy(&self, policy: LoadPolicy) {
         *self.load_policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+    }
+
+    /// Sets the keys plugin signatures are checked against, and whether a library without a
+    /// valid signature is refused: every library loaded from now on (in process or in a child)
+    /// is checked with [`check_library`](crate::check_library) on the bytes that will run, after
+    /// the load policy's own verifier.
+    pub fn set_trust_policy(&self, trust: TrustPolicy) {
+        *self.trust.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(trust));
+    }
+
+    /// The load policy for plugin `name`: the host's, with the signature check for `name` (the
+    /// trusted comment must name the plugin it is configured as) when a trust policy is set.
+    fn policy_for(&self, name: &str) -> LoadPolicy {
+        let mut policy = self.load_policy();
+        let trust = self.trust.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(trust) = trust {
+            let (name, before) = (name.to_owned(), policy.verify.take());
+            policy.verify = Some(Arc::new(move |path: &std::path::Path, bytes: &[u8]| {
+                if let Some(before) = &before {
+                    before(path, bytes)?;
+                }
+                crate::check_library(path, bytes, &trust, &name).map(|_| ())
+            }));
+        }
+        policy
     }
 
     /// The load policy in force.
@@ -519,7 +546,7 @@ impl PluginHost {
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
                 let (path, name) = (path.clone(), spec.name.clone());
-                let policy = self.load_policy();
+                let policy = self.policy_for(&spec.name);
                 let plugin = tokio::task::spawn_blocking(move || {
                     let library = crate::loader::load_checked(&path, &policy)?;
                     DynamicPlugin::new(library, &name)
@@ -544,7 +571,7 @@ impl PluginHost {
                         source,
                         settings,
                         lifecycle.clone(),
-                        &self.load_policy(),
+                        &self.policy_for(&spec.name),
                     )
                     .await?,
                 );

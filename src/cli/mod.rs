@@ -2,9 +2,10 @@
 
 mod plugin;
 mod reload;
+mod sign;
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -97,13 +98,60 @@ pub enum PluginCommand {
         #[arg(long)]
         admin_url: Option<String>,
     },
-    /// Show a plugin file's metadata and whether this host can load it, without loading it.
+    /// Show a plugin file's metadata, whether this host can load it and its signature verdict,
+    /// without loading it.
     Inspect {
         /// The plugin library.
         file: PathBuf,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The config whose `trust:` keys judge the signature (when the file exists).
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+    },
+    /// Create a minisign key pair for signing plugins (the same files as `minisign -G`).
+    Keygen {
+        /// The public key file to write.
+        #[arg(short = 'p', long = "public-key", default_value = sign::DEFAULT_PUBLIC_KEY)]
+        public_key: PathBuf,
+        /// The secret key file to write (default: ~/.minisign/minisign.key).
+        #[arg(short = 's', long = "secret-key")]
+        secret_key: Option<PathBuf>,
+        /// Do not protect the secret key with a password (for automation and tests).
+        #[arg(short = 'W')]
+        unencrypted: bool,
+        /// Overwrite existing key files.
+        #[arg(short = 'f', long)]
+        force: bool,
+    },
+    /// Sign a plugin library: writes `LIB.minisig`, whose trusted comment binds the plugin's name,
+    /// version and SHA-256 (`minisign -V` verifies it).
+    Sign {
+        /// The plugin library.
+        file: PathBuf,
+        /// The secret key (default: ~/.minisign/minisign.key).
+        #[arg(short = 's', long = "secret-key")]
+        secret_key: Option<PathBuf>,
+        /// Write the signature here instead of `LIB.minisig`.
+        #[arg(short = 'x', long)]
+        output: Option<PathBuf>,
+    },
+    /// Verify a plugin library's signature (`LIB.minisig`) and its binding to the plugin, with
+    /// one public key or the `trust:` keys of a config. Exit 1 when it is not valid.
+    Verify {
+        /// The plugin library.
+        file: PathBuf,
+        /// A public key file (`minisign.pub`).
+        #[arg(short = 'p', long = "public-key", conflicts_with_all = ["public_key_string", "config"])]
+        public_key: Option<PathBuf>,
+        /// A public key, base64 (`RWQ…`).
+        #[arg(short = 'P', long = "public-key-string", conflicts_with = "config")]
+        public_key_string: Option<String>,
+        /// The config whose `trust.keys` are trusted; the plugin entry of this file gives the
+        /// name expected (default when no key is given: backworks.yaml).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -142,6 +190,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             runtime.block_on(async {
                 let host = Arc::new(PluginHost::new());
                 host.set_load_policy(crate::server::load_policy(&config));
+                host.set_trust_policy(config.trust.signatures.clone());
                 crate::builtins::register(&host);
                 crate::server::serve(config, addr, host).await
             })?;
@@ -160,7 +209,41 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 json,
                 admin_url,
             } => plugin::list(&config, json, admin_url.as_deref()),
-            PluginCommand::Inspect { file, json } => plugin::inspect(&file, json),
+            PluginCommand::Inspect { file, json, config } => plugin::inspect(&file, json, &config),
+            PluginCommand::Keygen {
+                public_key,
+                secret_key,
+                unencrypted,
+                force,
+            } => sign::keygen(
+                &public_key,
+                &secret_key.unwrap_or_else(sign::default_secret_key),
+                unencrypted,
+                force,
+            ),
+            PluginCommand::Sign {
+                file,
+                secret_key,
+                output,
+            } => sign::sign(
+                &file,
+                &secret_key.unwrap_or_else(sign::default_secret_key),
+                output.as_deref(),
+            ),
+            PluginCommand::Verify {
+                file,
+                public_key,
+                public_key_string,
+                config,
+            } => {
+                let keys = match (&public_key, &public_key_string, &config) {
+                    (Some(path), _, _) => sign::KeySource::File(path),
+                    (_, Some(key), _) => sign::KeySource::Base64(key),
+                    (_, _, Some(config)) => sign::KeySource::Config(config),
+                    _ => sign::KeySource::Config(Path::new("backworks.yaml")),
+                };
+                sign::verify(&file, keys)
+            }
         },
     }
 }

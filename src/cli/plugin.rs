@@ -7,9 +7,10 @@ use backworks_plugin_host::Isolation;
 use backworks_plugin_host::{FileChecks, check_file};
 use backworks_plugin_host::{Inspection, inspect as inspect_file, supported_sdk};
 use backworks_plugin_host::{ScanDir, discover};
+use backworks_plugin_host::{TrustPolicy, Verdict, check_signature};
 use serde_json::{Value, json};
 
-use crate::config::{Config, PluginConfig, PluginKind};
+use crate::config::{Config, PluginConfig, PluginKind, TrustConfig};
 
 fn inspection_json(inspection: &Inspection) -> Value {
     let m = &inspection.metadata;
@@ -30,12 +31,28 @@ fn inspection_json(inspection: &Inspection) -> Value {
 
 /// `plugin inspect FILE`: exit 0 when the host can load it in process, 1 when it cannot (a
 /// `panic = "abort"` plugin, which runs only under `isolation: process`, included).
-pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
+pub fn inspect(file: &Path, as_json: bool, config: &Path) -> anyhow::Result<i32> {
     let result = inspect_file(file);
-    // `inspect` has no config: the verdict is the default's, strict.
-    let checks = check_file(file, FileChecks::Strict);
+    // The config's `trust:` judges the file (its checks and its signature) when there is a
+    // config; without one, the defaults: strict file checks, no trusted keys.
+    let trust = if config.exists() {
+        match crate::config::load(config) {
+            Ok(config) => config.trust,
+            Err(e) => {
+                eprintln!("warning: {e}; judging the file with the default trust settings");
+                TrustConfig::default()
+            }
+        }
+    } else {
+        TrustConfig::default()
+    };
+    let checks = check_file(file, trust.file_checks);
+    let mut signature = json!({});
+    add_signature(&mut signature, file, &trust.signatures, None);
+    let refused = trust.signatures.require_signatures && signature["signature_valid"] != true;
     if as_json {
-        let value = inspect_row(file, FileChecks::Strict);
+        let mut value = inspect_row(file, trust.file_checks);
+        merge(&mut value, &signature);
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         match &result {
@@ -71,15 +88,23 @@ pub fn inspect(file: &Path, as_json: bool) -> anyhow::Result<i32> {
             }
             Err(e) => println!("error: {e}"),
         }
+        let mode = trust.file_checks.as_str();
         match &checks {
-            Ok(()) => println!("file checks: ok (strict)"),
+            Ok(()) => println!("file checks: ok ({mode})"),
             Err(e) => println!(
-                "file checks: refused (strict; `trust.file_checks: relaxed` would load it): {e}"
+                "file checks: refused ({mode}; `trust.file_checks: relaxed` would load it): {e}"
             ),
+        }
+        println!(
+            "signature:   {}",
+            signature["signature"].as_str().unwrap_or("-")
+        );
+        if let Some(problem) = signature["signature_problem"].as_str() {
+            println!("             {problem}");
         }
     }
     Ok(match result {
-        Ok(i) if i.compatibility.is_ok() && checks.is_ok() => 0,
+        Ok(i) if i.compatibility.is_ok() && checks.is_ok() && !refused => 0,
         _ => 1,
     })
 }
@@ -166,12 +191,20 @@ fn rows(config: &Config) -> Vec<Value> {
                         seen.insert(path.canonicalize().unwrap_or(path.clone()));
                         merge(&mut row, &inspect_row(&path, config.trust.file_checks));
                         check_hooks(&mut row, plugin);
+                        add_signature(&mut row, &path, &config.trust.signatures, Some(&plugin.name));
                         // Under `isolation: process` a `panic = "abort"` plugin is fine.
                         if matches!(plugin.isolation, Isolation::Process(_))
                             && row["compatible_isolated"] == true
                         {
                             row["compatible"] = json!(true);
                             row["problem"] = Value::Null;
+                        }
+                        if config.trust.signatures.require_signatures
+                            && row["signature_valid"] != true
+                            && row["compatible"] == true
+                        {
+                            row["compatible"] = json!(false);
+                            row["problem"] = row["signature_problem"].clone();
                         }
                     }
                     Err(tried) => {
@@ -211,6 +244,7 @@ fn rows(config: &Config) -> Vec<Value> {
         }
         let mut row = json!({ "configured": false, "type": "external", "state": "discovered" });
         merge(&mut row, &inspect_row(&file, config.trust.file_checks));
+        add_signature(&mut row, &file, &config.trust.signatures, None);
         rows.push(row);
     }
     rows
@@ -249,6 +283,25 @@ fn add_file_checks(row: &mut Value, path: &Path, checks: FileChecks) {
         row["compatible"] = json!(false);
         row["compatible_isolated"] = json!(false);
         row["problem"] = json!(refused.to_string());
+    }
+}
+
+/// Adds the signature verdict on the file at `path` to `row` (`signature`, `signature_valid`,
+/// `signature_problem`), reading the file and its `.minisig`, never loading it.
+fn add_signature(row: &mut Value, path: &Path, policy: &TrustPolicy, configured_as: Option<&str>) {
+    let verdict = match std::fs::read(path) {
+        Ok(bytes) => check_signature(path, &bytes, policy, configured_as),
+        Err(e) => {
+            row["signature"] = json!("unreadable");
+            row["signature_valid"] = json!(false);
+            row["signature_problem"] = json!(format!("{}: {e}", path.display()));
+            return;
+        }
+    };
+    row["signature"] = json!(verdict.label());
+    row["signature_valid"] = json!(matches!(verdict, Verdict::Valid(_)));
+    if let Verdict::Invalid(e) = &verdict {
+        row["signature_problem"] = json!(e.to_string());
     }
 }
 
@@ -297,8 +350,8 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
     }
     println!("(no server answering; showing the plugin files on disk)");
     println!(
-        "{:<20} {:<9} {:<10} {:<10} {:<11} FILE / PROBLEM",
-        "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE"
+        "{:<20} {:<9} {:<10} {:<10} {:<11} {:<34} FILE / PROBLEM",
+        "NAME", "TYPE", "VERSION", "STATE", "COMPATIBLE", "SIGNATURE"
     );
     for row in &rows {
         let name = row["name"]
@@ -316,7 +369,7 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
             .or_else(|| row["path"].as_str().map(str::to_owned))
             .unwrap_or_default();
         println!(
-            "{:<20} {:<9} {:<10} {:<10} {:<11} {}",
+            "{:<20} {:<9} {:<10} {:<10} {:<11} {:<34} {}",
             name,
             row["type"].as_str().unwrap_or("-"),
             row["version"].as_str().unwrap_or("-"),
@@ -326,6 +379,7 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
             } else {
                 "no"
             },
+            row["signature"].as_str().unwrap_or("-"),
             detail
         );
     }
@@ -439,6 +493,18 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
                 "warning: {}: plugin `{}`: {warning}",
                 config.source.display(),
                 row["name"].as_str().unwrap_or("?"),
+            );
+        }
+        if row["configured"] == true
+            && row["enabled"] == true
+            && !config.trust.signatures.require_signatures
+            && let Some(problem) = row["signature_problem"].as_str()
+        {
+            eprintln!(
+                "warning: {}: plugin `{}`: signature {} (not required, so it would load): {problem}",
+                config.source.display(),
+                row["name"].as_str().unwrap_or("?"),
+                row["signature"].as_str().unwrap_or("?"),
             );
         }
         if row["configured"] == true && row["enabled"] == true && row["compatible"] != true {

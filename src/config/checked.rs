@@ -81,6 +81,9 @@ pub struct TrustConfig {
     /// `trust.file_checks`: owner, mode and directory of each library (see
     /// `docs/operations.md`, "Plugin files"). Strict by default.
     pub file_checks: FileChecks,
+    /// `trust.keys` and `trust.require_signatures`: the keys plugin signatures are checked
+    /// against, and whether a library without a valid signature is refused.
+    pub signatures: backworks_plugin_host::TrustPolicy,
 }
 
 /// Where the HTTP server listens.

@@ -28,14 +28,6 @@ pub(crate) struct RawConfig {
     pub trust: Option<RawTrust>,
 }
 
-/// `trust:`: what a plugin file must pass before it is loaded.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawTrust {
-    /// `strict` (the default) or `relaxed`.
-    pub file_checks: Option<Text>,
-}
-
 /// A number (or a string that becomes one after interpolation), with its location.
 pub(crate) type Number = Spanned<Scalar>;
 
@@ -185,6 +177,56 @@ pub(crate) struct RawEndpoint {
     pub methods: Option<Spanned<Vec<Text>>>,
     pub plugin: Option<Text>,
     pub hooks: Option<Spanned<Vec<Text>>>,
+}
+
+/// `trust:`: the keys plugin signatures are checked against.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrust {
+    pub keys: Option<Vec<Spanned<RawTrustKey>>>,
+    pub require_signatures: Option<Spanned<Scalar>>,
+    /// `strict` (the default) or `relaxed`.
+    pub file_checks: Option<Text>,
+}
+
+/// One entry of `trust.keys:`: a bare public key, or `{id: ..., public_key: ...}`.
+#[derive(Debug)]
+pub(crate) enum RawTrustKey {
+    Key(String),
+    Table(RawTrustKeyTable),
+}
+
+/// The map form of a `trust.keys:` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawTrustKeyTable {
+    pub id: Option<Text>,
+    pub public_key: Text,
+}
+
+impl<'de> Deserialize<'de> for RawTrustKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = RawTrustKey;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a minisign public key, or a map with `id` and `public_key`")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(RawTrustKey::Key(v.to_owned()))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                RawTrustKeyTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawTrustKey::Table)
+            }
+        }
+
+        deserializer.deserialize_any(KeyVisitor)
+    }
 }
 
 /// A scalar setting (number or boolean) that may also be written as a string, so that it

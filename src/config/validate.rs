@@ -15,6 +15,7 @@ mod endpoints;
 mod hooks;
 mod policy;
 mod server;
+mod trust;
 
 const INVALID: ConfigErrorKind = ConfigErrorKind::Invalid;
 
@@ -63,7 +64,10 @@ pub(crate) fn check(
 }
 
 fn trust(ip: &Interpolator<'_>, raw: &RawConfig) -> Result<TrustConfig, ConfigError> {
-    let mut trust = TrustConfig::default();
+    let mut trust = TrustConfig {
+        signatures: trust::policy(ip, raw.trust.as_ref())?,
+        ..TrustConfig::default()
+    };
     if let Some(text) = raw.trust.as_ref().and_then(|t| t.file_checks.as_ref()) {
         let text = ip.text(text)?;
         trust.file_checks = text.value.parse().map_err(|_| {

@@ -202,6 +202,7 @@ impl Reloader {
         let old_policy = self.host.load_policy();
         if trust_changed {
             self.host.set_load_policy(super::load_policy(&config));
+            self.host.set_trust_policy(config.trust.signatures.clone());
         }
         let hashes: BTreeMap<String, Option<[u8; 32]>> = config
             .plugins
@@ -249,7 +250,7 @@ impl Reloader {
             }
         }
         if !report.errors.is_empty() {
-            self.host.set_load_policy(old_policy);
+            self.restore_trust(&serving.config, old_policy);
             return finish(report);
         }
 
@@ -286,7 +287,7 @@ impl Reloader {
             for (name, generation, _) in started {
                 self.host.discard(&name, generation).await;
             }
-            self.host.set_load_policy(old_policy);
+            self.restore_trust(&serving.config, old_policy);
             return finish(report);
         }
 
@@ -328,6 +329,12 @@ impl Reloader {
         report.generation = serving.generation;
         report.ok = true;
         finish(report)
+    }
+
+    /// Puts the running configuration's load and trust policies back after a refused reload.
+    fn restore_trust(&self, running: &Config, policy: backworks_plugin_host::LoadPolicy) {
+        self.host.set_load_policy(policy);
+        self.host.set_trust_policy(running.trust.signatures.clone());
     }
 
     /// Refuses the reload when an important plugin's new generation is not healthy.

@@ -18,3 +18,4 @@ mod reload;
 mod seams;
 mod server;
 mod support;
+mod trust;

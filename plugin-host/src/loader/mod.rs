@@ -37,7 +37,7 @@ pub(crate) use private_copy::PrivateCopy;
 pub use private_copy::{STORE_ENV as PRIVATE_COPY_ENV, Store as CopyStore, store as copy_store};
 
 use crate::HostError;
-use crate::inspect::{check_child_compatibility, check_compatibility, metadata_of};
+use crate::inspect::{check_child_compatibility, check_compatibility, metadata_from_bytes};
 
 /// A check of a plugin file's bytes, run after they are read and before anything of them is
 /// parsed or mapped: a signature verifier. Gets the file as configured and its bytes; an `Err`
@@ -153,7 +153,7 @@ pub(crate) fn check_and_copy(
 }
 
 fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetadata, HostError> {
-    let metadata = metadata_of(path, bytes)?;
+    let metadata = metadata_from_bytes(path, bytes)?;
     match runs {
         Runs::InProcess => check_compatibility(path, &metadata)?,
         Runs::InChild => check_child_compatibility(path, &metadata)?,

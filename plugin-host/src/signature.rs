@@ -1,0 +1,583 @@
+//! Verifying a plugin file's minisign signature, before any of its code runs.
+//!
+//! A plugin's signature is a minisign signature file beside it (`libhello.so.minisig`), made by
+//! `backworks plugin sign` or by `minisign -S`. It is accepted when all of these hold:
+//!
+//! 1. it is a well-formed, prehashed minisign signature;
+//! 2. its key id is one of the trusted keys ([`TrustedKeys`]);
+//! 3. that key's Ed25519 signature covers these very bytes and the trusted comment;
+//! 4. the trusted comment binds the build: `backworks-plugin name=… version=… sha256=…`, with the
+//!    SHA-256 of these bytes and the name and version of the file's metadata (and of the config
+//!    entry it is loaded for), so that a signed file can be neither passed off as another plugin
+//!    nor rolled back to an older signed build unseen.
+//!
+//! [`verify`] is pure: it takes the bytes, so the caller verifies exactly the bytes it loads.
+//! [`check`] adds the reading of the signature file beside a library and the metadata of the
+//! bytes; [`check_library`] applies a [`TrustPolicy`] for the loader.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::HostError;
+use crate::trust::{Binding, KeyId, SignedBinding, TrustPolicy, TrustedKeys, sha256_hex};
+
+/// What a valid signature said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The key that signed.
+    pub key_id: KeyId,
+    /// The plugin name signed.
+    pub name: String,
+    /// The plugin version signed.
+    pub version: String,
+    /// The SHA-256 of the file signed (and verified), hex.
+    pub sha256: String,
+}
+
+/// The keys trusted, for messages: `keys trusted: A, B`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustedIds(pub String);
+
+impl fmt::Display for TrustedIds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "keys trusted: {}", self.0)
+    }
+}
+
+fn found(id: &Option<KeyId>) -> String {
+    id.map_or_else(|| "none".to_owned(), |id| id.to_string())
+}
+
+/// Why a plugin file's signature is not accepted. Every message names the file, the key id found
+/// in the signature (or `none`) and the keys trusted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// No signature file beside the library.
+    #[error(
+        "{}: signature missing: no {} (key id found: none; {trusted})",
+        path.display(), signature.display()
+    )]
+    Missing {
+        /// The library.
+        path: PathBuf,
+        /// The signature file looked for.
+        signature: PathBuf,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+    /// The signature file is not a minisign signature this host reads.
+    #[error(
+        "{}: malformed signature {}: {reason} (key id found: {}; {trusted})",
+        path.display(), signature.display(), found(key_id)
+    )]
+    Malformed {
+        /// The library.
+        path: PathBuf,
+        /// The signature file.
+        signature: PathBuf,
+        /// What is wrong.
+        reason: String,
+        /// The key id, when that much could be read.
+        key_id: Option<KeyId>,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+    /// Signed by a key that is not trusted.
+    #[error("{}: signed by untrusted key {key_id} ({trusted})", path.display())]
+    UntrustedKey {
+        /// The library.
+        path: PathBuf,
+        /// The key id found.
+        key_id: KeyId,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+    /// The signature does not verify: the file, the trusted comment or the signature was changed.
+    #[error(
+        "{}: bad signature: key {key_id} did not sign these bytes with this trusted comment \
+         (the file or its signature was altered) ({trusted})",
+        path.display()
+    )]
+    Bad {
+        /// The library.
+        path: PathBuf,
+        /// The key id found.
+        key_id: KeyId,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+    /// The signature is about another file: its trusted comment names another SHA-256.
+    #[error(
+        "{}: signature of another file: it was made for sha256 {signed}, this file's sha256 is \
+         {actual} (key id found: {key_id}; {trusted})",
+        path.display()
+    )]
+    OtherFile {
+        /// The library.
+        path: PathBuf,
+        /// The key id found.
+        key_id: KeyId,
+        /// The SHA-256 the trusted comment names.
+        signed: String,
+        /// The SHA-256 of the bytes checked.
+        actual: String,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+    /// A valid signature whose trusted comment does not bind the plugin (e.g. plain `minisign -S`).
+    #[error(
+        "{}: signature by key {key_id} is valid but does not bind the plugin: its trusted comment \
+         is `{comment}`, expected `{expected}` (sign with `backworks plugin sign`, or with \
+         `minisign -S -t '{expected}'`) ({trusted})",
+        path.display()
+    )]
+    Unbound {
+        /// The library.
+        path: PathBuf,
+        /// The key id found.
+        key_id: KeyId,
+        /// The trusted comment found.
+        comment: String,
+        /// The trusted comment expected.
+        expected: String,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+    /// The signature is for this file but another plugin name or version than expected.
+    #[error(
+        "{}: signed as plugin {signed}, but {expected} (key id found: {key_id}; {trusted})",
+        path.display()
+    )]
+    BindingMismatch {
+        /// The library.
+        path: PathBuf,
+        /// The key id found.
+        key_id: KeyId,
+        /// The name and version signed.
+        signed: String,
+        /// What was expected instead, and where from.
+        expected: String,
+        /// The keys trusted.
+        trusted: TrustedIds,
+    },
+}
+
+impl SignatureError {
+    /// A short verdict: `missing`, `malformed`, `untrusted key …`, `bad`, `another file's`,
+    /// `not bound to the plugin`, `name/version mismatch`.
+    pub fn verdict(&self) -> String {
+        match self {
+            SignatureError::Missing { .. } => "missing".into(),
+            SignatureError::Malformed { .. } => "malformed".into(),
+            SignatureError::UntrustedKey { key_id, .. } => format!("untrusted key {key_id}"),
+            SignatureError::Bad { .. } => "bad".into(),
+            SignatureError::OtherFile { .. } => "of another file".into(),
+            SignatureError::Unbound { .. } => "not bound to the plugin".into(),
+            SignatureError::BindingMismatch { .. } => "name/version mismatch".into(),
+        }
+    }
+}
+
+/// The signature file of a library: `libhello.so` → `libhello.so.minisig`.
+pub fn signature_path(library: &Path) -> PathBuf {
+    let mut name = library.as_os_str().to_owned();
+    name.push(".minisig");
+    PathBuf::from(name)
+}
+
+/// Verifies `signature_text` (the content of a `.minisig` file) over `file_bytes`, the content of
+/// the library at `path` (named in errors), against the `trusted` keys and the build `expect`ed.
+pub fn verify(
+    path: &Path,
+    file_bytes: &[u8],
+    signature_text: &str,
+    trusted: &TrustedKeys,
+    expect: &Binding,
+) -> Result<Verified, SignatureError> {
+    let ids = TrustedIds(trusted.ids());
+    let path = path.to_path_buf();
+    let sig_line = signature_text.lines().nth(1).unwrap_or_default();
+    let found_id = KeyId::of_base64_line(sig_line);
+    let signature = minisign_verify::Signature::decode(signature_text).map_err(|e| {
+        SignatureError::Malformed {
+            signature: signature_path(&path),
+            path: path.clone(),
+            reason: format!("not a minisign signature ({e})"),
+            key_id: found_id,
+            trusted: ids.clone(),
+        }
+    })?;
+    let key_id = found_id.ok_or_else(|| SignatureError::Malformed {
+        signature: signature_path(&path),
+        path: path.clone(),
+        reason: "no key id".into(),
+        key_id: None,
+        trusted: ids.clone(),
+    })?;
+    let key = trusted
+        .get(key_id)
+        .ok_or_else(|| SignatureError::UntrustedKey {
+            path: path.clone(),
+            key_id,
+            trusted: ids.clone(),
+        })?;
+    // Shown in messages: control characters escaped, so a hostile file cannot forge log lines.
+    let comment: String = signature
+        .trusted_comment()
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect();
+    let signed = SignedBinding::parse(signature.trusted_comment());
+    let actual = sha256_hex(file_bytes);
+    let other_file = |signed_hash: &str| SignatureError::OtherFile {
+        path: path.clone(),
+        key_id,
+        signed: signed_hash.to_owned(),
+        actual: actual.clone(),
+        trusted: ids.clone(),
+    };
+    match key.key.verify(file_bytes, &signature, false) {
+        Ok(()) => {}
+        Err(minisign_verify::Error::UnexpectedAlgorithm) => {
+            return Err(SignatureError::Malformed {
+                signature: signature_path(&path),
+                path: path.clone(),
+                reason: "a legacy (not prehashed) signature; sign again with minisign 0.8 or later"
+                    .into(),
+                key_id: Some(key_id),
+                trusted: ids,
+            });
+        }
+        Err(_) => {
+            // The comment is not authenticated here; it only picks the more helpful message.
+            return Err(match signed.as_ref().and_then(|s| s.sha256.as_deref()) {
+                Some(hash) if hash != actual => other_file(hash),
+                _ => SignatureError::Bad {
+                    path,
+                    key_id,
+                    trusted: ids,
+                },
+            });
+        }
+    }
+    let expected_comment = expect.comment(file_bytes);
+    let Some(signed) = signed.filter(|s| s.sha256.is_some()) else {
+        return Err(SignatureError::Unbound {
+            path,
+            key_id,
+            comment,
+            expected: expected_comment,
+            trusted: ids,
+        });
+    };
+    let signed_hash = signed.sha256.clone().unwrap_or_default();
+    if signed_hash != actual {
+        return Err(other_file(&signed_hash));
+    }
+    let mismatch = |expected: String| SignatureError::BindingMismatch {
+        path: path.clone(),
+        key_id,
+        signed: signed.identity(),
+        expected,
+        trusted: ids.clone(),
+    };
+    if signed.name.as_deref() != Some(&expect.name)
+        || signed.version.as_deref() != Some(&expect.version)
+    {
+        return Err(mismatch(format!(
+            "the file is plugin `{}` {}",
+            expect.name, expect.version
+        )));
+    }
+    if let Some(configured) = &expect.configured_as
+        && signed.name.as_deref() != Some(configured)
+    {
+        return Err(mismatch(format!(
+            "the config loads it as plugin `{configured}`"
+        )));
+    }
+    Ok(Verified {
+        key_id,
+        name: expect.name.clone(),
+        version: expect.version.clone(),
+        sha256: actual,
+    })
+}
+
+/// The signature verdict on one library file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A valid signature by a trusted key, bound to this build.
+    Valid(Verified),
+    /// No signature file, and none is required.
+    NotRequired,
+    /// The signature is missing (when required) or not acceptable.
+    Invalid(SignatureError),
+}
+
+impl Verdict {
+    /// `valid (key id …)`, `not required`, `missing`, `untrusted key …`, `bad`, …
+    pub fn label(&self) -> String {
+        match self {
+            Verdict::Valid(v) => format!("valid (key id {})", v.key_id),
+            Verdict::NotRequired => "not required".into(),
+            Verdict::Invalid(e) => e.verdict(),
+        }
+    }
+}
+
+/// The verdict on the library at `path` whose content is `bytes`: reads its signature file
+/// (`<path>.minisig`) and the plugin name and version from the bytes' metadata, then [`verify`]s.
+/// `configured_as` is the config entry the file is loaded for, if any.
+///
+/// A file without a signature is [`Verdict::NotRequired`] unless `policy.require_signatures`;
+/// a signature that is present is always checked.
+pub fn check(
+    path: &Path,
+    bytes: &[u8],
+    policy: &TrustPolicy,
+    configured_as: Option<&str>,
+) -> Verdict {
+    let trusted = TrustedIds(policy.keys.ids());
+    let signature = signature_path(path);
+    let text = match std::fs::read(&signature) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return if policy.require_signatures {
+                Verdict::Invalid(SignatureError::Missing {
+                    path: path.to_path_buf(),
+                    signature,
+                    trusted,
+                })
+            } else {
+                Verdict::NotRequired
+            };
+        }
+        Err(e) => {
+            return Verdict::Invalid(SignatureError::Malformed {
+                path: path.to_path_buf(),
+                signature,
+                reason: format!("cannot read it: {e}"),
+                key_id: None,
+                trusted,
+            });
+        }
+    };
+    let Ok(text) = String::from_utf8(text) else {
+        return Verdict::Invalid(SignatureError::Malformed {
+            path: path.to_path_buf(),
+            signature,
+            reason: "not UTF-8 text".into(),
+            key_id: None,
+            trusted,
+        });
+    };
+    let metadata = match crate::inspect::metadata_from_bytes(path, bytes) {
+        Ok(metadata) => metadata,
+        Err(e) => {
+            return Verdict::Invalid(SignatureError::Malformed {
+                path: path.to_path_buf(),
+                signature,
+                reason: format!("cannot tell which plugin it should be for: {e}"),
+                key_id: None,
+                trusted,
+            });
+        }
+    };
+    let expect = Binding {
+        name: metadata.name,
+        version: metadata.version,
+        configured_as: configured_as.map(str::to_owned),
+    };
+    match verify(path, bytes, &text, &policy.keys, &expect) {
+        Ok(verified) => Verdict::Valid(verified),
+        Err(e) => Verdict::Invalid(e),
+    }
+}
+
+/// The loader's check, called with the bytes it is about to load, before any of their code runs:
+/// `Ok(Some)` for a valid signature, `Ok(None)` when there is none and none is required, and
+/// [`HostError::Signature`] when `policy.require_signatures` and the verdict is not valid. When
+/// signatures are not required a failing signature is logged as a warning and the plugin loads.
+pub fn check_library(
+    path: &Path,
+    bytes: &[u8],
+    policy: &TrustPolicy,
+    plugin: &str,
+) -> Result<Option<Verified>, HostError> {
+    match check(path, bytes, policy, Some(plugin)) {
+        Verdict::Valid(verified) => Ok(Some(verified)),
+        Verdict::NotRequired => Ok(None),
+        Verdict::Invalid(source) if policy.require_signatures => Err(HostError::Signature {
+            plugin: plugin.to_owned(),
+            source: Box::new(source),
+        }),
+        Verdict::Invalid(error) => {
+            tracing::warn!(
+                plugin,
+                "signature not valid (signatures not required): {error}"
+            );
+            Ok(None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trust::TrustedKey;
+
+    struct Signer {
+        pair: minisign::KeyPair,
+    }
+
+    impl Signer {
+        fn new() -> Signer {
+            Signer {
+                pair: minisign::KeyPair::generate_unencrypted_keypair().unwrap(),
+            }
+        }
+
+        fn key(&self) -> TrustedKey {
+            TrustedKey::parse(&self.pair.pk.to_base64()).unwrap()
+        }
+
+        fn sign(&self, bytes: &[u8], comment: &str) -> String {
+            minisign::sign(None, &self.pair.sk, bytes, Some(comment), None)
+                .unwrap()
+                .into_string()
+        }
+    }
+
+    fn hello() -> Binding {
+        Binding {
+            name: "hello".into(),
+            version: "0.1.0".into(),
+            configured_as: Some("hello".into()),
+        }
+    }
+
+    const FILE: &[u8] = b"the bytes of a plugin";
+    const PATH: &str = "plugins/libhello.so";
+
+    fn run(sig: &str, keys: &TrustedKeys, expect: &Binding) -> Result<Verified, SignatureError> {
+        verify(Path::new(PATH), FILE, sig, keys, expect)
+    }
+
+    #[test]
+    fn a_bound_signature_by_a_trusted_key_is_valid() {
+        let signer = Signer::new();
+        let keys = TrustedKeys::new([Signer::new().key(), signer.key()]);
+        let sig = signer.sign(FILE, &hello().comment(FILE));
+        let verified = run(&sig, &keys, &hello()).unwrap();
+        assert_eq!(verified.key_id, signer.key().id());
+        assert_eq!(verified.sha256, sha256_hex(FILE));
+    }
+
+    #[test]
+    fn each_failure_has_its_own_error_naming_file_key_and_trusted_keys() {
+        let signer = Signer::new();
+        let keys = TrustedKeys::new([signer.key()]);
+        let id = signer.key().id().to_string();
+        let good = signer.sign(FILE, &hello().comment(FILE));
+        let check = |result: Result<Verified, SignatureError>, label: &str, text: &str| {
+            let err = result.unwrap_err();
+            assert_eq!(err.verdict(), label, "{err}");
+            let message = err.to_string();
+            assert!(message.starts_with(PATH), "{message}");
+            assert!(message.contains(text), "{message}");
+            assert!(
+                message.contains(&format!("keys trusted: {id}")),
+                "{message}"
+            );
+        };
+        check(
+            run("junk", &keys, &hello()),
+            "malformed",
+            "malformed signature",
+        );
+        let stranger = Signer::new();
+        let foreign = stranger.sign(FILE, &hello().comment(FILE));
+        let stranger_id = stranger.key().id().to_string();
+        check(
+            run(&foreign, &keys, &hello()),
+            &format!("untrusted key {stranger_id}"),
+            &format!("signed by untrusted key {stranger_id}"),
+        );
+        // A flipped bit in the trusted comment.
+        let tampered = good.replace("version=0.1.0", "version=0.1.1");
+        check(run(&tampered, &keys, &hello()), "bad", "bad signature");
+        // Another build's signature put beside this file.
+        let other = signer.sign(b"another build", &hello().comment(b"another build"));
+        check(
+            run(&other, &keys, &hello()),
+            "of another file",
+            &format!("this file's sha256 is {}", sha256_hex(FILE)),
+        );
+        // Plain `minisign -S`: valid, but no binding.
+        let plain = signer.sign(FILE, "timestamp:1 file:libhello.so");
+        check(
+            run(&plain, &keys, &hello()),
+            "not bound to the plugin",
+            "`timestamp:1 file:libhello.so`",
+        );
+        // A signed build of plugin `kv-store` loaded for the entry `hello`.
+        let kv = Binding {
+            name: "kv-store".into(),
+            version: "0.1.0".into(),
+            configured_as: None,
+        };
+        let sig = signer.sign(FILE, &kv.comment(FILE));
+        let mut expect = kv.clone();
+        expect.configured_as = Some("hello".into());
+        check(
+            run(&sig, &keys, &expect),
+            "name/version mismatch",
+            "signed as plugin `kv-store` 0.1.0, but the config loads it as plugin `hello`",
+        );
+        // A signature of version 0.1.0 on a file whose metadata says 0.2.0.
+        let mut newer = hello();
+        newer.version = "0.2.0".into();
+        check(
+            run(&good, &keys, &newer),
+            "name/version mismatch",
+            "but the file is plugin `hello` 0.2.0",
+        );
+    }
+
+    #[test]
+    fn check_reads_the_signature_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("libx.so");
+        std::fs::write(&lib, FILE).unwrap();
+        let policy = TrustPolicy {
+            keys: TrustedKeys::new([Signer::new().key()]),
+            require_signatures: false,
+        };
+        assert_eq!(check(&lib, FILE, &policy, None), Verdict::NotRequired);
+        assert_eq!(check_library(&lib, FILE, &policy, "x").unwrap(), None);
+        let required = TrustPolicy {
+            require_signatures: true,
+            ..policy
+        };
+        let verdict = check(&lib, FILE, &required, None);
+        assert_eq!(verdict.label(), "missing");
+        let err = check_library(&lib, FILE, &required, "x").unwrap_err();
+        assert!(
+            err.to_string().starts_with("plugin `x` refused: ")
+                && err.to_string().contains("libx.so.minisig"),
+            "{err}"
+        );
+        // Present but the file is not a plugin: malformed, not a panic.
+        std::fs::write(signature_path(&lib), "untrusted comment: x\n").unwrap();
+        assert_eq!(check(&lib, FILE, &required, None).label(), "malformed");
+    }
+}
