@@ -191,7 +191,12 @@ fn rows(config: &Config) -> Vec<Value> {
                         seen.insert(path.canonicalize().unwrap_or(path.clone()));
                         merge(&mut row, &inspect_row(&path, config.trust.file_checks));
                         check_hooks(&mut row, plugin);
-                        add_signature(&mut row, &path, &config.trust.signatures, Some(&plugin.name));
+                        add_signature(
+                            &mut row,
+                            &path,
+                            &config.trust.signatures,
+                            Some(&plugin.name),
+                        );
                         // Under `isolation: process` a `panic = "abort"` plugin is fine.
                         if matches!(plugin.isolation, Isolation::Process(_))
                             && row["compatible_isolated"] == true

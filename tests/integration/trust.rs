@@ -389,3 +389,50 @@ fn key_rotation_trusts_either_key() {
         )],
     );
 }
+
+/// At `serve`, with `require_signatures: true`: the signed plugin serves, the unsigned one is
+/// refused before any of its code runs (its endpoint answers 503, its state names the file and
+/// the key situation), and a control (the `static` built-in) answers 200.
+#[tokio::test]
+async fn serve_refuses_an_unsigned_library_and_serves_the_rest() {
+    let ws = Workspace::new();
+    let (id, key) = ws.keygen("release");
+    ws.sign(&ws.lib("hello"), "release");
+    let yaml = format!(
+        "trust:\n  require_signatures: true\n  keys: [\"{key}\"]\n\
+         plugins:\n  \
+         hello: {{ path: \"{}\" }}\n  \
+         kv-store: {{ path: \"{}\" }}\n  \
+         static: {{ type: builtin, config: {{ body: {{ ok: true }} }} }}\n\
+         endpoints:\n  \
+         hi: {{ path: \"/hello/{{name}}\", plugin: hello }}\n  \
+         kv: {{ path: \"/kv/{{key}}\", plugin: kv-store }}\n  \
+         control: {{ path: /control, plugin: static }}\n",
+        ws.lib("hello").display(),
+        ws.lib("kv_store").display()
+    );
+    let server = crate::support::Server::start(&yaml);
+    let http = crate::support::client();
+    let hello = http.get(server.url("/hello/ana")).send().await.unwrap();
+    assert_eq!(hello.status(), 200);
+    let kv = http.get(server.url("/kv/x")).send().await.unwrap();
+    assert_eq!(kv.status(), 503);
+    let control = http.get(server.url("/control")).send().await.unwrap();
+    assert_eq!(control.status(), 200);
+    let entry: Value = http
+        .get(server.admin_url("/_backworks/plugins/kv-store"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(entry["state"], "error", "{entry}");
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("libkv_store")
+            && reason.contains("signature missing")
+            && reason.contains(&id),
+        "names the file, what is missing and the keys trusted: {reason}"
+    );
+}

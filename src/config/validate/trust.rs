@@ -107,7 +107,14 @@ mod tests {
         .unwrap();
         assert!(!c.trust.signatures.require_signatures);
         assert_eq!(c.trust.signatures.keys.ids(), "E7620F1842B4E81F");
-        assert!(parse("plugins: {}\n").unwrap().trust.signatures.keys.is_empty());
+        assert!(
+            parse("plugins: {}\n")
+                .unwrap()
+                .trust
+                .signatures
+                .keys
+                .is_empty()
+        );
     }
 
     #[test]
