@@ -74,6 +74,52 @@ async fn metrics(server: &Server) -> String {
         .unwrap_or_default()
 }
 
+/// A bounded load: eight clients, each sending `GET /hello/ana` one after another until stopped
+/// (and at most for the patience), recording each answer's status and message.
+struct Load {
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<Vec<(u16, String)>>>,
+}
+
+impl Load {
+    fn start(server: &Arc<Server>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..8)
+            .map(|_| {
+                let (server, stop) = (server.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let http = client();
+                    let deadline = Instant::now() + PATIENCE;
+                    let mut answers = Vec::new();
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let answer = match http.get(server.url("/hello/ana")).send().await {
+                            Ok(res) => {
+                                let status = res.status().as_u16();
+                                let body: Value = res.json().await.unwrap_or(Value::Null);
+                                (status, body["message"].as_str().unwrap_or("").to_owned())
+                            }
+                            Err(error) => (0, error.to_string()),
+                        };
+                        answers.push(answer);
+                    }
+                    answers
+                })
+            })
+            .collect();
+        Load { stop, clients }
+    }
+
+    /// Stops the clients; every answer they got.
+    async fn stop(self) -> Vec<(u16, String)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut answers = Vec::new();
+        for client in self.clients {
+            answers.extend(client.await.expect("a client"));
+        }
+        answers
+    }
+}
+
 /// Polls `check` until it holds; panics with `what` after the patience runs out.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -100,29 +146,7 @@ async fn twenty_reloads_under_constant_load_lose_no_request() {
 
     // A bounded load: eight clients, each sending one request after another until the reloads
     // are done (and at most for the patience).
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (server, stop) = (server.clone(), stop.clone());
-            tokio::spawn(async move {
-                let http = client();
-                let deadline = Instant::now() + PATIENCE;
-                let mut answers = Vec::new();
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let answer = match http.get(server.url("/hello/ana")).send().await {
-                        Ok(res) => {
-                            let status = res.status().as_u16();
-                            let body: Value = res.json().await.unwrap_or(Value::Null);
-                            (status, body["message"].as_str().unwrap_or("").to_owned())
-                        }
-                        Err(error) => (0, error.to_string()),
-                    };
-                    answers.push(answer);
-                }
-                answers
-            })
-        })
-        .collect();
+    let load = Load::start(&server);
 
     let greetings = ["Hi", "Hello"];
     for n in 0..20 {
@@ -132,11 +156,7 @@ async fn twenty_reloads_under_constant_load_lose_no_request() {
         assert_eq!(report["changed"], serde_json::json!(["hello"]), "{report}");
         assert_eq!(report["unchanged"], serde_json::json!(["kv"]), "{report}");
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut answers = Vec::new();
-    for task in clients {
-        answers.extend(task.await.expect("a client"));
-    }
+    let answers = load.stop().await;
     assert!(
         answers.len() > 100,
         "the load was too light: {} requests",
@@ -352,29 +372,7 @@ async fn twenty_reloads_alternating_two_builds_of_a_file_lose_no_request() {
     );
     let server = Arc::new(Server::start(&yaml));
     assert_eq!(message(&server).await, answers[0]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let clients: Vec<_> = (0..8)
-        .map(|_| {
-            let (server, stop) = (server.clone(), stop.clone());
-            tokio::spawn(async move {
-                let http = client();
-                let deadline = Instant::now() + PATIENCE;
-                let mut seen = Vec::new();
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let answer = match http.get(server.url("/hello/ana")).send().await {
-                        Ok(res) => {
-                            let status = res.status().as_u16();
-                            let body: Value = res.json().await.unwrap_or(Value::Null);
-                            (status, body["message"].as_str().unwrap_or("").to_owned())
-                        }
-                        Err(error) => (0, error.to_string()),
-                    };
-                    seen.push(answer);
-                }
-                seen
-            })
-        })
-        .collect();
+    let load = Load::start(&server);
     for n in 1..=20 {
         std::fs::copy(&builds[n % 2], &file).unwrap();
         let (status, report) = reload(&server).await;
@@ -382,11 +380,7 @@ async fn twenty_reloads_alternating_two_builds_of_a_file_lose_no_request() {
         assert_eq!(report["changed"], serde_json::json!(["greet"]), "{report}");
         assert_eq!(message(&server).await, answers[n % 2], "after reload {n}");
     }
-    stop.store(true, Ordering::Relaxed);
-    let mut seen = Vec::new();
-    for task in clients {
-        seen.extend(task.await.expect("a client"));
-    }
+    let seen = load.stop().await;
     assert!(seen.len() > 100, "the load was too light: {}", seen.len());
     for (status, body) in &seen {
         assert_eq!(*status, 200, "{body}");
