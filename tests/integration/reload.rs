@@ -144,8 +144,6 @@ async fn twenty_reloads_under_constant_load_lose_no_request() {
         .unwrap();
     assert_eq!(put.status(), 201);
 
-    // A bounded load: eight clients, each sending one request after another until the reloads
-    // are done (and at most for the patience).
     let load = Load::start(&server);
 
     let greetings = ["Hi", "Hello"];
