@@ -5,7 +5,8 @@
 //! or, with `reload.watch`, by a change of content of the config file or a plugin file. One runs at
 //! a time. It:
 //!
-//! 1. loads and checks the whole config; `server:` changes are reported, and wait for a restart;
+//! 1. loads and checks the whole config; `server:` and `health:` changes are reported, and wait
+//!    for a restart;
 //! 2. compares each plugin with the one serving: its entry (config, policy, hooks, isolation,
 //!    path) and its library file's content (SHA-256). Unchanged plugins keep their instance and
 //!    state; added and changed ones get a new generation ([`PluginHost::start_next`]) beside the
@@ -195,6 +196,13 @@ impl Reloader {
                 .push("changes under `server:` take effect at the next restart".to_owned());
         }
         config.server = serving.config.server.clone();
+        // The health monitor keeps its interval and timeout too.
+        if config.health != serving.config.health {
+            report
+                .warnings
+                .push("changes under `health:` take effect at the next restart".to_owned());
+        }
+        config.health = serving.config.health.clone();
 
         // A change of `trust:` re-checks every library plugin: each gets a new generation, loaded
         // under the new policy (restored if the reload is refused).

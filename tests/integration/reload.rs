@@ -389,3 +389,32 @@ async fn twenty_reloads_alternating_two_builds_of_a_file_lose_no_request() {
     }
     assert_eq!(message(&server).await, answers[0]);
 }
+
+/// What a reload cannot apply (`server:`, `health:`) is reported and waits for a restart; the
+/// rest applies.
+#[tokio::test]
+async fn server_and_health_changes_wait_for_a_restart() {
+    let server = Server::start(&config("Hello", "", ""));
+    server.rewrite_config(&config(
+        "Hi",
+        "",
+        "server: { max_request_body: 10 }\nhealth: { interval_ms: 50 }\n",
+    ));
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 200, "{report}");
+    let warnings = report["warnings"].to_string();
+    assert!(
+        warnings.contains("changes under `server:` take effect at the next restart")
+            && warnings.contains("changes under `health:` take effect at the next restart"),
+        "{report}"
+    );
+    assert_eq!(message(&server).await, "Hi, ana!");
+    // The request body limit is still the one the server started with.
+    let put = client()
+        .put(server.url("/kv/long"))
+        .body("more than ten bytes")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+}
