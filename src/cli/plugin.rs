@@ -326,16 +326,24 @@ fn merge(into: &mut Value, from: &Value) {
 /// `plugin list`: the live state from a running server's admin API when one answers at
 /// `admin_url` (default: the config's `server.admin` address), else the on-disk view.
 pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyhow::Result<i32> {
-    let config = crate::config::load(config_path)?;
-    backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
-    let url = admin_url.map(str::to_owned).or_else(|| {
-        config
-            .server
-            .admin
-            .as_ref()
-            .map(|a| format!("http://{}:{}", a.host, a.port))
-    });
-    let token = config.server.admin.as_ref().and_then(|a| a.token.clone());
+    // With --admin-url the config file is only needed for the token and the on-disk view: a
+    // missing or broken one does not stop the live view.
+    let loaded = crate::config::load(config_path);
+    if let Ok(config) = &loaded {
+        backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
+    }
+    let config = match (loaded, admin_url) {
+        (Ok(config), _) => Some(config),
+        (Err(_), Some(_)) => None,
+        (Err(error), None) => return Err(error.into()),
+    };
+    let admin = config.as_ref().and_then(|c| c.server.admin.as_ref());
+    let url = admin_url
+        .map(str::to_owned)
+        .or_else(|| admin.map(|a| format!("http://{}:{}", a.host, a.port)));
+    let token = admin
+        .and_then(|a| a.token.clone())
+        .or_else(|| std::env::var("BACKWORKS_ADMIN_TOKEN").ok());
     if let Some(url) = url {
         match live(&url, token.as_deref()) {
             Ok(plugins) => return print_live(&url, plugins, as_json),
@@ -347,6 +355,13 @@ pub fn list(config_path: &Path, as_json: bool, admin_url: Option<&str>) -> anyho
             }
         }
     }
+    let Some(config) = config else {
+        anyhow::bail!(
+            "no server answered at {} and {} cannot be read for the on-disk view",
+            admin_url.unwrap_or("-"),
+            config_path.display()
+        );
+    };
     let rows = rows(&config);
     if as_json {
         let out = json!({ "source": "disk", "plugins": rows });

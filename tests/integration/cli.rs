@@ -127,6 +127,20 @@ fn list_shows_the_live_state_of_a_running_server() {
             .any(|l| l.starts_with("greeter") && l.contains("active") && l.contains("closed")),
         "{table}"
     );
+    // With --admin-url, no config file is needed for the live view.
+    let missing = dir.path().join("nowhere.yaml");
+    let out = backworks(&[
+        "plugin",
+        "list",
+        "-c",
+        missing.to_str().unwrap(),
+        "--admin-url",
+        &server.admin,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out["source"], "live", "{out}");
 }
 
 #[test]
