@@ -123,6 +123,22 @@ impl CallError {
         })
     }
 
+    /// Whether this is an answer a plugin gives the client on purpose (400, 401, 403, 404, a 4xx
+    /// status) rather than a failure: it does not count against the plugin's breaker, and a hook
+    /// that returns it answers the request whatever its `on_failure` policy.
+    pub fn is_client_error(&self) -> bool {
+        match self {
+            CallError::Plugin(
+                PluginError::BadRequest(_)
+                | PluginError::Unauthorized(_)
+                | PluginError::Forbidden(_)
+                | PluginError::NotFound(_),
+            ) => true,
+            CallError::Plugin(PluginError::Status { status, .. }) => (400..500).contains(status),
+            _ => false,
+        }
+    }
+
     /// Whether the host made this error (rather than the plugin).
     pub fn is_host(&self) -> bool {
         !matches!(self, CallError::Plugin(_))

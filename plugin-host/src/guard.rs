@@ -51,7 +51,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Response};
+use backworks_plugin_sdk::{Health, HookAction, Request, Response};
 
 use crate::CallError;
 use crate::breaker::{
@@ -342,16 +342,7 @@ fn event_of(state: BreakerState) -> EventKind {
 /// Whether an error returned by the plugin counts against it: everything but the answers a plugin
 /// gives the client on purpose.
 fn is_failure(error: &CallError) -> bool {
-    match error {
-        CallError::Plugin(
-            PluginError::BadRequest(_)
-            | PluginError::Unauthorized(_)
-            | PluginError::Forbidden(_)
-            | PluginError::NotFound(_),
-        ) => false,
-        CallError::Plugin(PluginError::Status { status, .. }) => !(400..500).contains(status),
-        _ => true,
-    }
+    !error.is_client_error()
 }
 
 /// Runs `call` until `deadline` (asked for only if the call does not answer at once): `None` if it

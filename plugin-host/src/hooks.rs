@@ -15,9 +15,10 @@ use crate::public_error::error_response;
 
 /// What a hook's failure does to the request.
 ///
-/// A hook *fails* when its call returns an error: the plugin's own, a panic, a timeout, or a
-/// refusal by its guard (open breaker, concurrency limit). An early answer
-/// ([`HookAction::Respond`], a 401 from an auth check) is not a failure. What a failure does is the
+/// A hook *fails* when its call returns an error: the plugin's own (other than a 4xx it chose), a
+/// panic, a timeout, or a refusal by its guard (open breaker, concurrency limit). An early answer
+/// ([`HookAction::Respond`]) or a 4xx error (an auth check's 401) is not a failure: it goes to the
+/// client whatever the policy. What a failure does is the
 /// hook's [`OnFailure`]:
 ///
 /// | hook point | default | [`OnFailure::Reject`] | [`OnFailure::Skip`] |
@@ -185,6 +186,15 @@ impl Hook {
         request: &Request,
     ) -> Option<Response> {
         let plugin = &self.plugin.info().name;
+        // A 4xx the plugin returned on purpose (an auth check's 401) is its answer, not a
+        // failure: it goes to the client whatever the policy.
+        if error.is_client_error() {
+            return Some(error_response(
+                plugin,
+                error,
+                request.header("x-request-id"),
+            ));
+        }
         match on_failure {
             OnFailure::Reject => {
                 self.counts.rejected.fetch_add(1, Ordering::Relaxed);

@@ -436,12 +436,9 @@ impl PluginHost {
             plugin.lifecycle().set_state(PluginState::Stopped);
         }
         self.remove(&retired.name, retired.generation);
-        *self
-            .finished
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(retired.name.clone())
-            .or_default() = retired.generation;
+        let mut finished = self.finished.write().unwrap_or_else(|e| e.into_inner());
+        let newest = finished.entry(retired.name.clone()).or_default();
+        *newest = (*newest).max(retired.generation);
     }
 
     /// How many generations of `name` were retired (finished, or still draining): every one

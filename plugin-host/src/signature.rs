@@ -8,8 +8,9 @@
 //! 3. that key's Ed25519 signature covers these very bytes and the trusted comment;
 //! 4. the trusted comment binds the build: `backworks-plugin name=… version=… sha256=…`, with the
 //!    SHA-256 of these bytes and the name and version of the file's metadata (and of the config
-//!    entry it is loaded for), so that a signed file can be neither passed off as another plugin
-//!    nor rolled back to an older signed build unseen.
+//!    entry it is loaded for), so that a signed file cannot be passed off as another plugin, and
+//!    the version that runs is the one signed: an older signed build still verifies (nothing
+//!    refuses a rollback), but its version shows in the verdict and on the admin API.
 //!
 //! [`verify`] is pure: it takes the bytes, so the caller verifies exactly the bytes it loads.
 //! [`check`] adds the reading of the signature file beside a library and the metadata of the

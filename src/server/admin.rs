@@ -113,7 +113,10 @@ async fn reload(State(reloader): State<Weak<Reloader>>) -> Response {
     let Some(reloader) = reloader.upgrade() else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     };
-    let report = reloader.reload().await;
+    // In a task of its own: a client that goes away must not cancel a reload halfway.
+    let Ok(report) = tokio::spawn(async move { reloader.reload().await }).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
     let status = if report.ok {
         StatusCode::OK
     } else {
@@ -128,10 +131,14 @@ async fn last_reload(State(reloader): State<Weak<Reloader>>) -> Response {
     Json(report.map(|r| redacted(&r)).unwrap_or(Value::Null)).into_response()
 }
 
-/// A reload report as JSON, with every secret redacted (errors may quote a plugin's message).
+/// A reload report as JSON, with every secret redacted from its messages (errors may quote a
+/// plugin's message); field by field, so that the JSON's own text is never touched.
 fn redacted(report: &ReloadReport) -> Value {
-    let text = serde_json::to_string(report).unwrap_or_default();
-    serde_json::from_str(&redact(&text)).unwrap_or(Value::Null)
+    let mut report = report.clone();
+    for message in report.errors.iter_mut().chain(report.warnings.iter_mut()) {
+        *message = redact(message).into_owned();
+    }
+    serde_json::to_value(&report).unwrap_or(Value::Null)
 }
 
 async fn authorize(token: Option<&str>, request: Request, next: Next) -> Response {

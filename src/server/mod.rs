@@ -430,6 +430,8 @@ async fn call(plugin: &dyn Plugin, request: backworks_plugin_sdk::Request) -> Re
 /// Serves `config` on `addr` (and the admin API on its own address) until Ctrl-C or SIGTERM, then
 /// shuts every plugin down.
 pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    let sighup = reload::listen_for_sighup();
     if let Err(error) = start_plugins(&config, &host).await {
         host.shutdown().await;
         return Err(error);
@@ -441,7 +443,7 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     let reloader = reload::Reloader::new(config.clone(), host.clone());
     let (app, admin_app) = (reloader.public_router(), reloader.admin_router());
     #[cfg(unix)]
-    let hangups = tokio::spawn(reload::on_sighup(reloader.clone()));
+    let hangups = tokio::spawn(reload::on_sighup(reloader.clone(), sighup));
     let watcher = reload
         .watch
         .then(|| tokio::spawn(reload::watch(reloader.clone(), reload.watch_interval)));

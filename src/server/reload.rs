@@ -226,11 +226,13 @@ impl Reloader {
                     report.added.push(name.clone());
                     start.push(plugin);
                 }
+                // A plugin that failed (to start, or past its restart limit) is tried again.
                 Some(old)
                     if old == plugin
                         && serving.hashes.get(name) == hashes.get(name)
                         && !(trust_changed
-                            && matches!(plugin.kind, PluginKind::External { .. })) =>
+                            && matches!(plugin.kind, PluginKind::External { .. }))
+                        && !matches!(self.host.state(name), Some(PluginState::Error(_))) =>
                 {
                     report.unchanged.push(name.clone());
                 }
@@ -247,7 +249,12 @@ impl Reloader {
                 retire.push(old.name.clone());
             }
         }
-        for name in &report.changed {
+        let loading = report
+            .changed
+            .iter()
+            .chain(&report.added)
+            .filter(|name| config.plugin(name).is_some_and(|p| p.enabled));
+        for name in loading {
             let retired = self.host.retired_generations(name);
             if retired >= config.reload.max_generations {
                 report.errors.push(format!(
@@ -288,8 +295,9 @@ impl Reloader {
                 Err(error) => report.errors.push(error.to_string()),
             }
         }
+        let mut health = Vec::new();
         if report.errors.is_empty() {
-            self.check_important(&config, &started, &mut report).await;
+            health = self.check_health(&config, &started, &mut report).await;
         }
         if !report.errors.is_empty() {
             for (name, generation, _) in started {
@@ -303,6 +311,13 @@ impl Reloader {
         let mut retiring: Vec<Retiring> = Vec::new();
         for (name, generation, _) in &started {
             retiring.extend(self.host.commit(name, *generation));
+        }
+        // `/ready` and `/health` answer for the new generations at once, not after the monitor's
+        // next round.
+        for (name, report) in health {
+            if let Some(lifecycle) = self.host.lifecycle(&name) {
+                lifecycle.set_health(report);
+            }
         }
         for name in retire
             .iter()
@@ -345,20 +360,21 @@ impl Reloader {
         self.host.set_trust_policy(running.trust.signatures.clone());
     }
 
-    /// Refuses the reload when an important plugin's new generation is not healthy.
-    async fn check_important(
+    /// Asks every new generation for its health (all at once); refuses the reload when an
+    /// important one is not healthy. Returns the answers, to store once they are committed.
+    async fn check_health(
         &self,
         config: &Config,
         started: &[(String, u64, Arc<dyn Plugin>)],
         report: &mut ReloadReport,
-    ) {
-        for (name, _, plugin) in started {
-            if !config.plugin(name).is_some_and(|p| p.important) {
-                continue;
-            }
-            // The new generation is not current yet: ask the one just started.
+    ) -> Vec<(String, Health)> {
+        let checks = started.iter().map(|(name, _, plugin)| async move {
             let health = health::check_one(plugin.as_ref(), config.health.timeout).await;
-            if health != Health::Healthy {
+            (name.clone(), health)
+        });
+        let answers = futures_util::future::join_all(checks).await;
+        for (name, health) in &answers {
+            if config.plugin(name).is_some_and(|p| p.important) && *health != Health::Healthy {
                 report.errors.push(format!(
                     "important plugin `{name}`'s new generation is {}: {}",
                     health.as_str(),
@@ -366,6 +382,7 @@ impl Reloader {
                 ));
             }
         }
+        answers
     }
 }
 
@@ -405,15 +422,41 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     drop(old);
-    for retired in &retiring {
-        host.finish(retired).await;
-        tracing::info!(
-            plugin = retired.name,
-            generation = retired.generation,
-            "retired generation drained and shut down"
-        );
+    // An observer of a retired generation still hands its queued exchanges to it: wait until
+    // its task ends and lets go of the plugin (the registry's entry and `Retiring` are the other
+    // two holders).
+    while retiring
+        .iter()
+        .any(|r| r.plugin.as_ref().is_some_and(|p| Arc::strong_count(p) > 2))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Each shutdown gets its own bound, and none waits for another.
+    let shutdowns = retiring.iter().map(|retired| {
+        let host = host.clone();
+        async move {
+            let finished = tokio::time::timeout(SHUTDOWN_BOUND, host.finish(retired)).await;
+            match finished {
+                Ok(()) => tracing::info!(
+                    plugin = retired.name,
+                    generation = retired.generation,
+                    "retired generation drained and shut down"
+                ),
+                Err(_) => tracing::warn!(
+                    plugin = retired.name,
+                    generation = retired.generation,
+                    "retired generation's shutdown did not end within {} s",
+                    SHUTDOWN_BOUND.as_secs()
+                ),
+            }
+        }
+    });
+    futures_util::future::join_all(shutdowns).await;
 }
+
+/// How long a retired generation's `shutdown` may take.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
 /// The SHA-256 of `plugin`'s library file, when it is a library that can be read.
 fn file_hash(config: &Config, plugin: &PluginConfig) -> Option<[u8; 32]> {
@@ -430,12 +473,21 @@ pub(crate) fn hash_file(path: &Path) -> Option<[u8; 32]> {
     Some(Sha256::digest(&bytes).into())
 }
 
-/// Reloads whenever `SIGHUP` arrives, until the task is dropped.
+/// Takes `SIGHUP` over from its default (which ends the process): call it first thing, so that a
+/// `SIGHUP` during start-up waits for [`on_sighup`] instead of killing the server.
 #[cfg(unix)]
-pub async fn on_sighup(reloader: Arc<Reloader>) {
-    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-    else {
+pub fn listen_for_sighup() -> Option<tokio::signal::unix::Signal> {
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    if hangups.is_err() {
         tracing::warn!("cannot listen for SIGHUP; reload through the admin API");
+    }
+    hangups.ok()
+}
+
+/// Reloads whenever `SIGHUP` arrives on `hangups`, until the task is dropped.
+#[cfg(unix)]
+pub async fn on_sighup(reloader: Arc<Reloader>, hangups: Option<tokio::signal::unix::Signal>) {
+    let Some(mut hangups) = hangups else {
         return;
     };
     while hangups.recv().await.is_some() {

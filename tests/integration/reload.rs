@@ -418,3 +418,42 @@ async fn server_and_health_changes_wait_for_a_restart() {
         .unwrap();
     assert_eq!(put.status(), 201);
 }
+
+/// After a reload that changed an important plugin, `/ready` answers for its new generation at
+/// once (the reload asked it), not after the health monitor's next round.
+#[tokio::test]
+async fn ready_answers_for_a_new_generation_at_once() {
+    let important = |greeting: &str| {
+        format!(
+            "health: {{ interval_ms: 600000 }}\nplugin_dirs: [\"{{{{plugins}}}}\"]\nplugins:\n  \
+             hello: {{ path: libhello.so, important: true, config: {{ greeting: {greeting} }} }}\n\
+             endpoints:\n  hello: {{ path: \"/hello/{{name}}\", plugin: hello }}\n"
+        )
+    };
+    let server = Server::start(&important("Hello"));
+    assert_eq!(get(&server, "/ready").await.0, 200);
+    server.rewrite_config(&important("Hi"));
+    assert_eq!(reload(&server).await.0, 200);
+    let (status, body) = get(&server, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// A plugin that failed to start is tried again by a reload, though its entry did not change:
+/// here its file was missing, and is there now.
+#[tokio::test]
+async fn a_reload_retries_a_plugin_that_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("libgreet.so");
+    let yaml = format!(
+        "plugins:\n  greet: {{ path: \"{}\" }}\n\
+         endpoints:\n  greet: {{ path: \"/hello/{{name}}\", plugin: greet }}\n",
+        file.display()
+    );
+    let server = Server::start(&yaml);
+    assert_eq!(get(&server, "/hello/ana").await.0, 503);
+    std::fs::copy(crate::support::rust_plugin("hello"), &file).unwrap();
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["changed"], serde_json::json!(["greet"]), "{report}");
+    assert_eq!(message(&server).await, "Hello, ana!");
+}

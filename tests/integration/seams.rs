@@ -507,3 +507,20 @@ async fn every_error_kind_crosses_the_abi_and_the_wire_unchanged() {
     }
     faults.assert_control_serves().await;
 }
+
+/// A hook's deliberate 4xx (an auth check's 401 returned as an error) is its answer, not a
+/// failure: `on_failure: skip` does not let the request through.
+#[tokio::test]
+async fn a_hooks_deliberate_401_is_answered_even_with_skip() {
+    let faults = behind(
+        "    hooks: [before_request]\n    on_failure: { before_request: skip }\n    \
+         config: { error: { kind: unauthorized, message: \"no key\" }, apply_to: [before_request] }\n",
+    )
+    .await;
+    let answer = faults.get("/t").await;
+    assert_error(&answer, 401, "hook", "unauthorized");
+    assert_eq!(message(&answer), "no key");
+    assert_eq!(target_calls(&faults).await, 0);
+    assert_eq!(hook_failures(&faults, "skipped").await, 0.0);
+    faults.assert_control_serves().await;
+}
