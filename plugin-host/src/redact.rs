@@ -28,8 +28,16 @@ where
     let mut secrets = SECRETS.write().unwrap_or_else(|e| e.into_inner());
     for value in values {
         let value = value.into();
-        if value.len() >= MIN_SECRET_LEN && !secrets.contains(&value) {
-            secrets.push(value);
+        if value.len() < MIN_SECRET_LEN {
+            continue;
+        }
+        // As `{:?}` (a log field, a JSON string) writes it, too: a secret with a quote, a
+        // backslash or a line break is escaped there and would not match as it is.
+        let escaped = value.escape_debug().to_string();
+        for form in [value, escaped] {
+            if !secrets.contains(&form) {
+                secrets.push(form);
+            }
         }
     }
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
@@ -66,5 +74,12 @@ mod tests {
             "a [redacted] b [redacted]"
         );
         assert_eq!(redact("ab stays"), "ab stays");
+    }
+
+    #[test]
+    fn escaped_forms_are_redacted_too() {
+        add_secrets(["-----BEGIN KEY-----\nabc\"def"]);
+        let logged = format!("{:?}", "-----BEGIN KEY-----\nabc\"def");
+        assert_eq!(redact(&logged), "\"[redacted]\"");
     }
 }
