@@ -291,13 +291,7 @@ impl PluginHost {
                     name: name.to_owned(),
                 });
             }
-            let finished = self
-                .finished
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(name)
-                .copied()
-                .unwrap_or(0);
+            let finished = self.finished_generation(name);
             let generation = entries
                 .iter()
                 .filter(|e| e.name == name)
@@ -452,17 +446,17 @@ impl PluginHost {
                 .map(|e| e.generation)
                 .max()
         };
-        let finished = self
-            .finished
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied()
-            .unwrap_or(0);
+        let finished = self.finished_generation(name);
         match self.current_generation(name) {
             Some(current) => current - 1,
             None => newest.unwrap_or(0).max(finished),
         }
+    }
+
+    /// The newest generation of `name` retired and finished (0 when none was).
+    fn finished_generation(&self, name: &str) -> u64 {
+        let finished = self.finished.read().unwrap_or_else(|e| e.into_inner());
+        finished.get(name).copied().unwrap_or(0)
     }
 
     /// The generation of `name` that serves.
