@@ -141,7 +141,7 @@ pub use signature::{
     SignatureError, TrustedIds, Verdict, Verified, check as check_signature, check_library,
     signature_path, verify as verify_signature,
 };
-pub use trust::{Binding, KeyId, TrustPolicy, TrustedKey, TrustedKeys, sha256_hex};
+pub use trust::{Binding, KeyError, KeyId, TrustPolicy, TrustedKey, TrustedKeys, sha256_hex};
 
 // Loading and running plugins.
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};

@@ -38,20 +38,30 @@ impl fmt::Display for KeyId {
     }
 }
 
+/// Why a key or a key id does not read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A key id that is not up to 16 hex digits.
+    #[error("`{0}` is not a key id: expected up to 16 hex digits")]
+    BadId(String),
+    /// Text that is not a minisign public key.
+    #[error("not a minisign public key ({0}): expected the `RWQ…` line of a .pub file")]
+    NotAKey(String),
+}
+
 impl FromStr for KeyId {
-    type Err = String;
+    type Err = KeyError;
 
     /// Hex digits, any case, leading zeros optional (`minisign` prints them without).
-    fn from_str(s: &str) -> Result<KeyId, String> {
+    fn from_str(s: &str) -> Result<KeyId, KeyError> {
         let s = s.trim();
         if s.is_empty() || s.len() > 16 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(format!(
-                "`{s}` is not a key id: expected up to 16 hex digits"
-            ));
+            return Err(KeyError::BadId(s.to_owned()));
         }
         u64::from_str_radix(s, 16)
             .map(KeyId)
-            .map_err(|e| format!("`{s}` is not a key id: {e}"))
+            .map_err(|_| KeyError::BadId(s.to_owned()))
     }
 }
 
@@ -66,16 +76,16 @@ pub struct TrustedKey {
 impl TrustedKey {
     /// Parses a minisign public key: the base64 line of a `minisign.pub` file (`RWQ…`), or the
     /// whole file (its untrusted comment line is skipped).
-    pub fn parse(text: &str) -> Result<TrustedKey, String> {
+    pub fn parse(text: &str) -> Result<TrustedKey, KeyError> {
         let line = text
             .lines()
             .map(str::trim)
             .rfind(|l| !l.is_empty() && !l.starts_with("untrusted comment:"))
             .unwrap_or_default();
-        let key = minisign_verify::PublicKey::from_base64(line).map_err(|e| {
-            format!("not a minisign public key ({e}): expected the `RWQ…` line of a .pub file")
-        })?;
-        let id = KeyId::of_base64_line(line).ok_or("not a minisign public key")?;
+        let key = minisign_verify::PublicKey::from_base64(line)
+            .map_err(|e| KeyError::NotAKey(e.to_string()))?;
+        let id = KeyId::of_base64_line(line)
+            .ok_or_else(|| KeyError::NotAKey("no key id in it".to_owned()))?;
         Ok(TrustedKey {
             id,
             text: line.to_owned(),

@@ -102,7 +102,8 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
     for plugin in &config.plugins {
         let source = match plugin_source(config, plugin) {
             Ok(source) => source,
-            Err(reason) => {
+            Err(missing) => {
+                let reason = missing.to_string();
                 let _ = host.record(&plugin.name, None, PluginState::Error(reason.clone()), None);
                 if plugin.important {
                     anyhow::bail!("important plugin `{}` cannot start: {reason}", plugin.name);
@@ -125,26 +126,28 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
     Ok(())
 }
 
-/// Where `plugin`'s code comes from: its library file found through `plugin_dirs`, or the reason
-/// it cannot be found.
+/// A plugin library that is in none of the places its `path` can mean.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin file not found; looked at {}", .tried.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+pub struct LibraryNotFound {
+    /// Every place looked at, in order.
+    pub tried: Vec<std::path::PathBuf>,
+}
+
+/// Where `plugin`'s code comes from: its library file found through `plugin_dirs`, or every
+/// place that was looked at.
 pub(crate) fn plugin_source(
     config: &Config,
     plugin: &PluginConfig,
-) -> Result<PluginSource, String> {
+) -> Result<PluginSource, LibraryNotFound> {
     Ok(match &plugin.kind {
         PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
         PluginKind::Command { argv } => PluginSource::Command(argv.clone()),
         PluginKind::External { path } if !plugin.enabled => PluginSource::Library(path.clone()),
-        PluginKind::External { .. } => match config.resolve_plugin_path(plugin) {
-            Ok(path) => PluginSource::Library(path),
-            Err(tried) => {
-                let tried: Vec<_> = tried.iter().map(|p| p.display().to_string()).collect();
-                return Err(format!(
-                    "plugin file not found; looked at {}",
-                    tried.join(", ")
-                ));
-            }
-        },
+        PluginKind::External { .. } => config
+            .resolve_plugin_path(plugin)
+            .map(PluginSource::Library)
+            .map_err(|tried| LibraryNotFound { tried })?,
     })
 }
 

@@ -1,7 +1,7 @@
 //! Checks of `trust:`: the public keys plugin signatures are checked against (each key parsed, an
 //! `id` given must be the key's own), and `require_signatures`.
 
-use backworks_plugin_host::{KeyId, TrustPolicy, TrustedKey, TrustedKeys};
+use backworks_plugin_host::{KeyError, KeyId, TrustPolicy, TrustedKey, TrustedKeys};
 use serde_saphyr::Spanned;
 
 use super::{INVALID, boolean};
@@ -74,7 +74,7 @@ fn key(ip: &Interpolator<'_>, entry: &Spanned<RawTrustKey>) -> Result<TrustedKey
         let written: KeyId = id
             .value
             .parse()
-            .map_err(|e: String| ip.error(INVALID, id.at, format!("`trust.keys` id: {e}")))?;
+            .map_err(|e: KeyError| ip.error(INVALID, id.at, format!("`trust.keys` id: {e}")))?;
         if written != key.id() {
             let message = format!(
                 "`trust.keys` id {} is not the id of its public key, which is {}",
