@@ -473,6 +473,45 @@ mod tests {
         verify(Path::new(PATH), FILE, sig, keys, expect)
     }
 
+    /// A cheap fuzz of the untrusted inputs (the `.minisig` text, its trusted comment, public key
+    /// lines): every prefix and thousands of mutations of a valid signature are refused or
+    /// accepted, never a panic. (Whether a mutation verifies is not asserted: a change to a
+    /// base64 character's unused bits decodes to the same bytes, and the key is new each run.)
+    #[test]
+    fn arbitrary_signature_texts_never_panic() {
+        let signer = Signer::new();
+        let keys = TrustedKeys::new([signer.key()]);
+        let good = signer.sign(FILE, &hello().comment(FILE));
+        for cut in 0..=good.len() {
+            if good.is_char_boundary(cut) {
+                let _ = run(&good[..cut], &keys, &hello());
+            }
+        }
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // Mutations after the untrusted comment line, keeping the line breaks.
+        let covered = good.find('\n').map_or(0, |i| i + 1);
+        for _ in 0..5_000 {
+            let mut bytes = good.clone().into_bytes();
+            for _ in 0..3 {
+                let at = covered + (next() as usize) % (bytes.len() - covered);
+                let byte = (next() >> 32) as u8;
+                if bytes[at] != b'\n' && byte != b'\n' {
+                    bytes[at] = byte;
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = run(&text, &keys, &hello());
+            let _ = crate::trust::SignedBinding::parse(&text);
+            let _ = TrustedKey::parse(&text);
+        }
+    }
+
     #[test]
     fn a_bound_signature_by_a_trusted_key_is_valid() {
         let signer = Signer::new();
