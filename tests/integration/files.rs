@@ -413,14 +413,7 @@ async fn two_plugins_from_identical_files(env: &[(&str, &str)]) -> Vec<String> {
     let got = http.get(server.url("/kv/only-in-a")).send().await.unwrap();
     assert_eq!(got.status(), 200);
     // Separate instances: b has its own, empty store.
-    let list: Value = http
-        .get(server.url("/kv"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = crate::support::get_json(server.url("/kv")).await;
     assert_eq!(list, json!({"count": 0, "keys": []}));
 
     let copies = mapped_copies(server.pid());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::observe::{PATIENCE, metric};
-use crate::support::{Server, backworks, client};
+use crate::support::{Server, backworks, client, get_json};
 
 /// The demo's hello and kv-store, hello greeting with `greeting`; `extra` is appended under
 /// `plugins:` (entries indented two spaces) and `reload` at the top level.
@@ -53,14 +53,7 @@ async fn reload(server: &Server) -> (u16, Value) {
 }
 
 async fn plugin(server: &Server, name: &str) -> Value {
-    client()
-        .get(server.admin_url(&format!("/_backworks/plugins/{name}")))
-        .send()
-        .await
-        .expect("the admin API answers")
-        .json()
-        .await
-        .unwrap_or(Value::Null)
+    get_json(server.admin_url(&format!("/_backworks/plugins/{name}"))).await
 }
 
 async fn metrics(server: &Server) -> String {
@@ -228,14 +221,7 @@ async fn a_failed_reload_changes_nothing() {
     assert!(error.contains("plugin `hello` failed to start"), "{error}");
     assert_eq!(message(&server).await, "Hello, ana!");
     assert_eq!(plugin(&server, "hello").await["generation"], 1);
-    let last: Value = client()
-        .get(server.admin_url("/_backworks/reload"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let last: Value = get_json(server.admin_url("/_backworks/reload")).await;
     assert_eq!(last["ok"], false, "{last}");
 
     // `backworks reload` says so and exits 1; once the file is fixed it applies and exits 0.

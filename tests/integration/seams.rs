@@ -414,14 +414,8 @@ async fn secrets_and_internals_stay_out_of_public_bodies() {
             assert!(body["error"]["request_id"].is_string(), "{body}");
         }
     }
-    let admin: serde_json::Value = http
-        .get(server.admin_url("/_backworks/plugins/leaky"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let admin: serde_json::Value =
+        crate::support::get_json(server.admin_url("/_backworks/plugins/leaky")).await;
     let reason = admin["reason"].as_str().unwrap_or_default();
     assert!(
         reason.contains("sleep_ms") && reason.contains("[redacted]") && !reason.contains(SECRET),

@@ -433,6 +433,18 @@ pub fn write_config(dir: &Path, yaml: &str) -> PathBuf {
     config
 }
 
+/// `GET url`, its body as JSON (`null` when it is not JSON).
+pub async fn get_json(url: String) -> serde_json::Value {
+    client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or(serde_json::Value::Null)
+}
+
 /// Runs the `backworks` command with `args`, without colours, and waits for its output.
 pub fn backworks(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_backworks"))

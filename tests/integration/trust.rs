@@ -419,14 +419,8 @@ async fn serve_refuses_an_unsigned_library_and_serves_the_rest() {
     assert_eq!(kv.status(), 503);
     let control = http.get(server.url("/control")).send().await.unwrap();
     assert_eq!(control.status(), 200);
-    let entry: Value = http
-        .get(server.admin_url("/_backworks/plugins/kv-store"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let entry: Value =
+        crate::support::get_json(server.admin_url("/_backworks/plugins/kv-store")).await;
     assert_eq!(entry["state"], "error", "{entry}");
     let reason = entry["reason"].as_str().unwrap_or_default();
     assert!(
