@@ -1,5 +1,6 @@
 //! The `backworks` command line.
 
+mod new;
 mod plugin;
 mod reload;
 mod sign;
@@ -84,6 +85,29 @@ pub enum Command {
 /// The `plugin` commands.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
+    /// Create a plugin project that builds and passes its tests as generated: a Rust crate (with
+    /// the testkit), a Python script, or a C library, each with an endpoint, a hook, a config
+    /// schema, tests and a README.
+    New {
+        /// The plugin's name: lower-case letters, digits and `-` (also the crate's name).
+        name: String,
+        /// The language.
+        #[arg(long, value_enum, default_value_t = new::Lang::Rust)]
+        lang: new::Lang,
+        /// The folder to create (default: ./NAME).
+        #[arg(long)]
+        path: Option<PathBuf>,
+        /// A one-line description.
+        #[arg(long)]
+        description: Option<String>,
+        /// A Backworks source checkout whose plugin-sdk and plugin-testkit the crate depends on
+        /// by path (default: the checkout this binary was built from, when it is still there).
+        #[arg(long, conflicts_with = "sdk_registry")]
+        sdk_path: Option<PathBuf>,
+        /// Depend on the SDK and testkit by version, from the registry.
+        #[arg(long)]
+        sdk_registry: bool,
+    },
     /// List the plugins: their live state from a running server's admin API, or, when no server
     /// answers, the configured plugins and the plugin files in `plugin_dirs` (none loaded).
     List {
@@ -204,6 +228,24 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
         } => reload::reload(&config, admin_url.as_deref(), token.as_deref(), json),
         Command::Plugin { command } => match command {
+            PluginCommand::New {
+                name,
+                lang,
+                path,
+                description,
+                sdk_path,
+                sdk_registry,
+            } => new::run(&new::NewPlugin {
+                name,
+                lang,
+                path,
+                description,
+                sdk: match (sdk_path, sdk_registry) {
+                    (Some(root), _) => Some(new::SdkSource::Checkout(root)),
+                    (None, true) => Some(new::SdkSource::Registry),
+                    (None, false) => None,
+                },
+            }),
             PluginCommand::List {
                 config,
                 json,
