@@ -209,10 +209,10 @@ pub fn create(request: &NewPlugin) -> Result<Created, NewError> {
         .path
         .clone()
         .unwrap_or_else(|| PathBuf::from(&request.name));
-    if let Ok(mut entries) = fs::read_dir(&dir) {
-        if entries.next().is_some() {
-            return Err(NewError::NotEmpty(dir));
-        }
+    if let Ok(mut entries) = fs::read_dir(&dir)
+        && entries.next().is_some()
+    {
+        return Err(NewError::NotEmpty(dir));
     }
     let sdk = match &request.sdk {
         Some(SdkSource::Checkout(root)) if !is_checkout(root) => {
