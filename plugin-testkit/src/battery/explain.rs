@@ -108,8 +108,8 @@ pub(crate) fn advice(error: &HostError) -> String {
                 .to_owned()
         }
         HostError::NoMetadata { .. } | HostError::BadMetadata { .. } => {
-            "a Rust plugin gets its metadata from export_plugin!; a C plugin declares it with the \
-             metadata macro of backworks_plugin.h"
+            "a Rust plugin gets its metadata from export_plugin!; a C plugin declares it with \
+             BW_PLUGIN_METADATA of backworks_plugin.h"
                 .to_owned()
         }
         HostError::AbiMismatch { .. } | HostError::SdkMismatch { .. } => format!(
