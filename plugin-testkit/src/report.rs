@@ -120,7 +120,11 @@ impl Report {
 impl fmt::Display for Report {
     /// One line per check (`✓ name: detail`), then the summary.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let where_ = if self.isolated { ", in a child process" } else { "" };
+        let where_ = if self.isolated {
+            ", in a child process"
+        } else {
+            ""
+        };
         writeln!(f, "conformance of {}{where_}", self.plugin)?;
         for check in &self.checks {
             writeln!(
@@ -181,7 +185,10 @@ mod tests {
             message.contains("✗ health: reports unhealthy: disk full"),
             "{message}"
         );
-        assert!(message.ends_with("1 passed, 1 failed, 0 skipped"), "{message}");
+        assert!(
+            message.ends_with("1 passed, 1 failed, 0 skipped"),
+            "{message}"
+        );
     }
 
     #[test]

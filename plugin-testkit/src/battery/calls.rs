@@ -61,14 +61,17 @@ impl Probe {
         request: Request,
     ) -> Pin<Box<dyn Future<Output = Result<u16, CallError>> + Send>> {
         match self {
-            Probe::Endpoint(..) => Box::pin(async move {
-                plugin.handle(request).await.map(|r| r.status)
-            }),
+            Probe::Endpoint(..) => {
+                Box::pin(async move { plugin.handle(request).await.map(|r| r.status) })
+            }
             Probe::BeforeRequest => Box::pin(async move {
-                plugin.before_request(&request).await.map(|action| match action {
-                    HookAction::Respond(response) => response.status,
-                    HookAction::Continue | HookAction::ContinueWith(_) => 200,
-                })
+                plugin
+                    .before_request(&request)
+                    .await
+                    .map(|action| match action {
+                        HookAction::Respond(response) => response.status,
+                        HookAction::Continue | HookAction::ContinueWith(_) => 200,
+                    })
             }),
             Probe::AfterResponse => Box::pin(async move {
                 let response = Response::new(200);
@@ -94,7 +97,9 @@ pub(crate) fn sample_request() -> Request {
     let mut request = Request::new("POST", "/conformance/sample");
     request.query.push(("q".into(), "1".into()));
     request.headers.insert("content-type", "application/json");
-    request.headers.insert("user-agent", "backworks-plugin-testkit");
+    request
+        .headers
+        .insert("user-agent", "backworks-plugin-testkit");
     request.body = br#"{"sample":true}"#.to_vec();
     request
 }

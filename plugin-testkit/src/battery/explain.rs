@@ -91,10 +91,7 @@ pub(crate) fn start_failure(error: &HostError, good: bool) -> String {
             error.message()
         ),
         HostError::Start { source, .. } => call_failure("initialize", source),
-        other => format!(
-            "the plugin could not be started: {other}{}",
-            advice(other)
-        ),
+        other => format!("the plugin could not be started: {other}{}", advice(other)),
     }
 }
 

@@ -69,7 +69,10 @@ pub(crate) async fn memory(
         for _ in 0..calls {
             let outcome = within(deadline, probe.call_once(plugin.clone())).await;
             if let Verdict::Wrong(why) = judge(&probe.describe(), outcome.as_ref().copied()) {
-                return Check::fail("memory", format!("a call of the memory check failed: {why}"));
+                return Check::fail(
+                    "memory",
+                    format!("a call of the memory check failed: {why}"),
+                );
             }
         }
         let after = pid().and_then(resident_bytes);

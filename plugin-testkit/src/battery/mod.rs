@@ -274,7 +274,11 @@ impl Conformance {
                     source: CallError::Plugin(error),
                     ..
                 }) if !matches!(error, PluginError::Panic(_)) => {
-                    fine.push(format!("{config} refused ({}: {})", error.kind(), error.message()));
+                    fine.push(format!(
+                        "{config} refused ({}: {})",
+                        error.kind(),
+                        error.message()
+                    ));
                 }
                 Err(error) => wrong.push(format!(
                     "{} (config {config})",
@@ -379,9 +383,8 @@ impl Conformance {
                 .await,
             );
             match &repeated {
-                Ok(probe) => checks.push(
-                    memory::memory(plugin.clone(), deadline, probe, self.calls, pid).await,
-                ),
+                Ok(probe) => checks
+                    .push(memory::memory(plugin.clone(), deadline, probe, self.calls, pid).await),
                 Err(why) => checks.push(Check::skip("memory", why)),
             }
             checks.push(calls::shutdown(plugin.clone(), deadline).await);
@@ -484,7 +487,10 @@ mod tests {
     fn metadata_reads_as_one_line() {
         let line = describe_metadata(&meta("p", "1.2.3"));
         assert!(line.starts_with("p 1.2.3, ABI 1.0, SDK 0.1.0"), "{line}");
-        assert!(line.ends_with("panic = unwind, hooks: before_request"), "{line}");
+        assert!(
+            line.ends_with("panic = unwind, hooks: before_request"),
+            "{line}"
+        );
     }
 
     #[test]
