@@ -65,12 +65,17 @@ pub fn run(args: CheckArgs) -> anyhow::Result<i32> {
             .split_once(char::is_whitespace)
             .filter(|(_, path)| path.trim_start().starts_with('/'))
             .with_context(|| {
-                format!("--endpoint {endpoint:?}: write it as a method and a path, \"GET /hello/ana\"")
+                format!(
+                    "--endpoint {endpoint:?}: write it as a method and a path, \"GET /hello/ana\""
+                )
             })?;
         battery = battery.endpoint(method, path.trim());
     }
     if !(args.deadline > 0.0 && args.deadline.is_finite()) {
-        anyhow::bail!("--deadline {}: give a number of seconds above 0", args.deadline);
+        anyhow::bail!(
+            "--deadline {}: give a number of seconds above 0",
+            args.deadline
+        );
     }
     // Children run in this executable's plugin runner, like `backworks serve`'s.
     let runner = std::env::current_exe().context("cannot find the backworks executable")?;
@@ -97,9 +102,8 @@ fn value_of(flag: &str, text: &str) -> anyhow::Result<Value> {
             .with_context(|| format!("{flag}: cannot read {}", path.display()))?;
         return match serde_json::from_str(&content) {
             Ok(value) => Ok(value),
-            Err(_) => serde_saphyr::from_str(&content).with_context(|| {
-                format!("{flag}: {} is neither JSON nor YAML", path.display())
-            }),
+            Err(_) => serde_saphyr::from_str(&content)
+                .with_context(|| format!("{flag}: {} is neither JSON nor YAML", path.display())),
         };
     }
     serde_json::from_str(text).with_context(|| {
@@ -127,7 +131,8 @@ mod tests {
         );
         let error = value_of("--bad-config", "greeting: Hi").unwrap_err();
         assert!(
-            format!("{error:#}").contains("--bad-config \"greeting: Hi\": not a file, and not JSON"),
+            format!("{error:#}")
+                .contains("--bad-config \"greeting: Hi\": not a file, and not JSON"),
             "{error:#}"
         );
     }

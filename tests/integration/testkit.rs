@@ -46,10 +46,25 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
         .endpoint("POST", "/echo")
         .run();
     hello.assert_passed();
-    assert_check(&hello, "metadata", Outcome::Pass, &["hello 0.1.0", "panic = unwind"]);
-    assert_check(&hello, "endpoint GET /hello/ana", Outcome::Pass, &["answered 200"]);
+    assert_check(
+        &hello,
+        "metadata",
+        Outcome::Pass,
+        &["hello 0.1.0", "panic = unwind"],
+    );
+    assert_check(
+        &hello,
+        "endpoint GET /hello/ana",
+        Outcome::Pass,
+        &["answered 200"],
+    );
     assert_check(&hello, "bad config", Outcome::Pass, &["refused (config:"]);
-    assert_check(&hello, "memory", Outcome::Pass, &["rounds of 2000 GET /hello/ana calls"]);
+    assert_check(
+        &hello,
+        "memory",
+        Outcome::Pass,
+        &["rounds of 2000 GET /hello/ana calls"],
+    );
 
     let kv = Conformance::library(support::rust_plugin("kv_store"))
         .config(json!({"max_keys": 100}))
@@ -69,10 +84,20 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
         .run();
     request_id.assert_passed();
     // A hooks plugin: the load checks repeat its before_request hook (which answers 401 here).
-    assert_check(&request_id, "endpoints", Outcome::Skip, &["no endpoint declared"]);
+    assert_check(
+        &request_id,
+        "endpoints",
+        Outcome::Skip,
+        &["no endpoint declared"],
+    );
     assert_check(&request_id, "hook before_request", Outcome::Pass, &["401"]);
     assert_check(&request_id, "hook after_response", Outcome::Pass, &["200"]);
-    assert_check(&request_id, "concurrency", Outcome::Pass, &["before_request"]);
+    assert_check(
+        &request_id,
+        "concurrency",
+        Outcome::Pass,
+        &["before_request"],
+    );
 
     let clock = Conformance::library(support::rust_plugin("async_clock"))
         .endpoint("GET", "/sleep/0")
@@ -105,7 +130,12 @@ fn the_python_example_passes_through_the_wire_protocol() {
         .run();
     report.assert_passed();
     assert!(report.isolated);
-    assert_check(&report, "metadata", Outcome::Pass, &["manifest: report", "after_response"]);
+    assert_check(
+        &report,
+        "metadata",
+        Outcome::Pass,
+        &["manifest: report", "after_response"],
+    );
     // POST /notify without a body is the plugin's own 400.
     assert_check(&report, "endpoint POST /notify", Outcome::Pass, &["400"]);
     assert_check(&report, "hook after_response", Outcome::Pass, &[]);
@@ -190,7 +220,10 @@ fn a_start_error_is_the_hosts_and_a_hang_is_a_timeout() {
     let error = TestHost::library(support::c_fixture("wrong_abi_major"))
         .start()
         .unwrap_err();
-    assert!(error.to_string().contains("ABI 2.0 is incompatible"), "{error}");
+    assert!(
+        error.to_string().contains("ABI 2.0 is incompatible"),
+        "{error}"
+    );
 
     let host = TestHost::library(support::rust_plugin("faulty"))
         .config(json!({"sleep_ms": 600_000}))
@@ -237,7 +270,10 @@ fn a_panicking_plugin_fails_with_the_panic_and_what_to_return_instead() {
         .unwrap_err()
         .downcast::<String>()
         .unwrap();
-    assert!(message.starts_with("the plugin failed 3 conformance checks:"), "{message}");
+    assert!(
+        message.starts_with("the plugin failed 3 conformance checks:"),
+        "{message}"
+    );
     assert!(message.contains("✗ bad config: initialize with the bad config panicked"));
 
     // A hook that panics fails the hook's check.
@@ -267,7 +303,12 @@ fn faulty_plugins_fail_the_check_that_catches_them() {
     );
 
     let report = faulty().config(json!({"health": "unhealthy"})).run();
-    assert_check(&report, "health", Outcome::Fail, &["reports itself unhealthy"]);
+    assert_check(
+        &report,
+        "health",
+        Outcome::Fail,
+        &["reports itself unhealthy"],
+    );
 
     let report = faulty()
         .config(json!({"error": {"kind": "unavailable", "message": "db down"}}))
@@ -283,7 +324,12 @@ fn faulty_plugins_fail_the_check_that_catches_them() {
         .config(json!({"sleep_ms": 600_000, "only_path_suffix": "/x"}))
         .deadline(Duration::from_secs(1))
         .run();
-    assert_check(&report, "endpoint GET /x", Outcome::Fail, &["GET /x hung", "await"]);
+    assert_check(
+        &report,
+        "endpoint GET /x",
+        Outcome::Fail,
+        &["GET /x hung", "await"],
+    );
 
     // A crash costs only the child, and is named.
     let report = faulty()
@@ -291,17 +337,42 @@ fn faulty_plugins_fail_the_check_that_catches_them() {
         .isolated(true)
         .runner(runner())
         .run();
-    assert_check(&report, "endpoint GET /x", Outcome::Fail, &["crashed the plugin's process"]);
+    assert_check(
+        &report,
+        "endpoint GET /x",
+        Outcome::Fail,
+        &["crashed the plugin's process"],
+    );
 }
 
 #[test]
 fn broken_c_libraries_fail_with_what_to_fix() {
     let cases: [(&str, &str, &[&str]); 5] = [
-        ("wrong_abi_major", "metadata", &["ABI 2.0 is incompatible", "rebuild the plugin"]),
-        ("no_metadata", "metadata", &["not a Backworks plugin", "BW_PLUGIN_METADATA"]),
-        ("panic_abort", "metadata", &["panic = \"abort\"", "isolation: process"]),
-        ("missing_symbol", "initialize", &["does not export `backworks_plugin`"]),
-        ("bad_utf8_header", "endpoint GET /x", &["not UTF-8", "the host refuses"]),
+        (
+            "wrong_abi_major",
+            "metadata",
+            &["ABI 2.0 is incompatible", "rebuild the plugin"],
+        ),
+        (
+            "no_metadata",
+            "metadata",
+            &["not a Backworks plugin", "BW_PLUGIN_METADATA"],
+        ),
+        (
+            "panic_abort",
+            "metadata",
+            &["panic = \"abort\"", "isolation: process"],
+        ),
+        (
+            "missing_symbol",
+            "initialize",
+            &["does not export `backworks_plugin`"],
+        ),
+        (
+            "bad_utf8_header",
+            "endpoint GET /x",
+            &["not UTF-8", "the host refuses"],
+        ),
     ];
     for (fixture, check, needles) in cases {
         let report = Conformance::library(support::c_fixture(fixture))
@@ -337,13 +408,25 @@ fn plugin_check_passes_every_example_and_exits_0() {
         "GET /hello/ana",
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("✓ endpoint GET /hello/ana: answered 200"), "{out}");
-    assert!(out.contains("– hooks: the plugin declares no hooks"), "{out}");
-    assert!(out.trim_end().ends_with("10 passed, 0 failed, 1 skipped"), "{out}");
+    assert!(
+        out.contains("✓ endpoint GET /hello/ana: answered 200"),
+        "{out}"
+    );
+    assert!(
+        out.contains("– hooks: the plugin declares no hooks"),
+        "{out}"
+    );
+    assert!(
+        out.trim_end().ends_with("10 passed, 0 failed, 1 skipped"),
+        "{out}"
+    );
 
     let (code, out) = plugin_check(&[path(&hello), "--isolated", "--endpoint", "GET /hello/x"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.starts_with(&format!("conformance of {}, in a child process", hello.display())));
+    assert!(out.starts_with(&format!(
+        "conformance of {}, in a child process",
+        hello.display()
+    )));
 
     let c = support::c_plugin("hello");
     let (code, out) = plugin_check(&[path(&c), "--endpoint", "GET /c"]);
@@ -381,7 +464,10 @@ fn plugin_check_fails_a_broken_plugin_with_exit_1_and_the_explanation() {
         out.contains("✗ bad config: initialize with the bad config panicked"),
         "{out}"
     );
-    assert!(out.contains("✗ endpoint GET /x/panic: GET /x/panic panicked"), "{out}");
+    assert!(
+        out.contains("✗ endpoint GET /x/panic: GET /x/panic panicked"),
+        "{out}"
+    );
 
     let (code, out) = plugin_check(&[path(&support::c_fixture("newer_sdk")), "--json"]);
     assert_eq!(code, 1, "{out}");
@@ -395,5 +481,8 @@ fn plugin_check_fails_a_broken_plugin_with_exit_1_and_the_explanation() {
     let output = support::backworks(&["plugin", "check", path(&broken), "--endpoint", "/x"]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("write it as a method and a path"), "{stderr}");
+    assert!(
+        stderr.contains("write it as a method and a path"),
+        "{stderr}"
+    );
 }

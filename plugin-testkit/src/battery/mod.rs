@@ -225,7 +225,7 @@ impl Conformance {
         let mut notes = Vec::new();
         if let Err(error) = &inspection.compatibility {
             if self.subject.isolated && inspection.runs_in_child() {
-                notes.push("built with panic = \"abort\": a panic ends its child process".into());
+                notes.push("built with panic = \"abort\": a panic ends its child process");
             } else {
                 problems.push(format!("{error}{}", explain::advice(error)));
             }
