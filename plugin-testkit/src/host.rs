@@ -11,7 +11,6 @@ use backworks_plugin_host::sdk::{Hooks, PluginMetadata};
 use backworks_plugin_host::{
     CallError, Health, HookAction, HostError, Plugin, PluginHost, Request, Response, inspect,
 };
-use tokio::runtime::Runtime;
 
 use crate::subject::{Source, Subject};
 
@@ -40,7 +39,7 @@ const FALLBACK_NAME: &str = "plugin-under-test";
 /// # Ok(()) }
 /// ```
 pub struct TestHost {
-    runtime: Option<Arc<Runtime>>,
+    runtime: Arc<TestRuntime>,
     host: Arc<PluginHost>,
     plugin: Arc<dyn Plugin>,
     name: String,
@@ -94,7 +93,7 @@ impl TestHost {
     /// Starts `subject` as the host would, on `runtime`: load (or spawn), check, initialize with
     /// `config`.
     pub(crate) fn start_on(
-        runtime: Arc<Runtime>,
+        runtime: Arc<TestRuntime>,
         subject: &Subject,
         config: serde_json::Value,
     ) -> Result<TestHost, HostError> {
@@ -110,12 +109,8 @@ impl TestHost {
         };
         let plugin = match started {
             Ok(Ok(plugin)) => plugin,
-            Ok(Err(error)) => {
-                runtime_done(Some(runtime), &host);
-                return Err(error);
-            }
+            Ok(Err(error)) => return Err(error),
             Err(_) => {
-                runtime_done(Some(runtime), &host);
                 return Err(HostError::Start {
                     plugin: name,
                     source: CallError::Timeout(format!(
@@ -126,7 +121,7 @@ impl TestHost {
             }
         };
         Ok(TestHost {
-            runtime: Some(runtime),
+            runtime,
             host,
             plugin,
             name,
@@ -215,29 +210,40 @@ impl TestHost {
         self.shut_down.store(true, Ordering::SeqCst);
     }
 
-    pub(crate) fn runtime(&self) -> &Arc<Runtime> {
-        self.runtime
-            .as_ref()
-            .expect("the runtime lives as long as the test host")
+    pub(crate) fn runtime(&self) -> &TestRuntime {
+        &self.runtime
     }
 }
 
 impl Drop for TestHost {
+    /// Shuts the plugin down unless that was done (within the deadline); a child process ends
+    /// with its plugin, dropped after this.
     fn drop(&mut self) {
         if !self.shut_down.swap(true, Ordering::SeqCst) {
-            let _ = self.within(self.plugin.shutdown());
+            let (host, deadline) = (self.host.clone(), self.deadline);
+            block_on(&self.runtime, async move {
+                let _ = tokio::time::timeout(deadline, host.shutdown()).await;
+            });
         }
-        runtime_done(self.runtime.take(), &self.host);
     }
 }
 
-/// Stops `host`'s children and lets the runtime go without waiting for its tasks, which is allowed
-/// in async contexts too.
-fn runtime_done(runtime: Option<Arc<Runtime>>, host: &Arc<PluginHost>) {
-    if let Some(runtime) = runtime {
-        let stopping = host.clone();
-        block_on(&runtime, async move { stopping.shutdown().await });
-        if let Ok(runtime) = Arc::try_unwrap(runtime) {
+/// The tokio runtime of a test host or a battery. Dropped without waiting for its tasks, which
+/// is allowed in async contexts too (a test host dropped in a `#[tokio::test]`).
+#[derive(Debug)]
+pub(crate) struct TestRuntime(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for TestRuntime {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &tokio::runtime::Runtime {
+        self.0.as_ref().expect("present until dropped")
+    }
+}
+
+impl Drop for TestRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
             runtime.shutdown_background();
         }
     }
@@ -278,20 +284,20 @@ impl TestHostBuilder {
 }
 
 /// The runtime a test host (or a battery) runs its calls on.
-pub(crate) fn new_runtime() -> Arc<Runtime> {
-    Arc::new(
+pub(crate) fn new_runtime() -> Arc<TestRuntime> {
+    Arc::new(TestRuntime(Some(
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("backworks-testkit")
             .enable_all()
             .build()
             .expect("the testkit cannot start a tokio runtime"),
-    )
+    )))
 }
 
 /// Runs `future` on `runtime` to its end; from inside another runtime (a `#[tokio::test]`), on a
 /// thread of its own, since a runtime cannot be blocked on from within one.
-pub(crate) fn block_on<F>(runtime: &Runtime, future: F) -> F::Output
+pub(crate) fn block_on<F>(runtime: &tokio::runtime::Runtime, future: F) -> F::Output
 where
     F: Future + Send,
     F::Output: Send,

@@ -75,6 +75,8 @@
 //! ([`TestHost::command`], [`Conformance::command`]) uses the same runner when there is one and
 //! is started directly otherwise.
 
+#![deny(missing_docs)]
+
 mod battery;
 mod host;
 mod locate;
@@ -82,7 +84,7 @@ mod report;
 mod subject;
 
 /// The plugin SDK, as the host re-exports it: [`Request`](sdk::Request),
-/// [`Response`](sdk::Response), [`serde_json`](sdk::serde_json), ….
+/// [`Response`](sdk::Response), `serde_json`, …
 pub use backworks_plugin_host::sdk;
 /// The host's errors and plugin trait, as [`TestHost`] returns them.
 pub use backworks_plugin_host::{CallError, HostError, Plugin};

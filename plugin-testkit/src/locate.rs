@@ -124,6 +124,19 @@ pub fn find_built_library(lib: &str, manifest_dir: Option<&Path>) -> Result<Path
     }
 }
 
+/// The path of the plugin library (`cdylib`) of the crate whose test calls it, as `cargo test`
+/// built it: `lib<crate>.so` (`.dylib`, `.dll`) in `target/<profile>/deps` (or
+/// `target/<profile>`), found next to the running test executable, so `CARGO_TARGET_DIR` and
+/// `--release` are honoured.
+///
+/// `built_library!()` takes the library name from the package name (dashes become
+/// underscores); `built_library!("name")` names the `[lib]` explicitly. Panics with what to fix
+/// when the library is not there (most often: `crate-type` lacks `"cdylib"`) or is left from an
+/// earlier build; [`find_built_library`] is the same as a `Result`.
+///
+/// ```no_run
+/// let lib: std::path::PathBuf = backworks_plugin_testkit::built_library!();
+/// ```
 #[macro_export]
 macro_rules! built_library {
     () => {

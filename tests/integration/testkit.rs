@@ -191,6 +191,12 @@ fn test_host_runs_a_command_plugin_and_an_isolated_library() {
     assert!(python.child_pid().is_some());
     let response = python.call(Request::new("GET", "/report")).unwrap();
     assert_eq!(response.status, 200);
+    // Without a runner named (and none on PATH in the tests), the command is started as is.
+    let direct = TestHost::command("python3", [report_py()]).start().unwrap();
+    assert_eq!(
+        direct.call(Request::new("GET", "/report")).unwrap().status,
+        200
+    );
 
     let isolated = TestHost::library(support::rust_plugin("hello"))
         .isolated()
@@ -213,6 +219,12 @@ async fn test_host_works_inside_an_async_test_too() {
     // The plugin itself, awaited on this test's runtime.
     let response = host.plugin().handle(Request::new("GET", "/hello/bo")).await;
     assert_eq!(response.unwrap().status, 200);
+    // The battery too, and both are dropped inside this runtime without a panic.
+    Conformance::library(support::rust_plugin("hello"))
+        .endpoint("GET", "/hello/ana")
+        .calls(100)
+        .run()
+        .assert_passed();
 }
 
 #[test]
@@ -293,8 +305,14 @@ fn a_panicking_plugin_fails_with_the_panic_and_what_to_return_instead() {
 fn faulty_plugins_fail_the_check_that_catches_them() {
     let faulty = || Conformance::library(support::rust_plugin("faulty")).endpoint("GET", "/x");
 
-    // One MiB kept per call: the memory check (a few calls per round are enough to see it).
-    let report = faulty().config(json!({"hog_mb": 1})).calls(8).run();
+    // One MiB kept per call: the memory check (a few calls per round are enough to see it). In a
+    // child, so that the memory it keeps is not this process's, where other checks measure.
+    let report = faulty()
+        .config(json!({"hog_mb": 1}))
+        .calls(8)
+        .isolated(true)
+        .runner(runner())
+        .run();
     assert_check(
         &report,
         "memory",

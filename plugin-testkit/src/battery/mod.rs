@@ -13,7 +13,7 @@ use std::time::Duration;
 use backworks_plugin_host::sdk::{Hooks, PluginMetadata};
 use backworks_plugin_host::{CallError, HostError, PluginError, inspect, supported_sdk};
 
-use crate::host::{TestHost, block_on, new_runtime};
+use crate::host::{TestHost, TestRuntime, block_on, new_runtime};
 use crate::report::{Check, Report};
 use crate::subject::{Source, Subject};
 use calls::Probe;
@@ -244,7 +244,7 @@ impl Conformance {
     }
 
     /// `bad config`: a fresh instance with each bad config refuses it with an error.
-    fn bad_config_checks(&self, runtime: &Arc<tokio::runtime::Runtime>) -> Vec<Check> {
+    fn bad_config_checks(&self, runtime: &Arc<TestRuntime>) -> Vec<Check> {
         let given = !self.bad_configs.is_empty();
         let configs = if given {
             self.bad_configs.clone()
