@@ -378,3 +378,32 @@ fn verdict_check(name: String, verdict: Verdict) -> Check {
         Verdict::Wrong(why) => Check::fail(name, why),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_repeated_call_is_the_first_endpoint_else_a_declared_hook() {
+        let endpoints = [("GET".to_owned(), "/a".to_owned())];
+        let probe = Probe::choose(&endpoints, Hooks::ALL).unwrap();
+        assert_eq!(probe.describe(), "GET /a");
+        let probe = Probe::choose(&[], Hooks::ALL).unwrap();
+        assert_eq!(probe.describe(), "before_request");
+        let probe = Probe::choose(&[], Hooks::AFTER_RESPONSE).unwrap();
+        assert_eq!(probe.describe(), "after_response");
+        assert!(Probe::choose(&[], Hooks::NONE).is_none());
+    }
+
+    #[test]
+    fn hostile_requests_are_what_they_say() {
+        let requests = hostile_requests("POST", "/x");
+        let find = |what: &str| &requests.iter().find(|(w, _)| *w == what).unwrap().1;
+        let huge = find("a 64 KiB header");
+        assert_eq!(huge.header("x-conformance-huge").unwrap().len(), 64 * 1024);
+        assert!(std::str::from_utf8(&find("a body that is not UTF-8").body).is_err());
+        assert_eq!(find("an empty path").path.as_str(), "");
+        assert_eq!(find("a 1 MiB body").body.len(), 1024 * 1024);
+        assert_eq!(find("a 1 MiB body").method.as_str(), "POST");
+    }
+}

@@ -4,14 +4,15 @@
 mod calls;
 mod explain;
 mod memory;
+mod metadata;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backworks_plugin_host::sdk::{Hooks, PluginMetadata};
-use backworks_plugin_host::{CallError, HostError, PluginError, inspect, supported_sdk};
+use backworks_plugin_host::sdk::Hooks;
+use backworks_plugin_host::{CallError, HostError, PluginError};
 
 use crate::host::{TestHost, TestRuntime, block_on, new_runtime};
 use crate::report::{Check, Report};
@@ -153,7 +154,7 @@ impl Conformance {
         let mut checks = Vec::new();
         let file_metadata = match &self.subject.source {
             Source::Library(path) => {
-                let (check, metadata) = self.library_metadata(path);
+                let (check, metadata) = metadata::library(path, self.subject.isolated);
                 let loadable = check.outcome != crate::Outcome::Fail;
                 checks.push(check);
                 if !loadable {
@@ -184,7 +185,7 @@ impl Conformance {
             }
         };
         if file_metadata.is_none() {
-            checks.push(manifest_check(host.metadata()));
+            checks.push(metadata::manifest(host.metadata()));
         }
         let metadata = host.metadata().clone();
         checks.push(Check::pass(
@@ -205,41 +206,6 @@ impl Conformance {
             plugin: self.subject.describe(),
             isolated: self.subject.in_child(),
             checks,
-        }
-    }
-
-    /// `metadata` of a library: read from its file without running it, judged as the host
-    /// judges it.
-    fn library_metadata(&self, path: &Path) -> (Check, Option<PluginMetadata>) {
-        let inspection = match inspect(path) {
-            Ok(inspection) => inspection,
-            Err(error) => {
-                return (
-                    Check::fail("metadata", format!("{error}{}", explain::advice(&error))),
-                    None,
-                );
-            }
-        };
-        let meta = inspection.metadata.clone();
-        let mut problems = Vec::new();
-        let mut notes = Vec::new();
-        if let Err(error) = &inspection.compatibility {
-            if self.subject.isolated && inspection.runs_in_child() {
-                notes.push("built with panic = \"abort\": a panic ends its child process");
-            } else {
-                problems.push(format!("{error}{}", explain::advice(error)));
-            }
-        }
-        problems.extend(identity_problems(&meta));
-        if problems.is_empty() {
-            let mut detail = describe_metadata(&meta);
-            for note in notes {
-                detail.push_str("; ");
-                detail.push_str(note);
-            }
-            (Check::pass("metadata", detail), Some(meta))
-        } else {
-            (Check::fail("metadata", problems.join("; ")), Some(meta))
         }
     }
 
@@ -406,92 +372,9 @@ fn skip_rest(checks: &mut Vec<Check>, from: &str, why: &str) {
     }
 }
 
-/// What is wrong with a plugin's name and version, whatever its kind.
-fn identity_problems(meta: &PluginMetadata) -> Vec<String> {
-    let mut problems = Vec::new();
-    if meta.name.trim().is_empty() {
-        problems.push("the plugin's name is empty: export_plugin!'s `name = \"...\"`".to_owned());
-    }
-    if semver::Version::parse(&meta.version).is_err() {
-        problems.push(format!(
-            "the plugin's version `{}` is not a semantic version (1.2.3): the host orders \
-             versions for updates; in Rust use version = env!(\"CARGO_PKG_VERSION\")",
-            meta.version
-        ));
-    }
-    problems
-}
-
-/// `metadata` of a command: its manifest, judged once it started.
-fn manifest_check(meta: &PluginMetadata) -> Check {
-    let problems = identity_problems(meta);
-    if problems.is_empty() {
-        let hooks = match meta.hooks {
-            Some(h) if !h.is_empty() => h.names().collect::<Vec<_>>().join(", "),
-            _ => "none".to_owned(),
-        };
-        Check::pass(
-            "metadata",
-            format!("manifest: {} {}, hooks: {hooks}", meta.name, meta.version),
-        )
-    } else {
-        Check::fail("metadata", problems.join("; "))
-    }
-}
-
-/// `hello 0.1.0, ABI 1.0, SDK 0.1.0 (this host loads ^0.1), panic = unwind, hooks: none`.
-fn describe_metadata(meta: &PluginMetadata) -> String {
-    let hooks = match meta.hooks {
-        None => "not declared".to_owned(),
-        Some(h) if h.is_empty() => "none".to_owned(),
-        Some(h) => h.names().collect::<Vec<_>>().join(", "),
-    };
-    format!(
-        "{} {}, ABI {}.{}, SDK {} (this host loads {}), panic = {}, hooks: {hooks}",
-        meta.name,
-        meta.version,
-        meta.abi_major,
-        meta.abi_minor,
-        meta.sdk_version,
-        supported_sdk(),
-        if meta.panic_unwind { "unwind" } else { "abort" },
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn meta(name: &str, version: &str) -> PluginMetadata {
-        PluginMetadata {
-            abi_major: 1,
-            abi_minor: 0,
-            sdk_version: "0.1.0".into(),
-            name: name.into(),
-            version: version.into(),
-            description: String::new(),
-            panic_unwind: true,
-            hooks: Some(Hooks::BEFORE_REQUEST),
-        }
-    }
-
-    #[test]
-    fn a_version_that_is_not_semver_and_an_empty_name_are_named() {
-        assert!(identity_problems(&meta("p", "1.2.3")).is_empty());
-        let problems = identity_problems(&meta(" ", "v1"));
-        assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(problems[1].contains("`v1` is not a semantic version"));
-    }
-
-    #[test]
-    fn metadata_reads_as_one_line() {
-        let line = describe_metadata(&meta("p", "1.2.3"));
-        assert!(line.starts_with("p 1.2.3, ABI 1.0, SDK 0.1.0"), "{line}");
-        assert!(
-            line.ends_with("panic = unwind, hooks: before_request"),
-            "{line}"
-        );
-    }
 
     #[test]
     fn a_plugin_that_did_not_start_lists_every_later_check_as_skipped() {
