@@ -28,7 +28,7 @@
 //! | `concurrency` | N calls at once all answer |
 //! | `cancellation` | calls dropped mid-flight leave a plugin that still answers |
 //! | `hostile input` | a huge header, a non-UTF-8 body, an empty path, a 1 MiB body… come back as answers or errors, never a panic, a hang or a crash; then the plugin still serves |
-//! | `memory` | the resident memory of the plugin's process does not grow round after round of calls |
+//! | `memory` | the resident memory of a process running the plugin alone does not grow round after round of calls |
 //! | `shutdown` | `shutdown` succeeds in time |
 //!
 //! `backworks plugin check LIB | -- COMMAND…` runs the same battery from the command line, for a
@@ -70,7 +70,8 @@
 //! ## Process isolation
 //!
 //! [`TestHostBuilder::isolated`] and [`Conformance::isolated`] run a library in a child process,
-//! which is the `backworks` executable's plugin runner: set `BACKWORKS_BIN` or put `backworks`
+//! which is the `backworks` executable's plugin runner (the `memory` check of a library in
+//! process uses it too, to measure the library alone): set `BACKWORKS_BIN` or put `backworks`
 //! on `PATH` (or name it with `.runner(path)`). A command plugin
 //! ([`TestHost::command`], [`Conformance::command`]) uses the same runner when there is one and
 //! is started directly otherwise.

@@ -114,15 +114,22 @@ impl Subject {
         Ok(spec)
     }
 
+    /// Whether a `backworks` runner is at hand (named, in `$BACKWORKS_BIN` or on `PATH`).
+    pub(crate) fn has_runner(&self) -> bool {
+        self.found_runner().is_some()
+    }
+
+    fn found_runner(&self) -> Option<PathBuf> {
+        self.runner
+            .clone()
+            .or_else(|| std::env::var_os(RUNNER_ENV).map(PathBuf::from))
+            .or_else(|| on_path("backworks"))
+    }
+
     /// The runner's command line: `backworks __plugin-child` from [`Subject::runner`],
     /// `$BACKWORKS_BIN` or `PATH`; for a command without any, `env` (which only starts it).
     fn runner_argv(&self, name: &str) -> Result<Vec<String>, HostError> {
-        let found = self
-            .runner
-            .clone()
-            .or_else(|| std::env::var_os(RUNNER_ENV).map(PathBuf::from))
-            .or_else(|| on_path("backworks"));
-        match (found, &self.source) {
+        match (self.found_runner(), &self.source) {
             (Some(runner), _) => Ok(vec![
                 runner.to_string_lossy().into_owned(),
                 CHILD_ARG.to_owned(),

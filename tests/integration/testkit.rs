@@ -38,7 +38,10 @@ fn assert_check(report: &Report, name: &str, outcome: Outcome, needles: &[&str])
 
 #[test]
 fn every_rust_example_plugin_passes_the_battery_in_process() {
+    // The runner lets the memory check measure each library alone in a child process: this
+    // test process's own memory is also every other test's.
     let hello = Conformance::library(support::rust_plugin("hello"))
+        .runner(runner())
         .config(json!({"greeting": "Hi"}))
         .bad_config(json!({"greeting": 42}))
         .bad_config(json!({"greting": "typo"}))
@@ -67,6 +70,7 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
     );
 
     let kv = Conformance::library(support::rust_plugin("kv_store"))
+        .runner(runner())
         .config(json!({"max_keys": 100}))
         .bad_config(json!({"max_keys": "many"}))
         .endpoint("PUT", "/kv/conformance")
@@ -79,6 +83,7 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
     assert_check(&kv, "endpoint GET /kv/missing", Outcome::Pass, &["404"]);
 
     let request_id = Conformance::library(support::rust_plugin("request_id"))
+        .runner(runner())
         .config(json!({"require_api_key": "k"}))
         .bad_config(json!({"require_api_key": 5}))
         .run();
@@ -100,6 +105,7 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
     );
 
     let clock = Conformance::library(support::rust_plugin("async_clock"))
+        .runner(runner())
         .endpoint("GET", "/sleep/0")
         .endpoint("GET", "/sleep/20")
         .endpoint("GET", "/tcp-echo")
@@ -111,6 +117,7 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
 #[test]
 fn the_c_example_passes_and_may_ignore_a_config_it_does_not_read() {
     let report = Conformance::library(support::c_plugin("hello"))
+        .runner(runner())
         .endpoint("GET", "/hello/c")
         .run();
     report.assert_passed();
@@ -221,6 +228,7 @@ async fn test_host_works_inside_an_async_test_too() {
     assert_eq!(response.unwrap().status, 200);
     // The battery too, and both are dropped inside this runtime without a panic.
     Conformance::library(support::rust_plugin("hello"))
+        .runner(runner())
         .endpoint("GET", "/hello/ana")
         .calls(100)
         .run()

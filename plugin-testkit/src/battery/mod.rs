@@ -196,7 +196,7 @@ impl Conformance {
             ),
         ));
         checks.extend(self.bad_config_checks(&runtime));
-        checks.extend(self.running_checks(&host, metadata.hooks));
+        checks.extend(self.running_checks(&host, &runtime, metadata.hooks));
         drop(host);
         self.report(checks)
     }
@@ -260,23 +260,20 @@ impl Conformance {
     }
 
     /// The checks of a started plugin, ending with its shutdown.
-    fn running_checks(&self, host: &TestHost, declared: Option<Hooks>) -> Vec<Check> {
+    fn running_checks(
+        &self,
+        host: &TestHost,
+        runtime: &Arc<TestRuntime>,
+        declared: Option<Hooks>,
+    ) -> Vec<Check> {
         let plugin = host.plugin();
         let deadline = self.subject.deadline;
         let hooks = declared.unwrap_or(Hooks::NONE);
         let probe = Probe::choose(&self.endpoints, hooks);
-        let in_child = self.subject.in_child();
-        let pid = || {
-            if in_child {
-                host.child_pid()
-            } else {
-                Some(std::process::id())
-            }
-        };
         let no_endpoint = "no endpoint declared: name the requests the plugin serves with \
                            .endpoint(\"GET\", \"/path\") (or --endpoint \"GET /path\")";
         let mut checks = Vec::new();
-        block_on(host.runtime(), async {
+        let repeated = block_on(host.runtime(), async {
             if self.endpoints.is_empty() {
                 checks.push(Check::skip("endpoints", no_endpoint));
             }
@@ -348,15 +345,59 @@ impl Conformance {
                 )
                 .await,
             );
-            match &repeated {
-                Ok(probe) => checks
-                    .push(memory::memory(plugin.clone(), deadline, probe, self.calls, pid).await),
-                Err(why) => checks.push(Check::skip("memory", why)),
-            }
-            checks.push(calls::shutdown(plugin.clone(), deadline).await);
+            repeated.cloned()
         });
+        checks.push(match &repeated {
+            Ok(probe) => self.memory_check(host, runtime, probe),
+            Err(why) => Check::skip("memory", why),
+        });
+        checks.push(block_on(host.runtime(), calls::shutdown(plugin, deadline)));
         host.mark_shut_down();
         checks
+    }
+
+    /// `memory`, measured in a process that runs the plugin alone: its child when it runs in one;
+    /// else a child started for the check when there is a runner, since this process's memory
+    /// is also that of whatever else runs in it (other tests); else, as a last resort, this
+    /// process.
+    fn memory_check(&self, host: &TestHost, runtime: &Arc<TestRuntime>, probe: &Probe) -> Check {
+        let (deadline, calls) = (self.subject.deadline, self.calls);
+        if self.subject.in_child() {
+            let pid = || host.child_pid();
+            let place = "of the plugin's child process";
+            return block_on(
+                host.runtime(),
+                memory::memory(host.plugin(), deadline, probe, calls, pid, place),
+            );
+        }
+        if !self.subject.has_runner() {
+            let pid = || Some(std::process::id());
+            let place = "of this process, which runs other tests too (no runner was found to \
+                         measure the library alone in a child: set BACKWORKS_BIN)";
+            return block_on(
+                host.runtime(),
+                memory::memory(host.plugin(), deadline, probe, calls, pid, place),
+            );
+        }
+        let mut alone = self.subject.clone();
+        alone.isolated = true;
+        match TestHost::start_on(runtime.clone(), &alone, self.config.clone()) {
+            Ok(child) => {
+                let pid = || child.child_pid();
+                let place = "of a child process running the library alone";
+                block_on(
+                    child.runtime(),
+                    memory::memory(child.plugin(), deadline, probe, calls, pid, place),
+                )
+            }
+            Err(error) => Check::fail(
+                "memory",
+                format!(
+                    "the library could not be started alone in a child process to measure it: {}",
+                    explain::start_failure(&error, true)
+                ),
+            ),
+        }
     }
 }
 
