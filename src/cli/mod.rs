@@ -1,5 +1,6 @@
 //! The `backworks` command line.
 
+mod check;
 mod new;
 mod plugin;
 mod reload;
@@ -177,6 +178,10 @@ pub enum PluginCommand {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Run the conformance battery against a plugin, loaded as `serve` loads it: metadata,
+    /// initialize with a good and a bad config, endpoints, hooks, health, concurrency,
+    /// cancellation, hostile input, memory, shutdown. Exit 1 when a check fails.
+    Check(check::CheckArgs),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -286,6 +291,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 };
                 sign::verify(&file, keys)
             }
+            PluginCommand::Check(args) => check::run(args),
         },
     }
 }

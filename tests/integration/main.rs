@@ -18,4 +18,5 @@ mod reload;
 mod seams;
 mod server;
 mod support;
+mod testkit;
 mod trust;
