@@ -28,6 +28,10 @@ pub struct PluginSpec {
     /// The hooks the host will call (an observe subscription calls `after_response`). A plugin
     /// whose metadata declares its hooks must declare these, or it does not start.
     pub hooks: Hooks,
+    /// The strings of `config` that came from the environment (`${VAR}`): typed by the plugin's
+    /// config schema before it is checked (text that the schema says is a number or a boolean
+    /// becomes one), and named by how they were written, never shown, in its errors.
+    pub interpolated: Vec<crate::Interpolated>,
 }
 
 impl PluginSpec {
@@ -40,6 +44,7 @@ impl PluginSpec {
             policy: CallPolicy::default(),
             isolation: Isolation::InProcess,
             hooks: Hooks::NONE,
+            interpolated: Vec::new(),
         }
     }
 }
@@ -577,6 +582,13 @@ impl PluginHost {
         if !matches!(spec.isolation, Isolation::Process(_)) {
             check_hooks(&spec.name, spec.hooks, metadata.hooks)?;
         }
+        // The config the plugin declares it takes, checked before anything of it runs with it.
+        let config = match plugin.config_schema() {
+            Some(schema) => {
+                crate::check_config(&spec.name, schema, &spec.config, &spec.interpolated)?
+            }
+            None => spec.config.clone(),
+        };
         lifecycle.set_state(PluginState::Loaded);
         lifecycle.record(
             EventKind::Loaded,
@@ -589,7 +601,7 @@ impl PluginHost {
             e.plugin = Some(loaded);
         });
         guarded
-            .initialize(&spec.config)
+            .initialize(&config)
             .await
             .map_err(|source| HostError::Start {
                 plugin: spec.name.clone(),

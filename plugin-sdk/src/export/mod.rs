@@ -111,7 +111,27 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         shutdown: Some(shutdown::<P>),
         task_start: Some(call::task_start),
         task_cancel: Some(call::task_cancel),
+        config_schema: Some(config_schema::<P>),
     }
+}
+
+/// The vtable's `config_schema`: [`BackworksPlugin::config_schema`] as JSON text, or DONE when
+/// the plugin declares none. Creates no instance; a panic becomes an error output.
+///
+/// # Safety
+/// `out` must be valid for writes, and not used by anyone else, for the duration of the call.
+unsafe extern "C" fn config_schema<P: BackworksPlugin>(out: *mut BwOutput) -> i32 {
+    guard(out, || {
+        let outcome = match P::config_schema() {
+            Some(schema) => Outcome::Schema(schema.to_string()),
+            None => Outcome::Done,
+        };
+        if !out.is_null() {
+            // SAFETY: the host passes a valid, exclusive output for the duration of the call.
+            unsafe { write_output(&mut *out, outcome) };
+        }
+        BW_READY
+    })
 }
 
 /// What `instance_new` returns to the host.
