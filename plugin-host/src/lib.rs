@@ -46,6 +46,8 @@
 //! pointer of the value and the schema's reason, and the plugin does not start. Values
 //! the embedder's config interpolated from the environment ([`PluginSpec::interpolated`]) are
 //! typed by the schema first, and never shown in a reason.
+//! [`PluginHost::describe_config_schema`] reads a plugin's schema without starting it (a Rust
+//! library's in a throwaway child), to check a config ahead of time.
 //!
 //! ## The call guard
 //! Every plugin the host starts sits behind its [`Guarded`] call guard, which applies its
@@ -118,6 +120,7 @@ mod breaker;
 mod call_error;
 mod call_window;
 mod config_schema;
+mod describe;
 mod discovery;
 mod error;
 mod guard;

@@ -216,7 +216,7 @@ impl PluginHost {
 
     /// The load policy for plugin `name`: the host's, with the signature check for `name` (the
     /// trusted comment must name the plugin it is configured as) when a trust policy is set.
-    fn policy_for(&self, name: &str) -> LoadPolicy {
+    pub(crate) fn policy_for(&self, name: &str) -> LoadPolicy {
         let mut policy = self.load_policy();
         let trust = self.trust.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(trust) = trust {
@@ -257,6 +257,23 @@ impl PluginHost {
         let mut names: Vec<String> = builtins.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The factory of built-in plugin `builtin`.
+    pub(crate) fn builtin_plugin(&self, builtin: &str) -> Result<BuiltinFactory, HostError> {
+        let builtins = self.builtins.read().unwrap_or_else(|e| e.into_inner());
+        builtins.get(builtin).cloned().ok_or_else(|| {
+            let mut names: Vec<_> = builtins.keys().cloned().collect();
+            names.sort();
+            HostError::UnknownBuiltin {
+                name: builtin.to_owned(),
+                available: if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                },
+            }
+        })
     }
 
     /// Records a plugin in a state without starting it (`Disabled`, `Discovered`, or an `Error`
@@ -524,20 +541,7 @@ impl PluginHost {
     ) -> Result<Arc<dyn Plugin>, HostError> {
         let plugin: Arc<dyn Plugin> = match (&spec.source, &spec.isolation) {
             (PluginSource::Builtin(builtin), Isolation::InProcess) => {
-                let builtins = self.builtins.read().unwrap_or_else(|e| e.into_inner());
-                let factory = builtins.get(builtin).ok_or_else(|| {
-                    let mut names: Vec<_> = builtins.keys().cloned().collect();
-                    names.sort();
-                    HostError::UnknownBuiltin {
-                        name: builtin.clone(),
-                        available: if names.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            names.join(", ")
-                        },
-                    }
-                })?;
-                factory(&spec.name)
+                self.builtin_plugin(builtin)?(&spec.name)
             }
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.

@@ -116,14 +116,33 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
             continue;
         }
         let spec = plugin_spec(config, plugin, source);
-        // The host logs the failure and records the plugin's Error state.
-        if let Err(error) = host.start(&spec).await
-            && plugin.important
-        {
-            anyhow::bail!("important plugin `{}` cannot start: {error}", plugin.name);
+        // The host logs the failure and records the plugin's Error state; a config that fails
+        // the plugin's schema is reported here too, each violation at its place in the file.
+        if let Err(error) = host.start(&spec).await {
+            let located = start_error(plugin, &error);
+            if plugin.config_map.errors(&plugin.name, &error).is_some() {
+                tracing::error!(plugin = plugin.name, "{located}");
+            }
+            if plugin.important {
+                anyhow::bail!("important plugin `{}` cannot start: {located}", plugin.name);
+            }
         }
     }
     Ok(())
+}
+
+/// Why `plugin` did not start, as the operator should read it: a config that fails the plugin's
+/// schema as one `file:line:column: plugin "name": config field /x: reason` line per violation,
+/// anything else as the host says it.
+pub(crate) fn start_error(plugin: &PluginConfig, error: &backworks_plugin_host::HostError) -> String {
+    match plugin.config_map.errors(&plugin.name, error) {
+        Some(located) => located
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        None => error.to_string(),
+    }
 }
 
 /// A plugin library that is in none of the places its `path` can mean.
@@ -168,6 +187,7 @@ pub(crate) fn plugin_spec(
     let mut spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
     spec.policy = plugin.policy.clone();
     spec.hooks = plugin.called_hooks();
+    spec.interpolated = plugin.config_map.interpolated().to_vec();
     spec.isolation = plugin.isolation.clone();
     if let Isolation::Process(settings) = &mut spec.isolation {
         settings

@@ -55,5 +55,6 @@ mod stderr;
 mod supervisor;
 
 pub use child::{CHILD_ARG, child_main_if_requested};
+pub(crate) use child::env;
 pub use plugin::ProcessPlugin;
 pub use status::{ChildState, Containment, SupervisionSnapshot};
