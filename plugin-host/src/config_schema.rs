@@ -274,8 +274,7 @@ fn types_at(
     let mut next = Vec::new();
     if let Some(property) = schema.get("properties").and_then(|p| p.get(first)) {
         next.push(property);
-    } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object())
-    {
+    } else if let Some(additional) = schema.get("additionalProperties").filter(|a| a.is_object()) {
         next.push(additional);
     }
     if let Ok(index) = first.parse::<usize>() {
@@ -376,7 +375,8 @@ mod tests {
 
     #[test]
     fn a_schema_violation_at_an_interpolated_value_hides_the_value() {
-        let schema = json!({"type": "object", "properties": {"key": {"type": "string", "minLength": 40}}});
+        let schema =
+            json!({"type": "object", "properties": {"key": {"type": "string", "minLength": 40}}});
         let config = json!({"key": "hunter2"});
         let err = check_config("p", &schema, &config, &[env("/key", "${KEY}")]).unwrap_err();
         let text = err.to_string();

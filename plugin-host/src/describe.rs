@@ -37,10 +37,9 @@ impl PluginHost {
         settings: &ProcessSettings,
     ) -> Result<Option<Value>, HostError> {
         match source {
-            PluginSource::Builtin(builtin) => Ok(self
-                .builtin_plugin(builtin)?(name)
-                .config_schema()
-                .cloned()),
+            PluginSource::Builtin(builtin) => {
+                Ok(self.builtin_plugin(builtin)?(name).config_schema().cloned())
+            }
             PluginSource::Library(path) => {
                 let policy = self.policy_for(name);
                 let (name, path, settings) = (name.to_owned(), path.clone(), settings.clone());
@@ -113,7 +112,10 @@ fn library_config_schema(
         .arg(SCHEMA_ARG)
         .arg(absolute)
         .env_clear()
-        .env(crate::process::env::PARENT_PID, std::process::id().to_string())
+        .env(
+            crate::process::env::PARENT_PID,
+            std::process::id().to_string(),
+        )
         .env(crate::process::env::NAME, name)
         .env(crate::process::env::COPY, &copy.source)
         .env(crate::process::env::SHA256, &copy.sha256)
@@ -121,7 +123,9 @@ fn library_config_schema(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
-    let mut child = command.spawn().map_err(|source| spawn_error(name, source))?;
+    let mut child = command
+        .spawn()
+        .map_err(|source| spawn_error(name, source))?;
     let readers = [
         child.stdout.take().map(|s| read_all(Box::new(s))),
         child.stderr.take().map(|s| read_all(Box::new(s))),

@@ -441,7 +441,8 @@ mod tests {
             Some(r#"{"type":"object"}"#)
         );
         assert_eq!(parse(&META).unwrap().config_schema, None);
-        let mut long = b"BWMETA1\0abi=1.1\0sdk=0.1.0\0name=c\0version=0.0.1\0config_schema=".to_vec();
+        let mut long =
+            b"BWMETA1\0abi=1.1\0sdk=0.1.0\0name=c\0version=0.0.1\0config_schema=".to_vec();
         long.extend(std::iter::repeat_n(b' ', MAX_VALUE_LEN + 1));
         long.extend_from_slice(b"\0\0");
         assert_eq!(parse(&long), Err(MetadataError::TooLong));

@@ -504,6 +504,8 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
     };
     backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
     let mut problems = 0;
+    // Plugins already refused here are not started again to read their schema.
+    let mut refused = HashSet::new();
     for row in rows(&config) {
         if row["configured"] == true
             && row["enabled"] == true
@@ -529,6 +531,7 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
         }
         if row["configured"] == true && row["enabled"] == true && row["compatible"] != true {
             problems += 1;
+            refused.insert(row["name"].as_str().unwrap_or_default().to_owned());
             eprintln!(
                 "error: {}: plugin `{}`: {}",
                 config.source.display(),
@@ -537,7 +540,7 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
             );
         }
     }
-    problems += check_config_schemas(&config)?;
+    problems += check_config_schemas(&config, &refused)?;
     if problems == 0 {
         println!(
             "{}: ok ({} plugins, {} endpoints)",
@@ -558,7 +561,7 @@ const SCHEMA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// it (a C library's from its metadata, a Rust library's from a throwaway child, a command's from
 /// its manifest); prints each violation at its place in the file and returns how many plugins
 /// failed. A plugin whose schema cannot be read gets a warning.
-fn check_config_schemas(config: &Config) -> anyhow::Result<usize> {
+fn check_config_schemas(config: &Config, refused: &HashSet<String>) -> anyhow::Result<usize> {
     let host = backworks_plugin_host::PluginHost::new();
     crate::builtins::register(&host);
     host.set_load_policy(crate::server::load_policy(config));
@@ -568,7 +571,11 @@ fn check_config_schemas(config: &Config) -> anyhow::Result<usize> {
         .enable_all()
         .build()?;
     let mut failed = 0;
-    for plugin in config.plugins.iter().filter(|p| p.enabled) {
+    for plugin in config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && !refused.contains(&p.name))
+    {
         let Ok(source) = crate::server::plugin_source(config, plugin) else {
             continue; // reported above
         };

@@ -40,5 +40,5 @@ pub use checked::{
     PluginKind, ReloadConfig, Secrets, ServerConfig, TrustConfig,
 };
 pub use error::{ConfigError, ConfigErrorKind};
-pub use schema::ConfigMap;
 pub use load::{load, parse_str, parse_str_with_env};
+pub use schema::ConfigMap;

@@ -134,7 +134,10 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
 /// Why `plugin` did not start, as the operator should read it: a config that fails the plugin's
 /// schema as one `file:line:column: plugin "name": config field /x: reason` line per violation,
 /// anything else as the host says it.
-pub(crate) fn start_error(plugin: &PluginConfig, error: &backworks_plugin_host::HostError) -> String {
+pub(crate) fn start_error(
+    plugin: &PluginConfig,
+    error: &backworks_plugin_host::HostError,
+) -> String {
     match plugin.config_map.errors(&plugin.name, error) {
         Some(located) => located
             .iter()

@@ -50,7 +50,9 @@ fn abi_1_0_plugin() -> PathBuf {
             let tmp = dir.join(format!("abi_1_0.{}.tmp.so", std::process::id()));
             let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
             let built = Command::new(&cc)
-                .args(["-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11"])
+                .args([
+                    "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", "-std=c11",
+                ])
                 .arg("-I")
                 .arg(root().join("plugin-sdk/include"))
                 .arg("-o")
@@ -79,14 +81,16 @@ endpoints:
   kv: { path: "/kv/{key}", methods: [GET, PUT], plugin: kv-store }
 "#;
 
-const RUST_REASON: &str =
-    r#"backworks.yaml:7:17: plugin "hello": config field /greeting: 42 is not of types "null", "string""#;
+const RUST_REASON: &str = r#"backworks.yaml:7:17: plugin "hello": config field /greeting: 42 is not of types "null", "string""#;
 
 #[test]
 fn validate_refuses_a_config_that_fails_a_rust_plugins_schema() {
     let (code, stderr) = validate(RUST_BAD, &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("error: ") && stderr.contains(RUST_REASON), "{stderr}");
+    assert!(
+        stderr.contains("error: ") && stderr.contains(RUST_REASON),
+        "{stderr}"
+    );
     // The other plugin's schema passes; no warning says a schema could not be read.
     assert!(!stderr.contains("kv-store"), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
@@ -209,7 +213,11 @@ fn typed_yaml() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn numbers_and_booleans_from_the_environment_arrive_typed() {
-    let env = [("TEST_PORT", "8080"), ("TEST_DEBUG", "true"), ("TEST_NAME", "42")];
+    let env = [
+        ("TEST_PORT", "8080"),
+        ("TEST_DEBUG", "true"),
+        ("TEST_NAME", "42"),
+    ];
     let (code, stderr) = validate(&typed_yaml(), &env);
     assert_eq!(code, Some(0), "{stderr}");
     let server = Server::start_with_env(&typed_yaml(), &env);
@@ -224,7 +232,10 @@ async fn numbers_and_booleans_from_the_environment_arrive_typed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_variable_that_does_not_read_as_its_type_is_named_but_not_shown() {
-    let env = [("TEST_PORT", "80eighty-secret"), ("TEST_DEBUG", "maybe-secret")];
+    let env = [
+        ("TEST_PORT", "80eighty-secret"),
+        ("TEST_DEBUG", "maybe-secret"),
+    ];
     let port = r#"backworks.yaml:6:13: plugin "typed": config field /port: `${TEST_PORT}` does not read as an integer"#;
     let debug = r#"backworks.yaml:7:14: plugin "typed": config field /debug: `${TEST_DEBUG:-false}` does not read as a boolean"#;
     let (code, stderr) = validate(&typed_yaml(), &env);
@@ -243,8 +254,7 @@ async fn a_variable_that_does_not_read_as_its_type_is_named_but_not_shown() {
 async fn a_missing_required_field_points_at_the_config_map() {
     let yaml = typed_yaml().replace("      port: ${TEST_PORT}\n", "");
     // A block map is where its first key is.
-    let reason =
-        r#"backworks.yaml:6:7: plugin "typed": config: "port" is a required property"#;
+    let reason = r#"backworks.yaml:6:7: plugin "typed": config: "port" is a required property"#;
     let (code, stderr) = validate(&yaml, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains(reason), "{stderr}");
@@ -260,7 +270,9 @@ async fn a_missing_required_field_points_at_the_config_map() {
     let (code, stderr) = validate(&bare, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
-        stderr.contains(r#"backworks.yaml:2:3: plugin "typed": config: "port" is a required property"#),
+        stderr.contains(
+            r#"backworks.yaml:2:3: plugin "typed": config: "port" is a required property"#
+        ),
         "{stderr}"
     );
 }

@@ -236,7 +236,10 @@ mod tests {
     fn the_schema_says_greeting_is_an_optional_string_and_nothing_else() {
         let schema = Hello::config_schema().expect("hello declares a schema");
         assert_eq!(schema["type"], "object");
-        assert_eq!(schema["properties"]["greeting"]["type"], json!(["string", "null"]));
+        assert_eq!(
+            schema["properties"]["greeting"]["type"],
+            json!(["string", "null"])
+        );
         assert_eq!(schema["additionalProperties"], false);
         assert!(schema.get("required").is_none());
     }

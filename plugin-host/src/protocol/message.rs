@@ -531,7 +531,12 @@ mod tests {
             json!(["handle", "after_response"])
         );
         assert_eq!(m.config_schema, None);
-        assert!(serde_json::to_value(&m).unwrap().get("config_schema").is_none());
+        assert!(
+            serde_json::to_value(&m)
+                .unwrap()
+                .get("config_schema")
+                .is_none()
+        );
         let m2 = Manifest {
             protocol: "2.0".into(),
             ..m
