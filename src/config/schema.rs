@@ -133,7 +133,7 @@ mod tests {
     fn pointers_lead_to_the_line_and_column_of_their_value() {
         let map = map("greeting: 42\nlist:\n  - a\n  - {x/y: \"${PORT}\"}\n");
         assert_eq!(map.position("/greeting"), (1, 11));
-        assert_eq!(map.position("/list/1/x~1y"), (4, 13));
+        assert_eq!(map.position("/list/1/x~1y"), (4, 11));
         // Not written (a missing property): the nearest parent that was.
         assert_eq!(map.position("/list/1/nope"), map.position("/list/1"));
         assert_eq!(map.position(""), (1, 1));
@@ -162,8 +162,8 @@ mod tests {
         assert_eq!(
             text,
             [
-                r#"b.yaml:1:11: plugin "hello": config field /greeting: 42 is not of type "string""#,
                 r#"b.yaml:1:1: plugin "hello": config: "name" is a required property"#,
+                r#"b.yaml:1:11: plugin "hello": config field /greeting: 42 is not of type "string""#,
             ]
         );
     }
