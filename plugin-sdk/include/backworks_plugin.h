@@ -347,8 +347,8 @@ typedef int32_t (*BwConfigSchemaFn)(BwOutput *out);
  * Plain data the host reads (magic, size, ABI version) before it calls any function of the plugin.
  * It and the metadata bytes it points to belong to the library and must never change.
  *
- * Every function pointer is nullable in the type; a v1.0 plugin sets all of them and the host
- * refuses a plugin that does not. A plugin must accept concurrent calls on one instance from
+ * Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
+ * one that does not), while config_schema (v1.1) may be NULL. A plugin must accept concurrent calls on one instance from
  * several threads. New fields are only ever appended (and bump BW_ABI_MINOR).
  */
 typedef struct BwPluginVTable {

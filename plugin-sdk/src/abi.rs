@@ -237,8 +237,8 @@ pub struct BwHostServices {
 
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
 ///
-/// Every function pointer is nullable in the type; a v1.0 plugin sets all of them and the host refuses
-/// a plugin that does not. `instance` arguments are what `instance_new` returned; a plugin must accept
+/// Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
+/// one that does not), while `config_schema` (v1.1) may be null. `instance` arguments are what `instance_new` returned; a plugin must accept
 /// concurrent calls on one instance from several threads.
 #[repr(C)]
 #[derive(Debug)]
