@@ -42,13 +42,13 @@ impl PluginHost {
             }
             PluginSource::Library(path) => {
                 let policy = self.policy_for(name);
-                let (name, path, settings) = (name.to_owned(), path.clone(), settings.clone());
+                let (plugin, path, settings) = (name.to_owned(), path.clone(), settings.clone());
                 tokio::task::spawn_blocking(move || {
-                    library_config_schema(&name, &path, &policy, &settings)
+                    library_config_schema(&plugin, &path, &policy, &settings)
                 })
                 .await
                 .map_err(|e| HostError::Thread {
-                    plugin: name_of(source),
+                    plugin: name.to_owned(),
                     what: "config schema",
                     reason: e.to_string(),
                 })?
@@ -64,14 +64,6 @@ impl PluginHost {
                 Ok(schema)
             }
         }
-    }
-}
-
-fn name_of(source: &PluginSource) -> String {
-    match source {
-        PluginSource::Library(path) => path.display().to_string(),
-        PluginSource::Builtin(name) => name.clone(),
-        PluginSource::Command(argv) => argv.join(" "),
     }
 }
 

@@ -119,31 +119,43 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
         // The host logs the failure and records the plugin's Error state; a config that fails
         // the plugin's schema is reported here too, each violation at its place in the file.
         if let Err(error) = host.start(&spec).await {
-            let located = start_error(plugin, &error);
-            if plugin.config_map.errors(&plugin.name, &error).is_some() {
+            for located in plugin
+                .config_map
+                .errors(&plugin.name, &error)
+                .unwrap_or_default()
+            {
                 tracing::error!(plugin = plugin.name, "{located}");
             }
             if plugin.important {
-                anyhow::bail!("important plugin `{}` cannot start: {located}", plugin.name);
+                anyhow::bail!(
+                    "important plugin `{}` cannot start: {}",
+                    plugin.name,
+                    start_error(plugin, &error)
+                );
             }
         }
     }
     Ok(())
 }
 
-/// Why `plugin` did not start, as the operator should read it: a config that fails the plugin's
-/// schema as one `file:line:column: plugin "name": config field /x: reason` line per violation,
+/// Why `plugin` did not start, as the operator should read it: for a config that fails the
+/// plugin's schema, each violation at its place (`plugin `hello` failed to start:
+/// backworks.yaml:7:17: plugin "hello": config field /greeting: …`, violations joined by `; `),
 /// anything else as the host says it.
 pub(crate) fn start_error(
     plugin: &PluginConfig,
     error: &backworks_plugin_host::HostError,
 ) -> String {
     match plugin.config_map.errors(&plugin.name, error) {
-        Some(located) => located
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("\n"),
+        Some(located) => format!(
+            "plugin `{}` failed to start: {}",
+            plugin.name,
+            located
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
         None => error.to_string(),
     }
 }
