@@ -811,6 +811,67 @@ mod tests {
         assert_eq!(host.current_generation("a"), Some(2));
     }
 
+    /// Declares a schema (a required integer `port`) and answers with the config it was given.
+    #[derive(Default)]
+    struct Typed(std::sync::Mutex<Value>);
+
+    #[async_trait]
+    impl BackworksPlugin for Typed {
+        fn config_schema() -> Option<Value> {
+            Some(json!({
+                "type": "object",
+                "properties": {"port": {"type": "integer"}},
+                "required": ["port"],
+            }))
+        }
+
+        async fn initialize(&self, config: Value) -> PluginResult<()> {
+            *self.0.lock().unwrap() = config;
+            Ok(())
+        }
+
+        async fn handle(&self, _: Request) -> PluginResult<Response> {
+            Ok(Response::json(&*self.0.lock().unwrap()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_config_is_checked_and_typed_by_the_schema_before_initialize() {
+        let host = host();
+        host.register_builtin("typed", |name| {
+            Arc::new(BuiltinPlugin::new(name, "1.0.0", "", Typed::default()))
+        });
+        let typed = |name: &str, config: Value| {
+            let mut spec = PluginSpec::new(name, PluginSource::Builtin("typed".into()), config);
+            spec.interpolated = vec![crate::Interpolated {
+                pointer: "/port".into(),
+                written: "${PORT}".into(),
+            }];
+            spec
+        };
+        let plugin = host
+            .start(&typed("a", json!({"port": "8080"})))
+            .await
+            .unwrap();
+        assert!(plugin.config_schema().is_some());
+        let answer = plugin.handle(Request::new("GET", "/")).await.unwrap();
+        assert_eq!(answer.body, br#"{"port":8080}"#);
+
+        let err = host.start(&typed("b", json!({}))).await.unwrap_err();
+        let HostError::ConfigInvalid { plugin, violations } = &err else {
+            panic!("not a schema error: {err}");
+        };
+        assert_eq!(plugin, "b");
+        assert_eq!(violations[0].pointer, "");
+        assert_eq!(violations[0].reason, r#""port" is a required property"#);
+        assert!(matches!(host.state("b"), Some(PluginState::Error(_))));
+        assert!(host.get("b").is_none());
+
+        // A plugin without a schema gets its config as it is, whatever it holds.
+        let plain = host.start(&spec("c", json!({"port": "x"}))).await.unwrap();
+        assert!(plain.config_schema().is_none());
+    }
+
     #[tokio::test]
     async fn lifecycle_states_and_errors() {
         let host = host();
