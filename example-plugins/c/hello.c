@@ -22,8 +22,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* No hooks: the empty list says so, so an operator who lists one gets a config error. */
-BW_PLUGIN_METADATA_HOOKS("c-hello", "0.1.0", "answers every request with a JSON greeting, from C", "");
+/* No hooks: the empty list says so, so an operator who lists one gets a config error. The schema
+ * says the plugin takes no config (none, or an empty map): the host checks the operator's
+ * `config:` against it before initialize, and `backworks validate` reads it from this section
+ * without loading the library. */
+BW_PLUGIN_METADATA_SCHEMA("c-hello", "0.1.0", "answers every request with a JSON greeting, from C",
+                          "",
+                          BW_JSON({
+                              "type": "object",
+                              "description": "c-hello takes no configuration",
+                              "properties": {},
+                              "additionalProperties": false
+                          }));
 
 /* One instance per configured plugin. Immutable once created. */
 typedef struct HelloInstance {
@@ -91,7 +101,7 @@ static void hello_instance_free(void *instance) {
 
 static int32_t hello_initialize(void *instance, BwStr config_json, BwOutput *out) {
     (void)instance;
-    (void)config_json; /* any config is fine */
+    (void)config_json; /* the host checked it against the schema in the metadata: none */
     out_simple(out, BW_OUT_DONE);
     return BW_READY;
 }

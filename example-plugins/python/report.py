@@ -39,6 +39,22 @@ plugin = Plugin(
     name="report",
     version="0.1.0",
     description="Counts responses and collects notifications",
+    # Checked by the host before init (and by `backworks validate`); init checks again, for a
+    # host that does not.
+    config_schema={
+        "type": "object",
+        "properties": {
+            "channels": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "minItems": 1,
+                "description": "the channels /notify accepts",
+            },
+            "max_notifications": {"type": "integer", "minimum": 1, "maximum": 100000},
+            "max_paths": {"type": "integer", "minimum": 1, "maximum": 100000},
+        },
+        "additionalProperties": False,
+    },
 )
 
 _lock = threading.Lock()

@@ -157,6 +157,27 @@ pub enum HostError {
         /// Why.
         source: CallError,
     },
+    /// The plugin's config does not match the JSON Schema the plugin declares: checked before
+    /// `initialize`, which is not called.
+    #[error(
+        "plugin `{plugin}` failed to start: its config does not match its schema: {}",
+        violations.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    ConfigInvalid {
+        /// The plugin's name.
+        plugin: String,
+        /// Every violation: the JSON pointer of the offending value and the schema's reason.
+        violations: Vec<crate::ConfigViolation>,
+    },
+    /// The config schema the plugin declares cannot be used: not JSON, not a JSON Schema, or its
+    /// `config_schema` function failed.
+    #[error("plugin `{plugin}` failed to start: its config schema cannot be used: {reason}")]
+    BadSchema {
+        /// The plugin's name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
     /// A process-isolated plugin's runner could not be started.
     #[error("plugin `{plugin}` failed to start: cannot start `{command}`: {source}")]
     Spawn {

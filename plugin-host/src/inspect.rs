@@ -161,6 +161,7 @@ mod tests {
             description: String::new(),
             panic_unwind: true,
             hooks: None,
+            config_schema: None,
         }
     }
 

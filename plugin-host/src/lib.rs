@@ -38,6 +38,17 @@
 //! `memfd`, or a private directory where that cannot run: [`copy_store`]). Set the policy with
 //! [`PluginHost::set_load_policy`]; process-isolated plugins load the same checked bytes.
 //!
+//! ## Config schemas
+//! A plugin may declare the JSON Schema of its config (a Rust plugin derives it, a C plugin writes
+//! it in its metadata, a process plugin sends it in its manifest): [`Plugin::config_schema`].
+//! [`PluginHost::start`] checks the config against it before `initialize` ([`check_config`]);
+//! a config that fails is [`HostError::ConfigInvalid`], each [`ConfigViolation`] with the JSON
+//! pointer of the value and the schema's reason, and the plugin does not start. Values
+//! the embedder's config interpolated from the environment ([`PluginSpec::interpolated`]) are
+//! typed by the schema first, and never shown in a reason.
+//! [`PluginHost::describe_config_schema`] reads a plugin's schema without starting it (a Rust
+//! library's in a throwaway child), to check a config ahead of time.
+//!
 //! ## The call guard
 //! Every plugin the host starts sits behind its [`Guarded`] call guard, which applies its
 //! [`CallPolicy`] to every call: a deadline (a call past it answers 504 while the plugin's work is
@@ -108,6 +119,8 @@
 mod breaker;
 mod call_error;
 mod call_window;
+mod config_schema;
+mod describe;
 mod discovery;
 mod error;
 mod guard;
@@ -151,6 +164,9 @@ pub use loader::{
 };
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
 pub use registry::{PluginHost, PluginSpec, PluginStatus, Retiring};
+
+// Config schemas: a plugin's config checked against the schema it declares, before `initialize`.
+pub use config_schema::{ConfigViolation, Interpolated, check_config};
 
 // The call guard and its policy.
 pub use breaker::{BreakerSnapshot, BreakerState};

@@ -55,6 +55,10 @@ pub struct PluginInfo {
     pub kind: PluginKind,
     /// What the plugin says of itself.
     pub metadata: PluginMetadata,
+    /// The JSON Schema of its config, when it declares one: from
+    /// [`BackworksPlugin::config_schema`] (a built-in, or a Rust library through its vtable), the
+    /// `config_schema` key of its metadata (a C library), or its manifest (a process plugin).
+    pub config_schema: Option<Arc<serde_json::Value>>,
 }
 
 /// A running plugin as the host sees it. Calls may run concurrently.
@@ -66,6 +70,12 @@ pub struct PluginInfo {
 pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
     /// Who this plugin is.
     fn info(&self) -> &PluginInfo;
+
+    /// The JSON Schema of the plugin's config, when it declares one; the host checks the config
+    /// against it before [`initialize`](Self::initialize).
+    fn config_schema(&self) -> Option<&serde_json::Value> {
+        self.info().config_schema.as_deref()
+    }
 
     /// Hands the plugin its config; called once, before any other call.
     async fn initialize(&self, config: &serde_json::Value) -> Result<(), CallError>;
@@ -122,7 +132,9 @@ impl<P: BackworksPlugin> BuiltinPlugin<P> {
                     description: description.to_owned(),
                     panic_unwind: true,
                     hooks: Some(P::HOOKS),
+                    config_schema: None,
                 },
+                config_schema: P::config_schema().map(Arc::new),
             },
             plugin,
         }

@@ -28,6 +28,10 @@ pub struct PluginSpec {
     /// The hooks the host will call (an observe subscription calls `after_response`). A plugin
     /// whose metadata declares its hooks must declare these, or it does not start.
     pub hooks: Hooks,
+    /// The strings of `config` that came from the environment (`${VAR}`): typed by the plugin's
+    /// config schema before it is checked (text that the schema says is a number or a boolean
+    /// becomes one), and named by how they were written, never shown, in its errors.
+    pub interpolated: Vec<crate::Interpolated>,
 }
 
 impl PluginSpec {
@@ -40,6 +44,7 @@ impl PluginSpec {
             policy: CallPolicy::default(),
             isolation: Isolation::InProcess,
             hooks: Hooks::NONE,
+            interpolated: Vec::new(),
         }
     }
 }
@@ -211,7 +216,7 @@ impl PluginHost {
 
     /// The load policy for plugin `name`: the host's, with the signature check for `name` (the
     /// trusted comment must name the plugin it is configured as) when a trust policy is set.
-    fn policy_for(&self, name: &str) -> LoadPolicy {
+    pub(crate) fn policy_for(&self, name: &str) -> LoadPolicy {
         let mut policy = self.load_policy();
         let trust = self.trust.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(trust) = trust {
@@ -252,6 +257,23 @@ impl PluginHost {
         let mut names: Vec<String> = builtins.keys().cloned().collect();
         names.sort();
         names
+    }
+
+    /// The factory of built-in plugin `builtin`.
+    pub(crate) fn builtin_plugin(&self, builtin: &str) -> Result<BuiltinFactory, HostError> {
+        let builtins = self.builtins.read().unwrap_or_else(|e| e.into_inner());
+        builtins.get(builtin).cloned().ok_or_else(|| {
+            let mut names: Vec<_> = builtins.keys().cloned().collect();
+            names.sort();
+            HostError::UnknownBuiltin {
+                name: builtin.to_owned(),
+                available: if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                },
+            }
+        })
     }
 
     /// Records a plugin in a state without starting it (`Disabled`, `Discovered`, or an `Error`
@@ -519,20 +541,7 @@ impl PluginHost {
     ) -> Result<Arc<dyn Plugin>, HostError> {
         let plugin: Arc<dyn Plugin> = match (&spec.source, &spec.isolation) {
             (PluginSource::Builtin(builtin), Isolation::InProcess) => {
-                let builtins = self.builtins.read().unwrap_or_else(|e| e.into_inner());
-                let factory = builtins.get(builtin).ok_or_else(|| {
-                    let mut names: Vec<_> = builtins.keys().cloned().collect();
-                    names.sort();
-                    HostError::UnknownBuiltin {
-                        name: builtin.clone(),
-                        available: if names.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            names.join(", ")
-                        },
-                    }
-                })?;
-                factory(&spec.name)
+                self.builtin_plugin(builtin)?(&spec.name)
             }
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
@@ -577,6 +586,13 @@ impl PluginHost {
         if !matches!(spec.isolation, Isolation::Process(_)) {
             check_hooks(&spec.name, spec.hooks, metadata.hooks)?;
         }
+        // The config the plugin declares it takes, checked before anything of it runs with it.
+        let config = match plugin.config_schema() {
+            Some(schema) => {
+                crate::check_config(&spec.name, schema, &spec.config, &spec.interpolated)?
+            }
+            None => spec.config.clone(),
+        };
         lifecycle.set_state(PluginState::Loaded);
         lifecycle.record(
             EventKind::Loaded,
@@ -589,7 +605,7 @@ impl PluginHost {
             e.plugin = Some(loaded);
         });
         guarded
-            .initialize(&spec.config)
+            .initialize(&config)
             .await
             .map_err(|source| HostError::Start {
                 plugin: spec.name.clone(),
@@ -793,6 +809,67 @@ mod tests {
         assert_eq!(host.retired_generations("a"), 1);
         host.start(&spec("a", json!({}))).await.unwrap();
         assert_eq!(host.current_generation("a"), Some(2));
+    }
+
+    /// Declares a schema (a required integer `port`) and answers with the config it was given.
+    #[derive(Default)]
+    struct Typed(std::sync::Mutex<Value>);
+
+    #[async_trait]
+    impl BackworksPlugin for Typed {
+        fn config_schema() -> Option<Value> {
+            Some(json!({
+                "type": "object",
+                "properties": {"port": {"type": "integer"}},
+                "required": ["port"],
+            }))
+        }
+
+        async fn initialize(&self, config: Value) -> PluginResult<()> {
+            *self.0.lock().unwrap() = config;
+            Ok(())
+        }
+
+        async fn handle(&self, _: Request) -> PluginResult<Response> {
+            Ok(Response::json(&*self.0.lock().unwrap()))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_config_is_checked_and_typed_by_the_schema_before_initialize() {
+        let host = host();
+        host.register_builtin("typed", |name| {
+            Arc::new(BuiltinPlugin::new(name, "1.0.0", "", Typed::default()))
+        });
+        let typed = |name: &str, config: Value| {
+            let mut spec = PluginSpec::new(name, PluginSource::Builtin("typed".into()), config);
+            spec.interpolated = vec![crate::Interpolated {
+                pointer: "/port".into(),
+                written: "${PORT}".into(),
+            }];
+            spec
+        };
+        let plugin = host
+            .start(&typed("a", json!({"port": "8080"})))
+            .await
+            .unwrap();
+        assert!(plugin.config_schema().is_some());
+        let answer = plugin.handle(Request::new("GET", "/")).await.unwrap();
+        assert_eq!(answer.body, br#"{"port":8080}"#);
+
+        let err = host.start(&typed("b", json!({}))).await.unwrap_err();
+        let HostError::ConfigInvalid { plugin, violations } = &err else {
+            panic!("not a schema error: {err}");
+        };
+        assert_eq!(plugin, "b");
+        assert_eq!(violations[0].pointer, "");
+        assert_eq!(violations[0].reason, r#""port" is a required property"#);
+        assert!(matches!(host.state("b"), Some(PluginState::Error(_))));
+        assert!(host.get("b").is_none());
+
+        // A plugin without a schema gets its config as it is, whatever it holds.
+        let plain = host.start(&spec("c", json!({"port": "x"}))).await.unwrap();
+        assert!(plain.config_schema().is_none());
     }
 
     #[tokio::test]

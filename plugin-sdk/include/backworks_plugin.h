@@ -1,5 +1,5 @@
 /*
- * backworks_plugin.h - the Backworks plugin C ABI, version 1.0.
+ * backworks_plugin.h - the Backworks plugin C ABI, version 1.1.
  *
  * This header is the exact C twin of `plugin-sdk/src/abi.rs` (and of the metadata format of
  * `plugin-sdk/src/metadata.rs`). Every constant, struct, field order and field type here matches
@@ -68,7 +68,7 @@ extern "C" {
 /* Incompatible changes bump the major version; a host only loads plugins of its own major. */
 #define BW_ABI_MAJOR 1
 /* Appended fields bump the minor version; a host loads plugins of any minor of its major. */
-#define BW_ABI_MINOR 0
+#define BW_ABI_MINOR 1
 /* The version of backworks-plugin-sdk this header belongs to, written into the metadata `sdk` key.
  * The host accepts plugins whose SDK version is in its own semver family. */
 #define BW_SDK_VERSION "0.1.0"
@@ -113,6 +113,8 @@ extern "C" {
 #define BW_OUT_HEALTH 6u
 /* The call is pending: `task` must be started (task_start) or dropped (task_cancel). */
 #define BW_OUT_PENDING 7u
+/* The plugin's config schema: JSON Schema text (UTF-8) in `message` (config_schema, ABI 1.1). */
+#define BW_OUT_SCHEMA 8u
 
 /* ------------------------------------------------------------------------------------------------
  * Error codes (BwOutput.code when kind is BW_OUT_ERROR)
@@ -335,6 +337,9 @@ typedef void *(*BwTaskStartFn)(void *task, BwCompletion completion);
 /* Releases a task handle: cancels the task if it still runs (its completion then reports
  * BW_ERR_CANCELLED), else only frees the handle. Also accepts a never-started `task`. */
 typedef void (*BwTaskCancelFn)(void *handle);
+/* ABI 1.1: writes the JSON Schema of the plugin's config. Needs no instance. Output: SCHEMA (the
+ * JSON text in `message`), DONE (no schema) or ERROR; returns BW_READY. */
+typedef int32_t (*BwConfigSchemaFn)(BwOutput *out);
 
 /*
  * The root of a plugin library, exported as the constant `backworks_plugin`.
@@ -342,8 +347,8 @@ typedef void (*BwTaskCancelFn)(void *handle);
  * Plain data the host reads (magic, size, ABI version) before it calls any function of the plugin.
  * It and the metadata bytes it points to belong to the library and must never change.
  *
- * Every function pointer is nullable in the type; a v1.0 plugin sets all of them and the host
- * refuses a plugin that does not. A plugin must accept concurrent calls on one instance from
+ * Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
+ * one that does not), while config_schema (v1.1) may be NULL. A plugin must accept concurrent calls on one instance from
  * several threads. New fields are only ever appended (and bump BW_ABI_MINOR).
  */
 typedef struct BwPluginVTable {
@@ -384,7 +389,15 @@ typedef struct BwPluginVTable {
     /* Releases a task handle (or a never-started task): cancels the task if it still runs, then
      * frees the plugin's task memory. */
     BwTaskCancelFn task_cancel;
+    /* ABI 1.1, may be NULL: the JSON Schema of the plugin's config, computed when called. A C
+     * plugin usually leaves it NULL and declares its schema in its metadata instead
+     * (BW_PLUGIN_METADATA_SCHEMA), where the host reads it without loading the library. */
+    BwConfigSchemaFn config_schema;
 } BwPluginVTable;
+
+/* sizeof(BwPluginVTable) of ABI 1.0 (64-bit targets), which ended with task_cancel: a plugin built
+ * against a 1.0 header exports a vtable of this size, and a 1.1 host still loads it. */
+#define BW_VTABLE_SIZE_V1_0 offsetof(BwPluginVTable, config_schema)
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers
@@ -478,12 +491,38 @@ static inline BwStr bw_str(const void *ptr, size_t len) {
         "panic=unwind\0"                                                                            \
         "hooks=" hooks "\0"
 
+/*
+ * BW_PLUGIN_METADATA_SCHEMA(name, version, description, hooks, schema) is BW_PLUGIN_METADATA_HOOKS
+ * plus the JSON Schema of the plugin's config, as a string literal of JSON text (at most 32 KiB).
+ * The host checks the operator's `config:` against it before initialize, and `backworks validate`
+ * without loading the library; a `${VAR}` whose schema type is a number or a boolean arrives as
+ * one. BW_JSON writes the literal from JSON written as it is:
+ *
+ *     BW_PLUGIN_METADATA_SCHEMA("c-hello", "0.1.0", "greets", "",
+ *         BW_JSON({"type": "object", "properties": {"greeting": {"type": "string"}}}));
+ */
+#define BW_PLUGIN_METADATA_SCHEMA(name, version, description, hooks, schema)                        \
+    BW_METADATA_ATTRIBUTES static const char bw_plugin_metadata[] =                                  \
+        BW_METADATA_MAGIC "\0"                                                                      \
+        "abi=" BW_STRINGIFY(BW_ABI_MAJOR) "." BW_STRINGIFY(BW_ABI_MINOR) "\0"                        \
+        "sdk=" BW_SDK_VERSION "\0"                                                                  \
+        "name=" name "\0"                                                                           \
+        "version=" version "\0"                                                                     \
+        "description=" description "\0"                                                             \
+        "panic=unwind\0"                                                                            \
+        "hooks=" hooks "\0"                                                                         \
+        "config_schema=" schema "\0"
+
+/* Turns JSON written in the source into a string literal of it (the preprocessor escapes its
+ * quotes; runs of white space become one space). */
+#define BW_JSON(...) #__VA_ARGS__
+
 /* The metadata defined by BW_PLUGIN_METADATA as a BwStr, for BwPluginVTable.metadata (a constant
  * initializer). */
 #define BW_METADATA_STR { (const uint8_t *)bw_plugin_metadata, sizeof(bw_plugin_metadata) }
 
 /*
- * The first fields of a v1.0 vtable (magic, size, version, metadata), as designated initializers:
+ * The first fields of a vtable (magic, size, version, metadata), as designated initializers:
  *
  *     BW_EXPORT_VTABLE = { BW_VTABLE_HEADER, .instance_new = ..., ... };
  */
@@ -544,7 +583,8 @@ BW_STATIC_ASSERT(offsetof(BwHostServices, ctx) == 8, "BwHostServices.ctx offset"
 BW_STATIC_ASSERT(offsetof(BwHostServices, plugin_name) == 16, "BwHostServices.plugin_name offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, max_log_level) == 32, "BwHostServices.max_log_level offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, log) == 40, "BwHostServices.log offset");
-BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 112, "BwPluginVTable size");
+BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 120, "BwPluginVTable size");
+BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_0 == 112, "BwPluginVTable size of ABI 1.0");
 BW_STATIC_ASSERT(BW_ALIGNOF(BwPluginVTable) == 8, "BwPluginVTable alignment");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, size) == 8, "BwPluginVTable.size offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, abi_major) == 12, "BwPluginVTable.abi_major offset");
@@ -560,6 +600,7 @@ BW_STATIC_ASSERT(offsetof(BwPluginVTable, health_check) == 80, "BwPluginVTable.h
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, shutdown) == 88, "BwPluginVTable.shutdown offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, task_start) == 96, "BwPluginVTable.task_start offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, task_cancel) == 104, "BwPluginVTable.task_cancel offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, config_schema) == 112, "BwPluginVTable.config_schema offset");
 #endif
 
 #ifdef __cplusplus

@@ -38,7 +38,9 @@ pub const ABI_MAGIC: u64 = u64::from_le_bytes(*b"BWPLUGIN");
 /// Incompatible changes bump the major version; a host only loads plugins of its own major.
 pub const ABI_MAJOR: u16 = 1;
 /// Appended fields bump the minor version; a host loads plugins of any minor of its major.
-pub const ABI_MINOR: u16 = 0;
+///
+/// Minor 1 appended [`BwPluginVTable::config_schema`].
+pub const ABI_MINOR: u16 = 1;
 /// The name of the exported static [`BwPluginVTable`].
 pub const ENTRY_SYMBOL: &str = "backworks_plugin";
 /// [`ENTRY_SYMBOL`] with its terminating NUL, as `dlsym` wants it.
@@ -71,6 +73,9 @@ pub const BW_OUT_ERROR: u32 = 5;
 pub const BW_OUT_HEALTH: u32 = 6;
 /// [`BwOutput::kind`]: the call is pending; `task` must be started or the output released.
 pub const BW_OUT_PENDING: u32 = 7;
+/// [`BwOutput::kind`]: the plugin's config schema, JSON Schema text (UTF-8) in `message`
+/// (`config_schema`, ABI 1.1).
+pub const BW_OUT_SCHEMA: u32 = 8;
 
 /// Error code: the plugin failed for a reason of its own (HTTP 500).
 pub const BW_ERR_INTERNAL: u32 = 0;
@@ -232,8 +237,8 @@ pub struct BwHostServices {
 
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
 ///
-/// Every function pointer is nullable in the type; a v1.0 plugin sets all of them and the host refuses
-/// a plugin that does not. `instance` arguments are what `instance_new` returned; a plugin must accept
+/// Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
+/// one that does not), while `config_schema` (v1.1) may be null. `instance` arguments are what `instance_new` returned; a plugin must accept
 /// concurrent calls on one instance from several threads.
 #[repr(C)]
 #[derive(Debug)]
@@ -295,7 +300,16 @@ pub struct BwPluginVTable {
     /// Releases a task handle: cancels the task if it still runs (its completion then reports
     /// [`BW_ERR_CANCELLED`]), else only frees the handle. Also accepts a never-started `task`.
     pub task_cancel: Option<unsafe extern "C" fn(handle: *mut c_void)>,
+    /// ABI 1.1: the JSON Schema of the plugin's config. Needs no instance and creates none.
+    /// Output: SCHEMA (the JSON text in `message`), DONE (the plugin declares no schema) or ERROR;
+    /// returns [`BW_READY`]. May be null (no schema here; a C plugin may declare one in its
+    /// metadata's `config_schema` key instead). A host reads it only when `size` covers it.
+    pub config_schema: Option<unsafe extern "C" fn(out: *mut BwOutput) -> i32>,
 }
+
+/// The size of a [`BwPluginVTable`] of ABI 1.0, which ended with `task_cancel`: the least a host of
+/// this major accepts.
+pub const VTABLE_SIZE_V1_0: usize = std::mem::offset_of!(BwPluginVTable, config_schema);
 
 // SAFETY: the vtable is immutable data: function pointers and a pointer to the library's own
 // immutable metadata bytes. Sharing it between threads is sound.
@@ -461,7 +475,8 @@ mod tests {
         assert_eq!(offset_of!(BwHostServices, plugin_name), 16);
         assert_eq!(offset_of!(BwHostServices, max_log_level), 32);
         assert_eq!(offset_of!(BwHostServices, log), 40);
-        assert_eq!(size_of::<BwPluginVTable>(), 112);
+        assert_eq!(size_of::<BwPluginVTable>(), 120);
+        assert_eq!(VTABLE_SIZE_V1_0, 112);
         assert_eq!(align_of::<BwPluginVTable>(), 8);
         assert_eq!(offset_of!(BwPluginVTable, size), 8);
         assert_eq!(offset_of!(BwPluginVTable, abi_major), 12);
@@ -477,6 +492,7 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, shutdown), 88);
         assert_eq!(offset_of!(BwPluginVTable, task_start), 96);
         assert_eq!(offset_of!(BwPluginVTable, task_cancel), 104);
+        assert_eq!(offset_of!(BwPluginVTable, config_schema), 112);
     }
 
     #[test]

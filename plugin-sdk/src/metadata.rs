@@ -14,6 +14,9 @@
 //! `panic` (`unwind` or `abort`), `hooks` (the hooks the plugin implements, comma-separated:
 //! `before_request`, `after_response`; empty for none). A plugin without a `hooks` key (built before
 //! the key existed) has not declared its hooks, and the host cannot check its `hooks:` list.
+//! `config_schema` (optional) is the JSON Schema of the plugin's config, as JSON text: how a C
+//! plugin declares one (`BW_PLUGIN_METADATA_SCHEMA` in the header). A Rust plugin's schema is
+//! derived at run time, so it comes through the vtable's `config_schema` entry instead.
 //!
 //! [`parse`] reads untrusted bytes: it is bounded ([`MAX_LEN`], [`MAX_VALUE_LEN`]), never panics,
 //! and has a fuzz-style property test.
@@ -23,9 +26,9 @@ use std::fmt;
 /// The first bytes of the metadata, with its format version.
 pub const MAGIC: &[u8] = b"BWMETA1\0";
 /// Longest metadata accepted, in bytes.
-pub const MAX_LEN: usize = 16 * 1024;
-/// Longest value accepted, in bytes.
-pub const MAX_VALUE_LEN: usize = 4 * 1024;
+pub const MAX_LEN: usize = 64 * 1024;
+/// Longest value accepted, in bytes: room for a config schema of a few hundred fields.
+pub const MAX_VALUE_LEN: usize = 32 * 1024;
 
 /// A plugin's metadata, as read from its library file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +51,9 @@ pub struct PluginMetadata {
     /// The hooks the plugin implements; `None` when its metadata does not say (a library built
     /// before the `hooks` key existed).
     pub hooks: Option<Hooks>,
+    /// The JSON Schema of the plugin's config, as JSON text, when the metadata carries one (the
+    /// `config_schema` key; C plugins). Not checked here: the host parses and compiles it.
+    pub config_schema: Option<String>,
 }
 
 /// The hooks a plugin implements, declared in its metadata so that the host can check an
@@ -189,6 +195,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
     let rest = bytes.strip_prefix(MAGIC).ok_or(MetadataError::BadMagic)?;
     let (mut abi, mut sdk, mut name, mut version, mut description, mut panic, mut hooks) =
         (None, None, None, None, None, None, None);
+    let mut config_schema = None;
     let mut pos = 0;
     loop {
         if MAGIC.len() + pos > MAX_LEN {
@@ -219,6 +226,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
             "description" => &mut description,
             "panic" => &mut panic,
             "hooks" => &mut hooks,
+            "config_schema" => &mut config_schema,
             _ => continue,
         };
         *slot = Some(value.to_owned());
@@ -264,6 +272,7 @@ pub fn parse(bytes: &[u8]) -> Result<PluginMetadata, MetadataError> {
         description: description.unwrap_or_default(),
         panic_unwind,
         hooks,
+        config_schema,
     })
 }
 
@@ -422,6 +431,21 @@ mod tests {
             parse(raw),
             Err(MetadataError::BadValue { key: "hooks", .. })
         ));
+    }
+
+    #[test]
+    fn a_config_schema_key_is_read_as_text() {
+        let raw = b"BWMETA1\0abi=1.1\0sdk=0.1.0\0name=c\0version=0.0.1\0config_schema={\"type\":\"object\"}\0\0";
+        assert_eq!(
+            parse(raw).unwrap().config_schema.as_deref(),
+            Some(r#"{"type":"object"}"#)
+        );
+        assert_eq!(parse(&META).unwrap().config_schema, None);
+        let mut long =
+            b"BWMETA1\0abi=1.1\0sdk=0.1.0\0name=c\0version=0.0.1\0config_schema=".to_vec();
+        long.extend(std::iter::repeat_n(b' ', MAX_VALUE_LEN + 1));
+        long.extend_from_slice(b"\0\0");
+        assert_eq!(parse(&long), Err(MetadataError::TooLong));
     }
 
     #[test]

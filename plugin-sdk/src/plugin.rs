@@ -57,6 +57,42 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     /// ```
     const HOOKS: crate::Hooks = crate::Hooks::NONE;
 
+    /// The JSON Schema of the plugin's `config`, or `None` (the default) for a plugin that does not
+    /// declare one. The host checks the config against it before [`initialize`](Self::initialize)
+    /// (a config that fails keeps the plugin from starting, with each wrong field named), and turns
+    /// a `${VAR}` whose schema type is a number or a boolean into one. Derive it from the config
+    /// type with [`schema_for`](crate::schema_for) (the crate docs show the derive attributes):
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::prelude::*;
+    ///
+    /// #[derive(Default, Deserialize, JsonSchema)]
+    /// #[serde(crate = "backworks_plugin_sdk::serde")]
+    /// #[schemars(crate = "backworks_plugin_sdk::schemars")]
+    /// struct Config {
+    ///     limit: u32,
+    /// }
+    ///
+    /// #[derive(Default)]
+    /// struct Limited;
+    ///
+    /// #[async_trait]
+    /// impl BackworksPlugin for Limited {
+    ///     fn config_schema() -> Option<Value> {
+    ///         Some(schema_for::<Config>())
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// A library plugin's schema is read through the vtable's `config_schema` entry, which runs
+    /// this function and nothing else of the plugin (no instance is created).
+    fn config_schema() -> Option<serde_json::Value>
+    where
+        Self: Sized,
+    {
+        None
+    }
+
     /// Called once, before any other call, with the plugin's `config` from `backworks.yaml` (`null`
     /// when there is none). An error here keeps the plugin from serving.
     async fn initialize(&self, config: serde_json::Value) -> PluginResult<()> {

@@ -413,12 +413,25 @@ class Plugin:
     ``max_workers`` calls run at once on daemon threads; more wait in a queue. ``max_frame`` is
     the frame limit in bytes; by default the host's (``BACKWORKS_PLUGIN_MAX_FRAME``), else 64 MiB.
     Log lines more verbose than the host records (``BACKWORKS_PLUGIN_LOG``) are not sent.
+    ``config_schema`` is the JSON Schema of the plugin's config (a dict), sent in the manifest::
+
+        plugin = Plugin(name="greeter", config_schema={
+            "type": "object",
+            "properties": {"greeting": {"type": "string"}, "port": {"type": "integer"}},
+            "additionalProperties": False,
+        })
     """
 
-    def __init__(self, name, version="0.0.0", description="", max_workers=8, max_frame=None):
+    def __init__(self, name, version="0.0.0", description="", max_workers=8, max_frame=None,
+                 config_schema=None):
         self.name = name
         self.version = version
         self.description = description
+        #: The JSON Schema of the plugin's config (a dict), or None. Sent in the manifest: the
+        #: host checks the config against it before ``init`` (and ``backworks validate`` does so
+        #: without starting the plugin), and turns a ``${VAR}`` the schema types as a number or
+        #: a boolean into one.
+        self.config_schema = config_schema
         self.max_workers = max_workers
         self.max_frame = max_frame or _env_max_frame()
         self._verbosity = _VERBOSITY.get(
@@ -585,13 +598,16 @@ class Plugin:
             self._error(None, INVALID_REQUEST, "an id must be a number or a string")
             return
         if method == "getmanifest":
-            self._answer(call_id, {
+            manifest = {
                 "protocol": PROTOCOL_VERSION,
                 "name": self.name,
                 "version": self.version,
                 "description": self.description,
                 "features": self.features(),
-            })
+            }
+            if self.config_schema is not None:
+                manifest["config_schema"] = self.config_schema
+            self._answer(call_id, manifest)
         elif method == "init":
             # Inline: nothing else runs before init has answered.
             self._call(call_id, self._do_init, params)

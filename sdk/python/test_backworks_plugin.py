@@ -306,3 +306,26 @@ class ValuesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class ConfigSchemaTest(unittest.TestCase):
+    @staticmethod
+    def manifest(plugin):
+        sent = []
+        plugin._send = lambda message, answer_to=None: sent.append(message)
+        plugin._dispatch(json.dumps(
+            {"jsonrpc": "2.0", "id": 1, "method": "getmanifest", "params": {}}).encode())
+        return sent[0]["result"]
+
+    def test_a_declared_schema_is_sent_in_the_manifest(self):
+        sys.path.insert(0, HERE)
+        from backworks_plugin import Plugin
+        schema = {"type": "object", "properties": {"port": {"type": "integer"}},
+                  "required": ["port"]}
+        manifest = self.manifest(Plugin(name="s", config_schema=schema))
+        self.assertEqual(manifest["config_schema"], schema)
+
+    def test_without_a_schema_the_manifest_is_as_before(self):
+        sys.path.insert(0, HERE)
+        from backworks_plugin import Plugin
+        self.assertNotIn("config_schema", self.manifest(Plugin(name="s")))

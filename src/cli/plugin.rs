@@ -504,6 +504,8 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
     };
     backworks_plugin_host::add_secrets(config.secrets.0.iter().cloned());
     let mut problems = 0;
+    // Plugins already refused here are not started again to read their schema.
+    let mut refused = HashSet::new();
     for row in rows(&config) {
         if row["configured"] == true
             && row["enabled"] == true
@@ -529,6 +531,7 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
         }
         if row["configured"] == true && row["enabled"] == true && row["compatible"] != true {
             problems += 1;
+            refused.insert(row["name"].as_str().unwrap_or_default().to_owned());
             eprintln!(
                 "error: {}: plugin `{}`: {}",
                 config.source.display(),
@@ -537,6 +540,7 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
             );
         }
     }
+    problems += check_config_schemas(&config, &refused)?;
     if problems == 0 {
         println!(
             "{}: ok ({} plugins, {} endpoints)",
@@ -548,4 +552,70 @@ pub fn validate(config_path: &Path) -> anyhow::Result<i32> {
     } else {
         Ok(1)
     }
+}
+
+/// How long `validate` waits for a plugin child to tell its config schema.
+const SCHEMA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks every enabled plugin's config against the schema the plugin declares, without starting
+/// it (a C library's from its metadata, a Rust library's from a throwaway child, a command's from
+/// its manifest); prints each violation at its place in the file and returns how many plugins
+/// failed. A plugin whose schema cannot be read gets a warning.
+fn check_config_schemas(config: &Config, refused: &HashSet<String>) -> anyhow::Result<usize> {
+    let host = backworks_plugin_host::PluginHost::new();
+    crate::builtins::register(&host);
+    host.set_load_policy(crate::server::load_policy(config));
+    // A library's schema may come from a child that loads it: only a library that would load.
+    host.set_trust_policy(config.trust.signatures.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut failed = 0;
+    for plugin in config
+        .plugins
+        .iter()
+        .filter(|p| p.enabled && !refused.contains(&p.name))
+    {
+        let Ok(source) = crate::server::plugin_source(config, plugin) else {
+            continue; // reported above
+        };
+        let spec = crate::server::plugin_spec(config, plugin, source);
+        let mut settings = match &spec.isolation {
+            Isolation::Process(settings) => settings.clone(),
+            Isolation::InProcess => Default::default(),
+        };
+        settings.handshake_timeout = settings.handshake_timeout.min(SCHEMA_TIMEOUT);
+        let described =
+            runtime.block_on(host.describe_config_schema(&plugin.name, &spec.source, &settings));
+        let schema = match described {
+            Ok(Some(schema)) => schema,
+            Ok(None) => continue,
+            Err(error) => {
+                eprintln!(
+                    "warning: {}: plugin `{}`: its config is not checked: cannot read its config schema: {error}",
+                    config.source.display(),
+                    plugin.name
+                );
+                continue;
+            }
+        };
+        let checked = backworks_plugin_host::check_config(
+            &plugin.name,
+            &schema,
+            &plugin.config,
+            plugin.config_map.interpolated(),
+        );
+        if let Err(error) = checked {
+            failed += 1;
+            match plugin.config_map.errors(&plugin.name, &error) {
+                Some(located) => located.iter().for_each(|e| eprintln!("error: {e}")),
+                None => eprintln!(
+                    "error: {}: plugin `{}`: {error}",
+                    config.source.display(),
+                    plugin.name
+                ),
+            }
+        }
+    }
+    Ok(failed)
 }

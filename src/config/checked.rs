@@ -236,6 +236,9 @@ pub struct PluginConfig {
     pub enabled: bool,
     /// The plugin's own configuration, interpolated; `Null` when absent.
     pub config: serde_json::Value,
+    /// Where each value of `config` was written, and which came from `${VAR}`: to type them by
+    /// the plugin's config schema and to point its violations at `file:line:column`.
+    pub config_map: super::ConfigMap,
     /// Whether the plugin takes part in the `before_request` hook point, and what its failure
     /// does (default [`OnFailure::Reject`]).
     pub before_request: Option<OnFailure>,
@@ -347,6 +350,7 @@ mod tests {
             kind: PluginKind::Builtin,
             enabled,
             config: serde_json::Value::Null,
+            config_map: Default::default(),
             before_request: hooks.then_some(OnFailure::Reject),
             after_response: None,
             observe: false,

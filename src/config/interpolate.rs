@@ -122,6 +122,11 @@ impl<'a> Interpolator<'a> {
         }
     }
 
+    /// The file this document came from.
+    pub fn file(&self) -> &Path {
+        self.file
+    }
+
     /// Every value the environment gave to a string in a plugin's `config:` (through
     /// [`Interpolator::json`]), which the host must never print or serve. Defaults written in the
     /// file are not secrets; settings of the host itself (ports, paths) are not either.

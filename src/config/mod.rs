@@ -9,7 +9,9 @@
 //!   [`Config`];
 //! - `load`: reading the file and running the steps above;
 //! - `checked`: the [`Config`] types and the hook chain of an endpoint;
-//! - `search`: finding a plugin's library file.
+//! - `search`: finding a plugin's library file;
+//! - `schema`: where each value of a plugin's `config:` was written ([`ConfigMap`]), to point
+//!   violations of the plugin's config schema at `file:line:column`.
 //!
 //! ```
 //! use std::path::Path;
@@ -29,6 +31,7 @@ mod error;
 mod interpolate;
 mod load;
 mod model;
+mod schema;
 mod search;
 mod validate;
 
@@ -38,3 +41,4 @@ pub use checked::{
 };
 pub use error::{ConfigError, ConfigErrorKind};
 pub use load::{load, parse_str, parse_str_with_env};
+pub use schema::ConfigMap;

@@ -132,6 +132,7 @@ mod tests {
             kind: PluginKind::External { path: path.into() },
             enabled: true,
             config: serde_json::Value::Null,
+            config_map: Default::default(),
             before_request: None,
             after_response: None,
             observe: false,

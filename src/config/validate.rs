@@ -192,6 +192,7 @@ fn plugin(
             Some(node) => ip.json(node)?,
             None => serde_json::Value::Null,
         },
+        config_map: super::ConfigMap::of(ip.file(), name.referenced, raw.config.as_ref()),
         before_request: subscription.before_request,
         after_response: subscription.after_response,
         observe: subscription.observe,

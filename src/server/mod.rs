@@ -116,14 +116,48 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
             continue;
         }
         let spec = plugin_spec(config, plugin, source);
-        // The host logs the failure and records the plugin's Error state.
-        if let Err(error) = host.start(&spec).await
-            && plugin.important
-        {
-            anyhow::bail!("important plugin `{}` cannot start: {error}", plugin.name);
+        // The host logs the failure and records the plugin's Error state; a config that fails
+        // the plugin's schema is reported here too, each violation at its place in the file.
+        if let Err(error) = host.start(&spec).await {
+            for located in plugin
+                .config_map
+                .errors(&plugin.name, &error)
+                .unwrap_or_default()
+            {
+                tracing::error!(plugin = plugin.name, "{located}");
+            }
+            if plugin.important {
+                anyhow::bail!(
+                    "important plugin `{}` cannot start: {}",
+                    plugin.name,
+                    start_error(plugin, &error)
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// Why `plugin` did not start, as the operator should read it: for a config that fails the
+/// plugin's schema, each violation at its place (`plugin `hello` failed to start:
+/// backworks.yaml:7:17: plugin "hello": config field /greeting: …`, violations joined by `; `),
+/// anything else as the host says it.
+pub(crate) fn start_error(
+    plugin: &PluginConfig,
+    error: &backworks_plugin_host::HostError,
+) -> String {
+    match plugin.config_map.errors(&plugin.name, error) {
+        Some(located) => format!(
+            "plugin `{}` failed to start: {}",
+            plugin.name,
+            located
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        None => error.to_string(),
+    }
 }
 
 /// A plugin library that is in none of the places its `path` can mean.
@@ -168,6 +202,7 @@ pub(crate) fn plugin_spec(
     let mut spec = PluginSpec::new(&plugin.name, source, plugin.config.clone());
     spec.policy = plugin.policy.clone();
     spec.hooks = plugin.called_hooks();
+    spec.interpolated = plugin.config_map.interpolated().to_vec();
     spec.isolation = plugin.isolation.clone();
     if let Isolation::Process(settings) = &mut spec.isolation {
         settings

@@ -292,7 +292,7 @@ impl Reloader {
                 .await
             {
                 Ok((new, generation)) => started.push((plugin.name.clone(), generation, new)),
-                Err(error) => report.errors.push(error.to_string()),
+                Err(error) => report.errors.push(super::start_error(plugin, &error)),
             }
         }
         let mut health = Vec::new();

@@ -15,6 +15,7 @@ mod process_python;
 mod process_unavailable;
 mod python;
 mod reload;
+mod schema;
 mod seams;
 mod server;
 mod support;

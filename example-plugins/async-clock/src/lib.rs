@@ -6,7 +6,8 @@
 //!   back from the accepted side, and answers 200 `{"echoed":"ping"}`.
 //! - Any other path is a 404; a known path with another method a 405.
 //!
-//! No config. The plugin's tokio is the library's own copy: the SDK runs the plugin's futures on a
+//! No config: its schema ([`AsyncClockConfig`]) accepts none or an empty map, so a key given to it
+//! by mistake is reported. The plugin's tokio is the library's own copy: the SDK runs the plugin's futures on a
 //! runtime inside the library, so timers and sockets work and a waiting request holds no host
 //! thread. A thousand concurrent `/sleep/100` calls finish in about 100 ms, not 100 s.
 
@@ -84,8 +85,19 @@ async fn round_trip() -> std::io::Result<Vec<u8>> {
     Ok(echoed)
 }
 
+/// The plugin's configuration: nothing. Its JSON Schema (an object with no properties) is the
+/// plugin's [`config_schema`](BackworksPlugin::config_schema).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(crate = "backworks_plugin_sdk::serde", deny_unknown_fields)]
+#[schemars(crate = "backworks_plugin_sdk::schemars")]
+pub struct AsyncClockConfig {}
+
 #[async_trait]
 impl BackworksPlugin for AsyncClock {
+    fn config_schema() -> Option<Value> {
+        Some(schema_for::<AsyncClockConfig>())
+    }
+
     async fn initialize(&self, _config: Value) -> PluginResult<()> {
         tracing::info!("async-clock initialized (max sleep {MAX_SLEEP_MS} ms)");
         Ok(())

@@ -6,9 +6,10 @@
 //! | `POST /echo`        | 200 with the request body unchanged and its `content-type`             |
 //! | anything else       | 404 ([`PluginError::NotFound`]); a known path with another method: 405 |
 //!
-//! Config (optional): `{"greeting": "Hi"}` replaces `Hello` in the message. The config is checked
-//! in `initialize`: a greeting that is not a string, or an unknown field, fails with
-//! [`PluginError::Config`].
+//! Config (optional): `{"greeting": "Hi"}` replaces `Hello` in the message. The plugin declares the
+//! config's JSON Schema (derived from [`HelloConfig`]), so the host refuses a greeting that is not
+//! a string, or an unknown field, before `initialize`, naming the line of `backworks.yaml`;
+//! `initialize` checks again ([`PluginError::Config`]) for a host that does not.
 //!
 //! The host routes the endpoints of `backworks.yaml` to the plugin; the plugin sees the concrete
 //! path (`/hello/ana`) and the endpoint's path parameters (`name = ana`) and dispatches on them.
@@ -17,7 +18,6 @@ use std::sync::RwLock;
 
 use backworks_plugin_sdk::prelude::*;
 use backworks_plugin_sdk::tracing;
-use serde::Deserialize;
 
 /// The greeting used when the config sets none.
 pub const DEFAULT_GREETING: &str = "Hello";
@@ -25,9 +25,11 @@ pub const DEFAULT_GREETING: &str = "Hello";
 /// What `echo` answers with when the request has no `content-type`.
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
-/// The plugin's configuration, from `backworks.yaml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The plugin's configuration, from `backworks.yaml`. Its JSON Schema is the plugin's
+/// [`config_schema`](BackworksPlugin::config_schema).
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(crate = "backworks_plugin_sdk::serde", deny_unknown_fields)]
+#[schemars(crate = "backworks_plugin_sdk::schemars")]
 pub struct HelloConfig {
     /// The word before the name; [`DEFAULT_GREETING`] when absent.
     pub greeting: Option<String>,
@@ -92,6 +94,10 @@ fn method_not_allowed(request: &Request, allowed: &str) -> PluginError {
 
 #[async_trait]
 impl BackworksPlugin for Hello {
+    fn config_schema() -> Option<Value> {
+        Some(schema_for::<HelloConfig>())
+    }
+
     async fn initialize(&self, config: Value) -> PluginResult<()> {
         let config: HelloConfig = parse_config(config)?;
         let greeting = config
@@ -224,6 +230,18 @@ mod tests {
             assert_eq!(err.kind(), "config");
             assert!(err.message().contains("config must be a map"), "{err}");
         }
+    }
+
+    #[test]
+    fn the_schema_says_greeting_is_an_optional_string_and_nothing_else() {
+        let schema = Hello::config_schema().expect("hello declares a schema");
+        assert_eq!(schema["type"], "object");
+        assert_eq!(
+            schema["properties"]["greeting"]["type"],
+            json!(["string", "null"])
+        );
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(schema.get("required").is_none());
     }
 
     #[tokio::test]

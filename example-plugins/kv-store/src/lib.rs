@@ -23,14 +23,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use backworks_plugin_sdk::prelude::*;
 use backworks_plugin_sdk::tracing;
-use serde::Deserialize;
 
 /// What `GET /kv/{key}` answers with for a value stored without a `content-type`.
 const DEFAULT_CONTENT_TYPE: &str = "application/octet-stream";
 
-/// The plugin's configuration, from `backworks.yaml`.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The plugin's configuration, from `backworks.yaml`; its JSON Schema is the plugin's
+/// [`config_schema`](BackworksPlugin::config_schema), which the host checks the config against.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(crate = "backworks_plugin_sdk::serde", deny_unknown_fields)]
+#[schemars(crate = "backworks_plugin_sdk::schemars")]
 pub struct KvStoreConfig {
     /// The most keys the store holds; unlimited when absent.
     pub max_keys: Option<usize>,
@@ -154,6 +155,10 @@ fn param_or<'a>(request: &'a Request, param: &str, segment: &'a str) -> PluginRe
 
 #[async_trait]
 impl BackworksPlugin for KvStore {
+    fn config_schema() -> Option<Value> {
+        Some(schema_for::<KvStoreConfig>())
+    }
+
     async fn initialize(&self, config: Value) -> PluginResult<()> {
         let config: KvStoreConfig = parse_config(config)?;
         if config.max_keys == Some(0) {

@@ -17,7 +17,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use backworks_plugin_sdk::prelude::*;
 use backworks_plugin_sdk::tracing;
-use serde::Deserialize;
 
 /// The header carrying the request id, in both directions.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -25,9 +24,11 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// The header carrying the API key when `require_api_key` is set.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
-/// The plugin's configuration, from `backworks.yaml`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The plugin's configuration, from `backworks.yaml`; its JSON Schema is the plugin's
+/// [`config_schema`](BackworksPlugin::config_schema), which the host checks the config against.
+#[derive(Clone, Default, Deserialize, JsonSchema)]
+#[serde(crate = "backworks_plugin_sdk::serde", deny_unknown_fields)]
+#[schemars(crate = "backworks_plugin_sdk::schemars")]
 pub struct RequestIdConfig {
     /// When set, requests must carry this value in `x-api-key`.
     pub require_api_key: Option<String>,
@@ -115,6 +116,10 @@ fn existing_id(request: &Request) -> Option<&str> {
 
 #[async_trait]
 impl BackworksPlugin for RequestId {
+    fn config_schema() -> Option<Value> {
+        Some(schema_for::<RequestIdConfig>())
+    }
+
     const HOOKS: Hooks = Hooks::ALL;
 
     async fn initialize(&self, config: Value) -> PluginResult<()> {

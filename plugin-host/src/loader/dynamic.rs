@@ -113,6 +113,8 @@ fn max_log_level() -> u32 {
 impl DynamicPlugin {
     /// Creates an instance named `name` of the plugin in `library`.
     pub fn new(library: Arc<LoadedLibrary>, name: &str) -> Result<DynamicPlugin, HostError> {
+        // Before the instance: a plugin whose schema cannot be read does not start.
+        let config_schema = library.config_schema(name)?.map(Arc::new);
         let mut services = Box::new(Services {
             abi: BwHostServices {
                 size: size_of::<BwHostServices>() as u32,
@@ -147,6 +149,7 @@ impl DynamicPlugin {
                 name: name.to_owned(),
                 kind: PluginKind::Library(library.path().to_owned()),
                 metadata: library.metadata().clone(),
+                config_schema,
             },
             library,
             instance,

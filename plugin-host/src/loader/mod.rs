@@ -27,7 +27,8 @@ use std::sync::Arc;
 
 use backworks_plugin_sdk::PluginMetadata;
 use backworks_plugin_sdk::abi::{
-    ABI_MAGIC, ABI_MAJOR, BwPluginVTable, ENTRY_SYMBOL, ENTRY_SYMBOL_NUL,
+    ABI_MAGIC, ABI_MAJOR, BW_OUT_DONE, BW_OUT_SCHEMA, BwPluginVTable, ENTRY_SYMBOL,
+    ENTRY_SYMBOL_NUL, VTABLE_SIZE_V1_0,
 };
 
 pub use dynamic::DynamicPlugin;
@@ -106,10 +107,48 @@ impl LoadedLibrary {
     pub fn store(&self) -> CopyStore {
         self.copy.store()
     }
+
+    /// The JSON Schema of the plugin's config, when it declares one: what the vtable's
+    /// `config_schema` entry writes (ABI 1.1; it creates no instance), or else the metadata's
+    /// `config_schema` key (a C plugin's). `plugin` names the plugin in errors: a schema that is
+    /// not JSON, or an entry that fails or panics, is [`HostError::BadSchema`].
+    pub fn config_schema(&self, plugin: &str) -> Result<Option<serde_json::Value>, HostError> {
+        let bad = |reason: String| HostError::BadSchema {
+            plugin: plugin.to_owned(),
+            reason,
+        };
+        let Some(entry) = self.vtable.config_schema else {
+            return self
+                .metadata
+                .config_schema
+                .as_deref()
+                .map(|text| crate::config_schema::parse_schema(plugin, text))
+                .transpose();
+        };
+        let mut out = call::Output::empty();
+        // SAFETY: `config_schema` of a checked vtable (present only when the plugin's vtable is
+        // large enough to have it, see `check_vtable`); it needs no instance, and `out` is a
+        // valid zeroed output the plugin fills and `Output` releases once.
+        unsafe { entry(&raw mut out.raw) };
+        match out.raw.kind {
+            BW_OUT_DONE => Ok(self
+                .metadata
+                .config_schema
+                .as_deref()
+                .map(|text| crate::config_schema::parse_schema(plugin, text))
+                .transpose()?),
+            BW_OUT_SCHEMA => crate::config_schema::parse_schema(plugin, &out.message()).map(Some),
+            _ => Err(bad(format!(
+                "its `config_schema` function failed: {}",
+                out.unexpected("config_schema")
+            ))),
+        }
+    }
 }
 
 /// The smallest vtable of ABI `major.0`: every function of v1.0 present.
 const MIN_VTABLE_SIZE: usize = offset_of!(BwPluginVTable, task_cancel) + size_of::<usize>();
+const _: () = assert!(MIN_VTABLE_SIZE == VTABLE_SIZE_V1_0);
 
 /// Checks and opens the plugin library at `path` under the default [`LoadPolicy`] (strict file
 /// checks, no verifier).
@@ -310,9 +349,30 @@ fn check_vtable(
             found: size as usize,
         });
     }
-    // SAFETY: the magic, major version and size say this is a v1.x vtable at least as large as ours;
-    // the library stays mapped forever (it is never unloaded), so the reference is 'static.
-    let vtable: &'static BwPluginVTable = unsafe { &*address };
+    let vtable: &'static BwPluginVTable = if size as usize >= size_of::<BwPluginVTable>() {
+        // SAFETY: the magic, major version and size say this is a v1.x vtable at least as large
+        // as ours; the library stays mapped forever (it is never unloaded), so the reference is
+        // 'static.
+        unsafe { &*address }
+    } else {
+        // A plugin of an older minor: its vtable ends before the entries appended since. Copy the
+        // v1.0 fields it has into a vtable of ours whose later entries are null, so that the host
+        // reads one type and never past the plugin's static. Leaked like the library it points
+        // into, which is never unloaded either (one small copy per load of such a plugin).
+        let mut copy = std::mem::MaybeUninit::<BwPluginVTable>::zeroed();
+        // SAFETY: the plugin's static is `size` bytes, at least v1.0's (checked above), readable
+        // as plain data; the copy takes exactly v1.0's fields, whole, into the same layout.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                address.cast::<u8>(),
+                copy.as_mut_ptr().cast::<u8>(),
+                VTABLE_SIZE_V1_0,
+            )
+        };
+        // SAFETY: v1.0's fields are the plugin's own values; the rest is zero, which is `None` for
+        // every entry appended after v1.0 (all `Option<extern "C" fn>`).
+        Box::leak(Box::new(unsafe { copy.assume_init() }))
+    };
     let functions = [
         ("instance_new", vtable.instance_new.is_some()),
         ("instance_free", vtable.instance_free.is_some()),

@@ -11,6 +11,9 @@
 //!
 //! - `<exe> __plugin-child -- PROGRAM ARGS…` replaces itself with the program (`exec`; the
 //!   parent-death signal and the limits carry over), which speaks the protocol on stdin/stdout;
+//! - `<exe> __plugin-child --config-schema LIBRARY` loads the library the same way, writes its
+//!   config schema (the vtable's `config_schema`; no instance is created) on stdout and exits:
+//!   how `validate` reads a Rust plugin's schema without running its code in the host;
 //! - `<exe> __plugin-child LIBRARY` loads the plugin library and serves it over the socket the host
 //!   passed as fd 0. It loads the bytes the host checked: it reads the host's private copy named
 //!   by `BACKWORKS_PLUGIN_COPY`, refuses them unless their SHA-256 is `BACKWORKS_PLUGIN_SHA256`,
@@ -100,6 +103,8 @@ pub fn child_main_if_requested() {
 enum Target {
     Library(PathBuf),
     Command(Vec<OsString>),
+    /// `--config-schema LIBRARY`: print the library's config schema.
+    Schema(PathBuf),
 }
 
 /// Why the runner or the plugin process could not be set up. Printed on stderr (which the host
@@ -107,7 +112,10 @@ enum Target {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum SetupError {
     /// The runner's arguments are not a library or `--` and a command.
-    #[error("usage: {CHILD_ARG} LIBRARY | {CHILD_ARG} {COMMAND_SEPARATOR} PROGRAM [ARGS…]")]
+    #[error(
+        "usage: {CHILD_ARG} LIBRARY | {CHILD_ARG} {COMMAND_SEPARATOR} PROGRAM [ARGS…] | {CHILD_ARG} {} LIBRARY",
+        crate::describe::SCHEMA_ARG
+    )]
     Usage,
     /// Inherited descriptors could not be listed or closed.
     #[error("cannot close inherited file descriptors: {0}")]
@@ -160,6 +168,9 @@ fn parse_target(args: Vec<OsString>) -> Result<Target, SetupError> {
     match args.split_first() {
         Some((first, rest)) if first == COMMAND_SEPARATOR && !rest.is_empty() => {
             Ok(Target::Command(rest.to_vec()))
+        }
+        Some((first, [library])) if first == crate::describe::SCHEMA_ARG => {
+            Ok(Target::Schema(library.into()))
         }
         Some((library, [])) if library != COMMAND_SEPARATOR => Ok(Target::Library(library.into())),
         _ => Err(SetupError::Usage),
@@ -217,6 +228,7 @@ fn run_plugin(target: Target, runner: Pid) -> i32 {
             EXIT_EXEC
         }
         Target::Library(path) => serve_library(path),
+        Target::Schema(path) => crate::describe::print_config_schema(&path),
     }
 }
 
@@ -356,6 +368,10 @@ mod tests {
         assert_eq!(
             parse_target(os(&["--", "python3", "x.py"])).ok(),
             Some(Target::Command(os(&["python3", "x.py"])))
+        );
+        assert_eq!(
+            parse_target(os(&["--config-schema", "/p/libx.so"])).ok(),
+            Some(Target::Schema("/p/libx.so".into()))
         );
         for bad in [&[][..], &["--"], &["a", "b"]] {
             let err = parse_target(os(bad)).unwrap_err().to_string();

@@ -208,6 +208,7 @@ pub(crate) async fn start_child(
             version: String::new(),
             description: String::new(),
             features: Default::default(),
+            config_schema: None,
         },
         group: spawned.group,
         exit: spawned.exit,

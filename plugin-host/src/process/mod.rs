@@ -54,6 +54,7 @@ mod status;
 mod stderr;
 mod supervisor;
 
+pub(crate) use child::env;
 pub use child::{CHILD_ARG, child_main_if_requested};
 pub use plugin::ProcessPlugin;
 pub use status::{ChildState, Containment, SupervisionSnapshot};

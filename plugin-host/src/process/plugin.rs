@@ -137,12 +137,16 @@ impl ProcessPlugin {
             description: manifest.description.clone(),
             panic_unwind: true,
             hooks: Some(manifest.features.hooks()),
+            config_schema: None,
         });
         Ok(ProcessPlugin {
             info: PluginInfo {
                 name: name.to_owned(),
                 kind: PluginKind::Process(command_line),
                 metadata,
+                // The child reports it: a library's runner from its vtable or metadata, a command
+                // from its own manifest.
+                config_schema: manifest.config_schema.clone().map(Arc::new),
             },
             shared,
             supervisor: Mutex::new(None),

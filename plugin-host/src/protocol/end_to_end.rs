@@ -67,7 +67,9 @@ impl Fake {
                     description: "a fake for the tests".into(),
                     panic_unwind: true,
                     hooks: Some(backworks_plugin_sdk::Hooks::ALL),
+                    config_schema: None,
                 },
+                config_schema: Some(Arc::new(serde_json::json!({"type": "object"}))),
             },
             config: Mutex::new(None),
             started: watch::Sender::new(0),
@@ -243,6 +245,8 @@ async fn handshake_every_call_kind_and_an_orderly_shutdown() {
             version: "2.3.4".into(),
             description: "a fake for the tests".into(),
             features: Features::ALL,
+            // The served plugin's schema crosses in the manifest.
+            config_schema: Some(json!({"type": "object"})),
         }
     );
     assert_eq!(manifest.check(), Ok(()));

@@ -332,6 +332,10 @@ pub struct Manifest {
     /// The calls it answers.
     #[serde(default)]
     pub features: Features,
+    /// The JSON Schema of its config, when it declares one (protocol 1.x, optional): the host
+    /// checks the config against it before `init`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_schema: Option<Value>,
 }
 
 impl Manifest {
@@ -526,11 +530,27 @@ mod tests {
             serde_json::to_value(m.features).unwrap(),
             json!(["handle", "after_response"])
         );
+        assert_eq!(m.config_schema, None);
+        assert!(
+            serde_json::to_value(&m)
+                .unwrap()
+                .get("config_schema")
+                .is_none()
+        );
         let m2 = Manifest {
             protocol: "2.0".into(),
             ..m
         };
         assert!(m2.check().is_err());
+        let with_schema: Manifest = serde_json::from_value(json!({
+            "protocol": "1.0", "name": "report",
+            "config_schema": {"type": "object", "required": ["title"]}
+        }))
+        .unwrap();
+        assert_eq!(
+            with_schema.config_schema,
+            Some(json!({"type": "object", "required": ["title"]}))
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

@@ -194,6 +194,7 @@ impl Calls {
                     version: metadata.version.clone(),
                     description: metadata.description.clone(),
                     features: self.features,
+                    config_schema: self.plugin.config_schema().cloned(),
                 };
                 self.answer(&id, Ok(&manifest));
             }

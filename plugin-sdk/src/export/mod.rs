@@ -111,7 +111,27 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         shutdown: Some(shutdown::<P>),
         task_start: Some(call::task_start),
         task_cancel: Some(call::task_cancel),
+        config_schema: Some(config_schema::<P>),
     }
+}
+
+/// The vtable's `config_schema`: [`BackworksPlugin::config_schema`] as JSON text, or DONE when
+/// the plugin declares none. Creates no instance; a panic becomes an error output.
+///
+/// # Safety
+/// `out` must be valid for writes, and not used by anyone else, for the duration of the call.
+unsafe extern "C" fn config_schema<P: BackworksPlugin>(out: *mut BwOutput) -> i32 {
+    guard(out, || {
+        let outcome = match P::config_schema() {
+            Some(schema) => Outcome::Schema(schema.to_string()),
+            None => Outcome::Done,
+        };
+        if !out.is_null() {
+            // SAFETY: the host passes a valid, exclusive output for the duration of the call.
+            unsafe { write_output(&mut *out, outcome) };
+        }
+        BW_READY
+    })
 }
 
 /// What `instance_new` returns to the host.
@@ -424,6 +444,53 @@ mod tests {
     }
 
     const VTABLE: BwPluginVTable = vtable::<Probe>(b"");
+
+    /// Declares a schema, or panics in `config_schema` when `PANIC_SCHEMA` says so.
+    #[derive(Default)]
+    struct Schemed;
+
+    static PANIC_SCHEMA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    #[async_trait::async_trait]
+    impl BackworksPlugin for Schemed {
+        fn config_schema() -> Option<serde_json::Value> {
+            if PANIC_SCHEMA.load(std::sync::atomic::Ordering::Relaxed) {
+                panic!("schema panicked");
+            }
+            Some(serde_json::json!({"type": "object"}))
+        }
+    }
+
+    /// Calls a vtable's `config_schema`: the output's kind and message, released.
+    fn schema_of(vtable: &BwPluginVTable) -> (u32, u32, String) {
+        let mut out = BwOutput::empty();
+        // SAFETY: a valid zeroed output, released below.
+        let status = unsafe { (vtable.config_schema.unwrap())(&mut out) };
+        assert_eq!(status, BW_READY);
+        // SAFETY: unreleased output.
+        let message = unsafe { out.message.to_string_lossy() };
+        if let Some(release) = out.release {
+            // SAFETY: released once.
+            unsafe { release(out.owner) };
+        }
+        (out.kind, out.code, message)
+    }
+
+    #[test]
+    fn config_schema_writes_the_schema_none_or_the_caught_panic() {
+        assert_eq!(
+            schema_of(&vtable::<Schemed>(b"")),
+            (BW_OUT_SCHEMA, 0, r#"{"type":"object"}"#.to_owned())
+        );
+        assert_eq!(schema_of(&VTABLE), (BW_OUT_DONE, 0, String::new()));
+        PANIC_SCHEMA.store(true, std::sync::atomic::Ordering::Relaxed);
+        let panicked = schema_of(&vtable::<Schemed>(b""));
+        PANIC_SCHEMA.store(false, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            panicked,
+            (BW_OUT_ERROR, BW_ERR_PANIC, "schema panicked".to_owned())
+        );
+    }
 
     /// An instance of `Probe` with host services that log nowhere.
     struct Harness {

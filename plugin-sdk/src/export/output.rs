@@ -20,6 +20,8 @@ pub(super) enum Outcome {
     Continue,
     Health(Health),
     Error(PluginError),
+    /// A config schema's JSON text (`config_schema`).
+    Schema(String),
 }
 
 /// What an output's `owner` points to: the values its views borrow from.
@@ -119,6 +121,10 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         Outcome::Request(request) => {
             out.kind = BW_OUT_REQUEST;
             owned.request = Some(request);
+        }
+        Outcome::Schema(text) => {
+            out.kind = BW_OUT_SCHEMA;
+            owned.message = text;
         }
     }
     let mut owned = Box::new(owned);
