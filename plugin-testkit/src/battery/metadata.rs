@@ -112,6 +112,7 @@ mod tests {
             description: String::new(),
             panic_unwind: true,
             hooks: Some(Hooks::BEFORE_REQUEST),
+            config_schema: None,
         }
     }
 
