@@ -9,7 +9,8 @@
 //!   [`Config`];
 //! - `load`: reading the file and running the steps above;
 //! - `checked`: the [`Config`] types and the hook chain of an endpoint;
-//! - `search`: finding a plugin's library file.
+//! - `search`: finding a plugin's library file;
+//! - `marketplace`: `type: marketplace` plugins, resolved through `backworks.lock`.
 //!
 //! ```
 //! use std::path::Path;
@@ -28,6 +29,7 @@ mod checked;
 mod error;
 mod interpolate;
 mod load;
+mod marketplace;
 mod model;
 mod search;
 mod validate;
@@ -37,4 +39,5 @@ pub use checked::{
     PluginKind, ReloadConfig, Secrets, ServerConfig, TrustConfig,
 };
 pub use error::{ConfigError, ConfigErrorKind};
-pub use load::{load, parse_str, parse_str_with_env};
+pub use load::{load, load_unresolved, parse_str, parse_str_with_env};
+pub use marketplace::MarketplaceConfig;

@@ -1,0 +1,153 @@
+//! Reading a package or an index file from a local path or an http(s) URL, with timeouts and a
+//! size cap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::error::DistError;
+
+/// The largest download (a package or an index file) accepted.
+pub const MAX_DOWNLOAD_BYTES: u64 = 64 * 1024 * 1024;
+/// Connecting may take this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A whole download may take this long.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where bytes come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A local file.
+    File(PathBuf),
+    /// An `http://` or `https://` URL.
+    Url(String),
+}
+
+impl Source {
+    /// A URL when `text` starts with `http://` or `https://`, else a path.
+    pub fn parse(text: &str) -> Source {
+        if is_url(text) {
+            Source::Url(text.to_owned())
+        } else {
+            Source::File(PathBuf::from(text))
+        }
+    }
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+pub(crate) fn is_url(text: &str) -> bool {
+    let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+    lower.starts_with("http://") || lower.starts_with("https://")
+}
+
+/// Reads files and URLs; one runtime and one HTTP client for a whole command.
+#[derive(Debug)]
+pub struct Fetcher {
+    runtime: tokio::runtime::Runtime,
+    client: reqwest::Client,
+}
+
+impl Fetcher {
+    /// A fetcher with this module's timeouts, rustls with the `ring` provider for https.
+    pub fn new() -> Result<Fetcher, DistError> {
+        // Only the first call installs it; later ones find it there.
+        #[expect(
+            deprecated,
+            reason = "ring has no post-quantum key exchange; the provider that has one \
+                      (aws-lc-rs) needs a large C build, see Cargo.toml"
+        )]
+        let provider = rustls::crypto::ring::default_provider();
+        let _ = provider.install_default();
+        let failed = |reason: String| DistError::Download {
+            url: "(no URL yet)".into(),
+            reason,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(format!("cannot start a runtime: {e}")))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(TIMEOUT)
+            .user_agent(concat!("backworks/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| failed(format!("cannot build an HTTP client: {e}")))?;
+        Ok(Fetcher { runtime, client })
+    }
+
+    /// The bytes at `source`; `Ok(None)` when it does not exist (no file, 404 or 410).
+    pub fn get(&self, source: &Source) -> Result<Option<Vec<u8>>, DistError> {
+        match source {
+            Source::File(path) => match std::fs::metadata(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(DistError::io(path, e)),
+                Ok(meta) if meta.len() > MAX_DOWNLOAD_BYTES => Err(DistError::Download {
+                    url: path.display().to_string(),
+                    reason: format!("{} bytes, more than {MAX_DOWNLOAD_BYTES}", meta.len()),
+                }),
+                Ok(_) => std::fs::read(path)
+                    .map(Some)
+                    .map_err(|e| DistError::io(path, e)),
+            },
+            Source::Url(url) => self.runtime.block_on(self.download(url)),
+        }
+    }
+
+    async fn download(&self, url: &str) -> Result<Option<Vec<u8>>, DistError> {
+        let failed = |reason: String| DistError::Download {
+            url: url.to_owned(),
+            reason,
+        };
+        let mut response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(failed(format!("answered {status}")));
+        }
+        if let Some(length) = response.content_length()
+            && length > MAX_DOWNLOAD_BYTES
+        {
+            return Err(failed(format!(
+                "{length} bytes, more than {MAX_DOWNLOAD_BYTES}"
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failed(error_chain(&e)))?
+        {
+            if (body.len() + chunk.len()) as u64 > MAX_DOWNLOAD_BYTES {
+                return Err(failed(format!("more than {MAX_DOWNLOAD_BYTES} bytes")));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Some(body))
+    }
+}
+
+/// An error with its causes: reqwest's own message rarely says why.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
