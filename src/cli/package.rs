@@ -218,7 +218,7 @@ pub fn install(
     sha256: Option<&str>,
 ) -> anyhow::Result<i32> {
     let mut cx = Context::open(config, index)?;
-    let fetcher = Fetcher::new()?;
+    let fetcher = Fetcher::new();
     let Some(source) = source else {
         let missing: Vec<(String, semver::VersionReq)> = cx
             .config
@@ -285,7 +285,7 @@ pub fn install(
 /// config's `version:` allows, for NAME or every plugin of the lock file.
 pub fn update(name: Option<&str>, config: &Path, index: Option<&str>) -> anyhow::Result<i32> {
     let mut cx = Context::open(config, index)?;
-    let fetcher = Fetcher::new()?;
+    let fetcher = Fetcher::new();
     let names: Vec<String> = match name {
         Some(name) => {
             if cx.lock.get(name).is_none() {

@@ -49,7 +49,7 @@ pub(super) fn settings(
     }
     let location = match IndexLocation::parse(value) {
         IndexLocation::Url(url) => {
-            if let Err(e) = reqwest::Url::parse(&url) {
+            if let Err(e) = url.parse::<ureq::http::Uri>() {
                 let message = format!("`marketplace.index` {} is not a URL: {e}", index.quoted());
                 return Err(ip.error(INVALID, index.at, message));
             }

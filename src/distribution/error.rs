@@ -9,12 +9,12 @@ use backworks_plugin_host::SignatureError;
 #[non_exhaustive]
 pub enum DistError {
     /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A download failed or was refused (status, size cap, timeout).
     #[error("{url}: {reason}")]
@@ -52,12 +52,12 @@ pub enum DistError {
         found: String,
     },
     /// The manifest's signature is missing, untrusted or bad.
-    #[error("{package}: {source}")]
+    #[error("{package}: {verdict}")]
     Signature {
         /// The package (file or URL).
         package: String,
         /// The signature check's verdict.
-        source: SignatureError,
+        verdict: SignatureError,
     },
     /// The package was built for another target.
     #[error("{package}: built for target `{found}`, this host is `{expected}`")]
@@ -115,7 +115,7 @@ impl DistError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> DistError {
         DistError::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 }

@@ -47,39 +47,24 @@ pub(crate) fn is_url(text: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
-/// Reads files and URLs; one runtime and one HTTP client for a whole command.
+/// Reads files and URLs; one HTTP agent (connection pool) for a whole command.
 #[derive(Debug)]
 pub struct Fetcher {
-    runtime: tokio::runtime::Runtime,
-    client: reqwest::Client,
+    agent: ureq::Agent,
 }
 
 impl Fetcher {
-    /// A fetcher with this module's timeouts, rustls with the `ring` provider for https.
-    pub fn new() -> Result<Fetcher, DistError> {
-        // Only the first call installs it; later ones find it there.
-        #[expect(
-            deprecated,
-            reason = "ring has no post-quantum key exchange; the provider that has one \
-                      (aws-lc-rs) needs a large C build, see Cargo.toml"
-        )]
-        let provider = rustls::crypto::ring::default_provider();
-        let _ = provider.install_default();
-        let failed = |reason: String| DistError::Download {
-            url: "(no URL yet)".into(),
-            reason,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| failed(format!("cannot start a runtime: {e}")))?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(TIMEOUT)
+    /// A fetcher with this module's timeouts; https through rustls with the `ring` provider and
+    /// Mozilla's root certificates.
+    pub fn new() -> Fetcher {
+        let config = ureq::Agent::config_builder()
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_global(Some(TIMEOUT))
             .user_agent(concat!("backworks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| failed(format!("cannot build an HTTP client: {e}")))?;
-        Ok(Fetcher { runtime, client })
+            .build();
+        Fetcher {
+            agent: config.new_agent(),
+        }
     }
 
     /// The bytes at `source`; `Ok(None)` when it does not exist (no file, 404 or 410).
@@ -96,46 +81,34 @@ impl Fetcher {
                     .map(Some)
                     .map_err(|e| DistError::io(path, e)),
             },
-            Source::Url(url) => self.runtime.block_on(self.download(url)),
+            Source::Url(url) => self.download(url),
         }
     }
 
-    async fn download(&self, url: &str) -> Result<Option<Vec<u8>>, DistError> {
+    fn download(&self, url: &str) -> Result<Option<Vec<u8>>, DistError> {
         let failed = |reason: String| DistError::Download {
             url: url.to_owned(),
             reason,
         };
-        let mut response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?;
-        let status = response.status();
-        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(failed(format!("answered {status}")));
-        }
-        if let Some(length) = response.content_length()
-            && length > MAX_DOWNLOAD_BYTES
-        {
-            return Err(failed(format!(
-                "{length} bytes, more than {MAX_DOWNLOAD_BYTES}"
-            )));
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| failed(error_chain(&e)))?
-        {
-            if (body.len() + chunk.len()) as u64 > MAX_DOWNLOAD_BYTES {
-                return Err(failed(format!("more than {MAX_DOWNLOAD_BYTES} bytes")));
+        let mut response = match self.agent.get(url).call() {
+            Ok(response) => response,
+            Err(ureq::Error::StatusCode(404 | 410)) => return Ok(None),
+            Err(ureq::Error::StatusCode(status)) => {
+                return Err(failed(format!("answered {status}")));
             }
-            body.extend_from_slice(&chunk);
-        }
+            Err(e) => return Err(failed(error_chain(&e))),
+        };
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_DOWNLOAD_BYTES)
+            .read_to_vec()
+            .map_err(|e| match e {
+                ureq::Error::BodyExceedsLimit(_) => {
+                    failed(format!("more than {MAX_DOWNLOAD_BYTES} bytes"))
+                }
+                e => failed(error_chain(&e)),
+            })?;
         Ok(Some(body))
     }
 }

@@ -73,9 +73,9 @@ pub fn verify_package(
         .map_err(|e| invalid(format!("{MANIFEST_FILE}: {e}")))?;
     manifest.check().map_err(&invalid)?;
     let manifest_path = PathBuf::from(format!("{package}/{MANIFEST_FILE}"));
-    let signed = |source: SignatureError| DistError::Signature {
+    let signed = |verdict: SignatureError| DistError::Signature {
         package: package.to_owned(),
-        source,
+        verdict,
     };
     let signature = files
         .get(MANIFEST_SIGNATURE)
