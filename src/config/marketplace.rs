@@ -207,3 +207,155 @@ pub fn resolve(config: &mut Config) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_str_with_env;
+    use crate::distribution::LockEntry;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_str_with_env(text, Path::new("b.yaml"), &|_| None)
+    }
+
+    fn error(text: &str) -> String {
+        let err = parse(text).unwrap_err();
+        err.to_string().strip_prefix("b.yaml:").unwrap().to_owned()
+    }
+
+    #[test]
+    fn marketplace_plugins_are_checked() {
+        let c =
+            parse("plugins:\n  hello:\n    type: marketplace\n    version: \"^1.2\"\n").unwrap();
+        assert_eq!(
+            c.plugins[0].kind,
+            PluginKind::Marketplace {
+                version: "^1.2".parse().unwrap(),
+                line: 4,
+                column: 14
+            }
+        );
+        assert_eq!(
+            error("plugins:\n  h:\n    type: marketplace\n"),
+            "3:11: plugin `h` is `type: marketplace` but has no `version` requirement \
+             (e.g. `version: \"^1.2\"`)"
+        );
+        assert_eq!(
+            error("plugins:\n  h: {type: marketplace, version: one}\n"),
+            "2:35: `version` of plugin `h` `one` is not a semver requirement (e.g. `^1.2`, \
+             `>=1.0, <2`): unexpected character 'o' while parsing major version number"
+        );
+        assert!(
+            error("plugins:\n  h: {type: marketplace, version: \"1\", path: libh.so}\n")
+                .starts_with("2:46: plugin `h` is `type: marketplace` and cannot have a `path`")
+        );
+        assert!(
+            error("plugins:\n  h: {type: marketplace, version: \"1\", command: [x]}\n")
+                .contains("cannot have a `command`")
+        );
+        assert_eq!(
+            error("plugins:\n  h: {path: libh.so, version: \"1\"}\n"),
+            "2:31: plugin `h` sets `version`, which only applies to `type: marketplace`"
+        );
+    }
+
+    #[test]
+    fn the_index_setting_is_checked() {
+        let c = parse("marketplace: {index: \"https://example.invalid/index\"}\n").unwrap();
+        assert_eq!(
+            c.marketplace.index,
+            Some(IndexLocation::Url("https://example.invalid/index".into()))
+        );
+        let c = parse("marketplace: {index: idx}\n").unwrap();
+        assert_eq!(
+            c.marketplace.index,
+            Some(IndexLocation::Dir("./idx".into()))
+        );
+        assert_eq!(
+            error("marketplace: {index: \"ftp://x\"}\n"),
+            "1:22: `marketplace.index` `ftp://x` is neither a folder nor an http(s) URL"
+        );
+        assert_eq!(
+            error("marketplace: {index: \"\"}\n"),
+            "1:22: `marketplace.index` is empty"
+        );
+        assert!(error("marketplace: {url: x}\n").contains("unknown field `url`"));
+    }
+
+    fn entry(version: &str, kind: PackageKind) -> LockEntry {
+        LockEntry {
+            name: "hello".into(),
+            version: version.into(),
+            kind,
+            source: "test".into(),
+            sha256: "0".repeat(64),
+            key_id: "0".repeat(16),
+            path: format!("plugins/hello-{version}-0000000000000000").into(),
+            entry: "libhello.so".into(),
+            command: Some(vec!["python3".into(), "{dir}/hello.py".into()]),
+        }
+    }
+
+    #[test]
+    fn resolution_through_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("backworks.yaml");
+        let yaml = "plugins:\n  hello:\n    type: marketplace\n    version: \"^1.2\"\n";
+        let config = || {
+            let mut c = parse_str_with_env(yaml, &source, &|_| None).unwrap();
+            c.base_dir = dir.path().to_path_buf();
+            c
+        };
+        let message = |c: &mut Config| resolve(c).unwrap_err().to_string();
+        let shown = message(&mut config());
+        assert!(
+            shown.contains(
+                ":4:14: plugin `hello` (`type: marketplace`, version `^1.2`) is not \
+                 installed"
+            ) && shown.ends_with("run `backworks plugin install hello@^1.2`"),
+            "{shown}"
+        );
+        let lock_path = Lock::path_for(dir.path());
+        let mut lock = Lock::default();
+        lock.insert(entry("2.0.0", PackageKind::Library));
+        lock.write(&lock_path).unwrap();
+        let shown = message(&mut config());
+        assert!(
+            shown.contains("requires version `^1.2`, but")
+                && shown.ends_with("has 2.0.0 installed; run `backworks plugin update hello`"),
+            "{shown}"
+        );
+        lock.insert(entry("1.3.0", PackageKind::Library));
+        lock.write(&lock_path).unwrap();
+        let mut c = config();
+        resolve(&mut c).unwrap();
+        assert_eq!(
+            c.plugins[0].kind,
+            PluginKind::External {
+                path: dir
+                    .path()
+                    .join("plugins/hello-1.3.0-0000000000000000/libhello.so")
+            }
+        );
+        // A script package runs as a command, in a child process.
+        lock.insert(entry("1.3.0", PackageKind::Command));
+        lock.write(&lock_path).unwrap();
+        let mut c = config();
+        resolve(&mut c).unwrap();
+        let folder = dir.path().join("plugins/hello-1.3.0-0000000000000000");
+        assert_eq!(
+            c.plugins[0].kind,
+            PluginKind::Command {
+                argv: vec!["python3".into(), format!("{}/hello.py", folder.display())]
+            }
+        );
+        assert!(matches!(
+            c.plugins[0].isolation,
+            backworks_plugin_host::Isolation::Process(_)
+        ));
+        std::fs::write(&lock_path, "not json").unwrap();
+        assert!(message(&mut config()).contains("not a lock file"));
+    }
+}

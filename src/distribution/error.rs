@@ -56,8 +56,8 @@ pub enum DistError {
     Signature {
         /// The package (file or URL).
         package: String,
-        /// The signature check's verdict.
-        verdict: SignatureError,
+        /// The signature check's verdict (boxed: it is large, and rare).
+        verdict: Box<SignatureError>,
     },
     /// The package was built for another target.
     #[error("{package}: built for target `{found}`, this host is `{expected}`")]

@@ -53,6 +53,12 @@ pub struct Fetcher {
     agent: ureq::Agent,
 }
 
+impl Default for Fetcher {
+    fn default() -> Self {
+        Fetcher::new()
+    }
+}
+
 impl Fetcher {
     /// A fetcher with this module's timeouts; https through rustls with the `ring` provider and
     /// Mozilla's root certificates.

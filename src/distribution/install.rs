@@ -75,7 +75,7 @@ pub fn verify_package(
     let manifest_path = PathBuf::from(format!("{package}/{MANIFEST_FILE}"));
     let signed = |verdict: SignatureError| DistError::Signature {
         package: package.to_owned(),
-        verdict,
+        verdict: Box::new(verdict),
     };
     let signature = files
         .get(MANIFEST_SIGNATURE)
