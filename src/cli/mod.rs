@@ -238,6 +238,9 @@ pub struct PackArgs {
     /// script itself).
     #[arg(long)]
     command: Option<String>,
+    /// Another file to ship beside the plugin, e.g. a script's module (repeatable).
+    #[arg(long)]
+    include: Vec<PathBuf>,
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -339,6 +342,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                     command: args
                         .command
                         .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+                    include: args.include,
                 };
                 let secret = args.secret_key.unwrap_or_else(sign::default_secret_key);
                 package::pack(&args.file, &options, &secret, &args.out)

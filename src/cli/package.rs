@@ -142,7 +142,7 @@ impl Context {
             self.lock_path.display()
         );
         if let Some(old) = old.filter(|o| o.path != path) {
-            remove_folder(&old, &self.config.base_dir)?;
+            remove_folder(&old, &self.config)?;
             println!(
                 "replaced {} (a running server keeps serving it until `backworks reload`)",
                 old.version
@@ -333,7 +333,7 @@ pub fn remove(name: &str, config: &Path, force: bool) -> anyhow::Result<i32> {
         );
     };
     cx.lock.write(&cx.lock_path)?;
-    remove_folder(&entry, &cx.config.base_dir)?;
+    remove_folder(&entry, &cx.config)?;
     println!(
         "removed `{name}` {} ({})",
         entry.version,
@@ -342,17 +342,24 @@ pub fn remove(name: &str, config: &Path, force: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// Deletes an installed folder: only one named as `install` names them (`NAME-VERSION-HASH`), so
-/// a hand-edited lock file cannot make this delete anything else.
-fn remove_folder(entry: &LockEntry, base_dir: &Path) -> anyhow::Result<()> {
-    let folder = entry.folder(base_dir);
+/// Deletes an installed folder: only one named as `install` names them (`NAME-VERSION-HASH`),
+/// directly inside one of the config's `plugin_dirs`, so a hand-edited lock file cannot make this
+/// delete anything else.
+fn remove_folder(entry: &LockEntry, config: &Config) -> anyhow::Result<()> {
+    let folder = entry.folder(&config.base_dir);
     let named = folder
         .file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.starts_with(&format!("{}-{}-", entry.name, entry.version)));
-    if !named {
+    let real = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let parent = folder.parent().map(real);
+    let in_plugin_dir = config
+        .plugin_dirs
+        .iter()
+        .any(|d| parent.as_deref() == Some(real(&d.path).as_path()));
+    if !named || !in_plugin_dir {
         bail!(
-            "{}: not a folder `plugin install` made for `{}` {}; left in place",
+            "{}: not a folder `plugin install` made for `{}` {} in `plugin_dirs`; left in place",
             folder.display(),
             entry.name,
             entry.version

@@ -266,3 +266,81 @@ fn sync_dir(dir: &Path) -> Result<(), DistError> {
         .and_then(|d| d.sync_all())
         .map_err(|e| DistError::io(dir, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distribution::manifest::FORMAT;
+
+    fn package(files: &[(&str, &[u8])]) -> Verified {
+        let files: BTreeMap<String, Vec<u8>> = files
+            .iter()
+            .map(|(p, c)| ((*p).to_owned(), c.to_vec()))
+            .collect();
+        Verified {
+            manifest: Manifest {
+                format: FORMAT,
+                name: "s".into(),
+                version: "1.0.0".into(),
+                kind: PackageKind::Command,
+                entry: "s.py".into(),
+                target: TARGET_ANY.into(),
+                abi: None,
+                sdk: None,
+                command: Some(vec!["python3".into(), "s.py".into()]),
+                description: String::new(),
+                files: files
+                    .iter()
+                    .map(|(p, c)| (p.clone(), sha256_hex(c)))
+                    .collect(),
+            },
+            files,
+            sha256: "ab".repeat(32),
+            key_id: KeyId(1),
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn unpacks_into_a_content_addressed_folder_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = package(&[("s.py", b"print()"), ("lib/m.py", b"x = 1")]);
+        let first = install_package(&p, dir.path()).unwrap();
+        assert!(!first.existed);
+        assert_eq!(names(dir.path()), ["s-1.0.0-abababababababab"]);
+        assert_eq!(
+            std::fs::read(first.folder.join("lib/m.py")).unwrap(),
+            b"x = 1"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&first.folder.join("s.py")), 0o755);
+            assert_eq!(mode(&first.folder.join("lib/m.py")), 0o644);
+            assert_eq!(mode(&first.folder), 0o755);
+        }
+        let again = install_package(&p, dir.path()).unwrap();
+        assert!(again.existed);
+        assert_eq!(again.folder, first.folder);
+    }
+
+    #[test]
+    fn a_failure_while_unpacking_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // `a` is written as a file, then `a/b` needs `a` to be a folder: the unpacking fails
+        // half-way.
+        let p = package(&[("a", b"1"), ("a/b", b"2"), ("s.py", b"")]);
+        let err = install_package(&p, dir.path()).unwrap_err();
+        assert!(matches!(err, DistError::Io { .. }), "{err}");
+        assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
+    }
+}

@@ -27,6 +27,8 @@ pub struct PackOptions {
     pub version: Option<String>,
     /// A script's command line; default `python3 SCRIPT` for `.py`, else `SCRIPT`.
     pub command: Option<Vec<String>>,
+    /// More files to ship beside the plugin (a script's modules), each under its file name.
+    pub include: Vec<PathBuf>,
 }
 
 /// Packs the library or script at `entry` into `out_dir/NAME-VERSION-TARGET.bwpkg`, signing the
@@ -123,6 +125,16 @@ pub fn pack(
     files.insert("README.md".to_owned(), readme);
     if let Some(schema) = schema_file(options.schema.as_deref())? {
         files.insert("schema.json".to_owned(), schema);
+    }
+    for extra in &options.include {
+        let name = extra
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| invalid(format!("{}: not a file name", extra.display())))?;
+        let content = std::fs::read(extra).map_err(|e| DistError::io(extra, e))?;
+        if files.insert(name.to_owned(), content).is_some() || name == file_name {
+            return Err(invalid(format!("`{name}` is in the package twice")));
+        }
     }
     files.insert(file_name.clone(), bytes);
     manifest.files = files

@@ -697,3 +697,80 @@ fn install_needs_trusted_keys() {
     assert!(out.contains("`trust.keys` is empty"), "{out}");
     assert!(ws.installed().is_empty());
 }
+
+/// A Python plugin with the SDK's helper module beside it, packed as a script.
+const SCRIPT: &str = r#"
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from backworks_plugin import Plugin, Response
+
+plugin = Plugin(name="greeter", version="1.0.0", description="a packed script")
+
+@plugin.endpoint
+def handle(request):
+    return Response.json({"packed": True, "path": request.path})
+
+if __name__ == "__main__":
+    plugin.run()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_package_installs_and_serves_as_a_process_plugin() {
+    let ws = Workspace::new();
+    let key = ws.keygen("publisher");
+    let script = ws.path("greeter.py");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let helper = crate::support::root().join("sdk/python/backworks_plugin.py");
+    let package = ws.pack(
+        &script,
+        "publisher",
+        &[
+            "--name",
+            "greeter",
+            "--version",
+            "1.0.0",
+            "--include",
+            helper.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        package.ends_with("greeter-1.0.0-any.bwpkg"),
+        "{}",
+        package.display()
+    );
+    let manifest: Value =
+        serde_json::from_slice(&unpack(&package)["backworks-package.json"]).unwrap();
+    assert_eq!(manifest["kind"], "command");
+    assert_eq!(
+        manifest["command"],
+        serde_json::json!(["python3", "greeter.py"])
+    );
+
+    let base = format!("plugin_dirs: [plugins]\ntrust:\n  keys:\n    - {key}\n");
+    let server = Server::start(&base);
+    let config = server.config_path().display().to_string();
+    ok(&[
+        "plugin",
+        "install",
+        package.to_str().unwrap(),
+        "-c",
+        &config,
+    ]);
+    server.rewrite_config(&format!(
+        "{base}plugins:\n  greeter: {{ type: marketplace, version: \"^1\" }}\n\
+         endpoints:\n  g: {{ path: /greet, plugin: greeter }}\n"
+    ));
+    let res = client()
+        .post(server.admin_url("/_backworks/reload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200, "{}", res.text().await.unwrap());
+    let answer = get_json(server.url("/greet")).await;
+    assert_eq!(
+        answer,
+        serde_json::json!({"packed": true, "path": "/greet"})
+    );
+    let about = get_json(server.admin_url("/_backworks/plugins/greeter")).await;
+    assert_eq!(about["isolation"], "process", "{about}");
+}
