@@ -2,6 +2,7 @@
 
 mod check;
 mod new;
+mod package;
 mod plugin;
 mod reload;
 mod sign;
@@ -182,6 +183,93 @@ pub enum PluginCommand {
     /// initialize with a good and a bad config, endpoints, hooks, health, concurrency,
     /// cancellation, hostile input, memory, shutdown. Exit 1 when a check fails.
     Check(check::CheckArgs),
+    /// Pack a plugin library (or script) into a signed package, `NAME-VERSION-TARGET.bwpkg`.
+    Pack(PackArgs),
+    /// Copy a package into an index folder and add its line to the index.
+    Publish {
+        /// The package.
+        package: PathBuf,
+        /// The index folder.
+        #[arg(long)]
+        index: PathBuf,
+        /// Where the index folder is served, to write absolute URLs (default: relative ones).
+        #[arg(long)]
+        url_base: Option<String>,
+    },
+    /// Install a package from a file, an http(s) URL or the index (`NAME[@VERSION_REQ]`), checked
+    /// against the config's trusted keys, into the first of `plugin_dirs`; recorded in
+    /// `backworks.lock`. Without SOURCE: every `type: marketplace` plugin not installed yet.
+    Install {
+        /// A `.bwpkg` file, an http(s) URL, or `NAME[@VERSION_REQ]`.
+        source: Option<String>,
+        /// The config file (trusted keys, plugin folder, index, lock file beside it).
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+        /// The index, a folder or an http(s) URL (default: `marketplace.index` of the config).
+        #[arg(long)]
+        index: Option<String>,
+        /// The package file's SHA-256, checked before anything else (a file or URL source).
+        #[arg(long)]
+        sha256: Option<String>,
+    },
+    /// Install the newest version in the index that this host loads and the config's `version:`
+    /// allows, of NAME or of every installed plugin.
+    Update {
+        /// The plugin (default: every plugin in `backworks.lock`).
+        name: Option<String>,
+        /// The config file.
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+        /// The index (default: `marketplace.index` of the config).
+        #[arg(long)]
+        index: Option<String>,
+    },
+    /// Delete an installed plugin and its `backworks.lock` entry.
+    Remove {
+        /// The plugin.
+        name: String,
+        /// The config file.
+        #[arg(short, long, default_value = "backworks.yaml")]
+        config: PathBuf,
+        /// Remove it even though the config still names it.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `plugin pack`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct PackArgs {
+    /// The plugin library, or a script (then `--name` and `--version` are needed).
+    file: PathBuf,
+    /// The secret key (default: ~/.minisign/minisign.key).
+    #[arg(short = 's', long = "secret-key", alias = "key")]
+    secret_key: Option<PathBuf>,
+    /// The README to include (default: one made from the plugin's metadata).
+    #[arg(long)]
+    readme: Option<PathBuf>,
+    /// The plugin's config schema (JSON Schema), included as `schema.json`.
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// The target triple (default: this host's; `any` for a script).
+    #[arg(long)]
+    target: Option<String>,
+    /// Write the package into this folder.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// A script's plugin name.
+    #[arg(long)]
+    name: Option<String>,
+    /// A script's version.
+    #[arg(long)]
+    version: Option<String>,
+    /// A script's command line, e.g. `python3 report.py` (default: that for `.py`, else the
+    /// script itself).
+    #[arg(long)]
+    command: Option<String>,
+    /// Another file to ship beside the plugin, e.g. a script's module (repeatable).
+    #[arg(long)]
+    include: Vec<PathBuf>,
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -292,6 +380,47 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 sign::verify(&file, keys)
             }
             PluginCommand::Check(args) => check::run(args),
+            PluginCommand::Pack(args) => {
+                let options = crate::distribution::PackOptions {
+                    readme: args.readme,
+                    schema: args.schema,
+                    target: args.target,
+                    name: args.name,
+                    version: args.version,
+                    command: args
+                        .command
+                        .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+                    include: args.include,
+                };
+                let secret = args.secret_key.unwrap_or_else(sign::default_secret_key);
+                package::pack(&args.file, &options, &secret, &args.out)
+            }
+            PluginCommand::Publish {
+                package,
+                index,
+                url_base,
+            } => package::publish(&package, &index, url_base.as_deref()),
+            PluginCommand::Install {
+                source,
+                config,
+                index,
+                sha256,
+            } => package::install(
+                source.as_deref(),
+                &config,
+                index.as_deref(),
+                sha256.as_deref(),
+            ),
+            PluginCommand::Update {
+                name,
+                config,
+                index,
+            } => package::update(name.as_deref(), &config, index.as_deref()),
+            PluginCommand::Remove {
+                name,
+                config,
+                force,
+            } => package::remove(&name, &config, force),
         },
     }
 }

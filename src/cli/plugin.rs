@@ -184,6 +184,12 @@ fn rows(config: &Config) -> Vec<Value> {
                     ));
                 }
             }
+            // `config::load` resolves it into a library or a command through `backworks.lock`.
+            PluginKind::Marketplace { version, .. } => {
+                row["type"] = json!("marketplace");
+                row["compatible"] = json!(false);
+                row["problem"] = json!(format!("version {version} is not installed"));
+            }
             PluginKind::External { .. } => {
                 row["type"] = json!("external");
                 match config.resolve_plugin_path(plugin) {

@@ -110,14 +110,7 @@ pub fn sign(library: &Path, secret: &Path, output: Option<&Path>) -> anyhow::Res
         configured_as: None,
     };
     let comment = binding.comment(&bytes);
-    let text = fs::read_to_string(secret)
-        .with_context(|| format!("cannot read the secret key {}", secret.display()))?;
-    let key_box = minisign::SecretKeyBox::from_string(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not a minisign secret key: {e}", secret.display()))?;
-    // An unencrypted key (`keygen -W`) needs no password; an encrypted one asks for it.
-    let key = minisign::SecretKey::from_unencrypted_box(key_box.clone())
-        .or_else(|_| minisign::SecretKey::from_box(key_box, None))
-        .map_err(|e| anyhow::anyhow!("{}: cannot use the secret key: {e}", secret.display()))?;
+    let key = secret_key(secret)?;
     let untrusted = format!("signature of {} by backworks plugin sign", binding.name);
     let signature = minisign::sign(None, &key, &bytes[..], Some(&comment), Some(&untrusted))
         .map_err(|e| anyhow::anyhow!("cannot sign {}: {e}", library.display()))?;
@@ -126,6 +119,19 @@ pub fn sign(library: &Path, secret: &Path, output: Option<&Path>) -> anyhow::Res
         .with_context(|| format!("cannot write {}", out.display()))?;
     println!("{}: signed as `{comment}`", out.display());
     Ok(0)
+}
+
+/// Reads the minisign secret key at `path`; an encrypted one asks for its password on the
+/// terminal.
+pub fn secret_key(path: &Path) -> anyhow::Result<minisign::SecretKey> {
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("cannot read the secret key {}", path.display()))?;
+    let key_box = minisign::SecretKeyBox::from_string(&text)
+        .map_err(|e| anyhow::anyhow!("{}: not a minisign secret key: {e}", path.display()))?;
+    // An unencrypted key (`keygen -W`) needs no password; an encrypted one asks for it.
+    minisign::SecretKey::from_unencrypted_box(key_box.clone())
+        .or_else(|_| minisign::SecretKey::from_box(key_box, None))
+        .map_err(|e| anyhow::anyhow!("{}: cannot use the secret key: {e}", path.display()))
 }
 
 /// Where `plugin verify` takes its trusted keys from.

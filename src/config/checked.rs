@@ -36,6 +36,8 @@ pub struct Config {
     pub secrets: Secrets,
     /// `reload:`: how a running server takes a changed config or plugin file.
     pub reload: ReloadConfig,
+    /// `marketplace:`: the index `plugin install NAME` and `plugin update` read.
+    pub marketplace: super::marketplace::MarketplaceConfig,
 }
 
 /// How a running server reloads (`backworks reload`, `SIGHUP`, or watching the files).
@@ -223,6 +225,17 @@ pub enum PluginKind {
         /// The program and its arguments.
         argv: Vec<String>,
     },
+    /// `type: marketplace`: the version installed for it (`backworks.lock`) that meets a semver
+    /// requirement. [`super::load`] resolves it into `External` or `Command`, so only a config
+    /// from [`super::parse_str`] or [`super::load_unresolved`] holds one.
+    Marketplace {
+        /// `version:`, e.g. `^1.2`.
+        version: semver::VersionReq,
+        /// Where `version:` is written, for errors.
+        line: u64,
+        /// Its column.
+        column: u64,
+    },
 }
 
 /// One entry of `plugins:`.
@@ -384,6 +397,7 @@ mod tests {
             trust: TrustConfig::default(),
             secrets: Secrets::default(),
             reload: ReloadConfig::default(),
+            marketplace: Default::default(),
         }
     }
 

@@ -25,6 +25,25 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     })?;
     let dir = directory_of(path);
     let base_dir = std::path::absolute(&dir).unwrap_or(dir);
+    let mut config = parse(&text, path, &base_dir, &process_env)?;
+    super::marketplace::resolve(&mut config)?;
+    Ok(config)
+}
+
+/// As [`load`], but `type: marketplace` plugins stay [`super::PluginKind::Marketplace`]: what
+/// `backworks plugin install|update|remove` read, since they run before the lock file has an
+/// entry for every plugin.
+///
+/// # Errors
+///
+/// As [`load`], minus the lock file's.
+pub fn load_unresolved(path: &Path) -> Result<Config, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|e| {
+        let message = format!("cannot read configuration file: {e}");
+        ConfigError::new(ConfigErrorKind::Io, path, 0, 0, message)
+    })?;
+    let dir = directory_of(path);
+    let base_dir = std::path::absolute(&dir).unwrap_or(dir);
     parse(&text, path, &base_dir, &process_env)
 }
 

@@ -12,6 +12,7 @@
 //! - `search`: finding a plugin's library file;
 //! - `schema`: where each value of a plugin's `config:` was written ([`ConfigMap`]), to point
 //!   violations of the plugin's config schema at `file:line:column`.
+//! - `marketplace`: `type: marketplace` plugins, resolved through `backworks.lock`.
 //!
 //! ```
 //! use std::path::Path;
@@ -30,6 +31,7 @@ mod checked;
 mod error;
 mod interpolate;
 mod load;
+mod marketplace;
 mod model;
 mod schema;
 mod search;
@@ -40,5 +42,6 @@ pub use checked::{
     PluginKind, ReloadConfig, Secrets, ServerConfig, TrustConfig,
 };
 pub use error::{ConfigError, ConfigErrorKind};
-pub use load::{load, parse_str, parse_str_with_env};
+pub use load::{load, load_unresolved, parse_str, parse_str_with_env};
+pub use marketplace::MarketplaceConfig;
 pub use schema::ConfigMap;

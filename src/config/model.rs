@@ -26,6 +26,7 @@ pub(crate) struct RawConfig {
     pub health: Option<RawHealth>,
     pub reload: Option<RawReload>,
     pub trust: Option<RawTrust>,
+    pub marketplace: Option<super::marketplace::RawMarketplace>,
 }
 
 /// A number (or a string that becomes one after interpolation), with its location.
@@ -116,6 +117,8 @@ pub(crate) struct RawPlugin {
     pub spin_us: Option<Number>,
     pub max_outbound: Option<Number>,
     pub env: Option<RawEnv>,
+    /// `type: marketplace`: the semver requirement of the version installed.
+    pub version: Option<Text>,
 }
 
 /// A process-isolated plugin's `env:`: what the child gets beyond the minimal environment.

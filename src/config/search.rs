@@ -123,6 +123,7 @@ mod tests {
             trust: Default::default(),
             secrets: Default::default(),
             reload: Default::default(),
+            marketplace: Default::default(),
         }
     }
 

@@ -60,6 +60,7 @@ pub(crate) fn check(
         endpoints,
         health,
         trust,
+        marketplace: super::marketplace::settings(&ip, raw.marketplace.as_ref(), base_dir)?,
     })
 }
 
@@ -156,22 +157,18 @@ fn plugin(
                 );
                 return Err(ip.error(INVALID, path.at, message));
             }
-            ("marketplace", _) => {
-                let message = format!(
-                    "plugin `{n}`: `type: marketplace` is not supported; \
-                     use `type: external` with a `path` to the plugin's library"
-                );
-                return Err(ip.error(INVALID, kind.at, message));
-            }
+            ("marketplace", path) => super::marketplace::kind(ip, n, &kind, path, raw)?,
             _ => {
                 let message = format!(
-                    "plugin `{n}` has unknown type {}; expected `external` or `builtin`",
+                    "plugin `{n}` has unknown type {}; expected `external`, `builtin` or \
+                     `marketplace`",
                     kind.quoted()
                 );
                 return Err(ip.error(INVALID, kind.at, message));
             }
         },
     };
+    super::marketplace::stray_version(ip, n, &kind, raw)?;
     let subscription = hooks::subscription(ip, n, raw)?;
     let isolation = policy::isolation(ip, name, raw, &mut kind)?;
     let policy = policy::call_policy(ip, n, raw)?;
@@ -412,13 +409,9 @@ mod tests {
              use `type: external` to load it from a library"
         );
         assert_eq!(
-            error("plugins:\n  p:\n    type: marketplace\n    path: libp.so\n"),
-            "3:11: plugin `p`: `type: marketplace` is not supported; \
-             use `type: external` with a `path` to the plugin's library"
-        );
-        assert_eq!(
             error("plugins:\n  p:\n    type: wasm\n"),
-            "3:11: plugin `p` has unknown type `wasm`; expected `external` or `builtin`"
+            "3:11: plugin `p` has unknown type `wasm`; expected `external`, `builtin` or \
+             `marketplace`"
         );
         assert_eq!(
             error("plugins:\n  p: {path: \"\"}\n"),

@@ -54,6 +54,8 @@ pub fn router(
                 PluginKind::Builtin => "builtin",
                 PluginKind::External { .. } => "library",
                 PluginKind::Command { .. } => "command",
+                // `config::load` resolves these into the two above.
+                PluginKind::Marketplace { .. } => "marketplace",
             };
             let isolation = match p.isolation {
                 backworks_plugin_host::Isolation::InProcess => "in_process",

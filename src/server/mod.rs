@@ -177,6 +177,8 @@ pub(crate) fn plugin_source(
     Ok(match &plugin.kind {
         PluginKind::Builtin => PluginSource::Builtin(plugin.name.clone()),
         PluginKind::Command { argv } => PluginSource::Command(argv.clone()),
+        // `config::load` resolves it into a library or a command through `backworks.lock`.
+        PluginKind::Marketplace { .. } => return Err(LibraryNotFound { tried: Vec::new() }),
         PluginKind::External { path } if !plugin.enabled => PluginSource::Library(path.clone()),
         PluginKind::External { .. } => config
             .resolve_plugin_path(plugin)

@@ -2,6 +2,7 @@
 
 mod child;
 mod cli;
+mod distribution;
 mod edge;
 mod embed;
 mod faults;
