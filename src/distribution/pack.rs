@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use backworks_plugin_host::{Binding, metadata_from_bytes, sha256_hex};
+use backworks_plugin_host::{
+    Binding, PluginHost, PluginSource, ProcessSettings, metadata_from_bytes, sha256_hex,
+};
 
 use super::archive;
 use super::error::DistError;
@@ -123,7 +125,8 @@ pub fn pack(
         None => default_readme(&manifest).into_bytes(),
     };
     files.insert("README.md".to_owned(), readme);
-    if let Some(schema) = schema_file(options.schema.as_deref())? {
+    let declared = || declared_schema(entry, &manifest, &options.include);
+    if let Some(schema) = schema_file(options.schema.as_deref(), declared)? {
         files.insert("schema.json".to_owned(), schema);
     }
     for extra in &options.include {
@@ -163,11 +166,15 @@ pub fn pack(
     Ok((out, manifest))
 }
 
-/// The config schema to include: the file given, checked to be JSON. (The one place the schema
-/// enters a package, so that a schema extracted from the plugin itself can be added here.)
-fn schema_file(path: Option<&Path>) -> Result<Option<Vec<u8>>, DistError> {
+/// The config schema to include: the file given (checked to be JSON), or else the one the plugin
+/// declares (`declared`). The one place the schema enters a package.
+fn schema_file(
+    path: Option<&Path>,
+    declared: impl FnOnce() -> Result<Option<serde_json::Value>, DistError>,
+) -> Result<Option<Vec<u8>>, DistError> {
     let Some(path) = path else {
-        return Ok(None);
+        return Ok(declared()?
+            .map(|schema| serde_json::to_vec_pretty(&schema).expect("a JSON value serializes")));
     };
     let bytes = std::fs::read(path).map_err(|e| DistError::io(path, e))?;
     serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| DistError::Manifest {
@@ -176,6 +183,60 @@ fn schema_file(path: Option<&Path>) -> Result<Option<Vec<u8>>, DistError> {
     })?;
     Ok(Some(bytes))
 }
+
+/// The config schema the plugin at `entry` declares, read as `validate` reads it, without
+/// starting the plugin: from a library's metadata or its `config_schema` entry (called in a
+/// throwaway child process, never in this one), or from a script's manifest (the script run from
+/// a scratch folder holding it and the `include`d files, as it will be installed). A plugin whose
+/// schema cannot be read (one built for another host, say) is packed without one, with a warning.
+fn declared_schema(
+    entry: &Path,
+    manifest: &Manifest,
+    include: &[PathBuf],
+) -> Result<Option<serde_json::Value>, DistError> {
+    let scratch = tempfile::tempdir().map_err(|e| DistError::io(Path::new("(temp dir)"), e))?;
+    let source = match manifest.kind {
+        PackageKind::Library => PluginSource::Library(entry.to_owned()),
+        PackageKind::Command => {
+            for file in include.iter().map(PathBuf::as_path).chain([entry]) {
+                let to = scratch.path().join(file.file_name().unwrap_or_default());
+                std::fs::copy(file, &to).map_err(|e| DistError::io(file, e))?;
+            }
+            // The manifest's command names the script by its file name: run the scratch copy.
+            let mut argv = manifest.command.clone().unwrap_or_default();
+            for arg in &mut argv {
+                if *arg == manifest.entry {
+                    *arg = scratch.path().join(&manifest.entry).display().to_string();
+                }
+            }
+            PluginSource::Command(argv)
+        }
+    };
+    let host = PluginHost::new();
+    let settings = ProcessSettings {
+        handshake_timeout: SCHEMA_TIMEOUT,
+        ..ProcessSettings::default()
+    };
+    let described = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| DistError::io(Path::new("(tokio runtime)"), e))?
+        .block_on(host.describe_config_schema(&manifest.name, &source, &settings));
+    match described {
+        Ok(schema) => Ok(schema),
+        Err(error) => {
+            eprintln!(
+                "warning: {}: cannot read the plugin's config schema ({error}); packing it \
+                 without one (give it with --schema FILE)",
+                entry.display()
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// How long a child may take to report a plugin's config schema.
+const SCHEMA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn default_readme(manifest: &Manifest) -> String {
     format!(

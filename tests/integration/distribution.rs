@@ -14,7 +14,7 @@ use flate2::write::GzEncoder;
 use serde_json::Value;
 use tar::EntryType;
 
-use crate::support::{Server, backworks, client, get_json, rust_plugin};
+use crate::support::{Server, backworks, client, get_json, rust_plugin, serve_dir};
 
 fn text(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
@@ -137,36 +137,6 @@ impl Workspace {
     }
 }
 
-/// Serves the files of `dir` over HTTP on a thread of its own (so a blocking CLI call in the test
-/// never starves it); returns the base URL.
-fn serve_dir(dir: &Path) -> String {
-    let dir = dir.to_path_buf();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
-                let dir = dir.clone();
-                async move {
-                    let path = uri.path().trim_start_matches('/');
-                    if path.split('/').any(|c| c == "..") {
-                        return Err(axum::http::StatusCode::NOT_FOUND);
-                    }
-                    // Small files on a test's own thread: a blocking read is fine here.
-                    std::fs::read(dir.join(path)).map_err(|_| axum::http::StatusCode::NOT_FOUND)
-                }
-            });
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{}", rx.recv().unwrap())
-}
-
 /// A package's files.
 fn unpack(package: &Path) -> BTreeMap<String, Vec<u8>> {
     let bytes = std::fs::read(package).unwrap();
@@ -233,9 +203,13 @@ async fn pack_publish_install_over_http_serve_then_update_with_a_reload_under_lo
             "backworks-package.json",
             "backworks-package.json.minisig",
             "libhello.so",
-            "libhello.so.minisig"
+            "libhello.so.minisig",
+            "schema.json"
         ]
     );
+    // The config schema hello declares, read from the library without starting it.
+    let schema: Value = serde_json::from_slice(&files["schema.json"]).unwrap();
+    assert!(schema["properties"]["greeting"].is_object(), "{schema}");
     let manifest: Value = serde_json::from_slice(&files["backworks-package.json"]).unwrap();
     assert_eq!(
         (&manifest["name"], &manifest["version"], &manifest["kind"]),
@@ -561,11 +535,11 @@ fn every_refusal_names_its_reason_and_leaves_nothing_behind() {
     ));
     // An incompatible ABI.
     let abi = ws.pack(
-        &ws.hello_patched("abi=1.0\0", "abi=9.0\0"),
+        &ws.hello_patched("abi=1.1\0", "abi=9.1\0"),
         "trusted",
         &["--out", &ws.s("abi")],
     );
-    cases.push(("incompatible with this host: ABI 9.0".into(), abi, vec![]));
+    cases.push(("incompatible with this host: ABI 9.1".into(), abi, vec![]));
     // Archives that try to write outside their folder, or hold special files.
     for (name, kind, reason) in [
         (

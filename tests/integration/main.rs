@@ -1,5 +1,6 @@
 //! Integration tests: the real `backworks` binary and the real plugin libraries, over HTTP.
 
+mod authoring;
 mod child;
 mod cli;
 mod distribution;

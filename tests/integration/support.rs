@@ -482,3 +482,33 @@ pub fn client() -> reqwest::Client {
         .build()
         .expect("http client")
 }
+
+/// Serves the files of `dir` over HTTP on a thread of its own (so a blocking CLI call in the test
+/// never starves it); returns the base URL.
+pub fn serve_dir(dir: &Path) -> String {
+    let dir = dir.to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+                let dir = dir.clone();
+                async move {
+                    let path = uri.path().trim_start_matches('/');
+                    if path.split('/').any(|c| c == "..") {
+                        return Err(axum::http::StatusCode::NOT_FOUND);
+                    }
+                    // Small files on a test's own thread: a blocking read is fine here.
+                    std::fs::read(dir.join(path)).map_err(|_| axum::http::StatusCode::NOT_FOUND)
+                }
+            });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{}", rx.recv().unwrap())
+}

@@ -61,7 +61,12 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
         Outcome::Pass,
         &["answered 200"],
     );
-    assert_check(&hello, "bad config", Outcome::Pass, &["refused (config:"]);
+    assert_check(
+        &hello,
+        "bad config",
+        Outcome::Pass,
+        &["{\"greeting\":42} refused by the config schema (/greeting: 42 is not of types"],
+    );
     assert_check(
         &hello,
         "memory",
@@ -115,14 +120,19 @@ fn every_rust_example_plugin_passes_the_battery_in_process() {
 }
 
 #[test]
-fn the_c_example_passes_and_may_ignore_a_config_it_does_not_read() {
+fn the_c_example_passes_and_its_schema_refuses_a_config_it_does_not_take() {
     let report = Conformance::library(support::c_plugin("hello"))
         .runner(runner())
         .endpoint("GET", "/hello/c")
         .run();
     report.assert_passed();
     assert_check(&report, "metadata", Outcome::Pass, &["c-hello"]);
-    assert_check(&report, "bad config", Outcome::Pass, &["42 ignored"]);
+    assert_check(
+        &report,
+        "bad config",
+        Outcome::Pass,
+        &["42 refused by the config schema (/: 42 is not of type \"object\")"],
+    );
 }
 
 #[test]

@@ -236,6 +236,14 @@ impl Conformance {
                         fine.push(format!("{config} ignored"));
                     }
                 }
+                // The host refused it against the plugin's config schema, before initialize.
+                Err(HostError::ConfigInvalid { violations, .. }) => {
+                    let reasons: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+                    fine.push(format!(
+                        "{config} refused by the config schema ({})",
+                        reasons.join("; ")
+                    ));
+                }
                 Err(HostError::Start {
                     source: CallError::Plugin(error),
                     ..
