@@ -164,3 +164,70 @@ async fn a_new_plugin_goes_from_plugin_new_to_a_verified_install_serving_request
         "{message}"
     );
 }
+
+/// `plugin new --lang python`: its tests pass as generated, the conformance battery included
+/// (through `backworks plugin check`).
+#[test]
+fn a_new_python_plugin_passes_its_generated_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("py-greeter");
+    ok(&[
+        "plugin",
+        "new",
+        "py-greeter",
+        "--lang",
+        "python",
+        "--path",
+        &s(&project),
+    ]);
+    let out = Command::new("python3")
+        .args(["-m", "unittest", "-v"])
+        .current_dir(&project)
+        .env("BACKWORKS", env!("CARGO_BIN_EXE_backworks"))
+        .output()
+        .expect("run python3");
+    let shown = text(&out);
+    assert!(out.status.success(), "{shown}");
+    assert!(
+        shown.contains("test_passes_the_conformance_battery") && !shown.contains("skipped"),
+        "{shown}"
+    );
+}
+
+/// `plugin new --lang c`: `make` builds it and `make check` passes the conformance battery; its
+/// metadata declares the hook and a schema the host enforces.
+#[test]
+fn a_new_c_plugin_builds_and_passes_the_battery() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("c-greeter");
+    ok(&[
+        "plugin",
+        "new",
+        "c-greeter",
+        "--lang",
+        "c",
+        "--path",
+        &s(&project),
+    ]);
+    for target in [None, Some("check")] {
+        let out = Command::new("make")
+            .args(target)
+            .current_dir(&project)
+            .env("BACKWORKS", env!("CARGO_BIN_EXE_backworks"))
+            .output()
+            .expect("run make");
+        assert!(out.status.success(), "make {target:?}:\n{}", text(&out));
+    }
+    let inspected = backworks(&[
+        "plugin",
+        "inspect",
+        &s(&project.join("libc_greeter.so")),
+        "--json",
+    ]);
+    assert!(inspected.status.success(), "{}", text(&inspected));
+    let inspected: Value = serde_json::from_slice(&inspected.stdout).unwrap();
+    assert_eq!(
+        inspected["hooks_implemented"],
+        serde_json::json!(["before_request"])
+    );
+}
