@@ -192,6 +192,46 @@ fn a_new_python_plugin_passes_its_generated_tests() {
         shown.contains("test_passes_the_conformance_battery") && !shown.contains("skipped"),
         "{shown}"
     );
+
+    // Packed as its README says, the schema it declares in its manifest travels with it.
+    ok(&[
+        "plugin",
+        "keygen",
+        "-W",
+        "-p",
+        &s(&dir.path().join("k.pub")),
+        "-s",
+        &s(&dir.path().join("k.key")),
+    ]);
+    let packed = ok(&[
+        "plugin",
+        "pack",
+        &s(&project.join("plugin.py")),
+        "--name",
+        "py-greeter",
+        "--version",
+        "0.1.0",
+        "--include",
+        &s(&project.join("backworks_plugin.py")),
+        "--key",
+        &s(&dir.path().join("k.key")),
+        "--readme",
+        &s(&project.join("README.md")),
+        "--out",
+        &s(dir.path()),
+    ]);
+    let package = dir.path().join("py-greeter-0.1.0-any.bwpkg");
+    assert!(package.is_file(), "{packed}");
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(&package)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("schema.json") && listing.contains("backworks_plugin.py"),
+        "{listing}"
+    );
 }
 
 /// `plugin new --lang c`: `make` builds it and `make check` passes the conformance battery; its
