@@ -748,3 +748,89 @@ async fn a_script_package_installs_and_serves_as_a_process_plugin() {
     let about = get_json(server.admin_url("/_backworks/plugins/greeter")).await;
     assert_eq!(about["isolation"], "process", "{about}");
 }
+
+/// With `reload.watch`, `plugin update` alone is enough: the lock file now resolves the plugin to
+/// the new version's file, whose content differs, so the watcher reloads.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_watcher_serves_an_update_without_an_explicit_reload() {
+    let ws = Workspace::new();
+    let key = ws.keygen("publisher");
+    let index = ws.path("index");
+    let v1 = ws.pack(&rust_plugin("hello"), "publisher", &[]);
+    ok(&[
+        "plugin",
+        "publish",
+        &v1.display().to_string(),
+        "--index",
+        &ws.s("index"),
+    ]);
+    let url = serve_dir(&index);
+    let yaml = format!(
+        "plugin_dirs: [plugins]\ntrust:\n  keys:\n    - {key}\nmarketplace:\n  index: {url}\n\
+         reload:\n  watch: true\n  watch_interval_ms: 100\n"
+    );
+    let server = Server::start(&yaml);
+    let config = server.config_path().display().to_string();
+    server.rewrite_config(&format!(
+        "{yaml}plugins:\n  hello:\n    type: marketplace\n    version: \"^0.1\"\n\
+         endpoints:\n  hi: {{ path: \"/hello/{{name}}\", plugin: hello }}\n"
+    ));
+    // Installing before the watcher reads the new config: the config and the file arrive together.
+    let installed = tokio::task::spawn_blocking({
+        let config = config.clone();
+        move || ok(&["plugin", "install", "-c", &config])
+    })
+    .await
+    .unwrap();
+    assert!(installed.contains("installed `hello` 0.1.0"), "{installed}");
+    let version = || async {
+        let res = client()
+            .get(server.admin_url("/_backworks/plugins/hello"))
+            .send()
+            .await
+            .unwrap();
+        res.json::<Value>().await.unwrap_or(Value::Null)["version"].clone()
+    };
+    wait_for_version(&version, "0.1.0").await;
+
+    let v2 = ws.pack(
+        &ws.hello_patched("version=0.1.0\0", "version=0.1.1\0"),
+        "publisher",
+        &[],
+    );
+    ok(&[
+        "plugin",
+        "publish",
+        &v2.display().to_string(),
+        "--index",
+        &ws.s("index"),
+    ]);
+    let updated = tokio::task::spawn_blocking(move || ok(&["plugin", "update", "-c", &config]))
+        .await
+        .unwrap();
+    assert!(updated.contains("installed `hello` 0.1.1"), "{updated}");
+    wait_for_version(&version, "0.1.1").await;
+    let answer = get_json(server.url("/hello/ana")).await;
+    assert_eq!(answer["message"], "Hello, ana!", "{answer}");
+}
+
+/// Polls `version()` until it is `want` (the watcher's interval is 100 ms; a minute of slack
+/// for a loaded machine: this is a condition, not a timing).
+async fn wait_for_version<F, Fut>(version: &F, want: &str)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let now = version().await;
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watcher never served {want}; the plugin reports {now}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
