@@ -179,26 +179,31 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
             };
             return BW_READY;
         }
-        // SAFETY: the host keeps its services valid until `instance_free`; we read only the fields
-        // its `size` says it has (all of v1.0's).
-        let host = unsafe { &*services };
-        if (host.size as usize) < size_of::<BwHostServices>() {
-            // SAFETY: as above.
+        // SAFETY: the host keeps its services valid until `instance_free`. Its struct may be older
+        // and smaller than ours, so fields are read in place, never through a reference to the
+        // whole struct: `size` first (every version has it), then only fields within it.
+        let size = unsafe { (*services).size } as usize;
+        if size < HOST_SERVICES_SIZE_V1_0 {
+            // SAFETY: the host passes a valid, exclusive output for the duration of the call.
             unsafe {
                 write_output(
                     &mut *out,
                     Outcome::Error(PluginError::Internal(format!(
-                        "host services are {} bytes, expected at least {}",
-                        host.size,
-                        size_of::<BwHostServices>()
+                        "host services are {size} bytes, expected at least {HOST_SERVICES_SIZE_V1_0}"
                     ))),
                 )
             };
             return BW_READY;
         }
+        // SAFETY: a v1.0 field, within `size`.
+        let max_log_level = unsafe { (*services).max_log_level };
+        if size >= size_of::<BwHostServices>() {
+            // SAFETY: a v1.2 field, within `size`.
+            crate::runtime::LIBRARY.request_workers(unsafe { (*services).workers });
+        }
         // SAFETY: the host keeps its services valid, unchanged and thread-safe until
         // `instance_free` returns, which detaches the link first.
-        let link = Arc::new(unsafe { HostLink::new(services, host.max_log_level) });
+        let link = Arc::new(unsafe { HostLink::new(services, max_log_level) });
         crate::logging::install(&link);
         let boxed = Box::new(Instance {
             plugin: Arc::new(P::default()),
@@ -229,7 +234,7 @@ unsafe extern "C" fn instance_free<P: BackworksPlugin>(instance: *mut c_void) {
         let instance = unsafe { Box::from_raw(instance.cast::<Instance<P>>()) };
         crate::logging::uninstall(&instance.host);
         instance.host.detach();
-        let _context = crate::runtime::get().map(|rt| rt.enter());
+        let _context = crate::runtime::LIBRARY.built().map(|rt| rt.enter());
         drop(instance);
     }));
 }
@@ -508,6 +513,8 @@ mod tests {
                 plugin_name: BwStr::new(b"probe"),
                 max_log_level: 0,
                 log: None,
+                workers: 0,
+                reserved2: 0,
             });
             let mut out = BwOutput::empty();
             // SAFETY: valid services that outlive the instance, and a valid output.
