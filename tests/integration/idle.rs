@@ -83,10 +83,18 @@ endpoints:
     let after_start = threads(pid);
     all_ok(&server, "/hello/idle", 50).await;
     all_ok(&server, "/kv", 50).await;
-    assert_eq!(threads_named(pid, RUNTIME_THREAD), 0, "after calls that never wait");
+    assert_eq!(
+        threads_named(pid, RUNTIME_THREAD),
+        0,
+        "after calls that never wait"
+    );
     // Whatever its name: no thread at all was started for them (the host's blocking threads of
     // start-up may only have ended since).
-    assert!(threads(pid) <= after_start, "{} > {after_start}", threads(pid));
+    assert!(
+        threads(pid) <= after_start,
+        "{} > {after_start}",
+        threads(pid)
+    );
 
     // Many first calls that all wait at once: the plugin's one thread, started once.
     all_ok(&server, "/sleep/50", 100).await;
@@ -96,5 +104,9 @@ endpoints:
 
     // `workers: 3`: a pool of three, and the thread that drives the sockets first polls created.
     all_ok(&server, "/tcp-echo", 50).await;
-    assert_eq!(threads_named(pid, RUNTIME_THREAD), 1 + 4, "after pooled waited");
+    assert_eq!(
+        threads_named(pid, RUNTIME_THREAD),
+        1 + 4,
+        "after pooled waited"
+    );
 }

@@ -54,7 +54,8 @@ mod tests {
 
     #[test]
     fn absent_is_the_plugins_default_and_a_count_is_read() {
-        let c = parse("plugins:\n  a: {path: liba.so}\n  b: {path: libb.so, workers: 4}\n").unwrap();
+        let c =
+            parse("plugins:\n  a: {path: liba.so}\n  b: {path: libb.so, workers: 4}\n").unwrap();
         assert_eq!(c.plugins[0].workers, None);
         assert_eq!(c.plugins[1].workers.map(|w| w.get()), Some(4));
         let c = parse("plugins:\n  a: {path: liba.so, workers: \"${N:-64}\"}\n").unwrap();
