@@ -79,6 +79,12 @@ impl LazyRuntime {
         }
     }
 
+    /// The largest number of workers an instance asked for so far (0: none).
+    #[cfg(test)]
+    pub(crate) fn requested(&self) -> u32 {
+        self.requested.load(Ordering::Relaxed)
+    }
+
     /// The runtime every first poll runs in, built now if it was not: no thread is started.
     pub(crate) fn context(&self) -> Result<&Runtime, PluginError> {
         self.context

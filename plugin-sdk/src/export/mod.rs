@@ -552,6 +552,45 @@ mod tests {
         }
     }
 
+    /// `instance_new` with host services of `size` bytes asking for `workers`: whether it made an
+    /// instance (freed again).
+    fn instance_with(size: usize, workers: u32) -> bool {
+        let services = Box::new(BwHostServices {
+            size: size as u32,
+            abi_minor: 1,
+            reserved: 0,
+            ctx: std::ptr::null_mut(),
+            plugin_name: BwStr::new(b"older"),
+            max_log_level: 0,
+            log: None,
+            workers,
+            reserved2: 0,
+        });
+        let mut out = BwOutput::empty();
+        // SAFETY: valid services (readable for all of our struct, whatever `size` says) that
+        // outlive the instance, and a valid output.
+        let instance = unsafe { (VTABLE.instance_new.unwrap())(&*services, &mut out) };
+        if instance.is_null() {
+            assert_eq!(out.kind, BW_OUT_ERROR);
+            take(out);
+            return false;
+        }
+        // SAFETY: created above, freed once, with no call running.
+        unsafe { (VTABLE.instance_free.unwrap())(instance) };
+        true
+    }
+
+    #[test]
+    fn workers_are_read_only_from_a_host_whose_services_have_them() {
+        // A 1.1 host's 48 bytes: an instance, and `workers` (past its size) is not read.
+        assert!(instance_with(HOST_SERVICES_SIZE_V1_0, 7));
+        assert_ne!(crate::runtime::LIBRARY.requested(), 7);
+        assert!(instance_with(size_of::<BwHostServices>(), 5));
+        assert_eq!(crate::runtime::LIBRARY.requested(), 5);
+        // Smaller than 1.0's: refused.
+        assert!(!instance_with(HOST_SERVICES_SIZE_V1_0 - 8, 0));
+    }
+
     /// An output's kind, status, headers and body.
     type Copied = (u32, u16, Vec<(String, String)>, Vec<u8>);
 
