@@ -26,7 +26,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tokio::runtime::{Builder, Handle, Runtime};
+use tokio::runtime::{Builder, Handle, Runtime, RuntimeMetrics};
 
 use crate::PluginError;
 use crate::abi::MAX_WORKERS;
@@ -45,6 +45,9 @@ pub(crate) struct LazyRuntime {
     thread_name: &'static str,
     /// The current-thread runtime every first poll runs in; see the module docs.
     context: OnceLock<Result<Runtime, String>>,
+    /// The context's metrics, kept: asking the runtime for them clones its handle, two
+    /// reference-count updates that every call would pay.
+    metrics: OnceLock<RuntimeMetrics>,
     /// Started with the first task; holds the pool when there is one.
     threads: OnceLock<Result<Threads, String>>,
     /// The largest number of workers an instance asked for; 0 while none did.
@@ -65,6 +68,7 @@ impl LazyRuntime {
         LazyRuntime {
             thread_name,
             context: OnceLock::new(),
+            metrics: OnceLock::new(),
             threads: OnceLock::new(),
             requested: AtomicU32::new(0),
         }
@@ -90,6 +94,8 @@ impl LazyRuntime {
         self.context
             .get_or_init(|| {
                 Builder::new_current_thread()
+                    // Names its blocking threads (`spawn_blocking`) too.
+                    .thread_name(self.thread_name)
                     .enable_all()
                     .build()
                     .map_err(|e| format!("cannot build the plugin's tokio runtime: {e}"))
@@ -110,7 +116,11 @@ impl LazyRuntime {
             return;
         }
         if let Some(context) = self.built()
-            && context.metrics().num_alive_tasks() > 0
+            && self
+                .metrics
+                .get_or_init(|| context.metrics())
+                .num_alive_tasks()
+                > 0
         {
             // An error here is the next task's to report: `spawner` returns it.
             let _ = self.threads();
