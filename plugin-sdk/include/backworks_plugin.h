@@ -317,6 +317,9 @@ typedef struct BwHostServices {
     uint32_t reserved2;
 } BwHostServices;
 
+/* The most threads the Rust SDK starts for BwHostServices.workers; the host asks for no more. */
+#define BW_MAX_WORKERS 64
+
 /* Function types of BwPluginVTable. `instance` is what instance_new returned. */
 
 /* Creates an instance. Returns NULL on failure, with the reason in `out` (BW_OUT_ERROR). */
