@@ -1,18 +1,83 @@
-//! Times discovering, checking and loading N distinct plugin libraries, as `backworks serve` does
-//! at start-up: `cargo run --release -p backworks-plugin-host --example load_many -- LIB [N]`.
+//! Times discovering, checking, loading and initializing N distinct plugin libraries, as
+//! `backworks serve` does at start-up, and says what they cost while they idle:
+//! `cargo run --release -p backworks-plugin-host --example load_many -- LIB [N]`.
 //!
 //! It writes N copies of `LIB` into a fresh folder, each with one different trailing byte (so each
 //! is distinct content with its own private copy, as N different plugins would be), then times
 //! [`discover`], and for each file [`load_checked`] under strict file checks (checks, one read,
-//! SHA-256, metadata, sealed copy, `dlopen`, vtable) and an instance. Prints the total and per
-//! plugin. BENCHMARKS.md has the figures.
+//! SHA-256, metadata, sealed copy, `dlopen`, vtable), an instance and its `initialize`. Prints the
+//! total and per plugin, then, from `/proc/self`, the threads, descriptors and resident memory the
+//! N idle plugins added. BENCHMARKS.md has the figures and how the memory is counted.
 
+use std::collections::BTreeMap;
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use backworks_plugin_host::{
-    DynamicPlugin, LoadPolicy, ScanDir, copy_store, discover, load_checked,
+    DynamicPlugin, LoadPolicy, Plugin, ScanDir, copy_store, discover, load_checked,
 };
+
+/// What `/proc/self` says about this process, in KiB for the memory fields.
+struct Usage {
+    threads: usize,
+    fds: usize,
+    /// `VmRSS`, `RssAnon`, `RssFile`, `RssShmem` of `status`; `Pss`, `Pss_Anon`, `Pss_File`,
+    /// `Pss_Shmem` of `smaps_rollup`.
+    kib: BTreeMap<&'static str, i64>,
+}
+
+const STATUS_FIELDS: [&str; 4] = ["VmRSS", "RssAnon", "RssFile", "RssShmem"];
+const ROLLUP_FIELDS: [&str; 4] = ["Pss", "Pss_Anon", "Pss_File", "Pss_Shmem"];
+
+impl Usage {
+    fn now() -> Usage {
+        let count = |dir: &str| std::fs::read_dir(dir).map_or(0, |d| d.count());
+        let mut kib = BTreeMap::new();
+        for (file, fields) in [
+            ("/proc/self/status", &STATUS_FIELDS),
+            ("/proc/self/smaps_rollup", &ROLLUP_FIELDS),
+        ] {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for line in text.lines() {
+                let mut words = line.split_whitespace();
+                let (Some(key), Some(value)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                if let Some(field) = fields.iter().find(|f| key == format!("{f}:")) {
+                    kib.insert(*field, value.parse().unwrap_or(0));
+                }
+            }
+        }
+        Usage {
+            threads: count("/proc/self/task"),
+            fds: count("/proc/self/fd"),
+            kib,
+        }
+    }
+
+    fn kib(&self, field: &str) -> i64 {
+        self.kib.get(field).copied().unwrap_or(0)
+    }
+}
+
+/// CPU time of the whole process, every thread (user and system), from `/proc/self/stat`, in
+/// clock ticks of 10 ms (Linux's `USER_HZ` is 100). The steady figure on a busy machine, where
+/// wall time mostly says how often others ran.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -29,7 +94,16 @@ fn main() {
         file.write_all(&(i as u64).to_le_bytes())
             .expect("write trailer");
     }
+    drop(bytes);
+    // The host's calls run on a runtime of its own; a current-thread one, so that every thread
+    // counted below is one the plugins started.
+    let host = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("host runtime");
     let policy = LoadPolicy::default();
+    let config = serde_json::json!({});
+    let before = Usage::now();
     let start = Instant::now();
     let found = discover(&[ScanDir {
         path: dir.path().to_owned(),
@@ -37,18 +111,61 @@ fn main() {
     }]);
     let discovered = start.elapsed();
     let mut plugins = Vec::new();
+    let (mut loading, mut creating, mut initializing) = Default::default();
+    let cpu = process_cpu();
     for (i, path) in found.files.iter().enumerate() {
+        let phase = Instant::now();
         let library = load_checked(path, &policy).expect("load");
-        plugins.push(DynamicPlugin::new(library, &format!("p{i}")).expect("instance"));
+        loading += phase.elapsed();
+        let phase = Instant::now();
+        let plugin = DynamicPlugin::new(library, &format!("p{i}")).expect("instance");
+        creating += phase.elapsed();
+        let phase = Instant::now();
+        host.block_on(plugin.initialize(&config))
+            .expect("initialize");
+        initializing += phase.elapsed();
+        plugins.push(plugin);
     }
+    let cpu = process_cpu().saturating_sub(cpu);
     let total = start.elapsed();
+    let after = Usage::now();
+    let count = plugins.len();
     println!(
-        "{} plugins ({} KiB each, private copies in {}): discover {:.2} ms, discover+check+load+instance {:.1} ms ({:.2} ms per plugin)",
-        plugins.len(),
-        bytes.len() / 1024,
+        "{count} plugins ({} KiB each, private copies in {}): discover {:.2} ms, \
+         discover+check+load+instance+initialize {:.1} ms ({:.2} ms per plugin)",
+        std::fs::metadata(&lib).map_or(0, |m| m.len() / 1024),
         copy_store().as_str(),
         discovered.as_secs_f64() * 1e3,
         total.as_secs_f64() * 1e3,
-        total.as_secs_f64() * 1e3 / plugins.len() as f64
+        total.as_secs_f64() * 1e3 / count as f64
     );
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "wall: load_checked {:.1} ms, instance_new {:.1} ms, initialize {:.1} ms; \
+         CPU of the process (every thread) {:.0} ms ({:.2} ms per plugin)",
+        ms(loading),
+        ms(creating),
+        ms(initializing),
+        ms(cpu),
+        ms(cpu) / count as f64
+    );
+    let per = |delta: i64| delta as f64 / count as f64;
+    println!(
+        "idle: threads {} -> {} ({:+.2} per plugin), descriptors {} -> {} ({:+.2} per plugin)",
+        before.threads,
+        after.threads,
+        per(after.threads as i64 - before.threads as i64),
+        before.fds,
+        after.fds,
+        per(after.fds as i64 - before.fds as i64),
+    );
+    for field in STATUS_FIELDS.iter().chain(&ROLLUP_FIELDS) {
+        let delta = after.kib(field) - before.kib(field);
+        println!(
+            "idle: {field:<9} {:>9} KiB -> {:>9} KiB: {:>8.1} KiB per plugin",
+            before.kib(field),
+            after.kib(field),
+            per(delta)
+        );
+    }
 }

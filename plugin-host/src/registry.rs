@@ -1,6 +1,7 @@
 //! The plugin registry: every plugin's lifecycle state, and starting and stopping plugins.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, RwLock};
 
 use backworks_plugin_sdk::{Health, Hooks, PluginMetadata};
@@ -32,6 +33,11 @@ pub struct PluginSpec {
     /// config schema before it is checked (text that the schema says is a number or a boolean
     /// becomes one), and named by how they were written, never shown, in its errors.
     pub interpolated: Vec<crate::Interpolated>,
+    /// How many threads a library plugin run in process asks its runtime for
+    /// (`BwHostServices::workers`): started when the plugin first has something to wait on, and
+    /// shared by the instances of one library, which get the largest number asked. `None`: the
+    /// plugin's default (one, for a Rust plugin).
+    pub workers: Option<NonZeroU32>,
 }
 
 impl PluginSpec {
@@ -45,6 +51,7 @@ impl PluginSpec {
             isolation: Isolation::InProcess,
             hooks: Hooks::NONE,
             interpolated: Vec::new(),
+            workers: None,
         }
     }
 }
@@ -545,11 +552,11 @@ impl PluginHost {
             }
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
-                let (path, name) = (path.clone(), spec.name.clone());
+                let (path, name, workers) = (path.clone(), spec.name.clone(), spec.workers);
                 let policy = self.policy_for(&spec.name);
                 let plugin = tokio::task::spawn_blocking(move || {
                     let library = crate::loader::load_checked(&path, &policy)?;
-                    DynamicPlugin::new(library, &name)
+                    DynamicPlugin::with_workers(library, &name, workers)
                 })
                 .await
                 .map_err(|e| HostError::Thread {

@@ -309,7 +309,16 @@ typedef struct BwHostServices {
     uint32_t max_log_level;
     /* Records one log line of the plugin. Thread-safe; never unwinds. May be NULL. */
     BwLogFn log;
+    /* v1.2 (read only when size > 48): how many threads the plugin should run its waiting calls
+     * on, as the operator configured it; 0: the plugin's default. A plugin of its own threads may
+     * use it or ignore it. */
+    uint32_t workers;
+    /* v1.2: padding, zero. */
+    uint32_t reserved2;
 } BwHostServices;
+
+/* The most threads the Rust SDK starts for BwHostServices.workers; the host asks for no more. */
+#define BW_MAX_WORKERS 64
 
 /* Function types of BwPluginVTable. `instance` is what instance_new returned. */
 
@@ -578,11 +587,13 @@ BW_STATIC_ASSERT(offsetof(BwOutput, task) == 160, "BwOutput.task offset");
 BW_STATIC_ASSERT(offsetof(BwOutput, owner) == 168, "BwOutput.owner offset");
 BW_STATIC_ASSERT(offsetof(BwOutput, release) == 176, "BwOutput.release offset");
 BW_STATIC_ASSERT(sizeof(BwCompletion) == 16, "BwCompletion size");
-BW_STATIC_ASSERT(sizeof(BwHostServices) == 48, "BwHostServices size");
+BW_STATIC_ASSERT(sizeof(BwHostServices) == 56, "BwHostServices size");
 BW_STATIC_ASSERT(offsetof(BwHostServices, ctx) == 8, "BwHostServices.ctx offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, plugin_name) == 16, "BwHostServices.plugin_name offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, max_log_level) == 32, "BwHostServices.max_log_level offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, log) == 40, "BwHostServices.log offset");
+BW_STATIC_ASSERT(offsetof(BwHostServices, workers) == 48, "BwHostServices.workers offset");
+BW_STATIC_ASSERT(offsetof(BwHostServices, reserved2) == 52, "BwHostServices.reserved2 offset");
 BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 120, "BwPluginVTable size");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_0 == 112, "BwPluginVTable size of ABI 1.0");
 BW_STATIC_ASSERT(BW_ALIGNOF(BwPluginVTable) == 8, "BwPluginVTable alignment");

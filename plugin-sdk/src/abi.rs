@@ -233,7 +233,22 @@ pub struct BwHostServices {
     /// Records one log line of the plugin. Thread-safe; never unwinds.
     pub log:
         Option<unsafe extern "C" fn(ctx: *mut c_void, level: u32, target: BwStr, message: BwStr)>,
+    /// v1.2: how many threads the plugin's runtime should run its waiting calls on, as the
+    /// operator configured it; 0: the plugin's default. The plugin starts them when it first has
+    /// something to wait on, and caps the number at [`MAX_WORKERS`]. A library's instances share
+    /// one runtime, which gets the largest number any of them asked for before it started.
+    pub workers: u32,
+    /// v1.2: padding, zero.
+    pub reserved2: u32,
 }
+
+/// `size_of::<BwHostServices>()` of ABI 1.0 and 1.1 (64-bit targets): the smallest a plugin
+/// accepts. Fields past a host's `size` do not exist: a plugin reads them only when it is larger.
+pub const HOST_SERVICES_SIZE_V1_0: usize = std::mem::offset_of!(BwHostServices, workers);
+
+/// The most threads a plugin's runtime starts for [`BwHostServices::workers`]; larger requests
+/// are capped.
+pub const MAX_WORKERS: u32 = 64;
 
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
 ///
@@ -470,11 +485,14 @@ mod tests {
         assert_eq!(offset_of!(BwOutput, owner), 168);
         assert_eq!(offset_of!(BwOutput, release), 176);
         assert_eq!(size_of::<BwCompletion>(), 16);
-        assert_eq!(size_of::<BwHostServices>(), 48);
+        assert_eq!(size_of::<BwHostServices>(), 56);
         assert_eq!(offset_of!(BwHostServices, ctx), 8);
         assert_eq!(offset_of!(BwHostServices, plugin_name), 16);
         assert_eq!(offset_of!(BwHostServices, max_log_level), 32);
         assert_eq!(offset_of!(BwHostServices, log), 40);
+        assert_eq!(HOST_SERVICES_SIZE_V1_0, 48);
+        assert_eq!(offset_of!(BwHostServices, workers), 48);
+        assert_eq!(offset_of!(BwHostServices, reserved2), 52);
         assert_eq!(size_of::<BwPluginVTable>(), 120);
         assert_eq!(VTABLE_SIZE_V1_0, 112);
         assert_eq!(align_of::<BwPluginVTable>(), 8);

@@ -63,14 +63,15 @@ impl HostLink {
             return;
         }
         // SAFETY: not null, so `detach` has not run and the host keeps the struct valid (`new`'s
-        // contract).
-        let services = unsafe { &**services };
-        if let Some(log) = services.log {
+        // contract). Two v1.0 fields are read in place: an older host's struct is smaller than
+        // ours, so no reference to the whole struct is made.
+        let (log, ctx) = unsafe { ((**services).log, (**services).ctx) };
+        if let Some(log) = log {
             // SAFETY: the host's logger is thread-safe, never unwinds, and only borrows the strings
             // for the duration of the call.
             unsafe {
                 log(
-                    services.ctx,
+                    ctx,
                     level,
                     BwStr::new(target.as_bytes()),
                     BwStr::new(message.as_bytes()),

@@ -272,6 +272,9 @@ pub struct PluginConfig {
     pub policy: CallPolicy,
     /// In the host process (default) or in a supervised child (`isolation: process`).
     pub isolation: Isolation,
+    /// `workers:`, for a library run in process: the threads its own async runtime runs waiting
+    /// calls on, started when it first waits. `None`: the plugin's default (one).
+    pub workers: Option<std::num::NonZeroU32>,
 }
 
 impl PluginConfig {
@@ -372,6 +375,7 @@ mod tests {
             important: false,
             policy: CallPolicy::default(),
             isolation: Isolation::InProcess,
+            workers: None,
         }
     }
 

@@ -106,6 +106,7 @@ pub(crate) struct RawPlugin {
     pub important: Option<Number>,
     pub timeout_ms: Option<Number>,
     pub max_concurrency: Option<Number>,
+    pub workers: Option<Number>,
     pub max_response_body: Option<Number>,
     pub breaker: Option<RawBreaker>,
     pub isolation: Option<Text>,

@@ -142,6 +142,7 @@ mod tests {
             important: false,
             policy: Default::default(),
             isolation: Default::default(),
+            workers: None,
         }
     }
 

@@ -16,6 +16,7 @@ mod hooks;
 mod policy;
 mod server;
 mod trust;
+mod workers;
 
 const INVALID: ConfigErrorKind = ConfigErrorKind::Invalid;
 
@@ -172,6 +173,7 @@ fn plugin(
     let subscription = hooks::subscription(ip, n, raw)?;
     let isolation = policy::isolation(ip, name, raw, &mut kind)?;
     let policy = policy::call_policy(ip, n, raw)?;
+    let workers = workers::workers(ip, n, raw, &kind, &isolation)?;
     Ok(PluginConfig {
         name: n.clone(),
         kind,
@@ -181,6 +183,7 @@ fn plugin(
         },
         policy,
         isolation,
+        workers,
         enabled: match &raw.enabled {
             Some(flag) => boolean(ip, flag, &format!("`enabled` of plugin `{n}`"))?,
             None => true,

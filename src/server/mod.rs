@@ -206,6 +206,7 @@ pub(crate) fn plugin_spec(
     spec.hooks = plugin.called_hooks();
     spec.interpolated = plugin.config_map.interpolated().to_vec();
     spec.isolation = plugin.isolation.clone();
+    spec.workers = plugin.workers;
     if let Isolation::Process(settings) = &mut spec.isolation {
         settings
             .working_dir

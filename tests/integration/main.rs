@@ -8,6 +8,7 @@ mod edge;
 mod embed;
 mod faults;
 mod files;
+mod idle;
 mod isolation;
 mod loader;
 mod observe;

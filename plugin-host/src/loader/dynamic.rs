@@ -6,6 +6,7 @@
 //! is copied into host types and released by the plugin's own `release` function.
 
 use std::ffi::c_void;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -111,8 +112,19 @@ fn max_log_level() -> u32 {
 }
 
 impl DynamicPlugin {
-    /// Creates an instance named `name` of the plugin in `library`.
+    /// Creates an instance named `name` of the plugin in `library`, leaving the threads of the
+    /// library's runtime to the plugin's default.
     pub fn new(library: Arc<LoadedLibrary>, name: &str) -> Result<DynamicPlugin, HostError> {
+        DynamicPlugin::with_workers(library, name, None)
+    }
+
+    /// As [`new`](Self::new), asking the plugin to run its waiting calls on `workers` threads
+    /// (`BwHostServices::workers`; `None`: the plugin's default).
+    pub fn with_workers(
+        library: Arc<LoadedLibrary>,
+        name: &str,
+        workers: Option<NonZeroU32>,
+    ) -> Result<DynamicPlugin, HostError> {
         // Before the instance: a plugin whose schema cannot be read does not start.
         let config_schema = library.config_schema(name)?.map(Arc::new);
         let mut services = Box::new(Services {
@@ -124,6 +136,8 @@ impl DynamicPlugin {
                 plugin_name: BwStr::EMPTY,
                 max_log_level: max_log_level(),
                 log: Some(host_log),
+                workers: workers.map_or(0, NonZeroU32::get),
+                reserved2: 0,
             },
             name: name.into(),
         });

@@ -145,7 +145,7 @@ pub(super) unsafe fn drive<P: Send + Sync + 'static, T: 'static>(
 ) -> i32 {
     // SAFETY: the host passes a valid, exclusive output for the duration of the call.
     let out = unsafe { &mut *out };
-    let runtime = match crate::runtime::get() {
+    let runtime = match crate::runtime::LIBRARY.context() {
         Ok(runtime) => runtime,
         Err(error) => {
             drop(future);
@@ -165,6 +165,8 @@ pub(super) unsafe fn drive<P: Send + Sync + 'static, T: 'static>(
         }
         first
     });
+    // A task the plugin spawned while it was polled runs on threads that may not have started.
+    crate::runtime::LIBRARY.run_leftover_tasks();
     match (first, future) {
         (Poll::Ready(result), _) => {
             // The future went first: it may borrow `request`.
@@ -242,18 +244,17 @@ pub(super) unsafe extern "C" fn task_start(
         let Task::Pending(future) = std::mem::replace(cell, Task::Taken) else {
             return Err(completion);
         };
-        let runtime = match crate::runtime::get() {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                completion.complete(Outcome::Error(error));
-                return Ok(());
+        // The first task starts the runtime's threads.
+        match crate::runtime::LIBRARY.spawner() {
+            Ok(runtime) => {
+                let handle = runtime.spawn(async move {
+                    let outcome = future.await;
+                    completion.complete(outcome);
+                });
+                *cell = Task::Started(handle.abort_handle());
             }
-        };
-        let handle = runtime.spawn(async move {
-            let outcome = future.await;
-            completion.complete(outcome);
-        });
-        *cell = Task::Started(handle.abort_handle());
+            Err(error) => completion.complete(Outcome::Error(error)),
+        }
         Ok(())
     }));
     match result {
@@ -286,7 +287,7 @@ pub(super) unsafe extern "C" fn task_cancel(handle: *mut c_void) {
             Task::Started(abort) => abort.abort(),
             Task::Pending(future) => {
                 // Dropping a future may touch its timers or sockets: do it inside the runtime.
-                let _context = crate::runtime::get().map(|rt| rt.enter());
+                let _context = crate::runtime::LIBRARY.built().map(|rt| rt.enter());
                 drop(future);
             }
             Task::Taken => {}

@@ -179,26 +179,31 @@ unsafe extern "C" fn instance_new<P: BackworksPlugin + Default>(
             };
             return BW_READY;
         }
-        // SAFETY: the host keeps its services valid until `instance_free`; we read only the fields
-        // its `size` says it has (all of v1.0's).
-        let host = unsafe { &*services };
-        if (host.size as usize) < size_of::<BwHostServices>() {
-            // SAFETY: as above.
+        // SAFETY: the host keeps its services valid until `instance_free`. Its struct may be older
+        // and smaller than ours, so fields are read in place, never through a reference to the
+        // whole struct: `size` first (every version has it), then only fields within it.
+        let size = unsafe { (*services).size } as usize;
+        if size < HOST_SERVICES_SIZE_V1_0 {
+            // SAFETY: the host passes a valid, exclusive output for the duration of the call.
             unsafe {
                 write_output(
                     &mut *out,
                     Outcome::Error(PluginError::Internal(format!(
-                        "host services are {} bytes, expected at least {}",
-                        host.size,
-                        size_of::<BwHostServices>()
+                        "host services are {size} bytes, expected at least {HOST_SERVICES_SIZE_V1_0}"
                     ))),
                 )
             };
             return BW_READY;
         }
+        // SAFETY: a v1.0 field, within `size`.
+        let max_log_level = unsafe { (*services).max_log_level };
+        if size >= size_of::<BwHostServices>() {
+            // SAFETY: a v1.2 field, within `size`.
+            crate::runtime::LIBRARY.request_workers(unsafe { (*services).workers });
+        }
         // SAFETY: the host keeps its services valid, unchanged and thread-safe until
         // `instance_free` returns, which detaches the link first.
-        let link = Arc::new(unsafe { HostLink::new(services, host.max_log_level) });
+        let link = Arc::new(unsafe { HostLink::new(services, max_log_level) });
         crate::logging::install(&link);
         let boxed = Box::new(Instance {
             plugin: Arc::new(P::default()),
@@ -229,7 +234,7 @@ unsafe extern "C" fn instance_free<P: BackworksPlugin>(instance: *mut c_void) {
         let instance = unsafe { Box::from_raw(instance.cast::<Instance<P>>()) };
         crate::logging::uninstall(&instance.host);
         instance.host.detach();
-        let _context = crate::runtime::get().map(|rt| rt.enter());
+        let _context = crate::runtime::LIBRARY.built().map(|rt| rt.enter());
         drop(instance);
     }));
 }
@@ -508,6 +513,8 @@ mod tests {
                 plugin_name: BwStr::new(b"probe"),
                 max_log_level: 0,
                 log: None,
+                workers: 0,
+                reserved2: 0,
             });
             let mut out = BwOutput::empty();
             // SAFETY: valid services that outlive the instance, and a valid output.
@@ -543,6 +550,45 @@ mod tests {
             // SAFETY: created by `instance_new`, freed once, with no call running.
             unsafe { (VTABLE.instance_free.unwrap())(self.instance) };
         }
+    }
+
+    /// `instance_new` with host services of `size` bytes asking for `workers`: whether it made an
+    /// instance (freed again).
+    fn instance_with(size: usize, workers: u32) -> bool {
+        let services = Box::new(BwHostServices {
+            size: size as u32,
+            abi_minor: 1,
+            reserved: 0,
+            ctx: std::ptr::null_mut(),
+            plugin_name: BwStr::new(b"older"),
+            max_log_level: 0,
+            log: None,
+            workers,
+            reserved2: 0,
+        });
+        let mut out = BwOutput::empty();
+        // SAFETY: valid services (readable for all of our struct, whatever `size` says) that
+        // outlive the instance, and a valid output.
+        let instance = unsafe { (VTABLE.instance_new.unwrap())(&*services, &mut out) };
+        if instance.is_null() {
+            assert_eq!(out.kind, BW_OUT_ERROR);
+            take(out);
+            return false;
+        }
+        // SAFETY: created above, freed once, with no call running.
+        unsafe { (VTABLE.instance_free.unwrap())(instance) };
+        true
+    }
+
+    #[test]
+    fn workers_are_read_only_from_a_host_whose_services_have_them() {
+        // A 1.1 host's 48 bytes: an instance, and `workers` (past its size) is not read.
+        assert!(instance_with(HOST_SERVICES_SIZE_V1_0, 7));
+        assert_ne!(crate::runtime::LIBRARY.requested(), 7);
+        assert!(instance_with(size_of::<BwHostServices>(), 5));
+        assert_eq!(crate::runtime::LIBRARY.requested(), 5);
+        // Smaller than 1.0's: refused.
+        assert!(!instance_with(HOST_SERVICES_SIZE_V1_0 - 8, 0));
     }
 
     /// An output's kind, status, headers and body.
