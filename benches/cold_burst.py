@@ -8,9 +8,13 @@ opens N connections to 127.0.0.1 and sends `GET /sleep/<ms>` on each (the async-
 is the "warm" figure. A listen backlog smaller than the burst makes the kernel drop SYNs, which the
 client retries after 1 s: that second is what the cold figure shows.
 
+The figure against the target: the median cold time of the runs, beside the warm burst of the
+same runs (the baseline: the same server once it has served a burst) and the floor (the handler's
+own sleep). Every request must be answered 200; a run where one is not fails the script.
+
 Standard library only. Build first: cargo build --release -p backworks -p backworks-example-async-clock
 
-    python3 benches/cold_burst.py                     # default backlog (4096)
+    python3 benches/cold_burst.py                     # 3 runs, default backlog (4096)
     python3 benches/cold_burst.py --backlog 128       # the old backlog
     python3 benches/cold_burst.py --binary path/to/another/backworks
 """
@@ -87,10 +91,11 @@ def main():
     p.add_argument("--backlog", type=int, help="server.backlog (default: the server's default)")
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--sleep-ms", type=int, default=100)
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--target", type=float, default=0.5, help="seconds (the brief's bar)")
     args = p.parse_args()
 
-    colds, warms = [], []
+    colds, warms, failed = [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
         config_path = os.path.join(tmp, "backworks.yaml")
         with open(config_path, "w") as f:
@@ -105,14 +110,24 @@ def main():
                 proc.wait(timeout=60)
             colds.append(cold)
             warms.append(warm)
+            failed += (args.requests - cold_ok) + (args.requests - warm_ok)
             print(
                 f"run {run + 1}: cold {cold:.3f} s ({cold_ok}/{args.requests} ok), "
                 f"warm {warm:.3f} s ({warm_ok}/{args.requests} ok)"
             )
+    cold, warm = statistics.median(colds), statistics.median(warms)
+    verdict = "met" if cold < args.target and failed == 0 else "NOT met"
     print(
-        f"median of {args.runs}: cold {statistics.median(colds):.3f} s, "
-        f"warm {statistics.median(warms):.3f} s"
+        f"median of {args.runs}: cold {cold:.3f} s (range {min(colds):.3f}-{max(colds):.3f}), "
+        f"warm {warm:.3f} s (range {min(warms):.3f}-{max(warms):.3f}), "
+        f"floor {args.sleep_ms / 1000:.3f} s"
     )
+    print(
+        f"target: {args.requests} concurrent {args.sleep_ms} ms requests right after start "
+        f"in < {args.target} s: {verdict} (cold {cold:.3f} s, {failed} not answered 200)"
+    )
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@
 //! [`PluginHost::get`] finds a started plugin again; [`PluginHost::statuses`] and
 //! [`PluginHost::lifecycle`] report on every plugin, failed ones included.
 //! [`load_library`] and [`load_checked`] are the level below, for a library without the host's
-//! bookkeeping.
+//! bookkeeping; [`load_checked_all`] loads many at once, on every core.
 //!
 //! ## Files you can trust and replace
 //! Before a library is loaded its file is checked ([`check_file`], [`FileChecks`]: owner, mode,
@@ -160,7 +160,7 @@ pub use trust::{Binding, KeyError, KeyId, TrustPolicy, TrustedKey, TrustedKeys, 
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
 pub use loader::{
     CopyStore, DynamicPlugin, FileChecks, LoadPolicy, LoadedLibrary, PRIVATE_COPY_ENV, Verifier,
-    check_file, copy_store, load as load_library, load_checked,
+    check_file, copy_store, load as load_library, load_checked, load_checked_all,
 };
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
 pub use registry::{PluginHost, PluginSpec, PluginStatus, Retiring};

@@ -228,12 +228,14 @@ impl PluginHost {
         let trust = self.trust.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(trust) = trust {
             let (name, before) = (name.to_owned(), policy.verify.take());
-            policy.verify = Some(Arc::new(move |path: &std::path::Path, bytes: &[u8]| {
-                if let Some(before) = &before {
-                    before(path, bytes)?;
-                }
-                crate::check_library(path, bytes, &trust, &name).map(|_| ())
-            }));
+            policy.verify = Some(Arc::new(
+                move |path: &std::path::Path, bytes: &[u8], sha256: &[u8; 32]| {
+                    if let Some(before) = &before {
+                        before(path, bytes, sha256)?;
+                    }
+                    crate::check_library(path, bytes, sha256, &trust, &name).map(|_| ())
+                },
+            ));
         }
         policy
     }

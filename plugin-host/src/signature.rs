@@ -14,13 +14,24 @@
 //!
 //! [`verify`] is pure: it takes the bytes, so the caller verifies exactly the bytes it loads.
 //! [`check`] adds the reading of the signature file beside a library and the metadata of the
-//! bytes; [`check_library`] applies a [`TrustPolicy`] for the loader.
+//! bytes; [`check_library`] applies a [`TrustPolicy`] for the loader, with the SHA-256 the loader
+//! computed when it read the bytes (each file is hashed once).
+//!
+//! The expensive part is minisign's own hash of the bytes (BLAKE2b-512, which prehashed `ED`
+//! signatures sign) and two Ed25519 checks. Their outcome depends only on the bytes, the signature
+//! file's text and the key, so a successful check is remembered for the life of the process by
+//! the bytes' SHA-256 (the hash the binding already relies on), the signature text and the key:
+//! identical files (a plugin configured under several names, a reload of an unchanged file) are
+//! verified once. Everything else (reading the `.minisig`, the metadata, the binding, the key being
+//! trusted now) is checked every time.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use crate::HostError;
-use crate::trust::{Binding, KeyId, SignedBinding, TrustPolicy, TrustedKeys, sha256_hex};
+use crate::trust::{Binding, KeyId, SignedBinding, TrustPolicy, TrustedKey, TrustedKeys, hex};
 
 /// What a valid signature said.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +207,58 @@ pub fn verify(
     trusted: &TrustedKeys,
     expect: &Binding,
 ) -> Result<Verified, SignatureError> {
+    let digest = sha256(file_bytes);
+    verify_hashed(path, file_bytes, &digest, signature_text, trusted, expect)
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// Signatures whose Ed25519 checks passed in this process: (SHA-256 of the bytes, signature text,
+/// key). Libraries are never unloaded, so this grows no faster than what is loaded.
+type VerifiedBefore = HashSet<([u8; 32], String, String)>;
+
+fn verified_before() -> std::sync::MutexGuard<'static, VerifiedBefore> {
+    static VERIFIED: OnceLock<Mutex<VerifiedBefore>> = OnceLock::new();
+    VERIFIED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// minisign's check of `signature` (the `.minisig` whose text is `signature_text`) over `bytes`
+/// by `key`, skipped when the same check passed before for bytes of the same SHA-256 `digest`.
+fn minisign_check(
+    key: &TrustedKey,
+    bytes: &[u8],
+    digest: &[u8; 32],
+    signature_text: &str,
+    signature: &minisign_verify::Signature,
+) -> Result<(), minisign_verify::Error> {
+    let remembered = (
+        *digest,
+        signature_text.to_owned(),
+        key.as_base64().to_owned(),
+    );
+    if verified_before().contains(&remembered) {
+        return Ok(());
+    }
+    key.key.verify(bytes, signature, false)?;
+    verified_before().insert(remembered);
+    Ok(())
+}
+
+/// [`verify`] of bytes whose SHA-256 is `digest`, computed by the caller when it read them.
+pub(crate) fn verify_hashed(
+    path: &Path,
+    file_bytes: &[u8],
+    digest: &[u8; 32],
+    signature_text: &str,
+    trusted: &TrustedKeys,
+    expect: &Binding,
+) -> Result<Verified, SignatureError> {
     let ids = TrustedIds(trusted.ids());
     let path = path.to_path_buf();
     let sig_line = signature_text.lines().nth(1).unwrap_or_default();
@@ -237,7 +300,7 @@ pub fn verify(
         })
         .collect();
     let signed = SignedBinding::parse(signature.trusted_comment());
-    let actual = sha256_hex(file_bytes);
+    let actual = hex(digest);
     let other_file = |signed_hash: &str| SignatureError::OtherFile {
         path: path.clone(),
         key_id,
@@ -245,7 +308,7 @@ pub fn verify(
         actual: actual.clone(),
         trusted: ids.clone(),
     };
-    match key.key.verify(file_bytes, &signature, false) {
+    match minisign_check(key, file_bytes, digest, signature_text, &signature) {
         Ok(()) => {}
         Err(minisign_verify::Error::UnexpectedAlgorithm) => {
             return Err(SignatureError::Malformed {
@@ -269,7 +332,7 @@ pub fn verify(
             });
         }
     }
-    let expected_comment = expect.comment(file_bytes);
+    let expected_comment = expect.comment_for_sha256(&actual);
     let Some(signed) = signed.filter(|s| s.sha256.is_some()) else {
         return Err(SignatureError::Unbound {
             path,
@@ -347,6 +410,17 @@ pub fn check(
     policy: &TrustPolicy,
     configured_as: Option<&str>,
 ) -> Verdict {
+    check_hashed(path, bytes, &sha256(bytes), policy, configured_as)
+}
+
+/// [`check`] of bytes whose SHA-256 is `digest`.
+fn check_hashed(
+    path: &Path,
+    bytes: &[u8],
+    digest: &[u8; 32],
+    policy: &TrustPolicy,
+    configured_as: Option<&str>,
+) -> Verdict {
     let trusted = TrustedIds(policy.keys.ids());
     let signature = signature_path(path);
     let text = match std::fs::read(&signature) {
@@ -398,23 +472,26 @@ pub fn check(
         version: metadata.version,
         configured_as: configured_as.map(str::to_owned),
     };
-    match verify(path, bytes, &text, &policy.keys, &expect) {
+    match verify_hashed(path, bytes, digest, &text, &policy.keys, &expect) {
         Ok(verified) => Verdict::Valid(verified),
         Err(e) => Verdict::Invalid(e),
     }
 }
 
-/// The loader's check, called with the bytes it is about to load, before any of their code runs:
-/// `Ok(Some)` for a valid signature, `Ok(None)` when there is none and none is required, and
-/// [`HostError::Signature`] when `policy.require_signatures` and the verdict is not valid. When
-/// signatures are not required a failing signature is logged as a warning and the plugin loads.
+/// The loader's check, called with the bytes it is about to load and their SHA-256 (`sha256`,
+/// computed once as they were read), before any of their code runs: `Ok(Some)` for a valid
+/// signature, `Ok(None)` when there is none and none is required, and [`HostError::Signature`]
+/// when `policy.require_signatures` and the verdict is not valid. When signatures are not required
+/// a failing signature is logged as a warning and the plugin loads.
 pub fn check_library(
     path: &Path,
     bytes: &[u8],
+    sha256: &[u8; 32],
     policy: &TrustPolicy,
     plugin: &str,
 ) -> Result<Option<Verified>, HostError> {
-    match check(path, bytes, policy, Some(plugin)) {
+    debug_assert_eq!(&self::sha256(bytes), sha256, "the digest is of these bytes");
+    match check_hashed(path, bytes, sha256, policy, Some(plugin)) {
         Verdict::Valid(verified) => Ok(Some(verified)),
         Verdict::NotRequired => Ok(None),
         Verdict::Invalid(source) if policy.require_signatures => Err(HostError::Signature {
@@ -434,7 +511,7 @@ pub fn check_library(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::TrustedKey;
+    use crate::trust::sha256_hex;
 
     struct Signer {
         pair: minisign::KeyPair,
@@ -593,6 +670,44 @@ mod tests {
         );
     }
 
+    /// A signature that verified is remembered by the bytes' hash, the signature text and the
+    /// key; a failure is not, and everything else is judged again on each check.
+    #[test]
+    fn a_verified_signature_is_remembered_for_identical_bytes_only() {
+        let signer = Signer::new();
+        let keys = TrustedKeys::new([signer.key()]);
+        let bytes = b"bytes remembered by this test only";
+        let sig = signer.sign(bytes, &hello().comment(bytes));
+        let remembered = (
+            sha256(bytes),
+            sig.clone(),
+            signer.key().as_base64().to_owned(),
+        );
+        assert!(!verified_before().contains(&remembered));
+        let path = Path::new(PATH);
+        verify(path, bytes, &sig, &keys, &hello()).unwrap();
+        assert!(verified_before().contains(&remembered));
+        // Identical bytes again: valid, and still bound, trusted and named.
+        let again = verify(path, bytes, &sig, &keys, &hello()).unwrap();
+        assert_eq!(again.sha256, sha256_hex(bytes));
+        let mut kv = hello();
+        kv.configured_as = Some("kv".into());
+        let err = verify(path, bytes, &sig, &keys, &kv).unwrap_err();
+        assert_eq!(err.verdict(), "name/version mismatch");
+        let others = TrustedKeys::new([Signer::new().key()]);
+        let err = verify(path, bytes, &sig, &others, &hello()).unwrap_err();
+        assert!(err.verdict().starts_with("untrusted key"), "{err}");
+        // Other bytes under the same signature: checked, refused, not remembered.
+        let other = b"bytes remembered by this test only!";
+        let err = verify(path, other, &sig, &keys, &hello()).unwrap_err();
+        assert_eq!(err.verdict(), "of another file");
+        assert!(
+            !verified_before()
+                .iter()
+                .any(|(digest, text, _)| *digest == sha256(other) && *text == sig)
+        );
+    }
+
     #[test]
     fn check_reads_the_signature_beside_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -603,14 +718,18 @@ mod tests {
             require_signatures: false,
         };
         assert_eq!(check(&lib, FILE, &policy, None), Verdict::NotRequired);
-        assert_eq!(check_library(&lib, FILE, &policy, "x").unwrap(), None);
+        let digest = sha256(FILE);
+        assert_eq!(
+            check_library(&lib, FILE, &digest, &policy, "x").unwrap(),
+            None
+        );
         let required = TrustPolicy {
             require_signatures: true,
             ..policy
         };
         let verdict = check(&lib, FILE, &required, None);
         assert_eq!(verdict.label(), "missing");
-        let err = check_library(&lib, FILE, &required, "x").unwrap_err();
+        let err = check_library(&lib, FILE, &digest, &required, "x").unwrap_err();
         assert!(
             err.to_string().starts_with("plugin `x` refused: ")
                 && err.to_string().contains("libx.so.minisig"),

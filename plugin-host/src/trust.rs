@@ -175,11 +175,14 @@ impl Binding {
     /// The trusted comment a signature of `bytes` as this plugin must carry:
     /// `backworks-plugin name=hello version=0.1.0 sha256=…`.
     pub fn comment(&self, bytes: &[u8]) -> String {
+        self.comment_for_sha256(&sha256_hex(bytes))
+    }
+
+    /// [`comment`](Self::comment) for bytes whose SHA-256 (lower-case hex) is known already.
+    pub(crate) fn comment_for_sha256(&self, sha256: &str) -> String {
         format!(
-            "{BINDING_PREFIX} name={} version={} sha256={}",
-            self.name,
-            self.version,
-            sha256_hex(bytes)
+            "{BINDING_PREFIX} name={} version={} sha256={sha256}",
+            self.name, self.version
         )
     }
 }
@@ -228,10 +231,17 @@ impl SignedBinding {
 
 /// The SHA-256 of `bytes`, lower-case hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(&Sha256::digest(bytes).into())
+}
+
+/// A SHA-256 digest as lower-case hex.
+pub(crate) fn hex(digest: &[u8; 32]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
 }
 
 #[cfg(test)]

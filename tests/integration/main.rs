@@ -21,6 +21,7 @@ mod reload;
 mod schema;
 mod seams;
 mod server;
+mod startup;
 mod support;
 mod testkit;
 mod trust;

@@ -19,6 +19,7 @@ mod call;
 mod dynamic;
 mod file_checks;
 mod inherited_fds;
+mod parallel;
 mod private_copy;
 
 use std::mem::{ManuallyDrop, offset_of};
@@ -34,6 +35,7 @@ use backworks_plugin_sdk::abi::{
 pub use dynamic::DynamicPlugin;
 pub use file_checks::{FileChecks, check_file};
 pub(crate) use inherited_fds::close_inherited_fds;
+pub use parallel::load_checked_all;
 pub(crate) use private_copy::PrivateCopy;
 pub use private_copy::{STORE_ENV as PRIVATE_COPY_ENV, Store as CopyStore, store as copy_store};
 
@@ -41,9 +43,9 @@ use crate::HostError;
 use crate::inspect::{check_child_compatibility, check_compatibility, metadata_from_bytes};
 
 /// A check of a plugin file's bytes, run after they are read and before anything of them is
-/// parsed or mapped: a signature verifier. Gets the file as configured and its bytes; an `Err`
-/// refuses the plugin.
-pub type Verifier = Arc<dyn Fn(&Path, &[u8]) -> Result<(), HostError> + Send + Sync>;
+/// parsed or mapped: a signature verifier. Gets the file as configured, its bytes and their
+/// SHA-256 (computed once, as they were read); an `Err` refuses the plugin.
+pub type Verifier = Arc<dyn Fn(&Path, &[u8], &[u8; 32]) -> Result<(), HostError> + Send + Sync>;
 
 /// What a plugin file must pass before it is loaded.
 #[derive(Clone, Default)]
@@ -184,11 +186,13 @@ pub(crate) fn check_and_copy(
         path: path.to_owned(),
         source,
     })?;
+    // The one hash of these bytes: the verifier's binding and the private copy's key.
+    let digest = private_copy::sha256(&bytes);
     if let Some(verify) = &policy.verify {
-        verify(path, &bytes)?;
+        verify(path, &bytes, &digest)?;
     }
     let metadata = checked_metadata(path, &bytes, runs)?;
-    Ok((metadata, private(path, &bytes)?))
+    Ok((metadata, private(path, &bytes, &digest)?))
 }
 
 fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetadata, HostError> {
@@ -200,8 +204,12 @@ fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetad
     Ok(metadata)
 }
 
-fn private(path: &Path, bytes: &[u8]) -> Result<Arc<PrivateCopy>, HostError> {
-    private_copy::copy_of(bytes).map_err(|source| HostError::PrivateCopy {
+fn private(
+    path: &Path,
+    bytes: &[u8],
+    digest: &private_copy::Sha256Digest,
+) -> Result<Arc<PrivateCopy>, HostError> {
+    private_copy::copy_of(bytes, digest).map_err(|source| HostError::PrivateCopy {
         path: path.to_owned(),
         store: private_copy::store().as_str(),
         source,
@@ -244,8 +252,9 @@ pub(crate) fn load_in_child(
         path: path.to_owned(),
         source,
     })?;
+    let digest = private_copy::sha256(&bytes);
     if let Some(expected) = from {
-        let found = private_copy::hex(&private_copy::sha256(&bytes));
+        let found = private_copy::hex(&digest);
         if found != expected.sha256 {
             return Err(HostError::HashMismatch {
                 path: path.to_owned(),
@@ -255,7 +264,7 @@ pub(crate) fn load_in_child(
         }
     }
     let metadata = checked_metadata(path, &bytes, Runs::InChild)?;
-    open_checked(path, private(path, &bytes)?, metadata)
+    open_checked(path, private(path, &bytes, &digest)?, metadata)
 }
 
 /// Opens the private copy of a library whose metadata passed the checks and checks its vtable.

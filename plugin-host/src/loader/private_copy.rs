@@ -60,10 +60,7 @@ pub(crate) fn sha256(bytes: &[u8]) -> Sha256Digest {
     Sha256::digest(bytes).into()
 }
 
-/// `digest` as lower-case hex.
-pub(crate) fn hex(digest: &Sha256Digest) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub(crate) use crate::trust::hex;
 
 /// One private copy: an open descriptor of immutable bytes, kept for the life of the process.
 #[derive(Debug)]
@@ -118,10 +115,12 @@ pub fn store() -> Store {
     })
 }
 
-/// The private copy of `bytes`: the one already made for the same content, or a new one.
-pub(crate) fn copy_of(bytes: &[u8]) -> std::io::Result<Arc<PrivateCopy>> {
+/// The private copy of `bytes`, whose SHA-256 is `digest` (computed once by the caller, which
+/// read the bytes): the one already made for the same content, or a new one.
+pub(crate) fn copy_of(bytes: &[u8], digest: &Sha256Digest) -> std::io::Result<Arc<PrivateCopy>> {
     static COPIES: OnceLock<Mutex<HashMap<Sha256Digest, Arc<PrivateCopy>>>> = OnceLock::new();
-    let digest = sha256(bytes);
+    debug_assert_eq!(&sha256(bytes), digest, "the digest is of these bytes");
+    let digest = *digest;
     let copies = COPIES.get_or_init(Mutex::default);
     // Held while a copy is written, so two loads of one content make one copy.
     let mut copies = copies.lock().unwrap_or_else(|e| e.into_inner());
@@ -303,9 +302,10 @@ mod tests {
 
     #[test]
     fn identical_bytes_share_one_copy() {
-        let a = copy_of(b"same content").unwrap();
-        let b = copy_of(b"same content").unwrap();
-        let c = copy_of(b"other content").unwrap();
+        let copy = |bytes: &[u8]| copy_of(bytes, &sha256(bytes)).unwrap();
+        let a = copy(b"same content");
+        let b = copy(b"same content");
+        let c = copy(b"other content");
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
         assert_eq!(hex(a.sha256()).len(), 64);
