@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""What `spin_us` costs over HTTP: CPU per request and latency, with and without spinning.
+"""What spinning costs over HTTP: CPU per request and latency, with the default settings (the
+adaptive spin, 50 µs) and with `spin_us: 0`, and what an idle plugin costs.
 
 Serves the `noop` library under `isolation: process` with the real `backworks serve`, sends
 requests from this script (`http.client`, keep-alive), and reads the CPU time of the server and
-of the plugin's child from /proc/PID/stat before and after. Three loads, each with
-`spin_us: 50` and `spin_us: 0`, one after the other in one run:
+of the plugin's child from /proc/PID/stat before and after. Each load with the default and with
+`spin_us: 0`, one after the other in one run:
 
 - one client, a request every 1 ms (sparse traffic);
 - one client, back to back;
-- four clients (threads), back to back, twice.
+- four clients (threads), back to back, twice;
+- idle: 10 s without requests right after 2,000 back to back (target: ≈ 0 CPU).
 
 Run from the repository root, after
 `cargo build --release -p backworks -p backworks-fixture-noop --bin backworks --example noop`:
@@ -40,15 +42,17 @@ def cpu_seconds(pid):
 
 
 class Server:
-    """`backworks serve` with the noop library under process isolation and `spin_us`."""
+    """`backworks serve` with the noop library under process isolation and `spin_us` (`None`: the
+    default)."""
 
     def __init__(self, spin_us, folder):
         config = os.path.join(folder, f"spin{spin_us}.yaml")
+        spin = "" if spin_us is None else f", spin_us: {spin_us}"
         with open(config, "w") as f:
             f.write(
                 "server: { admin: { port: 0 } }\n"
                 "plugins:\n"
-                f'  noop: {{ path: "{LIB}", isolation: process, spin_us: {spin_us} }}\n'
+                f'  noop: {{ path: "{LIB}", isolation: process{spin} }}\n'
                 "endpoints:\n"
                 '  noop: { path: "/noop/{id}", plugin: noop, hooks: [] }\n'
             )
@@ -127,22 +131,34 @@ def many_clients(server, clients, requests):
     return total / wall, used / total * 1e6
 
 
+def label(spin):
+    return "default  " if spin is None else f"spin_us={spin:<2}"
+
+
 def main():
     with tempfile.TemporaryDirectory() as folder:
-        for label, requests, gap in [("a request every 1 ms", 2000, 0.001), ("back to back", 5000, 0)]:
-            for spin in (50, 0):
+        for name, requests, gap in [("a request every 1 ms", 2000, 0.001), ("back to back", 5000, 0)]:
+            for spin in (None, 0):
                 server = Server(spin, folder)
                 cpu, lat = one_client(server, requests, gap)
                 server.stop()
                 print(
-                    f"spin_us={spin:2}, one client, {label} ({requests}): {cpu:.0f} µs CPU/request, "
+                    f"{label(spin)}, one client, {name} ({requests}): {cpu:.0f} µs CPU/request, "
                     f"HTTP p50 {lat[len(lat) // 2] * 1e6:.0f} µs, p99 {lat[len(lat) * 99 // 100] * 1e6:.0f} µs"
                 )
-        for spin in (50, 0, 50, 0):
+        for spin in (None, 0, None, 0):
             server = Server(spin, folder)
             rps, cpu = many_clients(server, 4, 3000)
             server.stop()
-            print(f"spin_us={spin:2}, four clients, back to back (4 x 3000): {rps:.0f} req/s, {cpu:.0f} µs CPU/request")
+            print(f"{label(spin)}, four clients, back to back (4 x 3000): {rps:.0f} req/s, {cpu:.0f} µs CPU/request")
+        for spin in (None, 0):
+            server = Server(spin, folder)
+            one_client(server, 2000, 0)
+            before = server.cpu()
+            time.sleep(10)
+            used = server.cpu() - before
+            server.stop()
+            print(f"{label(spin)}, idle for 10 s after 2000 requests: {used * 1e3:.0f} ms CPU (server and child)")
 
 
 if __name__ == "__main__":

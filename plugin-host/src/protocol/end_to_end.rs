@@ -346,6 +346,74 @@ async fn binary_bodies_round_trip_both_ways() {
     assert!(empty.body.is_empty());
 }
 
+/// Counts how often the reader under it is polled.
+struct CountPolls<R> {
+    inner: R,
+    polls: Arc<AtomicUsize>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for CountPolls<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.polls.fetch_add(1, Ordering::Relaxed);
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[tokio::test]
+async fn the_default_spin_sleeps_when_calls_stop_and_still_answers_after() {
+    // Both readers spin as they do by default, and count their polls.
+    let (host_out, plugin_in) = tokio::io::duplex(1 << 16);
+    let (plugin_out, host_in) = tokio::io::duplex(1 << 16);
+    let (host_polls, plugin_polls) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counted = |inner, polls: &Arc<AtomicUsize>| {
+        SpinRead::new(
+            CountPolls {
+                inner,
+                polls: polls.clone(),
+            },
+            DEFAULT_SPIN,
+        )
+    };
+    let (dropped, _dropped) = mpsc::unbounded_channel();
+    let fake = Arc::new(Fake::new(dropped));
+    let server = Server::new(counted(plugin_in, &plugin_polls), plugin_out, 1 << 20);
+    let served = tokio::spawn(server.run(fake));
+    let client = Client::new(counted(host_in, &host_polls), host_out, 1 << 20, |_| {});
+    let mut request = Request::new("POST", "/echo");
+    request.body = (0..=255u8).collect();
+    // Calls back to back: messages come close together, so both sides spin between them.
+    for _ in 0..200 {
+        assert_eq!(client.handle(&request).await.unwrap().body, request.body);
+    }
+    // The budget (50 µs) runs out early in this pause; after it, neither reader is polled again
+    // until something arrives: an idle connection costs no CPU.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (host_before, plugin_before) = (
+        host_polls.load(Ordering::Relaxed),
+        plugin_polls.load(Ordering::Relaxed),
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let host_idle = host_polls.load(Ordering::Relaxed) - host_before;
+    let plugin_idle = plugin_polls.load(Ordering::Relaxed) - plugin_before;
+    assert!(
+        host_idle <= 1 && plugin_idle <= 1,
+        "polled while idle: host {host_idle}, plugin {plugin_idle} times"
+    );
+    // A call after the pause wakes both sides from sleep and is answered.
+    let after = eventually("an answer after the pause", client.handle(&request)).await;
+    assert_eq!(after.unwrap().body, request.body);
+    assert!(host_polls.load(Ordering::Relaxed) > host_before);
+    drop(client);
+    eventually("the end of serving", served)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_calls_in_flight_at_once_each_get_their_own_answer() {
     const N: usize = 64;

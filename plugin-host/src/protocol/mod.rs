@@ -55,7 +55,7 @@ pub use log::{LogLevel, LogRecord};
 pub use message::{Features, Manifest};
 pub use routing::CloseReason;
 pub(crate) use serve::serve;
-pub(crate) use spin::SpinRead;
+pub(crate) use spin::{DEFAULT_SPIN, SpinRead};
 
 /// The protocol version this host and plugin side speak, `MAJOR.MINOR`. A peer is compatible when
 /// its major equals ours; minors only add optional members and methods.

@@ -1,10 +1,17 @@
-//! The sending side of a connection: any task queues whole messages without waiting, one writer
-//! task writes them.
+//! The sending side of a connection: any task sends whole messages without waiting. A message
+//! sent while nothing else is waiting to be written is written at once by the sender itself; the
+//! rest, one writer task writes.
 //!
-//! Queuing serializes the message straight into a shared buffer under a short lock, so a message is
-//! either queued whole or not at all: a caller dropped at any point can never leave half a frame
-//! on the wire. The writer swaps the buffer out and writes everything queued since its last write
-//! with one `write_all` and one flush, so messages queued together go out in one system call.
+//! Sending serializes the message straight into a shared buffer under a short lock, so a message
+//! is either queued whole or not at all: a caller dropped at any point can never leave half a
+//! frame on the wire. While the writer task has nothing to do, the stream is lent to the senders:
+//! one that finds the buffer empty writes its message straight away, under the same lock, with a
+//! non-blocking write (a `poll_write` that is never left waiting), and saves the round trip
+//! through the writer task: on a current-thread runtime that is one task switch, on a
+//! multi-thread one a wake-up of another thread. Whatever that write could not take (the peer's
+//! buffer is full) stays queued for the writer task, which waits for the stream as usual. The
+//! writer swaps the buffer out and writes everything queued since its last write with one
+//! `write_all` and one flush, so messages queued together go out in one system call.
 //!
 //! The bytes waiting (queued, plus the batch the writer is still writing) are bounded: a peer that
 //! stops reading cannot make the host buffer without limit. A message that would take them over
@@ -12,7 +19,9 @@
 //! to the frame limit always fits. [`Outbox::written`] counts the bytes the peer took, so a caller
 //! can tell a slow reader from one that reads nothing.
 
+use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use serde::Serialize;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -22,6 +31,9 @@ use super::message::{JSONRPC, Outgoing};
 
 /// A buffer larger than this is freed after its batch is written rather than kept for reuse.
 const KEEP_CAPACITY: usize = 1 << 20;
+
+/// The stream messages are written to, whatever it is.
+type Stream = Box<dyn AsyncWrite + Send + Unpin>;
 
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +47,7 @@ pub(crate) enum PushError {
     Full(usize),
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct State {
     /// Encoded messages, each ending with `\n`, not yet handed to the writer.
     queued: Vec<u8>,
@@ -43,8 +55,80 @@ struct State {
     closed: bool,
     /// The size of the batch the writer took and has not finished writing.
     writing: usize,
-    /// Bytes the writer has written since the start.
+    /// Bytes written since the start.
     written: u64,
+    /// The stream, while the writer task waits for work: a sender that finds nothing queued
+    /// writes to it directly.
+    lent: Option<Stream>,
+    /// A direct write could not finish its flush: the writer task must flush.
+    unflushed: bool,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("queued", &self.queued.len())
+            .field("closed", &self.closed)
+            .field("writing", &self.writing)
+            .field("written", &self.written)
+            .field("lent", &self.lent.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl State {
+    /// Writes what is queued to the lent stream without waiting: as much as the stream takes now,
+    /// then a flush. Returns whether all of it went out and was flushed; what the stream did not
+    /// take stays queued. An error is left for the writer task, which meets it again and closes
+    /// the outbox.
+    fn write_now(&mut self) -> bool {
+        let State {
+            queued,
+            lent: Some(stream),
+            written,
+            unflushed,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        // A stream that would wait registers this waker, which wakes nothing: the writer task,
+        // told to take over, polls the stream again with its own.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut done = 0;
+        while done < queued.len() {
+            match Pin::new(&mut **stream).poll_write(&mut cx, &queued[done..]) {
+                Poll::Ready(Ok(n)) if n > 0 => done += n,
+                _ => break,
+            }
+        }
+        *written += done as u64;
+        queued.drain(..done);
+        if !queued.is_empty() {
+            return false;
+        }
+        if let Poll::Ready(Ok(())) = Pin::new(&mut **stream).poll_flush(&mut cx) {
+            true
+        } else {
+            *unflushed = true;
+            false
+        }
+    }
+}
+
+/// Ends the outbox with the writer's future, however it ends (its task aborted, the runtime shut
+/// down): the stream it lent must not live on in the outbox, so the peer sees its input end as it
+/// would had the writer held the stream all along.
+struct Reclaim<'a>(&'a Outbox);
+
+impl Drop for Reclaim<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.closed = true;
+        let stream = state.lent.take();
+        drop(state);
+        drop(stream);
+    }
 }
 
 /// Messages waiting to be written, shared by everyone who sends and the writer task.
@@ -88,7 +172,8 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues one message. Never waits for I/O.
+    /// Sends one message: writes it at once when nothing else waits to be written and the stream
+    /// takes it, queues it for the writer task otherwise. Never waits for I/O.
     pub fn push<T: Serialize + ?Sized>(&self, message: &T) -> Result<(), PushError> {
         let mut state = self.lock();
         if state.closed {
@@ -114,12 +199,17 @@ impl Outbox {
             return Err(refused);
         }
         state.queued.push(b'\n');
-        drop(state);
-        if start == 0 {
-            // The writer has taken everything queued before: tell it there is more. When the
-            // buffer was not empty, it has been told already and has not yet looked.
-            self.wake.notify_one();
+        if start > 0 {
+            // The writer has been told already and has not yet looked.
+            return Ok(());
         }
+        // Nothing was waiting: write it now if the writer task lent us the stream; otherwise, or
+        // for what the stream did not take, tell the writer there is more.
+        if state.write_now() {
+            return Ok(());
+        }
+        drop(state);
+        self.wake.notify_one();
         Ok(())
     }
 
@@ -148,14 +238,10 @@ impl Outbox {
 
     /// Writes one batch and flushes, counting every byte the peer takes as it takes it, so that
     /// a slow reader is seen making progress.
-    async fn write_batch<W: AsyncWrite + Unpin>(
-        &self,
-        writer: &mut W,
-        batch: &[u8],
-    ) -> std::io::Result<()> {
+    async fn write_batch(&self, stream: &mut Stream, batch: &[u8]) -> std::io::Result<()> {
         let mut done = 0;
         while done < batch.len() {
-            let n = writer.write(&batch[done..]).await?;
+            let n = stream.write(&batch[done..]).await?;
             if n == 0 {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
@@ -164,22 +250,40 @@ impl Outbox {
             state.writing -= n;
             state.written += n as u64;
         }
-        writer.flush().await
+        stream.flush().await
     }
 
-    /// The writer: writes queued messages until the outbox is closed and empty. On an error the
-    /// outbox is closed and the error returned.
-    pub async fn run<W: AsyncWrite + Unpin>(&self, mut writer: W) -> std::io::Result<()> {
+    /// The writer: writes queued messages until the outbox is closed and empty. While there is
+    /// nothing to write it lends the stream to the senders (see the module's documentation). On
+    /// an error the outbox is closed and the error returned.
+    pub async fn run<W: AsyncWrite + Send + Unpin + 'static>(
+        &self,
+        writer: W,
+    ) -> std::io::Result<()> {
+        let _reclaim = Reclaim(self);
+        let mut stream: Stream = Box::new(writer);
         let mut batch = Vec::new();
         loop {
-            let closed = {
+            let (closed, unflushed, idle) = {
                 let mut state = self.lock();
                 std::mem::swap(&mut state.queued, &mut batch);
                 state.writing = batch.len();
-                state.closed
+                let unflushed = std::mem::take(&mut state.unflushed);
+                let idle = batch.is_empty() && !unflushed && !state.closed;
+                (state.closed, unflushed, idle)
             };
+            if idle {
+                self.lock().lent = Some(stream);
+                self.wake.notified().await;
+                // Only this task takes the stream back, so it is there.
+                let Some(back) = self.lock().lent.take() else {
+                    return Ok(());
+                };
+                stream = back;
+                continue;
+            }
             if !batch.is_empty() {
-                if let Err(e) = self.write_batch(&mut writer, &batch).await {
+                if let Err(e) = self.write_batch(&mut stream, &batch).await {
                     self.close();
                     return Err(e);
                 }
@@ -189,12 +293,18 @@ impl Outbox {
                 }
                 continue;
             }
+            if unflushed {
+                if let Err(e) = stream.flush().await {
+                    self.close();
+                    return Err(e);
+                }
+                continue;
+            }
             if closed {
-                // Dropping the writer after this ends the stream for the reader on the other side.
-                let _ = writer.shutdown().await;
+                // Dropping the stream after this ends it for the reader on the other side.
+                let _ = stream.shutdown().await;
                 return Ok(());
             }
-            self.wake.notified().await;
         }
     }
 }
@@ -288,6 +398,114 @@ mod tests {
         rx.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest.lines().count(), 5);
         writer.await.unwrap().unwrap();
+    }
+
+    /// Polls the writer task until it has lent the stream (it has nothing to write).
+    async fn until_lent(outbox: &Outbox) {
+        while outbox.lock().lent.is_none() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_sent_while_the_writer_idles_is_written_by_the_sender() {
+        use futures_util::FutureExt;
+        let outbox = Arc::new(Outbox::new(1024, 1 << 20));
+        let (tx, mut rx) = tokio::io::duplex(1024);
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.run(tx).await }
+        });
+        until_lent(&outbox).await;
+        for i in 0..3 {
+            outbox.push(&serde_json::json!({ "n": i })).unwrap();
+            // No yield since the push: the writer task has not run, so the sender wrote it.
+            let mut buf = [0u8; 64];
+            let n = rx
+                .read(&mut buf)
+                .now_or_never()
+                .expect("written before the writer task ran")
+                .unwrap();
+            assert_eq!(&buf[..n], format!("{{\"n\":{i}}}\n").as_bytes());
+        }
+        assert_eq!(outbox.written(), 24);
+        outbox.close();
+        writer.await.unwrap().unwrap();
+        let mut rest = Vec::new();
+        rx.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_a_direct_write_cannot_finish_the_writer_does_and_order_holds() {
+        // The peer takes 16 bytes at a time and reads slowly; messages of many sizes come from
+        // several tasks, some written directly, some partly, some queued behind a batch.
+        let outbox = Arc::new(Outbox::new(1 << 16, 1 << 20));
+        let (tx, mut rx) = tokio::io::duplex(16);
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.run(tx).await }
+        });
+        until_lent(&outbox).await;
+        let mut senders = Vec::new();
+        for task in 0..4u32 {
+            let outbox = outbox.clone();
+            senders.push(tokio::spawn(async move {
+                for n in 0..50u32 {
+                    let pad = "x".repeat(((task * 37 + n * 11) % 90) as usize);
+                    outbox
+                        .push(&serde_json::json!({ "task": task, "n": n, "pad": pad }))
+                        .unwrap();
+                    if n % 3 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            }));
+        }
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 7];
+            loop {
+                let n = rx.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break all;
+                }
+                all.extend_from_slice(&buf[..n]);
+                tokio::task::yield_now().await;
+            }
+        });
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        outbox.close();
+        writer.await.unwrap().unwrap();
+        let all = reader.await.unwrap();
+        let mut next = [0u64; 4];
+        for line in all.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let message: serde_json::Value = serde_json::from_slice(line).expect("a whole frame");
+            let task = message["task"].as_u64().unwrap() as usize;
+            assert_eq!(message["n"], next[task], "each sender's messages in order");
+            next[task] += 1;
+        }
+        assert_eq!(next, [50; 4], "every message arrived");
+        assert_eq!(outbox.written(), all.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_writer_while_it_lends_the_stream_ends_the_peers_input() {
+        let outbox = Arc::new(Outbox::new(1024, 1 << 20));
+        let (tx, mut rx) = tokio::io::duplex(64);
+        let writer = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.run(tx).await }
+        });
+        until_lent(&outbox).await;
+        writer.abort();
+        assert!(writer.await.unwrap_err().is_cancelled());
+        let mut rest = Vec::new();
+        rx.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(outbox.push(&1), Err(PushError::Closed));
     }
 
     #[tokio::test]

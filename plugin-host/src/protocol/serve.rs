@@ -42,7 +42,7 @@ pub async fn serve<R, W>(
 ) -> std::io::Result<()>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Send + Unpin + 'static,
 {
     let features = match plugin.info().metadata.hooks {
         Some(hooks) => Features {
@@ -68,7 +68,7 @@ pub struct Server<R, W> {
     features: Features,
 }
 
-impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Server<R, W> {
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Send + Unpin + 'static> Server<R, W> {
     /// A server reading calls from `reader` and writing answers to `writer`, with frames of at
     /// most `max_frame` bytes.
     pub fn new(reader: R, writer: W, max_frame: usize) -> Server<R, W> {

@@ -508,7 +508,11 @@ mod tests {
         let Isolation::Process(settings) = &p.isolation else {
             panic!("{:?}", p.isolation);
         };
-        assert_eq!(settings.spin, Duration::ZERO, "off by default");
+        assert_eq!(
+            settings.spin,
+            Duration::from_micros(50),
+            "adaptive spin on by default"
+        );
     }
 
     #[test]
