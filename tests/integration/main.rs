@@ -9,6 +9,7 @@ mod embed;
 mod faults;
 mod files;
 mod isolation;
+mod lending;
 mod loader;
 mod observe;
 mod process_children;
