@@ -12,6 +12,7 @@
 
 use std::ffi::c_void;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use backworks_plugin_sdk::abi::*;
@@ -43,6 +44,9 @@ pub struct DynamicPlugin {
     /// Boxed so its address, given to the plugin, never changes; dropped after `instance_free`.
     _services: Box<Services>,
 }
+
+/// Whether instances made from now on use a plugin's `handle_lent` (see [`DynamicPlugin::set_lending`]).
+static LENDING: AtomicBool = AtomicBool::new(true);
 
 /// The type of the vtable's `handle` and `handle_lent`.
 type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwOutput) -> i32;
@@ -175,7 +179,9 @@ impl DynamicPlugin {
                 metadata: library.metadata().clone(),
                 config_schema,
             },
-            handle_lent: vtable.handle_lent,
+            handle_lent: vtable
+                .handle_lent
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
             library,
             instance,
             _services: services,
@@ -188,6 +194,15 @@ impl DynamicPlugin {
     pub fn without_lending(mut self) -> DynamicPlugin {
         self.handle_lent = None;
         self
+    }
+
+    /// Whether instances created from now on, in this process, serve endpoint calls through a
+    /// plugin's `handle_lent` (the default) or its copying `handle`. For benchmarks that compare
+    /// the two on the whole server path; [`DynamicPlugin::without_lending`] turns it off for one
+    /// instance.
+    #[doc(hidden)]
+    pub fn set_lending(on: bool) {
+        LENDING.store(on, Ordering::Relaxed);
     }
 
     /// An endpoint call through `handle_lent`: the request is lent until the call is over.
