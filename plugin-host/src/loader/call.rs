@@ -118,14 +118,18 @@ pub(super) fn kv((key, value): (&str, &str)) -> BwKv {
     }
 }
 
-/// Pairs of a request whose views fit inline; more take one allocation.
+/// Pairs of a request whose views fit on the stack; more take one allocation.
 const INLINE_PAIRS: usize = 16;
 
+/// Pairs of a lent request whose views fit inline in the call's future, which is boxed: a larger
+/// future costs more to move into its box and leaves the allocator's per-thread cache (over 1 KiB).
+pub(super) const LENT_INLINE_PAIRS: usize = 8;
+
 /// Borrowed ABI views of a [`Request`]: pointers into its strings (no copies) and the pair arrays
-/// they need, inline up to [`INLINE_PAIRS`] pairs. [`RequestViews::fill`] points them at a request;
-/// they are valid while that request is alive and unchanged, and this value is not moved.
-pub(super) struct RequestViews {
-    inline: [std::mem::MaybeUninit<BwKv>; INLINE_PAIRS],
+/// they need, inline up to `N` pairs. [`RequestViews::fill`] points them at a request; they are
+/// valid while that request is alive and unchanged, and this value is not moved.
+pub(super) struct RequestViews<const N: usize> {
+    inline: [std::mem::MaybeUninit<BwKv>; N],
     heap: Vec<BwKv>,
     view: BwRequest,
 }
@@ -133,13 +137,13 @@ pub(super) struct RequestViews {
 // SAFETY: the views are plain pointers into a `Request` (which is `Send + Sync`) and into this
 // value; nothing in them is tied to a thread, and the ABI lets a plugin read a lent request from
 // any thread.
-unsafe impl Send for RequestViews {}
+unsafe impl<const N: usize> Send for RequestViews<N> {}
 
-impl RequestViews {
+impl<const N: usize> RequestViews<N> {
     /// Views of nothing yet; allocates nothing and initializes no pair.
-    pub(super) fn new() -> RequestViews {
+    pub(super) fn new() -> RequestViews<N> {
         RequestViews {
-            inline: [const { std::mem::MaybeUninit::uninit() }; INLINE_PAIRS],
+            inline: [const { std::mem::MaybeUninit::uninit() }; N],
             heap: Vec::new(),
             view: BwRequest::EMPTY,
         }
@@ -150,7 +154,7 @@ impl RequestViews {
     pub(super) fn fill(&mut self, request: &Request) -> &BwRequest {
         let (params, query, headers) = (&request.params, &request.query, &request.headers);
         let total = params.len() + query.len() + headers.len();
-        let pairs: &[BwKv] = if total <= INLINE_PAIRS {
+        let pairs: &[BwKv] = if total <= N {
             // One plain loop per list, each over the rest of the slots.
             let mut filled = 0;
             for (slot, (k, v)) in self.inline[filled..].iter_mut().zip(params) {
@@ -165,7 +169,7 @@ impl RequestViews {
                 slot.write(kv(pair));
             }
             filled += headers.len();
-            // SAFETY: `filled` is `total`, at most `INLINE_PAIRS`, and the three loops above
+            // SAFETY: `filled` is `total`, at most `N`, and the three loops above
             // wrote the first `filled` elements (each list has exactly its `len()` pairs).
             unsafe { std::slice::from_raw_parts(self.inline.as_ptr().cast::<BwKv>(), filled) }
         } else {
@@ -196,7 +200,7 @@ impl RequestViews {
 /// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
 /// the stack.
 pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
-    f(RequestViews::new().fill(request))
+    f(RequestViews::<INLINE_PAIRS>::new().fill(request))
 }
 
 /// The plugin's invalid response: text of it that is not UTF-8.

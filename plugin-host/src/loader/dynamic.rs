@@ -21,7 +21,8 @@ use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
 use super::call::{
-    Output, RequestViews, TaskGuard, Waiting, finish, kv, on_complete, str_view, with_request_view,
+    LENT_INLINE_PAIRS, Output, RequestViews, TaskGuard, Waiting, finish, kv, on_complete, str_view,
+    with_request_view,
 };
 use crate::CallError;
 use crate::HostError;
@@ -61,7 +62,7 @@ type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwO
 /// If the future is leaked instead of dropped, nothing is freed, so the lent memory stays valid.
 struct LentCall {
     waiting: Option<Waiting>,
-    views: RequestViews,
+    views: RequestViews<LENT_INLINE_PAIRS>,
     request: Request,
 }
 
