@@ -1,5 +1,5 @@
 /*
- * backworks_plugin.h - the Backworks plugin C ABI, version 1.1.
+ * backworks_plugin.h - the Backworks plugin C ABI, version 1.2.
  *
  * This header is the exact C twin of `plugin-sdk/src/abi.rs` (and of the metadata format of
  * `plugin-sdk/src/metadata.rs`). Every constant, struct, field order and field type here matches
@@ -15,7 +15,8 @@
  *   - Whoever allocates, frees. What the plugin hands over lives in a BwOutput whose `release`
  *     function (the plugin's own) the host calls exactly once, when `release` is not NULL. What the
  *     host lends to a call (BwRequest, BwResponse, config bytes, BwHostServices strings) is borrowed
- *     for the duration of that call only: copy what you keep.
+ *     for the duration of that call only: copy what you keep. The one exception is the request of
+ *     handle_lent (ABI 1.2), lent until the call is over, also while it is pending.
  *   - Nothing unwinds across the boundary: every function returns a status.
  *   - No blocking: a call either finishes at once (BW_READY) or returns BW_PENDING with a task that
  *     the host starts with task_start; the plugin then calls the completion exactly once.
@@ -68,7 +69,7 @@ extern "C" {
 /* Incompatible changes bump the major version; a host only loads plugins of its own major. */
 #define BW_ABI_MAJOR 1
 /* Appended fields bump the minor version; a host loads plugins of any minor of its major. */
-#define BW_ABI_MINOR 1
+#define BW_ABI_MINOR 2
 /* The version of backworks-plugin-sdk this header belongs to, written into the metadata `sdk` key.
  * The host accepts plugins whose SDK version is in its own semver family. */
 #define BW_SDK_VERSION "0.1.0"
@@ -349,6 +350,9 @@ typedef void (*BwTaskCancelFn)(void *handle);
 /* ABI 1.1: writes the JSON Schema of the plugin's config. Needs no instance. Output: SCHEMA (the
  * JSON text in `message`), DONE (no schema) or ERROR; returns BW_READY. */
 typedef int32_t (*BwConfigSchemaFn)(BwOutput *out);
+/* ABI 1.2: serves an endpoint like BwHandleFn, but the request is lent until the call is over (see
+ * BwPluginVTable.handle_lent). Output: RESPONSE or ERROR. */
+typedef int32_t (*BwHandleLentFn)(void *instance, const BwRequest *request, BwOutput *out);
 
 /*
  * The root of a plugin library, exported as the constant `backworks_plugin`.
@@ -357,8 +361,9 @@ typedef int32_t (*BwConfigSchemaFn)(BwOutput *out);
  * It and the metadata bytes it points to belong to the library and must never change.
  *
  * Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
- * one that does not), while config_schema (v1.1) may be NULL. A plugin must accept concurrent calls on one instance from
- * several threads. New fields are only ever appended (and bump BW_ABI_MINOR).
+ * one that does not), while config_schema (v1.1) and handle_lent (v1.2) may be NULL. A plugin must
+ * accept concurrent calls on one instance from several threads. New fields are only ever appended
+ * (and bump BW_ABI_MINOR).
  */
 typedef struct BwPluginVTable {
     /* BW_ABI_MAGIC. */
@@ -402,11 +407,21 @@ typedef struct BwPluginVTable {
      * plugin usually leaves it NULL and declares its schema in its metadata instead
      * (BW_PLUGIN_METADATA_SCHEMA), where the host reads it without loading the library. */
     BwConfigSchemaFn config_schema;
+    /* ABI 1.2, may be NULL (then the host calls `handle`): serves an endpoint, reading the request
+     * in place instead of copying it. The host keeps `request` and everything it points to valid
+     * and unchanged until the call is over: until it returns BW_READY; if it returns BW_PENDING,
+     * until the task's completion is called or task_cancel of the task (started or not) returns,
+     * whichever comes first. So a task may keep pointers into the request instead of copies, but
+     * it must stop reading them before it calls the completion, and task_cancel must not return
+     * while the task could still read them. Output: RESPONSE or ERROR. */
+    BwHandleLentFn handle_lent;
 } BwPluginVTable;
 
 /* sizeof(BwPluginVTable) of ABI 1.0 (64-bit targets), which ended with task_cancel: a plugin built
- * against a 1.0 header exports a vtable of this size, and a 1.1 host still loads it. */
+ * against a 1.0 header exports a vtable of this size, and a 1.2 host still loads it. */
 #define BW_VTABLE_SIZE_V1_0 offsetof(BwPluginVTable, config_schema)
+/* sizeof(BwPluginVTable) of ABI 1.1, which ended with config_schema. */
+#define BW_VTABLE_SIZE_V1_1 offsetof(BwPluginVTable, handle_lent)
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers
@@ -594,8 +609,9 @@ BW_STATIC_ASSERT(offsetof(BwHostServices, max_log_level) == 32, "BwHostServices.
 BW_STATIC_ASSERT(offsetof(BwHostServices, log) == 40, "BwHostServices.log offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, workers) == 48, "BwHostServices.workers offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, reserved2) == 52, "BwHostServices.reserved2 offset");
-BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 120, "BwPluginVTable size");
+BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 128, "BwPluginVTable size");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_0 == 112, "BwPluginVTable size of ABI 1.0");
+BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_1 == 120, "BwPluginVTable size of ABI 1.1");
 BW_STATIC_ASSERT(BW_ALIGNOF(BwPluginVTable) == 8, "BwPluginVTable alignment");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, size) == 8, "BwPluginVTable.size offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, abi_major) == 12, "BwPluginVTable.abi_major offset");
@@ -612,6 +628,7 @@ BW_STATIC_ASSERT(offsetof(BwPluginVTable, shutdown) == 88, "BwPluginVTable.shutd
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, task_start) == 96, "BwPluginVTable.task_start offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, task_cancel) == 104, "BwPluginVTable.task_cancel offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, config_schema) == 112, "BwPluginVTable.config_schema offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, handle_lent) == 120, "BwPluginVTable.handle_lent offset");
 #endif
 
 #ifdef __cplusplus

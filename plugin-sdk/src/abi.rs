@@ -17,7 +17,9 @@
 //! - **Whoever allocates, frees.** Everything a plugin hands over lives in a [`BwOutput`] whose
 //!   `release` function (the plugin's own) the host calls exactly once when it has copied what it needs.
 //!   Everything the host lends to a call ([`BwRequest`], [`BwResponse`], config bytes) is borrowed for
-//!   the duration of that call only.
+//!   the duration of that call only, except the request of [`BwPluginVTable::handle_lent`] (ABI
+//!   1.2), which stays lent until the call is over, also when it is pending: until its task's
+//!   completion is called or `task_cancel` returns.
 //! - **No panic crosses.** Every function behind a pointer here returns a status instead of unwinding.
 //! - **No blocking.** A call either finishes at once ([`BW_READY`]) or returns [`BW_PENDING`] with a
 //!   task that the host starts with a [`BwCompletion`]; the plugin calls the completion exactly once,
@@ -39,8 +41,9 @@ pub const ABI_MAGIC: u64 = u64::from_le_bytes(*b"BWPLUGIN");
 pub const ABI_MAJOR: u16 = 1;
 /// Appended fields bump the minor version; a host loads plugins of any minor of its major.
 ///
-/// Minor 1 appended [`BwPluginVTable::config_schema`].
-pub const ABI_MINOR: u16 = 1;
+/// Minor 1 appended [`BwPluginVTable::config_schema`]; minor 2 appended
+/// [`BwPluginVTable::handle_lent`].
+pub const ABI_MINOR: u16 = 2;
 /// The name of the exported static [`BwPluginVTable`].
 pub const ENTRY_SYMBOL: &str = "backworks_plugin";
 /// [`ENTRY_SYMBOL`] with its terminating NUL, as `dlsym` wants it.
@@ -253,8 +256,9 @@ pub const MAX_WORKERS: u32 = 64;
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
 ///
 /// Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
-/// one that does not), while `config_schema` (v1.1) may be null. `instance` arguments are what `instance_new` returned; a plugin must accept
-/// concurrent calls on one instance from several threads.
+/// one that does not), while `config_schema` (v1.1) and `handle_lent` (v1.2) may be null.
+/// `instance` arguments are what `instance_new` returned; a plugin must accept concurrent calls on
+/// one instance from several threads.
 #[repr(C)]
 #[derive(Debug)]
 pub struct BwPluginVTable {
@@ -320,11 +324,28 @@ pub struct BwPluginVTable {
     /// returns [`BW_READY`]. May be null (no schema here; a C plugin may declare one in its
     /// metadata's `config_schema` key instead). A host reads it only when `size` covers it.
     pub config_schema: Option<unsafe extern "C" fn(out: *mut BwOutput) -> i32>,
+    /// ABI 1.2: serves an endpoint like `handle`, reading the request in place. The host keeps
+    /// `request` and everything it points to valid and unchanged until the call is over: until it
+    /// returns [`BW_READY`]; if it returns [`BW_PENDING`], until the task's completion is called or
+    /// `task_cancel` of the task (started or not) returns, whichever comes first. So a plugin that
+    /// sets this entry must stop reading the request before it calls the completion, and its
+    /// `task_cancel` must not return while the task could still read it. May be null: the host then
+    /// calls `handle`, whose request is lent for the call only. A host reads it only when `size`
+    /// covers it.
+    pub handle_lent: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            out: *mut BwOutput,
+        ) -> i32,
+    >,
 }
 
 /// The size of a [`BwPluginVTable`] of ABI 1.0, which ended with `task_cancel`: the least a host of
 /// this major accepts.
 pub const VTABLE_SIZE_V1_0: usize = std::mem::offset_of!(BwPluginVTable, config_schema);
+/// The size of a [`BwPluginVTable`] of ABI 1.1, which ended with `config_schema`.
+pub const VTABLE_SIZE_V1_1: usize = std::mem::offset_of!(BwPluginVTable, handle_lent);
 
 // SAFETY: the vtable is immutable data: function pointers and a pointer to the library's own
 // immutable metadata bytes. Sharing it between threads is sound.
@@ -493,8 +514,9 @@ mod tests {
         assert_eq!(HOST_SERVICES_SIZE_V1_0, 48);
         assert_eq!(offset_of!(BwHostServices, workers), 48);
         assert_eq!(offset_of!(BwHostServices, reserved2), 52);
-        assert_eq!(size_of::<BwPluginVTable>(), 120);
+        assert_eq!(size_of::<BwPluginVTable>(), 128);
         assert_eq!(VTABLE_SIZE_V1_0, 112);
+        assert_eq!(VTABLE_SIZE_V1_1, 120);
         assert_eq!(align_of::<BwPluginVTable>(), 8);
         assert_eq!(offset_of!(BwPluginVTable, size), 8);
         assert_eq!(offset_of!(BwPluginVTable, abi_major), 12);
@@ -511,6 +533,7 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, task_start), 96);
         assert_eq!(offset_of!(BwPluginVTable, task_cancel), 104);
         assert_eq!(offset_of!(BwPluginVTable, config_schema), 112);
+        assert_eq!(offset_of!(BwPluginVTable, handle_lent), 120);
     }
 
     #[test]

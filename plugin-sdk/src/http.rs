@@ -5,7 +5,7 @@
 //! short strings inline, so building a request (as the SDK does for every call of a plugin library)
 //! takes few allocations.
 
-use crate::{PluginError, PluginResult, Text};
+use crate::{LentRequest, PluginError, PluginResult, Text};
 
 /// Headers in order, names in lower case. Lookups ignore case.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,6 +69,11 @@ impl Headers {
 }
 
 impl Headers {
+    /// The pairs in order.
+    pub(crate) fn as_pairs(&self) -> &[(Text, Text)] {
+        &self.0
+    }
+
     /// Headers from pairs whose names the caller made lower case.
     pub(crate) fn from_lowercase_pairs(pairs: Vec<(Text, Text)>) -> Headers {
         debug_assert!(
@@ -143,6 +148,13 @@ impl Request {
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> PluginResult<T> {
         serde_json::from_slice(&self.body)
             .map_err(|e| PluginError::BadRequest(format!("invalid JSON body: {e}")))
+    }
+
+    /// This request as a [`LentRequest`], the form
+    /// [`BackworksPlugin::handle_lent`](crate::BackworksPlugin::handle_lent) reads: for tests, and
+    /// for a plugin built into the host, whose `handle` forwards to `handle_lent`.
+    pub fn lend(&self) -> LentRequest<'_> {
+        LentRequest::from_request(self)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The trait a plugin implements.
 
-use crate::{Health, HookAction, PluginResult, Request, Response};
+use crate::{Health, HookAction, LentRequest, PluginResult, Request, Response};
 
 /// A Backworks plugin: implement this, then [`export_plugin!`](crate::export_plugin) it.
 ///
@@ -100,12 +100,49 @@ pub trait BackworksPlugin: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Whether the plugin serves endpoints through [`handle_lent`](Self::handle_lent), reading the
+    /// host's request in place, rather than [`handle`](Self::handle), which gets a copy. `false` by
+    /// default. Set it when you implement `handle_lent`: a library then exports the vtable's
+    /// `handle_lent` entry (ABI 1.2) and the host lends it every request, so none is copied into the
+    /// plugin. (An older host, which does not know the entry, calls `handle`, whose default then
+    /// serves through `handle_lent` with a copy.)
+    const HANDLE_LENT: bool = false;
+
     /// Serves a request to one of the endpoints the config routes to this plugin.
+    ///
+    /// By default: with [`HANDLE_LENT`](Self::HANDLE_LENT), [`handle_lent`](Self::handle_lent) of
+    /// this request, which is how a built-in plugin that implements only `handle_lent` is served;
+    /// otherwise a 404 (the plugin serves no endpoint).
     async fn handle(&self, request: Request) -> PluginResult<Response> {
+        if Self::HANDLE_LENT {
+            return self.handle_lent(request.lend()).await;
+        }
         Err(crate::PluginError::NotFound(format!(
             "this plugin serves no endpoint ({} {})",
             request.method, request.path
         )))
+    }
+
+    /// Serves a request like [`handle`](Self::handle), reading it where the host keeps it, without
+    /// a copy. Called instead of `handle` when [`HANDLE_LENT`](Self::HANDLE_LENT) is set.
+    ///
+    /// The request is lent for the whole call, across every `.await` of it, also while the call
+    /// waits: the host keeps it until the call's future is done or dropped. What the request hands
+    /// out borrows it, so keeping any of it beyond the call (in a spawned task, a `static`, the
+    /// plugin's state) does not compile; keep a copy instead ([`LentRequest::to_request`], or
+    /// `.to_owned()` of a `&str`). The [`LentRequest`] docs show both.
+    ///
+    /// By default, without `HANDLE_LENT`: `handle` of a copy; with it, a 404 (the plugin serves no
+    /// endpoint).
+    async fn handle_lent(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+        if Self::HANDLE_LENT {
+            return Err(crate::PluginError::NotFound(format!(
+                "this plugin serves no endpoint ({} {})",
+                request.method(),
+                request.path()
+            )));
+        }
+        self.handle(request.to_request()).await
     }
 
     /// Runs before the endpoint when the plugin is in an endpoint's hook chain: go on, go on with a

@@ -22,7 +22,14 @@ fn inspect_reports_metadata_and_verdict() {
     assert_eq!(json["name"], "hello");
     assert_eq!(json["version"], "0.1.0");
     assert_eq!(json["sdk_version"], backworks_plugin_sdk::SDK_VERSION);
-    assert_eq!(json["abi"], "1.1");
+    assert_eq!(
+        json["abi"],
+        format!(
+            "{}.{}",
+            backworks_plugin_sdk::abi::ABI_MAJOR,
+            backworks_plugin_sdk::abi::ABI_MINOR
+        )
+    );
     assert_eq!(json["compatible"], true);
 
     let human = backworks(&["plugin", "inspect", lib.to_str().unwrap()]);

@@ -534,12 +534,17 @@ fn every_refusal_names_its_reason_and_leaves_nothing_behind() {
         vec![],
     ));
     // An incompatible ABI.
+    let minor = backworks_plugin_sdk::abi::ABI_MINOR;
     let abi = ws.pack(
-        &ws.hello_patched("abi=1.1\0", "abi=9.1\0"),
+        &ws.hello_patched(&format!("abi=1.{minor}\0"), &format!("abi=9.{minor}\0")),
         "trusted",
         &["--out", &ws.s("abi")],
     );
-    cases.push(("incompatible with this host: ABI 9.1".into(), abi, vec![]));
+    cases.push((
+        format!("incompatible with this host: ABI 9.{minor}"),
+        abi,
+        vec![],
+    ));
     // Archives that try to write outside their folder, or hold special files.
     for (name, kind, reason) in [
         (

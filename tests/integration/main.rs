@@ -10,6 +10,7 @@ mod faults;
 mod files;
 mod idle;
 mod isolation;
+mod lending;
 mod loader;
 mod observe;
 mod process_children;

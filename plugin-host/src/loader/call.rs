@@ -1,6 +1,8 @@
-//! One call into a plugin library, from the host's side: borrowed views of the request on the
-//! stack, the plugin's output filled in place, the wait for a pending task, and the checked copy of
-//! the output into host types, released through the plugin's own function.
+//! One call into a plugin library, from the host's side: borrowed views of the request (on the
+//! stack for a call that lends them for the call only, in the call's future for `handle_lent`,
+//! which lends them until the call is over), the plugin's output filled in place, the wait for a
+//! pending task, and the checked copy of the output into host types, released through the plugin's
+//! own function.
 
 use std::ffi::c_void;
 
@@ -56,33 +58,31 @@ impl Drop for TaskGuard {
 
 type Completed = oneshot::Sender<BwOutput>;
 
-/// A call whose task is running; its output arrives through `receiver`.
+/// A call whose task is running; its output arrives through `receiver`. Dropping it releases the
+/// task handle, which cancels the task if it has not completed.
 pub(super) struct Waiting {
     pub(super) receiver: oneshot::Receiver<BwOutput>,
     /// Cancels the task if this call is dropped before it completes.
-    pub(super) guard: TaskGuard,
+    pub(super) _guard: TaskGuard,
 }
 
-impl Waiting {
-    /// Waits for the task's output and puts it in `out` (releasing the pending output it replaces).
-    async fn finish(self, out: &mut Output) {
-        let raw = self.receiver.await.unwrap_or_else(|_| {
-            // Only if the plugin broke the ABI and dropped the completion uncalled.
-            let mut lost = BwOutput::empty();
-            lost.kind = BW_OUT_ERROR;
-            lost.code = BW_ERR_CANCELLED;
-            lost
-        });
-        drop(self.guard);
-        *out = Output { raw };
-    }
-}
-
-/// Finishes a started call: at once if it was ready, else when its task completes.
-pub(super) async fn finish(out: &mut Output, waiting: Option<Waiting>) {
-    if let Some(waiting) = waiting {
-        waiting.finish(out).await;
-    }
+/// Finishes a started call: at once if it was ready, else when its task completes; then releases
+/// the task handle (`waiting` is `None` afterwards) and puts the task's output in `out` (releasing
+/// the pending output it replaces). If this future is dropped first, the handle stays in
+/// `waiting`, whose owner releases it, which cancels the task.
+pub(super) async fn finish(out: &mut Output, waiting: &mut Option<Waiting>) {
+    let Some(task) = waiting else {
+        return;
+    };
+    let raw = (&mut task.receiver).await.unwrap_or_else(|_| {
+        // Only if the plugin broke the ABI and dropped the completion uncalled.
+        let mut lost = BwOutput::empty();
+        lost.kind = BW_OUT_ERROR;
+        lost.code = BW_ERR_CANCELLED;
+        lost
+    });
+    *waiting = None;
+    *out = Output { raw };
 }
 
 /// The completion a pending task calls: moves the output into the waiting call's channel.
@@ -121,52 +121,86 @@ pub(super) fn kv((key, value): (&str, &str)) -> BwKv {
 /// Pairs of a request whose views fit on the stack; more take one allocation.
 const INLINE_PAIRS: usize = 16;
 
-/// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
-/// the stack.
-pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
-    let (params, query, headers) = (&request.params, &request.query, &request.headers);
-    let total = params.len() + query.len() + headers.len();
-    let abi = |pairs: &[BwKv]| {
+/// Pairs of a lent request whose views fit inline in the call's future, which is boxed: a larger
+/// future costs more to move into its box and leaves the allocator's per-thread cache (over 1 KiB).
+pub(super) const LENT_INLINE_PAIRS: usize = 8;
+
+/// Borrowed ABI views of a [`Request`]: pointers into its strings (no copies) and the pair arrays
+/// they need, inline up to `N` pairs. [`RequestViews::fill`] points them at a request; they are
+/// valid while that request is alive and unchanged, and this value is not moved.
+pub(super) struct RequestViews<const N: usize> {
+    inline: [std::mem::MaybeUninit<BwKv>; N],
+    heap: Vec<BwKv>,
+    view: BwRequest,
+}
+
+// SAFETY: the views are plain pointers into a `Request` (which is `Send + Sync`) and into this
+// value; nothing in them is tied to a thread, and the ABI lets a plugin read a lent request from
+// any thread.
+unsafe impl<const N: usize> Send for RequestViews<N> {}
+
+impl<const N: usize> RequestViews<N> {
+    /// Views of nothing yet; allocates nothing and initializes no pair.
+    pub(super) fn new() -> RequestViews<N> {
+        RequestViews {
+            inline: [const { std::mem::MaybeUninit::uninit() }; N],
+            heap: Vec::new(),
+            view: BwRequest::EMPTY,
+        }
+    }
+
+    /// Points the views at `request` and returns them. They stay valid while `request` is alive
+    /// and unchanged and `self` is neither moved nor filled again.
+    pub(super) fn fill(&mut self, request: &Request) -> &BwRequest {
+        let (params, query, headers) = (&request.params, &request.query, &request.headers);
+        let total = params.len() + query.len() + headers.len();
+        let pairs: &[BwKv] = if total <= N {
+            // One plain loop per list, each over the rest of the slots.
+            let mut filled = 0;
+            for (slot, (k, v)) in self.inline[filled..].iter_mut().zip(params) {
+                slot.write(kv((k, v)));
+            }
+            filled += params.len();
+            for (slot, (k, v)) in self.inline[filled..].iter_mut().zip(query) {
+                slot.write(kv((k, v)));
+            }
+            filled += query.len();
+            for (slot, pair) in self.inline[filled..].iter_mut().zip(headers.iter()) {
+                slot.write(kv(pair));
+            }
+            filled += headers.len();
+            // SAFETY: `filled` is `total`, at most `N`, and the three loops above
+            // wrote the first `filled` elements (each list has exactly its `len()` pairs).
+            unsafe { std::slice::from_raw_parts(self.inline.as_ptr().cast::<BwKv>(), filled) }
+        } else {
+            self.heap.clear();
+            self.heap.extend(
+                params
+                    .iter()
+                    .chain(query)
+                    .map(|(k, v)| kv((k, v)))
+                    .chain(headers.iter().map(kv)),
+            );
+            &self.heap
+        };
         let (params, rest) = pairs.split_at(params.len());
         let (query, headers) = rest.split_at(query.len());
-        BwRequest {
+        self.view = BwRequest {
             method: str_view(&request.method),
             path: str_view(&request.path),
             params: BwKvList::new(params),
             query: BwKvList::new(query),
             headers: BwKvList::new(headers),
             body: BwStr::new(&request.body),
-        }
-    };
-    if total <= INLINE_PAIRS {
-        let mut inline = [std::mem::MaybeUninit::<BwKv>::uninit(); INLINE_PAIRS];
-        // One plain loop per list, each over the rest of the slots.
-        let mut filled = 0;
-        for (slot, (k, v)) in inline[filled..].iter_mut().zip(params) {
-            slot.write(kv((k, v)));
-        }
-        filled += params.len();
-        for (slot, (k, v)) in inline[filled..].iter_mut().zip(query) {
-            slot.write(kv((k, v)));
-        }
-        filled += query.len();
-        for (slot, pair) in inline[filled..].iter_mut().zip(headers.iter()) {
-            slot.write(kv(pair));
-        }
-        filled += headers.len();
-        // SAFETY: `filled` is `total`, at most `INLINE_PAIRS`, and the three loops above wrote the
-        // first `filled` elements (each list has exactly its `len()` pairs).
-        let inline = unsafe { std::slice::from_raw_parts(inline.as_ptr().cast::<BwKv>(), filled) };
-        f(&abi(inline))
-    } else {
-        let heap: Vec<BwKv> = params
-            .iter()
-            .chain(query)
-            .map(|(k, v)| kv((k, v)))
-            .chain(headers.iter().map(kv))
-            .collect();
-        f(&abi(&heap))
+        };
+        &self.view
     }
+}
+
+/// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
+/// the stack.
+pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
+    f(RequestViews::<INLINE_PAIRS>::new().fill(request))
 }
 
 /// The plugin's invalid response: text of it that is not UTF-8.

@@ -4,10 +4,16 @@
 //! gets the output at once ([`BW_READY`]) or a task it starts with a completion that resolves a
 //! oneshot channel ([`BW_PENDING`]). Dropping the call's future cancels the task. The plugin's output
 //! is copied into host types and released by the plugin's own `release` function.
+//!
+//! An endpoint call goes to the plugin's `handle_lent` when it has one (ABI 1.2): the request and
+//! its views then live in the call's future, lent until the call is over ([`LentCall`]), and the
+//! plugin reads them in place. Otherwise (a plugin built for ABI 1.0 or 1.1, or one that does not
+//! opt in) it goes to `handle`, which lends them for the call only and the plugin copies them.
 
 use std::ffi::c_void;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use backworks_plugin_sdk::abi::*;
@@ -16,7 +22,8 @@ use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
 use super::call::{
-    Output, TaskGuard, Waiting, finish, kv, on_complete, str_view, with_request_view,
+    LENT_INLINE_PAIRS, Output, RequestViews, TaskGuard, Waiting, finish, kv, on_complete, str_view,
+    with_request_view,
 };
 use crate::CallError;
 use crate::HostError;
@@ -34,8 +41,30 @@ pub struct DynamicPlugin {
     info: PluginInfo,
     library: Arc<LoadedLibrary>,
     instance: *mut c_void,
+    /// The plugin's `handle_lent` (ABI 1.2), when it has one and lending is on.
+    handle_lent: Option<LentHandleFn>,
     /// Boxed so its address, given to the plugin, never changes; dropped after `instance_free`.
     _services: Box<Services>,
+}
+
+/// Whether instances made from now on use a plugin's `handle_lent` (see [`DynamicPlugin::set_lending`]).
+static LENDING: AtomicBool = AtomicBool::new(true);
+
+/// The type of the vtable's `handle` and `handle_lent`.
+type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwOutput) -> i32;
+
+/// An endpoint call's request lent to `handle_lent`, with its views, in the call's future: that
+/// future is pinned before the views are made (they are made in its first poll), so neither
+/// moves while the plugin may read them.
+///
+/// Fields drop in declaration order. `waiting` goes first: releasing the task handle cancels a
+/// task still running, and the plugin's `task_cancel` returns only once the task has stopped
+/// reading the request (the ABI's rule for `handle_lent`). Only then go the views and the request.
+/// If the future is leaked instead of dropped, nothing is freed, so the lent memory stays valid.
+struct LentCall {
+    waiting: Option<Waiting>,
+    views: RequestViews<LENT_INLINE_PAIRS>,
+    request: Request,
 }
 
 // SAFETY: the ABI requires a plugin instance to accept calls from any thread, concurrently; the
@@ -165,10 +194,53 @@ impl DynamicPlugin {
                 metadata: library.metadata().clone(),
                 config_schema,
             },
+            handle_lent: vtable
+                .handle_lent
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
             library,
             instance,
             _services: services,
         })
+    }
+
+    /// This instance with lending off: endpoint calls go to the plugin's `handle` (the copying
+    /// path of ABI 1.1) even when it has `handle_lent`. For benchmarks comparing the two.
+    #[doc(hidden)]
+    pub fn without_lending(mut self) -> DynamicPlugin {
+        self.handle_lent = None;
+        self
+    }
+
+    /// Whether instances created from now on, in this process, serve endpoint calls through a
+    /// plugin's `handle_lent` (the default) or its copying `handle`. For benchmarks that compare
+    /// the two on the whole server path; [`DynamicPlugin::without_lending`] turns it off for one
+    /// instance.
+    #[doc(hidden)]
+    pub fn set_lending(on: bool) {
+        LENDING.store(on, Ordering::Relaxed);
+    }
+
+    /// An endpoint call through `handle_lent`: the request is lent until the call is over.
+    async fn handle_lent(&self, f: LentHandleFn, request: Request) -> Result<Response, CallError> {
+        let mut out = Output::empty();
+        let mut call = LentCall {
+            waiting: None,
+            views: RequestViews::new(),
+            request,
+        };
+        call.waiting = {
+            let view: *const BwRequest = call.views.fill(&call.request);
+            // SAFETY: live instance; `view` and what it points to live in `call`, a local of this
+            // future, which is pinned while it runs and never moves `call`: they stay valid until
+            // `call` is dropped, and `call` drops its task handle first (see `LentCall`).
+            self.start(&mut out, |instance, raw| unsafe { f(instance, view, raw) })
+        };
+        finish(&mut out, &mut call.waiting).await;
+        drop(call);
+        match out.raw.kind {
+            BW_OUT_RESPONSE => out.response(&self.info.name),
+            _ => Err(out.unexpected("handle")),
+        }
     }
 
     /// Starts one ABI call: `call` gets the instance and `out`'s zeroed output and returns the ABI
@@ -198,7 +270,7 @@ impl DynamicPlugin {
         let handle = unsafe { start(out.raw.task, completion) };
         Some(Waiting {
             receiver,
-            guard: TaskGuard { handle, cancel },
+            _guard: TaskGuard { handle, cancel },
         })
     }
 
@@ -219,10 +291,10 @@ impl Plugin for DynamicPlugin {
         let f = self.vtable().initialize.expect("checked at load time");
         let mut out = Output::empty();
         // SAFETY: live instance of this library; the config bytes and output outlive the call.
-        let waiting = self.start(&mut out, |instance, raw| unsafe {
+        let mut waiting = self.start(&mut out, |instance, raw| unsafe {
             f(instance, BwStr::new(&json), raw)
         });
-        finish(&mut out, waiting).await;
+        finish(&mut out, &mut waiting).await;
         match out.raw.kind {
             BW_OUT_DONE => Ok(()),
             _ => Err(out.unexpected("initialize")),
@@ -230,15 +302,18 @@ impl Plugin for DynamicPlugin {
     }
 
     async fn handle(&self, request: Request) -> Result<Response, CallError> {
+        if let Some(lent) = self.handle_lent {
+            return self.handle_lent(lent, request).await;
+        }
         let f = self.vtable().handle.expect("checked at load time");
         let mut out = Output::empty();
-        let waiting = with_request_view(&request, |abi| {
+        let mut waiting = with_request_view(&request, |abi| {
             // SAFETY: live instance; the request views borrow `request`, which outlives the call (the
             // plugin copies what it keeps before returning, even when the call is pending).
             self.start(&mut out, |instance, raw| unsafe { f(instance, abi, raw) })
         });
         drop(request);
-        finish(&mut out, waiting).await;
+        finish(&mut out, &mut waiting).await;
         match out.raw.kind {
             BW_OUT_RESPONSE => out.response(&self.info.name),
             _ => Err(out.unexpected("handle")),
@@ -248,11 +323,11 @@ impl Plugin for DynamicPlugin {
     async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {
         let f = self.vtable().before_request.expect("checked at load time");
         let mut out = Output::empty();
-        let waiting = with_request_view(request, |abi| {
+        let mut waiting = with_request_view(request, |abi| {
             // SAFETY: as in `handle`.
             self.start(&mut out, |instance, raw| unsafe { f(instance, abi, raw) })
         });
-        finish(&mut out, waiting).await;
+        finish(&mut out, &mut waiting).await;
         let plugin = &self.info.name;
         match out.raw.kind {
             BW_OUT_CONTINUE => Ok(HookAction::Continue),
@@ -269,7 +344,7 @@ impl Plugin for DynamicPlugin {
     ) -> Result<Response, CallError> {
         let f = self.vtable().after_response.expect("checked at load time");
         let mut out = Output::empty();
-        let waiting = with_request_view(request, |abi| {
+        let mut waiting = with_request_view(request, |abi| {
             let headers: Vec<BwKv> = response.headers.iter().map(kv).collect();
             let abi_response = BwResponse {
                 status: response.status,
@@ -282,7 +357,7 @@ impl Plugin for DynamicPlugin {
                 f(instance, abi, &abi_response, raw)
             })
         });
-        finish(&mut out, waiting).await;
+        finish(&mut out, &mut waiting).await;
         match out.raw.kind {
             BW_OUT_RESPONSE => out.response(&self.info.name),
             _ => Err(out.unexpected("after_response")),
@@ -293,8 +368,8 @@ impl Plugin for DynamicPlugin {
         let f = self.vtable().health_check.expect("checked at load time");
         let mut out = Output::empty();
         // SAFETY: live instance of this library; valid output.
-        let waiting = self.start(&mut out, |instance, raw| unsafe { f(instance, raw) });
-        finish(&mut out, waiting).await;
+        let mut waiting = self.start(&mut out, |instance, raw| unsafe { f(instance, raw) });
+        finish(&mut out, &mut waiting).await;
         match (out.raw.kind, out.raw.code) {
             (BW_OUT_HEALTH, BW_HEALTH_HEALTHY) => Health::Healthy,
             (BW_OUT_HEALTH, BW_HEALTH_DEGRADED) => Health::Degraded(out.message()),
@@ -307,8 +382,8 @@ impl Plugin for DynamicPlugin {
         let f = self.vtable().shutdown.expect("checked at load time");
         let mut out = Output::empty();
         // SAFETY: live instance of this library; valid output.
-        let waiting = self.start(&mut out, |instance, raw| unsafe { f(instance, raw) });
-        finish(&mut out, waiting).await;
+        let mut waiting = self.start(&mut out, |instance, raw| unsafe { f(instance, raw) });
+        finish(&mut out, &mut waiting).await;
         match out.raw.kind {
             BW_OUT_DONE => Ok(()),
             _ => Err(out.unexpected("shutdown")),
@@ -317,12 +392,12 @@ impl Plugin for DynamicPlugin {
 }
 
 impl DynamicPlugin {
-    /// Calls the plugin's `handle` straight through the vtable with a prebuilt request, then releases
-    /// the output; returns the response status (0 when the call did not answer at once). The floor
+    /// Calls the plugin's `handle_lent` (when lending is on and it has one; else `handle`) straight
+    /// through the vtable with a prebuilt request, then releases the output; returns the response status (0 when the call did not answer at once). The floor
     /// under every host call, for benchmarks.
     #[doc(hidden)]
     pub fn bare_handle(&self, request: &BwRequest) -> u16 {
-        let Some(handle) = self.vtable().handle else {
+        let Some(handle) = self.handle_lent.or(self.vtable().handle) else {
             return 0;
         };
         let mut raw = BwOutput::empty();

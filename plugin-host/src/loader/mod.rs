@@ -29,7 +29,7 @@ use std::sync::Arc;
 use backworks_plugin_sdk::PluginMetadata;
 use backworks_plugin_sdk::abi::{
     ABI_MAGIC, ABI_MAJOR, BW_OUT_DONE, BW_OUT_SCHEMA, BwPluginVTable, ENTRY_SYMBOL,
-    ENTRY_SYMBOL_NUL, VTABLE_SIZE_V1_0,
+    ENTRY_SYMBOL_NUL, VTABLE_SIZE_V1_0, VTABLE_SIZE_V1_1,
 };
 
 pub use dynamic::DynamicPlugin;
@@ -365,21 +365,28 @@ fn check_vtable(
         unsafe { &*address }
     } else {
         // A plugin of an older minor: its vtable ends before the entries appended since. Copy the
-        // v1.0 fields it has into a vtable of ours whose later entries are null, so that the host
+        // fields it has into a vtable of ours whose later entries are null, so that the host
         // reads one type and never past the plugin's static. Leaked like the library it points
         // into, which is never unloaded either (one small copy per load of such a plugin).
+        // Whole entries only: the largest older vtable that fits in `size`.
+        let known = if size as usize >= VTABLE_SIZE_V1_1 {
+            VTABLE_SIZE_V1_1
+        } else {
+            VTABLE_SIZE_V1_0
+        };
         let mut copy = std::mem::MaybeUninit::<BwPluginVTable>::zeroed();
-        // SAFETY: the plugin's static is `size` bytes, at least v1.0's (checked above), readable
-        // as plain data; the copy takes exactly v1.0's fields, whole, into the same layout.
+        // SAFETY: the plugin's static is `size` bytes, at least `known` (checked above), readable
+        // as plain data; the copy takes exactly the fields of that older vtable, whole, into the
+        // same layout.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 address.cast::<u8>(),
                 copy.as_mut_ptr().cast::<u8>(),
-                VTABLE_SIZE_V1_0,
+                known,
             )
         };
-        // SAFETY: v1.0's fields are the plugin's own values; the rest is zero, which is `None` for
-        // every entry appended after v1.0 (all `Option<extern "C" fn>`).
+        // SAFETY: those fields are the plugin's own values; the rest is zero, which is `None` for
+        // every entry appended since (all `Option<extern "C" fn>`).
         Box::leak(Box::new(unsafe { copy.assume_init() }))
     };
     let functions = [

@@ -4,7 +4,13 @@
 //! do) costs the plugin method's own future and nothing else. That poll runs inline on the host's
 //! thread, inside the library's runtime context, with the instance's [`HostLink`] current for log
 //! lines, and takes no reference count and no allocation of its own. Only a call that waits is boxed
-//! into a [`Task`], together with what its future borrows (the plugin value, a hook's request).
+//! into a [`TaskCell`], together with what its future borrows (the plugin value, a hook's request).
+//!
+//! A task's future is dropped before its completion is called, and `task_cancel` drops it before it
+//! returns: a future that borrows the request of a `handle_lent` call (ABI 1.2) never outlives the
+//! host's lease. So the task's runtime side and the host's handle share the future behind a lock,
+//! which a poll holds while it runs; cancelling waits for a poll in progress (on the library's own
+//! threads; polls do not block) and drops the future itself.
 
 use std::cell::Cell;
 use std::ffi::c_void;
@@ -12,7 +18,7 @@ use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use super::Instance;
@@ -70,16 +76,16 @@ fn poll_as<T>(
     }
 }
 
-/// A request a hook's future borrows, on the heap so that its address never changes.
-pub(super) struct LentRequest(NonNull<Request>);
+/// A copied request a hook's future borrows, on the heap so that its address never changes.
+pub(super) struct HeldRequest(NonNull<Request>);
 
 // SAFETY: a unique owner of a `Request`, which is `Send`.
-unsafe impl Send for LentRequest {}
+unsafe impl Send for HeldRequest {}
 
-impl LentRequest {
+impl HeldRequest {
     /// Moves `request` to the heap.
-    pub(super) fn new(request: Request) -> LentRequest {
-        LentRequest(NonNull::from(Box::leak(Box::new(request))))
+    pub(super) fn new(request: Request) -> HeldRequest {
+        HeldRequest(NonNull::from(Box::leak(Box::new(request))))
     }
 
     /// The request, for a future that [`drive`] keeps no longer than this value.
@@ -93,7 +99,7 @@ impl LentRequest {
     }
 }
 
-impl Drop for LentRequest {
+impl Drop for HeldRequest {
     fn drop(&mut self) {
         // SAFETY: leaked in `new`, freed once, here; no future borrowing it is alive any more.
         drop(unsafe { Box::from_raw(self.0.as_ptr()) });
@@ -106,7 +112,7 @@ struct Pending<P, T> {
     future: CallFuture<T>,
     map: fn(T) -> Outcome,
     link: Arc<HostLink>,
-    _request: Option<LentRequest>,
+    _request: Option<HeldRequest>,
     _plugin: Arc<P>,
 }
 
@@ -122,11 +128,63 @@ impl<P, T> Future for Pending<P, T> {
     }
 }
 
-/// A call that did not finish on its first poll. Owned by the host until it starts or cancels it.
-enum Task {
+/// A call that did not finish on its first poll: what the host's task handle points to (an
+/// `Arc` of it, from `Arc::into_raw`, given back to `task_cancel`), shared with the runtime task
+/// that polls it once started.
+struct TaskCell {
+    state: Mutex<TaskState>,
+    /// The runtime task, once started: aborted by `task_cancel`, which would otherwise leave it
+    /// waiting for a wake-up that the dropped future no longer sends.
+    abort: OnceLock<tokio::task::AbortHandle>,
+}
+
+enum TaskState {
+    /// Made by [`drive`]; not started.
     Pending(TaskFuture),
-    Started(tokio::task::AbortHandle),
-    Taken,
+    /// Started; polled by a task on the library's runtime. (Fields drop in declaration order: the
+    /// future, and what it borrows, before the completion reports.)
+    Running {
+        future: TaskFuture,
+        completion: Completion,
+    },
+    /// Completed or cancelled: the future is gone.
+    Over,
+}
+
+impl TaskCell {
+    /// The state; waits for a poll in progress.
+    fn lock(&self) -> MutexGuard<'_, TaskState> {
+        // A poll catches the plugin's panics; a poisoned lock still holds a consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The runtime side of a started task: polls the future under the cell's lock, drops it when it is
+/// done, then completes.
+struct RunTask(Arc<TaskCell>);
+
+impl Future for RunTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.0.lock();
+        let TaskState::Running { future, .. } = &mut *state else {
+            return Poll::Ready(());
+        };
+        let Poll::Ready(outcome) = future.as_mut().poll(cx) else {
+            return Poll::Pending;
+        };
+        let TaskState::Running { future, completion } =
+            std::mem::replace(&mut *state, TaskState::Over)
+        else {
+            unreachable!("matched above");
+        };
+        // The future, and the lent request it may borrow, go before the completion reports.
+        drop(future);
+        drop(state);
+        completion.complete(outcome);
+        Poll::Ready(())
+    }
 }
 
 /// Polls `future` once, inline, in the library's runtime; writes its outcome (through `map`), or a
@@ -140,7 +198,7 @@ pub(super) unsafe fn drive<P: Send + Sync + 'static, T: 'static>(
     this: &Instance<P>,
     out: *mut BwOutput,
     future: CallFuture<T>,
-    request: Option<LentRequest>,
+    request: Option<HeldRequest>,
     map: fn(T) -> Outcome,
 ) -> i32 {
     // SAFETY: the host passes a valid, exclusive output for the duration of the call.
@@ -190,7 +248,11 @@ pub(super) unsafe fn drive<P: Send + Sync + 'static, T: 'static>(
             });
             *out = BwOutput::empty();
             out.kind = BW_OUT_PENDING;
-            out.task = Box::into_raw(Box::new(Task::Pending(pending))).cast();
+            let cell = Arc::new(TaskCell {
+                state: Mutex::new(TaskState::Pending(pending)),
+                abort: OnceLock::new(),
+            });
+            out.task = Arc::into_raw(cell).cast_mut().cast();
             BW_PENDING
         }
         (Poll::Pending, None) => unreachable!("a future is only taken once it is ready"),
@@ -238,23 +300,36 @@ pub(super) unsafe extern "C" fn task_start(
 ) -> *mut c_void {
     let completion = Completion(Some(completion));
     let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `task` came from `drive` and the host passes it here once; it owns it until it
-        // passes the returned handle to `task_cancel`.
-        let cell = unsafe { &mut *task.cast::<Task>() };
-        let Task::Pending(future) = std::mem::replace(cell, Task::Taken) else {
+        // SAFETY: `task` came from `Arc::into_raw` in `drive`; the host holds that reference until
+        // it passes the handle to `task_cancel`, so the cell is alive here. One more reference is
+        // taken for the runtime task.
+        let cell = unsafe {
+            Arc::increment_strong_count(task.cast::<TaskCell>());
+            Arc::from_raw(task.cast::<TaskCell>())
+        };
+        let mut state = cell.lock();
+        if !matches!(*state, TaskState::Pending(_)) {
             return Err(completion);
+        }
+        let TaskState::Pending(future) = std::mem::replace(&mut *state, TaskState::Over) else {
+            unreachable!("matched above");
         };
         // The first task starts the runtime's threads.
-        match crate::runtime::LIBRARY.spawner() {
-            Ok(runtime) => {
-                let handle = runtime.spawn(async move {
-                    let outcome = future.await;
-                    completion.complete(outcome);
-                });
-                *cell = Task::Started(handle.abort_handle());
+        let runtime = match crate::runtime::LIBRARY.spawner() {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                drop(state);
+                // Dropping a future may touch its timers or sockets: as in `task_cancel`.
+                let _context = crate::runtime::LIBRARY.built().map(|rt| rt.enter());
+                drop(future);
+                completion.complete(Outcome::Error(error));
+                return Ok(());
             }
-            Err(error) => completion.complete(Outcome::Error(error)),
-        }
+        };
+        *state = TaskState::Running { future, completion };
+        drop(state);
+        let handle = runtime.spawn(RunTask(cell.clone()));
+        let _ = cell.abort.set(handle.abort_handle());
         Ok(())
     }));
     match result {
@@ -270,8 +345,9 @@ pub(super) unsafe extern "C" fn task_start(
     task
 }
 
-/// The vtable's `task_cancel`: frees a task handle, aborting the task if it still runs (its
-/// completion then reports it cancelled) or dropping its future if it never started.
+/// The vtable's `task_cancel`: frees a task handle. A task still running is stopped: its future is
+/// dropped before this returns (after a poll in progress on another thread, if any, has ended),
+/// then its completion reports it cancelled. A never-started task's future is dropped.
 ///
 /// # Safety
 /// `handle` must be null, a handle [`task_start`] returned, or the `task` of a pending output that
@@ -281,16 +357,31 @@ pub(super) unsafe extern "C" fn task_cancel(handle: *mut c_void) {
         return;
     }
     let _ = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: `handle` came from `drive`/`task_start`, and the host passes it here exactly once.
-        let task = unsafe { Box::from_raw(handle.cast::<Task>()) };
-        match *task {
-            Task::Started(abort) => abort.abort(),
-            Task::Pending(future) => {
-                // Dropping a future may touch its timers or sockets: do it inside the runtime.
-                let _context = crate::runtime::LIBRARY.built().map(|rt| rt.enter());
-                drop(future);
+        // SAFETY: `handle` is the host's reference from `Arc::into_raw` in `drive`, passed here
+        // exactly once.
+        let cell = unsafe { Arc::from_raw(handle.cast::<TaskCell>()) };
+        let taken = std::mem::replace(&mut *cell.lock(), TaskState::Over);
+        if let Some(abort) = cell.abort.get() {
+            abort.abort();
+        }
+        let completion = {
+            // Dropping a future may touch its timers or sockets: do it inside the runtime.
+            let _context = crate::runtime::LIBRARY.built().map(|rt| rt.enter());
+            match taken {
+                TaskState::Pending(future) => {
+                    drop(future);
+                    None
+                }
+                TaskState::Running { future, completion } => {
+                    drop(future);
+                    Some(completion)
+                }
+                TaskState::Over => None,
             }
-            Task::Taken => {}
+        };
+        // Reported once the future is gone; a completion dropped unreported reports the same.
+        if let Some(completion) = completion {
+            completion.complete(Outcome::Error(PluginError::Cancelled));
         }
     }));
 }

@@ -10,10 +10,19 @@
 //! 2. If it is pending, the host gets a task and starts it with a completion; the task then runs on
 //!    the plugin's runtime, so while the plugin waits for I/O it holds no host thread, and completes
 //!    exactly once, also when cancelled.
+//!
+//! `handle` copies the request the host lends for the call into a [`Request`](crate::Request);
+//! `handle_lent` (ABI 1.2, exported when the plugin sets
+//! [`HANDLE_LENT`](crate::BackworksPlugin::HANDLE_LENT)) reads it in place, as a [`LentRequest`],
+//! for as long as the call's future lives: `call` drops that future before the call's completion
+//! and before `task_cancel` returns, which is when the host's lease ends.
 
 mod call;
 mod input;
+mod lent;
 mod output;
+
+pub use lent::{LentRequest, Pairs};
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -22,7 +31,7 @@ use std::sync::Arc;
 use crate::abi::*;
 use crate::host_link::HostLink;
 use crate::{BackworksPlugin, HookAction, PluginError, PluginResult, Response};
-use call::LentRequest;
+use call::HeldRequest;
 use output::{Outcome, write_output};
 
 /// Writes the metadata section and the exported vtable of a plugin library.
@@ -112,6 +121,11 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         task_start: Some(call::task_start),
         task_cancel: Some(call::task_cancel),
         config_schema: Some(config_schema::<P>),
+        handle_lent: if P::HANDLE_LENT {
+            Some(handle_lent::<P>)
+        } else {
+            None
+        },
     }
 }
 
@@ -322,6 +336,45 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `handle_lent` (ABI 1.2): runs [`BackworksPlugin::handle_lent`] on the host's
+/// request, read in place. A request the host should not have sent (text that is not UTF-8, an
+/// upper-case header name) is copied, invalid bytes replaced, and served through
+/// [`BackworksPlugin::handle`].
+///
+/// # Safety
+/// As [`handle`], except that the request and everything it points to must stay valid and
+/// unchanged until the call is over: until this returns [`BW_READY`], or, when it returns
+/// [`BW_PENDING`], until the task's completion is called or `task_cancel` of the task returns.
+unsafe extern "C" fn handle_lent<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library and a request it lends until
+        // the call is over.
+        let (this, view) = unsafe { (instance::<P>(this), &*request) };
+        // SAFETY: the lease lasts as long as the future that borrows the request: `drive` drops
+        // the future before it returns READY, or moves it into the task, which drops it before it
+        // calls the completion and before `task_cancel` returns (`call::TaskCell`).
+        match unsafe { LentRequest::from_host(view) } {
+            Some(lent) => {
+                let future = plugin(this).handle_lent(lent);
+                // SAFETY: the future borrows the plugin value and the lent request (above); `out`
+                // is the host's valid output.
+                unsafe { call::drive(this, out, future, None, responded) }
+            }
+            None => {
+                // SAFETY: as for `handle`, the request is valid during the call.
+                let copy = unsafe { input::request(view) };
+                let future = plugin(this).handle(copy);
+                // SAFETY: the future borrows only the plugin value; `out` is valid.
+                unsafe { call::drive(this, out, future, None, responded) }
+            }
+        }
+    })
+}
+
 /// The vtable's `before_request`: copies the request and runs
 /// [`BackworksPlugin::before_request`].
 ///
@@ -335,7 +388,7 @@ unsafe extern "C" fn before_request<P: BackworksPlugin>(
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request valid for the call.
         let (this, request) = unsafe { (instance::<P>(this), input::request(&*request)) };
-        let request = LentRequest::new(request);
+        let request = HeldRequest::new(request);
         // SAFETY: `drive` drops the future before `request`.
         let future = plugin(this).before_request(unsafe { request.get() });
         // SAFETY: the future borrows only the plugin value and `request`; `out` is valid.
@@ -371,7 +424,7 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
                 input::response(&*response),
             )
         };
-        let request = LentRequest::new(request);
+        let request = HeldRequest::new(request);
         // SAFETY: `drive` drops the future before `request`.
         let future = plugin(this).after_response(unsafe { request.get() }, response);
         // SAFETY: the future borrows only the plugin value and `request`; `out` is valid.
@@ -417,7 +470,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{Request, Text};
+    use crate::{LentRequest, Request, Text};
 
     /// Answers by path: `/echo` (201, a header naming the `id` parameter, the body back), `/empty`
     /// (204, nothing else), `/wait` (after a tokio timer), `/panic`.
@@ -719,6 +772,199 @@ mod tests {
         assert_eq!(answer, (BW_OUT_RESPONSE, 200, vec![], b"waited".to_vec()));
         // SAFETY: released once, after completion.
         unsafe { (VTABLE.task_cancel.unwrap())(handle) };
+    }
+
+    /// Reads its request in place: `/loop` reads the path every millisecond until cancelled,
+    /// recording what it read in `READS`; anything else answers the path, parameter `id` and
+    /// header `x-seen` (`/wait` after a tokio timer).
+    #[derive(Default)]
+    struct Reader;
+
+    static READS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+    #[async_trait::async_trait]
+    impl BackworksPlugin for Reader {
+        const HANDLE_LENT: bool = true;
+
+        async fn handle_lent(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+            let path: &str = request.path();
+            if path == "/loop" {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    READS.lock().unwrap().push(path.to_owned());
+                }
+            }
+            if path == "/wait" {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let param = request.param("id").unwrap_or("-");
+            let header = request.header("x-seen").unwrap_or("-");
+            Ok(Response::new(200).with_body(format!("{path} {param} {header}")))
+        }
+    }
+
+    static READER: BwPluginVTable = vtable::<Reader>(b"");
+
+    /// A request the test owns, lent to `handle_lent` by views into these buffers.
+    struct HostRequest {
+        path: Vec<u8>,
+        header: Vec<u8>,
+        _pairs: Box<[BwKv; 2]>,
+        view: Box<BwRequest>,
+    }
+
+    impl HostRequest {
+        fn new(path: &[u8]) -> HostRequest {
+            let (path, header) = (path.to_vec(), b"yes".to_vec());
+            let pairs = Box::new([
+                BwKv {
+                    key: BwStr::new(b"id"),
+                    value: BwStr::new(b"7"),
+                },
+                BwKv {
+                    key: BwStr::new(b"x-seen"),
+                    value: BwStr::new(&header),
+                },
+            ]);
+            let view = Box::new(BwRequest {
+                method: BwStr::new(b"GET"),
+                path: BwStr::new(&path),
+                params: BwKvList::new(&pairs[..1]),
+                headers: BwKvList::new(&pairs[1..]),
+                ..BwRequest::EMPTY
+            });
+            HostRequest {
+                path,
+                header,
+                _pairs: pairs,
+                view,
+            }
+        }
+
+        /// What the host does when the lease is over: the memory is reused.
+        fn poison(&mut self) {
+            self.path.fill(b'X');
+            self.header.fill(b'X');
+        }
+    }
+
+    /// An instance of `Reader` with host services that log nowhere.
+    fn reader() -> (*mut c_void, Box<BwHostServices>) {
+        let services = Box::new(BwHostServices {
+            size: size_of::<BwHostServices>() as u32,
+            abi_minor: ABI_MINOR,
+            reserved: 0,
+            ctx: std::ptr::null_mut(),
+            plugin_name: BwStr::new(b"reader"),
+            max_log_level: 0,
+            log: None,
+            workers: 0,
+            reserved2: 0,
+        });
+        let mut out = BwOutput::empty();
+        // SAFETY: valid services that outlive the instance, and a valid output.
+        let instance = unsafe { (READER.instance_new.unwrap())(&*services, &mut out) };
+        assert!(!instance.is_null());
+        (instance, services)
+    }
+
+    /// Starts a pending task with a completion that sends its output to the returned receiver.
+    fn start(vtable: &BwPluginVTable, task: *mut c_void) -> (*mut c_void, mpsc::Receiver<Copied>) {
+        let (sender, receiver) = mpsc::channel::<Copied>();
+        let completion = BwCompletion {
+            ctx: Box::into_raw(Box::new(sender)).cast(),
+            complete: Some(send_completion),
+        };
+        // SAFETY: a pending task of this vtable, started once; the caller cancels the handle once.
+        let handle = unsafe { (vtable.task_start.unwrap())(task, completion) };
+        (handle, receiver)
+    }
+
+    #[test]
+    fn only_a_plugin_that_handles_lent_requests_exports_the_entry() {
+        assert!(VTABLE.handle_lent.is_none());
+        assert!(READER.handle_lent.is_some());
+        assert_eq!(READER.abi_minor, 2);
+        assert_eq!(READER.size as usize, size_of::<BwPluginVTable>());
+    }
+
+    #[test]
+    fn a_lent_request_is_read_in_place_across_an_await() {
+        let (instance, services) = reader();
+        let request = HostRequest::new(b"/now");
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request outlives the call and the output is valid.
+        let status = unsafe { (READER.handle_lent.unwrap())(instance, &*request.view, &mut out) };
+        assert_eq!(status, BW_READY);
+        assert_eq!(take(out).3, b"/now 7 yes");
+
+        let request = HostRequest::new(b"/wait");
+        let mut out = BwOutput::empty();
+        // SAFETY: as above; the request lives until the completion has been received.
+        let status = unsafe { (READER.handle_lent.unwrap())(instance, &*request.view, &mut out) };
+        assert_eq!((status, out.kind), (BW_PENDING, BW_OUT_PENDING));
+        let (handle, receiver) = start(&READER, out.task);
+        let answer = receiver.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(
+            answer,
+            (BW_OUT_RESPONSE, 200, vec![], b"/wait 7 yes".to_vec())
+        );
+        // SAFETY: released once, after completion.
+        unsafe { (READER.task_cancel.unwrap())(handle) };
+        // SAFETY: no call runs on the instance any more.
+        unsafe { (READER.instance_free.unwrap())(instance) };
+        drop((request, services));
+    }
+
+    /// The host's side of the lease: once `task_cancel` has returned, the host frees or reuses
+    /// the request's memory (here: overwrites it). The task must never read it again. Nothing
+    /// here is timed: the pause after the cancel only gives a task that kept running the chance
+    /// to be caught, and the test fails on what it read, never on how long anything took.
+    #[test]
+    fn a_cancelled_lent_call_stops_reading_before_task_cancel_returns() {
+        let (instance, services) = reader();
+        let mut request = HostRequest::new(b"/loop");
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request outlives the call and the output is valid.
+        let status = unsafe { (READER.handle_lent.unwrap())(instance, &*request.view, &mut out) };
+        assert_eq!(status, BW_PENDING);
+        let (handle, receiver) = start(&READER, out.task);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while READS.lock().unwrap().len() < 3 {
+            assert!(std::time::Instant::now() < deadline, "the task never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // SAFETY: the started task's handle, released once.
+        unsafe { (READER.task_cancel.unwrap())(handle) };
+        let reads_at_cancel = READS.lock().unwrap().len();
+        request.poison();
+        let cancelled = receiver.recv_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(cancelled.0, BW_OUT_ERROR);
+        std::thread::sleep(Duration::from_millis(20));
+        let reads = READS.lock().unwrap().clone();
+        assert_eq!(
+            reads.len(),
+            reads_at_cancel,
+            "the task read on after task_cancel"
+        );
+        assert!(reads.iter().all(|read| read == "/loop"), "{reads:?}");
+        // SAFETY: no call runs on the instance any more.
+        unsafe { (READER.instance_free.unwrap())(instance) };
+        drop((request, services));
+    }
+
+    #[test]
+    fn a_lent_request_that_is_not_utf8_is_served_from_a_copy() {
+        let (instance, services) = reader();
+        let request = HostRequest::new(b"/a\xffb");
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request outlives the call and the output is valid.
+        let status = unsafe { (READER.handle_lent.unwrap())(instance, &*request.view, &mut out) };
+        assert_eq!(status, BW_READY);
+        assert_eq!(take(out).3, "/a\u{fffd}b 7 yes".as_bytes());
+        // SAFETY: no call runs on the instance any more.
+        unsafe { (READER.instance_free.unwrap())(instance) };
+        drop((request, services));
     }
 
     #[test]
