@@ -163,8 +163,12 @@ fn compile_c(src: &Path) -> PathBuf {
         .expect("source name")
         .to_owned();
     let out = out_dir.join(format!("lib{name}.so"));
-    let fresh = match (std::fs::metadata(&out), std::fs::metadata(src)) {
-        (Ok(o), Ok(s)) => o.modified().ok() >= s.modified().ok(),
+    // Fresh when newer than its source and than the ABI header every C plugin includes (a new
+    // ABI minor must rebuild them all).
+    let header = root().join("plugin-sdk/include/backworks_plugin.h");
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let fresh = match (modified(&out), modified(src), modified(&header)) {
+        (Some(o), Some(s), Some(h)) => o >= s && o >= h,
         _ => false,
     };
     if !fresh {
