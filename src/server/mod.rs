@@ -453,19 +453,16 @@ async fn serve_endpoint(
 /// What the endpoint needs to answer the request, or the host's refusal: the plugin, its hooks
 /// and the SDK request. Not `async`, so the HTTP request's head is not held across the call (it
 /// would make the request's future, moved a few times before it runs, larger).
-fn prepare<'e>(
-    endpoint: &'e Endpoint,
+#[expect(
+    clippy::result_large_err,
+    reason = "the refusal goes straight back to the handler by value, as a response always does"
+)]
+fn prepare(
+    endpoint: &Endpoint,
     params: RawPathParams,
     parts: Parts,
     body: Result<Bytes, CallError>,
-) -> Result<
-    (
-        &'e Arc<Guarded>,
-        &'e HookChain,
-        backworks_plugin_sdk::Request,
-    ),
-    axum::response::Response,
-> {
+) -> Result<(&Arc<Guarded>, &HookChain, backworks_plugin_sdk::Request), axum::response::Response> {
     let refuse = |error: CallError| {
         let request_id = parts
             .headers
