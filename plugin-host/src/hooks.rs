@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use backworks_plugin_sdk::{HookAction, Request, Response};
 
 use crate::CallError;
+use crate::guard::Guarded;
 use crate::observe::Observer;
 use crate::plugin::Plugin;
 use crate::public_error::error_response;
@@ -68,8 +69,8 @@ pub struct HookCounts {
 /// One plugin's place in a chain.
 #[derive(Debug, Clone)]
 pub struct Hook {
-    /// The plugin.
-    pub plugin: Arc<dyn Plugin>,
+    /// The plugin, behind its call guard (called as such, so no call boxes its future).
+    pub plugin: Arc<Guarded>,
     /// Whether its `before_request` runs, and what its failure does.
     pub before_request: Option<OnFailure>,
     /// Whether its `after_response` runs, and what its failure does.

@@ -88,7 +88,7 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, CallErr
     for (name, value) in response.headers.iter() {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| invalid(format!("plugin returned an invalid header name {name:?}")))?;
-        let value = HeaderValue::from_str(value).map_err(|_| {
+        let value = header_value(value).map_err(|_| {
             invalid(format!(
                 "plugin returned an invalid value for header `{name}`"
             ))
@@ -96,6 +96,24 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, CallErr
         headers.append(name, value);
     }
     Ok(http)
+}
+
+/// Header values plugins send on most responses: handed to hyper as static text, without the
+/// copy `HeaderValue::from_str` makes.
+const COMMON_VALUES: [&str; 4] = [
+    "application/json",
+    "text/plain; charset=utf-8",
+    "application/octet-stream",
+    "text/html; charset=utf-8",
+];
+
+/// `value` as a header value: a static one when it is one of [`COMMON_VALUES`], else a copy,
+/// checked as HTTP requires.
+fn header_value(value: &str) -> Result<HeaderValue, axum::http::header::InvalidHeaderValue> {
+    match COMMON_VALUES.iter().find(|common| **common == value) {
+        Some(common) => Ok(HeaderValue::from_static(common)),
+        None => HeaderValue::from_str(value),
+    }
 }
 
 #[cfg(test)]
@@ -143,6 +161,29 @@ mod tests {
         let http = into_http("good", good);
         assert_eq!(http.status(), 201);
         assert_eq!(http.headers()["content-type"], "text/plain; charset=utf-8");
+    }
+
+    #[test]
+    fn common_header_values_are_the_same_as_copied_ones() {
+        for value in COMMON_VALUES {
+            let fast = header_value(value).expect("a valid value");
+            assert_eq!(fast, HeaderValue::from_str(value).unwrap());
+            assert_eq!(fast.to_str().unwrap(), value);
+        }
+        // Close to a common one but not it: copied, and still checked.
+        assert_eq!(
+            header_value("application/json; charset=utf-8").unwrap(),
+            "application/json; charset=utf-8"
+        );
+        assert!(header_value("application/json\r\nx-injected: 1").is_err());
+        let http = into_http(
+            "p",
+            Response::new(200)
+                .with_header("content-type", "application/json")
+                .with_header("x-other", "application/json"),
+        );
+        assert_eq!(http.headers()["content-type"], "application/json");
+        assert_eq!(http.headers()["x-other"], "application/json");
     }
 
     #[test]

@@ -18,18 +18,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::{BytesRejection, RawPathParamsRejection};
-use axum::extract::{DefaultBodyLimit, RawPathParams};
+use axum::body::{Body, HttpBody};
+use axum::extract::RawPathParams;
+use axum::extract::rejection::RawPathParamsRejection;
+use axum::http::Method;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 use axum::routing::{MethodFilter, MethodRouter, on};
 use backworks_plugin_host::error_response;
 use backworks_plugin_host::{
-    CallError, Hook, HookChain, HookCounts, Isolation, Observer, Plugin, PluginHost, PluginSource,
-    PluginSpec, PluginState,
+    CallError, Guarded, Hook, HookChain, HookCounts, Isolation, Observer, Plugin, PluginHost,
+    PluginSource, PluginSpec, PluginState,
 };
 use backworks_plugin_sdk::{PluginError, Response, Text};
 use bytes::Bytes;
+use http_body_util::BodyExt;
 
 use crate::config::{Config, EndpointConfig, PluginConfig, PluginKind};
 use metrics::EndpointStats;
@@ -42,7 +44,7 @@ struct Endpoint {
     /// `Err` with the reason when the endpoint cannot be served (plugin disabled or failed, or a
     /// hook plugin unavailable): the endpoint then answers 503 rather than run without its hooks.
     /// The reason is logged and shown on the admin API, never in a public body.
-    target: Result<(Arc<dyn Plugin>, HookChain), String>,
+    target: Result<(Arc<Guarded>, HookChain), String>,
 }
 
 /// What the hooks of one plugin share across every endpoint's chain: its failure counts and its
@@ -230,12 +232,10 @@ fn resolve(
         None => format!("plugin `{name}` is not configured"),
     };
     let target = (|| {
-        let plugin = host
-            .get(&endpoint.plugin)
-            .ok_or_else(|| unavailable(&endpoint.plugin))?;
+        let plugin = active(host, &endpoint.plugin).ok_or_else(|| unavailable(&endpoint.plugin))?;
         let mut hooks = Vec::new();
         for hook in config.hook_chain(endpoint) {
-            let plugin = host.get(&hook.name);
+            let plugin = active(host, &hook.name);
             let share = shares.iter().find(|s| s.name == hook.name);
             let (plugin, share) = match (plugin, share) {
                 (Some(plugin), Some(share)) => (plugin, share),
@@ -280,6 +280,13 @@ fn resolve(
     }
 }
 
+/// The call guard of plugin `name` while it is active (what [`PluginHost::get`] answers), as its
+/// concrete type: the request path calls it without boxing each call's future.
+fn active(host: &PluginHost, name: &str) -> Option<Arc<Guarded>> {
+    host.guarded(name)
+        .filter(|g| g.lifecycle().state() == PluginState::Active)
+}
+
 fn state_reason(state: &PluginState) -> &str {
     match state {
         PluginState::Error(reason) => reason,
@@ -315,17 +322,20 @@ pub fn routers(
             // A GET route answers HEAD too (axum routes HEAD to it when the path has no HEAD
             // route of its own): the plugin sees a GET, hyper sends the head without the body.
             let head_as_get = filter == MethodFilter::GET;
+            // The whole request, not `Parts` and a body extractor: axum's `Parts` extractor
+            // clones the head (header map and extensions) on every request.
             let handler = move |params: Result<RawPathParams, RawPathParamsRejection>,
-                                mut parts: Parts,
-                                body: Result<Bytes, BytesRejection>| {
+                                request: axum::extract::Request| {
                 let endpoint = endpoint.clone();
                 async move {
+                    let (mut parts, body) = request.into_parts();
                     let params = match params {
                         Ok(params) => params,
                         Err(rejection) => {
                             return edge::reply::bad_path_parameter(&rejection, &parts.headers);
                         }
                     };
+                    let body = read_body(body, endpoint.max_request_body).await;
                     if head_as_get && parts.method == Method::HEAD {
                         parts.method = Method::GET;
                     }
@@ -344,7 +354,6 @@ pub fn routers(
     for (path, route) in by_path {
         router = router.route(path, route);
     }
-    let router = router.layer(DefaultBodyLimit::max(config.server.max_request_body));
     let important: Vec<String> = config
         .plugins
         .iter()
@@ -394,27 +403,67 @@ fn method_filter(method: &str) -> MethodFilter {
     }
 }
 
+/// The request body, read whole, at most `limit` bytes (`server.max_request_body`): over it, the
+/// 413 the client gets. A body hyper knows to be empty (a `GET` without one) is not read at all:
+/// no limit, buffer or timer to set up.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, CallError> {
+    if HttpBody::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(CallError::Plugin(PluginError::Status {
+                status: 413,
+                message: format!(
+                    "request body is over the limit of {limit} bytes (server.max_request_body)"
+                ),
+            }))
+        }
+        Err(error) => Err(CallError::Plugin(PluginError::BadRequest(format!(
+            "cannot read the request body: {error}"
+        )))),
+    }
+}
+
 async fn serve_endpoint(
     endpoint: &Endpoint,
     params: RawPathParams,
     parts: Parts,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<Bytes, CallError>,
 ) -> axum::response::Response {
     // quanta: a cheap clock read (see the root Cargo.toml).
     let started = quanta::Instant::now();
-    let response = answer(endpoint, params, parts, body).await;
+    let response = match prepare(endpoint, params, parts, body) {
+        Ok((plugin, hooks, request)) => {
+            let response = if hooks.is_empty() {
+                call(plugin, request).await
+            } else {
+                hooks.run(request, |request| call(plugin, request)).await
+            };
+            convert::into_http(&endpoint.plugin_name, response)
+        }
+        Err(refusal) => refusal,
+    };
     endpoint
         .stats
         .record(response.status().as_u16(), started.elapsed());
     response
 }
 
-async fn answer(
+/// What the endpoint needs to answer the request, or the host's refusal: the plugin, its hooks
+/// and the SDK request. Not `async`, so the HTTP request's head is not held across the call (it
+/// would make the request's future, moved a few times before it runs, larger).
+#[expect(
+    clippy::result_large_err,
+    reason = "the refusal goes straight back to the handler by value, as a response always does"
+)]
+fn prepare(
     endpoint: &Endpoint,
     params: RawPathParams,
     parts: Parts,
-    body: Result<Bytes, BytesRejection>,
-) -> axum::response::Response {
+    body: Result<Bytes, CallError>,
+) -> Result<(&Arc<Guarded>, &HookChain, backworks_plugin_sdk::Request), axum::response::Response> {
     let refuse = |error: CallError| {
         let request_id = parts
             .headers
@@ -427,44 +476,20 @@ async fn answer(
     };
     let (plugin, hooks) = match &endpoint.target {
         Ok(target) => target,
-        Err(reason) => return refuse(CallError::Unavailable(reason.clone())),
+        Err(reason) => return Err(refuse(CallError::Unavailable(reason.clone()))),
     };
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return refuse(CallError::Plugin(PluginError::Status {
-                status: 413,
-                message: format!(
-                    "request body is over the limit of {} bytes (server.max_request_body)",
-                    endpoint.max_request_body
-                ),
-            }));
-        }
-        Err(rejection) => {
-            return refuse(CallError::Plugin(PluginError::BadRequest(format!(
-                "cannot read the request body: {}",
-                rejection.body_text()
-            ))));
-        }
-    };
+    let body = body.map_err(refuse)?;
     let request = convert::request_from_parts(&parts, params.iter(), body);
-    let response = if hooks.is_empty() {
-        call(plugin.as_ref(), request).await
-    } else {
-        hooks
-            .run(request, |request| call(plugin.as_ref(), request))
-            .await
-    };
-    convert::into_http(&endpoint.plugin_name, response)
+    Ok((plugin, hooks, request))
 }
 
-async fn call(plugin: &dyn Plugin, request: backworks_plugin_sdk::Request) -> Response {
+async fn call(plugin: &Guarded, request: backworks_plugin_sdk::Request) -> Response {
     // The request id of an error body comes from the request; keep its header (a cheap copy of
     // short inline text) only in case the call fails.
     let request_id = request.header("x-request-id").map(Text::from);
     match plugin.handle(request).await {
         Ok(response) => response,
-        Err(error) => error_response(&plugin.info().name, &error, request_id.as_deref()),
+        Err(error) => error_response(&Plugin::info(plugin).name, &error, request_id.as_deref()),
     }
 }
 
@@ -482,7 +507,7 @@ pub async fn serve(config: Config, addr: SocketAddr, host: Arc<PluginHost>) -> a
     let monitor = tokio::spawn(health::monitor(host.clone(), config.health.clone()));
     let reload = config.reload.clone();
     let reloader = reload::Reloader::new(config.clone(), host.clone());
-    let (app, admin_app) = (reloader.public_router(), reloader.admin_router());
+    let (app, admin_app) = (reloader.public_routes(), reloader.admin_routes());
     #[cfg(unix)]
     let hangups = tokio::spawn(reload::on_sighup(reloader.clone(), sighup));
     let watcher = reload
@@ -561,5 +586,57 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(error: CallError) -> (u16, String) {
+        match error {
+            CallError::Plugin(PluginError::Status { status, message }) => (status, message),
+            CallError::Plugin(PluginError::BadRequest(message)) => (400, message),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_up_to_the_limit_and_an_empty_one_not_at_all() {
+        // Known empty: the fast path.
+        assert!(HttpBody::is_end_stream(&Body::empty()));
+        assert_eq!(read_body(Body::empty(), 0).await.unwrap(), "");
+        // Not known empty: read, even when it turns out empty or sits exactly at the limit.
+        let chunks = |parts: Vec<&'static str>| {
+            Body::from_stream(futures_util::stream::iter(
+                parts.into_iter().map(Ok::<_, std::io::Error>),
+            ))
+        };
+        assert!(!HttpBody::is_end_stream(&chunks(vec![])));
+        assert_eq!(read_body(chunks(vec![]), 0).await.unwrap(), "");
+        assert_eq!(
+            read_body(chunks(vec!["ab", "cd"]), 4).await.unwrap(),
+            "abcd"
+        );
+        assert_eq!(read_body(Body::from("abcd"), 4).await.unwrap(), "abcd");
+        // One byte over: the 413, naming the setting.
+        let (status, message) =
+            status_of(read_body(chunks(vec!["ab", "cde"]), 4).await.unwrap_err());
+        assert_eq!(status, 413);
+        assert_eq!(
+            message,
+            "request body is over the limit of 4 bytes (server.max_request_body)"
+        );
+        // A body that fails is the client's bad request.
+        let failing = Body::from_stream(futures_util::stream::iter([
+            Ok("ab"),
+            Err(std::io::Error::other("reset")),
+        ]));
+        let (status, message) = status_of(read_body(failing, 100).await.unwrap_err());
+        assert_eq!(status, 400);
+        assert!(
+            message.starts_with("cannot read the request body: "),
+            "{message}"
+        );
     }
 }

@@ -21,20 +21,17 @@
 //!    (libraries are never unloaded), which is why generations are bounded.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::Request;
-use axum::response::Response;
 use backworks_plugin_host::{Health, Plugin, PluginHost, PluginState, Retiring};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tower::ServiceExt;
 
+use super::edge::Routes;
 use super::{Carry, health, plugin_source, plugin_spec, routers};
 use crate::config::{Config, PluginConfig, PluginKind};
 
@@ -75,8 +72,8 @@ struct Serving {
 #[derive(Debug)]
 pub struct Reloader {
     host: Arc<PluginHost>,
-    public: ArcSwap<Router>,
-    admin: ArcSwap<Router>,
+    public: Routes,
+    admin: Routes,
     serving: tokio::sync::Mutex<Serving>,
     last: Mutex<Option<ReloadReport>>,
     this: Weak<Reloader>,
@@ -95,8 +92,8 @@ impl Reloader {
                 .collect();
             Reloader {
                 host,
-                public: ArcSwap::from_pointee(public),
-                admin: ArcSwap::from_pointee(admin),
+                public: Arc::new(ArcSwap::from_pointee(public)),
+                admin: Arc::new(ArcSwap::from_pointee(admin)),
                 serving: tokio::sync::Mutex::new(Serving {
                     config,
                     carry,
@@ -109,22 +106,15 @@ impl Reloader {
         })
     }
 
-    /// The public router: each request is served by the routers current when it arrives.
-    pub fn public_router(self: &Arc<Self>) -> Router {
-        let this = self.clone();
-        Router::new().fallback_service(tower::service_fn(move |request: Request| {
-            let current = this.public.load_full();
-            serve_on(current, request)
-        }))
+    /// The public router as it is now and after every reload, for the edge: each request is
+    /// served by the router current when it arrives, and holds it until it is answered.
+    pub fn public_routes(&self) -> Routes {
+        self.public.clone()
     }
 
     /// The admin router, swapped the same way.
-    pub fn admin_router(self: &Arc<Self>) -> Router {
-        let this = self.clone();
-        Router::new().fallback_service(tower::service_fn(move |request: Request| {
-            let current = this.admin.load_full();
-            serve_on(current, request)
-        }))
+    pub fn admin_routes(&self) -> Routes {
+        self.admin.clone()
     }
 
     /// The last reload's report, if there was one.
@@ -387,12 +377,6 @@ impl Reloader {
 }
 
 /// Serves `request` on `router`, which the request holds until it is answered.
-async fn serve_on(router: Arc<Router>, request: Request) -> Result<Response, Infallible> {
-    let response = router.as_ref().clone().oneshot(request).await;
-    drop(router);
-    response
-}
-
 /// Waits until nothing holds the old routers and the retired generations have no call in flight
 /// (or `timeout` passed), then shuts the retired generations down.
 async fn drain(

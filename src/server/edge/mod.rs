@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use nix::errno::Errno;
 use tokio::net::{TcpListener, TcpSocket};
@@ -43,6 +44,12 @@ use tokio::time::Instant;
 use crate::config::EdgeConfig;
 use connection::{Conn, Phase};
 use service::EdgeService;
+
+/// The router a listener serves, swapped whole by a reload. The edge loads it for each request,
+/// which holds it (and so the plugins of its generation) until it is answered: a reload drains
+/// the old router once nothing holds it. Loaded here rather than through a router of its own in
+/// front, which would route every request twice.
+pub type Routes = Arc<ArcSwap<Router>>;
 
 /// The admin listener's connection cap: operators and scrapers, not the public.
 pub const ADMIN_CONNECTIONS: usize = 32;
@@ -170,11 +177,11 @@ impl Drop for Registered {
     }
 }
 
-/// Serves `router` on `listener` with the edge settings and at most `cap` connections, until
+/// Serves `routes` on `listener` with the edge settings and at most `cap` connections, until
 /// `shutdown` completes; then stops accepting and returns once every connection has closed.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    routes: Routes,
     edge: EdgeConfig,
     cap: usize,
     shutdown: impl Future<Output = ()>,
@@ -235,7 +242,7 @@ pub async fn serve(
         let conn = Arc::new(Conn::new(epoch));
         let registered = registry.insert(conn.clone());
         let service = EdgeService {
-            router: router.clone(),
+            routes: routes.clone(),
             conn: conn.clone(),
             body_read_timeout: edge.body_read_timeout,
         };

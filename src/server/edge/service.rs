@@ -15,13 +15,14 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use tokio::time::{Instant, Sleep};
 
+use super::Routes;
 use super::connection::Conn;
 use super::reply;
 
 /// Serves one connection's requests through `router`.
 #[derive(Clone, Debug)]
 pub(super) struct EdgeService {
-    pub(super) router: Router,
+    pub(super) routes: Routes,
     pub(super) conn: Arc<Conn>,
     pub(super) body_read_timeout: Duration,
 }
@@ -42,12 +43,15 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
             progressed: false,
             conn: conn.clone(),
         });
-        let served = tower_service::Service::call(&mut self.router.clone(), request);
+        let current = self.routes.load_full();
+        let served = tower_service::Service::call(&mut Router::clone(&current), request);
         Box::pin(async move {
             let response = match served.await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            // The request held its router until answered (see `Routes`).
+            drop(current);
             // The handler saw the body fail; whatever it answered, the client gets the 408.
             let response = if conn.take_body_stalled() {
                 reply::body_stalled(timeout)

@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# The HTTP benchmark: `GET /hello/world` served by a plain axum route and by the host in each way
+# it can serve the same endpoint, rounds alternated in one run, on loopback.
+#
+#   benches/http/run.sh [ROUNDS] [SECONDS]        # default: 5 rounds of 4 s per server
+#
+# Servers (each started on a free port, loaded, then stopped):
+#   axum      benches/http/axum_baseline.rs: the handler as a plain axum route (the baseline)
+#   builtin   the host with `hello` compiled in (benches/http/builtin_host.rs)
+#   so        `backworks serve`, `hello` from libhello.so
+#   hook      the same behind the `request-id` plugin (before_request + after_response)
+#   process   the same .so under `isolation: process`
+# SERVERS="axum so" picks some. COMPARE_BIN=path/to/another/backworks adds `so@cmp` and
+# `hook@cmp` rows served by that binary (an older build, for a before/after in one run).
+#
+# Load: wrk -t1 -c32 (installed with apt-get when missing), after a 1 s warm-up. CPU per request
+# is utime + stime of the server process and its children (a process plugin's child) from
+# /proc/PID/stat around the load, divided by the requests wrk counted: the steadiest figure on a
+# shared machine. The ratio is req/s over the axum baseline's in the same round.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+rounds=${1:-5}
+secs=${2:-4}
+servers=${SERVERS:-axum builtin so hook process}
+if [[ -n "${COMPARE_BIN:-}" ]]; then servers="$servers so@cmp hook@cmp"; fi
+
+if ! command -v wrk >/dev/null; then
+    sudo=$([[ $(id -u) == 0 ]] || echo sudo)
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
+fi
+cargo build --release -q -p backworks --bin backworks \
+    --example http_axum_baseline --example http_builtin_host
+cargo build --release -q -p backworks-example-hello -p backworks-example-request-id
+
+work=$(mktemp -d)
+pid=
+cleanup() {
+    [[ -n "$pid" ]] && kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# config NAME HELLO_ENTRY [REQUEST_ID]
+config() {
+    {
+        printf 'server:\n  host: 127.0.0.1\n  port: 0\n  admin:\n    port: 0\n'
+        printf 'plugin_dirs:\n  - %s/target/release\n' "$root"
+        printf 'plugins:\n  hello:\n%s\n' "$2"
+        if [[ -n "${3:-}" ]]; then
+            printf '  request-id:\n    type: external\n    path: librequest_id.so\n'
+            printf '    hooks: [before_request, after_response]\n'
+        fi
+        printf 'endpoints:\n  hello:\n    path: /hello/{name}\n    methods: [GET]\n    plugin: hello\n'
+    } >"$work/$1.yaml"
+}
+config builtin '    type: builtin'
+config so $'    type: external\n    path: libhello.so'
+config hook $'    type: external\n    path: libhello.so' yes
+config process $'    type: external\n    path: libhello.so\n    isolation: process'
+
+# The server command of a row.
+command_of() {
+    local bin=$root/target/release/backworks
+    case $1 in
+        axum) echo "$root/target/release/examples/http_axum_baseline 127.0.0.1:0" ;;
+        builtin) echo "$root/target/release/examples/http_builtin_host $work/builtin.yaml" ;;
+        *@cmp) echo "$COMPARE_BIN serve -c $work/${1%@cmp}.yaml" ;;
+        *) echo "$bin serve -c $work/$1.yaml" ;;
+    esac
+}
+
+# CPU clock ticks of a process and its children.
+ticks() {
+    local total=0 p
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        total=$((total + $(awk '{print $14+$15}' /proc/"$p"/stat 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+threads() {
+    local total=0 p
+    for p in "$1" $(cat /proc/"$1"/task/*/children 2>/dev/null); do
+        total=$((total + $(awk '/^Threads:/ {print $2}' /proc/"$p"/status 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
+hz=$(getconf CLK_TCK)
+results=$work/results.tsv
+# run ROUND SERVER: one load of one server; appends a line to $results.
+run() {
+    local log=$work/log url t0 t1 out n rps bad
+    : >"$log"
+    # shellcheck disable=SC2046
+    $(command_of "$2") 2>"$log" &
+    pid=$!
+    for _ in $(seq 1 400); do
+        url=$(grep -v 'admin API' "$log" | grep -o 'listening on http://[0-9.:]*' | head -1 | awk '{print $3}') || true
+        [[ -n "$url" ]] && break
+        sleep 0.05
+    done
+    if [[ -z "$url" ]] || ! curl -sf "$url/hello/world" | grep -q '"Hello, world!"'; then
+        echo "$2 did not serve GET /hello/world; its log:" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+    wrk -t1 -c32 -d1s "$url/hello/world" >/dev/null
+    t0=$(ticks "$pid")
+    out=$(wrk -t1 -c32 -d"${secs}s" "$url/hello/world")
+    t1=$(ticks "$pid")
+    n=$(echo "$out" | awk '/requests in/ {print $1}')
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    bad=$(echo "$out" | awk '/Non-2xx/ {print $NF} /Socket errors/ {print "socket-errors"}' | paste -sd, -)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$rps" \
+        "$(python3 -c "print(round(($t1-$t0)*1e6/$hz/$n, 2))")" "$(threads "$pid")" "${bad:-0}" \
+        | tee -a "$results"
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=
+}
+
+read -r -a list <<<"$servers"
+echo "round	server	req/s	CPU us/req	threads	non-2xx"
+for round in $(seq 1 "$rounds"); do
+    # Each round starts one server later, so no server always follows the same one.
+    for i in "${!list[@]}"; do
+        run "$round" "${list[$(((i + round - 1) % ${#list[@]}))]}"
+    done
+done
+
+python3 - "$results" "$servers" <<'PY'
+import statistics, sys
+rows = [line.split("\t") for line in open(sys.argv[1]).read().splitlines()]
+order = sys.argv[2].split()
+by = {}
+for rnd, server, rps, cpu, threads, bad in rows:
+    by.setdefault(server, {})[rnd] = (float(rps), float(cpu), int(threads), bad)
+base = by.get("axum", {})
+print()
+print(f"{'server':10} {'req/s (median)':>15} {'ratio to axum':>22} {'CPU us/req':>11} {'+CPU us':>8} {'threads':>8}")
+for server in order:
+    got = by[server]
+    rps = statistics.median(v[0] for v in got.values())
+    cpu = statistics.median(v[1] for v in got.values())
+    threads = max(v[2] for v in got.values())
+    ratios = [got[r][0] / base[r][0] for r in got if r in base]
+    if ratios:
+        ratio = f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+        extra = f"{cpu - statistics.median(v[1] for v in base.values()):+.2f}"
+    else:
+        ratio, extra = "-", "-"
+    print(f"{server:10} {rps:>15,.0f} {ratio:>22} {cpu:>11.2f} {extra:>8} {threads:>8}")
+PY
