@@ -28,7 +28,7 @@ pub enum PackageKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    /// The manifest format ([`FORMAT`]).
+    /// The manifest format (`FORMAT`, currently 1).
     pub format: u32,
     /// The plugin's name.
     pub name: String,
