@@ -12,18 +12,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{Server, backworks, client, get_json, root, serve_dir, target_dir};
-
-fn text(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// Runs `backworks ARGS`, asserting it succeeds; its output.
-fn ok(args: &[&str]) -> String {
-    let out = backworks(args);
-    assert!(out.status.success(), "backworks {args:?}:\n{}", text(&out));
-    text(&out)
-}
+use crate::support::{
+    Server, backworks, backworks_ok as ok, client, get_json, output_text as text, root, serve_dir,
+    target_dir,
+};
 
 /// Runs `cargo ARGS` in `crate_dir` with the shared target folder, asserting it succeeds.
 fn cargo(crate_dir: &Path, target: &Path, args: &[&str]) -> String {

@@ -14,29 +14,10 @@ use flate2::write::GzEncoder;
 use serde_json::Value;
 use tar::EntryType;
 
-use crate::support::{Server, backworks, client, get_json, rust_plugin, serve_dir};
-
-fn text(out: &std::process::Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
-}
-
-/// Runs `backworks ARGS`, asserting it succeeds; its output.
-fn ok(args: &[&str]) -> String {
-    let out = backworks(args);
-    assert!(out.status.success(), "backworks {args:?}:\n{}", text(&out));
-    text(&out)
-}
-
-/// Runs `backworks ARGS`, asserting it fails; its output.
-fn refused(args: &[&str]) -> String {
-    let out = backworks(args);
-    assert!(
-        !out.status.success(),
-        "backworks {args:?} succeeded:\n{}",
-        text(&out)
-    );
-    text(&out)
-}
+use crate::support::{
+    Server, backworks_ok as ok, backworks_refused as refused, client, get_json, rust_plugin,
+    serve_dir,
+};
 
 /// A folder with key pairs, plugin builds, packages, an index and a config.
 struct Workspace {

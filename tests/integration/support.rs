@@ -516,3 +516,30 @@ pub fn serve_dir(dir: &Path) -> String {
     });
     format!("http://{}", rx.recv().unwrap())
 }
+
+/// A finished command's standard output followed by its standard error, as text.
+pub fn output_text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Runs `backworks ARGS`, asserting it succeeds; its output.
+pub fn backworks_ok(args: &[&str]) -> String {
+    let out = backworks(args);
+    assert!(
+        out.status.success(),
+        "backworks {args:?}:\n{}",
+        output_text(&out)
+    );
+    output_text(&out)
+}
+
+/// Runs `backworks ARGS`, asserting it fails; its output.
+pub fn backworks_refused(args: &[&str]) -> String {
+    let out = backworks(args);
+    assert!(
+        !out.status.success(),
+        "backworks {args:?} succeeded:\n{}",
+        output_text(&out)
+    );
+    output_text(&out)
+}
