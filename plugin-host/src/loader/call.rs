@@ -74,15 +74,19 @@ pub(super) async fn finish(out: &mut Output, waiting: &mut Option<Waiting>) {
     let Some(task) = waiting else {
         return;
     };
-    let raw = (&mut task.receiver).await.unwrap_or_else(|_| {
-        // Only if the plugin broke the ABI and dropped the completion uncalled.
-        let mut lost = BwOutput::empty();
-        lost.kind = BW_OUT_ERROR;
-        lost.code = BW_ERR_CANCELLED;
-        lost
-    });
+    let raw = (&mut task.receiver)
+        .await
+        .unwrap_or_else(|_| cancelled_output());
     *waiting = None;
     *out = Output { raw };
+}
+
+/// What a call whose completion was dropped uncalled answers: only if the plugin broke the ABI.
+pub(super) fn cancelled_output() -> BwOutput {
+    let mut lost = BwOutput::empty();
+    lost.kind = BW_OUT_ERROR;
+    lost.code = BW_ERR_CANCELLED;
+    lost
 }
 
 /// The completion a pending task calls: moves the output into the waiting call's channel.

@@ -11,9 +11,12 @@
 //! opt in) it goes to `handle`, which lends them for the call only and the plugin copies them.
 
 use std::ffi::c_void;
+use std::marker::PhantomPinned;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use backworks_plugin_sdk::abi::*;
@@ -22,8 +25,8 @@ use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
 use super::call::{
-    LENT_INLINE_PAIRS, Output, RequestViews, TaskGuard, Waiting, finish, kv, on_complete, str_view,
-    with_request_view,
+    LENT_INLINE_PAIRS, Output, RequestViews, TaskGuard, Waiting, cancelled_output, finish, kv,
+    on_complete, str_view, with_request_view,
 };
 use crate::CallError;
 use crate::HostError;
@@ -50,21 +53,123 @@ pub struct DynamicPlugin {
 /// Whether instances made from now on use a plugin's `handle_lent` (see [`DynamicPlugin::set_lending`]).
 static LENDING: AtomicBool = AtomicBool::new(true);
 
+/// What the [`Plugin`] methods return (as `async_trait` writes it).
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// The type of the vtable's `handle` and `handle_lent`.
 type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwOutput) -> i32;
 
-/// An endpoint call's request lent to `handle_lent`, with its views, in the call's future: that
-/// future is pinned before the views are made (they are made in its first poll), so neither
-/// moves while the plugin may read them.
+/// An endpoint call through `handle_lent` (ABI 1.2), as the future the [`Plugin::handle`] box
+/// holds: the request and its views live in it, lent until the call is over.
 ///
-/// Fields drop in declaration order. `waiting` goes first: releasing the task handle cancels a
-/// task still running, and the plugin's `task_cancel` returns only once the task has stopped
-/// reading the request (the ABI's rule for `handle_lent`). Only then go the views and the request.
-/// If the future is leaked instead of dropped, nothing is freed, so the lent memory stays valid.
-struct LentCall {
-    waiting: Option<Waiting>,
+/// A hand-written future rather than an `async fn`: it is the only state of the call, so the box
+/// `handle` returns is its one allocation, small enough for the allocator's per-thread cache, and
+/// nothing holds a second copy of the request. Nothing runs before the first poll (a guard may
+/// drop a call it does not let through). The first poll points the views at the request (the
+/// future is pinned by then, so neither moves while the plugin may read them) and calls the
+/// plugin; a call that is ready then (most are) answers in that poll.
+///
+/// Fields drop in declaration order. `state` goes first: releasing a waiting call's task handle
+/// cancels a task still running, and the plugin's `task_cancel` returns only once the task has
+/// stopped reading the request (the ABI's rule for `handle_lent`). Only then go the views and the
+/// request. If the future is leaked instead of dropped, nothing is freed, so the lent memory stays
+/// valid.
+struct LentHandle<'a> {
+    state: LentState,
+    plugin: &'a DynamicPlugin,
+    f: LentHandleFn,
     views: RequestViews<LENT_INLINE_PAIRS>,
     request: Request,
+    /// The views point into this value: it must not move once they are made.
+    _pinned: PhantomPinned,
+}
+
+enum LentState {
+    /// Not polled yet: the plugin has not been called.
+    Start,
+    /// The plugin's task runs; its output arrives through `waiting`.
+    Waiting {
+        waiting: Waiting,
+        /// The pending output, released when the call is over (as every output is).
+        _pending: Output,
+    },
+    /// Answered.
+    Over,
+}
+
+impl<'a> LentHandle<'a> {
+    fn new(plugin: &'a DynamicPlugin, f: LentHandleFn, request: Request) -> LentHandle<'a> {
+        LentHandle {
+            state: LentState::Start,
+            plugin,
+            f,
+            views: RequestViews::new(),
+            request,
+            _pinned: PhantomPinned,
+        }
+    }
+
+    /// Polls the task of a waiting call; once it has answered, its handle and the pending output go
+    /// (as in `finish`).
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response, CallError>> {
+        let LentState::Waiting { waiting, .. } = &mut self.state else {
+            unreachable!("called while waiting");
+        };
+        let Poll::Ready(raw) = Pin::new(&mut waiting.receiver).poll(cx) else {
+            return Poll::Pending;
+        };
+        self.state = LentState::Over;
+        let out = Output {
+            raw: raw.unwrap_or_else(|_| cancelled_output()),
+        };
+        Poll::Ready(self.answer(&out))
+    }
+
+    fn answer(&self, out: &Output) -> Result<Response, CallError> {
+        match out.raw.kind {
+            BW_OUT_RESPONSE => out.response(&self.plugin.info.name),
+            _ => Err(out.unexpected("handle")),
+        }
+    }
+}
+
+impl Future for LentHandle<'_> {
+    type Output = Result<Response, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: nothing is moved out of the pinned value: the views and the request stay where
+        // they are until it is dropped; only `state` (which nothing points into) is replaced.
+        let this = unsafe { self.get_unchecked_mut() };
+        match &mut this.state {
+            LentState::Start => {
+                let mut out = Output::empty();
+                let view: *const BwRequest = this.views.fill(&this.request);
+                let f = this.f;
+                // SAFETY: live instance; `view` and what it points to live in this pinned future
+                // and stay valid until it is dropped, which releases a task handle first (see
+                // `LentHandle`).
+                let waiting = this
+                    .plugin
+                    .start(&mut out, |instance, raw| unsafe { f(instance, view, raw) });
+                match waiting {
+                    None => {
+                        this.state = LentState::Over;
+                        Poll::Ready(this.answer(&out))
+                    }
+                    Some(waiting) => {
+                        this.state = LentState::Waiting {
+                            waiting,
+                            _pending: out,
+                        };
+                        // The task may have completed already: look at once.
+                        this.poll_waiting(cx)
+                    }
+                }
+            }
+            LentState::Waiting { .. } => this.poll_waiting(cx),
+            LentState::Over => panic!("a plugin call polled after it answered"),
+        }
+    }
 }
 
 // SAFETY: the ABI requires a plugin instance to accept calls from any thread, concurrently; the
@@ -220,23 +325,18 @@ impl DynamicPlugin {
         LENDING.store(on, Ordering::Relaxed);
     }
 
-    /// An endpoint call through `handle_lent`: the request is lent until the call is over.
-    async fn handle_lent(&self, f: LentHandleFn, request: Request) -> Result<Response, CallError> {
+    /// An endpoint call through `handle`, which lends the request for the call only: the plugin
+    /// copies what it keeps (ABI 1.0 and 1.1, or a plugin that does not opt in to lending).
+    async fn handle_copied(&self, request: Request) -> Result<Response, CallError> {
+        let f = self.vtable().handle.expect("checked at load time");
         let mut out = Output::empty();
-        let mut call = LentCall {
-            waiting: None,
-            views: RequestViews::new(),
-            request,
-        };
-        call.waiting = {
-            let view: *const BwRequest = call.views.fill(&call.request);
-            // SAFETY: live instance; `view` and what it points to live in `call`, a local of this
-            // future, which is pinned while it runs and never moves `call`: they stay valid until
-            // `call` is dropped, and `call` drops its task handle first (see `LentCall`).
-            self.start(&mut out, |instance, raw| unsafe { f(instance, view, raw) })
-        };
-        finish(&mut out, &mut call.waiting).await;
-        drop(call);
+        let mut waiting = with_request_view(&request, |abi| {
+            // SAFETY: live instance; the request views borrow `request`, which outlives the call
+            // (the plugin copies what it keeps before returning, even when the call is pending).
+            self.start(&mut out, |instance, raw| unsafe { f(instance, abi, raw) })
+        });
+        drop(request);
+        finish(&mut out, &mut waiting).await;
         match out.raw.kind {
             BW_OUT_RESPONSE => out.response(&self.info.name),
             _ => Err(out.unexpected("handle")),
@@ -301,22 +401,18 @@ impl Plugin for DynamicPlugin {
         }
     }
 
-    async fn handle(&self, request: Request) -> Result<Response, CallError> {
-        if let Some(lent) = self.handle_lent {
-            return self.handle_lent(lent, request).await;
-        }
-        let f = self.vtable().handle.expect("checked at load time");
-        let mut out = Output::empty();
-        let mut waiting = with_request_view(&request, |abi| {
-            // SAFETY: live instance; the request views borrow `request`, which outlives the call (the
-            // plugin copies what it keeps before returning, even when the call is pending).
-            self.start(&mut out, |instance, raw| unsafe { f(instance, abi, raw) })
-        });
-        drop(request);
-        finish(&mut out, &mut waiting).await;
-        match out.raw.kind {
-            BW_OUT_RESPONSE => out.response(&self.info.name),
-            _ => Err(out.unexpected("handle")),
+    // Not an `async fn`: a lent call's future is the box's whole content (see `LentHandle`).
+    fn handle<'life0, 'async_trait>(
+        &'life0 self,
+        request: Request,
+    ) -> BoxFuture<'async_trait, Result<Response, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.handle_lent {
+            Some(f) => Box::pin(LentHandle::new(self, f, request)),
+            None => Box::pin(self.handle_copied(request)),
         }
     }
 

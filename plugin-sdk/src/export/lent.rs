@@ -7,10 +7,9 @@
 //! the compiler refuses any use that could outlive the call (a spawned task, a `static`, the
 //! plugin's own state); what is kept must be copied first ([`LentRequest::to_request`]).
 //!
-//! The host's bytes are checked once, when the request is made (every text UTF-8, header names in
-//! lower case), so that the accessors can hand out `&str` without checking again. A request that
-//! fails the check is copied as `handle` would copy it (invalid bytes replaced) and served through
-//! [`BackworksPlugin::handle`](crate::BackworksPlugin::handle).
+//! The host's texts are UTF-8 and its header names lower case: the ABI's conventions for every
+//! request a host sends (`docs/abi.md`, section 1), which the accessors rely on to hand out `&str`
+//! without a check per call or per request (a debug build asserts them).
 
 use std::fmt;
 
@@ -110,8 +109,8 @@ pub struct LentRequest<'a>(Repr<'a>);
 
 #[derive(Clone, Copy)]
 enum Repr<'a> {
-    /// The host's views, checked when made ([`LentRequest::from_host`]): every text is UTF-8 and
-    /// every header name is in lower case.
+    /// The host's views ([`LentRequest::from_host`]): every text is UTF-8 and every header name is
+    /// in lower case.
     Host(&'a BwRequest),
     /// A request of the plugin's own (tests, built-in plugins).
     Owned(&'a Request),
@@ -174,7 +173,8 @@ unsafe fn host_pairs<'a>(list: BwKvList) -> Pairs<'a> {
     Pairs(PairsRepr::Host(unsafe { list.as_slice() }.iter()))
 }
 
-/// Whether every text of `list` is UTF-8 and, with `lower`, no name has an upper-case letter.
+/// Whether every text of `list` is UTF-8 and, with `lower`, no name has an upper-case letter (for
+/// a debug build's check of the host).
 ///
 /// # Safety
 /// As [`BwKvList::as_slice`], and every pair's strings as [`BwStr::as_bytes`], during the call.
@@ -187,28 +187,27 @@ unsafe fn pairs_ok(list: BwKvList, lower: bool) -> bool {
     })
 }
 
-#[inline(always)]
 fn utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 
 impl<'a> LentRequest<'a> {
-    /// The host's request, read in place, if every text of it is UTF-8 and its header names are in
-    /// lower case (as this host sends them); `None` otherwise.
+    /// The host's request, read in place.
     ///
     /// # Safety
     /// `view`, every list it points to and every string those point to must stay valid and
-    /// unchanged, readable from any thread, for `'a`.
-    pub(crate) unsafe fn from_host(view: &'a BwRequest) -> Option<LentRequest<'a>> {
+    /// unchanged, readable from any thread, for `'a`; every text must be UTF-8 and every header
+    /// name lower case (the ABI's conventions for a host's request).
+    pub(crate) unsafe fn from_host(view: &'a BwRequest) -> LentRequest<'a> {
         // SAFETY: the caller's contract.
-        let ok = unsafe {
+        debug_assert!(unsafe {
             utf8(view.method.as_bytes())
                 && utf8(view.path.as_bytes())
                 && pairs_ok(view.params, false)
                 && pairs_ok(view.query, false)
                 && pairs_ok(view.headers, true)
-        };
-        ok.then_some(LentRequest(Repr::Host(view)))
+        });
+        LentRequest(Repr::Host(view))
     }
 
     /// Lends `request`, as a library's host would lend its own.
@@ -353,7 +352,7 @@ mod tests {
             body: BwStr::new(br#"{"a":1}"#),
         };
         // SAFETY: every view borrows a local that outlives `lent`.
-        let lent = unsafe { LentRequest::from_host(&view) }.expect("a valid request");
+        let lent = unsafe { LentRequest::from_host(&view) };
         assert_eq!((lent.method(), lent.path()), ("POST", "/noop/42"));
         assert_eq!(lent.param("id"), Some("42"));
         assert_eq!(lent.query_param("q"), Some("x y"));
@@ -376,7 +375,8 @@ mod tests {
     }
 
     #[test]
-    fn a_host_request_with_invalid_text_is_not_lent() {
+    #[cfg(debug_assertions)]
+    fn a_debug_build_asserts_the_host_keeps_the_abi_conventions() {
         let upper = [kv(b"Host", b"x")];
         let bad_value = [kv(b"host", b"a\xffb")];
         for (path, headers) in [
@@ -390,8 +390,12 @@ mod tests {
                 headers: BwKvList::new(headers),
                 ..BwRequest::EMPTY
             };
-            // SAFETY: every view borrows a local that outlives the call.
-            assert!(unsafe { LentRequest::from_host(&view) }.is_none());
+            let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                // SAFETY: every view borrows a local that outlives the call; the broken
+                // convention is what the debug assertion catches before any text is read.
+                unsafe { LentRequest::from_host(&view) };
+            }));
+            assert!(made.is_err(), "{:?}", String::from_utf8_lossy(path));
         }
     }
 }

@@ -337,9 +337,7 @@ unsafe extern "C" fn handle<P: BackworksPlugin>(
 }
 
 /// The vtable's `handle_lent` (ABI 1.2): runs [`BackworksPlugin::handle_lent`] on the host's
-/// request, read in place. A request the host should not have sent (text that is not UTF-8, an
-/// upper-case header name) is copied, invalid bytes replaced, and served through
-/// [`BackworksPlugin::handle`].
+/// request, read in place.
 ///
 /// # Safety
 /// As [`handle`], except that the request and everything it points to must stay valid and
@@ -352,26 +350,15 @@ unsafe extern "C" fn handle_lent<P: BackworksPlugin>(
 ) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request it lends until
-        // the call is over.
-        let (this, view) = unsafe { (instance::<P>(this), &*request) };
-        // SAFETY: the lease lasts as long as the future that borrows the request: `drive` drops
-        // the future before it returns READY, or moves it into the task, which drops it before it
-        // calls the completion and before `task_cancel` returns (`call::TaskCell`).
-        match unsafe { LentRequest::from_host(view) } {
-            Some(lent) => {
-                let future = plugin(this).handle_lent(lent);
-                // SAFETY: the future borrows the plugin value and the lent request (above); `out`
-                // is the host's valid output.
-                unsafe { call::drive(this, out, future, None, responded) }
-            }
-            None => {
-                // SAFETY: as for `handle`, the request is valid during the call.
-                let copy = unsafe { input::request(view) };
-                let future = plugin(this).handle(copy);
-                // SAFETY: the future borrows only the plugin value; `out` is valid.
-                unsafe { call::drive(this, out, future, None, responded) }
-            }
-        }
+        // the call is over, keeping the ABI's conventions (UTF-8 text, lower-case header names).
+        // The lease lasts as long as the future that borrows the request: `drive` drops the future
+        // before it returns READY, or moves it into the task, which drops it before it calls the
+        // completion and before `task_cancel` returns (`call::TaskCell`).
+        let (this, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
+        let future = plugin(this).handle_lent(lent);
+        // SAFETY: the future borrows the plugin value and the lent request (above); `out` is the
+        // host's valid output.
+        unsafe { call::drive(this, out, future, None, responded) }
     })
 }
 
@@ -954,14 +941,18 @@ mod tests {
     }
 
     #[test]
-    fn a_lent_request_that_is_not_utf8_is_served_from_a_copy() {
+    #[cfg(debug_assertions)]
+    fn a_host_that_lends_text_that_is_not_utf8_gets_an_error_in_a_debug_build() {
         let (instance, services) = reader();
         let request = HostRequest::new(b"/a\xffb");
         let mut out = BwOutput::empty();
-        // SAFETY: a live instance; the request outlives the call and the output is valid.
+        // SAFETY: a live instance; the request outlives the call and the output is valid. The
+        // request breaks the ABI's UTF-8 convention, which a debug build asserts before reading.
         let status = unsafe { (READER.handle_lent.unwrap())(instance, &*request.view, &mut out) };
         assert_eq!(status, BW_READY);
-        assert_eq!(take(out).3, "/a\u{fffd}b 7 yes".as_bytes());
+        assert_eq!(out.kind, BW_OUT_ERROR);
+        assert_eq!(out.code, BW_ERR_PANIC);
+        drop(take(out));
         // SAFETY: no call runs on the instance any more.
         unsafe { (READER.instance_free.unwrap())(instance) };
         drop((request, services));
