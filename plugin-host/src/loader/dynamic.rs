@@ -84,6 +84,10 @@ struct LentHandle<'a> {
     _pinned: PhantomPinned,
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "inline in the call's one box, which is sized for the waiting state anyway"
+)]
 enum LentState {
     /// Not polled yet: the plugin has not been called.
     Start,
