@@ -3,6 +3,7 @@
 # it can serve the same endpoint, rounds alternated in one run, on loopback.
 #
 #   benches/http/run.sh [ROUNDS] [SECONDS]        # default: 5 rounds of 4 s per server
+#   benches/http/run.sh --instructions [N]        # instructions per request (default N 1000)
 #
 # Servers (each started on a free port, loaded, then stopped):
 #   axum      benches/http/axum_baseline.rs: the handler as a plain axum route (the baseline)
@@ -13,6 +14,10 @@
 # SERVERS="axum so" picks some. COMPARE_BIN=path/to/another/backworks adds `so@cmp` and
 # `hook@cmp` rows served by that binary (an older build, for a before/after in one run).
 #
+# --instructions counts what a request costs in instructions, which stay put on a noisy machine:
+# each server runs under valgrind's callgrind twice, serving N and then 3N requests from one
+# keep-alive client (after 200 to warm up), and the difference of the totals over 2N is printed.
+#
 # Load: wrk -t1 -c32 (installed with apt-get when missing), after a 1 s warm-up. CPU per request
 # is utime + stime of the server process and its children (a process plugin's child) from
 # /proc/PID/stat around the load, divided by the requests wrk counted: the steadiest figure on a
@@ -20,14 +25,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
+mode=load
+if [[ "${1:-}" == --instructions ]]; then
+    mode=instructions
+    shift
+fi
 rounds=${1:-5}
 secs=${2:-4}
 servers=${SERVERS:-axum builtin so hook process}
 if [[ -n "${COMPARE_BIN:-}" ]]; then servers="$servers so@cmp hook@cmp"; fi
 
-if ! command -v wrk >/dev/null; then
+needs=wrk
+[[ $mode == instructions ]] && needs=valgrind
+if ! command -v $needs >/dev/null; then
     sudo=$([[ $(id -u) == 0 ]] || echo sudo)
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq wrk >/dev/null
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq $needs >/dev/null
 fi
 cargo build --release -q -p backworks --bin backworks \
     --example http_axum_baseline --example http_builtin_host
@@ -96,11 +108,7 @@ run() {
     # shellcheck disable=SC2046
     $(command_of "$2") 2>"$log" &
     pid=$!
-    for _ in $(seq 1 400); do
-        url=$(grep -v 'admin API' "$log" | grep -o 'listening on http://[0-9.:]*' | head -1 | awk '{print $3}') || true
-        [[ -n "$url" ]] && break
-        sleep 0.05
-    done
+    url=$(wait_url "$log")
     if [[ -z "$url" ]] || ! curl -sf "$url/hello/world" | grep -q '"Hello, world!"'; then
         echo "$2 did not serve GET /hello/world; its log:" >&2
         cat "$log" >&2
@@ -120,6 +128,58 @@ run() {
     wait "$pid" 2>/dev/null || true
     pid=
 }
+
+# wait_url LOG: the URL a server said it listens on (empty if it did not within a minute).
+wait_url() {
+    local url=
+    for _ in $(seq 1 1200); do
+        url=$(grep -v 'admin API' "$1" | grep -o 'listening on http://[0-9.:]*' | head -1 | awk '{print $3}') || true
+        [[ -n "$url" ]] && break
+        sleep 0.05
+    done
+    echo "$url"
+}
+
+# instructions SERVER N: the instructions of the whole server process serving N requests.
+instructions() {
+    local log=$work/log out=$work/callgrind.out url
+    : >"$log"
+    # shellcheck disable=SC2046
+    valgrind --tool=callgrind --callgrind-out-file="$out" --log-file="$work/valgrind.log" \
+        $(command_of "$1") 2>"$log" &
+    pid=$!
+    url=$(wait_url "$log")
+    if [[ -z "$url" ]]; then
+        echo "$1 did not start under valgrind; its log:" >&2
+        cat "$log" "$work/valgrind.log" >&2
+        exit 1
+    fi
+    python3 - "$url" "$2" <<'PY'
+import http.client, sys, urllib.parse
+url = urllib.parse.urlparse(sys.argv[1])
+conn = http.client.HTTPConnection(url.hostname, url.port)
+for _ in range(200 + int(sys.argv[2])):
+    conn.request("GET", "/hello/world")
+    response = conn.getresponse()
+    assert response.status == 200 and b"Hello, world!" in response.read(), response.status
+PY
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null || true
+    pid=
+    awk '/^summary:/ {print $2}' "$out"
+}
+
+if [[ $mode == instructions ]]; then
+    n=${1:-1000}
+    read -r -a list <<<"$servers"
+    printf '%-10s %s\n' server "instructions/request (callgrind, ($n x 3 - $n) requests)"
+    for server in "${list[@]}"; do
+        a=$(instructions "$server" "$n")
+        b=$(instructions "$server" $((3 * n)))
+        printf '%-10s %s\n' "$server" $(((b - a) / (2 * n)))
+    done
+    exit 0
+fi
 
 read -r -a list <<<"$servers"
 echo "round	server	req/s	CPU us/req	threads	non-2xx"

@@ -42,7 +42,7 @@ fn request_with_params(
     let headers: Headers = parts
         .headers
         .iter()
-        .map(|(name, value)| (name.as_str(), String::from_utf8_lossy(value.as_bytes())))
+        .map(|(name, value)| (name.as_str(), header_text(value)))
         .collect();
     Request {
         method: parts.method.as_str().into(),
@@ -52,6 +52,15 @@ fn request_with_params(
         headers,
         // Free when the body buffer is not shared, which is the usual case.
         body: Vec::from(body),
+    }
+}
+
+/// A request header's value as text: as it is when it is UTF-8 (checked a word at a time), else
+/// with each invalid byte replaced.
+fn header_text(value: &HeaderValue) -> Text {
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => text.into(),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()).into(),
     }
 }
 
@@ -184,6 +193,22 @@ mod tests {
         );
         assert_eq!(http.headers()["content-type"], "application/json");
         assert_eq!(http.headers()["x-other"], "application/json");
+    }
+
+    #[test]
+    fn header_values_that_are_not_utf8_are_passed_on_lossily() {
+        let (parts, _) = axum::http::Request::builder()
+            .uri("/")
+            .header("x-latin", HeaderValue::from_bytes(b"caf\xe9").unwrap())
+            .header("x-utf8", "żółw")
+            .header("x-ascii", "plain")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let req = request_from_parts(&parts, [], Bytes::new());
+        assert_eq!(req.header("x-latin"), Some("caf\u{fffd}"));
+        assert_eq!(req.header("x-utf8"), Some("żółw"));
+        assert_eq!(req.header("x-ascii"), Some("plain"));
     }
 
     #[test]
