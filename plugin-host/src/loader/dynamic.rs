@@ -6,7 +6,7 @@
 //! is copied into host types and released by the plugin's own `release` function.
 //!
 //! An endpoint call goes to the plugin's `handle_lent` when it has one (ABI 1.2): the request and
-//! its views then live in the call's future, lent until the call is over ([`LentCall`]), and the
+//! its views then live in the call's future, lent until the call is over ([`LentHandle`]), and the
 //! plugin reads them in place. Otherwise (a plugin built for ABI 1.0 or 1.1, or one that does not
 //! opt in) it goes to `handle`, which lends them for the call only and the plugin copies them.
 
