@@ -7,25 +7,11 @@ use backworks_plugin_host::error_response;
 use backworks_plugin_sdk::{Headers, Request, Response, Text};
 use bytes::Bytes;
 
-/// Builds the SDK request a plugin sees from the request parts and the route's path parameters.
+/// Builds the SDK request a plugin sees from the request parts and the route's decoded path
+/// parameters.
 /// Header names arrive lower case; header values that are not UTF-8 are passed on lossily. Short
 /// text is stored inline in [`Text`], without allocating.
-pub fn request_from_parts<'a>(
-    parts: &axum::http::request::Parts,
-    params: impl IntoIterator<Item = (&'a str, &'a str)>,
-    body: Bytes,
-) -> Request {
-    request_with_params(
-        parts,
-        params
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect(),
-        body,
-    )
-}
-
-fn request_with_params(
+pub fn request_from_parts(
     parts: &axum::http::request::Parts,
     params: Vec<(Text, Text)>,
     body: Bytes,
@@ -205,7 +191,7 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let req = request_from_parts(&parts, [], Bytes::new());
+        let req = request_from_parts(&parts, Vec::new(), Bytes::new());
         assert_eq!(req.header("x-latin"), Some("caf\u{fffd}"));
         assert_eq!(req.header("x-utf8"), Some("żółw"));
         assert_eq!(req.header("x-ascii"), Some("plain"));
@@ -219,7 +205,11 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        let req = request_from_parts(&parts, [("id", "b")], Bytes::from_static(b"hi"));
+        let req = request_from_parts(
+            &parts,
+            vec![("id".into(), "b".into())],
+            Bytes::from_static(b"hi"),
+        );
         assert_eq!(req.path, "/a/b");
         assert_eq!(req.query_param("y"), Some("hello world"));
         assert_eq!(req.query.len(), 3);

@@ -8,6 +8,7 @@
 
 mod admin;
 mod convert;
+mod dispatch;
 mod edge;
 pub mod health;
 pub mod metrics;
@@ -18,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, HttpBody};
+use axum::body::HttpBody;
 use axum::extract::RawPathParams;
 use axum::extract::rejection::RawPathParamsRejection;
 use axum::http::Method;
@@ -35,6 +36,8 @@ use http_body_util::BodyExt;
 
 use crate::config::{Config, EndpointConfig, PluginConfig, PluginKind};
 use metrics::EndpointStats;
+
+pub use dispatch::Served;
 
 /// Everything an endpoint needs at request time, resolved once at start-up.
 struct Endpoint {
@@ -296,7 +299,9 @@ fn state_reason(state: &PluginState) -> &str {
 
 /// The public router: every configured endpoint, plus `/health` and `/ready`.
 pub fn router(config: &Config, host: Arc<PluginHost>) -> Router {
-    routers(config, host, &Carry::default(), None).0
+    routers(config, host, &Carry::default(), None)
+        .0
+        .into_router()
 }
 
 /// The public router, and the admin router (`/_backworks/*`, `/metrics`, `/health`, `/ready`, and
@@ -308,9 +313,10 @@ pub fn routers(
     host: Arc<PluginHost>,
     carry: &Carry,
     reloader: Option<std::sync::Weak<reload::Reloader>>,
-) -> (Router, Router, Carry) {
+) -> (Served, Router, Carry) {
     // Endpoints sharing a path share one method router.
     let mut by_path: BTreeMap<&str, MethodRouter> = BTreeMap::new();
+    let mut direct = dispatch::DirectBuilder::default();
     let mut stats = Vec::with_capacity(config.endpoints.len());
     let shares = hook_shares(config, &host, carry);
     for endpoint_config in &config.endpoints {
@@ -318,6 +324,9 @@ pub fn routers(
         stats.push(endpoint.stats.clone());
         for method in &endpoint_config.methods {
             let filter = method_filter(method);
+            if let Ok(method) = Method::from_bytes(method.as_bytes()) {
+                direct.endpoint(&endpoint_config.path, method, endpoint.clone());
+            }
             let endpoint = endpoint.clone();
             // A GET route answers HEAD too (axum routes HEAD to it when the path has no HEAD
             // route of its own): the plugin sees a GET, hyper sends the head without the body.
@@ -328,18 +337,13 @@ pub fn routers(
                                 request: axum::extract::Request| {
                 let endpoint = endpoint.clone();
                 async move {
-                    let (mut parts, body) = request.into_parts();
                     let params = match params {
-                        Ok(params) => params,
+                        Ok(params) => params.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                         Err(rejection) => {
-                            return edge::reply::bad_path_parameter(&rejection, &parts.headers);
+                            return edge::reply::bad_path_parameter(&rejection, request.headers());
                         }
                     };
-                    let body = read_body(body, endpoint.max_request_body).await;
-                    if head_as_get && parts.method == Method::HEAD {
-                        parts.method = Method::GET;
-                    }
-                    serve_endpoint(&endpoint, params, parts, body).await
+                    handle(endpoint, params, request, head_as_get).await
                 }
             };
             let route = by_path.remove(endpoint_config.path.as_str());
@@ -368,6 +372,8 @@ pub fn routers(
         .route("/health", axum::routing::get(health::health))
         .route("/ready", axum::routing::get(health::ready))
         .with_state(health_state.clone());
+    direct.router_path("/health");
+    direct.router_path("/ready");
     let next = Carry {
         stats: stats
             .iter()
@@ -385,7 +391,7 @@ pub fn routers(
     let admin = admin
         .fallback(edge::reply::not_found)
         .method_not_allowed_fallback(edge::reply::method_not_allowed);
-    (public, admin, next)
+    (Served::with_direct(public, direct.build()), admin, next)
 }
 
 fn method_filter(method: &str) -> MethodFilter {
@@ -406,7 +412,11 @@ fn method_filter(method: &str) -> MethodFilter {
 /// The request body, read whole, at most `limit` bytes (`server.max_request_body`): over it, the
 /// 413 the client gets. A body hyper knows to be empty (a `GET` without one) is not read at all:
 /// no limit, buffer or timer to set up.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, CallError> {
+async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, CallError>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
     if HttpBody::is_end_stream(&body) {
         return Ok(Bytes::new());
     }
@@ -426,9 +436,32 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, CallError> {
     }
 }
 
+/// Serves `request` by `endpoint` with the route's decoded path `params`: reads the body (under
+/// the endpoint's limit), then [`serve_endpoint`]. With `head_as_get`, a `HEAD` is served as the
+/// `GET` it stands for.
+fn handle<B>(
+    endpoint: Arc<Endpoint>,
+    params: Vec<(Text, Text)>,
+    request: axum::http::Request<B>,
+    head_as_get: bool,
+) -> impl Future<Output = axum::response::Response> + Send + 'static
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    async move {
+        let (mut parts, body) = request.into_parts();
+        let body = read_body(body, endpoint.max_request_body).await;
+        if head_as_get && parts.method == Method::HEAD {
+            parts.method = Method::GET;
+        }
+        serve_endpoint(&endpoint, params, parts, body).await
+    }
+}
+
 async fn serve_endpoint(
     endpoint: &Endpoint,
-    params: RawPathParams,
+    params: Vec<(Text, Text)>,
     parts: Parts,
     body: Result<Bytes, CallError>,
 ) -> axum::response::Response {
@@ -460,7 +493,7 @@ async fn serve_endpoint(
 )]
 fn prepare(
     endpoint: &Endpoint,
-    params: RawPathParams,
+    params: Vec<(Text, Text)>,
     parts: Parts,
     body: Result<Bytes, CallError>,
 ) -> Result<(&Arc<Guarded>, &HookChain, backworks_plugin_sdk::Request), axum::response::Response> {
@@ -479,7 +512,7 @@ fn prepare(
         Err(reason) => return Err(refuse(CallError::Unavailable(reason.clone()))),
     };
     let body = body.map_err(refuse)?;
-    let request = convert::request_from_parts(&parts, params.iter(), body);
+    let request = convert::request_from_parts(&parts, params, body);
     Ok((plugin, hooks, request))
 }
 
@@ -592,6 +625,7 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::body::Body;
 
     fn status_of(error: CallError) -> (u16, String) {
         match error {

@@ -26,13 +26,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use backworks_plugin_host::{Health, Plugin, PluginHost, PluginState, Retiring};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::edge::Routes;
-use super::{Carry, health, plugin_source, plugin_spec, routers};
+use super::{Carry, Served, health, plugin_source, plugin_spec, routers};
 use crate::config::{Config, PluginConfig, PluginKind};
 
 /// The outcome of one reload, as the admin API and `backworks reload` show it.
@@ -93,7 +92,7 @@ impl Reloader {
             Reloader {
                 host,
                 public: Arc::new(ArcSwap::from_pointee(public)),
-                admin: Arc::new(ArcSwap::from_pointee(admin)),
+                admin: Arc::new(ArcSwap::from_pointee(Served::new(admin))),
                 serving: tokio::sync::Mutex::new(Serving {
                     config,
                     carry,
@@ -328,7 +327,7 @@ impl Reloader {
             Some(self.this.clone()),
         );
         let old_public = self.public.swap(Arc::new(public));
-        let old_admin = self.admin.swap(Arc::new(admin));
+        let old_admin = self.admin.swap(Arc::new(Served::new(admin)));
         tokio::spawn(drain(
             self.host.clone(),
             retiring,
@@ -382,7 +381,7 @@ impl Reloader {
 async fn drain(
     host: Arc<PluginHost>,
     retiring: Vec<Retiring>,
-    old: Vec<Arc<Router>>,
+    old: Vec<Arc<Served>>,
     timeout: Duration,
 ) {
     let deadline = Instant::now() + timeout;

@@ -80,6 +80,75 @@ async fn hello_and_echo() {
     );
 }
 
+/// Endpoint requests go from the edge straight to their endpoint; everything else through the
+/// router. Both must answer exactly as the router alone did, at every edge between them.
+#[tokio::test]
+async fn direct_dispatch_and_the_router_answer_alike() {
+    let server = Server::start(
+        r#"
+plugin_dirs: ["{{plugins}}"]
+plugins:
+  hello:
+    path: libhello.so
+  static:
+    type: builtin
+    config: { status: 200, body: { name: backworks } }
+endpoints:
+  hello: { path: "/hello/{name}", methods: [GET], plugin: hello }
+  page: { path: "/{page}", methods: [GET, POST], plugin: static }
+"#,
+    );
+    let http = client();
+    let get = |path: &str| http.get(server.url(path)).send();
+    // Served directly, the parameter percent-decoded as the router decodes it.
+    let res = get("/hello/a%20b%C5%BC").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(json_of(res).await, json!({"message": "Hello, a bż!"}));
+    assert_eq!(
+        json_of(get("/about").await.unwrap()).await,
+        json!({"name": "backworks"})
+    );
+    // The router's own routes win over the `/{page}` parameter.
+    for path in ["/health", "/ready"] {
+        let res = get(path).await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_ne!(json_of(res).await, json!({"name": "backworks"}), "{path}");
+    }
+    // A parameter that is not UTF-8 once decoded: the router's 400, naming the parameter.
+    let res = get("/hello/%FF").await.unwrap();
+    assert_eq!(res.status(), 400);
+    let error = json_of(res).await;
+    assert_eq!(error["error"]["kind"], "bad_request", "{error}");
+    // HEAD of a GET route: the head of the GET, without a body.
+    let res = http.head(server.url("/hello/ana")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert!(res.bytes().await.unwrap().is_empty());
+    // Another method: 405 with the methods served; unknown paths: 404.
+    let res = http.delete(server.url("/hello/ana")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "GET,HEAD");
+    assert_eq!(json_of(res).await["error"]["kind"], "method_not_allowed");
+    let res = get("/hello/ana/more").await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(json_of(res).await["error"]["kind"], "not_found");
+    // The endpoint's stats count what it served, directly (the GET) or routed (the HEAD).
+    let metrics = http
+        .get(server.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"backworks_requests_total{endpoint="hello",plugin="hello"} 2"#),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn request_id_hook_adds_and_keeps_ids() {
     let server = Server::start(DEMO);

@@ -76,7 +76,9 @@ impl Hello {
 
 /// Answers 200 with the request's body and `content-type`.
 fn echo(request: LentRequest<'_>) -> Response {
-    let content_type = request.header("content-type").unwrap_or(DEFAULT_CONTENT_TYPE);
+    let content_type = request
+        .header("content-type")
+        .unwrap_or(DEFAULT_CONTENT_TYPE);
     Response::new(200)
         .with_header("content-type", content_type)
         .with_body(request.body())

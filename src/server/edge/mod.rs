@@ -35,12 +35,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::Router;
 use nix::errno::Errno;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use super::Served;
 use crate::config::EdgeConfig;
 use connection::{Conn, Phase};
 use service::EdgeService;
@@ -49,7 +49,7 @@ use service::EdgeService;
 /// which holds it (and so the plugins of its generation) until it is answered: a reload drains
 /// the old router once nothing holds it. Loaded here rather than through a router of its own in
 /// front, which would route every request twice.
-pub type Routes = Arc<ArcSwap<Router>>;
+pub type Routes = Arc<ArcSwap<Served>>;
 
 /// The admin listener's connection cap: operators and scrapers, not the public.
 pub const ADMIN_CONNECTIONS: usize = 32;

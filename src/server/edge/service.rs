@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use tokio::time::{Instant, Sleep};
@@ -44,7 +46,14 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
             conn: conn.clone(),
         });
         let current = self.routes.load_full();
-        let served = tower_service::Service::call(&mut Router::clone(&current), request);
+        // An endpoint's request goes to it directly; anything else through the router.
+        let served = match current.serve_direct(request) {
+            Ok(direct) => Either::Left(direct.map(Ok)),
+            Err(request) => Either::Right(tower_service::Service::call(
+                &mut Router::clone(current.router()),
+                request,
+            )),
+        };
         Box::pin(async move {
             let response = match served.await {
                 Ok(response) => response,
