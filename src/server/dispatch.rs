@@ -20,7 +20,7 @@ use axum::http::{Method, Request};
 use backworks_plugin_sdk::Text;
 use bytes::Bytes;
 
-use super::Endpoint;
+use super::{Endpoint, PathParams};
 
 /// What a listener serves in one generation: its axum router, and for the public listener the
 /// direct table of its endpoints. The edge loads it whole for each request (see
@@ -132,7 +132,7 @@ impl DirectBuilder {
 impl Direct {
     /// The endpoint serving `method` on `path`, with the path parameters decoded; `None` when the
     /// router should answer (see the module docs).
-    fn find(&self, method: &Method, path: &str) -> Option<(Arc<Endpoint>, Vec<(Text, Text)>)> {
+    fn find(&self, method: &Method, path: &str) -> Option<(Arc<Endpoint>, PathParams)> {
         let matched = self.table.at(path).ok()?;
         let (_, endpoint) = matched.value.iter().find(|(m, _)| m == method)?;
         let mut params = Vec::with_capacity(matched.params.len());
@@ -171,7 +171,7 @@ mod tests {
         builder.build().expect("a table")
     }
 
-    fn found(direct: &Direct, method: Method, path: &str) -> Option<(String, Vec<(Text, Text)>)> {
+    fn found(direct: &Direct, method: Method, path: &str) -> Option<(String, PathParams)> {
         direct
             .find(&method, path)
             .map(|(endpoint, params)| (endpoint.plugin_name.clone(), params))

@@ -92,6 +92,9 @@ fn hook_shares(config: &Config, host: &PluginHost, carry: &Carry) -> Vec<HookSha
         .collect()
 }
 
+/// An endpoint's path parameters, by name, percent-decoded.
+type PathParams = Vec<(Text, Text)>;
+
 /// What one serving generation hands to the next: endpoint counters by endpoint name, and each
 /// plugin's hook share, so that a reload keeps the counts of what it did not change.
 #[derive(Debug, Clone, Default)]
@@ -439,29 +442,27 @@ where
 /// Serves `request` by `endpoint` with the route's decoded path `params`: reads the body (under
 /// the endpoint's limit), then [`serve_endpoint`]. With `head_as_get`, a `HEAD` is served as the
 /// `GET` it stands for.
-fn handle<B>(
+async fn handle<B>(
     endpoint: Arc<Endpoint>,
-    params: Vec<(Text, Text)>,
+    params: PathParams,
     request: axum::http::Request<B>,
     head_as_get: bool,
-) -> impl Future<Output = axum::response::Response> + Send + 'static
+) -> axum::response::Response
 where
-    B: HttpBody<Data = Bytes> + Send + 'static,
+    B: HttpBody<Data = Bytes>,
     B::Error: Into<axum::BoxError>,
 {
-    async move {
-        let (mut parts, body) = request.into_parts();
-        let body = read_body(body, endpoint.max_request_body).await;
-        if head_as_get && parts.method == Method::HEAD {
-            parts.method = Method::GET;
-        }
-        serve_endpoint(&endpoint, params, parts, body).await
+    let (mut parts, body) = request.into_parts();
+    let body = read_body(body, endpoint.max_request_body).await;
+    if head_as_get && parts.method == Method::HEAD {
+        parts.method = Method::GET;
     }
+    serve_endpoint(&endpoint, params, parts, body).await
 }
 
 async fn serve_endpoint(
     endpoint: &Endpoint,
-    params: Vec<(Text, Text)>,
+    params: PathParams,
     parts: Parts,
     body: Result<Bytes, CallError>,
 ) -> axum::response::Response {
@@ -493,7 +494,7 @@ async fn serve_endpoint(
 )]
 fn prepare(
     endpoint: &Endpoint,
-    params: Vec<(Text, Text)>,
+    params: PathParams,
     parts: Parts,
     body: Result<Bytes, CallError>,
 ) -> Result<(&Arc<Guarded>, &HookChain, backworks_plugin_sdk::Request), axum::response::Response> {
