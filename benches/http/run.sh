@@ -3,7 +3,7 @@
 # it can serve the same endpoint, rounds alternated in one run, on loopback.
 #
 #   benches/http/run.sh [ROUNDS] [SECONDS]        # default: 5 rounds of 4 s per server
-#   benches/http/run.sh --instructions [N]        # instructions per request (default N 1000)
+#   benches/http/run.sh --instructions [N]        # instructions per request (default N 2000)
 #
 # Servers (each started on a free port, loaded, then stopped):
 #   axum      benches/http/axum_baseline.rs: the handler as a plain axum route (the baseline)
@@ -15,8 +15,8 @@
 # `hook@cmp` rows served by that binary (an older build, for a before/after in one run).
 #
 # --instructions counts what a request costs in instructions, which stay put on a noisy machine:
-# each server runs under valgrind's callgrind twice, serving N and then 3N requests from one
-# keep-alive client (after 200 to warm up), and the difference of the totals over 2N is printed.
+# each server runs under valgrind's callgrind (twice), serves 300 requests from one keep-alive
+# client to warm up, has its counters zeroed, serves N more, and the count over N is printed.
 #
 # Load: wrk -t1 -c32 (installed with apt-get when missing), after a 1 s warm-up. CPU per request
 # is utime + stime of the server process and its children (a process plugin's child) from
@@ -133,17 +133,38 @@ run() {
 wait_url() {
     local url=
     for _ in $(seq 1 1200); do
-        url=$(grep -v 'admin API' "$1" | grep -o 'listening on http://[0-9.:]*' | head -1 | awk '{print $3}') || true
+        # Whole lines only: a line still being written may hold half the port.
+        url=$(python3 -c 'import re, sys
+text = open(sys.argv[1], errors="replace").read()
+lines = [l for l in text[: text.rfind("\n") + 1].splitlines() if "admin API" not in l]
+found = [m.group(0) for l in lines for m in [re.search(r"listening on (http://[0-9.:]+)", l)] if m]
+print(found[0].split()[-1] if found else "")' "$1")
         [[ -n "$url" ]] && break
         sleep 0.05
     done
     echo "$url"
 }
 
-# instructions SERVER N: the instructions of the whole server process serving N requests.
+# requests URL N: N keep-alive GET /hello/world, each checked.
+requests() {
+    python3 - "$1" "$2" <<'PY'
+import http.client, sys, urllib.parse
+url = urllib.parse.urlparse(sys.argv[1])
+conn = http.client.HTTPConnection(url.hostname, url.port)
+for _ in range(int(sys.argv[2])):
+    conn.request("GET", "/hello/world")
+    response = conn.getresponse()
+    assert response.status == 200 and b"Hello, world!" in response.read(), response.status
+PY
+}
+
+# instructions SERVER N: the instructions of the server process per request over N requests,
+# counted from after 300 warm-up requests (which also take one-time costs such as the clock's
+# calibration) to a dump after the N.
 instructions() {
     local log=$work/log out=$work/callgrind.out url
     : >"$log"
+    rm -f "$out"*
     # shellcheck disable=SC2046
     valgrind --tool=callgrind --callgrind-out-file="$out" --log-file="$work/valgrind.log" \
         $(command_of "$1") 2>"$log" &
@@ -154,29 +175,22 @@ instructions() {
         cat "$log" "$work/valgrind.log" >&2
         exit 1
     fi
-    python3 - "$url" "$2" <<'PY'
-import http.client, sys, urllib.parse
-url = urllib.parse.urlparse(sys.argv[1])
-conn = http.client.HTTPConnection(url.hostname, url.port)
-for _ in range(200 + int(sys.argv[2])):
-    conn.request("GET", "/hello/world")
-    response = conn.getresponse()
-    assert response.status == 200 and b"Hello, world!" in response.read(), response.status
-PY
+    requests "$url" 300
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    requests "$url" "$2"
+    callgrind_control -d "$pid" >/dev/null 2>&1
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
     pid=
-    awk '/^summary:/ {print $2}' "$out"
+    echo $(($(awk '/^summary:/ {print $2}' "$out.1") / $2))
 }
 
 if [[ $mode == instructions ]]; then
-    n=${1:-1000}
+    n=${1:-2000}
     read -r -a list <<<"$servers"
-    printf '%-10s %s\n' server "instructions/request (callgrind, ($n x 3 - $n) requests)"
+    printf '%-10s %s\n' server "instructions/request (callgrind, $n requests after 300, two runs)"
     for server in "${list[@]}"; do
-        a=$(instructions "$server" "$n")
-        b=$(instructions "$server" $((3 * n)))
-        printf '%-10s %s\n' "$server" $(((b - a) / (2 * n)))
+        printf '%-10s %s %s\n' "$server" "$(instructions "$server" "$n")" "$(instructions "$server" "$n")"
     done
     exit 0
 fi

@@ -54,28 +54,31 @@ impl Served {
         self.router
     }
 
-    /// The request served directly by its endpoint, as a future of the response; or the request
-    /// back, unchanged, for the router (see the module docs).
-    #[expect(
-        clippy::result_large_err,
-        reason = "the request goes back by value to the router, which takes it so"
-    )]
-    pub fn serve_direct<B>(
-        &self,
-        request: Request<B>,
-    ) -> Result<impl Future<Output = axum::response::Response> + Send + 'static, Request<B>>
+    /// The endpoint that serves `request` directly, with its path parameters; `None` when the
+    /// router should (see the module docs).
+    pub(crate) fn direct<B>(&self, request: &Request<B>) -> Option<DirectCall> {
+        let (endpoint, params) = self
+            .direct
+            .as_ref()?
+            .find(request.method(), request.uri().path())?;
+        Some(DirectCall { endpoint, params })
+    }
+}
+
+/// An endpoint found for a request by the direct table, ready to serve it.
+pub(crate) struct DirectCall {
+    endpoint: Arc<Endpoint>,
+    params: PathParams,
+}
+
+impl DirectCall {
+    /// Serves `request` (the one it was found for) by the endpoint.
+    pub(crate) async fn serve<B>(self, request: Request<B>) -> axum::response::Response
     where
-        B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
+        B: axum::body::HttpBody<Data = Bytes>,
         B::Error: Into<axum::BoxError>,
     {
-        let found = self
-            .direct
-            .as_ref()
-            .and_then(|direct| direct.find(request.method(), request.uri().path()));
-        match found {
-            Some((endpoint, params)) => Ok(super::handle(endpoint, params, request, false)),
-            None => Err(request),
-        }
+        super::handle(self.endpoint, self.params, request, false).await
     }
 }
 

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
-use futures_util::FutureExt;
-use futures_util::future::Either;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use tokio::time::{Instant, Sleep};
@@ -20,6 +18,7 @@ use tokio::time::{Instant, Sleep};
 use super::Routes;
 use super::connection::Conn;
 use super::reply;
+use crate::server::Served;
 
 /// Serves one connection's requests through `router`.
 #[derive(Clone, Debug)]
@@ -46,30 +45,44 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
             conn: conn.clone(),
         });
         let current = self.routes.load_full();
-        // An endpoint's request goes to it directly; anything else through the router.
-        let served = match current.serve_direct(request) {
-            Ok(direct) => Either::Left(direct.map(Ok)),
-            Err(request) => Either::Right(tower_service::Service::call(
-                &mut Router::clone(current.router()),
-                request,
-            )),
-        };
-        Box::pin(async move {
-            let response = match served.await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            };
-            // The request held its router until answered (see `Routes`).
-            drop(current);
-            // The handler saw the body fail; whatever it answered, the client gets the 408.
-            let response = if conn.take_body_stalled() {
-                reply::body_stalled(timeout)
-            } else {
-                response
-            };
-            Ok(response.map(|inner| TrackedBody { inner, conn }))
-        })
+        // An endpoint's request goes to it directly; anything else through the router. Each
+        // call's future is made inside the box, where it stays: it is large, and every move of
+        // it is a copy.
+        match current.direct(&request) {
+            Some(direct) => Box::pin(async move {
+                let response = direct.serve(request).await;
+                Ok(answered(response, current, conn, timeout))
+            }),
+            None => Box::pin(async move {
+                let served =
+                    tower_service::Service::call(&mut Router::clone(current.router()), request);
+                let response = match served.await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok(answered(response, current, conn, timeout))
+            }),
+        }
     }
+}
+
+/// The response to send for a request served by `current`: `response`, or the 408 when the
+/// request's body stalled, with a body that tells `conn` when it is out of hyper's hands.
+fn answered(
+    response: axum::response::Response,
+    current: Arc<Served>,
+    conn: Arc<Conn>,
+    timeout: Duration,
+) -> Response<TrackedBody> {
+    // The request held its router until answered (see `Routes`).
+    drop(current);
+    // The handler saw the body fail; whatever it answered, the client gets the 408.
+    let response = if conn.take_body_stalled() {
+        reply::body_stalled(timeout)
+    } else {
+        response
+    };
+    response.map(|inner| TrackedBody { inner, conn })
 }
 
 /// A request body that fails when no data arrives for `timeout` while it is being read (nginx's
