@@ -358,7 +358,9 @@ async fn within<Fut: Future>(
     match deadline() {
         Some(deadline) => {
             let deadline = tokio::time::Instant::from_std(deadline);
-            tokio::time::timeout_at(deadline, call).await.ok()
+            // Boxed: a timer is large (and cache-line aligned), and only a call that waits needs
+            // one; inline, it would grow every call's future, which is moved a few times.
+            Box::pin(tokio::time::timeout_at(deadline, call)).await.ok()
         }
         None => Some(call.await),
     }

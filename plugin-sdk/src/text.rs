@@ -45,7 +45,7 @@ impl Text {
 
     /// The text in lower case; no allocation when it already is, or when it is short.
     pub fn to_ascii_lowercase(&self) -> Text {
-        if self.bytes().any(|b| b.is_ascii_uppercase()) {
+        if has_ascii_uppercase(self.as_bytes()) {
             Text::new(self.as_str().to_ascii_lowercase())
         } else {
             self.clone()
@@ -54,12 +54,40 @@ impl Text {
 
     /// This text in lower case, reusing it when it already is.
     pub(crate) fn into_ascii_lowercase(self) -> Text {
-        if self.bytes().any(|b| b.is_ascii_uppercase()) {
+        if has_ascii_uppercase(self.as_bytes()) {
             Text::new(self.as_str().to_ascii_lowercase())
         } else {
             self
         }
     }
+}
+
+/// Whether `bytes` hold an ASCII upper-case letter, eight bytes at a time: header names are
+/// checked on every request, and almost none has one.
+fn has_ascii_uppercase(bytes: &[u8]) -> bool {
+    const LOW: u64 = u64::from_ne_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Per byte, without carries between bytes (each is at most 0x7f before the additions): the
+    // high bit of `x + (0x80 - b'A')` is set when the byte is `A` or above, that of
+    // `x + (0x80 - b'Z' - 1)` when it is above `Z`; bytes of 0x80 and up are not letters.
+    let upper_in = |word: u64| {
+        let x = word & LOW;
+        let at_least_a = x + u64::from_ne_bytes([0x80 - b'A'; 8]);
+        let above_z = x + u64::from_ne_bytes([0x80 - b'Z' - 1; 8]);
+        at_least_a & !above_z & !word & HIGH != 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    if chunks.by_ref().any(|chunk| {
+        upper_in(u64::from_ne_bytes(
+            chunk.try_into().expect("chunks of eight bytes"),
+        ))
+    }) {
+        return true;
+    }
+    let rest = chunks.remainder();
+    let mut last = [0u8; 8];
+    last[..rest.len()].copy_from_slice(rest);
+    upper_in(u64::from_ne_bytes(last))
 }
 
 impl Deref for Text {
@@ -214,6 +242,27 @@ impl<'de> serde::Deserialize<'de> for Text {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upper_case_is_found_at_every_position_and_nothing_else_counts() {
+        // Every byte value at every position of every length up to 17 (two words and a rest).
+        for len in 1..=17 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    assert_eq!(
+                        has_ascii_uppercase(&bytes),
+                        byte.is_ascii_uppercase(),
+                        "{byte:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!has_ascii_uppercase(b""));
+        assert!(!has_ascii_uppercase("żółw-x-api-key".as_bytes()));
+        assert!(has_ascii_uppercase("żółw-X".as_bytes()));
+    }
 
     #[test]
     fn text_compares_and_converts_like_a_string() {

@@ -473,7 +473,9 @@ async fn serve_endpoint(
             let response = if hooks.is_empty() {
                 call(plugin, request).await
             } else {
-                hooks.run(request, |request| call(plugin, request)).await
+                // Boxed: the chain's future is several times the size of a plain call's, and
+                // every request's future (moved a few times before it runs) would carry it.
+                Box::pin(hooks.run(request, |request| call(plugin, request))).await
             };
             convert::into_http(&endpoint.plugin_name, response)
         }

@@ -118,12 +118,16 @@ impl BackworksPlugin for Hello {
     const HANDLE_LENT: bool = true;
 
     async fn handle_lent(&self, request: LentRequest<'_>) -> PluginResult<Response> {
-        let segments: Vec<&str> = request.path().trim_start_matches('/').split('/').collect();
-        match (request.method(), segments.as_slice()) {
-            ("GET", ["hello", name]) => self.greet(request, name),
-            (_, ["hello", _]) => Err(method_not_allowed(request, "GET")),
-            ("POST", ["echo"]) => Ok(echo(request)),
-            (_, ["echo"]) => Err(method_not_allowed(request, "POST")),
+        let path = request.path();
+        // `/hello/{name}` (one segment after `hello`) or `/echo`; anything else is not ours.
+        let name = path
+            .strip_prefix("/hello/")
+            .filter(|name| !name.contains('/'));
+        match (request.method(), name, path) {
+            ("GET", Some(name), _) => self.greet(request, name),
+            (_, Some(_), _) => Err(method_not_allowed(request, "GET")),
+            ("POST", None, "/echo") => Ok(echo(request)),
+            (_, None, "/echo") => Err(method_not_allowed(request, "POST")),
             _ => Err(PluginError::NotFound(format!(
                 "hello serves no {} {}",
                 request.method(),
