@@ -259,30 +259,40 @@ impl Reloader {
             return finish(report);
         }
 
-        // New generations beside the serving ones.
+        // New generations beside the serving ones: recorded in config order, started all at
+        // once, their errors reported in config order.
         let mut started: Vec<(String, u64, Arc<dyn Plugin>)> = Vec::new();
         let mut disabled = Vec::new();
+        let mut starting = Vec::new();
         for plugin in start {
             if !plugin.enabled {
                 disabled.push(plugin);
                 continue;
             }
-            let source = match plugin_source(&config, plugin) {
-                Ok(source) => source,
-                Err(reason) => {
-                    report
-                        .errors
-                        .push(format!("plugin `{}`: {reason}", plugin.name));
-                    continue;
-                }
-            };
-            match self
-                .host
-                .start_next(&plugin_spec(&config, plugin, source))
-                .await
-            {
-                Ok((new, generation)) => started.push((plugin.name.clone(), generation, new)),
-                Err(error) => report.errors.push(super::start_error(plugin, &error)),
+            starting.push(match plugin_source(&config, plugin) {
+                Ok(source) => Ok((
+                    plugin,
+                    self.host
+                        .prepare_next(&plugin_spec(&config, plugin, source)),
+                )),
+                Err(reason) => Err(format!("plugin `{}`: {reason}", plugin.name)),
+            });
+        }
+        let host = &self.host;
+        let outcomes = futures_util::future::join_all(starting.into_iter().map(|s| async move {
+            let (plugin, prepared) = s?;
+            let prepared = prepared.map_err(|error| super::start_error(plugin, &error))?;
+            let generation = prepared.generation();
+            match host.start_prepared(prepared).await {
+                Ok(new) => Ok((plugin.name.clone(), generation, new)),
+                Err(error) => Err(super::start_error(plugin, &error)),
+            }
+        }))
+        .await;
+        for outcome in outcomes {
+            match outcome {
+                Ok(new) => started.push(new),
+                Err(error) => report.errors.push(error),
             }
         }
         let mut health = Vec::new();
