@@ -272,6 +272,24 @@ impl PluginHost {
         policy
     }
 
+    /// [`policy_for`](Self::policy_for) plugin `name`, loaded in process from `library`: where
+    /// signatures are not required and `library` has no signature file beside it, the signature
+    /// check could only say so (and the load would hash the library for nothing), so it is left
+    /// out. A signature file that appears after this look is not checked: not being required, an
+    /// invalid one would only have been logged.
+    fn policy_for_library(&self, name: &str, library: &std::path::Path) -> LoadPolicy {
+        let optional = self
+            .trust
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|trust| !trust.require_signatures);
+        if optional && !crate::signature_path(library).exists() {
+            return self.load_policy();
+        }
+        self.policy_for(name)
+    }
+
     /// The load policy in force.
     pub fn load_policy(&self) -> LoadPolicy {
         self.load_policy
@@ -632,7 +650,7 @@ impl PluginHost {
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
                 let (path, name, workers) = (path.clone(), spec.name.clone(), spec.workers);
-                let policy = self.policy_for(&spec.name);
+                let policy = self.policy_for_library(&spec.name, &path);
                 let slots = self
                     .loads
                     .get_or_init(|| tokio::sync::Semaphore::new(load_slots()));

@@ -79,7 +79,8 @@ impl std::fmt::Debug for LoadedLibrary {
         f.debug_struct("LoadedLibrary")
             .field("path", &self.path)
             .field("metadata", &self.metadata)
-            .field("sha256", &self.sha256())
+            // Only when known: formatting never reads and hashes the library.
+            .field("sha256", &self.copy.known_sha256().map(private_copy::hex))
             .finish_non_exhaustive()
     }
 }
@@ -199,7 +200,7 @@ pub(crate) fn check_and_copy(
         copy.sha256_of(&bytes);
     }
     let metadata = checked_metadata(path, &bytes, runs)?;
-    let copy = private_copy::keep(copy, &bytes).map_err(copy_error(path))?;
+    let copy = private_copy::keep(copy, &bytes, &identity(&metadata)).map_err(copy_error(path))?;
     Ok((metadata, copy))
 }
 
@@ -210,6 +211,11 @@ fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetad
         Runs::InChild => check_child_compatibility(path, &metadata)?,
     }
     Ok(metadata)
+}
+
+/// The name and version a library's metadata declares: part of what finds an identical copy.
+fn identity(metadata: &PluginMetadata) -> String {
+    format!("{} {}", metadata.name, metadata.version)
 }
 
 /// The file name of `path`, which names its private copy.
@@ -279,7 +285,7 @@ pub(crate) fn load_in_child(
     let metadata = checked_metadata(path, &bytes, Runs::InChild)?;
     let copy = PrivateCopy::of_bytes(&bytes, &file_name(path)).map_err(copy_error(path))?;
     copy.set_sha256(digest);
-    let copy = private_copy::keep(copy, &bytes).map_err(copy_error(path))?;
+    let copy = private_copy::keep(copy, &bytes, &identity(&metadata)).map_err(copy_error(path))?;
     open_checked(path, copy, metadata)
 }
 

@@ -18,11 +18,11 @@
 //!
 //! Copies are kept for the life of the process (libraries are never unloaded anyway), and files
 //! with identical bytes share one copy, one inode, and so one `dlopen` handle and one mapping,
-//! however many plugin instances are made from them: a new copy is compared byte for byte with
-//! the kept copies of the same length and the same first and last pages, and dropped for the one
-//! it equals. Finding them needs no hash of the whole content; the SHA-256 of a copy is computed
-//! only when something asks for it (a signature check, a plugin child, `LoadedLibrary::sha256`),
-//! at most once.
+//! however many plugin instances are made from them: a new copy is dropped for a kept one with
+//! the same SHA-256. The SHA-256 of a copy is computed only when something needs it, at most
+//! once: a signature check, a plugin child, `LoadedLibrary::sha256`, or a kept copy of the same
+//! length, first and last pages and declared name and version (see `Key`), the one case where
+//! the content has to decide.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -155,6 +155,11 @@ impl PrivateCopy {
         let _ = self.sha256.set(digest);
     }
 
+    /// The SHA-256 of the content, if something computed it already.
+    pub(crate) fn known_sha256(&self) -> Option<&Sha256Digest> {
+        self.sha256.get()
+    }
+
     /// The SHA-256 of the content, reading the copy the first time.
     pub(crate) fn sha256(&self) -> std::io::Result<&Sha256Digest> {
         match self.sha256.get() {
@@ -222,17 +227,21 @@ impl Drop for Mapping {
     }
 }
 
-/// What finds the kept copies a new one may equal: its length, and a hash of its first and last
-/// pages (where an ELF file keeps its headers, build id and section table). Equal keys are then
-/// compared byte for byte; the key only spares comparing copies that cannot be equal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What finds the kept copies a new one may equal without hashing all of it: its length, its
+/// first and last pages (where an ELF file keeps its headers, build id and section table) and the
+/// identity its metadata declares. Copies with equal keys are told apart by their SHA-256, each
+/// computed once: so two distinct plugins cost no hash unless they agree on all of these, and
+/// many that do (one build renamed many times) cost one hash each, never a comparison with each
+/// other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     len: usize,
     ends: u64,
+    identity: String,
 }
 
 impl Key {
-    fn of(bytes: &[u8]) -> Key {
+    fn of(bytes: &[u8], identity: &str) -> Key {
         const PAGE: usize = 4096;
         let mut hasher = std::hash::DefaultHasher::new();
         bytes[..bytes.len().min(PAGE)].hash(&mut hasher);
@@ -240,32 +249,33 @@ impl Key {
         Key {
             len: bytes.len(),
             ends: hasher.finish(),
+            identity: identity.to_owned(),
         }
     }
 }
 
-/// The copy to load for `copy`, whose bytes (as it gave them) are `bytes`: a kept copy with the
-/// same bytes, which `copy` is then dropped for, or `copy` itself, kept from now on. So files
-/// with identical content share one copy, whatever their names and whenever they are loaded.
-pub(crate) fn keep(copy: PrivateCopy, bytes: &[u8]) -> std::io::Result<Arc<PrivateCopy>> {
+/// The copy to load for `copy`, whose bytes (as it gave them) are `bytes` and whose metadata
+/// declares `identity` (name and version): a kept copy with the same content (the same SHA-256),
+/// which `copy` is then dropped for, or `copy` itself, kept from now on. So files with identical
+/// content share one copy, whatever their names and whenever they are loaded.
+pub(crate) fn keep(
+    copy: PrivateCopy,
+    bytes: &[u8],
+    identity: &str,
+) -> std::io::Result<Arc<PrivateCopy>> {
     static KEPT: OnceLock<Mutex<HashMap<Key, Vec<Arc<PrivateCopy>>>>> = OnceLock::new();
-    let key = Key::of(bytes);
+    let key = Key::of(bytes, identity);
     let mut kept = KEPT
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let same_key = kept.entry(key).or_default();
-    for other in same_key.iter() {
-        if let (Some(mine), Some(theirs)) = (copy.sha256.get(), other.sha256.get())
-            && mine != theirs
-        {
-            continue;
-        }
-        if *other.bytes()? == *bytes {
-            if let Some(digest) = copy.sha256.get() {
-                let _ = other.sha256.set(*digest);
+    if !same_key.is_empty() {
+        let mine = *copy.sha256_of(bytes);
+        for other in same_key.iter() {
+            if *other.sha256()? == mine {
+                return Ok(other.clone());
             }
-            return Ok(other.clone());
         }
     }
     let copy = Arc::new(copy);
@@ -471,7 +481,7 @@ mod tests {
         let copy = |bytes: &[u8]| {
             let new = PrivateCopy::of_bytes(bytes, "t.so").unwrap();
             let seen = new.bytes().unwrap().to_vec();
-            keep(new, &seen).unwrap()
+            keep(new, &seen, "t 1.0.0").unwrap()
         };
         // Same length and same first and last pages, different in the middle.
         let mut long = vec![7u8; 3 * 4096];
@@ -486,7 +496,9 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(Arc::ptr_eq(&d, &e));
         assert!(!Arc::ptr_eq(&d, &f));
-        assert_eq!(Key::of(&long), Key::of(&vec![7u8; 3 * 4096]));
+        assert_eq!(Key::of(&long, "t"), Key::of(&vec![7u8; 3 * 4096], "t"));
+        assert!(a.known_sha256().is_some() && c.known_sha256().is_some());
+        assert!(f.known_sha256().is_none(), "a key of its own: not hashed");
         assert_eq!(hex(d.sha256().unwrap()).len(), 64);
         assert_eq!(std::fs::read(d.proc_path()).unwrap(), b"same content");
     }
