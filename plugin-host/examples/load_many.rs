@@ -1,20 +1,31 @@
 //! Times discovering, checking, loading and initializing N distinct plugin libraries, as
 //! `backworks serve` does at start-up, and says what they cost while they idle:
-//! `cargo run --release -p backworks-plugin-host --example load_many -- LIB [N]`.
+//! `cargo run --release -p backworks-plugin-host --example load_many -- LIB [N] [serial|parallel]`.
 //!
-//! It writes N copies of `LIB` into a fresh folder, each with one different trailing byte (so each
+//! It writes N copies of `LIB` into a fresh folder, each with different trailing bytes (so each
 //! is distinct content with its own private copy, as N different plugins would be), then times
-//! [`discover`], and for each file [`load_checked`] under strict file checks (checks, one read,
-//! SHA-256, metadata, sealed copy, `dlopen`, vtable), an instance and its `initialize`. Prints the
-//! total and per plugin, then, from `/proc/self`, the threads, descriptors and resident memory the
-//! N idle plugins added. BENCHMARKS.md has the figures and how the memory is counted.
+//! [`discover`] and starting every file found, in one of two ways:
+//!
+//! - `parallel`: the path of `backworks serve`: a [`PluginHost`] on a multi-thread runtime records
+//!   every plugin, then starts them all at once ([`PluginHost::start_all`]): each library loaded
+//!   under strict file checks on the blocking pool, one per core at a time, then its instance
+//!   and `initialize`.
+//! - `serial`: one at a time, each phase timed: [`load_checked`] (file checks, the kernel's copy
+//!   into a sealed memfd, metadata, `dlopen`, vtable), an instance, its `initialize`.
+//!
+//! Without a mode it runs itself once in each, serial first, each in a fresh process. Each prints
+//! the total and per plugin, the CPU time of the process, then, from `/proc/self`, the threads,
+//! descriptors and resident memory the N idle plugins added. BENCHMARKS.md has the figures and
+//! how the memory is counted.
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backworks_plugin_host::{
-    DynamicPlugin, LoadPolicy, Plugin, ScanDir, copy_store, discover, load_checked,
+    DynamicPlugin, LoadPolicy, Plugin, PluginHost, PluginSource, PluginSpec, ScanDir, copy_store,
+    discover, load_checked,
 };
 
 /// What `/proc/self` says about this process, in KiB for the memory fields.
@@ -80,12 +91,30 @@ fn process_cpu() -> Duration {
 }
 
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let lib = args.next().expect("usage: load_many LIB [N]");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let lib = args
+        .first()
+        .expect("usage: load_many LIB [N] [serial|parallel]");
     let n: usize = args
-        .next()
+        .get(1)
         .map_or(100, |n| n.parse().expect("N is a number"));
-    let bytes = std::fs::read(&lib).expect("read LIB");
+    match args.get(2).map(String::as_str) {
+        Some(mode @ ("serial" | "parallel")) => run(lib, n, mode),
+        Some(other) => panic!("unknown mode {other}: serial or parallel"),
+        None => {
+            for mode in ["serial", "parallel"] {
+                let status = std::process::Command::new(std::env::current_exe().expect("self"))
+                    .args([lib, &n.to_string(), mode])
+                    .status()
+                    .expect("run load_many");
+                assert!(status.success(), "{mode}: {status}");
+            }
+        }
+    }
+}
+
+fn run(lib: &str, n: usize, mode: &str) {
+    let bytes = std::fs::read(lib).expect("read LIB");
     let dir = tempfile::tempdir().expect("temporary folder");
     for i in 0..n {
         let path = dir.path().join(format!("libp{i}.so"));
@@ -95,63 +124,108 @@ fn main() {
             .expect("write trailer");
     }
     drop(bytes);
-    // The host's calls run on a runtime of its own; a current-thread one, so that every thread
-    // counted below is one the plugins started.
-    let host = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("host runtime");
-    let policy = LoadPolicy::default();
     let config = serde_json::json!({});
-    let before = Usage::now();
-    let start = Instant::now();
-    let found = discover(&[ScanDir {
-        path: dir.path().to_owned(),
-        recursive: false,
-    }]);
-    let discovered = start.elapsed();
-    let mut plugins = Vec::new();
-    let (mut loading, mut creating, mut initializing) = Default::default();
-    let cpu = process_cpu();
-    for (i, path) in found.files.iter().enumerate() {
-        let phase = Instant::now();
-        let library = load_checked(path, &policy).expect("load");
-        loading += phase.elapsed();
-        let phase = Instant::now();
-        let plugin = DynamicPlugin::new(library, &format!("p{i}")).expect("instance");
-        creating += phase.elapsed();
-        let phase = Instant::now();
-        host.block_on(plugin.initialize(&config))
-            .expect("initialize");
-        initializing += phase.elapsed();
-        plugins.push(plugin);
+    let before;
+    let start;
+    let discovered;
+    let cpu;
+    let mut phases = None;
+    // Kept to the end: the idle plugins.
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    let host = Arc::new(PluginHost::new());
+    if mode == "serial" {
+        // The host's calls run on a runtime of its own; a current-thread one, so that every
+        // thread counted below is one the plugins started.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("host runtime");
+        let policy = LoadPolicy::default();
+        before = Usage::now();
+        start = Instant::now();
+        let found = discover(&[ScanDir {
+            path: dir.path().to_owned(),
+            recursive: false,
+        }]);
+        discovered = start.elapsed();
+        let (mut loading, mut creating, mut initializing) = Default::default();
+        let cpu_before = process_cpu();
+        for (i, path) in found.files.iter().enumerate() {
+            let phase = Instant::now();
+            let library = load_checked(path, &policy).expect("load");
+            loading += phase.elapsed();
+            let phase = Instant::now();
+            let plugin = DynamicPlugin::new(library, &format!("p{i}")).expect("instance");
+            creating += phase.elapsed();
+            let phase = Instant::now();
+            runtime
+                .block_on(plugin.initialize(&config))
+                .expect("initialize");
+            initializing += phase.elapsed();
+            plugins.push(Arc::new(plugin));
+        }
+        cpu = process_cpu().saturating_sub(cpu_before);
+        phases = Some((loading, creating, initializing));
+    } else {
+        // As `backworks serve` runs: a multi-thread runtime, the host's default blocking pool;
+        // counted from before it is built, and dropped before the end is counted.
+        before = Usage::now();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("host runtime");
+        start = Instant::now();
+        let found = discover(&[ScanDir {
+            path: dir.path().to_owned(),
+            recursive: false,
+        }]);
+        discovered = start.elapsed();
+        let cpu_before = process_cpu();
+        let specs: Vec<PluginSpec> = found
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, path)| {
+                PluginSpec::new(
+                    &format!("p{i}"),
+                    PluginSource::Library(path.clone()),
+                    config.clone(),
+                )
+            })
+            .collect();
+        let started = runtime.block_on(host.start_all(&specs));
+        cpu = process_cpu().saturating_sub(cpu_before);
+        plugins.extend(started.into_iter().map(|p| p.expect("start")));
+        // The runtime's workers and blocking threads go; the plugins stay, idle.
+        drop(runtime);
     }
-    let cpu = process_cpu().saturating_sub(cpu);
     let total = start.elapsed();
     let after = Usage::now();
     let count = plugins.len();
-    println!(
-        "{count} plugins ({} KiB each, private copies in {}): discover {:.2} ms, \
-         discover+check+load+instance+initialize {:.1} ms ({:.2} ms per plugin)",
-        std::fs::metadata(&lib).map_or(0, |m| m.len() / 1024),
-        copy_store().as_str(),
-        discovered.as_secs_f64() * 1e3,
-        total.as_secs_f64() * 1e3,
-        total.as_secs_f64() * 1e3 / count as f64
-    );
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "wall: load_checked {:.1} ms, instance_new {:.1} ms, initialize {:.1} ms; \
-         CPU of the process (every thread) {:.0} ms ({:.2} ms per plugin)",
-        ms(loading),
-        ms(creating),
-        ms(initializing),
+        "{mode}: {count} plugins ({} KiB each, private copies in {}): discover {:.2} ms, \
+         discover+check+load+instance+initialize {:.1} ms ({:.3} ms per plugin); \
+         CPU of the process (every thread) {:.0} ms ({:.3} ms per plugin)",
+        std::fs::metadata(lib).map_or(0, |m| m.len() / 1024),
+        copy_store().as_str(),
+        ms(discovered),
+        ms(total),
+        ms(total) / count as f64,
         ms(cpu),
         ms(cpu) / count as f64
     );
+    if let Some((loading, creating, initializing)) = phases {
+        println!(
+            "{mode}: wall: load_checked {:.1} ms, instance_new {:.1} ms, initialize {:.1} ms",
+            ms(loading),
+            ms(creating),
+            ms(initializing),
+        );
+    }
     let per = |delta: i64| delta as f64 / count as f64;
     println!(
-        "idle: threads {} -> {} ({:+.2} per plugin), descriptors {} -> {} ({:+.2} per plugin)",
+        "{mode}: idle: threads {} -> {} ({:+.2} per plugin), descriptors {} -> {} ({:+.2} per plugin)",
         before.threads,
         after.threads,
         per(after.threads as i64 - before.threads as i64),
@@ -162,10 +236,11 @@ fn main() {
     for field in STATUS_FIELDS.iter().chain(&ROLLUP_FIELDS) {
         let delta = after.kib(field) - before.kib(field);
         println!(
-            "idle: {field:<9} {:>9} KiB -> {:>9} KiB: {:>8.1} KiB per plugin",
+            "{mode}: idle: {field:<9} {:>9} KiB -> {:>9} KiB: {:>8.1} KiB per plugin",
             before.kib(field),
             after.kib(field),
             per(delta)
         );
     }
+    drop(host);
 }

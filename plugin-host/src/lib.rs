@@ -163,7 +163,7 @@ pub use loader::{
     check_file, copy_store, load as load_library, load_checked, load_checked_all,
 };
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
-pub use registry::{PluginHost, PluginSpec, PluginStatus, Retiring};
+pub use registry::{PluginHost, PluginSpec, PluginStatus, Prepared, Retiring};
 
 // Config schemas: a plugin's config checked against the schema it declares, before `initialize`.
 pub use config_schema::{ConfigViolation, Interpolated, check_config};

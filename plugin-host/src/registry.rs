@@ -99,6 +99,29 @@ pub struct Retiring {
     pub plugin: Option<Arc<Guarded>>,
 }
 
+/// A plugin recorded as `Loading` and not started yet: [`PluginHost::prepare`] or
+/// [`PluginHost::prepare_next`], then [`PluginHost::start_prepared`].
+#[derive(Debug)]
+pub struct Prepared {
+    spec: PluginSpec,
+    lifecycle: Arc<Lifecycle>,
+    generation: u64,
+    /// A reload's pending generation, forgotten if it fails.
+    next: bool,
+}
+
+impl Prepared {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// The generation it will be.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     name: String,
@@ -190,6 +213,15 @@ pub struct PluginHost {
     entries: RwLock<Vec<Entry>>,
     /// Generations retired and finished, per plugin name.
     finished: RwLock<HashMap<String, u64>>,
+    /// Library loads running on the blocking pool: one per core (see [`load_slots`]).
+    loads: std::sync::OnceLock<tokio::sync::Semaphore>,
+}
+
+/// How many library loads run at once: one per core. A load is CPU work (the kernel's copy of
+/// the file, checks, relocations), so more at once only makes each slower, and keeps a blocking
+/// pool thread (up to 512 by default) per plugin waiting.
+fn load_slots() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl std::fmt::Debug for PluginHost {
@@ -238,6 +270,24 @@ impl PluginHost {
             ));
         }
         policy
+    }
+
+    /// [`policy_for`](Self::policy_for) plugin `name`, loaded in process from `library`: where
+    /// signatures are not required and `library` has no signature file beside it, the signature
+    /// check could only say so (and the load would hash the library for nothing), so it is left
+    /// out. A signature file that appears after this look is not checked: not being required, an
+    /// invalid one would only have been logged.
+    fn policy_for_library(&self, name: &str, library: &std::path::Path) -> LoadPolicy {
+        let optional = self
+            .trust
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|trust| !trust.require_signatures);
+        if optional && !crate::signature_path(library).exists() {
+            return self.load_policy();
+        }
+        self.policy_for(name)
     }
 
     /// The load policy in force.
@@ -365,20 +415,27 @@ impl PluginHost {
     /// guard: `spec.policy`'s timeout, concurrency limit, response limit and circuit breaker apply
     /// to every call.
     pub async fn start(&self, spec: &PluginSpec) -> Result<Arc<dyn Plugin>, HostError> {
+        let prepared = self.prepare(spec)?;
+        self.start_prepared(prepared).await
+    }
+
+    /// Records plugin `spec.name` as `Loading`, to be started by
+    /// [`start_prepared`](Self::start_prepared): recording every plugin first, in order, and
+    /// then starting them all at once keeps the records in that order whichever start finishes
+    /// first. Fails if the name is taken.
+    pub fn prepare(&self, spec: &PluginSpec) -> Result<Prepared, HostError> {
         let lifecycle = self.record(
             &spec.name,
             Some(spec.source.clone()),
             PluginState::Loading,
             None,
         )?;
-        self.bring_up(spec, &lifecycle).await
+        Ok(self.prepared(spec, lifecycle, false))
     }
 
-    /// Starts a new generation of plugin `spec.name` beside the one serving, for a reload: it is
-    /// loaded and initialized like [`start`](Self::start), but lookups keep giving the current
-    /// generation until [`commit`](Self::commit). A failure leaves nothing behind: the current
-    /// generation goes on as it was. Returns the new plugin and its generation.
-    pub async fn start_next(&self, spec: &PluginSpec) -> Result<(Arc<dyn Plugin>, u64), HostError> {
+    /// As [`prepare`](Self::prepare), for a new generation of `spec.name` beside the one serving
+    /// (see [`start_next`](Self::start_next)).
+    pub fn prepare_next(&self, spec: &PluginSpec) -> Result<Prepared, HostError> {
         let lifecycle = self.push_entry(
             &spec.name,
             Some(spec.source.clone()),
@@ -386,14 +443,52 @@ impl PluginHost {
             None,
             Phase::Pending,
         )?;
-        let generation = self.generation_of(&lifecycle);
-        match self.bring_up(spec, &lifecycle).await {
-            Ok(plugin) => Ok((plugin, generation)),
-            Err(error) => {
-                self.remove(&spec.name, generation);
-                Err(error)
-            }
+        Ok(self.prepared(spec, lifecycle, true))
+    }
+
+    fn prepared(&self, spec: &PluginSpec, lifecycle: Arc<Lifecycle>, next: bool) -> Prepared {
+        Prepared {
+            generation: self.generation_of(&lifecycle),
+            spec: spec.clone(),
+            lifecycle,
+            next,
         }
+    }
+
+    /// Loads and initializes a plugin recorded by [`prepare`](Self::prepare) or
+    /// [`prepare_next`](Self::prepare_next), as [`start`](Self::start) or
+    /// [`start_next`](Self::start_next) would. Any number may run at once: library loads (file
+    /// checks, copy, `dlopen`, instance) go to the blocking pool, at most one per core at a time,
+    /// and everything else waits without holding a thread.
+    pub async fn start_prepared(&self, prepared: Prepared) -> Result<Arc<dyn Plugin>, HostError> {
+        let result = self.bring_up(&prepared.spec, &prepared.lifecycle).await;
+        if result.is_err() && prepared.next {
+            self.remove(&prepared.spec.name, prepared.generation);
+        }
+        result
+    }
+
+    /// Starts every plugin of `specs` at once, recorded in their order first (see
+    /// [`prepare`](Self::prepare)); the results are in the same order, one plugin's failure
+    /// stopping no other.
+    pub async fn start_all(&self, specs: &[PluginSpec]) -> Vec<Result<Arc<dyn Plugin>, HostError>> {
+        let prepared: Vec<_> = specs.iter().map(|spec| self.prepare(spec)).collect();
+        futures_util::future::join_all(
+            prepared
+                .into_iter()
+                .map(|prepared| async move { self.start_prepared(prepared?).await }),
+        )
+        .await
+    }
+
+    /// Starts a new generation of plugin `spec.name` beside the one serving, for a reload: it is
+    /// loaded and initialized like [`start`](Self::start), but lookups keep giving the current
+    /// generation until [`commit`](Self::commit). A failure leaves nothing behind: the current
+    /// generation goes on as it was. Returns the new plugin and its generation.
+    pub async fn start_next(&self, spec: &PluginSpec) -> Result<(Arc<dyn Plugin>, u64), HostError> {
+        let prepared = self.prepare_next(spec)?;
+        let generation = prepared.generation;
+        Ok((self.start_prepared(prepared).await?, generation))
     }
 
     /// Makes the pending `generation` of `name` the current one; the generations it replaces are
@@ -555,7 +650,12 @@ impl PluginHost {
             (PluginSource::Library(path), Isolation::InProcess) => {
                 // Opening a library reads files and runs its initialisers: keep it off async workers.
                 let (path, name, workers) = (path.clone(), spec.name.clone(), spec.workers);
-                let policy = self.policy_for(&spec.name);
+                let policy = self.policy_for_library(&spec.name, &path);
+                let slots = self
+                    .loads
+                    .get_or_init(|| tokio::sync::Semaphore::new(load_slots()));
+                // Never closed; were it, the load would simply not wait.
+                let _slot = slots.acquire().await.ok();
                 let plugin = tokio::task::spawn_blocking(move || {
                     let library = crate::loader::load_checked(&path, &policy)?;
                     DynamicPlugin::with_workers(library, &name, workers)

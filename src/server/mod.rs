@@ -103,10 +103,15 @@ pub struct Carry {
     shares: Vec<HookShare>,
 }
 
-/// Starts every configured plugin on `host`. A plugin that fails is logged, recorded in its `Error`
-/// state and skipped; the others start regardless. An `important: true` plugin that fails stops
-/// start-up: the error names it and says why.
+/// Starts every configured plugin on `host`, all at once. A plugin that fails is logged, recorded
+/// in its `Error` state and skipped; the others start regardless. An `important: true` plugin
+/// that fails stops start-up: the error names it and says why (the first such plugin in config
+/// order, once every start has ended; one whose file is missing stops it before anything starts).
+///
+/// Every plugin is recorded first, in config order (disabled ones as `Disabled`, the others as
+/// `Loading`), so the host's records keep that order whichever start finishes first.
 pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result<()> {
+    let mut starting = Vec::new();
     for plugin in &config.plugins {
         let source = match plugin_source(config, plugin) {
             Ok(source) => source,
@@ -123,27 +128,37 @@ pub async fn start_plugins(config: &Config, host: &PluginHost) -> anyhow::Result
             let _ = host.record(&plugin.name, Some(source), PluginState::Disabled, None);
             continue;
         }
-        let spec = plugin_spec(config, plugin, source);
+        starting.push((plugin, host.prepare(&plugin_spec(config, plugin, source))));
+    }
+    let started =
+        futures_util::future::join_all(starting.into_iter().map(|(plugin, prepared)| async move {
+            match prepared {
+                Ok(prepared) => (plugin, host.start_prepared(prepared).await.map(drop)),
+                Err(error) => (plugin, Err(error)),
+            }
+        }))
+        .await;
+    let mut important = None;
+    for (plugin, result) in started {
         // The host logs the failure and records the plugin's Error state; a config that fails
         // the plugin's schema is reported here too, each violation at its place in the file.
-        if let Err(error) = host.start(&spec).await {
-            for located in plugin
-                .config_map
-                .errors(&plugin.name, &error)
-                .unwrap_or_default()
-            {
-                tracing::error!(plugin = plugin.name, "{located}");
-            }
-            if plugin.important {
-                anyhow::bail!(
-                    "important plugin `{}` cannot start: {}",
-                    plugin.name,
-                    start_error(plugin, &error)
-                );
-            }
+        let Err(error) = result else { continue };
+        for located in plugin
+            .config_map
+            .errors(&plugin.name, &error)
+            .unwrap_or_default()
+        {
+            tracing::error!(plugin = plugin.name, "{located}");
+        }
+        if plugin.important && important.is_none() {
+            important = Some(anyhow::anyhow!(
+                "important plugin `{}` cannot start: {}",
+                plugin.name,
+                start_error(plugin, &error)
+            ));
         }
     }
-    Ok(())
+    important.map_or(Ok(()), Err)
 }
 
 /// Why `plugin` did not start, as the operator should read it: for a config that fails the

@@ -62,9 +62,43 @@ pub struct ReloadReport {
 struct Serving {
     config: Config,
     carry: Carry,
-    /// The content hash of each library plugin's file.
-    hashes: BTreeMap<String, Option<[u8; 32]>>,
+    /// The content hash of each library plugin's file, once [`Serving::hashes`] has it.
+    hashes: Hashes,
+    /// Taking the first `hashes`, on the blocking pool: reading and hashing every library file
+    /// again costs about a millisecond per plugin, which start-up does not wait for; the first
+    /// reload does.
+    taking: Option<tokio::task::JoinHandle<Hashes>>,
     generation: u64,
+}
+
+/// The content hash of each library plugin's file, by plugin name.
+type Hashes = BTreeMap<String, Option<[u8; 32]>>;
+
+impl Serving {
+    /// The hashes a reload compares against. (If taking them failed, there are none: every
+    /// library plugin then counts as changed.)
+    async fn hashes(&mut self) -> &Hashes {
+        if let Some(taking) = self.taking.take() {
+            self.hashes = taking.await.unwrap_or_default();
+        }
+        &self.hashes
+    }
+}
+
+/// The content hash of each library plugin's file of `config`, read now, on the blocking pool.
+async fn hashes_of(config: &Config) -> Hashes {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || file_hashes(&config))
+        .await
+        .unwrap_or_default()
+}
+
+fn file_hashes(config: &Config) -> Hashes {
+    config
+        .plugins
+        .iter()
+        .map(|p| (p.name.clone(), file_hash(config, p)))
+        .collect()
 }
 
 /// Holds the serving routers and reloads them.
@@ -84,11 +118,15 @@ impl Reloader {
         Arc::new_cyclic(|this: &Weak<Reloader>| {
             let (public, admin, carry) =
                 routers(&config, host.clone(), &Carry::default(), Some(this.clone()));
-            let hashes = config
-                .plugins
-                .iter()
-                .map(|p| (p.name.clone(), file_hash(&config, p)))
-                .collect();
+            // Within a runtime (as `serve` calls it), off the start-up path.
+            let (hashes, taking) = match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    let config = config.clone();
+                    let taking = runtime.spawn_blocking(move || file_hashes(&config));
+                    (Hashes::new(), Some(taking))
+                }
+                Err(_) => (file_hashes(&config), None),
+            };
             Reloader {
                 host,
                 public: Arc::new(ArcSwap::from_pointee(public)),
@@ -97,6 +135,7 @@ impl Reloader {
                     config,
                     carry,
                     hashes,
+                    taking,
                     generation: 1,
                 }),
                 last: Mutex::new(None),
@@ -201,11 +240,8 @@ impl Reloader {
             self.host.set_load_policy(super::load_policy(&config));
             self.host.set_trust_policy(config.trust.signatures.clone());
         }
-        let hashes: BTreeMap<String, Option<[u8; 32]>> = config
-            .plugins
-            .iter()
-            .map(|p| (p.name.clone(), file_hash(&config, p)))
-            .collect();
+        let hashes = hashes_of(&config).await;
+        let before = serving.hashes().await.clone();
         let mut start = Vec::new();
         let mut retire = Vec::new();
         for plugin in &config.plugins {
@@ -218,7 +254,7 @@ impl Reloader {
                 // A plugin that failed (to start, or past its restart limit) is tried again.
                 Some(old)
                     if old == plugin
-                        && serving.hashes.get(name) == hashes.get(name)
+                        && before.get(name) == hashes.get(name)
                         && !(trust_changed
                             && matches!(plugin.kind, PluginKind::External { .. }))
                         && !matches!(self.host.state(name), Some(PluginState::Error(_))) =>
@@ -258,30 +294,40 @@ impl Reloader {
             return finish(report);
         }
 
-        // New generations beside the serving ones.
+        // New generations beside the serving ones: recorded in config order, started all at
+        // once, their errors reported in config order.
         let mut started: Vec<(String, u64, Arc<dyn Plugin>)> = Vec::new();
         let mut disabled = Vec::new();
+        let mut starting = Vec::new();
         for plugin in start {
             if !plugin.enabled {
                 disabled.push(plugin);
                 continue;
             }
-            let source = match plugin_source(&config, plugin) {
-                Ok(source) => source,
-                Err(reason) => {
-                    report
-                        .errors
-                        .push(format!("plugin `{}`: {reason}", plugin.name));
-                    continue;
-                }
-            };
-            match self
-                .host
-                .start_next(&plugin_spec(&config, plugin, source))
-                .await
-            {
-                Ok((new, generation)) => started.push((plugin.name.clone(), generation, new)),
-                Err(error) => report.errors.push(super::start_error(plugin, &error)),
+            starting.push(match plugin_source(&config, plugin) {
+                Ok(source) => Ok((
+                    plugin,
+                    self.host
+                        .prepare_next(&plugin_spec(&config, plugin, source)),
+                )),
+                Err(reason) => Err(format!("plugin `{}`: {reason}", plugin.name)),
+            });
+        }
+        let host = &self.host;
+        let outcomes = futures_util::future::join_all(starting.into_iter().map(|s| async move {
+            let (plugin, prepared) = s?;
+            let prepared = prepared.map_err(|error| super::start_error(plugin, &error))?;
+            let generation = prepared.generation();
+            match host.start_prepared(prepared).await {
+                Ok(new) => Ok((plugin.name.clone(), generation, new)),
+                Err(error) => Err(super::start_error(plugin, &error)),
+            }
+        }))
+        .await;
+        for outcome in outcomes {
+            match outcome {
+                Ok(new) => started.push(new),
+                Err(error) => report.errors.push(error),
             }
         }
         let mut health = Vec::new();

@@ -1,6 +1,7 @@
 //! Start-up's fast paths: many files loaded on every core (`load_checked_all`), each with its own
-//! file checks and signature verdict, naming its own file; one SHA-256 per file shared by the
-//! signature check and the private copy; identical files verified once, still each checked.
+//! file checks and signature verdict, naming its own file; the checks made on the private copy,
+//! hashed only when a signature needs it; identical files verified once, still each checked; and
+//! `backworks serve` starting many plugins at once, each recorded in config order.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -250,4 +251,101 @@ fn a_file_changed_after_its_read_loads_the_bytes_checked() {
     // file's content with no signature of its own.
     let err = refusal(&load_checked(&file, &signed.policy()), &file);
     assert!(err.contains("signature of another file"), "{err}");
+}
+
+/// A config of many plugins for `backworks serve`: `n` copies of `hello` (each its own file,
+/// distinct content), with, in the middle, a plugin whose config fails its schema (`hello` with a
+/// number for a greeting), a disabled one and one whose file is missing; `important` marks the
+/// failing one important.
+fn many_plugins(dir: &Path, n: usize, important: bool) -> String {
+    let hello = std::fs::read(rust_plugin("hello")).unwrap();
+    let mut yaml = String::from("plugins:\n");
+    for i in 0..n {
+        let file = dir.join(format!("libp{i}.so"));
+        let mut bytes = hello.clone();
+        bytes.extend_from_slice(&(i as u64).to_le_bytes());
+        std::fs::write(&file, bytes).unwrap();
+        yaml.push_str(&format!("  p{i}:\n    path: {}\n", file.display()));
+        if i == n / 2 {
+            yaml.push_str(&format!(
+                "  broken:\n    path: {}\n    important: {important}\n    \
+                 config: {{ greeting: 42 }}\n  \
+                 off:\n    path: {}\n    enabled: false\n  \
+                 gone:\n    path: {}\n",
+                file.display(),
+                file.display(),
+                dir.join("missing.so").display()
+            ));
+        }
+    }
+    yaml.push_str("endpoints:\n  hello: { path: \"/hello/{name}\", plugin: p0 }\n");
+    yaml
+}
+
+/// Many plugins started at once: each failure recorded with its own state and reason, the
+/// others active, every record in config order; the schema violation logged at its place.
+#[tokio::test]
+async fn many_plugins_start_at_once_each_with_its_own_record_in_config_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 24;
+    let server = crate::support::Server::start(&many_plugins(dir.path(), n, false));
+    let answer = crate::support::client()
+        .get(server.url("/hello/world"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let listed = crate::support::get_json(server.admin_url("/_backworks/plugins")).await;
+    let plugins = listed["plugins"].as_array().unwrap();
+    let names: Vec<&str> = plugins
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let mut expected: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    for (offset, name) in ["broken", "off", "gone"].into_iter().enumerate() {
+        expected.insert(n / 2 + 1 + offset, name.to_owned());
+    }
+    assert_eq!(names, expected, "records in config order");
+    let state = |name: &str| {
+        let plugin = plugins.iter().find(|p| p["name"] == name).unwrap();
+        (
+            plugin["state"].as_str().unwrap().to_owned(),
+            plugin["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    let active = plugins.iter().filter(|p| p["state"] == "active").count();
+    assert_eq!(active, n);
+    let (broken, why) = state("broken");
+    assert_eq!(broken, "error");
+    assert!(why.contains("/greeting"), "{why}");
+    assert_eq!(state("off").0, "disabled");
+    let (gone, why) = state("gone");
+    assert_eq!(gone, "error");
+    assert!(why.contains("plugin file not found"), "{why}");
+    let logs = server.logs();
+    assert!(
+        logs.contains(r#"backworks.yaml:"#)
+            && logs.contains(r#": plugin "broken": config field /greeting: 42 is not of types"#),
+        "the violation at its place in the file: {logs}"
+    );
+}
+
+/// The same config with the failing plugin important: start-up stops, naming it (and not the
+/// missing plugin after it, which is not important), though every other plugin started.
+#[test]
+fn an_important_failure_among_many_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (status, stderr) = crate::support::serve_until_exit(&many_plugins(dir.path(), 24, true));
+    assert!(!status.success());
+    assert_eq!(
+        stderr.matches("cannot start").count(),
+        1,
+        "one reason to stop: {stderr}"
+    );
+    assert!(
+        stderr.contains("important plugin `broken` cannot start")
+            && stderr.contains(r#"plugin "broken": config field /greeting: 42"#)
+            && stderr.contains("backworks.yaml:"),
+        "{stderr}"
+    );
 }

@@ -79,7 +79,8 @@ impl std::fmt::Debug for LoadedLibrary {
         f.debug_struct("LoadedLibrary")
             .field("path", &self.path)
             .field("metadata", &self.metadata)
-            .field("sha256", &self.sha256())
+            // Only when known: formatting never reads and hashes the library.
+            .field("sha256", &self.copy.known_sha256().map(private_copy::hex))
             .finish_non_exhaustive()
     }
 }
@@ -101,8 +102,13 @@ impl LoadedLibrary {
     }
 
     /// The SHA-256 of the bytes loaded, in hex: equal for files with identical content.
+    /// Computed on the first call unless the load needed it (a signature check), from the
+    /// private copy; if that copy cannot be read, the reason instead.
     pub fn sha256(&self) -> String {
-        private_copy::hex(self.copy.sha256())
+        self.copy.sha256().map_or_else(
+            |e| format!("(private copy unreadable: {e})"),
+            private_copy::hex,
+        )
     }
 
     /// Where its private copy lives.
@@ -174,25 +180,28 @@ pub(crate) enum Runs {
     InChild,
 }
 
-/// The one path from a file to bytes that may run: file checks, one read, the verifier, metadata
-/// and compatibility from those bytes, then their private copy.
+/// The one path from a file to bytes that may run: file checks, one read (the kernel's copy of
+/// the file into its private copy), then the verifier, metadata and compatibility on the copy's
+/// bytes, and the copy kept (or an identical one kept before).
 pub(crate) fn check_and_copy(
     path: &Path,
     policy: &LoadPolicy,
     runs: Runs,
 ) -> Result<(PluginMetadata, Arc<PrivateCopy>), HostError> {
     let file = file_checks::open_checked(path, policy.file_checks)?;
-    let bytes = private_copy::read_all(file).map_err(|source| HostError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    // The one hash of these bytes: the verifier's binding and the private copy's key.
-    let digest = private_copy::sha256(&bytes);
+    let copy = PrivateCopy::of_file(file, &file_name(path)).map_err(copy_error(path))?;
+    let bytes = copy.bytes().map_err(copy_error(path))?;
+    // The one hash of these bytes, when something needs it: the verifier's binding, the child's
+    // check of what it loads.
     if let Some(verify) = &policy.verify {
-        verify(path, &bytes, &digest)?;
+        verify(path, &bytes, copy.sha256_of(&bytes))?;
+    }
+    if runs == Runs::InChild {
+        copy.sha256_of(&bytes);
     }
     let metadata = checked_metadata(path, &bytes, runs)?;
-    Ok((metadata, private(path, &bytes, &digest)?))
+    let copy = private_copy::keep(copy, &bytes, &identity(&metadata)).map_err(copy_error(path))?;
+    Ok((metadata, copy))
 }
 
 fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetadata, HostError> {
@@ -204,16 +213,23 @@ fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetad
     Ok(metadata)
 }
 
-fn private(
-    path: &Path,
-    bytes: &[u8],
-    digest: &private_copy::Sha256Digest,
-) -> Result<Arc<PrivateCopy>, HostError> {
-    private_copy::copy_of(bytes, digest).map_err(|source| HostError::PrivateCopy {
+/// The name and version a library's metadata declares: part of what finds an identical copy.
+fn identity(metadata: &PluginMetadata) -> String {
+    format!("{} {}", metadata.name, metadata.version)
+}
+
+/// The file name of `path`, which names its private copy.
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "library".into(), |n| n.to_string_lossy().into_owned())
+}
+
+fn copy_error(path: &Path) -> impl Fn(std::io::Error) -> HostError + '_ {
+    move |source| HostError::PrivateCopy {
         path: path.to_owned(),
         store: private_copy::store().as_str(),
         source,
-    })
+    }
 }
 
 /// What the host tells a plugin child about the library to load: where to read the host's
@@ -227,11 +243,14 @@ pub(crate) struct ChildCopy {
 }
 
 impl ChildCopy {
-    /// How a child of this process reaches `copy`.
+    /// How a child of this process reaches `copy`. (Its hash was taken when it was checked to
+    /// run in a child; a copy that could not be read has none the child would accept.)
     pub(crate) fn of(copy: &PrivateCopy) -> ChildCopy {
         ChildCopy {
             source: copy.path_for_children(),
-            sha256: private_copy::hex(copy.sha256()),
+            sha256: copy
+                .sha256()
+                .map_or_else(|_| String::new(), private_copy::hex),
         }
     }
 }
@@ -264,7 +283,10 @@ pub(crate) fn load_in_child(
         }
     }
     let metadata = checked_metadata(path, &bytes, Runs::InChild)?;
-    open_checked(path, private(path, &bytes, &digest)?, metadata)
+    let copy = PrivateCopy::of_bytes(&bytes, &file_name(path)).map_err(copy_error(path))?;
+    copy.set_sha256(digest);
+    let copy = private_copy::keep(copy, &bytes, &identity(&metadata)).map_err(copy_error(path))?;
+    open_checked(path, copy, metadata)
 }
 
 /// Opens the private copy of a library whose metadata passed the checks and checks its vtable.

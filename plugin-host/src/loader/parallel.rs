@@ -1,12 +1,13 @@
 //! Loading many plugin files at once, as at start-up: [`load_checked_all`].
 //!
-//! Most of a load is hashing (SHA-256 for the private copy and the signature binding, minisign's
-//! BLAKE2b and Ed25519 for the signature), which is per file and independent, so the files are
-//! shared among one thread per available core. Each file goes through exactly the path
-//! [`load_checked`] takes alone (its own file checks, one read, one hash, its own verifier, its
-//! own metadata and compatibility checks, its private copy, `dlopen`); only the order in which
-//! files are worked on changes. `dlopen` itself takes the dynamic loader's lock, so the opens
-//! queue there while other threads hash.
+//! A load is CPU work per file and independent of the others: the kernel's copy of the file into
+//! its private copy, and for a signed one SHA-256 (the signature binding) and minisign's BLAKE2b
+//! and Ed25519 checks. So the files are shared among one thread per available core. Each file
+//! goes through exactly the path [`load_checked`] takes alone (its own file checks, one read,
+//! its own verifier, its own metadata and compatibility checks, its private copy, `dlopen`);
+//! only the order in which files are worked on changes. `dlopen` itself takes the dynamic
+//! loader's lock, so the opens queue there while other threads copy and hash.
+//! (`PluginHost`, which `serve` uses, bounds its loads to one per core the same way.)
 
 use std::path::PathBuf;
 use std::sync::Arc;

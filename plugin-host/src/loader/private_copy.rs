@@ -1,32 +1,44 @@
-//! Private, immutable copies of checked library bytes: what `dlopen` actually maps.
+//! Private, immutable copies of plugin libraries: what is checked, and what `dlopen` maps.
 //!
-//! The bytes read (and checked) from a plugin file are written once into a **sealed `memfd`**
-//! (`memfd_create` + `F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL`: nobody, this
-//! process included, can change them any more) and the library is opened through
-//! `/proc/self/fd/N`. Replacing, truncating or deleting the original file afterwards changes
-//! nothing that runs: the mapping is of the copy.
+//! A plugin file's bytes are copied **once**, by the kernel (no pass through this process's
+//! memory), into a **sealed `memfd`** (`memfd_create` + `F_SEAL_WRITE | F_SEAL_SHRINK |
+//! F_SEAL_GROW | F_SEAL_SEAL`: nobody, this process included, can change them any more). Every
+//! check then reads the copy, not the file (mapped read-only: a sealed memfd cannot change under
+//! the mapping), and the library is opened through `/proc/self/fd/N`: what runs is exactly what
+//! was checked, and replacing, truncating or deleting the original file afterwards changes
+//! nothing that runs.
 //!
 //! Where a `memfd` cannot be mapped executable (a hardened kernel, an LSM), the copy is a file in
 //! a fresh `0700` directory under a unique name in the temporary directory (`TMPDIR`), made
 //! read-only, opened read-only, then unlinked with its directory: only this process's descriptor
-//! reaches it. Which store is in force is decided once per process by a probe (create a memfd, map
-//! it `PROT_EXEC`), logged, and shown in `/proc/PID/maps` (`/memfd:backworks-…` or
-//! `…/backworks-copy-…/….so (deleted)`). `BACKWORKS_PRIVATE_COPY=memfd|directory` forces one.
+//! reaches it. Its checks read it into memory (it is not sealed). Which store is in force is
+//! decided once per process by a probe (create a memfd, map it `PROT_EXEC`), logged, and shown in
+//! `/proc/PID/maps` (`/memfd:backworks-<file name>` or `…/backworks-copy-…/<file name> (deleted)`).
+//! `BACKWORKS_PRIVATE_COPY=memfd|directory` forces one.
 //!
-//! Copies are kept by the SHA-256 of their content for the life of the process (libraries are
-//! never unloaded anyway): files with identical bytes share one copy, one inode, and so one
-//! `dlopen` handle and one mapping, however many plugin instances are made from them.
+//! Copies are kept for the life of the process (libraries are never unloaded anyway), and files
+//! with identical bytes share one copy, one inode, and so one `dlopen` handle and one mapping,
+//! however many plugin instances are made from them: a new copy is dropped for a kept one with
+//! the same SHA-256. The SHA-256 of a copy is computed only when something needs it, at most
+//! once: a signature check, a plugin child, `LoadedLibrary::sha256`, or a kept copy of the same
+//! length, first and last pages and declared name and version (see `Key`), the one case where
+//! the content has to decide.
 
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::hash::{Hash, Hasher};
+use std::io::Write;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
+use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use sha2::{Digest, Sha256};
 
 /// The environment variable that forces a store: `memfd` or `directory`.
@@ -62,18 +74,103 @@ pub(crate) fn sha256(bytes: &[u8]) -> Sha256Digest {
 
 pub(crate) use crate::trust::hex;
 
-/// One private copy: an open descriptor of immutable bytes, kept for the life of the process.
+/// One private copy: an open descriptor of immutable bytes.
 #[derive(Debug)]
 pub(crate) struct PrivateCopy {
-    fd: OwnedFd,
-    sha256: Sha256Digest,
+    file: File,
+    len: usize,
     store: Store,
+    /// Computed the first time something needs it, from the copy's bytes.
+    sha256: OnceLock<Sha256Digest>,
 }
 
 impl PrivateCopy {
+    /// A new copy of everything `file` holds from its start, in the store in force: read once,
+    /// copied by the kernel (`copy_file_range`, else `sendfile`). `name`, the library's file
+    /// name, names the copy in `/proc/PID/maps`.
+    pub(crate) fn of_file(mut file: File, name: &str) -> std::io::Result<PrivateCopy> {
+        PrivateCopy::write(name, |copy| std::io::copy(&mut file, copy).map(drop))
+    }
+
+    /// A new copy of `bytes`, in the store in force.
+    pub(crate) fn of_bytes(bytes: &[u8], name: &str) -> std::io::Result<PrivateCopy> {
+        PrivateCopy::write(name, |copy| copy.write_all(bytes))
+    }
+
+    fn write(
+        name: &str,
+        fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> std::io::Result<PrivateCopy> {
+        let store = store();
+        let file = match store {
+            Store::Memfd => sealed_memfd(&label(name), fill)?,
+            Store::Directory => private_file(&std::env::temp_dir(), &label(name), fill)?,
+        };
+        let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+        Ok(PrivateCopy {
+            file,
+            len,
+            store,
+            sha256: OnceLock::new(),
+        })
+    }
+
+    /// The copy's bytes, to check: a read-only mapping of a sealed memfd (which cannot change
+    /// under it), or the directory store's file read into memory (which is not sealed).
+    pub(crate) fn bytes(&self) -> std::io::Result<Bytes> {
+        let Some(len) = NonZeroUsize::new(self.len) else {
+            return Ok(Bytes::Read(Vec::new()));
+        };
+        if self.store == Store::Directory {
+            let mut bytes = vec![0; self.len];
+            self.file.read_exact_at(&mut bytes, 0)?;
+            return Ok(Bytes::Read(bytes));
+        }
+        // SAFETY: a fresh shared read-only mapping of `len` bytes of our own memfd, at an
+        // address the kernel picks; `Mapping` unmaps it once. Its content is sealed against
+        // writes, shrinking and growing (`sealed_memfd`), so the bytes read through it never
+        // change and never go away while it is mapped.
+        let address = unsafe {
+            mmap(
+                None,
+                len,
+                ProtFlags::PROT_READ,
+                MapFlags::MAP_SHARED,
+                self.file.as_fd(),
+                0,
+            )
+        }?;
+        Ok(Bytes::Mapped(Mapping { address, len }))
+    }
+
+    /// The SHA-256 of the content: computed from `bytes`, which must be the copy's own (as
+    /// [`bytes`](Self::bytes) gave them), unless it was already.
+    pub(crate) fn sha256_of(&self, bytes: &[u8]) -> &Sha256Digest {
+        debug_assert_eq!(bytes.len(), self.len, "the bytes are the copy's");
+        self.sha256.get_or_init(|| sha256(bytes))
+    }
+
+    /// Records the SHA-256 of the content, computed by the caller from the bytes it was made of.
+    pub(crate) fn set_sha256(&self, digest: Sha256Digest) {
+        let _ = self.sha256.set(digest);
+    }
+
+    /// The SHA-256 of the content, if something computed it already.
+    pub(crate) fn known_sha256(&self) -> Option<&Sha256Digest> {
+        self.sha256.get()
+    }
+
+    /// The SHA-256 of the content, reading the copy the first time.
+    pub(crate) fn sha256(&self) -> std::io::Result<&Sha256Digest> {
+        match self.sha256.get() {
+            Some(digest) => Ok(digest),
+            None => Ok(self.sha256_of(&self.bytes()?)),
+        }
+    }
+
     /// The path `dlopen` opens: this process's descriptor of the copy.
     pub(crate) fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
     }
 
     /// The path a child process of this one reads the copy from.
@@ -81,19 +178,109 @@ impl PrivateCopy {
         PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.fd.as_raw_fd()
+            self.file.as_raw_fd()
         ))
-    }
-
-    /// The content's SHA-256.
-    pub(crate) fn sha256(&self) -> &Sha256Digest {
-        &self.sha256
     }
 
     /// Where it lives.
     pub(crate) fn store(&self) -> Store {
         self.store
     }
+}
+
+/// A copy's bytes, borrowed for its checks.
+pub(crate) enum Bytes {
+    /// Mapped read-only.
+    Mapped(Mapping),
+    /// Read into memory.
+    Read(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped(mapping) => {
+                // SAFETY: `mapping` is `len` readable bytes of a sealed memfd, mapped until it
+                // is dropped, which the borrow of `self` outlasts; nothing can write them.
+                unsafe {
+                    std::slice::from_raw_parts(mapping.address.as_ptr().cast(), mapping.len.get())
+                }
+            }
+            Bytes::Read(bytes) => bytes,
+        }
+    }
+}
+
+/// A read-only mapping of a sealed copy, unmapped on drop.
+pub(crate) struct Mapping {
+    address: NonNull<c_void>,
+    len: NonZeroUsize,
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `PrivateCopy::bytes`, unmapped once, here; the slices lent
+        // out borrow the `Bytes` that owns it, so none outlives it.
+        let _ = unsafe { munmap(self.address, self.len.get()) };
+    }
+}
+
+/// What finds the kept copies a new one may equal without hashing all of it: its length, its
+/// first and last pages (where an ELF file keeps its headers, build id and section table) and the
+/// identity its metadata declares. Copies with equal keys are told apart by their SHA-256, each
+/// computed once: so two distinct plugins cost no hash unless they agree on all of these, and
+/// many that do (one build renamed many times) cost one hash each, never a comparison with each
+/// other.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    len: usize,
+    ends: u64,
+    identity: String,
+}
+
+impl Key {
+    fn of(bytes: &[u8], identity: &str) -> Key {
+        const PAGE: usize = 4096;
+        let mut hasher = std::hash::DefaultHasher::new();
+        bytes[..bytes.len().min(PAGE)].hash(&mut hasher);
+        bytes[bytes.len().saturating_sub(PAGE)..].hash(&mut hasher);
+        Key {
+            len: bytes.len(),
+            ends: hasher.finish(),
+            identity: identity.to_owned(),
+        }
+    }
+}
+
+/// The copy to load for `copy`, whose bytes (as it gave them) are `bytes` and whose metadata
+/// declares `identity` (name and version): a kept copy with the same content (the same SHA-256),
+/// which `copy` is then dropped for, or `copy` itself, kept from now on. So files with identical
+/// content share one copy, whatever their names and whenever they are loaded.
+pub(crate) fn keep(
+    copy: PrivateCopy,
+    bytes: &[u8],
+    identity: &str,
+) -> std::io::Result<Arc<PrivateCopy>> {
+    static KEPT: OnceLock<Mutex<HashMap<Key, Vec<Arc<PrivateCopy>>>>> = OnceLock::new();
+    let key = Key::of(bytes, identity);
+    let mut kept = KEPT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let same_key = kept.entry(key).or_default();
+    if !same_key.is_empty() {
+        let mine = *copy.sha256_of(bytes);
+        for other in same_key.iter() {
+            if *other.sha256()? == mine {
+                return Ok(other.clone());
+            }
+        }
+    }
+    let copy = Arc::new(copy);
+    same_key.push(copy.clone());
+    Ok(copy)
 }
 
 /// The store in force in this process: forced by [`STORE_ENV`], else memfd where a memfd can be
@@ -115,35 +302,14 @@ pub fn store() -> Store {
     })
 }
 
-/// The private copy of `bytes`, whose SHA-256 is `digest` (computed once by the caller, which
-/// read the bytes): the one already made for the same content, or a new one.
-pub(crate) fn copy_of(bytes: &[u8], digest: &Sha256Digest) -> std::io::Result<Arc<PrivateCopy>> {
-    static COPIES: OnceLock<Mutex<HashMap<Sha256Digest, Arc<PrivateCopy>>>> = OnceLock::new();
-    debug_assert_eq!(&sha256(bytes), digest, "the digest is of these bytes");
-    let digest = *digest;
-    let copies = COPIES.get_or_init(Mutex::default);
-    // Held while a copy is written, so two loads of one content make one copy.
-    let mut copies = copies.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(copy) = copies.get(&digest) {
-        return Ok(copy.clone());
+/// The name a copy shows in `/proc/PID/maps`: `backworks-` and the library's file name, cut to
+/// fit a memfd's name.
+fn label(name: &str) -> String {
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
     }
-    let store = store();
-    let fd = match store {
-        Store::Memfd => sealed_memfd(bytes, &digest)?,
-        Store::Directory => private_file(&std::env::temp_dir(), bytes, &digest)?,
-    };
-    let copy = Arc::new(PrivateCopy {
-        fd,
-        sha256: digest,
-        store,
-    });
-    copies.insert(digest, copy.clone());
-    Ok(copy)
-}
-
-/// The name a copy shows in `/proc/PID/maps`: the first 16 hex digits of its hash.
-fn short_name(digest: &Sha256Digest) -> String {
-    format!("backworks-{}", &hex(digest)[..16])
+    format!("backworks-{}", &name[..end])
 }
 
 fn memfd(name: &str) -> std::io::Result<OwnedFd> {
@@ -157,24 +323,30 @@ fn memfd(name: &str) -> std::io::Result<OwnedFd> {
     }
 }
 
-/// Writes `bytes` into a new memfd and seals it against every change.
-fn sealed_memfd(bytes: &[u8], digest: &Sha256Digest) -> std::io::Result<OwnedFd> {
-    let fd = memfd(&short_name(digest))?;
-    let mut file = File::from(fd);
-    file.write_all(bytes)?;
+/// A new memfd filled by `fill`, then sealed against every change.
+fn sealed_memfd(
+    name: &str,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<File> {
+    let mut file = File::from(memfd(name)?);
+    fill(&mut file)?;
     let seals = SealFlag::F_SEAL_WRITE
         | SealFlag::F_SEAL_SHRINK
         | SealFlag::F_SEAL_GROW
         | SealFlag::F_SEAL_SEAL;
     fcntl(file.as_fd(), FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(file.into())
+    Ok(file)
 }
 
-/// Writes `bytes` to a read-only file in a fresh `0700` directory under `base`, opens it
-/// read-only, and removes both names: the returned descriptor is the only way to it.
-fn private_file(base: &Path, bytes: &[u8], digest: &Sha256Digest) -> std::io::Result<OwnedFd> {
+/// A read-only file `name` in a fresh `0700` directory under `base`, filled by `fill`, opened
+/// read-only, and both names removed: the returned descriptor is the only way to it.
+fn private_file(
+    base: &Path,
+    name: &str,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<File> {
     let dir = unique_dir(base)?;
-    let path = dir.join(format!("{}.so", short_name(digest)));
+    let path = dir.join(name);
     let written = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -182,13 +354,13 @@ fn private_file(base: &Path, bytes: &[u8], digest: &Sha256Digest) -> std::io::Re
             .mode(0o500)
             .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&path)?;
-        file.write_all(bytes)?;
+        fill(&mut file)?;
         drop(file);
         File::open(&path)
     })();
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);
-    Ok(written?.into())
+    written
 }
 
 /// Creates a new directory `backworks-copy-<pid>-<n>` with mode `0700` under `base`; a name taken
@@ -214,10 +386,9 @@ fn unique_dir(base: &Path) -> std::io::Result<PathBuf> {
 
 /// Whether a memfd can be mapped executable here: create one, write a page, map it `PROT_EXEC`.
 fn memfd_can_execute() -> bool {
-    use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
     let probe = (|| -> std::io::Result<bool> {
-        let fd = sealed_memfd(&[0u8; 4096], &[0; 32])?;
-        let len = std::num::NonZeroUsize::new(4096).expect("non-zero");
+        let fd = sealed_memfd("backworks-probe", |f| f.write_all(&[0u8; 4096]))?;
+        let len = NonZeroUsize::new(4096).expect("non-zero");
         // SAFETY: a fresh private read+exec mapping of our own sealed 4 KiB memfd at an address the
         // kernel picks; nothing runs or reads it, and it is unmapped right below.
         let mapped = unsafe {
@@ -242,29 +413,22 @@ fn memfd_can_execute() -> bool {
     probe.unwrap_or(false)
 }
 
-/// Reads all of `file`, which is the library's only read: the bytes checked are the bytes copied.
-pub(crate) fn read_all(mut file: File) -> std::io::Result<Vec<u8>> {
-    let mut bytes = Vec::with_capacity(file.metadata().map_or(0, |m| m.len() as usize));
-    file.read_to_end(&mut bytes)?;
-    Ok(bytes)
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
     #[test]
     fn a_memfd_copy_is_sealed() {
-        let fd = sealed_memfd(b"library bytes", &sha256(b"library bytes")).unwrap();
-        let seals = fcntl(fd.as_fd(), FcntlArg::F_GET_SEALS).unwrap();
+        let mut file = sealed_memfd("t", |f| f.write_all(b"library bytes")).unwrap();
+        let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).unwrap();
         let seals = SealFlag::from_bits_truncate(seals);
         assert!(
             seals
                 .contains(SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL)
         );
-        let mut file = File::from(fd);
         assert!(
             file.write_all(b"x").is_err(),
             "a sealed copy cannot be written"
@@ -277,20 +441,16 @@ mod tests {
     fn the_directory_fallback_leaves_only_a_read_only_descriptor() {
         let base = tempfile::tempdir().unwrap();
         let bytes = b"\x7fELF not really".to_vec();
-        let digest = sha256(&bytes);
-        let fd = private_file(base.path(), &bytes, &digest).unwrap();
+        let mut file =
+            private_file(base.path(), &label("libp.so"), |f| f.write_all(&bytes)).unwrap();
         // Both names are gone: nothing in the file system reaches the copy.
         assert_eq!(std::fs::read_dir(base.path()).unwrap().count(), 0);
-        let mut file = File::from(fd);
         let meta = file.metadata().unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o500);
         let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
         let link = link.to_string_lossy().into_owned();
         assert!(link.contains("/backworks-copy-"), "{link}");
-        assert!(
-            link.ends_with(&format!("{}.so (deleted)", short_name(&digest))),
-            "{link}"
-        );
+        assert!(link.ends_with("/backworks-libp.so (deleted)"), "{link}");
         assert!(file.write_all(b"x").is_err(), "opened read-only");
         // Its bytes are the bytes given, read back through the descriptor as dlopen would.
         let again = std::fs::read(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
@@ -301,14 +461,45 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_of_a_file_holds_its_bytes_and_their_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("libp.so");
+        let content: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let copy = PrivateCopy::of_file(File::open(&path).unwrap(), "libp.so").unwrap();
+        // The file changes after the copy was made: the copy does not.
+        std::fs::write(&path, b"other").unwrap();
+        assert_eq!(&*copy.bytes().unwrap(), &content[..]);
+        assert_eq!(std::fs::read(copy.proc_path()).unwrap(), content);
+        assert_eq!(copy.sha256().unwrap(), &sha256(&content));
+        let empty = PrivateCopy::of_bytes(b"", "empty.so").unwrap();
+        assert!(empty.bytes().unwrap().is_empty());
+    }
+
+    #[test]
     fn identical_bytes_share_one_copy() {
-        let copy = |bytes: &[u8]| copy_of(bytes, &sha256(bytes)).unwrap();
-        let a = copy(b"same content");
-        let b = copy(b"same content");
-        let c = copy(b"other content");
+        let copy = |bytes: &[u8]| {
+            let new = PrivateCopy::of_bytes(bytes, "t.so").unwrap();
+            let seen = new.bytes().unwrap().to_vec();
+            keep(new, &seen, "t 1.0.0").unwrap()
+        };
+        // Same length and same first and last pages, different in the middle.
+        let mut long = vec![7u8; 3 * 4096];
+        let a = copy(&long);
+        let b = copy(&long);
+        long[5000] = 8;
+        let c = copy(&long);
+        let d = copy(b"same content");
+        let e = copy(b"same content");
+        let f = copy(b"other content");
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
-        assert_eq!(hex(a.sha256()).len(), 64);
-        assert_eq!(std::fs::read(a.proc_path()).unwrap(), b"same content");
+        assert!(Arc::ptr_eq(&d, &e));
+        assert!(!Arc::ptr_eq(&d, &f));
+        assert_eq!(Key::of(&long, "t"), Key::of(&vec![7u8; 3 * 4096], "t"));
+        assert!(a.known_sha256().is_some() && c.known_sha256().is_some());
+        assert!(f.known_sha256().is_none(), "a key of its own: not hashed");
+        assert_eq!(hex(d.sha256().unwrap()).len(), 64);
+        assert_eq!(std::fs::read(d.proc_path()).unwrap(), b"same content");
     }
 }
