@@ -20,9 +20,11 @@
 mod call;
 mod input;
 mod lent;
+mod lent_response;
 mod output;
 
 pub use lent::{LentRequest, Pairs};
+pub use lent_response::LentResponse;
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -30,7 +32,9 @@ use std::sync::Arc;
 
 use crate::abi::*;
 use crate::host_link::HostLink;
-use crate::{BackworksPlugin, HookAction, PluginError, PluginResult, Response};
+use crate::{
+    BackworksPlugin, HookAction, PluginError, PluginResult, RequestEdit, Response, ResponseEdit,
+};
 use call::HeldRequest;
 use output::{Outcome, write_output};
 
@@ -123,6 +127,16 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         config_schema: Some(config_schema::<P>),
         handle_lent: if P::HANDLE_LENT {
             Some(handle_lent::<P>)
+        } else {
+            None
+        },
+        before_request_lent: if P::HOOKS_LENT {
+            Some(before_request_lent::<P>)
+        } else {
+            None
+        },
+        after_response_lent: if P::HOOKS_LENT {
+            Some(after_response_lent::<P>)
         } else {
             None
         },
@@ -429,6 +443,83 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
         let future = plugin(this).after_response(unsafe { request.get() }, response);
         // SAFETY: the future borrows only the plugin value and `request`; `out` is valid.
         unsafe { call::drive(this, out, future, Some(request), responded) }
+    })
+}
+
+/// The vtable's `before_request_lent` (ABI 1.2): runs [`BackworksPlugin::before_request_lent`]
+/// on the host's request, read in place; a header edit crosses back as `HEADERS`. A request the
+/// host should not have sent (see [`handle_lent`]) goes through the copying [`before_request`].
+///
+/// # Safety
+/// As [`handle_lent`].
+unsafe extern "C" fn before_request_lent<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library and a request it lends until
+        // the call is over.
+        let (instance, view) = unsafe { (instance::<P>(this), &*request) };
+        // SAFETY: as in `handle_lent`: the future that borrows the request is dropped before the
+        // lease ends.
+        let Some(lent) = (unsafe { LentRequest::from_host(view) }) else {
+            // SAFETY: the host's contract for this call covers `before_request`'s.
+            return unsafe { before_request::<P>(this, request, out) };
+        };
+        let future = plugin(instance).before_request_lent(lent);
+        // SAFETY: the future borrows the plugin value and the lent request; `out` is valid.
+        unsafe {
+            call::drive(instance, out, future, None, |result| match result {
+                Ok(RequestEdit::Continue) => Outcome::Continue,
+                Ok(RequestEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
+                Ok(RequestEdit::SetHeaders(headers)) => Outcome::RequestHeaders(headers),
+                Ok(RequestEdit::Replace(request)) => Outcome::Request(request),
+                Ok(RequestEdit::Respond(response)) => Outcome::Response(response),
+                Err(e) => Outcome::Error(e),
+            })
+        }
+    })
+}
+
+/// The vtable's `after_response_lent` (ABI 1.2): runs [`BackworksPlugin::after_response_lent`]
+/// on the host's request and response, read in place; the response crosses back only when it is
+/// replaced, a header edit as `HEADERS`, an unchanged response as `CONTINUE`. A request or
+/// response the host should not have sent goes through the copying [`after_response`].
+///
+/// # Safety
+/// As [`handle_lent`], and `response` lent like `request`.
+unsafe extern "C" fn after_response_lent<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    response: *const BwResponse,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library, and a request and response it
+        // lends until the call is over.
+        let (instance, request_view, response_view) =
+            unsafe { (instance::<P>(this), &*request, &*response) };
+        // SAFETY: as in `handle_lent`, for both.
+        let lent = unsafe {
+            LentRequest::from_host(request_view).zip(LentResponse::from_host(response_view))
+        };
+        let Some((lent_request, lent_response)) = lent else {
+            // SAFETY: the host's contract for this call covers `after_response`'s.
+            return unsafe { after_response::<P>(this, request, response, out) };
+        };
+        let future = plugin(instance).after_response_lent(lent_request, lent_response);
+        // SAFETY: the future borrows the plugin value and the lent request and response; `out`
+        // is valid.
+        unsafe {
+            call::drive(instance, out, future, None, |result| match result {
+                Ok(ResponseEdit::Keep) => Outcome::Continue,
+                Ok(ResponseEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
+                Ok(ResponseEdit::SetHeaders(headers)) => Outcome::ResponseHeaders(headers),
+                Ok(ResponseEdit::Replace(response)) => Outcome::Response(response),
+                Err(e) => Outcome::Error(e),
+            })
+        }
     })
 }
 
