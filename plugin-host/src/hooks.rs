@@ -18,9 +18,9 @@ use crate::public_error::error_response;
 ///
 /// A hook *fails* when its call returns an error: the plugin's own (other than a 4xx it chose), a
 /// panic, a timeout, or a refusal by its guard (open breaker, concurrency limit). An early answer
-/// ([`HookAction::Respond`]) or a 4xx error (an auth check's 401) is not a failure: it goes to the
-/// client whatever the policy. What a failure does is the
-/// hook's [`OnFailure`]:
+/// ([`RequestEdit::Respond`], `HookAction::Respond` of a copying hook) or a 4xx error (an auth
+/// check's 401) is not a failure: it goes to the client whatever the policy. What a failure does
+/// is the hook's [`OnFailure`]:
 ///
 /// | hook point | default | [`OnFailure::Reject`] | [`OnFailure::Skip`] |
 /// |---|---|---|---|
