@@ -51,7 +51,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backworks_plugin_sdk::{Health, HookAction, Request, Response};
+use backworks_plugin_sdk::{Health, HookAction, Request, RequestEdit, Response, ResponseEdit};
 
 use crate::CallError;
 use crate::breaker::{
@@ -164,6 +164,38 @@ impl Guarded {
         self.run(self.inner.after_response(request, response), |response| {
             self.check(response, false)
         })
+    }
+
+    /// [`Plugin::before_request_shared`] under the policy, without boxing the guard's future.
+    pub fn before_request_shared(
+        &self,
+        request: Arc<Request>,
+    ) -> impl Future<Output = Result<RequestEdit, CallError>> + Send + '_ {
+        self.run(
+            self.inner.before_request_shared(request),
+            |edit| match edit {
+                RequestEdit::Respond(response) => self.check(response, true),
+                RequestEdit::Continue | RequestEdit::SetHeaders(_) | RequestEdit::Replace(_) => {
+                    Ok(Outcome::Success)
+                }
+            },
+        )
+    }
+
+    /// [`Plugin::after_response_shared`] under the policy, without boxing the guard's future. A
+    /// header edit keeps the body, so only a replacement is held to the size limit.
+    pub fn after_response_shared(
+        &self,
+        request: Arc<Request>,
+        response: Arc<Response>,
+    ) -> impl Future<Output = Result<ResponseEdit, CallError>> + Send + '_ {
+        self.run(
+            self.inner.after_response_shared(request, response),
+            |edit| match edit {
+                ResponseEdit::Replace(response) => self.check(response, false),
+                ResponseEdit::Keep | ResponseEdit::SetHeaders(_) => Ok(Outcome::Success),
+            },
+        )
     }
 
     fn name(&self) -> &str {
@@ -430,6 +462,29 @@ impl Plugin for Guarded {
         Self: 'async_trait,
     {
         Box::pin(Guarded::after_response(self, request, response))
+    }
+
+    fn before_request_shared<'life0, 'async_trait>(
+        &'life0 self,
+        request: Arc<Request>,
+    ) -> BoxFuture<'async_trait, Result<RequestEdit, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(Guarded::before_request_shared(self, request))
+    }
+
+    fn after_response_shared<'life0, 'async_trait>(
+        &'life0 self,
+        request: Arc<Request>,
+        response: Arc<Response>,
+    ) -> BoxFuture<'async_trait, Result<ResponseEdit, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(Guarded::after_response_shared(self, request, response))
     }
 
     async fn health_check(&self) -> Health {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use backworks_plugin_sdk::{HookAction, Request, Response};
+use backworks_plugin_sdk::{Request, RequestEdit, Response, ResponseEdit};
 
 use crate::CallError;
 use crate::guard::Guarded;
@@ -18,9 +18,9 @@ use crate::public_error::error_response;
 ///
 /// A hook *fails* when its call returns an error: the plugin's own (other than a 4xx it chose), a
 /// panic, a timeout, or a refusal by its guard (open breaker, concurrency limit). An early answer
-/// ([`HookAction::Respond`]) or a 4xx error (an auth check's 401) is not a failure: it goes to the
-/// client whatever the policy. What a failure does is the
-/// hook's [`OnFailure`]:
+/// ([`RequestEdit::Respond`], `HookAction::Respond` of a copying hook) or a 4xx error (an auth
+/// check's 401) is not a failure: it goes to the client whatever the policy. What a failure does
+/// is the hook's [`OnFailure`]:
 ///
 /// | hook point | default | [`OnFailure::Reject`] | [`OnFailure::Skip`] |
 /// |---|---|---|---|
@@ -114,21 +114,29 @@ impl HookChain {
     }
 
     /// Runs the chain around `endpoint`, which serves the (possibly changed) request.
-    pub async fn run<F, Fut>(&self, mut request: Request, endpoint: F) -> Response
+    ///
+    /// The request and the response are shared with each hook call (`Arc`), so that a library
+    /// hook can read them in place; a header edit is applied to the chain's own copy, which is
+    /// cloned only if a hook call still holds it (never, once its call is over).
+    pub async fn run<F, Fut>(&self, request: Request, endpoint: F) -> Response
     where
         F: FnOnce(Request) -> Fut,
         Fut: Future<Output = Response>,
     {
+        let mut request = Arc::new(request);
         let mut reached = self.hooks.len();
         let mut early = None;
         for (index, hook) in self.hooks.iter().enumerate() {
             let Some(on_failure) = hook.before_request else {
                 continue;
             };
-            match hook.plugin.before_request(&request).await {
-                Ok(HookAction::Continue) => {}
-                Ok(HookAction::ContinueWith(changed)) => request = changed,
-                Ok(HookAction::Respond(response)) => {
+            match hook.plugin.before_request_shared(request.clone()).await {
+                Ok(RequestEdit::Continue) => {}
+                Ok(RequestEdit::SetHeaders(headers)) => {
+                    Arc::make_mut(&mut request).headers.set_all(headers);
+                }
+                Ok(RequestEdit::Replace(changed)) => request = Arc::new(changed),
+                Ok(RequestEdit::Respond(response)) => {
                     early = Some(response);
                     reached = index + 1;
                     break;
@@ -147,32 +155,40 @@ impl HookChain {
         if !self.any_after && self.observers.is_empty() {
             return match early {
                 Some(response) => response,
-                None => endpoint(request).await,
+                None => endpoint(Arc::unwrap_or_clone(request)).await,
             };
         }
-        let mut response = match early {
+        let mut response = Arc::new(match early {
             Some(response) => response,
-            None => endpoint(request.clone()).await,
-        };
+            None => endpoint(Request::clone(&request)).await,
+        });
         for hook in self.hooks[..reached].iter().rev() {
             let Some(on_failure) = hook.after_response else {
                 continue;
             };
-            match hook.plugin.after_response(&request, &response).await {
-                Ok(changed) => response = changed,
+            match hook
+                .plugin
+                .after_response_shared(request.clone(), response.clone())
+                .await
+            {
+                Ok(ResponseEdit::Keep) => {}
+                Ok(ResponseEdit::SetHeaders(headers)) => {
+                    Arc::make_mut(&mut response).headers.set_all(headers);
+                }
+                Ok(ResponseEdit::Replace(changed)) => response = Arc::new(changed),
                 Err(error) => {
                     if let Some(refusal) =
                         hook.failed("after_response", on_failure, &error, &request)
                     {
-                        response = refusal;
+                        response = Arc::new(refusal);
                     }
                 }
             }
         }
         for observer in &self.observers {
-            observer.offer(|| (request.clone(), response.clone()));
+            observer.offer(|| (Request::clone(&request), Response::clone(&response)));
         }
-        response
+        Arc::unwrap_or_clone(response)
     }
 }
 

@@ -143,7 +143,9 @@ mod trust;
 
 // The SDK's types that appear in this crate's API, so an embedder needs one dependency.
 pub use backworks_plugin_sdk as sdk;
-pub use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Response};
+pub use backworks_plugin_sdk::{
+    Health, HookAction, PluginError, Request, RequestEdit, Response, ResponseEdit,
+};
 
 // Finding and checking plugin files.
 pub use discovery::{Discovered, LIBRARY_EXTENSION, ScanDir, discover};

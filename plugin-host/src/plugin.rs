@@ -7,7 +7,8 @@ use std::sync::Arc;
 use crate::CallError;
 use async_trait::async_trait;
 use backworks_plugin_sdk::{
-    BackworksPlugin, Health, HookAction, PluginError, PluginMetadata, Request, Response,
+    BackworksPlugin, Health, HookAction, PluginError, PluginMetadata, Request, RequestEdit,
+    Response, ResponseEdit,
 };
 use futures_util::FutureExt;
 
@@ -93,6 +94,28 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
         request: &Request,
         response: &Response,
     ) -> Result<Response, CallError>;
+
+    /// The plugin's `before_request` hook on a shared request, answering with an edit: what a
+    /// hook chain calls. A library plugin with ABI 1.2's lent hooks reads the request in place
+    /// (the `Arc` keeps it alive for as long as the plugin may read it, even if this future is
+    /// leaked) and sends back only the headers it sets. By default: [`Plugin::before_request`].
+    async fn before_request_shared(&self, request: Arc<Request>) -> Result<RequestEdit, CallError> {
+        Ok(self.before_request(&request).await?.into())
+    }
+
+    /// The plugin's `after_response` hook on a shared request and response, answering with an
+    /// edit: what a hook chain calls. As [`Plugin::before_request_shared`]: a library plugin with
+    /// lent hooks reads both in place and sends back only what it changes. By default:
+    /// [`Plugin::after_response`], whose answer replaces the response.
+    async fn after_response_shared(
+        &self,
+        request: Arc<Request>,
+        response: Arc<Response>,
+    ) -> Result<ResponseEdit, CallError> {
+        Ok(ResponseEdit::Replace(
+            self.after_response(&request, &response).await?,
+        ))
+    }
 
     /// The plugin's health.
     async fn health_check(&self) -> Health;

@@ -16,7 +16,8 @@
  *     function (the plugin's own) the host calls exactly once, when `release` is not NULL. What the
  *     host lends to a call (BwRequest, BwResponse, config bytes, BwHostServices strings) is borrowed
  *     for the duration of that call only: copy what you keep. The one exception is the request of
- *     handle_lent (ABI 1.2), lent until the call is over, also while it is pending.
+ *     handle_lent, before_request_lent and after_response_lent (ABI 1.2), lent until the call is
+ *     over, also while it is pending.
  *   - Nothing unwinds across the boundary: every function returns a status.
  *   - No blocking: a call either finishes at once (BW_READY) or returns BW_PENDING with a task that
  *     the host starts with task_start; the plugin then calls the completion exactly once.
@@ -116,6 +117,11 @@ extern "C" {
 #define BW_OUT_PENDING 7u
 /* The plugin's config schema: JSON Schema text (UTF-8) in `message` (config_schema, ABI 1.1). */
 #define BW_OUT_SCHEMA 8u
+/* ABI 1.2, only from before_request_lent and after_response_lent: go on with the request
+ * (before_request_lent, headers in `request.headers`) or response (after_response_lent, headers in
+ * `response.headers`) the hook was lent, with these headers set: each name replaces every header of
+ * that name (compared ignoring case), or is appended when there was none. */
+#define BW_OUT_HEADERS 9u
 
 /* ------------------------------------------------------------------------------------------------
  * Error codes (BwOutput.code when kind is BW_OUT_ERROR)
@@ -353,6 +359,13 @@ typedef int32_t (*BwConfigSchemaFn)(BwOutput *out);
 /* ABI 1.2: serves an endpoint like BwHandleFn, but the request is lent until the call is over (see
  * BwPluginVTable.handle_lent). Output: RESPONSE or ERROR. */
 typedef int32_t (*BwHandleLentFn)(void *instance, const BwRequest *request, BwOutput *out);
+/* ABI 1.2: runs before the endpoint like BwBeforeRequestFn, the request lent as to handle_lent.
+ * Output: CONTINUE, HEADERS, REQUEST, RESPONSE (answer early) or ERROR. */
+typedef int32_t (*BwBeforeRequestLentFn)(void *instance, const BwRequest *request, BwOutput *out);
+/* ABI 1.2: runs after the endpoint like BwAfterResponseFn, request and response lent as the request
+ * of handle_lent. Output: CONTINUE (unchanged), HEADERS, RESPONSE (instead) or ERROR. */
+typedef int32_t (*BwAfterResponseLentFn)(void *instance, const BwRequest *request,
+                                         const BwResponse *response, BwOutput *out);
 
 /*
  * The root of a plugin library, exported as the constant `backworks_plugin`.
@@ -361,7 +374,7 @@ typedef int32_t (*BwHandleLentFn)(void *instance, const BwRequest *request, BwOu
  * It and the metadata bytes it points to belong to the library and must never change.
  *
  * Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
- * one that does not), while config_schema (v1.1) and handle_lent (v1.2) may be NULL. A plugin must
+ * one that does not), while config_schema (v1.1) and the *_lent entries (v1.2) may be NULL. A plugin must
  * accept concurrent calls on one instance from several threads. New fields are only ever appended
  * (and bump BW_ABI_MINOR).
  */
@@ -415,6 +428,15 @@ typedef struct BwPluginVTable {
      * it must stop reading them before it calls the completion, and task_cancel must not return
      * while the task could still read them. Output: RESPONSE or ERROR. */
     BwHandleLentFn handle_lent;
+    /* ABI 1.2, may be NULL (then the host calls before_request): before_request reading the request
+     * in place, lent as to handle_lent. Output: CONTINUE, HEADERS (set these request headers and go
+     * on), REQUEST, RESPONSE (answer early) or ERROR. */
+    BwBeforeRequestLentFn before_request_lent;
+    /* ABI 1.2, may be NULL (then the host calls after_response): after_response reading the request
+     * and the response in place, both lent as to handle_lent. Output: CONTINUE (the response goes
+     * on unchanged), HEADERS (set these response headers; status and body stay), RESPONSE (this
+     * one instead) or ERROR. */
+    BwAfterResponseLentFn after_response_lent;
 } BwPluginVTable;
 
 /* sizeof(BwPluginVTable) of ABI 1.0 (64-bit targets), which ended with task_cancel: a plugin built
@@ -609,7 +631,7 @@ BW_STATIC_ASSERT(offsetof(BwHostServices, max_log_level) == 32, "BwHostServices.
 BW_STATIC_ASSERT(offsetof(BwHostServices, log) == 40, "BwHostServices.log offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, workers) == 48, "BwHostServices.workers offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, reserved2) == 52, "BwHostServices.reserved2 offset");
-BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 128, "BwPluginVTable size");
+BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 144, "BwPluginVTable size");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_0 == 112, "BwPluginVTable size of ABI 1.0");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_1 == 120, "BwPluginVTable size of ABI 1.1");
 BW_STATIC_ASSERT(BW_ALIGNOF(BwPluginVTable) == 8, "BwPluginVTable alignment");
@@ -629,6 +651,10 @@ BW_STATIC_ASSERT(offsetof(BwPluginVTable, task_start) == 96, "BwPluginVTable.tas
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, task_cancel) == 104, "BwPluginVTable.task_cancel offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, config_schema) == 112, "BwPluginVTable.config_schema offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, handle_lent) == 120, "BwPluginVTable.handle_lent offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, before_request_lent) == 128,
+                 "BwPluginVTable.before_request_lent offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, after_response_lent) == 136,
+                 "BwPluginVTable.after_response_lent offset");
 #endif
 
 #ifdef __cplusplus

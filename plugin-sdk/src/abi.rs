@@ -42,7 +42,8 @@ pub const ABI_MAJOR: u16 = 1;
 /// Appended fields bump the minor version; a host loads plugins of any minor of its major.
 ///
 /// Minor 1 appended [`BwPluginVTable::config_schema`]; minor 2 appended
-/// [`BwPluginVTable::handle_lent`].
+/// [`BwPluginVTable::handle_lent`], [`BwPluginVTable::before_request_lent`] and
+/// [`BwPluginVTable::after_response_lent`].
 pub const ABI_MINOR: u16 = 2;
 /// The name of the exported static [`BwPluginVTable`].
 pub const ENTRY_SYMBOL: &str = "backworks_plugin";
@@ -79,6 +80,12 @@ pub const BW_OUT_PENDING: u32 = 7;
 /// [`BwOutput::kind`]: the plugin's config schema, JSON Schema text (UTF-8) in `message`
 /// (`config_schema`, ABI 1.1).
 pub const BW_OUT_SCHEMA: u32 = 8;
+/// [`BwOutput::kind`] (ABI 1.2, only from `before_request_lent` and `after_response_lent`): the
+/// chain goes on with the request (`before_request_lent`, headers in `request.headers`) or the
+/// response (`after_response_lent`, headers in `response.headers`) the hook was lent, with these
+/// headers set: each name given replaces every header of that name (names compared ignoring
+/// case), or is added at the end when there was none. Nothing else of the output is read.
+pub const BW_OUT_HEADERS: u32 = 9;
 
 /// Error code: the plugin failed for a reason of its own (HTTP 500).
 pub const BW_ERR_INTERNAL: u32 = 0;
@@ -256,7 +263,7 @@ pub const MAX_WORKERS: u32 = 64;
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
 ///
 /// Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
-/// one that does not), while `config_schema` (v1.1) and `handle_lent` (v1.2) may be null.
+/// one that does not), while `config_schema` (v1.1) and the `*_lent` entries (v1.2) may be null.
 /// `instance` arguments are what `instance_new` returned; a plugin must accept concurrent calls on
 /// one instance from several threads.
 #[repr(C)]
@@ -336,6 +343,31 @@ pub struct BwPluginVTable {
         unsafe extern "C" fn(
             instance: *mut c_void,
             request: *const BwRequest,
+            out: *mut BwOutput,
+        ) -> i32,
+    >,
+    /// ABI 1.2: runs before the endpoint like `before_request`, reading the request in place, lent
+    /// as to `handle_lent` (until the call is over, also when it is pending). Output: CONTINUE,
+    /// HEADERS (set these request headers and go on: nothing else of the request is copied either
+    /// way), REQUEST, RESPONSE (answer early) or ERROR. May be null: the host then calls
+    /// `before_request`. A host reads it only when `size` covers it.
+    pub before_request_lent: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            out: *mut BwOutput,
+        ) -> i32,
+    >,
+    /// ABI 1.2: runs after the endpoint like `after_response`, reading the request and the
+    /// response in place, both lent as the request of `handle_lent` is. Output: CONTINUE (the
+    /// response goes on unchanged), HEADERS (set these response headers; status and body stay),
+    /// RESPONSE (this response instead) or ERROR. May be null: the host then calls
+    /// `after_response`. A host reads it only when `size` covers it.
+    pub after_response_lent: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            response: *const BwResponse,
             out: *mut BwOutput,
         ) -> i32,
     >,
@@ -514,7 +546,7 @@ mod tests {
         assert_eq!(HOST_SERVICES_SIZE_V1_0, 48);
         assert_eq!(offset_of!(BwHostServices, workers), 48);
         assert_eq!(offset_of!(BwHostServices, reserved2), 52);
-        assert_eq!(size_of::<BwPluginVTable>(), 128);
+        assert_eq!(size_of::<BwPluginVTable>(), 144);
         assert_eq!(VTABLE_SIZE_V1_0, 112);
         assert_eq!(VTABLE_SIZE_V1_1, 120);
         assert_eq!(align_of::<BwPluginVTable>(), 8);
@@ -534,6 +566,8 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, task_cancel), 104);
         assert_eq!(offset_of!(BwPluginVTable, config_schema), 112);
         assert_eq!(offset_of!(BwPluginVTable, handle_lent), 120);
+        assert_eq!(offset_of!(BwPluginVTable, before_request_lent), 128);
+        assert_eq!(offset_of!(BwPluginVTable, after_response_lent), 136);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! short strings inline, so building a request (as the SDK does for every call of a plugin library)
 //! takes few allocations.
 
-use crate::{LentRequest, PluginError, PluginResult, Text};
+use crate::{LentRequest, LentResponse, PluginError, PluginResult, Text};
 
 /// Headers in order, names in lower case. Lookups ignore case.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,6 +65,27 @@ impl Headers {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Sets every header of `edits`: each name in it replaces every header of that name here,
+    /// then its values are added at the end in order. How a hook's [`RequestEdit::SetHeaders`] or
+    /// [`ResponseEdit::SetHeaders`] is applied.
+    ///
+    /// ```
+    /// # use backworks_plugin_sdk::Headers;
+    /// let mut h: Headers = [("a", "1"), ("b", "2")].into_iter().collect();
+    /// h.set_all([("A", "3"), ("c", "4")].into_iter().collect());
+    /// assert_eq!(h.iter().collect::<Vec<_>>(), [("b", "2"), ("a", "3"), ("c", "4")]);
+    /// ```
+    pub fn set_all(&mut self, edits: Headers) {
+        if edits.0.len() == 1 {
+            let name = &edits.0[0].0;
+            self.0.retain(|(k, _)| k != name);
+        } else {
+            self.0
+                .retain(|(name, _)| !edits.0.iter().any(|(edit, _)| edit == name));
+        }
+        self.0.extend(edits.0);
     }
 }
 
@@ -229,6 +250,13 @@ impl Response {
         self
     }
 
+    /// This response as a [`LentResponse`], the form
+    /// [`BackworksPlugin::after_response_lent`](crate::BackworksPlugin::after_response_lent)
+    /// reads: for tests, and for a plugin built into the host.
+    pub fn lend(&self) -> LentResponse<'_> {
+        LentResponse::from_response(self)
+    }
+
     /// This response with this body.
     pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.body = body.into();
@@ -245,6 +273,85 @@ pub enum HookAction {
     ContinueWith(Request),
     /// Answer now with this response; later hooks and the endpoint do not run.
     Respond(Response),
+}
+
+/// What a `before_request` hook that reads the request in place decided
+/// ([`BackworksPlugin::before_request_lent`](crate::BackworksPlugin::before_request_lent)).
+///
+/// [`SetHeaders`](RequestEdit::SetHeaders) is the cheap way to change a request: only the
+/// headers cross back to the host, which sets them on its own request ([`Headers::set_all`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestEdit {
+    /// Go on with the request as it was.
+    Continue,
+    /// Go on with the request with these headers set (see [`Headers::set_all`]).
+    SetHeaders(Headers),
+    /// Go on with this request instead.
+    Replace(Request),
+    /// Answer now with this response; later hooks and the endpoint do not run.
+    Respond(Response),
+}
+
+impl From<HookAction> for RequestEdit {
+    fn from(action: HookAction) -> RequestEdit {
+        match action {
+            HookAction::Continue => RequestEdit::Continue,
+            HookAction::ContinueWith(request) => RequestEdit::Replace(request),
+            HookAction::Respond(response) => RequestEdit::Respond(response),
+        }
+    }
+}
+
+impl RequestEdit {
+    /// The [`HookAction`] of this edit on `request` (a [`SetHeaders`](RequestEdit::SetHeaders)
+    /// becomes a changed copy).
+    pub fn into_action(self, request: &LentRequest<'_>) -> HookAction {
+        match self {
+            RequestEdit::Continue => HookAction::Continue,
+            RequestEdit::SetHeaders(headers) => {
+                let mut changed = request.to_request();
+                changed.headers.set_all(headers);
+                HookAction::ContinueWith(changed)
+            }
+            RequestEdit::Replace(request) => HookAction::ContinueWith(request),
+            RequestEdit::Respond(response) => HookAction::Respond(response),
+        }
+    }
+}
+
+/// What an `after_response` hook that reads the response in place decided
+/// ([`BackworksPlugin::after_response_lent`](crate::BackworksPlugin::after_response_lent)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResponseEdit {
+    /// The response goes on as it was.
+    Keep,
+    /// The response goes on with these headers set (see [`Headers::set_all`]); status and body
+    /// stay.
+    SetHeaders(Headers),
+    /// This response goes on instead.
+    Replace(Response),
+}
+
+impl ResponseEdit {
+    /// The response this edit makes of `response`.
+    pub fn apply(self, mut response: Response) -> Response {
+        match self {
+            ResponseEdit::Keep => response,
+            ResponseEdit::SetHeaders(headers) => {
+                response.headers.set_all(headers);
+                response
+            }
+            ResponseEdit::Replace(replacement) => replacement,
+        }
+    }
+
+    /// The response this edit makes of a lent `response` (a copy unless replaced).
+    pub fn apply_lent(self, response: &LentResponse<'_>) -> Response {
+        match self {
+            ResponseEdit::Replace(replacement) => replacement,
+            edit => edit.apply(response.to_response()),
+        }
+    }
 }
 
 /// A plugin's own view of its health.

@@ -88,8 +88,8 @@ mod text;
 
 pub use async_trait::async_trait;
 pub use error::{ErrorKind, PluginError, PluginResult, parse_config};
-pub use export::{LentRequest, Pairs};
-pub use http::{Headers, Health, HookAction, Request, Response};
+pub use export::{LentRequest, LentResponse, Pairs};
+pub use http::{Headers, Health, HookAction, Request, RequestEdit, Response, ResponseEdit};
 pub use metadata::{Hooks, PluginMetadata};
 pub use plugin::BackworksPlugin;
 pub use schemars;
@@ -126,9 +126,9 @@ pub fn schema_for<T: schemars::JsonSchema>() -> serde_json::Value {
 /// derives of a config type (`Deserialize`, `Serialize`, `JsonSchema`) with [`schema_for`].
 pub mod prelude {
     pub use crate::{
-        BackworksPlugin, Headers, Health, HookAction, Hooks, LentRequest, PluginError,
-        PluginResult, Request, Response, Text, async_trait, export_plugin, parse_config,
-        schema_for,
+        BackworksPlugin, Headers, Health, HookAction, Hooks, LentRequest, LentResponse,
+        PluginError, PluginResult, Request, RequestEdit, Response, ResponseEdit, Text, async_trait,
+        export_plugin, parse_config, schema_for,
     };
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

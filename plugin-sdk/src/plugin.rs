@@ -1,6 +1,9 @@
 //! The trait a plugin implements.
 
-use crate::{Health, HookAction, LentRequest, PluginResult, Request, Response};
+use crate::{
+    Health, HookAction, LentRequest, LentResponse, PluginResult, Request, RequestEdit, Response,
+    ResponseEdit,
+};
 
 /// A Backworks plugin: implement this, then [`export_plugin!`](crate::export_plugin) it.
 ///
@@ -147,8 +150,14 @@ pub trait BackworksPlugin: Send + Sync + 'static {
 
     /// Runs before the endpoint when the plugin is in an endpoint's hook chain: go on, go on with a
     /// changed request, or answer early (for example 401).
+    ///
+    /// By default: with [`HOOKS_LENT`](Self::HOOKS_LENT),
+    /// [`before_request_lent`](Self::before_request_lent) of this request; otherwise go on.
     async fn before_request(&self, request: &Request) -> PluginResult<HookAction> {
-        let _ = request;
+        if Self::HOOKS_LENT {
+            let lent = request.lend();
+            return Ok(self.before_request_lent(lent).await?.into_action(&lent));
+        }
         Ok(HookAction::Continue)
     }
 
@@ -159,8 +168,98 @@ pub trait BackworksPlugin: Send + Sync + 'static {
         request: &Request,
         response: Response,
     ) -> PluginResult<Response> {
-        let _ = request;
+        if Self::HOOKS_LENT {
+            let edit = self
+                .after_response_lent(request.lend(), response.lend())
+                .await?;
+            return Ok(edit.apply(response));
+        }
         Ok(response)
+    }
+
+    /// Whether the plugin's hooks run through [`before_request_lent`](Self::before_request_lent)
+    /// and [`after_response_lent`](Self::after_response_lent), reading the host's request and
+    /// response in place, rather than [`before_request`](Self::before_request) and
+    /// [`after_response`](Self::after_response), which get copies. `false` by default. Set it when
+    /// you implement the two `_lent` methods: a library then exports the vtable's
+    /// `before_request_lent` and `after_response_lent` entries (ABI 1.2), nothing is copied into
+    /// the plugin, and only what a hook changes crosses back (a header it sets, not a whole
+    /// request or response). (An older host calls `before_request` and `after_response`, whose
+    /// defaults then go through the `_lent` methods with copies.)
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::prelude::*;
+    ///
+    /// #[derive(Default)]
+    /// struct Tag;
+    ///
+    /// #[async_trait]
+    /// impl BackworksPlugin for Tag {
+    ///     const HOOKS: Hooks = Hooks::ALL;
+    ///     const HOOKS_LENT: bool = true;
+    ///
+    ///     async fn before_request_lent(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+    ///         if request.header("x-tag").is_some() {
+    ///             return Ok(RequestEdit::Continue);
+    ///         }
+    ///         Ok(RequestEdit::SetHeaders([("x-tag", "new")].into_iter().collect()))
+    ///     }
+    ///
+    ///     async fn after_response_lent(
+    ///         &self,
+    ///         request: LentRequest<'_>,
+    ///         _response: LentResponse<'_>,
+    ///     ) -> PluginResult<ResponseEdit> {
+    ///         Ok(match request.header("x-tag") {
+    ///             Some(tag) => ResponseEdit::SetHeaders([("x-tag", tag)].into_iter().collect()),
+    ///             None => ResponseEdit::Keep,
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// // The copying methods still work, through the lent ones (as a built-in plugin is called).
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let action = rt.block_on(Tag.before_request(&Request::new("GET", "/"))).unwrap();
+    /// let HookAction::ContinueWith(changed) = action else { panic!("{action:?}") };
+    /// assert_eq!(changed.header("x-tag"), Some("new"));
+    /// let response = rt.block_on(Tag.after_response(&changed, Response::new(204))).unwrap();
+    /// assert_eq!(response.headers.get("x-tag"), Some("new"));
+    /// ```
+    const HOOKS_LENT: bool = false;
+
+    /// Runs before the endpoint like [`before_request`](Self::before_request), reading the
+    /// request where the host keeps it, without a copy. Called instead of `before_request` when
+    /// [`HOOKS_LENT`](Self::HOOKS_LENT) is set. The request is lent for the whole call, as to
+    /// [`handle_lent`](Self::handle_lent); [`RequestEdit::SetHeaders`] sends back only the headers
+    /// to set.
+    ///
+    /// By default, without `HOOKS_LENT`: `before_request` of a copy; with it, go on.
+    async fn before_request_lent(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+        if Self::HOOKS_LENT {
+            return Ok(RequestEdit::Continue);
+        }
+        Ok(self.before_request(&request.to_request()).await?.into())
+    }
+
+    /// Runs after the endpoint like [`after_response`](Self::after_response), reading the request
+    /// and the response where the host keeps them, without copies. Called instead of
+    /// `after_response` when [`HOOKS_LENT`](Self::HOOKS_LENT) is set. Both are lent for the whole
+    /// call; [`ResponseEdit::Keep`] sends nothing back, [`ResponseEdit::SetHeaders`] only the
+    /// headers to set.
+    ///
+    /// By default, without `HOOKS_LENT`: `after_response` of copies; with it, keep the response.
+    async fn after_response_lent(
+        &self,
+        request: LentRequest<'_>,
+        response: LentResponse<'_>,
+    ) -> PluginResult<ResponseEdit> {
+        if Self::HOOKS_LENT {
+            return Ok(ResponseEdit::Keep);
+        }
+        let changed = self
+            .after_response(&request.to_request(), response.to_response())
+            .await?;
+        Ok(ResponseEdit::Replace(changed))
     }
 
     /// Reports the plugin's health.

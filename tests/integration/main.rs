@@ -8,6 +8,7 @@ mod edge;
 mod embed;
 mod faults;
 mod files;
+mod hook_edits;
 mod idle;
 mod isolation;
 mod lending;

@@ -305,6 +305,22 @@ impl Output {
         }
     }
 
+    /// The headers of a `HEADERS` output (ABI 1.2's lent hooks): the response's list when
+    /// `of_response`, else the request's; checked like [`Output::response`].
+    pub(super) fn header_edits(
+        &self,
+        plugin: &str,
+        of_response: bool,
+    ) -> Result<Headers, CallError> {
+        let (list, what) = if of_response {
+            (self.raw.response.headers, "header")
+        } else {
+            (self.raw.request.headers, "request header")
+        };
+        // SAFETY: the output is unreleased, so its views are valid.
+        Ok(unsafe { pairs(plugin, what, list)? }.into_iter().collect())
+    }
+
     /// The error of an output that is not the answer `call` expects: the plugin's error, or an
     /// invalid response when it answered another kind of output.
     pub(super) fn unexpected(&self, call: &str) -> CallError {

@@ -20,7 +20,9 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use backworks_plugin_sdk::abi::*;
-use backworks_plugin_sdk::{Health, HookAction, PluginError, Request, Response};
+use backworks_plugin_sdk::{
+    Health, HookAction, PluginError, Request, RequestEdit, Response, ResponseEdit,
+};
 use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
@@ -46,6 +48,10 @@ pub struct DynamicPlugin {
     instance: *mut c_void,
     /// The plugin's `handle_lent` (ABI 1.2), when it has one and lending is on.
     handle_lent: Option<LentHandleFn>,
+    /// The plugin's `before_request_lent` (ABI 1.2), when it has one and lending is on.
+    before_request_lent: Option<LentHandleFn>,
+    /// The plugin's `after_response_lent` (ABI 1.2), when it has one and lending is on.
+    after_response_lent: Option<LentAfterFn>,
     /// Boxed so its address, given to the plugin, never changes; dropped after `instance_free`.
     _services: Box<Services>,
 }
@@ -56,8 +62,30 @@ static LENDING: AtomicBool = AtomicBool::new(true);
 /// What the [`Plugin`] methods return (as `async_trait` writes it).
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The type of the vtable's `handle` and `handle_lent`.
+/// The type of the vtable's `handle`, `handle_lent` and `before_request_lent`.
 type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwOutput) -> i32;
+
+/// The type of the vtable's `after_response_lent`.
+type LentAfterFn =
+    unsafe extern "C" fn(*mut c_void, *const BwRequest, *const BwResponse, *mut BwOutput) -> i32;
+
+/// A hook call's request (and, for `after_response_lent`, response) lent to the plugin, with
+/// their views, in the call's future, as [`LentHandle`] does for `handle_lent`: the views are made
+/// in its first poll, the task handle drops first, and the `Arc`s keep what the views point to
+/// alive even if the future is leaked (the hook chain's other `Arc`s only read it).
+struct LentHookCall {
+    waiting: Option<Waiting>,
+    views: RequestViews<LENT_INLINE_PAIRS>,
+    response_pairs: Vec<BwKv>,
+    response_view: BwResponse,
+    request: Arc<Request>,
+    response: Option<Arc<Response>>,
+}
+
+// SAFETY: the response views are plain pointers into the `Response` this value holds (which is
+// `Send + Sync`) and into `response_pairs`; nothing in them is tied to a thread, and the ABI lets
+// a plugin read a lent response from any thread. The rest is `Send` already.
+unsafe impl Send for LentHookCall {}
 
 /// An endpoint call through `handle_lent` (ABI 1.2), as the future the [`Plugin::handle`] box
 /// holds: the request and its views live in it, lent until the call is over.
@@ -306,6 +334,12 @@ impl DynamicPlugin {
             handle_lent: vtable
                 .handle_lent
                 .filter(|_| LENDING.load(Ordering::Relaxed)),
+            before_request_lent: vtable
+                .before_request_lent
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
+            after_response_lent: vtable
+                .after_response_lent
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
             library,
             instance,
             _services: services,
@@ -317,6 +351,8 @@ impl DynamicPlugin {
     #[doc(hidden)]
     pub fn without_lending(mut self) -> DynamicPlugin {
         self.handle_lent = None;
+        self.before_request_lent = None;
+        self.after_response_lent = None;
         self
     }
 
@@ -345,6 +381,54 @@ impl DynamicPlugin {
             BW_OUT_RESPONSE => out.response(&self.info.name),
             _ => Err(out.unexpected("handle")),
         }
+    }
+
+    /// A hook call through `before_request_lent` or (with a response) `after_response_lent`:
+    /// both are lent until the call is over; the output is left in `out`.
+    async fn hook_lent(
+        &self,
+        out: &mut Output,
+        request: Arc<Request>,
+        response: Option<Arc<Response>>,
+    ) {
+        let mut call = LentHookCall {
+            waiting: None,
+            views: RequestViews::new(),
+            response_pairs: Vec::new(),
+            response_view: BwResponse::EMPTY,
+            request,
+            response,
+        };
+        call.waiting = {
+            let view: *const BwRequest = call.views.fill(&call.request);
+            match (
+                &call.response,
+                self.after_response_lent,
+                self.before_request_lent,
+            ) {
+                (Some(response), Some(f), _) => {
+                    call.response_pairs.extend(response.headers.iter().map(kv));
+                    call.response_view = BwResponse {
+                        status: response.status,
+                        headers: BwKvList::new(&call.response_pairs),
+                        body: BwStr::new(&response.body),
+                    };
+                    let response_view: *const BwResponse = &call.response_view;
+                    // SAFETY: live instance; the views and what they point to live in `call`, a
+                    // local of this pinned future that is never moved, kept until `call` drops
+                    // its task handle (see `LentHookCall`).
+                    self.start(out, |instance, raw| unsafe {
+                        f(instance, view, response_view, raw)
+                    })
+                }
+                (None, _, Some(f)) => {
+                    // SAFETY: as above.
+                    self.start(out, |instance, raw| unsafe { f(instance, view, raw) })
+                }
+                _ => unreachable!("called only with the plugin's lent hook entry"),
+            }
+        };
+        finish(out, &mut call.waiting).await;
     }
 
     /// Starts one ABI call: `call` gets the instance and `out`'s zeroed output and returns the ABI
@@ -461,6 +545,43 @@ impl Plugin for DynamicPlugin {
         match out.raw.kind {
             BW_OUT_RESPONSE => out.response(&self.info.name),
             _ => Err(out.unexpected("after_response")),
+        }
+    }
+
+    async fn before_request_shared(&self, request: Arc<Request>) -> Result<RequestEdit, CallError> {
+        if self.before_request_lent.is_none() {
+            return Ok(self.before_request(&request).await?.into());
+        }
+        let mut out = Output::empty();
+        self.hook_lent(&mut out, request, None).await;
+        let plugin = &self.info.name;
+        match out.raw.kind {
+            BW_OUT_CONTINUE => Ok(RequestEdit::Continue),
+            BW_OUT_HEADERS => out.header_edits(plugin, false).map(RequestEdit::SetHeaders),
+            BW_OUT_REQUEST => out.request(plugin).map(RequestEdit::Replace),
+            BW_OUT_RESPONSE => out.response(plugin).map(RequestEdit::Respond),
+            _ => Err(out.unexpected("before_request_lent")),
+        }
+    }
+
+    async fn after_response_shared(
+        &self,
+        request: Arc<Request>,
+        response: Arc<Response>,
+    ) -> Result<ResponseEdit, CallError> {
+        if self.after_response_lent.is_none() {
+            return Ok(ResponseEdit::Replace(
+                self.after_response(&request, &response).await?,
+            ));
+        }
+        let mut out = Output::empty();
+        self.hook_lent(&mut out, request, Some(response)).await;
+        let plugin = &self.info.name;
+        match out.raw.kind {
+            BW_OUT_CONTINUE => Ok(ResponseEdit::Keep),
+            BW_OUT_HEADERS => out.header_edits(plugin, true).map(ResponseEdit::SetHeaders),
+            BW_OUT_RESPONSE => out.response(plugin).map(ResponseEdit::Replace),
+            _ => Err(out.unexpected("after_response_lent")),
         }
     }
 

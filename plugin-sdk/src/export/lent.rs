@@ -125,10 +125,10 @@ unsafe impl Sync for LentRequest<'_> {}
 
 /// The pairs of a [`LentRequest`] list, in order: `(name, value)`.
 #[derive(Debug)]
-pub struct Pairs<'a>(PairsRepr<'a>);
+pub struct Pairs<'a>(pub(super) PairsRepr<'a>);
 
 #[derive(Debug)]
-enum PairsRepr<'a> {
+pub(super) enum PairsRepr<'a> {
     /// Checked views of the host (see [`Repr::Host`]).
     Host(std::slice::Iter<'a, BwKv>),
     Owned(std::slice::Iter<'a, (Text, Text)>),
@@ -159,7 +159,7 @@ impl<'a> Iterator for Pairs<'a> {
 ///
 /// # Safety
 /// `view` must be valid for `'a` (as [`BwStr::as_bytes`]) and its bytes UTF-8.
-unsafe fn host_str<'a>(view: BwStr) -> &'a str {
+pub(super) unsafe fn host_str<'a>(view: BwStr) -> &'a str {
     // SAFETY: the caller's contract.
     unsafe { std::str::from_utf8_unchecked(view.as_bytes()) }
 }
@@ -168,7 +168,7 @@ unsafe fn host_str<'a>(view: BwStr) -> &'a str {
 ///
 /// # Safety
 /// As [`BwKvList::as_slice`] for `'a`.
-unsafe fn host_pairs<'a>(list: BwKvList) -> Pairs<'a> {
+pub(super) unsafe fn host_pairs<'a>(list: BwKvList) -> Pairs<'a> {
     // SAFETY: the caller's contract.
     Pairs(PairsRepr::Host(unsafe { list.as_slice() }.iter()))
 }
@@ -178,7 +178,7 @@ unsafe fn host_pairs<'a>(list: BwKvList) -> Pairs<'a> {
 ///
 /// # Safety
 /// As [`BwKvList::as_slice`], and every pair's strings as [`BwStr::as_bytes`], during the call.
-unsafe fn pairs_ok(list: BwKvList, lower: bool) -> bool {
+pub(super) unsafe fn pairs_ok(list: BwKvList, lower: bool) -> bool {
     // SAFETY: the caller's contract.
     unsafe { list.as_slice() }.iter().all(|kv| {
         // SAFETY: the caller's contract covers the pairs' strings.
@@ -187,7 +187,7 @@ unsafe fn pairs_ok(list: BwKvList, lower: bool) -> bool {
     })
 }
 
-fn utf8(bytes: &[u8]) -> bool {
+pub(super) fn utf8(bytes: &[u8]) -> bool {
     bytes.is_ascii() || std::str::from_utf8(bytes).is_ok()
 }
 

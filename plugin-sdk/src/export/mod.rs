@@ -20,9 +20,11 @@
 mod call;
 mod input;
 mod lent;
+mod lent_response;
 mod output;
 
 pub use lent::{LentRequest, Pairs};
+pub use lent_response::LentResponse;
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -30,7 +32,9 @@ use std::sync::Arc;
 
 use crate::abi::*;
 use crate::host_link::HostLink;
-use crate::{BackworksPlugin, HookAction, PluginError, PluginResult, Response};
+use crate::{
+    BackworksPlugin, HookAction, PluginError, PluginResult, RequestEdit, Response, ResponseEdit,
+};
 use call::HeldRequest;
 use output::{Outcome, write_output};
 
@@ -123,6 +127,16 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         config_schema: Some(config_schema::<P>),
         handle_lent: if P::HANDLE_LENT {
             Some(handle_lent::<P>)
+        } else {
+            None
+        },
+        before_request_lent: if P::HOOKS_LENT {
+            Some(before_request_lent::<P>)
+        } else {
+            None
+        },
+        after_response_lent: if P::HOOKS_LENT {
+            Some(after_response_lent::<P>)
         } else {
             None
         },
@@ -416,6 +430,74 @@ unsafe extern "C" fn after_response<P: BackworksPlugin>(
         let future = plugin(this).after_response(unsafe { request.get() }, response);
         // SAFETY: the future borrows only the plugin value and `request`; `out` is valid.
         unsafe { call::drive(this, out, future, Some(request), responded) }
+    })
+}
+
+/// The vtable's `before_request_lent` (ABI 1.2): runs [`BackworksPlugin::before_request_lent`]
+/// on the host's request, read in place; a header edit crosses back as `HEADERS`.
+///
+/// # Safety
+/// As [`handle_lent`].
+unsafe extern "C" fn before_request_lent<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library and a request it lends until
+        // the call is over, keeping the ABI's conventions; as in `handle_lent`, the future that
+        // borrows the request is dropped before the lease ends.
+        let (instance, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
+        let future = plugin(instance).before_request_lent(lent);
+        // SAFETY: the future borrows the plugin value and the lent request; `out` is valid.
+        unsafe {
+            call::drive(instance, out, future, None, |result| match result {
+                Ok(RequestEdit::Continue) => Outcome::Continue,
+                Ok(RequestEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
+                Ok(RequestEdit::SetHeaders(headers)) => Outcome::RequestHeaders(headers),
+                Ok(RequestEdit::Replace(request)) => Outcome::Request(request),
+                Ok(RequestEdit::Respond(response)) => Outcome::Response(response),
+                Err(e) => Outcome::Error(e),
+            })
+        }
+    })
+}
+
+/// The vtable's `after_response_lent` (ABI 1.2): runs [`BackworksPlugin::after_response_lent`]
+/// on the host's request and response, read in place; the response crosses back only when it is
+/// replaced, a header edit as `HEADERS`, an unchanged response as `CONTINUE`.
+///
+/// # Safety
+/// As [`handle_lent`], and `response` lent like `request`.
+unsafe extern "C" fn after_response_lent<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    response: *const BwResponse,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library, and a request and response it
+        // lends until the call is over, keeping the ABI's conventions; as in `handle_lent`, the
+        // future that borrows them is dropped before the lease ends.
+        let (instance, lent_request, lent_response) = unsafe {
+            (
+                instance::<P>(this),
+                LentRequest::from_host(&*request),
+                LentResponse::from_host(&*response),
+            )
+        };
+        let future = plugin(instance).after_response_lent(lent_request, lent_response);
+        // SAFETY: the future borrows the plugin value and the lent request and response; `out`
+        // is valid.
+        unsafe {
+            call::drive(instance, out, future, None, |result| match result {
+                Ok(ResponseEdit::Keep) => Outcome::Continue,
+                Ok(ResponseEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
+                Ok(ResponseEdit::SetHeaders(headers)) => Outcome::ResponseHeaders(headers),
+                Ok(ResponseEdit::Replace(response)) => Outcome::Response(response),
+                Err(e) => Outcome::Error(e),
+            })
+        }
     })
 }
 

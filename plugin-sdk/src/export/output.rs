@@ -10,7 +10,7 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::*;
-use crate::{Health, PluginError, Request, Response};
+use crate::{Headers, Health, PluginError, Request, Response};
 
 /// What a finished call hands over, before it is written into a [`BwOutput`].
 pub(super) enum Outcome {
@@ -22,6 +22,10 @@ pub(super) enum Outcome {
     Error(PluginError),
     /// A config schema's JSON text (`config_schema`).
     Schema(String),
+    /// Request headers to set (`before_request_lent`): `HEADERS` with `request.headers`.
+    RequestHeaders(Headers),
+    /// Response headers to set (`after_response_lent`): `HEADERS` with `response.headers`.
+    ResponseHeaders(Headers),
 }
 
 /// What an output's `owner` points to: the values its views borrow from.
@@ -29,6 +33,7 @@ struct Owned {
     pairs: Vec<BwKv>,
     request: Option<Request>,
     response: Option<Response>,
+    headers: Option<Headers>,
     message: String,
 }
 
@@ -86,8 +91,10 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         pairs: Vec::new(),
         request: None,
         response: None,
+        headers: None,
         message: String::new(),
     };
+    let mut response_headers = false;
     match outcome {
         // Written by `write_output`; handled here too so that this stays total.
         Outcome::Done => {
@@ -126,6 +133,15 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
             out.kind = BW_OUT_SCHEMA;
             owned.message = text;
         }
+        Outcome::RequestHeaders(headers) => {
+            out.kind = BW_OUT_HEADERS;
+            owned.headers = Some(headers);
+        }
+        Outcome::ResponseHeaders(headers) => {
+            out.kind = BW_OUT_HEADERS;
+            owned.headers = Some(headers);
+            response_headers = true;
+        }
     }
     let mut owned = Box::new(owned);
     // Views point into the heap buffers of the owned values, which stay put when the box moves.
@@ -134,6 +150,7 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         pairs,
         request,
         response,
+        headers,
         message,
     } = &mut *owned;
     out.message = str_view(message);
@@ -159,6 +176,9 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         out.request.path = str_view(&request.path);
         out.request.body = BwStr::new(&request.body);
     }
+    if let Some(headers) = headers {
+        lists[0] = push(&mut headers.iter());
+    }
     // `pairs` is complete: turn the (start, len) ranges into views.
     let list = |(start, len): (usize, usize)| {
         if len == 0 {
@@ -169,6 +189,13 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
     };
     if out.kind == BW_OUT_RESPONSE {
         out.response.headers = list(lists[0]);
+    }
+    if out.kind == BW_OUT_HEADERS {
+        if response_headers {
+            out.response.headers = list(lists[0]);
+        } else {
+            out.request.headers = list(lists[0]);
+        }
     }
     if out.kind == BW_OUT_REQUEST {
         out.request.params = list(lists[0]);

@@ -1,0 +1,199 @@
+//! ABI 1.2's lent hooks: a library hook reads the host's request and response in place and sends
+//! back only the headers it sets; the chain applies them exactly as it applied a whole new request
+//! or response, and a lent hook call dropped while it waits is cancelled.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backworks_plugin_host::{
+    CallPolicy, DynamicPlugin, Guarded, Hook, HookChain, Lifecycle, OnFailure, Plugin, PluginState,
+    load_library,
+};
+use backworks_plugin_sdk::{Request, RequestEdit, Response};
+use serde_json::{Value, json};
+
+use crate::support::rust_plugin;
+
+/// The request-id plugin as a before + after hook, lending (ABI 1.2) or, with `lending: false`,
+/// through the copying entries of the same library.
+async fn request_id_chain(config: Value, lending: bool) -> HookChain {
+    let library = load_library(&rust_plugin("request_id")).unwrap();
+    assert!(library.vtable().before_request_lent.is_some());
+    assert!(library.vtable().after_response_lent.is_some());
+    let mut plugin = DynamicPlugin::new(library, "request-id").unwrap();
+    if !lending {
+        plugin = plugin.without_lending();
+    }
+    plugin.initialize(&config).await.unwrap();
+    let guarded = Guarded::new(
+        Arc::new(plugin),
+        CallPolicy::default(),
+        Arc::new(Lifecycle::new("request-id", PluginState::Active)),
+    );
+    HookChain::new(vec![Hook {
+        plugin: Arc::new(guarded),
+        before_request: Some(OnFailure::Reject),
+        after_response: Some(OnFailure::Skip),
+        observer: None,
+        counts: Arc::default(),
+    }])
+}
+
+/// Runs `request` through `chain` around an endpoint that records the request it got and answers
+/// 200 `ok` with its own `x-request-id` and `x-endpoint` headers.
+async fn through(chain: &HookChain, request: Request) -> (Option<Request>, Response) {
+    let seen = Mutex::new(None);
+    let response = chain
+        .run(request, |request| {
+            *seen.lock().unwrap() = Some(request);
+            async {
+                Response::text("ok")
+                    .with_header("x-request-id", "the endpoint's")
+                    .with_header("x-endpoint", "1")
+            }
+        })
+        .await;
+    (seen.into_inner().unwrap(), response)
+}
+
+fn get(headers: &[(&str, &str)]) -> Request {
+    let mut request = Request::new("GET", "/hello/ana");
+    request.params.push(("name".into(), "ana".into()));
+    for (name, value) in headers {
+        request.headers.append(*name, *value);
+    }
+    request.body = b"payload".to_vec();
+    request
+}
+
+#[tokio::test]
+async fn a_lent_hook_sets_the_header_the_endpoint_sees_and_the_client_gets() {
+    for lending in [true, false] {
+        let chain = request_id_chain(Value::Null, lending).await;
+        let (seen, response) = through(&chain, get(&[("x-other", "1")])).await;
+        let seen = seen.expect("the endpoint ran");
+        let id = seen.header("x-request-id").expect("an id").to_owned();
+        assert_eq!(id.len(), 33, "lending {lending}: {id}");
+        // Everything else of the request is as the client sent it.
+        assert_eq!(seen.header("x-other"), Some("1"));
+        assert_eq!(seen.headers.len(), 2, "{:?}", seen.headers);
+        assert_eq!(
+            (seen.method.as_str(), seen.path.as_str()),
+            ("GET", "/hello/ana")
+        );
+        assert_eq!(seen.param("name"), Some("ana"));
+        assert_eq!(seen.body, b"payload");
+        // The response keeps its status, body and other headers; the id replaces the endpoint's.
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body, b"ok");
+        assert_eq!(response.headers.get("x-endpoint"), Some("1"));
+        let ids: Vec<_> = response
+            .headers
+            .iter()
+            .filter(|(name, _)| *name == "x-request-id")
+            .collect();
+        assert_eq!(ids, [("x-request-id", id.as_str())], "lending {lending}");
+
+        // A request that has an id goes on unchanged, and the client gets its own id back.
+        let (seen, response) = through(&chain, get(&[("X-Request-Id", "mine-123")])).await;
+        assert_eq!(seen.unwrap().headers.len(), 1);
+        assert_eq!(response.headers.get("x-request-id"), Some("mine-123"));
+    }
+}
+
+#[tokio::test]
+async fn a_lent_hook_that_answers_early_stops_the_chain() {
+    let chain = request_id_chain(json!({"require_api_key": "s3cret"}), true).await;
+    let (seen, response) = through(&chain, get(&[("x-request-id", "r-1")])).await;
+    assert!(seen.is_none(), "the endpoint ran");
+    assert_eq!(response.status, 401);
+    assert_eq!(response.headers.get("x-request-id"), Some("r-1"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&response.body).unwrap(),
+        json!({"error": "missing or invalid API key"})
+    );
+    let (seen, response) = through(&chain, get(&[("x-api-key", "s3cret")])).await;
+    assert!(seen.is_some());
+    assert_eq!(response.status, 200);
+}
+
+#[tokio::test]
+async fn a_plugin_with_lent_hooks_still_answers_the_copying_calls() {
+    let library = load_library(&rust_plugin("request_id")).unwrap();
+    let plugin = DynamicPlugin::new(library, "request-id").unwrap();
+    plugin.initialize(&Value::Null).await.unwrap();
+    // `before_request` (as an observer or an older caller makes it) gets a whole new request...
+    let action = plugin.before_request(&get(&[])).await.unwrap();
+    let backworks_plugin_sdk::HookAction::ContinueWith(changed) = action else {
+        panic!("expected a changed request, got {action:?}");
+    };
+    assert_eq!(changed.header("x-request-id").map(str::len), Some(33));
+    assert_eq!(changed.body, b"payload");
+    // ...and `before_request_shared` only the header.
+    let edit = plugin
+        .before_request_shared(Arc::new(get(&[])))
+        .await
+        .unwrap();
+    let RequestEdit::SetHeaders(headers) = edit else {
+        panic!("expected a header edit, got {edit:?}");
+    };
+    assert_eq!(headers.len(), 1);
+    let answered = plugin
+        .after_response(&changed, &Response::text("x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        answered.headers.get("x-request-id"),
+        changed.header("x-request-id")
+    );
+    assert_eq!(answered.body, b"x");
+}
+
+/// A lent hook call that waits holds the request and the response the chain shares; dropping it
+/// cancels the plugin's task before they go, and the plugin serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lent_hook_call_dropped_while_it_waits_is_cancelled_and_the_plugin_serves_on() {
+    let faulty = rust_plugin("faulty");
+    let library = load_library(&faulty).unwrap();
+    assert!(library.vtable().before_request_lent.is_some());
+    let plugin = DynamicPlugin::new(library, "faulty").unwrap();
+    let config = json!({
+        "sleep_ms": 60_000,
+        "only_path_suffix": "/slow",
+        "apply_to": ["before_request", "after_response"],
+    });
+    plugin.initialize(&config).await.unwrap();
+    let slow = Arc::new(Request::new("GET", "/x/slow"));
+    let response = Arc::new(Response::text("body").with_header("x-a", "1"));
+    for round in 0..10 {
+        let before = tokio::time::timeout(
+            Duration::from_millis(5),
+            plugin.before_request_shared(slow.clone()),
+        )
+        .await;
+        assert!(
+            before.is_err(),
+            "round {round}: a minute-long sleep answered"
+        );
+        let after = tokio::time::timeout(
+            Duration::from_millis(5),
+            plugin.after_response_shared(slow.clone(), response.clone()),
+        )
+        .await;
+        assert!(
+            after.is_err(),
+            "round {round}: a minute-long sleep answered"
+        );
+    }
+    // Nothing of the cancelled calls holds the shared values any more.
+    assert_eq!(Arc::strong_count(&slow), 1);
+    assert_eq!(Arc::strong_count(&response), 1);
+    let fast = Arc::new(Request::new("GET", "/x/fast"));
+    let edit = plugin.before_request_shared(fast.clone()).await.unwrap();
+    assert_eq!(edit, RequestEdit::Continue);
+    let kept = plugin
+        .after_response_shared(fast, response.clone())
+        .await
+        .unwrap();
+    assert_eq!(kept, backworks_plugin_sdk::ResponseEdit::Keep);
+}
