@@ -73,12 +73,15 @@ pub(crate) struct DirectCall {
 
 impl DirectCall {
     /// Serves `request` (the one it was found for) by the endpoint.
-    pub(crate) async fn serve<B>(self, request: Request<B>) -> axum::response::Response
+    pub(crate) fn serve<B>(
+        self,
+        request: Request<B>,
+    ) -> impl Future<Output = axum::response::Response> + Send + 'static
     where
-        B: axum::body::HttpBody<Data = Bytes>,
+        B: axum::body::HttpBody<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
-        super::handle(self.endpoint, self.params, request, false).await
+        super::handle(self.endpoint, self.params, request, false)
     }
 }
 

@@ -455,56 +455,73 @@ where
 }
 
 /// Serves `request` by `endpoint` with the route's decoded path `params`: reads the body (under
-/// the endpoint's limit), then [`serve_endpoint`]. With `head_as_get`, a `HEAD` is served as the
-/// `GET` it stands for.
-async fn handle<B>(
+/// the endpoint's limit), builds the SDK request, runs the endpoint's hook chain around its
+/// plugin (or the plugin alone), and counts the answer. With `head_as_get`, a `HEAD` is served as
+/// the `GET` it stands for.
+///
+/// Every request's future is this one, moved into its box by the edge, so it is kept small: a
+/// body hyper knows to be empty (a `GET`) is not read at all and the SDK request is built before
+/// the future is, which then holds neither the HTTP head nor the body; a request with a body
+/// keeps its head and body in a box while the body is read.
+fn handle<B>(
     endpoint: Arc<Endpoint>,
     params: PathParams,
     request: axum::http::Request<B>,
     head_as_get: bool,
-) -> axum::response::Response
+) -> impl Future<Output = axum::response::Response> + Send + 'static
 where
-    B: HttpBody<Data = Bytes>,
+    B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
     let (mut parts, body) = request.into_parts();
-    let body = read_body(body, endpoint.max_request_body).await;
     if head_as_get && parts.method == Method::HEAD {
         parts.method = Method::GET;
     }
-    serve_endpoint(&endpoint, params, parts, body).await
-}
-
-async fn serve_endpoint(
-    endpoint: &Endpoint,
-    params: PathParams,
-    parts: Parts,
-    body: Result<Bytes, CallError>,
-) -> axum::response::Response {
-    // quanta: a cheap clock read (see the root Cargo.toml).
-    let started = quanta::Instant::now();
-    let response = match prepare(endpoint, params, parts, body) {
-        Ok((plugin, hooks, request)) => {
-            let response = if hooks.is_empty() {
-                call(plugin, request).await
-            } else {
-                // Boxed: the chain's future is several times the size of a plain call's, and
-                // every request's future (moved a few times before it runs) would carry it.
-                Box::pin(hooks.run(request, |request| call(plugin, request))).await
-            };
-            convert::into_http(&endpoint.plugin_name, response)
-        }
-        Err(refusal) => refusal,
+    let prepared = if HttpBody::is_end_stream(&body) {
+        Prepared::Ready(prepare(&endpoint, params, &parts, Ok(Bytes::new())))
+    } else {
+        Prepared::Body(Box::new((parts, params, body)))
     };
-    endpoint
-        .stats
-        .record(response.status().as_u16(), started.elapsed());
-    response
+    async move {
+        let request = match prepared {
+            Prepared::Ready(request) => request,
+            Prepared::Body(unread) => {
+                let (parts, params, body) = *unread;
+                let body = read_body(body, endpoint.max_request_body).await;
+                prepare(&endpoint, params, &parts, body)
+            }
+        };
+        // quanta: a cheap clock read (see the root Cargo.toml).
+        let started = quanta::Instant::now();
+        let response = match (request, &endpoint.target) {
+            (Ok(request), Ok((plugin, hooks))) => {
+                let response = if hooks.is_empty() {
+                    call(plugin, request).await
+                } else {
+                    // Boxed: the chain's future is several times the size of a plain call's.
+                    Box::pin(hooks.run(request, |request| call(plugin, request))).await
+                };
+                convert::into_http(&endpoint.plugin_name, response)
+            }
+            (Err(refusal), _) => refusal,
+            (Ok(_), Err(_)) => unreachable!("`prepare` refuses an endpoint that cannot be served"),
+        };
+        endpoint
+            .stats
+            .record(response.status().as_u16(), started.elapsed());
+        response
+    }
 }
 
-/// What the endpoint needs to answer the request, or the host's refusal: the plugin, its hooks
-/// and the SDK request. Not `async`, so the HTTP request's head is not held across the call (it
-/// would make the request's future, moved a few times before it runs, larger).
+/// A request on its way to its endpoint: its SDK request (or the host's refusal) when its body
+/// was known to be empty, else its HTTP head, path parameters and body, to be read.
+enum Prepared<B> {
+    Ready(Result<backworks_plugin_sdk::Request, axum::response::Response>),
+    Body(Box<(Parts, PathParams, B)>),
+}
+
+/// The SDK request of `parts` and `body`, or the host's refusal: the endpoint cannot be served (its
+/// plugin or a hook plugin is not active: 503), or its body could not be read (413, 400, 408).
 #[expect(
     clippy::result_large_err,
     reason = "the refusal goes straight back to the handler by value, as a response always does"
@@ -512,9 +529,9 @@ async fn serve_endpoint(
 fn prepare(
     endpoint: &Endpoint,
     params: PathParams,
-    parts: Parts,
+    parts: &Parts,
     body: Result<Bytes, CallError>,
-) -> Result<(&Arc<Guarded>, &HookChain, backworks_plugin_sdk::Request), axum::response::Response> {
+) -> Result<backworks_plugin_sdk::Request, axum::response::Response> {
     let refuse = |error: CallError| {
         let request_id = parts
             .headers
@@ -525,13 +542,11 @@ fn prepare(
             error_response(&endpoint.plugin_name, &error, request_id),
         )
     };
-    let (plugin, hooks) = match &endpoint.target {
-        Ok(target) => target,
-        Err(reason) => return Err(refuse(CallError::Unavailable(reason.clone()))),
-    };
+    if let Err(reason) = &endpoint.target {
+        return Err(refuse(CallError::Unavailable(reason.clone())));
+    }
     let body = body.map_err(refuse)?;
-    let request = convert::request_from_parts(&parts, params, body);
-    Ok((plugin, hooks, request))
+    Ok(convert::request_from_parts(parts, params, body))
 }
 
 async fn call(plugin: &Guarded, request: backworks_plugin_sdk::Request) -> Response {

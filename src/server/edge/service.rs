@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 use tokio::time::{Instant, Sleep};
@@ -45,23 +46,25 @@ impl hyper::service::Service<Request<Incoming>> for EdgeService {
             conn: conn.clone(),
         });
         let current = self.routes.load_full();
-        // An endpoint's request goes to it directly; anything else through the router. Each
-        // call's future is made inside the box, where it stays: it is large, and every move of
-        // it is a copy.
+        // An endpoint's request goes to it directly; anything else through the router. The
+        // call's future is stored once, in the box, with what `answered` needs beside it (an
+        // `async` block would hold it twice: as a capture, and again while awaiting it).
         match current.direct(&request) {
-            Some(direct) => Box::pin(async move {
-                let response = direct.serve(request).await;
-                Ok(answered(response, current, conn, timeout))
-            }),
-            None => Box::pin(async move {
+            Some(direct) => {
+                let served = direct.serve(request);
+                Box::pin(served.map(move |response| Ok(answered(response, current, conn, timeout))))
+            }
+            None => {
                 let served =
                     tower_service::Service::call(&mut Router::clone(current.router()), request);
-                let response = match served.await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
-                Ok(answered(response, current, conn, timeout))
-            }),
+                Box::pin(served.map(move |response| {
+                    let response = match response {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    };
+                    Ok(answered(response, current, conn, timeout))
+                }))
+            }
         }
     }
 }
