@@ -401,3 +401,62 @@ async fn a_stop_finishes_the_request_in_progress_and_does_not_wait_for_idle_conn
         .expect("silent connection at stop");
     assert!(logs.contains("stopped"), "{logs}");
 }
+
+/// The open descriptors of process `pid`.
+fn descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read the server's descriptors")
+        .count()
+}
+
+/// The connection cap leaves `DESCRIPTORS_PER_PLUGIN` (8) descriptors per plugin: a plugin, of any
+/// kind, idling after its start, must hold no more (a count, not a timing).
+#[tokio::test]
+async fn a_plugin_holds_no_more_descriptors_than_the_cap_leaves_it() {
+    let bare = Server::start(
+        r#"
+plugins:
+  static:
+    type: builtin
+    config: { status: 200, body: {} }
+endpoints:
+  s: { path: /s, plugin: static }
+"#,
+    );
+    let base = descriptors(bare.pid());
+    drop(bare);
+    let server = Server::start(
+        r#"
+plugin_dirs: ["{{plugins}}"]
+plugins:
+  static:
+    type: builtin
+    config: { status: 200, body: {} }
+  hello:
+    path: libhello.so
+  request-id:
+    path: librequest_id.so
+    hooks: [before_request, after_response]
+  kv-store:
+    path: libkv_store.so
+  async-clock:
+    path: libasync_clock.so
+  isolated:
+    path: libhello.so
+    isolation: process
+endpoints:
+  s: { path: /s, plugin: static }
+  hello: { path: "/hello/{name}", methods: [GET], plugin: hello }
+  kv: { path: /kv, methods: [GET], plugin: kv-store }
+  sleep: { path: "/sleep/{ms}", methods: [GET], plugin: async-clock }
+  isolated: { path: "/isolated/{name}", methods: [GET], plugin: isolated }
+"#,
+    );
+    let plugins = 5;
+    let held = descriptors(server.pid()).saturating_sub(base);
+    assert!(
+        held <= 8 * plugins,
+        "{plugins} plugins hold {held} descriptors, over the 8 each that the connection cap \
+         leaves them"
+    );
+}
