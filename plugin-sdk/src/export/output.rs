@@ -28,8 +28,20 @@ pub(super) enum Outcome {
     ResponseHeaders(Headers),
 }
 
+/// Pairs of an output whose views fit in its owner, without a list of their own to allocate: a
+/// response's few headers, a hook's header edit.
+const INLINE_PAIRS: usize = 4;
+
+/// An empty pair, for slots not written yet.
+const NO_PAIR: BwKv = BwKv {
+    key: BwStr::EMPTY,
+    value: BwStr::EMPTY,
+};
+
 /// What an output's `owner` points to: the values its views borrow from.
 struct Owned {
+    /// The pair views, when there are at most [`INLINE_PAIRS`]; else in `pairs`.
+    inline: [BwKv; INLINE_PAIRS],
     pairs: Vec<BwKv>,
     request: Option<Request>,
     response: Option<Response>,
@@ -88,6 +100,7 @@ pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
 #[inline(never)]
 fn write_owned(out: &mut BwOutput, outcome: Outcome) {
     let mut owned = Owned {
+        inline: [NO_PAIR; INLINE_PAIRS],
         pairs: Vec::new(),
         request: None,
         response: None,
@@ -144,9 +157,10 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         }
     }
     let mut owned = Box::new(owned);
-    // Views point into the heap buffers of the owned values, which stay put when the box moves.
-    // Pair views are collected first and pointed at once `pairs` has its final address.
+    // Views point into the heap buffers of the owned values, which stay put when the box moves,
+    // and into the box itself (a few pairs), which is not moved again.
     let Owned {
+        inline,
         pairs,
         request,
         response,
@@ -154,13 +168,28 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         message,
     } = &mut *owned;
     out.message = str_view(message);
+    let total = response.as_ref().map_or(0, |r| r.headers.len())
+        + request
+            .as_ref()
+            .map_or(0, |r| r.params.len() + r.query.len() + r.headers.len())
+        + headers.as_ref().map_or(0, Headers::len);
+    let slots: &mut [BwKv] = if total <= INLINE_PAIRS {
+        &mut inline[..total]
+    } else {
+        *pairs = vec![NO_PAIR; total];
+        pairs
+    };
+    let mut filled = 0;
     let mut push = |iter: &mut dyn Iterator<Item = (&str, &str)>| {
-        let start = pairs.len();
-        pairs.extend(iter.map(|(key, value)| BwKv {
-            key: str_view(key),
-            value: str_view(value),
-        }));
-        (start, pairs.len() - start)
+        let start = filled;
+        for ((key, value), slot) in iter.zip(slots[start..].iter_mut()) {
+            *slot = BwKv {
+                key: str_view(key),
+                value: str_view(value),
+            };
+            filled += 1;
+        }
+        (start, filled - start)
     };
     let mut lists = [(0, 0); 3];
     if let Some(response) = response {
@@ -179,7 +208,8 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
     if let Some(headers) = headers {
         lists[0] = push(&mut headers.iter());
     }
-    // `pairs` is complete: turn the (start, len) ranges into views.
+    let pairs: &[BwKv] = slots;
+    // Every pair is written: turn the (start, len) ranges into views.
     let list = |(start, len): (usize, usize)| {
         if len == 0 {
             BwKvList::EMPTY
@@ -204,4 +234,81 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
     }
     out.owner = Box::into_raw(owned).cast();
     out.release = Some(release_owned);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pairs an output's list points to.
+    fn read(list: BwKvList) -> Vec<(String, String)> {
+        // SAFETY: the output is unreleased, so its views are valid.
+        unsafe { list.as_slice() }
+            .iter()
+            // SAFETY: as above.
+            .map(|kv| unsafe { (kv.key.to_string_lossy(), kv.value.to_string_lossy()) })
+            .collect()
+    }
+
+    fn release(out: BwOutput) {
+        if let Some(release) = out.release {
+            // SAFETY: the owner of this output, released once.
+            unsafe { release(out.owner) };
+        }
+    }
+
+    #[test]
+    fn pairs_in_the_owner_or_in_a_list_read_the_same() {
+        for count in [1, 3, 4, 5, 9] {
+            let pairs: Vec<(String, String)> = (0..count)
+                .map(|i| (format!("x-h{i}"), format!("v{i}")))
+                .collect();
+            let mut response = Response::new(201).with_body("b");
+            for (name, value) in &pairs {
+                response = response.with_header(name.as_str(), value.as_str());
+            }
+            let mut out = BwOutput::empty();
+            write_output(&mut out, Outcome::Response(response));
+            assert_eq!(out.kind, BW_OUT_RESPONSE);
+            assert_eq!(
+                read(out.response.headers),
+                pairs,
+                "{count} response headers"
+            );
+            release(out);
+
+            let edit: Headers = pairs.iter().cloned().collect();
+            let mut out = BwOutput::empty();
+            write_output(&mut out, Outcome::ResponseHeaders(edit));
+            assert_eq!(out.kind, BW_OUT_HEADERS);
+            assert_eq!(read(out.response.headers), pairs, "{count} edited headers");
+            release(out);
+        }
+        // A request's three lists share the slots, in order, inline or not.
+        for (params, query, headers) in [(1, 1, 1), (1, 2, 1), (2, 2, 2), (0, 0, 5)] {
+            let list = |prefix: &str, n: usize| -> Vec<(String, String)> {
+                (0..n)
+                    .map(|i| (format!("{prefix}{i}"), format!("{prefix}-{i}")))
+                    .collect()
+            };
+            let (p, q, h) = (list("p", params), list("q", query), list("h", headers));
+            let mut request = Request::new("GET", "/x");
+            request.params = p
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect();
+            request.query = q
+                .iter()
+                .map(|(k, v)| (k.as_str().into(), v.as_str().into()))
+                .collect();
+            request.headers = h.iter().cloned().collect();
+            let mut out = BwOutput::empty();
+            write_output(&mut out, Outcome::Request(request));
+            assert_eq!(out.kind, BW_OUT_REQUEST);
+            assert_eq!(read(out.request.params), p);
+            assert_eq!(read(out.request.query), q);
+            assert_eq!(read(out.request.headers), h);
+            release(out);
+        }
+    }
 }
