@@ -23,8 +23,8 @@ use bytes::Bytes;
 use super::{Endpoint, PathParams};
 
 /// What a listener serves in one generation: its axum router, and for the public listener the
-/// direct table of its endpoints. The edge loads it whole for each request (see
-/// [`Routes`](super::edge::Routes)).
+/// direct table of its endpoints. The edge loads it whole for each request, which holds it (and so
+/// its generation's plugins) until it is answered.
 pub struct Served {
     router: Router,
     direct: Option<Direct>,
