@@ -166,6 +166,16 @@ impl Guarded {
         })
     }
 
+    /// [`Plugin::handle_shared`] under the policy, without boxing the guard's future.
+    pub fn handle_shared(
+        &self,
+        request: Arc<Request>,
+    ) -> impl Future<Output = Result<Response, CallError>> + Send + '_ {
+        self.run(self.inner.handle_shared(request), |response| {
+            self.check(response, true)
+        })
+    }
+
     /// [`Plugin::before_request_shared`] under the policy, without boxing the guard's future.
     pub fn before_request_shared(
         &self,
@@ -462,6 +472,17 @@ impl Plugin for Guarded {
         Self: 'async_trait,
     {
         Box::pin(Guarded::after_response(self, request, response))
+    }
+
+    fn handle_shared<'life0, 'async_trait>(
+        &'life0 self,
+        request: Arc<Request>,
+    ) -> BoxFuture<'async_trait, Result<Response, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        Box::pin(Guarded::handle_shared(self, request))
     }
 
     fn before_request_shared<'life0, 'async_trait>(

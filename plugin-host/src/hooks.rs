@@ -117,10 +117,13 @@ impl HookChain {
     ///
     /// The request and the response are shared with each hook call (`Arc`), so that a library
     /// hook can read them in place; a header edit is applied to the chain's own copy, which is
-    /// cloned only if a hook call still holds it (never, once its call is over).
+    /// cloned only if a hook call still holds it (never, once its call is over). The endpoint gets
+    /// the request shared too ([`Plugin::handle_shared`](crate::Plugin::handle_shared) serves it
+    /// without a copy): the chain's only one when no `after_response` hook or observer needs it
+    /// afterwards.
     pub async fn run<F, Fut>(&self, request: Request, endpoint: F) -> Response
     where
-        F: FnOnce(Request) -> Fut,
+        F: FnOnce(Arc<Request>) -> Fut,
         Fut: Future<Output = Response>,
     {
         let mut request = Arc::new(request);
@@ -155,12 +158,12 @@ impl HookChain {
         if !self.any_after && self.observers.is_empty() {
             return match early {
                 Some(response) => response,
-                None => endpoint(Arc::unwrap_or_clone(request)).await,
+                None => endpoint(request).await,
             };
         }
         let mut response = Arc::new(match early {
             Some(response) => response,
-            None => endpoint(Request::clone(&request)).await,
+            None => endpoint(request.clone()).await,
         });
         for hook in self.hooks[..reached].iter().rev() {
             let Some(on_failure) = hook.after_response else {

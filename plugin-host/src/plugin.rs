@@ -84,6 +84,15 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
     /// Serves a request routed to the plugin.
     async fn handle(&self, request: Request) -> Result<Response, CallError>;
 
+    /// Serves a request the caller shares: what a hook chain calls when its `after_response`
+    /// hooks need the request afterwards. A library plugin that reads its requests lent (ABI
+    /// 1.2's `handle_lent`) reads this one in place, without a copy (the `Arc` keeps it alive for
+    /// as long as the plugin may read it, even if this future is leaked). By default:
+    /// [`Plugin::handle`] of the request, copied only if it is still shared.
+    async fn handle_shared(&self, request: Arc<Request>) -> Result<Response, CallError> {
+        self.handle(Arc::unwrap_or_clone(request)).await
+    }
+
     /// The plugin's `before_request` hook.
     async fn before_request(&self, request: &Request) -> Result<HookAction, CallError>;
 

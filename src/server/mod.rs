@@ -499,7 +499,7 @@ where
                     call(plugin, request).await
                 } else {
                     // Boxed: the chain's future is several times the size of a plain call's.
-                    Box::pin(hooks.run(request, |request| call(plugin, request))).await
+                    Box::pin(hooks.run(request, |request| call_shared(plugin, request))).await
                 };
                 convert::into_http(&endpoint.plugin_name, response)
             }
@@ -547,6 +547,15 @@ fn prepare(
     }
     let body = body.map_err(refuse)?;
     Ok(convert::request_from_parts(parts, params, body))
+}
+
+/// [`call`] of a request a hook chain shares, which a library plugin then reads without a copy.
+async fn call_shared(plugin: &Guarded, request: Arc<backworks_plugin_sdk::Request>) -> Response {
+    let request_id = request.header("x-request-id").map(Text::from);
+    match plugin.handle_shared(request).await {
+        Ok(response) => response,
+        Err(error) => error_response(&Plugin::info(plugin).name, &error, request_id.as_deref()),
+    }
 }
 
 async fn call(plugin: &Guarded, request: backworks_plugin_sdk::Request) -> Response {

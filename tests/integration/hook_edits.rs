@@ -45,7 +45,7 @@ async fn through(chain: &HookChain, request: Request) -> (Option<Request>, Respo
     let seen = Mutex::new(None);
     let response = chain
         .run(request, |request| {
-            *seen.lock().unwrap() = Some(request);
+            *seen.lock().unwrap() = Some(Request::clone(&request));
             async {
                 Response::text("ok")
                     .with_header("x-request-id", "the endpoint's")

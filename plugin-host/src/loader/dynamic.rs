@@ -87,8 +87,9 @@ struct LentHookCall {
 // a plugin read a lent response from any thread. The rest is `Send` already.
 unsafe impl Send for LentHookCall {}
 
-/// An endpoint call through `handle_lent` (ABI 1.2), as the future the [`Plugin::handle`] box
-/// holds: the request and its views live in it, lent until the call is over.
+/// An endpoint call through `handle_lent` (ABI 1.2), as the future the [`Plugin::handle`] (or
+/// [`Plugin::handle_shared`]) box holds: the request (or the caller's `Arc` of it) and its views
+/// live in it, lent until the call is over.
 ///
 /// A hand-written future rather than an `async fn`: it is the only state of the call, so the box
 /// `handle` returns is its one allocation, small enough for the allocator's per-thread cache, and
@@ -107,9 +108,25 @@ struct LentHandle<'a> {
     plugin: &'a DynamicPlugin,
     f: LentHandleFn,
     views: RequestViews<LENT_INLINE_PAIRS>,
-    request: Request,
+    request: LentRequestHeld,
     /// The views point into this value: it must not move once they are made.
     _pinned: PhantomPinned,
+}
+
+/// The request a [`LentHandle`] lends: its own, or one it shares with its caller (a hook chain),
+/// which only reads it; either way it stays where it is, and alive, while the handle lives.
+enum LentRequestHeld {
+    Owned(Request),
+    Shared(Arc<Request>),
+}
+
+impl LentRequestHeld {
+    fn get(&self) -> &Request {
+        match self {
+            LentRequestHeld::Owned(request) => request,
+            LentRequestHeld::Shared(request) => request,
+        }
+    }
 }
 
 #[expect(
@@ -130,7 +147,7 @@ enum LentState {
 }
 
 impl<'a> LentHandle<'a> {
-    fn new(plugin: &'a DynamicPlugin, f: LentHandleFn, request: Request) -> LentHandle<'a> {
+    fn new(plugin: &'a DynamicPlugin, f: LentHandleFn, request: LentRequestHeld) -> LentHandle<'a> {
         LentHandle {
             state: LentState::Start,
             plugin,
@@ -175,7 +192,7 @@ impl Future for LentHandle<'_> {
         match &mut this.state {
             LentState::Start => {
                 let mut out = Output::empty();
-                let view: *const BwRequest = this.views.fill(&this.request);
+                let view: *const BwRequest = this.views.fill(this.request.get());
                 let f = this.f;
                 // SAFETY: live instance; `view` and what it points to live in this pinned future
                 // and stay valid until it is dropped, which releases a task handle first (see
@@ -367,10 +384,13 @@ impl DynamicPlugin {
 
     /// An endpoint call through `handle`, which lends the request for the call only: the plugin
     /// copies what it keeps (ABI 1.0 and 1.1, or a plugin that does not opt in to lending).
-    async fn handle_copied(&self, request: Request) -> Result<Response, CallError> {
+    async fn handle_copied<R>(&self, request: R) -> Result<Response, CallError>
+    where
+        R: std::borrow::Borrow<Request> + Send,
+    {
         let f = self.vtable().handle.expect("checked at load time");
         let mut out = Output::empty();
-        let mut waiting = with_request_view(&request, |abi| {
+        let mut waiting = with_request_view(request.borrow(), |abi| {
             // SAFETY: live instance; the request views borrow `request`, which outlives the call
             // (the plugin copies what it keeps before returning, even when the call is pending).
             self.start(&mut out, |instance, raw| unsafe { f(instance, abi, raw) })
@@ -499,7 +519,22 @@ impl Plugin for DynamicPlugin {
         Self: 'async_trait,
     {
         match self.handle_lent {
-            Some(f) => Box::pin(LentHandle::new(self, f, request)),
+            Some(f) => Box::pin(LentHandle::new(self, f, LentRequestHeld::Owned(request))),
+            None => Box::pin(self.handle_copied(request)),
+        }
+    }
+
+    // As `handle`; the request is lent where the caller shares it, never copied for the call.
+    fn handle_shared<'life0, 'async_trait>(
+        &'life0 self,
+        request: Arc<Request>,
+    ) -> BoxFuture<'async_trait, Result<Response, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.handle_lent {
+            Some(f) => Box::pin(LentHandle::new(self, f, LentRequestHeld::Shared(request))),
             None => Box::pin(self.handle_copied(request)),
         }
     }
