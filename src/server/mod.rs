@@ -1,10 +1,11 @@
 //! `backworks serve`: start the configured plugins and serve the configured endpoints through them.
 //!
 //! The call path of a request: the edge (`edge`: listener, accept loop, connection cap, header,
-//! idle and body timeouts) hands it to axum, which routes it (the endpoint's path and methods) to
-//! `serve_endpoint`, which builds the SDK request, runs the endpoint's hook chain around the
-//! endpoint plugin's `handle`, and turns the plugin's response — or its error, as a JSON body
-//! naming it — into the HTTP response.
+//! idle and body timeouts) hands an endpoint's request straight to `handle` (`dispatch`: the
+//! direct table), anything else to axum's router, whose endpoint routes call the same `handle`;
+//! `handle` builds the SDK request, runs the endpoint's hook chain around the endpoint plugin's
+//! `handle`, and turns the plugin's response — or its error, as a JSON body naming it — into the
+//! HTTP response.
 
 mod admin;
 mod convert;
