@@ -43,7 +43,7 @@ def backworks(binary, *args):
     return out.stdout
 
 
-def setup(binary, hello, folder, n, signed):
+def setup(binary, hello, folder, n, signed, identical):
     original = open(hello, "rb").read()
     if original.count(b"name=hello\0") != 1 or n > 10000:
         sys.exit("expected one `name=hello` in the hello plugin's metadata, and at most 10000 plugins")
@@ -52,7 +52,10 @@ def setup(binary, hello, folder, n, signed):
     for i in range(n):
         path = os.path.join(folder, f"libh{i:04}.so")
         with open(path, "wb") as f:
-            f.write(original.replace(b"name=hello\0", f"name=h{i:04}\0".encode()))
+            if identical:
+                f.write(original)
+            else:
+                f.write(original.replace(b"name=hello\0", f"name=h{i:04}\0".encode()))
         os.chmod(path, 0o644)
         files.append(path)
     trust = ""
@@ -115,11 +118,17 @@ def main():
     parser.add_argument("--plugins", type=int, default=100)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--unsigned", action="store_true", help="no signatures required")
+    parser.add_argument(
+        "--identical",
+        action="store_true",
+        help="byte-identical copies (one library, N instances); implies --unsigned",
+    )
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/backworks"))
     parser.add_argument("--hello", default=os.path.join(ROOT, "target/release/libhello.so"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
-        config = setup(args.binary, args.hello, folder, args.plugins, not args.unsigned)
+        signed = not (args.unsigned or args.identical)
+        config = setup(args.binary, args.hello, folder, args.plugins, signed, args.identical)
         rows = []
         for i in range(args.runs):
             (active, active_cpu), (up, up_cpu) = run(
@@ -132,7 +141,7 @@ def main():
                 f"(CPU {up_cpu * 1e3:.0f} ms)"
             )
         median = lambda k: statistics.median(r[k] for r in rows) * 1e3
-        kind = "unsigned" if args.unsigned else "signed"
+        kind = "identical" if args.identical else "signed" if signed else "unsigned"
         print(
             f"{args.plugins} {kind} plugins, median of {args.runs}: every plugin active "
             f"{median(0):.0f} ms (CPU {median(1):.0f} ms), listening {median(2):.0f} ms "

@@ -82,7 +82,7 @@ fn library_config_schema(
         // Built before the vtable had the entry, and no metadata key: no schema.
         return Ok(None);
     }
-    let copy = ChildCopy::of(&copy);
+    let copy = ChildCopy::of(copy.copy());
     let mut command = match settings.runner.as_deref() {
         Some([program, args @ ..]) => {
             let mut command = Command::new(program);

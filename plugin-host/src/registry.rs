@@ -8,6 +8,7 @@ use backworks_plugin_sdk::{Health, Hooks, PluginMetadata};
 
 use crate::guard::Guarded;
 use crate::lifecycle::{EventKind, Lifecycle, PluginState};
+use crate::loader::Origin;
 use crate::plugin::{BuiltinFactory, Plugin, PluginSource};
 use crate::policy::{CallPolicy, Isolation};
 use crate::process::{ProcessPlugin, SupervisionSnapshot};
@@ -134,6 +135,8 @@ struct Entry {
     plugin: Option<Arc<Guarded>>,
     /// The same plugin's supervisor, when it runs in a child process.
     process: Option<Arc<ProcessPlugin>>,
+    /// The library file it runs a copy of, when it runs one (in process or in a child).
+    origin: Option<Origin>,
 }
 
 impl Entry {
@@ -390,6 +393,7 @@ impl PluginHost {
                 lifecycle: lifecycle.clone(),
                 plugin: None,
                 process: None,
+                origin: None,
             });
         }
         match state {
@@ -656,9 +660,10 @@ impl PluginHost {
                     .get_or_init(|| tokio::sync::Semaphore::new(load_slots()));
                 // Never closed; were it, the load would simply not wait.
                 let _slot = slots.acquire().await.ok();
-                let plugin = tokio::task::spawn_blocking(move || {
+                let (plugin, origin) = tokio::task::spawn_blocking(move || {
                     let library = crate::loader::load_checked(&path, &policy)?;
-                    DynamicPlugin::with_workers(library, &name, workers)
+                    let origin = library.origin().clone();
+                    DynamicPlugin::with_workers(library, &name, workers).map(|p| (p, origin))
                 })
                 .await
                 .map_err(|e| HostError::Thread {
@@ -666,6 +671,7 @@ impl PluginHost {
                     what: "loading",
                     reason: e.to_string(),
                 })??;
+                self.update(&spec.name, move |e| e.origin = Some(origin));
                 Arc::new(plugin)
             }
             (PluginSource::Command(_), Isolation::InProcess) => {
@@ -686,8 +692,11 @@ impl PluginHost {
                 );
                 // Before the entry holds it: dropping it here stops the child.
                 check_hooks(&spec.name, spec.hooks, process.info().metadata.hooks)?;
-                let supervised = process.clone();
-                self.update(&spec.name, move |e| e.process = Some(supervised));
+                let (supervised, origin) = (process.clone(), process.origin().cloned());
+                self.update(&spec.name, move |e| {
+                    e.process = Some(supervised);
+                    e.origin = origin;
+                });
                 process
             }
         };
@@ -729,6 +738,25 @@ impl PluginHost {
         self.guarded(name)
             .filter(|g| g.lifecycle().state() == PluginState::Active)
             .map(|g| g as Arc<dyn Plugin>)
+    }
+
+    /// Whether the library file that the current generation of plugin `name` runs a copy of
+    /// now holds other bytes, or is not the file at `path` (a config that now resolves the
+    /// plugin elsewhere): what a reload asks to know whether to load the plugin again. `None`
+    /// when that generation runs no library file (a built-in, a command, one that failed to
+    /// load). A file as it was (`stat`) costs nothing more; one touched or rewritten is read and
+    /// compared with the copy, so a file written with the same bytes has not changed. Blocking:
+    /// call it off async workers.
+    pub fn library_changed(&self, name: &str, path: &std::path::Path) -> Option<bool> {
+        let origin = {
+            let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .find(|e| e.name == name && e.phase == Phase::Current)?
+                .origin
+                .clone()?
+        };
+        Some(origin.path() != path || origin.changed())
     }
 
     /// The call guard of plugin `name`, once loaded, in any state: for reading its breaker

@@ -8,7 +8,9 @@
 //! 1. loads and checks the whole config; `server:` and `health:` changes are reported, and wait
 //!    for a restart;
 //! 2. compares each plugin with the one serving: its entry (config, policy, hooks, isolation,
-//!    path) and its library file's content (SHA-256). Unchanged plugins keep their instance and
+//!    path) and whether its library file now holds other bytes than the copy that generation
+//!    runs (a `stat` for a file as it was loaded; one touched or rewritten is compared byte for
+//!    byte with the copy). Unchanged plugins keep their instance and
 //!    state; added and changed ones get a new generation ([`PluginHost::start_next`]) beside the
 //!    serving one; removed and disabled ones are retired;
 //! 3. refuses the whole reload — nothing changes, the old generation goes on serving — when the
@@ -20,7 +22,7 @@
 //!    flight (or `reload.drain_timeout` passed), they get `shutdown`. Their libraries stay mapped
 //!    (libraries are never unloaded), which is why generations are bounded.
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -62,43 +64,28 @@ pub struct ReloadReport {
 struct Serving {
     config: Config,
     carry: Carry,
-    /// The content hash of each library plugin's file, once [`Serving::hashes`] has it.
-    hashes: Hashes,
-    /// Taking the first `hashes`, on the blocking pool: reading and hashing every library file
-    /// again costs about a millisecond per plugin, which start-up does not wait for; the first
-    /// reload does.
-    taking: Option<tokio::task::JoinHandle<Hashes>>,
     generation: u64,
 }
 
-/// The content hash of each library plugin's file, by plugin name.
-type Hashes = BTreeMap<String, Option<[u8; 32]>>;
-
-impl Serving {
-    /// The hashes a reload compares against. (If taking them failed, there are none: every
-    /// library plugin then counts as changed.)
-    async fn hashes(&mut self) -> &Hashes {
-        if let Some(taking) = self.taking.take() {
-            self.hashes = taking.await.unwrap_or_default();
-        }
-        &self.hashes
-    }
-}
-
-/// The content hash of each library plugin's file of `config`, read now, on the blocking pool.
-async fn hashes_of(config: &Config) -> Hashes {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || file_hashes(&config))
-        .await
-        .unwrap_or_default()
-}
-
-fn file_hashes(config: &Config) -> Hashes {
-    config
-        .plugins
-        .iter()
-        .map(|p| (p.name.clone(), file_hash(config, p)))
-        .collect()
+/// The library plugins of `config` to load again because their file changed: it now holds
+/// other bytes than the generation serving runs a copy of, or the config resolves the plugin to
+/// another file, or to none (see [`PluginHost::library_changed`]). Read on the blocking pool;
+/// a file as it stood when loaded costs a `stat`.
+async fn libraries_changed(host: &Arc<PluginHost>, config: &Config) -> HashSet<String> {
+    let (host, config) = (host.clone(), config.clone());
+    tokio::task::spawn_blocking(move || {
+        config
+            .plugins
+            .iter()
+            .filter(|plugin| match config.resolve_plugin_path(plugin) {
+                Ok(path) => host.library_changed(&plugin.name, &path) == Some(true),
+                Err(_) => matches!(plugin.kind, PluginKind::External { .. }),
+            })
+            .map(|plugin| plugin.name.clone())
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
 }
 
 /// Holds the serving routers and reloads them.
@@ -118,15 +105,6 @@ impl Reloader {
         Arc::new_cyclic(|this: &Weak<Reloader>| {
             let (public, admin, carry) =
                 routers(&config, host.clone(), &Carry::default(), Some(this.clone()));
-            // Within a runtime (as `serve` calls it), off the start-up path.
-            let (hashes, taking) = match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    let config = config.clone();
-                    let taking = runtime.spawn_blocking(move || file_hashes(&config));
-                    (Hashes::new(), Some(taking))
-                }
-                Err(_) => (file_hashes(&config), None),
-            };
             Reloader {
                 host,
                 public: Arc::new(ArcSwap::from_pointee(public)),
@@ -134,8 +112,6 @@ impl Reloader {
                 serving: tokio::sync::Mutex::new(Serving {
                     config,
                     carry,
-                    hashes,
-                    taking,
                     generation: 1,
                 }),
                 last: Mutex::new(None),
@@ -240,8 +216,7 @@ impl Reloader {
             self.host.set_load_policy(super::load_policy(&config));
             self.host.set_trust_policy(config.trust.signatures.clone());
         }
-        let hashes = hashes_of(&config).await;
-        let before = serving.hashes().await.clone();
+        let changed = libraries_changed(&self.host, &config).await;
         let mut start = Vec::new();
         let mut retire = Vec::new();
         for plugin in &config.plugins {
@@ -254,7 +229,7 @@ impl Reloader {
                 // A plugin that failed (to start, or past its restart limit) is tried again.
                 Some(old)
                     if old == plugin
-                        && before.get(name) == hashes.get(name)
+                        && !changed.contains(name)
                         && !(trust_changed
                             && matches!(plugin.kind, PluginKind::External { .. }))
                         && !matches!(self.host.state(name), Some(PluginState::Error(_))) =>
@@ -383,7 +358,6 @@ impl Reloader {
         serving.generation += 1;
         serving.config = config;
         serving.carry = carry;
-        serving.hashes = hashes;
         report.generation = serving.generation;
         report.ok = true;
         finish(report)

@@ -376,6 +376,63 @@ async fn twenty_reloads_alternating_two_builds_of_a_file_lose_no_request() {
     assert_eq!(message(&server).await, answers[0]);
 }
 
+/// A reload compares each library file with the copy that runs, not with a snapshot taken after
+/// start: a file rewritten in place at once after start is loaded again; one rewritten with the
+/// same bytes, touched, or replaced by a file with the same bytes is not.
+#[tokio::test]
+async fn a_reload_compares_each_library_file_with_the_copy_that_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("libgreet.so");
+    let (rust, c) = (
+        crate::support::rust_plugin("hello"),
+        crate::support::c_plugin("hello"),
+    );
+    std::fs::copy(&rust, &file).unwrap();
+    let yaml = format!(
+        "plugins:\n  greet: {{ path: \"{}\" }}\n\
+         endpoints:\n  greet: {{ path: \"/hello/{{name}}\", plugin: greet }}\n",
+        file.display()
+    );
+    let server = Server::start(&yaml);
+    let unchanged = |report: &Value| report["unchanged"] == serde_json::json!(["greet"]);
+
+    // The same bytes written again, the file touched, or another file with the same bytes
+    // renamed over it: nothing to load.
+    std::fs::write(&file, std::fs::read(&rust).unwrap()).unwrap();
+    let (status, report) = reload(&server).await;
+    assert!(status == 200 && unchanged(&report), "rewritten alike: {report}");
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    let (status, report) = reload(&server).await;
+    assert!(status == 200 && unchanged(&report), "touched: {report}");
+    let twin = dir.path().join("twin.so");
+    std::fs::copy(&rust, &twin).unwrap();
+    std::fs::rename(&twin, &file).unwrap();
+    let (status, report) = reload(&server).await;
+    assert!(status == 200 && unchanged(&report), "replaced alike: {report}");
+    assert_eq!(message(&server).await, "Hello, ana!");
+
+    // Other bytes written in place: loaded again, then unchanged until the next change.
+    std::fs::copy(&c, &file).unwrap();
+    let (status, report) = reload(&server).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["changed"], serde_json::json!(["greet"]), "{report}");
+    assert_eq!(message(&server).await, "Hello from C");
+    let (status, report) = reload(&server).await;
+    assert!(status == 200 && unchanged(&report), "{report}");
+
+    // A file that is gone counts as changed: its new generation cannot load, and the reload is
+    // refused with the old one still serving.
+    std::fs::remove_file(&file).unwrap();
+    let (status, report) = reload(&server).await;
+    assert_ne!(status, 200, "{report}");
+    assert_eq!(message(&server).await, "Hello from C");
+}
+
 /// What a reload cannot apply (`server:`, `health:`) is reported and waits for a restart; the
 /// rest applies.
 #[tokio::test]

@@ -19,6 +19,7 @@ mod call;
 mod dynamic;
 mod file_checks;
 mod inherited_fds;
+mod origin;
 mod parallel;
 mod private_copy;
 
@@ -35,6 +36,7 @@ use backworks_plugin_sdk::abi::{
 pub use dynamic::DynamicPlugin;
 pub use file_checks::{FileChecks, check_file};
 pub(crate) use inherited_fds::close_inherited_fds;
+pub(crate) use origin::Origin;
 pub use parallel::load_checked_all;
 pub(crate) use private_copy::PrivateCopy;
 pub use private_copy::{STORE_ENV as PRIVATE_COPY_ENV, Store as CopyStore, store as copy_store};
@@ -67,20 +69,19 @@ impl std::fmt::Debug for LoadPolicy {
 
 /// An opened, checked plugin library. Stays mapped for the life of the process.
 pub struct LoadedLibrary {
-    path: PathBuf,
     metadata: PluginMetadata,
     vtable: &'static BwPluginVTable,
-    copy: Arc<PrivateCopy>,
+    origin: Origin,
     _library: ManuallyDrop<libloading::Library>,
 }
 
 impl std::fmt::Debug for LoadedLibrary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedLibrary")
-            .field("path", &self.path)
+            .field("path", &self.origin.path())
             .field("metadata", &self.metadata)
             // Only when known: formatting never reads and hashes the library.
-            .field("sha256", &self.copy.known_sha256().map(private_copy::hex))
+            .field("sha256", &self.copy().known_sha256().map(private_copy::hex))
             .finish_non_exhaustive()
     }
 }
@@ -88,7 +89,16 @@ impl std::fmt::Debug for LoadedLibrary {
 impl LoadedLibrary {
     /// The file it was loaded from (as configured; what runs is its private copy).
     pub fn path(&self) -> &Path {
-        &self.path
+        self.origin.path()
+    }
+
+    /// The file it was loaded from and its private copy.
+    pub(crate) fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn copy(&self) -> &PrivateCopy {
+        self.origin.copy()
     }
 
     /// Its metadata.
@@ -105,7 +115,7 @@ impl LoadedLibrary {
     /// Computed on the first call unless the load needed it (a signature check), from the
     /// private copy; if that copy cannot be read, the reason instead.
     pub fn sha256(&self) -> String {
-        self.copy.sha256().map_or_else(
+        self.copy().sha256().map_or_else(
             |e| format!("(private copy unreadable: {e})"),
             private_copy::hex,
         )
@@ -113,7 +123,7 @@ impl LoadedLibrary {
 
     /// Where its private copy lives.
     pub fn store(&self) -> CopyStore {
-        self.copy.store()
+        self.copy().store()
     }
 
     /// The JSON Schema of the plugin's config, when it declares one: what the vtable's
@@ -167,8 +177,8 @@ pub fn load(path: &Path) -> Result<Arc<LoadedLibrary>, HostError> {
 /// Checks the plugin file at `path` under `policy` and opens a private copy of exactly the bytes
 /// checked, to run in this process.
 pub fn load_checked(path: &Path, policy: &LoadPolicy) -> Result<Arc<LoadedLibrary>, HostError> {
-    let (metadata, copy) = check_and_copy(path, policy, Runs::InProcess)?;
-    open_checked(path, copy, metadata)
+    let (metadata, origin) = check_and_copy(path, policy, Runs::InProcess)?;
+    open_checked(origin, metadata)
 }
 
 /// Where a checked library will run, which decides the compatibility rules.
@@ -181,16 +191,20 @@ pub(crate) enum Runs {
 }
 
 /// The one path from a file to bytes that may run: file checks, one read (the kernel's copy of
-/// the file into its private copy), then the verifier, metadata and compatibility on the copy's
-/// bytes, and the copy kept (or an identical one kept before).
+/// the file into its private copy, or, when a kept copy may hold the same bytes, a read of the
+/// file that finds it: see [`private_copy::copy_of`]), then the verifier, metadata and
+/// compatibility on the copy's bytes, and the copy kept (or an identical one kept before).
 pub(crate) fn check_and_copy(
     path: &Path,
     policy: &LoadPolicy,
     runs: Runs,
-) -> Result<(PluginMetadata, Arc<PrivateCopy>), HostError> {
+) -> Result<(PluginMetadata, Origin), HostError> {
     let file = file_checks::open_checked(path, policy.file_checks)?;
-    let copy = PrivateCopy::of_file(file, &file_name(path)).map_err(copy_error(path))?;
-    let bytes = copy.bytes().map_err(copy_error(path))?;
+    let (read_at, stat) = (std::time::SystemTime::now(), file.metadata().ok());
+    let (copy, bytes) = private_copy::copy_of(file, &file_name(path), |bytes| {
+        metadata_from_bytes(path, bytes).ok().map(|m| identity(&m))
+    })
+    .map_err(copy_error(path))?;
     // The one hash of these bytes, when something needs it: the verifier's binding, the child's
     // check of what it loads.
     if let Some(verify) = &policy.verify {
@@ -200,8 +214,10 @@ pub(crate) fn check_and_copy(
         copy.sha256_of(&bytes);
     }
     let metadata = checked_metadata(path, &bytes, runs)?;
-    let copy = private_copy::keep(copy, &bytes, &identity(&metadata)).map_err(copy_error(path))?;
-    Ok((metadata, copy))
+    let copy = copy
+        .keep(&bytes, &identity(&metadata))
+        .map_err(copy_error(path))?;
+    Ok((metadata, Origin::new(path, stat.as_ref(), read_at, copy)))
 }
 
 fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetadata, HostError> {
@@ -285,17 +301,18 @@ pub(crate) fn load_in_child(
     let metadata = checked_metadata(path, &bytes, Runs::InChild)?;
     let copy = PrivateCopy::of_bytes(&bytes, &file_name(path)).map_err(copy_error(path))?;
     copy.set_sha256(digest);
-    let copy = private_copy::keep(copy, &bytes, &identity(&metadata)).map_err(copy_error(path))?;
-    open_checked(path, copy, metadata)
+    let copy = private_copy::Copied::Fresh(copy)
+        .keep(&bytes, &identity(&metadata))
+        .map_err(copy_error(path))?;
+    // What the child loads is the host's copy, not a file of its own: nothing to watch.
+    let copy = Origin::new(path, None, std::time::SystemTime::now(), copy);
+    open_checked(copy, metadata)
 }
 
 /// Opens the private copy of a library whose metadata passed the checks and checks its vtable.
-fn open_checked(
-    path: &Path,
-    copy: Arc<PrivateCopy>,
-    metadata: PluginMetadata,
-) -> Result<Arc<LoadedLibrary>, HostError> {
-    let library = open(path, &copy.proc_path())?;
+fn open_checked(origin: Origin, metadata: PluginMetadata) -> Result<Arc<LoadedLibrary>, HostError> {
+    let path = origin.path();
+    let library = open(path, &origin.copy().proc_path())?;
     // SAFETY: the symbol is declared as a static `BwPluginVTable` by every Backworks plugin; we only
     // take its address here and read it field by field below, after checking magic and size.
     let symbol = unsafe { library.get::<*const BwPluginVTable>(ENTRY_SYMBOL_NUL) };
@@ -311,10 +328,9 @@ fn open_checked(
     };
     let vtable = check_vtable(path, address, &metadata)?;
     Ok(Arc::new(LoadedLibrary {
-        path: path.to_owned(),
         metadata,
         vtable,
-        copy,
+        origin,
         _library: ManuallyDrop::new(library),
     }))
 }

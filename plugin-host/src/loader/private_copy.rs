@@ -18,17 +18,18 @@
 //!
 //! Copies are kept for the life of the process (libraries are never unloaded anyway), and files
 //! with identical bytes share one copy, one inode, and so one `dlopen` handle and one mapping,
-//! however many plugin instances are made from them: a new copy is dropped for a kept one with
-//! the same SHA-256. The SHA-256 of a copy is computed only when something needs it, at most
-//! once: a signature check, a plugin child, `LoadedLibrary::sha256`, or a kept copy of the same
-//! length, first and last pages and declared name and version (see `Key`), the one case where
-//! the content has to decide.
+//! however many plugin instances are made from them. A file whose length and first and last
+//! pages match a kept copy's is read whole and compared with the kept copies that also declare
+//! its name and version (see `Key`): an equal one is used and nothing is copied, which makes the
+//! thousandth copy of one plugin file cheap (a read and a comparison, no new pages of shared
+//! memory, no `dlopen`). The SHA-256 of a copy is computed only when something needs it, at most
+//! once: a signature check, a plugin child, `LoadedLibrary::sha256`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
@@ -182,6 +183,11 @@ impl PrivateCopy {
         ))
     }
 
+    /// How many bytes it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// Where it lives.
     pub(crate) fn store(&self) -> Store {
         self.store
@@ -227,12 +233,9 @@ impl Drop for Mapping {
     }
 }
 
-/// What finds the kept copies a new one may equal without hashing all of it: its length, its
+/// What finds the kept copies a new one may equal without comparing all of it: its length, its
 /// first and last pages (where an ELF file keeps its headers, build id and section table) and the
-/// identity its metadata declares. Copies with equal keys are told apart by their SHA-256, each
-/// computed once: so two distinct plugins cost no hash unless they agree on all of these, and
-/// many that do (one build renamed many times) cost one hash each, never a comparison with each
-/// other.
+/// identity its metadata declares. Copies with equal keys are compared byte for byte.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     len: usize,
@@ -240,46 +243,161 @@ struct Key {
     identity: String,
 }
 
+/// The length and first and last pages of a key, which a file can be probed for before it is read
+/// whole.
+type Probe = (usize, u64);
+
+const PAGE: usize = 4096;
+
 impl Key {
     fn of(bytes: &[u8], identity: &str) -> Key {
-        const PAGE: usize = 4096;
-        let mut hasher = std::hash::DefaultHasher::new();
-        bytes[..bytes.len().min(PAGE)].hash(&mut hasher);
-        bytes[bytes.len().saturating_sub(PAGE)..].hash(&mut hasher);
+        let last = bytes.len().saturating_sub(PAGE);
         Key {
             len: bytes.len(),
-            ends: hasher.finish(),
+            ends: ends(&bytes[..bytes.len().min(PAGE)], &bytes[last..]),
             identity: identity.to_owned(),
+        }
+    }
+
+    fn probe(&self) -> Probe {
+        (self.len, self.ends)
+    }
+}
+
+/// A hash of a content's first and last pages.
+fn ends(first: &[u8], last: &[u8]) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    first.hash(&mut hasher);
+    last.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The copies kept for the life of the process, by key, and the probes of their keys.
+#[derive(Default)]
+struct Kept {
+    copies: HashMap<Key, Vec<Arc<PrivateCopy>>>,
+    probes: HashSet<Probe>,
+}
+
+fn kept() -> std::sync::MutexGuard<'static, Kept> {
+    static KEPT: OnceLock<Mutex<Kept>> = OnceLock::new();
+    KEPT.get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+impl Kept {
+    /// A copy kept under `key` whose bytes are `bytes`.
+    fn equal(&self, key: &Key, bytes: &[u8]) -> std::io::Result<Option<Arc<PrivateCopy>>> {
+        for other in self.copies.get(key).into_iter().flatten() {
+            if *other.bytes()? == *bytes {
+                return Ok(Some(other.clone()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A file's private copy, as [`copy_of`] made or found it.
+pub(crate) enum Copied {
+    /// A kept copy whose bytes equal what the file held: nothing was copied.
+    Kept(Arc<PrivateCopy>),
+    /// A new copy, to check and then [`keep`](Copied::keep).
+    Fresh(PrivateCopy),
+}
+
+impl std::ops::Deref for Copied {
+    type Target = PrivateCopy;
+
+    fn deref(&self) -> &PrivateCopy {
+        match self {
+            Copied::Kept(copy) => copy,
+            Copied::Fresh(copy) => copy,
         }
     }
 }
 
-/// The copy to load for `copy`, whose bytes (as it gave them) are `bytes` and whose metadata
-/// declares `identity` (name and version): a kept copy with the same content (the same SHA-256),
-/// which `copy` is then dropped for, or `copy` itself, kept from now on. So files with identical
-/// content share one copy, whatever their names and whenever they are loaded.
-pub(crate) fn keep(
-    copy: PrivateCopy,
-    bytes: &[u8],
-    identity: &str,
-) -> std::io::Result<Arc<PrivateCopy>> {
-    static KEPT: OnceLock<Mutex<HashMap<Key, Vec<Arc<PrivateCopy>>>>> = OnceLock::new();
-    let key = Key::of(bytes, identity);
-    let mut kept = KEPT
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    let same_key = kept.entry(key).or_default();
-    if !same_key.is_empty() {
-        let mine = *copy.sha256_of(bytes);
-        for other in same_key.iter() {
-            if *other.sha256()? == mine {
-                return Ok(other.clone());
-            }
+impl Copied {
+    /// The copy to load, once its checks passed: a kept one as it is; a fresh one, whose bytes
+    /// are `bytes` and whose metadata declares `identity` (name and version), kept from now on,
+    /// unless a copy with the same bytes was kept meanwhile (then that one, and this one dropped).
+    pub(crate) fn keep(self, bytes: &[u8], identity: &str) -> std::io::Result<Arc<PrivateCopy>> {
+        match self {
+            Copied::Kept(copy) => Ok(copy),
+            Copied::Fresh(copy) => keep(copy, bytes, identity),
         }
     }
+}
+
+/// The private copy of `file` (opened and checked by the caller), and its bytes to check.
+///
+/// When a kept copy may hold the same bytes (one has the file's length and first and last pages),
+/// the file is read whole, once: if a kept copy with the identity `identity` finds in those bytes
+/// (the declared name and version) holds exactly them, it is the copy, and nothing is copied (so
+/// a plugin's file copied many times costs one copy, and a read and comparison per file); if not,
+/// the copy is written from the bytes read. Otherwise the kernel copies the file into a new copy,
+/// and its bytes to check are the copy's own. Either way the bytes returned are the copy's.
+/// `name`, the library's file name, names a new copy in `/proc/PID/maps`.
+pub(crate) fn copy_of(
+    file: File,
+    name: &str,
+    identity: impl FnOnce(&[u8]) -> Option<String>,
+) -> std::io::Result<(Copied, Bytes)> {
+    if let Some(read) = read_if_kept_may_equal(&file)? {
+        if let Some(identity) = identity(&read) {
+            let key = Key::of(&read, &identity);
+            if let Some(copy) = kept().equal(&key, &read)? {
+                return Ok((Copied::Kept(copy), Bytes::Read(read)));
+            }
+        }
+        let copy = PrivateCopy::of_bytes(&read, name)?;
+        return Ok((Copied::Fresh(copy), Bytes::Read(read)));
+    }
+    let copy = PrivateCopy::of_file(file, name)?;
+    let bytes = copy.bytes()?;
+    Ok((Copied::Fresh(copy), bytes))
+}
+
+/// All of `file`, read, when a kept copy has its length and first and last pages; `None` (and
+/// nothing read past them) when none does, or when the file got shorter than those pages.
+fn read_if_kept_may_equal(file: &File) -> std::io::Result<Option<Vec<u8>>> {
+    let Ok(len) = usize::try_from(file.metadata()?.len()) else {
+        return Ok(None);
+    };
+    let end = len.min(PAGE);
+    let mut first = vec![0; end];
+    let mut last = vec![0; end];
+    let read = file
+        .read_exact_at(&mut first, 0)
+        .and_then(|()| file.read_exact_at(&mut last, (len - end) as u64));
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        other => other?,
+    }
+    if !kept().probes.contains(&(len, ends(&first, &last))) {
+        return Ok(None);
+    }
+    // Read from the start (the descriptor's offset, which nothing moved) into memory that is not
+    // zeroed first. A file that changes meanwhile gives what it held as it was read, as the
+    // kernel's copy would: the checks decide on exactly these bytes.
+    let mut bytes = Vec::with_capacity(len);
+    file.take(len as u64).read_to_end(&mut bytes)?;
+    Ok(Some(bytes))
+}
+
+/// The copy to load for `copy`, whose bytes (as it gave them) are `bytes` and whose metadata
+/// declares `identity` (name and version): a kept copy with the same bytes, which `copy` is then
+/// dropped for, or `copy` itself, kept from now on. So files with identical content share one
+/// copy, whatever their names and whenever they are loaded.
+fn keep(copy: PrivateCopy, bytes: &[u8], identity: &str) -> std::io::Result<Arc<PrivateCopy>> {
+    let key = Key::of(bytes, identity);
+    let mut kept = kept();
+    if let Some(other) = kept.equal(&key, bytes)? {
+        return Ok(other);
+    }
     let copy = Arc::new(copy);
-    same_key.push(copy.clone());
+    kept.probes.insert(key.probe());
+    kept.copies.entry(key).or_default().push(copy.clone());
     Ok(copy)
 }
 
@@ -497,9 +615,52 @@ mod tests {
         assert!(Arc::ptr_eq(&d, &e));
         assert!(!Arc::ptr_eq(&d, &f));
         assert_eq!(Key::of(&long, "t"), Key::of(&vec![7u8; 3 * 4096], "t"));
-        assert!(a.known_sha256().is_some() && c.known_sha256().is_some());
-        assert!(f.known_sha256().is_none(), "a key of its own: not hashed");
+        assert!(
+            [&a, &c, &d, &f].iter().all(|c| c.known_sha256().is_none()),
+            "told apart by their bytes, not hashed"
+        );
         assert_eq!(hex(d.sha256().unwrap()).len(), 64);
         assert_eq!(std::fs::read(d.proc_path()).unwrap(), b"same content");
+    }
+
+    /// A file with a kept copy's bytes is found before it is copied, whatever its name; one that
+    /// differs anywhere, or declares another identity, gets a copy of its own, written from the
+    /// bytes read; one no kept copy resembles is not read here at all.
+    #[test]
+    fn a_file_equal_to_a_kept_copy_is_not_copied_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..5 * 4096u32).map(|i| (i % 253) as u8).collect();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            File::open(path).unwrap()
+        };
+        let load = |f: File, identity: &'static str| {
+            let (copied, bytes) = copy_of(f, "lib.so", |_| Some(identity.to_owned())).unwrap();
+            let fresh = matches!(copied, Copied::Fresh(_));
+            let read = matches!(bytes, Bytes::Read(_));
+            assert_eq!(
+                &*copied.bytes().unwrap(),
+                &*bytes,
+                "the bytes are the copy's"
+            );
+            (copied.keep(&bytes, identity).unwrap(), fresh, read)
+        };
+        let (first, fresh, _) = load(file("a.so", &content), "p 1");
+        assert!(fresh);
+        let (second, fresh, read) = load(file("b.so", &content), "p 1");
+        assert!(Arc::ptr_eq(&first, &second) && !fresh && read);
+        let mut changed = content.clone();
+        changed[3 * 4096] ^= 1;
+        let (third, fresh, read) = load(file("c.so", &changed), "p 1");
+        assert!(!Arc::ptr_eq(&first, &third) && fresh && read);
+        assert_eq!(std::fs::read(third.proc_path()).unwrap(), changed);
+        let (fourth, fresh, _) = load(file("d.so", &content), "q 1");
+        assert!(!Arc::ptr_eq(&first, &fourth) && fresh, "another identity");
+        let (_, fresh, read) = load(file("e.so", &content[..4 * 4096]), "p 1");
+        assert!(
+            fresh && !read,
+            "no kept copy of that length: copied by the kernel"
+        );
     }
 }

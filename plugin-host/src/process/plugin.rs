@@ -19,7 +19,7 @@ use crate::CallError;
 use crate::HostError;
 use crate::LoadPolicy;
 use crate::lifecycle::Lifecycle;
-use crate::loader::{ChildCopy, Runs};
+use crate::loader::{ChildCopy, Origin, Runs};
 use crate::plugin::PluginSource;
 use crate::plugin::{Plugin, PluginInfo, PluginKind};
 use crate::policy::ProcessSettings;
@@ -42,6 +42,8 @@ const UNHEALTHY_LIMIT: u32 = 3;
 /// [`PluginState::Error`]: crate::PluginState::Error
 pub struct ProcessPlugin {
     info: PluginInfo,
+    /// The library file the child runs a copy of, when it runs one.
+    origin: Option<Origin>,
     shared: Arc<Shared>,
     supervisor: Mutex<Option<JoinHandle<()>>>,
 }
@@ -106,10 +108,13 @@ impl ProcessPlugin {
                 },
                 source,
             })?;
-        let file_metadata = checked.map(|(metadata, copy)| {
-            launch.read_copy(&ChildCopy::of(&copy));
-            metadata
-        });
+        let (file_metadata, origin) = match checked {
+            Some((metadata, origin)) => {
+                launch.read_copy(&ChildCopy::of(origin.copy()));
+                (Some(metadata), Some(origin))
+            }
+            None => (None, None),
+        };
         let command_line = launch.command_line();
         let live = start_child(name, &launch, settings, None)
             .await
@@ -148,9 +153,15 @@ impl ProcessPlugin {
                 // from its own manifest.
                 config_schema: manifest.config_schema.clone().map(Arc::new),
             },
+            origin,
             shared,
             supervisor: Mutex::new(None),
         })
+    }
+
+    /// The library file the child runs a copy of, when it runs one.
+    pub(crate) fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
     }
 
     /// The supervision counters and the child's state, for the admin API.
