@@ -217,6 +217,11 @@ impl Reloader {
             self.host.set_trust_policy(config.trust.signatures.clone());
         }
         let changed = libraries_changed(&self.host, &config).await;
+        // Whether a plugin's library must load again: its file changed, or the trust policy did.
+        let recheck = |plugin: &PluginConfig| {
+            changed.contains(&plugin.name)
+                || (trust_changed && matches!(plugin.kind, PluginKind::External { .. }))
+        };
         let mut start = Vec::new();
         let mut retire = Vec::new();
         for plugin in &config.plugins {
@@ -229,9 +234,7 @@ impl Reloader {
                 // A plugin that failed (to start, or past its restart limit) is tried again.
                 Some(old)
                     if old == plugin
-                        && !changed.contains(name)
-                        && !(trust_changed
-                            && matches!(plugin.kind, PluginKind::External { .. }))
+                        && !recheck(plugin)
                         && !matches!(self.host.state(name), Some(PluginState::Error(_))) =>
                 {
                     report.unchanged.push(name.clone());

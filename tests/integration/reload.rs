@@ -400,7 +400,10 @@ async fn a_reload_compares_each_library_file_with_the_copy_that_runs() {
     // renamed over it: nothing to load.
     std::fs::write(&file, std::fs::read(&rust).unwrap()).unwrap();
     let (status, report) = reload(&server).await;
-    assert!(status == 200 && unchanged(&report), "rewritten alike: {report}");
+    assert!(
+        status == 200 && unchanged(&report),
+        "rewritten alike: {report}"
+    );
     std::fs::File::options()
         .write(true)
         .open(&file)
@@ -413,7 +416,10 @@ async fn a_reload_compares_each_library_file_with_the_copy_that_runs() {
     std::fs::copy(&rust, &twin).unwrap();
     std::fs::rename(&twin, &file).unwrap();
     let (status, report) = reload(&server).await;
-    assert!(status == 200 && unchanged(&report), "replaced alike: {report}");
+    assert!(
+        status == 200 && unchanged(&report),
+        "replaced alike: {report}"
+    );
     assert_eq!(message(&server).await, "Hello, ana!");
 
     // Other bytes written in place: loaded again, then unchanged until the next change.
