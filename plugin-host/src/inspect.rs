@@ -61,6 +61,22 @@ pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
 /// Parses the metadata section of a plugin file already read into `data` (`path` names it in
 /// errors): what the loader and the signature check use, so the bytes read are the bytes judged.
 pub fn metadata_from_bytes(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
+    metadata_from(path, data)
+}
+
+/// [`metadata_from_bytes`] of an open file, reading only the parts it needs (headers, section
+/// table, the metadata section). The file's offset moves.
+pub(crate) fn metadata_from_file(
+    path: &Path,
+    file: &std::fs::File,
+) -> Result<PluginMetadata, HostError> {
+    metadata_from(path, &object::read::ReadCache::new(file))
+}
+
+fn metadata_from<'data, R: object::ReadRef<'data>>(
+    path: &Path,
+    data: R,
+) -> Result<PluginMetadata, HostError> {
     let file = object::File::parse(data).map_err(|e| HostError::NotALibrary {
         path: path.to_owned(),
         reason: e.to_string(),

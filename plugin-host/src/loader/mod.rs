@@ -42,7 +42,9 @@ pub(crate) use private_copy::PrivateCopy;
 pub use private_copy::{STORE_ENV as PRIVATE_COPY_ENV, Store as CopyStore, store as copy_store};
 
 use crate::HostError;
-use crate::inspect::{check_child_compatibility, check_compatibility, metadata_from_bytes};
+use crate::inspect::{
+    check_child_compatibility, check_compatibility, metadata_from_bytes, metadata_from_file,
+};
 
 /// A check of a plugin file's bytes, run after they are read and before anything of them is
 /// parsed or mapped: a signature verifier. Gets the file as configured, its bytes and their
@@ -191,8 +193,8 @@ pub(crate) enum Runs {
 }
 
 /// The one path from a file to bytes that may run: file checks, one read (the kernel's copy of
-/// the file into its private copy, or, when a kept copy may hold the same bytes, a read of the
-/// file that finds it: see [`private_copy::copy_of`]), then the verifier, metadata and
+/// the file into its private copy, or, when a kept copy holds the same bytes, a read of the file
+/// that finds it: see [`private_copy::copy_of`]), then the verifier, metadata and
 /// compatibility on the copy's bytes, and the copy kept (or an identical one kept before).
 pub(crate) fn check_and_copy(
     path: &Path,
@@ -201,8 +203,8 @@ pub(crate) fn check_and_copy(
 ) -> Result<(PluginMetadata, Origin), HostError> {
     let file = file_checks::open_checked(path, policy.file_checks)?;
     let (read_at, stat) = (std::time::SystemTime::now(), file.metadata().ok());
-    let (copy, bytes) = private_copy::copy_of(file, &file_name(path), |bytes| {
-        metadata_from_bytes(path, bytes).ok().map(|m| identity(&m))
+    let (copy, bytes) = private_copy::copy_of(file, &file_name(path), |file| {
+        metadata_from_file(path, file).ok().map(|m| identity(&m))
     })
     .map_err(copy_error(path))?;
     // The one hash of these bytes, when something needs it: the verifier's binding, the child's

@@ -29,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{Read, Write};
+use std::io::{Seek, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
@@ -90,6 +90,7 @@ impl PrivateCopy {
     /// copied by the kernel (`copy_file_range`, else `sendfile`). `name`, the library's file
     /// name, names the copy in `/proc/PID/maps`.
     pub(crate) fn of_file(mut file: File, name: &str) -> std::io::Result<PrivateCopy> {
+        file.seek(std::io::SeekFrom::Start(0))?;
         PrivateCopy::write(name, |copy| std::io::copy(&mut file, copy).map(drop))
     }
 
@@ -331,42 +332,36 @@ impl Copied {
 
 /// The private copy of `file` (opened and checked by the caller), and its bytes to check.
 ///
-/// When a kept copy may hold the same bytes (one has the file's length and first and last pages),
-/// the file is read whole, once: if a kept copy with the identity `identity` finds in those bytes
-/// (the declared name and version) holds exactly them, it is the copy, and nothing is copied (so
-/// a plugin's file copied many times costs one copy, and a read and comparison per file); if not,
-/// the copy is written from the bytes read. Otherwise the kernel copies the file into a new copy,
-/// and its bytes to check are the copy's own. Either way the bytes returned are the copy's.
-/// `name`, the library's file name, names a new copy in `/proc/PID/maps`.
+/// A kept copy is the copy when it holds exactly what the file holds: one with the file's length,
+/// first and last pages, and the identity `identity` reads from the file (its declared name and
+/// version, from a few small reads), compared with the file chunk by chunk. So a plugin file
+/// copied many times costs one copy, and a read and a comparison per file, and two plugins that
+/// differ cost no more than the probe. Otherwise the kernel copies the file into a new copy.
+/// Either way the bytes returned are the copy's. `name`, the library's file name, names a new
+/// copy in `/proc/PID/maps`.
 pub(crate) fn copy_of(
     file: File,
     name: &str,
-    identity: impl FnOnce(&[u8]) -> Option<String>,
+    identity: impl FnOnce(&File) -> Option<String>,
 ) -> std::io::Result<(Copied, Bytes)> {
-    if let Some(read) = read_if_kept_may_equal(&file)? {
-        if let Some(identity) = identity(&read) {
-            let key = Key::of(&read, &identity);
-            if let Some(copy) = kept().equal(&key, &read)? {
-                return Ok((Copied::Kept(copy), Bytes::Read(read)));
-            }
-        }
-        let copy = PrivateCopy::of_bytes(&read, name)?;
-        return Ok((Copied::Fresh(copy), Bytes::Read(read)));
+    if let Some((copy, bytes)) = kept_equal_to(&file, identity)? {
+        return Ok((Copied::Kept(copy), bytes));
     }
     let copy = PrivateCopy::of_file(file, name)?;
     let bytes = copy.bytes()?;
     Ok((Copied::Fresh(copy), bytes))
 }
 
-/// All of `file`, read, when a kept copy has its length and first and last pages; `None` (and
-/// nothing read past them) when none does, or when the file got shorter than those pages.
-fn read_if_kept_may_equal(file: &File) -> std::io::Result<Option<Vec<u8>>> {
+/// A kept copy holding exactly what `file` holds, with its bytes; see [`copy_of`].
+fn kept_equal_to(
+    file: &File,
+    identity: impl FnOnce(&File) -> Option<String>,
+) -> std::io::Result<Option<(Arc<PrivateCopy>, Bytes)>> {
     let Ok(len) = usize::try_from(file.metadata()?.len()) else {
         return Ok(None);
     };
     let end = len.min(PAGE);
-    let mut first = vec![0; end];
-    let mut last = vec![0; end];
+    let (mut first, mut last) = (vec![0; end], vec![0; end]);
     let read = file
         .read_exact_at(&mut first, 0)
         .and_then(|()| file.read_exact_at(&mut last, (len - end) as u64));
@@ -374,15 +369,44 @@ fn read_if_kept_may_equal(file: &File) -> std::io::Result<Option<Vec<u8>>> {
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         other => other?,
     }
-    if !kept().probes.contains(&(len, ends(&first, &last))) {
+    let ends = ends(&first, &last);
+    if !kept().probes.contains(&(len, ends)) {
         return Ok(None);
     }
-    // Read from the start (the descriptor's offset, which nothing moved) into memory that is not
-    // zeroed first. A file that changes meanwhile gives what it held as it was read, as the
-    // kernel's copy would: the checks decide on exactly these bytes.
-    let mut bytes = Vec::with_capacity(len);
-    file.take(len as u64).read_to_end(&mut bytes)?;
-    Ok(Some(bytes))
+    let Some(identity) = identity(file) else {
+        return Ok(None);
+    };
+    let key = Key {
+        len,
+        ends,
+        identity,
+    };
+    // Compared without the lock held.
+    let candidates = kept().copies.get(&key).cloned().unwrap_or_default();
+    for candidate in candidates {
+        let bytes = candidate.bytes()?;
+        if holds_exactly(file, &bytes)? {
+            return Ok(Some((candidate, bytes)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `file` holds exactly `bytes`, read a chunk at a time from its start.
+fn holds_exactly(file: &File, bytes: &[u8]) -> std::io::Result<bool> {
+    let mut chunk = vec![0; 64 * 1024];
+    let mut at = 0;
+    loop {
+        let want = chunk.len().min(bytes.len() - at).max(1);
+        let n = file.read_at(&mut chunk[..want], at as u64)?;
+        if n == 0 || at == bytes.len() {
+            return Ok(n == 0 && at == bytes.len());
+        }
+        if chunk[..n] != bytes[at..at + n] {
+            return Ok(false);
+        }
+        at += n;
+    }
 }
 
 /// The copy to load for `copy`, whose bytes (as it gave them) are `bytes` and whose metadata
@@ -624,8 +648,7 @@ mod tests {
     }
 
     /// A file with a kept copy's bytes is found before it is copied, whatever its name; one that
-    /// differs anywhere, or declares another identity, gets a copy of its own, written from the
-    /// bytes read; one no kept copy resembles is not read here at all.
+    /// differs anywhere, is longer or shorter, or declares another identity, gets a copy of its own.
     #[test]
     fn a_file_equal_to_a_kept_copy_is_not_copied_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -638,29 +661,34 @@ mod tests {
         let load = |f: File, identity: &'static str| {
             let (copied, bytes) = copy_of(f, "lib.so", |_| Some(identity.to_owned())).unwrap();
             let fresh = matches!(copied, Copied::Fresh(_));
-            let read = matches!(bytes, Bytes::Read(_));
             assert_eq!(
                 &*copied.bytes().unwrap(),
                 &*bytes,
                 "the bytes are the copy's"
             );
-            (copied.keep(&bytes, identity).unwrap(), fresh, read)
+            (copied.keep(&bytes, identity).unwrap(), fresh)
         };
-        let (first, fresh, _) = load(file("a.so", &content), "p 1");
+        let (first, fresh) = load(file("a.so", &content), "p 1");
         assert!(fresh);
-        let (second, fresh, read) = load(file("b.so", &content), "p 1");
-        assert!(Arc::ptr_eq(&first, &second) && !fresh && read);
+        let (second, fresh) = load(file("b.so", &content), "p 1");
+        assert!(Arc::ptr_eq(&first, &second) && !fresh);
         let mut changed = content.clone();
         changed[3 * 4096] ^= 1;
-        let (third, fresh, read) = load(file("c.so", &changed), "p 1");
-        assert!(!Arc::ptr_eq(&first, &third) && fresh && read);
+        let (third, fresh) = load(file("c.so", &changed), "p 1");
+        assert!(!Arc::ptr_eq(&first, &third) && fresh);
         assert_eq!(std::fs::read(third.proc_path()).unwrap(), changed);
-        let (fourth, fresh, _) = load(file("d.so", &content), "q 1");
+        let (fourth, fresh) = load(file("d.so", &content), "q 1");
         assert!(!Arc::ptr_eq(&first, &fourth) && fresh, "another identity");
-        let (_, fresh, read) = load(file("e.so", &content[..4 * 4096]), "p 1");
-        assert!(
-            fresh && !read,
-            "no kept copy of that length: copied by the kernel"
-        );
+        let (_, fresh) = load(file("e.so", &content[..4 * 4096]), "p 1");
+        assert!(fresh, "shorter");
+        // The file's offset does not matter: the copy holds it from its start.
+        let mut moved = file("f.so", &changed[..4097]);
+        moved.seek(std::io::SeekFrom::Start(100)).unwrap();
+        let (sixth, _) = load(moved, "p 1");
+        assert_eq!(std::fs::read(sixth.proc_path()).unwrap(), &changed[..4097]);
+        assert!(holds_exactly(&file("g.so", &content), &content).unwrap());
+        assert!(!holds_exactly(&file("h.so", &content), &content[..100]).unwrap());
+        assert!(!holds_exactly(&file("i.so", &content[..100]), &content).unwrap());
+        assert!(holds_exactly(&file("j.so", b""), b"").unwrap());
     }
 }
