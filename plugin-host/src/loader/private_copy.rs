@@ -83,6 +83,9 @@ pub(crate) struct PrivateCopy {
     store: Store,
     /// Computed the first time something needs it, from the copy's bytes.
     sha256: OnceLock<Sha256Digest>,
+    /// A read-only mapping kept as long as the copy, made the first time a file is compared with
+    /// it (a memfd copy only): many files compared with one kept copy map it once.
+    view: OnceLock<Mapping>,
 }
 
 impl PrivateCopy {
@@ -114,6 +117,7 @@ impl PrivateCopy {
             len,
             store,
             sha256: OnceLock::new(),
+            view: OnceLock::new(),
         })
     }
 
@@ -128,6 +132,33 @@ impl PrivateCopy {
             self.file.read_exact_at(&mut bytes, 0)?;
             return Ok(Bytes::Read(bytes));
         }
+        self.map(len).map(Bytes::Mapped)
+    }
+
+    /// The copy's bytes through its kept mapping ([`view`](Self::view)) when it has one to keep,
+    /// else as [`bytes`](Self::bytes) gives them.
+    fn kept_bytes(self: &Arc<Self>) -> std::io::Result<Bytes> {
+        match self.view()? {
+            Some(_) => Ok(Bytes::View(self.clone())),
+            None => self.bytes(),
+        }
+    }
+
+    /// The kept mapping of a non-empty memfd copy, made on the first call; `None` for a copy that
+    /// has none (empty, or in the directory store, which is not sealed).
+    fn view(&self) -> std::io::Result<Option<&[u8]>> {
+        let Some(len) = NonZeroUsize::new(self.len).filter(|_| self.store == Store::Memfd) else {
+            return Ok(None);
+        };
+        if self.view.get().is_none() {
+            // Two threads may map at once: the mapping not kept is unmapped when dropped.
+            let _ = self.view.set(self.map(len)?);
+        }
+        Ok(self.view.get().map(Mapping::as_slice))
+    }
+
+    /// A new read-only mapping of the whole memfd copy.
+    fn map(&self, len: NonZeroUsize) -> std::io::Result<Mapping> {
         // SAFETY: a fresh shared read-only mapping of `len` bytes of our own memfd, at an
         // address the kernel picks; `Mapping` unmaps it once. Its content is sealed against
         // writes, shrinking and growing (`sealed_memfd`), so the bytes read through it never
@@ -142,7 +173,7 @@ impl PrivateCopy {
                 0,
             )
         }?;
-        Ok(Bytes::Mapped(Mapping { address, len }))
+        Ok(Mapping { address, len })
     }
 
     /// The SHA-256 of the content: computed from `bytes`, which must be the copy's own (as
@@ -201,6 +232,8 @@ pub(crate) enum Bytes {
     Mapped(Mapping),
     /// Read into memory.
     Read(Vec<u8>),
+    /// Through the copy's kept mapping (see `PrivateCopy::view`), which it has.
+    View(Arc<PrivateCopy>),
 }
 
 impl std::ops::Deref for Bytes {
@@ -208,22 +241,33 @@ impl std::ops::Deref for Bytes {
 
     fn deref(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(mapping) => {
-                // SAFETY: `mapping` is `len` readable bytes of a sealed memfd, mapped until it
-                // is dropped, which the borrow of `self` outlasts; nothing can write them.
-                unsafe {
-                    std::slice::from_raw_parts(mapping.address.as_ptr().cast(), mapping.len.get())
-                }
-            }
+            Bytes::Mapped(mapping) => mapping.as_slice(),
             Bytes::Read(bytes) => bytes,
+            Bytes::View(copy) => copy.view.get().map_or(&[], Mapping::as_slice),
         }
     }
 }
 
 /// A read-only mapping of a sealed copy, unmapped on drop.
+#[derive(Debug)]
 pub(crate) struct Mapping {
     address: NonNull<c_void>,
     len: NonZeroUsize,
+}
+
+// SAFETY: a mapping is a range of read-only memory that nothing writes (the memfd behind it is
+// sealed) and that stays mapped until the one owner drops it: reading it from any thread, or
+// dropping it on another, is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared references only read.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: `address` is `len` readable bytes of a sealed memfd, mapped until `self` is
+        // dropped, which the borrow of `self` outlasts; nothing can write them.
+        unsafe { std::slice::from_raw_parts(self.address.as_ptr().cast(), self.len.get()) }
+    }
 }
 
 impl Drop for Mapping {
@@ -291,7 +335,7 @@ impl Kept {
     /// A copy kept under `key` whose bytes are `bytes`.
     fn equal(&self, key: &Key, bytes: &[u8]) -> std::io::Result<Option<Arc<PrivateCopy>>> {
         for other in self.copies.get(key).into_iter().flatten() {
-            if *other.bytes()? == *bytes {
+            if *other.kept_bytes()? == *bytes {
                 return Ok(Some(other.clone()));
             }
         }
@@ -384,7 +428,7 @@ fn kept_equal_to(
     // Compared without the lock held.
     let candidates = kept().copies.get(&key).cloned().unwrap_or_default();
     for candidate in candidates {
-        let bytes = candidate.bytes()?;
+        let bytes = candidate.kept_bytes()?;
         if holds_exactly(file, &bytes)? {
             return Ok(Some((candidate, bytes)));
         }
