@@ -349,3 +349,46 @@ fn an_important_failure_among_many_stops_start_up_naming_it() {
         "{stderr}"
     );
 }
+
+/// Identical files load as one private copy and one library, but each plugin entry is its own
+/// instance: two key-value stores from byte-identical files under different names keep apart
+/// what they store (one serves `PUT`, the other `GET`, of the same path), and the host maps the
+/// copy once.
+#[tokio::test]
+async fn identical_files_share_one_library_and_keep_their_instances_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let kv = std::fs::read(rust_plugin("kv_store")).unwrap();
+    for name in ["libkv_a.so", "libkv_b.so"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &kv).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let yaml = format!(
+        "plugin_dirs: [\"{}\"]\n\
+         plugins:\n  a: {{ path: libkv_a.so }}\n  b: {{ path: libkv_b.so }}\n\
+         endpoints:\n  \
+         get: {{ path: \"/kv/{{key}}\", methods: [GET], plugin: a }}\n  \
+         put: {{ path: \"/kv/{{key}}\", methods: [PUT], plugin: b }}\n",
+        dir.path().display()
+    );
+    let server = crate::support::Server::start(&yaml);
+    let http = crate::support::client();
+    let put = http
+        .put(server.url("/kv/colour"))
+        .body("blue")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "b stores: {}", put.status());
+    let get = http.get(server.url("/kv/colour")).send().await.unwrap();
+    assert_eq!(get.status(), 404, "a is a store of its own");
+
+    // One copy mapped: every mapping of a private copy names the first file it was made from.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let copies: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .filter(|name| name.contains("backworks-libkv_"))
+        .collect();
+    assert_eq!(copies.len(), 1, "one copy of the two files: {copies:?}");
+}
