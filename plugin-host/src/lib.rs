@@ -161,8 +161,8 @@ pub use trust::{Binding, KeyError, KeyId, TrustPolicy, TrustedKey, TrustedKeys, 
 // Loading and running plugins.
 pub use lifecycle::{EventKind, Lifecycle, LifecycleEvent, PluginState};
 pub use loader::{
-    CopyStore, DynamicPlugin, FileChecks, LoadPolicy, LoadedLibrary, PRIVATE_COPY_ENV, Verifier,
-    check_file, copy_store, load as load_library, load_checked, load_checked_all,
+    CopyStore, DynamicPlugin, FileChecks, FileStamp, LoadPolicy, LoadedLibrary, PRIVATE_COPY_ENV,
+    Verifier, check_file, copy_store, load as load_library, load_checked, load_checked_all,
 };
 pub use plugin::{BuiltinFactory, BuiltinPlugin, Plugin, PluginInfo, PluginKind, PluginSource};
 pub use registry::{PluginHost, PluginSpec, PluginStatus, Prepared, Retiring};

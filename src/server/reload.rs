@@ -22,13 +22,13 @@
 //!    flight (or `reload.drain_timeout` passed), they get `shutdown`. Their libraries stay mapped
 //!    (libraries are never unloaded), which is why generations are bounded.
 
-use std::collections::HashSet;
-use std::path::Path;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use backworks_plugin_host::{Health, Plugin, PluginHost, PluginState, Retiring};
+use backworks_plugin_host::{FileStamp, Health, Plugin, PluginHost, PluginState, Retiring};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -464,21 +464,6 @@ async fn drain(
 /// How long a retired generation's `shutdown` may take.
 const SHUTDOWN_BOUND: Duration = Duration::from_secs(10);
 
-/// The SHA-256 of `plugin`'s library file, when it is a library that can be read.
-fn file_hash(config: &Config, plugin: &PluginConfig) -> Option<[u8; 32]> {
-    let PluginKind::External { .. } = plugin.kind else {
-        return None;
-    };
-    let path = config.resolve_plugin_path(plugin).ok()?;
-    hash_file(&path)
-}
-
-/// The SHA-256 of a file's content.
-pub(crate) fn hash_file(path: &Path) -> Option<[u8; 32]> {
-    let bytes = std::fs::read(path).ok()?;
-    Some(Sha256::digest(&bytes).into())
-}
-
 /// Takes `SIGHUP` over from its default (which ends the process): call it first thing, so that a
 /// `SIGHUP` during start-up waits for [`on_sighup`] instead of killing the server.
 #[cfg(unix)]
@@ -502,18 +487,22 @@ pub async fn on_sighup(reloader: Arc<Reloader>, hangups: Option<tokio::signal::u
     }
 }
 
-/// With `reload.watch`: reads the config file and the plugin files every `interval` and reloads
-/// when the content of one changed (a write that leaves the content as it was, or a file
-/// touched, does nothing), until the task is dropped.
+/// With `reload.watch`: looks at the config file and the plugin files every `interval` and
+/// reloads when the content of one changed (a write that leaves the content as it was, or a file
+/// touched, does nothing), until the task is dropped. A file as it was at the last look costs a
+/// `stat` (see [`FileStamp`]); only a file written, touched or replaced is read and hashed. The
+/// looking runs on the blocking pool.
 pub async fn watch(reloader: Arc<Reloader>, interval: Duration) {
-    let mut seen = watched(&reloader).await;
+    let mut seen = watched(&reloader, Files::new()).await;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let now = watched(&reloader).await;
-        if now != seen {
+        let now = watched(&reloader, seen.clone()).await;
+        let contents = |files: &Files| files.iter().map(|(p, f)| (p.clone(), f.hash)).collect();
+        let (before, after): (Vec<_>, Vec<_>) = (contents(&seen), contents(&now));
+        if before != after {
             // A refused change is not retried until the files change again.
             tracing::info!("a watched file changed: reloading");
             reloader.reload().await;
@@ -522,12 +511,57 @@ pub async fn watch(reloader: Arc<Reloader>, interval: Duration) {
     }
 }
 
-/// The content hashes of the config file and of every library plugin file it names.
-async fn watched(reloader: &Reloader) -> Vec<Option<[u8; 32]>> {
+/// What the watcher saw of each file, by path.
+type Files = BTreeMap<PathBuf, Seen>;
+
+/// What the watcher saw of a file at its last look.
+#[derive(Debug, Clone)]
+struct Seen {
+    /// Its stamp, when it could be `stat`ed and had settled by then.
+    stamp: Option<FileStamp>,
+    /// The SHA-256 of its content; `None` when it could not be read.
+    hash: Option<[u8; 32]>,
+}
+
+/// The config file and every library file it names, looked at again: each file whose settled
+/// stamp is as `before` saw it keeps what `before` knew; any other is read and hashed.
+async fn watched(reloader: &Reloader, before: Files) -> Files {
     let source = reloader.source().await;
-    let mut hashes = vec![hash_file(&source)];
-    if let Ok(config) = crate::config::load(&source) {
-        hashes.extend(config.plugins.iter().map(|p| file_hash(&config, p)));
+    tokio::task::spawn_blocking(move || {
+        let mut paths = vec![source.clone()];
+        if let Ok(config) = crate::config::load(&source) {
+            paths.extend(
+                config
+                    .plugins
+                    .iter()
+                    .filter_map(|plugin| config.resolve_plugin_path(plugin).ok()),
+            );
+        }
+        paths
+            .into_iter()
+            .map(|path| {
+                let seen = look(&path, before.get(&path));
+                (path, seen)
+            })
+            .collect()
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// A look at the file at `path`, given the last one.
+fn look(path: &Path, last: Option<&Seen>) -> Seen {
+    let now = std::time::SystemTime::now();
+    let stamp = std::fs::metadata(path)
+        .ok()
+        .map(|metadata| FileStamp::of(&metadata));
+    if let Some(last) = last.filter(|last| last.stamp.is_some() && last.stamp == stamp) {
+        return last.clone();
     }
-    hashes
+    Seen {
+        stamp: stamp.filter(|stamp| stamp.settled_at(now)),
+        hash: std::fs::read(path)
+            .ok()
+            .map(|bytes| Sha256::digest(&bytes).into()),
+    }
 }

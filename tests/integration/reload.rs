@@ -283,6 +283,39 @@ async fn the_watcher_reloads_on_a_change_of_content_only() {
     assert_eq!(plugin(&server, "hello").await["generation"], 2);
 }
 
+/// The watcher looks at library files too: one touched or written with the same bytes reloads
+/// nothing; another build written over it in place reloads that plugin.
+#[tokio::test]
+async fn the_watcher_reloads_a_library_written_over_and_not_one_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("libgreet.so");
+    let rust = crate::support::rust_plugin("hello");
+    std::fs::copy(&rust, &file).unwrap();
+    let yaml = format!(
+        "reload: {{ watch: true, watch_interval_ms: 100 }}\n\
+         plugins:\n  greet: {{ path: \"{}\" }}\n\
+         endpoints:\n  greet: {{ path: \"/hello/{{name}}\", plugin: greet }}\n",
+        file.display()
+    );
+    let server = Server::start(&yaml);
+    std::fs::write(&file, std::fs::read(&rust).unwrap()).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!server.logs().contains("a watched file changed"));
+    assert_eq!(plugin(&server, "greet").await["generation"], 1);
+    std::fs::copy(crate::support::c_plugin("hello"), &file).unwrap();
+    eventually("the watcher's reload", || async {
+        get(&server, "/hello/ana").await.1["message"] == "Hello from C"
+    })
+    .await;
+    assert_eq!(plugin(&server, "greet").await["generation"], 2);
+}
+
 #[tokio::test]
 async fn reloads_of_one_plugin_are_bounded() {
     let bounded = "reload: { max_generations: 2 }\n";

@@ -36,6 +36,7 @@ use backworks_plugin_sdk::abi::{
 pub use dynamic::DynamicPlugin;
 pub use file_checks::{FileChecks, check_file};
 pub(crate) use inherited_fds::close_inherited_fds;
+pub use origin::FileStamp;
 pub(crate) use origin::Origin;
 pub use parallel::load_checked_all;
 pub(crate) use private_copy::PrivateCopy;

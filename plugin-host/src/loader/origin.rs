@@ -9,10 +9,13 @@ use std::time::{Duration, SystemTime};
 
 use super::private_copy::PrivateCopy;
 
-/// A file's identity and last change as `stat` gives them. Any write to the file changes its
-/// `ctime`, which no one can set back; replacing it (a rename over it) changes its inode.
+/// A file's identity and last change, as `stat` gives them: its device and inode, its length, and
+/// its modification and change times. Any write to a file changes its change time (`ctime`),
+/// which no one can set back, and replacing it (a rename over it) changes its inode; so two
+/// equal stamps of one path mean the file was not written, truncated or replaced between the two
+/// `stat`s — provided the first was [settled](FileStamp::settled_at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub struct FileStamp {
     dev: u64,
     ino: u64,
     len: u64,
@@ -20,9 +23,10 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
-impl Stamp {
-    fn of(metadata: &std::fs::Metadata) -> Stamp {
-        Stamp {
+impl FileStamp {
+    /// The stamp of a file whose metadata (from `stat` or `fstat`) is `metadata`.
+    pub fn of(metadata: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
             dev: metadata.dev(),
             ino: metadata.ino(),
             len: metadata.len(),
@@ -30,21 +34,31 @@ impl Stamp {
             ctime: (metadata.ctime(), metadata.ctime_nsec()),
         }
     }
+
+    /// Whether the file had last changed over a second before `at`, the moment its stamp was
+    /// taken: only then does an equal stamp later prove it unchanged. File times come from a
+    /// coarse clock (a few milliseconds a tick), so a write in the same tick as the change before
+    /// would leave the stamp as it was; a change that old cannot share a tick with a later write.
+    pub fn settled_at(&self, at: SystemTime) -> bool {
+        let changed = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                u64::try_from(self.ctime.0).unwrap_or(0),
+                u32::try_from(self.ctime.1).unwrap_or(0),
+            );
+        changed + SETTLED < at
+    }
 }
 
-/// How long before a load a file must have last changed for its stamp to prove it unchanged
-/// later. File times come from a coarse clock (a few milliseconds a tick): a write in the same
-/// tick as the last change before the read would leave the stamp as it was. A file this old
-/// cannot have had such a write after it was read.
+/// See [`FileStamp::settled_at`].
 const SETTLED: Duration = Duration::from_secs(1);
 
 /// The file a library's private copy was made from, as it stood just before it was read.
 #[derive(Debug, Clone)]
 pub(crate) struct Origin {
     path: PathBuf,
-    /// `None` when it cannot prove the file unchanged: the file had changed less than
-    /// [`SETTLED`] before it was read, or could not be `stat`ed.
-    stamp: Option<Stamp>,
+    /// `None` when it cannot prove the file unchanged: the file was not settled when it was read
+    /// ([`FileStamp::settled_at`]), or could not be `stat`ed.
+    stamp: Option<FileStamp>,
     copy: Arc<PrivateCopy>,
 }
 
@@ -57,11 +71,9 @@ impl Origin {
         read_at: SystemTime,
         copy: Arc<PrivateCopy>,
     ) -> Origin {
-        let stamp = metadata.map(Stamp::of).filter(|stamp| {
-            let changed = SystemTime::UNIX_EPOCH
-                + Duration::new(stamp.ctime.0.max(0) as u64, stamp.ctime.1.max(0) as u32);
-            changed + SETTLED < read_at
-        });
+        let stamp = metadata
+            .map(FileStamp::of)
+            .filter(|stamp| stamp.settled_at(read_at));
         Origin {
             path: path.to_owned(),
             stamp,
@@ -86,7 +98,7 @@ impl Origin {
         let Ok(metadata) = std::fs::metadata(&self.path) else {
             return true;
         };
-        if self.stamp == Some(Stamp::of(&metadata)) {
+        if self.stamp == Some(FileStamp::of(&metadata)) {
             return false;
         }
         if metadata.len() != self.copy.len() as u64 {
