@@ -21,6 +21,8 @@ Standard library only. Build first: cargo build --release -p backworks -p backwo
 
     python3 benches/serve_startup.py                    # 100 signed plugins, 5 runs
     python3 benches/serve_startup.py --plugins 1000 --unsigned
+    python3 benches/serve_startup.py --plugins 1000 --unsigned --immutable   # loaded in place
+    python3 benches/serve_startup.py --plugins 1000 --identical              # one file, 1000 times
     python3 benches/serve_startup.py --binary path/to/another/backworks
 """
 
@@ -123,30 +125,49 @@ def main():
         action="store_true",
         help="byte-identical copies (one library, N instances); implies --unsigned",
     )
+    parser.add_argument(
+        "--immutable",
+        action="store_true",
+        help="mark every plugin file immutable (chattr +i; needs CAP_LINUX_IMMUTABLE): "
+        "the host loads them in place, with no private copy",
+    )
     parser.add_argument("--binary", default=os.path.join(ROOT, "target/release/backworks"))
     parser.add_argument("--hello", default=os.path.join(ROOT, "target/release/libhello.so"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         signed = not (args.unsigned or args.identical)
         config = setup(args.binary, args.hello, folder, args.plugins, signed, args.identical)
-        rows = []
-        for i in range(args.runs):
-            (active, active_cpu), (up, up_cpu) = run(
-                args.binary, config, os.path.join(folder, "serve.log"), args.plugins
-            )
-            rows.append((active, active_cpu, up, up_cpu))
-            print(
-                f"run {i + 1}: every plugin active {active * 1e3:.0f} ms "
-                f"(CPU {active_cpu * 1e3:.0f} ms), listening {up * 1e3:.0f} ms "
-                f"(CPU {up_cpu * 1e3:.0f} ms)"
-            )
+        libraries = [os.path.join(folder, f"libh{i:04}.so") for i in range(args.plugins)]
+        if args.immutable:
+            subprocess.run(["chattr", "+i", *libraries], check=True)
+        try:
+            rows = measure(args, config, folder)
+        finally:
+            if args.immutable:
+                subprocess.run(["chattr", "-i", *libraries], check=True)
         median = lambda k: statistics.median(r[k] for r in rows) * 1e3
         kind = "identical" if args.identical else "signed" if signed else "unsigned"
+        kind += " immutable" if args.immutable else ""
         print(
             f"{args.plugins} {kind} plugins, median of {args.runs}: every plugin active "
             f"{median(0):.0f} ms (CPU {median(1):.0f} ms), listening {median(2):.0f} ms "
             f"(CPU {median(3):.0f} ms); load average {os.getloadavg()[0]:.1f}"
         )
+
+
+def measure(args, config, folder):
+    rows = []
+    for i in range(args.runs):
+        (active, active_cpu), (up, up_cpu) = run(
+            args.binary, config, os.path.join(folder, "serve.log"), args.plugins
+        )
+        rows.append((active, active_cpu, up, up_cpu))
+        print(
+            f"run {i + 1}: every plugin active {active * 1e3:.0f} ms "
+            f"(CPU {active_cpu * 1e3:.0f} ms), listening {up * 1e3:.0f} ms "
+            f"(CPU {up_cpu * 1e3:.0f} ms)"
+        )
+    return rows
 
 
 if __name__ == "__main__":

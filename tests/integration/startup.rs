@@ -5,6 +5,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use backworks_plugin_host::{
@@ -391,4 +392,50 @@ async fn identical_files_share_one_library_and_keep_their_instances_apart() {
         .filter(|name| name.contains("backworks-libkv_"))
         .collect();
     assert_eq!(copies.len(), 1, "one copy of the two files: {copies:?}");
+}
+
+/// A plugin file marked immutable (`chattr +i`) is loaded in place, with no private copy: the
+/// server maps the file itself, and serves from it. (Needs `CAP_LINUX_IMMUTABLE` to mark the
+/// file; without it, the test says so and checks that a plain file is copied.)
+#[tokio::test]
+async fn an_immutable_plugin_file_is_loaded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("libimmutable_hello.so");
+    std::fs::copy(rust_plugin("hello"), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    /// Lifts the attribute however the test ends (else the folder could not be removed).
+    struct Unmark<'a>(&'a Path);
+    impl Drop for Unmark<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+        }
+    }
+    let immutable = Command::new("chattr")
+        .arg("+i")
+        .arg(&path)
+        .status()
+        .is_ok_and(|s| s.success());
+    let _unmark = Unmark(&path);
+    let yaml = format!(
+        "plugins:\n  hello: {{ path: \"{}\" }}\n\
+         endpoints:\n  hello: {{ path: \"/hello/{{name}}\", plugin: hello }}\n",
+        path.display()
+    );
+    let server = crate::support::Server::start(&yaml);
+    let answer = crate::support::client()
+        .get(server.url("/hello/ana"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let mapped = |name: &str| maps.lines().any(|line| line.ends_with(name));
+    let in_place = mapped(&path.display().to_string());
+    let copied = maps.contains("backworks-libimmutable_hello.so");
+    if immutable {
+        assert!(in_place && !copied, "mapped in place, not copied: {maps}");
+    } else {
+        eprintln!("chattr +i failed here: only the copying half of this test ran");
+        assert!(copied && !in_place, "copied: {maps}");
+    }
 }
