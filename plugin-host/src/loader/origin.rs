@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::private_copy::PrivateCopy;
+use super::private_copy::{PrivateCopy, Store};
 
 /// A file's identity and last change, as `stat` gives them: its device and inode, its length, and
 /// its modification and change times. Any write to a file changes its change time (`ctime`),
@@ -93,7 +93,8 @@ impl Origin {
 
     /// Whether the file at its path now holds other bytes than the copy (or cannot be read): a
     /// `stat` when the file is as it was, else a read of the file compared with the copy. A file
-    /// written with the same bytes, or touched, has not changed. Blocking.
+    /// written with the same bytes, or touched, has not changed; an unchangeable file loaded in
+    /// place (which is its own copy) has, once its stamp moved. Blocking.
     pub(crate) fn changed(&self) -> bool {
         let Ok(metadata) = std::fs::metadata(&self.path) else {
             return true;
@@ -101,7 +102,9 @@ impl Origin {
         if self.stamp == Some(FileStamp::of(&metadata)) {
             return false;
         }
-        if metadata.len() != self.copy.len() as u64 {
+        // An unchangeable file is its own copy: comparing the two proves nothing. Its stamp
+        // changed, so someone lifted the attribute (or replaced the file): load it again.
+        if metadata.len() != self.copy.len() as u64 || self.copy.store() == Store::Unchangeable {
             return true;
         }
         match (std::fs::read(&self.path), self.copy.bytes()) {

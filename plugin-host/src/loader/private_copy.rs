@@ -738,6 +738,15 @@ mod tests {
             inode,
             "the file itself"
         );
+
+        // Its own copy: a reload's comparison has nothing to compare it with, so a moved stamp
+        // (the attribute lifted) counts as a change, and an equal one as none.
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        let stat = std::fs::metadata(&path).ok();
+        let origin = super::super::Origin::new(&path, stat.as_ref(), later, Arc::new(copy));
+        assert!(!origin.changed());
+        drop(_attribute);
+        assert!(origin.changed(), "the attribute lifted");
     }
 
     /// The immutable attribute on a file, lifted on drop (else the temporary folder could not be
