@@ -201,6 +201,57 @@ impl<const N: usize> RequestViews<N> {
     }
 }
 
+/// Headers of a lent response whose views fit inline in a hook call's future; more take one
+/// allocation.
+pub(super) const LENT_RESPONSE_PAIRS: usize = 4;
+
+/// Borrowed ABI views of a [`Response`], as [`RequestViews`] are of a request: pointers into it,
+/// with its header pairs inline up to `N`.
+pub(super) struct ResponseViews<const N: usize> {
+    inline: [std::mem::MaybeUninit<BwKv>; N],
+    heap: Vec<BwKv>,
+    view: BwResponse,
+}
+
+// SAFETY: as `RequestViews`: plain pointers into a `Response` (`Send + Sync`) and into this value.
+unsafe impl<const N: usize> Send for ResponseViews<N> {}
+
+impl<const N: usize> ResponseViews<N> {
+    /// Views of nothing yet; allocates nothing.
+    pub(super) fn new() -> ResponseViews<N> {
+        ResponseViews {
+            inline: [const { std::mem::MaybeUninit::uninit() }; N],
+            heap: Vec::new(),
+            view: BwResponse::EMPTY,
+        }
+    }
+
+    /// Points the views at `response` and returns them; valid on the terms of
+    /// [`RequestViews::fill`].
+    pub(super) fn fill(&mut self, response: &Response) -> &BwResponse {
+        let headers = &response.headers;
+        let pairs: &[BwKv] = if headers.len() <= N {
+            for (slot, pair) in self.inline.iter_mut().zip(headers.iter()) {
+                slot.write(kv(pair));
+            }
+            // SAFETY: the loop wrote the first `headers.len()` (at most `N`) elements.
+            unsafe {
+                std::slice::from_raw_parts(self.inline.as_ptr().cast::<BwKv>(), headers.len())
+            }
+        } else {
+            self.heap.clear();
+            self.heap.extend(headers.iter().map(kv));
+            &self.heap
+        };
+        self.view = BwResponse {
+            status: response.status,
+            headers: BwKvList::new(pairs),
+            body: BwStr::new(&response.body),
+        };
+        &self.view
+    }
+}
+
 /// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
 /// the stack.
 pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
