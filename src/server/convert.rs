@@ -25,11 +25,11 @@ pub fn request_from_parts(
                 .collect()
         })
         .unwrap_or_default();
-    let headers: Headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), header_text(value)))
-        .collect();
+    // Room for one more: a hook that adds a header (`x-request-id`) then does not grow the list.
+    let mut headers = Headers::with_capacity(parts.headers.len() + 1);
+    for (name, value) in &parts.headers {
+        headers.append(name.as_str(), header_text(value));
+    }
     Request {
         method: parts.method.as_str().into(),
         path: parts.uri.path().into(),
