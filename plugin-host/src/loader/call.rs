@@ -287,6 +287,38 @@ unsafe fn pairs(plugin: &str, what: &str, list: BwKvList) -> Result<Vec<(Text, T
     Ok(pairs)
 }
 
+/// Copies plugin-owned header pairs into [`Headers`] (names lower-cased), with room for `spare`
+/// more, refusing any that is not UTF-8.
+///
+/// # Safety
+/// As [`pairs`].
+unsafe fn headers(
+    plugin: &str,
+    what: &str,
+    list: BwKvList,
+    spare: usize,
+) -> Result<Headers, CallError> {
+    // SAFETY: the caller's contract.
+    let list = unsafe { list.as_slice() };
+    let mut headers = Headers::with_capacity(list.len() + spare);
+    for pair in list {
+        // SAFETY: the caller's contract covers the pairs' strings.
+        let Some(key) = (unsafe { pair.key.to_str() }) else {
+            return Err(not_utf8(plugin, format_args!("a {what} name")));
+        };
+        // SAFETY: as above.
+        let Some(value) = (unsafe { pair.value.to_str() }) else {
+            return Err(not_utf8(plugin, format_args!("a value of {what} `{key}`")));
+        };
+        headers.append(key, value);
+    }
+    Ok(headers)
+}
+
+/// Room left in a plugin's response headers for a hook's edit: a header such as `x-request-id`
+/// is then added without growing the list.
+const RESPONSE_SPARE_HEADERS: usize = 1;
+
 impl Output {
     pub(super) fn message(&self) -> String {
         // SAFETY: the output is unreleased, so its views are valid.
@@ -314,9 +346,7 @@ impl Output {
             Headers::new()
         } else {
             // SAFETY: the output is unreleased, so its views are valid.
-            unsafe { pairs(plugin, "header", raw.headers)? }
-                .into_iter()
-                .collect()
+            unsafe { headers(plugin, "header", raw.headers, RESPONSE_SPARE_HEADERS)? }
         };
         Ok(Response {
             status: raw.status,
@@ -348,9 +378,7 @@ impl Output {
                     .into(),
                 params: pairs(plugin, "path parameter", raw.params)?,
                 query: pairs(plugin, "query parameter", raw.query)?,
-                headers: pairs(plugin, "request header", raw.headers)?
-                    .into_iter()
-                    .collect(),
+                headers: headers(plugin, "request header", raw.headers, 0)?,
                 body: raw.body.as_bytes().to_vec(),
             })
         }
@@ -369,7 +397,7 @@ impl Output {
             (self.raw.request.headers, "request header")
         };
         // SAFETY: the output is unreleased, so its views are valid.
-        Ok(unsafe { pairs(plugin, what, list)? }.into_iter().collect())
+        unsafe { headers(plugin, what, list, 0) }
     }
 
     /// The error of an output that is not the answer `call` expects: the plugin's error, or an
