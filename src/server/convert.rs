@@ -98,10 +98,6 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, CallErr
 /// `HeaderName::from_bytes`.
 fn header_name(name: &str) -> Result<HeaderName, axum::http::header::InvalidHeaderName> {
     // A constant, so checked once at compile time (`from_static` checks at run time otherwise).
-    #[expect(
-        clippy::declare_interior_mutable_const,
-        reason = "a static name's bytes are never changed; each use is a fresh copy"
-    )]
     const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     if name == "x-request-id" {
         Ok(X_REQUEST_ID)
