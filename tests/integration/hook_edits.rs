@@ -197,3 +197,35 @@ async fn a_lent_hook_call_dropped_while_it_waits_is_cancelled_and_the_plugin_ser
         .unwrap();
     assert_eq!(kept, backworks_plugin_sdk::ResponseEdit::Keep);
 }
+
+/// A lent hook call whose task waits answers when it is done, through the same future: the edit
+/// comes back, and nothing holds the shared request or response afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lent_hook_call_that_waits_answers_when_its_task_is_done() {
+    let faulty = rust_plugin("faulty");
+    let plugin = DynamicPlugin::new(load_library(&faulty).unwrap(), "faulty").unwrap();
+    let config = json!({
+        "sleep_ms": 20,
+        "only_path_suffix": "/slow",
+        "apply_to": ["before_request", "after_response"],
+    });
+    plugin.initialize(&config).await.unwrap();
+    let slow = Arc::new(Request::new("GET", "/x/slow"));
+    // More headers than the call's future holds views of inline.
+    let mut response = Response::text("body");
+    for i in 0..6 {
+        response = response.with_header(format!("x-h{i}"), "v");
+    }
+    let response = Arc::new(response);
+    for _ in 0..3 {
+        let edit = plugin.before_request_shared(slow.clone()).await.unwrap();
+        assert_eq!(edit, RequestEdit::Continue);
+        let kept = plugin
+            .after_response_shared(slow.clone(), response.clone())
+            .await
+            .unwrap();
+        assert_eq!(kept, backworks_plugin_sdk::ResponseEdit::Keep);
+    }
+    assert_eq!(Arc::strong_count(&slow), 1);
+    assert_eq!(Arc::strong_count(&response), 1);
+}

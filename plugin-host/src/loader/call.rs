@@ -474,6 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn response_views_borrow_every_header_inline_or_on_the_heap() {
+        for count in [0, 1, LENT_RESPONSE_PAIRS, LENT_RESPONSE_PAIRS + 1, 9] {
+            let mut response = Response::new(203).with_body("body");
+            for i in 0..count {
+                response.headers.append(format!("x-h{i}"), format!("v{i}"));
+            }
+            let mut views = ResponseViews::<LENT_RESPONSE_PAIRS>::new();
+            let view = views.fill(&response);
+            assert_eq!(view.status, 203);
+            // SAFETY: the views borrow `response`, alive and unchanged here.
+            let (headers, body) = unsafe {
+                (
+                    view.headers
+                        .as_slice()
+                        .iter()
+                        .map(|kv| (kv.key.to_string_lossy(), kv.value.to_string_lossy()))
+                        .collect::<Vec<_>>(),
+                    view.body.as_bytes().to_vec(),
+                )
+            };
+            let expected: Vec<(String, String)> = (0..count)
+                .map(|i| (format!("x-h{i}"), format!("v{i}")))
+                .collect();
+            assert_eq!(headers, expected, "{count} headers");
+            assert_eq!(body, b"body");
+        }
+    }
+
+    #[test]
     fn request_views_borrow_every_part_on_the_stack_or_the_heap() {
         for headers in [1, INLINE_PAIRS + 3] {
             let mut request = Request::new("PUT", "/a/b");
