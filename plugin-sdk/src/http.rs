@@ -17,6 +17,11 @@ impl Headers {
         Headers(Vec::new())
     }
 
+    /// No headers, with room for `capacity` of them before the list grows.
+    pub fn with_capacity(capacity: usize) -> Headers {
+        Headers(Vec::with_capacity(capacity))
+    }
+
     /// The first value of `name`.
     ///
     /// ```
@@ -26,9 +31,10 @@ impl Headers {
     /// assert_eq!(h.get("x-request-id"), Some("42"));
     /// ```
     pub fn get(&self, name: &str) -> Option<&str> {
+        // Names are stored in lower case, as most are asked for: the plain comparison first.
         self.0
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k.len() == name.len() && (**k == *name || k.eq_ignore_ascii_case(name)))
             .map(|(_, v)| v.as_str())
     }
 
@@ -396,6 +402,16 @@ mod tests {
         assert_eq!(h.len(), 2);
         h.insert("ACCEPT", "c");
         assert_eq!(h.iter().collect::<Vec<_>>(), vec![("accept", "c")]);
+        // Lookups match in any case, and only whole names.
+        for name in ["accept", "Accept", "ACCEPT", "aCCEPT"] {
+            assert_eq!(h.get(name), Some("c"), "{name}");
+        }
+        for name in ["accep", "accept ", "accepts", "bccept"] {
+            assert_eq!(h.get(name), None, "{name}");
+        }
+        let mut roomy = Headers::with_capacity(3);
+        roomy.append("X-A", "1");
+        assert_eq!(roomy.get("x-a"), Some("1"));
         assert!(h.remove("Accept"));
         assert!(h.is_empty());
     }

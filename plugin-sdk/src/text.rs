@@ -76,18 +76,16 @@ fn has_ascii_uppercase(bytes: &[u8]) -> bool {
         let above_z = x + u64::from_ne_bytes([0x80 - b'Z' - 1; 8]);
         at_least_a & !above_z & !word & HIGH != 0
     };
+    let word = |chunk: &[u8]| u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+    if bytes.len() < 8 {
+        return bytes.iter().any(u8::is_ascii_uppercase);
+    }
     let mut chunks = bytes.chunks_exact(8);
-    if chunks.by_ref().any(|chunk| {
-        upper_in(u64::from_ne_bytes(
-            chunk.try_into().expect("chunks of eight bytes"),
-        ))
-    }) {
+    if chunks.by_ref().any(|chunk| upper_in(word(chunk))) {
         return true;
     }
-    let rest = chunks.remainder();
-    let mut last = [0u8; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    upper_in(u64::from_ne_bytes(last))
+    // The last eight bytes, overlapping the last whole chunk: no copy of the rest is needed.
+    !chunks.remainder().is_empty() && upper_in(word(&bytes[bytes.len() - 8..]))
 }
 
 impl Deref for Text {

@@ -25,11 +25,11 @@ pub fn request_from_parts(
                 .collect()
         })
         .unwrap_or_default();
-    let headers: Headers = parts
-        .headers
-        .iter()
-        .map(|(name, value)| (name.as_str(), header_text(value)))
-        .collect();
+    // Room for one more: a hook that adds a header (`x-request-id`) then does not grow the list.
+    let mut headers = Headers::with_capacity(parts.headers.len() + 1);
+    for (name, value) in &parts.headers {
+        headers.append(name.as_str(), header_text(value));
+    }
     Request {
         method: parts.method.as_str().into(),
         path: parts.uri.path().into(),
@@ -81,7 +81,7 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, CallErr
     *http.status_mut() = status;
     let headers = http.headers_mut();
     for (name, value) in response.headers.iter() {
-        let name = HeaderName::from_bytes(name.as_bytes())
+        let name = header_name(name)
             .map_err(|_| invalid(format!("plugin returned an invalid header name {name:?}")))?;
         let value = header_value(value).map_err(|_| {
             invalid(format!(
@@ -91,6 +91,19 @@ fn try_into_http(response: Response) -> Result<axum::response::Response, CallErr
         headers.append(name, value);
     }
     Ok(http)
+}
+
+/// `name` as a header name: a static one for `x-request-id` (which hooks set on many responses
+/// and HTTP does not define), else checked (and, for a name HTTP does not define, copied) by
+/// `HeaderName::from_bytes`.
+fn header_name(name: &str) -> Result<HeaderName, axum::http::header::InvalidHeaderName> {
+    // A constant, so checked once at compile time (`from_static` checks at run time otherwise).
+    const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    if name == "x-request-id" {
+        Ok(X_REQUEST_ID)
+    } else {
+        HeaderName::from_bytes(name.as_bytes())
+    }
 }
 
 /// Header values plugins send on most responses: handed to hyper as static text, without the
@@ -179,6 +192,24 @@ mod tests {
         );
         assert_eq!(http.headers()["content-type"], "application/json");
         assert_eq!(http.headers()["x-other"], "application/json");
+    }
+
+    #[test]
+    fn the_static_request_id_name_is_the_same_as_a_checked_one() {
+        let fast = header_name("x-request-id").expect("a valid name");
+        assert_eq!(fast, HeaderName::from_bytes(b"x-request-id").unwrap());
+        assert_eq!(fast.as_str(), "x-request-id");
+        // Other names are still checked.
+        assert!(header_name("x-request-id ").is_err());
+        assert!(header_name("x-request-id\r\nx-injected").is_err());
+        let http = into_http(
+            "p",
+            Response::new(200)
+                .with_header("x-request-id", "abc")
+                .with_header("x-request-idx", "def"),
+        );
+        assert_eq!(http.headers()["x-request-id"], "abc");
+        assert_eq!(http.headers()["x-request-idx"], "def");
     }
 
     #[test]

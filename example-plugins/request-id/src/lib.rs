@@ -89,15 +89,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl RequestId {
-    /// A new id: `<16 hex digits of this instance's prefix>-<16 hex digits of a counter>`.
-    pub fn next_id(&self) -> String {
+    /// A new id: `<11 digits of this instance's prefix>-<11 digits of a counter>`, each number
+    /// written in full in the URL-safe base64 alphabet (`A`–`Z`, `a`–`z`, `0`–`9`, `-`, `_`),
+    /// most significant digit first. 23 bytes: short enough for [`Text`] to hold inline, so
+    /// neither the plugin nor the host allocates for it.
+    pub fn next_id(&self) -> Text {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         // Written digit by digit: `format!` costs more than the rest of the hook.
-        let mut id = String::with_capacity(33);
-        push_hex(&mut id, self.prefix);
-        id.push('-');
-        push_hex(&mut id, n);
-        id
+        let mut id = [b'-'; ID_LEN];
+        write_digits(&mut id[..DIGITS], self.prefix);
+        write_digits(&mut id[DIGITS + 1..], n);
+        Text::from(std::str::from_utf8(&id).expect("the id is ASCII"))
     }
 
     fn api_key_ok(&self, request: LentRequest<'_>) -> bool {
@@ -114,11 +116,18 @@ impl RequestId {
     }
 }
 
-/// Appends `n` as 16 lower-case hex digits.
-fn push_hex(out: &mut String, n: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for shift in (0..16).rev() {
-        out.push(char::from(DIGITS[(n >> (shift * 4)) as usize & 0xf]));
+/// Digits of each half of an id: 11 of six bits hold 64.
+const DIGITS: usize = 11;
+
+/// The length of an id: two halves and a `-`.
+pub const ID_LEN: usize = 2 * DIGITS + 1;
+
+/// Writes `n` into `out` (its [`DIGITS`] bytes) in the URL-safe base64 alphabet, most
+/// significant digit first.
+fn write_digits(out: &mut [u8], n: u64) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    for (place, digit) in out.iter_mut().rev().enumerate() {
+        *digit = ALPHABET[(n >> (place * 6)) as usize & 0x3f];
     }
 }
 
@@ -162,7 +171,7 @@ impl BackworksPlugin for RequestId {
     async fn before_request_lent(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
         let id = existing_id(request);
         if !self.api_key_ok(request) {
-            let id = id.map_or_else(|| self.next_id(), str::to_owned);
+            let id = id.map_or_else(|| self.next_id(), Text::from);
             let response = Response::json(&json!({ "error": "missing or invalid API key" }))
                 .with_status(401)
                 .with_header(REQUEST_ID_HEADER, id);
@@ -222,7 +231,7 @@ mod tests {
             .await
             .expect("a changed request");
         let id = changed.header(REQUEST_ID_HEADER).expect("an id");
-        assert_eq!(id.len(), 33, "{id}");
+        assert_eq!(id.len(), ID_LEN, "{id}");
         assert_eq!(changed.method, "POST");
         assert_eq!(changed.path, "/orders");
         assert_eq!(changed.header("content-type"), Some("application/json"));
@@ -273,6 +282,26 @@ mod tests {
         // Another instance starts its own counter at 0 but has another prefix.
         let other = RequestId::default();
         assert_ne!(other.next_id(), RequestId::default().next_id());
+    }
+
+    #[test]
+    fn ids_write_every_bit_of_both_numbers() {
+        let mut digits = [0u8; DIGITS];
+        write_digits(&mut digits, 0);
+        assert_eq!(&digits, b"AAAAAAAAAAA");
+        write_digits(&mut digits, u64::MAX);
+        assert_eq!(&digits, b"P__________");
+        write_digits(&mut digits, 64 + 2);
+        assert_eq!(&digits, b"AAAAAAAAABC");
+        let plugin = RequestId {
+            prefix: 1 << 63,
+            counter: AtomicU64::new(63),
+            config: RwLock::default(),
+        };
+        let id = plugin.next_id();
+        assert_eq!(id, "IAAAAAAAAAA-AAAAAAAAAA_");
+        assert_eq!(id.len(), ID_LEN);
+        assert_eq!(plugin.next_id(), "IAAAAAAAAAA-AAAAAAAAABA");
     }
 
     #[tokio::test]

@@ -201,6 +201,57 @@ impl<const N: usize> RequestViews<N> {
     }
 }
 
+/// Headers of a lent response whose views fit inline in a hook call's future; more take one
+/// allocation.
+pub(super) const LENT_RESPONSE_PAIRS: usize = 4;
+
+/// Borrowed ABI views of a [`Response`], as [`RequestViews`] are of a request: pointers into it,
+/// with its header pairs inline up to `N`.
+pub(super) struct ResponseViews<const N: usize> {
+    inline: [std::mem::MaybeUninit<BwKv>; N],
+    heap: Vec<BwKv>,
+    view: BwResponse,
+}
+
+// SAFETY: as `RequestViews`: plain pointers into a `Response` (`Send + Sync`) and into this value.
+unsafe impl<const N: usize> Send for ResponseViews<N> {}
+
+impl<const N: usize> ResponseViews<N> {
+    /// Views of nothing yet; allocates nothing.
+    pub(super) fn new() -> ResponseViews<N> {
+        ResponseViews {
+            inline: [const { std::mem::MaybeUninit::uninit() }; N],
+            heap: Vec::new(),
+            view: BwResponse::EMPTY,
+        }
+    }
+
+    /// Points the views at `response` and returns them; valid on the terms of
+    /// [`RequestViews::fill`].
+    pub(super) fn fill(&mut self, response: &Response) -> &BwResponse {
+        let headers = &response.headers;
+        let pairs: &[BwKv] = if headers.len() <= N {
+            for (slot, pair) in self.inline.iter_mut().zip(headers.iter()) {
+                slot.write(kv(pair));
+            }
+            // SAFETY: the loop wrote the first `headers.len()` (at most `N`) elements.
+            unsafe {
+                std::slice::from_raw_parts(self.inline.as_ptr().cast::<BwKv>(), headers.len())
+            }
+        } else {
+            self.heap.clear();
+            self.heap.extend(headers.iter().map(kv));
+            &self.heap
+        };
+        self.view = BwResponse {
+            status: response.status,
+            headers: BwKvList::new(pairs),
+            body: BwStr::new(&response.body),
+        };
+        &self.view
+    }
+}
+
 /// Calls `f` with borrowed ABI views of `request` (pointers into its strings, no copies), built on
 /// the stack.
 pub(super) fn with_request_view<R>(request: &Request, f: impl FnOnce(&BwRequest) -> R) -> R {
@@ -236,6 +287,38 @@ unsafe fn pairs(plugin: &str, what: &str, list: BwKvList) -> Result<Vec<(Text, T
     Ok(pairs)
 }
 
+/// Copies plugin-owned header pairs into [`Headers`] (names lower-cased), with room for `spare`
+/// more, refusing any that is not UTF-8.
+///
+/// # Safety
+/// As [`pairs`].
+unsafe fn headers(
+    plugin: &str,
+    what: &str,
+    list: BwKvList,
+    spare: usize,
+) -> Result<Headers, CallError> {
+    // SAFETY: the caller's contract.
+    let list = unsafe { list.as_slice() };
+    let mut headers = Headers::with_capacity(list.len() + spare);
+    for pair in list {
+        // SAFETY: the caller's contract covers the pairs' strings.
+        let Some(key) = (unsafe { pair.key.to_str() }) else {
+            return Err(not_utf8(plugin, format_args!("a {what} name")));
+        };
+        // SAFETY: as above.
+        let Some(value) = (unsafe { pair.value.to_str() }) else {
+            return Err(not_utf8(plugin, format_args!("a value of {what} `{key}`")));
+        };
+        headers.append(key, value);
+    }
+    Ok(headers)
+}
+
+/// Room left in a plugin's response headers for a hook's edit: a header such as `x-request-id`
+/// is then added without growing the list.
+const RESPONSE_SPARE_HEADERS: usize = 1;
+
 impl Output {
     pub(super) fn message(&self) -> String {
         // SAFETY: the output is unreleased, so its views are valid.
@@ -263,9 +346,7 @@ impl Output {
             Headers::new()
         } else {
             // SAFETY: the output is unreleased, so its views are valid.
-            unsafe { pairs(plugin, "header", raw.headers)? }
-                .into_iter()
-                .collect()
+            unsafe { headers(plugin, "header", raw.headers, RESPONSE_SPARE_HEADERS)? }
         };
         Ok(Response {
             status: raw.status,
@@ -297,9 +378,7 @@ impl Output {
                     .into(),
                 params: pairs(plugin, "path parameter", raw.params)?,
                 query: pairs(plugin, "query parameter", raw.query)?,
-                headers: pairs(plugin, "request header", raw.headers)?
-                    .into_iter()
-                    .collect(),
+                headers: headers(plugin, "request header", raw.headers, 0)?,
                 body: raw.body.as_bytes().to_vec(),
             })
         }
@@ -318,7 +397,7 @@ impl Output {
             (self.raw.request.headers, "request header")
         };
         // SAFETY: the output is unreleased, so its views are valid.
-        Ok(unsafe { pairs(plugin, what, list)? }.into_iter().collect())
+        unsafe { headers(plugin, what, list, 0) }
     }
 
     /// The error of an output that is not the answer `call` expects: the plugin's error, or an
@@ -392,6 +471,35 @@ mod tests {
 
         let message = invalid(answer(42, &[]).response("p"));
         assert_eq!(message, "plugin `p` answered an invalid HTTP status 42");
+    }
+
+    #[test]
+    fn response_views_borrow_every_header_inline_or_on_the_heap() {
+        for count in [0, 1, LENT_RESPONSE_PAIRS, LENT_RESPONSE_PAIRS + 1, 9] {
+            let mut response = Response::new(203).with_body("body");
+            for i in 0..count {
+                response.headers.append(format!("x-h{i}"), format!("v{i}"));
+            }
+            let mut views = ResponseViews::<LENT_RESPONSE_PAIRS>::new();
+            let view = views.fill(&response);
+            assert_eq!(view.status, 203);
+            // SAFETY: the views borrow `response`, alive and unchanged here.
+            let (headers, body) = unsafe {
+                (
+                    view.headers
+                        .as_slice()
+                        .iter()
+                        .map(|kv| (kv.key.to_string_lossy(), kv.value.to_string_lossy()))
+                        .collect::<Vec<_>>(),
+                    view.body.as_bytes().to_vec(),
+                )
+            };
+            let expected: Vec<(String, String)> = (0..count)
+                .map(|i| (format!("x-h{i}"), format!("v{i}")))
+                .collect();
+            assert_eq!(headers, expected, "{count} headers");
+            assert_eq!(body, b"body");
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
 use super::call::{
-    LENT_INLINE_PAIRS, Output, RequestViews, TaskGuard, Waiting, cancelled_output, finish, kv,
-    on_complete, str_view, with_request_view,
+    LENT_INLINE_PAIRS, LENT_RESPONSE_PAIRS, Output, RequestViews, ResponseViews, TaskGuard,
+    Waiting, cancelled_output, finish, kv, on_complete, str_view, with_request_view,
 };
 use crate::CallError;
 use crate::HostError;
@@ -69,23 +69,139 @@ type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwO
 type LentAfterFn =
     unsafe extern "C" fn(*mut c_void, *const BwRequest, *const BwResponse, *mut BwOutput) -> i32;
 
-/// A hook call's request (and, for `after_response_lent`, response) lent to the plugin, with
-/// their views, in the call's future, as [`LentHandle`] does for `handle_lent`: the views are made
-/// in its first poll, the task handle drops first, and the `Arc`s keep what the views point to
-/// alive even if the future is leaked (the hook chain's other `Arc`s only read it).
-struct LentHookCall {
-    waiting: Option<Waiting>,
+/// A hook call through `before_request_lent` or `after_response_lent` (ABI 1.2), as the future
+/// the [`Plugin::before_request_shared`] (or [`Plugin::after_response_shared`]) box holds: the
+/// caller's `Arc`s of the request (and response) and their views live in it, lent until the call
+/// is over. Written out like [`LentHandle`], for the same reasons: the box is the call's one
+/// allocation (the response's header views are inline too), nothing runs before the first poll,
+/// and a call that is ready then answers in that poll, with `answer` reading its output.
+///
+/// Fields drop in declaration order: `state` (a waiting call's task handle, whose release
+/// cancels the task and returns once it has stopped reading) before the views and the `Arc`s. If
+/// the future is leaked, the `Arc`s keep what the views point to alive (the hook chain's other
+/// `Arc`s only read it).
+struct LentHook<'a, T> {
+    state: LentState,
+    plugin: &'a DynamicPlugin,
+    f: LentHookFn,
+    answer: fn(&DynamicPlugin, &Output) -> Result<T, CallError>,
     views: RequestViews<LENT_INLINE_PAIRS>,
-    response_pairs: Vec<BwKv>,
-    response_view: BwResponse,
+    response_views: ResponseViews<LENT_RESPONSE_PAIRS>,
     request: Arc<Request>,
     response: Option<Arc<Response>>,
+    /// The views point into this value: it must not move once they are made.
+    _pinned: PhantomPinned,
 }
 
-// SAFETY: the response views are plain pointers into the `Response` this value holds (which is
-// `Send + Sync`) and into `response_pairs`; nothing in them is tied to a thread, and the ABI lets
-// a plugin read a lent response from any thread. The rest is `Send` already.
-unsafe impl Send for LentHookCall {}
+/// The lent hook entry a [`LentHook`] calls.
+#[derive(Clone, Copy)]
+enum LentHookFn {
+    Before(LentHandleFn),
+    /// Called only with a response.
+    After(LentAfterFn),
+}
+
+impl<'a, T> LentHook<'a, T> {
+    fn new(
+        plugin: &'a DynamicPlugin,
+        f: LentHookFn,
+        answer: fn(&DynamicPlugin, &Output) -> Result<T, CallError>,
+        request: Arc<Request>,
+        response: Option<Arc<Response>>,
+    ) -> LentHook<'a, T> {
+        LentHook {
+            state: LentState::Start,
+            plugin,
+            f,
+            answer,
+            views: RequestViews::new(),
+            response_views: ResponseViews::new(),
+            request,
+            response,
+            _pinned: PhantomPinned,
+        }
+    }
+}
+
+impl<T> Future for LentHook<'_, T> {
+    type Output = Result<T, CallError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: nothing is moved out of the pinned value: the views, the request and the
+        // response stay where they are until it is dropped; only `state` (which nothing points
+        // into) is replaced.
+        let this = unsafe { self.get_unchecked_mut() };
+        let out = match &mut this.state {
+            LentState::Start => {
+                let mut out = Output::empty();
+                let view: *const BwRequest = this.views.fill(&this.request);
+                let waiting = match (this.f, &this.response) {
+                    (LentHookFn::After(f), Some(response)) => {
+                        let response_view: *const BwResponse = this.response_views.fill(response);
+                        // SAFETY: live instance; the views and what they point to live in this
+                        // pinned future and stay valid until it is dropped, which releases a task
+                        // handle first (see `LentHook`).
+                        this.plugin.start(&mut out, |instance, raw| unsafe {
+                            f(instance, view, response_view, raw)
+                        })
+                    }
+                    (LentHookFn::Before(f), None) => {
+                        // SAFETY: as above.
+                        this.plugin
+                            .start(&mut out, |instance, raw| unsafe { f(instance, view, raw) })
+                    }
+                    _ => unreachable!("an after hook gets a response, a before hook none"),
+                };
+                match waiting {
+                    None => {
+                        this.state = LentState::Over;
+                        out
+                    }
+                    Some(waiting) => {
+                        this.state = LentState::Waiting {
+                            waiting,
+                            _pending: out,
+                        };
+                        // The task may have completed already: look at once.
+                        match this.state.poll_waiting(cx) {
+                            Poll::Ready(out) => out,
+                            Poll::Pending => return Poll::Pending,
+                        }
+                    }
+                }
+            }
+            LentState::Waiting { .. } => match this.state.poll_waiting(cx) {
+                Poll::Ready(out) => out,
+                Poll::Pending => return Poll::Pending,
+            },
+            LentState::Over => panic!("a plugin call polled after it answered"),
+        };
+        Poll::Ready((this.answer)(this.plugin, &out))
+    }
+}
+
+/// What a `before_request_lent` output says.
+fn request_edit(plugin: &DynamicPlugin, out: &Output) -> Result<RequestEdit, CallError> {
+    let name = &plugin.info.name;
+    match out.raw.kind {
+        BW_OUT_CONTINUE => Ok(RequestEdit::Continue),
+        BW_OUT_HEADERS => out.header_edits(name, false).map(RequestEdit::SetHeaders),
+        BW_OUT_REQUEST => out.request(name).map(RequestEdit::Replace),
+        BW_OUT_RESPONSE => out.response(name).map(RequestEdit::Respond),
+        _ => Err(out.unexpected("before_request_lent")),
+    }
+}
+
+/// What an `after_response_lent` output says.
+fn response_edit(plugin: &DynamicPlugin, out: &Output) -> Result<ResponseEdit, CallError> {
+    let name = &plugin.info.name;
+    match out.raw.kind {
+        BW_OUT_CONTINUE => Ok(ResponseEdit::Keep),
+        BW_OUT_HEADERS => out.header_edits(name, true).map(ResponseEdit::SetHeaders),
+        BW_OUT_RESPONSE => out.response(name).map(ResponseEdit::Replace),
+        _ => Err(out.unexpected("after_response_lent")),
+    }
+}
 
 /// An endpoint call through `handle_lent` (ABI 1.2), as the future the [`Plugin::handle`] (or
 /// [`Plugin::handle_shared`]) box holds: the request (or the caller's `Arc` of it) and its views
@@ -146,6 +262,23 @@ enum LentState {
     Over,
 }
 
+impl LentState {
+    /// Polls the task of a waiting call; once it has answered, its output (the task handle and
+    /// the pending output go first, as in `finish`).
+    fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Output> {
+        let LentState::Waiting { waiting, .. } = self else {
+            unreachable!("called while waiting");
+        };
+        let Poll::Ready(raw) = Pin::new(&mut waiting.receiver).poll(cx) else {
+            return Poll::Pending;
+        };
+        *self = LentState::Over;
+        Poll::Ready(Output {
+            raw: raw.unwrap_or_else(|_| cancelled_output()),
+        })
+    }
+}
+
 impl<'a> LentHandle<'a> {
     fn new(plugin: &'a DynamicPlugin, f: LentHandleFn, request: LentRequestHeld) -> LentHandle<'a> {
         LentHandle {
@@ -161,17 +294,7 @@ impl<'a> LentHandle<'a> {
     /// Polls the task of a waiting call; once it has answered, its handle and the pending output go
     /// (as in `finish`).
     fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response, CallError>> {
-        let LentState::Waiting { waiting, .. } = &mut self.state else {
-            unreachable!("called while waiting");
-        };
-        let Poll::Ready(raw) = Pin::new(&mut waiting.receiver).poll(cx) else {
-            return Poll::Pending;
-        };
-        self.state = LentState::Over;
-        let out = Output {
-            raw: raw.unwrap_or_else(|_| cancelled_output()),
-        };
-        Poll::Ready(self.answer(&out))
+        self.state.poll_waiting(cx).map(|out| self.answer(&out))
     }
 
     fn answer(&self, out: &Output) -> Result<Response, CallError> {
@@ -403,54 +526,6 @@ impl DynamicPlugin {
         }
     }
 
-    /// A hook call through `before_request_lent` or (with a response) `after_response_lent`:
-    /// both are lent until the call is over; the output is left in `out`.
-    async fn hook_lent(
-        &self,
-        out: &mut Output,
-        request: Arc<Request>,
-        response: Option<Arc<Response>>,
-    ) {
-        let mut call = LentHookCall {
-            waiting: None,
-            views: RequestViews::new(),
-            response_pairs: Vec::new(),
-            response_view: BwResponse::EMPTY,
-            request,
-            response,
-        };
-        call.waiting = {
-            let view: *const BwRequest = call.views.fill(&call.request);
-            match (
-                &call.response,
-                self.after_response_lent,
-                self.before_request_lent,
-            ) {
-                (Some(response), Some(f), _) => {
-                    call.response_pairs.extend(response.headers.iter().map(kv));
-                    call.response_view = BwResponse {
-                        status: response.status,
-                        headers: BwKvList::new(&call.response_pairs),
-                        body: BwStr::new(&response.body),
-                    };
-                    let response_view: *const BwResponse = &call.response_view;
-                    // SAFETY: live instance; the views and what they point to live in `call`, a
-                    // local of this pinned future that is never moved, kept until `call` drops
-                    // its task handle (see `LentHookCall`).
-                    self.start(out, |instance, raw| unsafe {
-                        f(instance, view, response_view, raw)
-                    })
-                }
-                (None, _, Some(f)) => {
-                    // SAFETY: as above.
-                    self.start(out, |instance, raw| unsafe { f(instance, view, raw) })
-                }
-                _ => unreachable!("called only with the plugin's lent hook entry"),
-            }
-        };
-        finish(out, &mut call.waiting).await;
-    }
-
     /// Starts one ABI call: `call` gets the instance and `out`'s zeroed output and returns the ABI
     /// status. A pending call's task is started and returned. Synchronous, so the borrowed views the
     /// closure captures never live across an `.await`; the output is filled in place, never moved.
@@ -583,40 +658,50 @@ impl Plugin for DynamicPlugin {
         }
     }
 
-    async fn before_request_shared(&self, request: Arc<Request>) -> Result<RequestEdit, CallError> {
-        if self.before_request_lent.is_none() {
-            return Ok(self.before_request(&request).await?.into());
-        }
-        let mut out = Output::empty();
-        self.hook_lent(&mut out, request, None).await;
-        let plugin = &self.info.name;
-        match out.raw.kind {
-            BW_OUT_CONTINUE => Ok(RequestEdit::Continue),
-            BW_OUT_HEADERS => out.header_edits(plugin, false).map(RequestEdit::SetHeaders),
-            BW_OUT_REQUEST => out.request(plugin).map(RequestEdit::Replace),
-            BW_OUT_RESPONSE => out.response(plugin).map(RequestEdit::Respond),
-            _ => Err(out.unexpected("before_request_lent")),
+    // Not an `async fn`: a lent hook call's future is the box's whole content (see `LentHook`).
+    fn before_request_shared<'life0, 'async_trait>(
+        &'life0 self,
+        request: Arc<Request>,
+    ) -> BoxFuture<'async_trait, Result<RequestEdit, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.before_request_lent {
+            Some(f) => Box::pin(LentHook::new(
+                self,
+                LentHookFn::Before(f),
+                request_edit,
+                request,
+                None,
+            )),
+            None => Box::pin(async move { Ok(self.before_request(&request).await?.into()) }),
         }
     }
 
-    async fn after_response_shared(
-        &self,
+    // As `before_request_shared`.
+    fn after_response_shared<'life0, 'async_trait>(
+        &'life0 self,
         request: Arc<Request>,
         response: Arc<Response>,
-    ) -> Result<ResponseEdit, CallError> {
-        if self.after_response_lent.is_none() {
-            return Ok(ResponseEdit::Replace(
-                self.after_response(&request, &response).await?,
-            ));
-        }
-        let mut out = Output::empty();
-        self.hook_lent(&mut out, request, Some(response)).await;
-        let plugin = &self.info.name;
-        match out.raw.kind {
-            BW_OUT_CONTINUE => Ok(ResponseEdit::Keep),
-            BW_OUT_HEADERS => out.header_edits(plugin, true).map(ResponseEdit::SetHeaders),
-            BW_OUT_RESPONSE => out.response(plugin).map(ResponseEdit::Replace),
-            _ => Err(out.unexpected("after_response_lent")),
+    ) -> BoxFuture<'async_trait, Result<ResponseEdit, CallError>>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        match self.after_response_lent {
+            Some(f) => Box::pin(LentHook::new(
+                self,
+                LentHookFn::After(f),
+                response_edit,
+                request,
+                Some(response),
+            )),
+            None => Box::pin(async move {
+                Ok(ResponseEdit::Replace(
+                    self.after_response(&request, &response).await?,
+                ))
+            }),
         }
     }
 

@@ -281,8 +281,9 @@ impl<'a> LentRequest<'a> {
 
     /// The first value of header `name` (any case).
     pub fn header(&self, name: &str) -> Option<&'a str> {
+        // The host sends names in lower case, as most are asked for: the plain comparison first.
         self.headers()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .find(|(k, _)| k.len() == name.len() && (*k == name || k.eq_ignore_ascii_case(name)))
             .map(|(_, v)| v)
     }
 

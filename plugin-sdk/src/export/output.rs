@@ -2,9 +2,9 @@
 //! `release` function that frees them.
 //!
 //! An output that points to nothing (done, continue, healthy, a response with no headers and no
-//! body) takes no allocation and has no `release`. Anything else moves into one boxed [`Owned`],
-//! whose heap buffers the views point into: the response's body is handed over as it is, never
-//! copied.
+//! body) takes no allocation and has no `release`. A hook's edit of a header or two moves into a
+//! small boxed [`Edit`]; anything else into one boxed [`Owned`]. The views point into their heap
+//! buffers: the response's body is handed over as it is, never copied.
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -92,8 +92,69 @@ pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
             out.kind = BW_OUT_RESPONSE;
             out.response.status = response.status;
         }
+        Outcome::RequestHeaders(headers) if headers.len() <= EDIT_PAIRS => {
+            write_edit(out, headers, false);
+        }
+        Outcome::ResponseHeaders(headers) if headers.len() <= EDIT_PAIRS => {
+            write_edit(out, headers, true);
+        }
         outcome => write_owned(out, outcome),
     }
+}
+
+/// Pairs of a hook's header edit that go in a [`Edit`] owner rather than a whole [`Owned`].
+const EDIT_PAIRS: usize = 2;
+
+/// What the `owner` of a small header edit points to: the headers and their views, a fraction of
+/// an [`Owned`]'s size (a hook's edit of a header or two is the most common hook answer).
+struct Edit {
+    pairs: [BwKv; EDIT_PAIRS],
+    headers: Headers,
+}
+
+/// The `release` of an output [`write_edit`] filled.
+///
+/// # Safety
+/// `owner` must be null or the `owner` of an output that [`write_edit`] filled, passed here
+/// exactly once; no view of that output may be read afterwards.
+unsafe extern "C" fn release_edit(owner: *mut c_void) {
+    if !owner.is_null() {
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: `owner` is the `Box<Edit>` leaked by `write_edit`, released once by the
+            // host.
+            drop(unsafe { Box::from_raw(owner.cast::<Edit>()) })
+        }));
+    }
+}
+
+/// [`write_output`] of a header edit of at most [`EDIT_PAIRS`] pairs: `HEADERS`, with the
+/// response's list when `of_response`, else the request's.
+fn write_edit(out: &mut BwOutput, headers: Headers, of_response: bool) {
+    let mut edit = Box::new(Edit {
+        pairs: [NO_PAIR; EDIT_PAIRS],
+        headers,
+    });
+    let Edit { pairs, headers } = &mut *edit;
+    let len = headers.len();
+    for ((key, value), slot) in headers.iter().zip(pairs.iter_mut()) {
+        *slot = BwKv {
+            key: str_view(key),
+            value: str_view(value),
+        };
+    }
+    let list = if len == 0 {
+        BwKvList::EMPTY
+    } else {
+        BwKvList::new(&pairs[..len])
+    };
+    out.kind = BW_OUT_HEADERS;
+    if of_response {
+        out.response.headers = list;
+    } else {
+        out.request.headers = list;
+    }
+    out.owner = Box::into_raw(edit).cast();
+    out.release = Some(release_edit);
 }
 
 /// [`write_output`] of an outcome with something to point to.
@@ -259,7 +320,7 @@ mod tests {
 
     #[test]
     fn pairs_in_the_owner_or_in_a_list_read_the_same() {
-        for count in [1, 3, 4, 5, 9] {
+        for count in [1, 2, 3, 4, 5, 9] {
             let pairs: Vec<(String, String)> = (0..count)
                 .map(|i| (format!("x-h{i}"), format!("v{i}")))
                 .collect();
@@ -282,6 +343,15 @@ mod tests {
             write_output(&mut out, Outcome::ResponseHeaders(edit));
             assert_eq!(out.kind, BW_OUT_HEADERS);
             assert_eq!(read(out.response.headers), pairs, "{count} edited headers");
+            assert!(out.request.headers.len == 0);
+            release(out);
+
+            let edit: Headers = pairs.iter().cloned().collect();
+            let mut out = BwOutput::empty();
+            write_output(&mut out, Outcome::RequestHeaders(edit));
+            assert_eq!(out.kind, BW_OUT_HEADERS);
+            assert_eq!(read(out.request.headers), pairs, "{count} request edits");
+            assert!(out.response.headers.len == 0);
             release(out);
         }
         // A request's three lists share the slots, in order, inline or not.
