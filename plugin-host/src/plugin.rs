@@ -132,7 +132,9 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
 
     /// The library plugin this is, if it is one: the call guard ([`Guarded`](crate::Guarded))
     /// calls a library plugin's lent entries directly, holding the call's future inline instead
-    /// of the box these methods return. By default (every other kind of plugin): `None`.
+    /// of the box these methods return. By default (every other kind of plugin): `None`. A
+    /// wrapper that puts a policy of its own around the plugin it wraps (as `Guarded` does) keeps
+    /// the default, so that no outer caller goes around that policy.
     fn as_library(&self) -> Option<&DynamicPlugin> {
         None
     }
