@@ -41,6 +41,16 @@
 //! flight up and down, a latency bucket and sum, the breaker's window) and four atomic loads (the
 //! breaker's state twice, its window slot, its failure streak). Timed-out calls record a lifecycle
 //! event at most once a second.
+//!
+//! The guard allocates nothing of its own, but the wrapped plugin's [`Plugin`] methods box their
+//! future. A library plugin ([`Plugin::as_library`]) with ABI 1.2's lent entries is called
+//! without them: through [`Guarded::before_request_shared`], [`Guarded::after_response_shared`]
+//! and [`Guarded::handle_shared`] the guard makes the lent call itself and holds its small,
+//! hand-written future inline, so a call that answers at once allocates nothing and is accounted
+//! for in the same poll; one that waits is awaited under the deadline as any other, and dropping
+//! the guard's future cancels it as dropping the box would. ([`Guarded::handle`] still takes the
+//! box: held inline, the call would grow the future of every server request without hooks past
+//! the allocator's per-thread cache, which costs more than the box.)
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -52,6 +62,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use backworks_plugin_sdk::{Health, HookAction, Request, RequestEdit, Response, ResponseEdit};
+use futures_util::future::Either;
 
 use crate::CallError;
 use crate::breaker::{
@@ -135,13 +146,16 @@ impl Guarded {
     /// [`Plugin::handle`] under the policy, without boxing the future: a caller holding the
     /// concrete `Guarded` saves the allocation the trait's method makes per call. (The wrapped
     /// plugin's future is created at once but polled only if the call is let through.)
+    ///
+    /// Unlike the shared calls, this one boxes a library plugin's lent call too: held inline, it
+    /// would make the future of every server request without hooks too large for the
+    /// allocator's per-thread cache, which costs more than the box.
     pub fn handle(
         &self,
         request: Request,
     ) -> impl Future<Output = Result<Response, CallError>> + Send + '_ {
-        self.run(self.inner.handle(request), |response| {
-            self.check(response, true)
-        })
+        let call = self.inner.handle(request);
+        self.run(|| call, |response| self.check(response, true))
     }
 
     /// [`Plugin::before_request`] under the policy, without boxing the future.
@@ -149,10 +163,13 @@ impl Guarded {
         &'a self,
         request: &'a Request,
     ) -> impl Future<Output = Result<HookAction, CallError>> + Send + 'a {
-        self.run(self.inner.before_request(request), |action| match action {
-            HookAction::Respond(response) => self.check(response, true),
-            HookAction::Continue | HookAction::ContinueWith(_) => Ok(Outcome::Success),
-        })
+        self.run(
+            || self.inner.before_request(request),
+            |action| match action {
+                HookAction::Respond(response) => self.check(response, true),
+                HookAction::Continue | HookAction::ContinueWith(_) => Ok(Outcome::Success),
+            },
+        )
     }
 
     /// [`Plugin::after_response`] under the policy, without boxing the future.
@@ -161,64 +178,87 @@ impl Guarded {
         request: &'a Request,
         response: &'a Response,
     ) -> impl Future<Output = Result<Response, CallError>> + Send + 'a {
-        self.run(self.inner.after_response(request, response), |response| {
-            self.check(response, false)
-        })
+        self.run(
+            || self.inner.after_response(request, response),
+            |response| self.check(response, false),
+        )
     }
 
-    /// [`Plugin::handle_shared`] under the policy, without boxing the guard's future.
+    /// [`Plugin::handle_shared`] under the policy, without boxing the guard's future; as
+    /// [`handle`](Self::handle), a library plugin's lent call is held inline.
     pub fn handle_shared(
         &self,
         request: Arc<Request>,
     ) -> impl Future<Output = Result<Response, CallError>> + Send + '_ {
-        self.run(self.inner.handle_shared(request), |response| {
-            self.check(response, true)
-        })
+        let call = move || match self.inner.as_library() {
+            Some(library) => match library.lent_handle_shared(request) {
+                Ok(call) => Either::Left(call),
+                Err(request) => Either::Right(self.inner.handle_shared(request)),
+            },
+            None => Either::Right(self.inner.handle_shared(request)),
+        };
+        self.run(call, |response| self.check(response, true))
     }
 
-    /// [`Plugin::before_request_shared`] under the policy, without boxing the guard's future.
+    /// [`Plugin::before_request_shared`] under the policy, without boxing the guard's future; a
+    /// library plugin's lent hook call is held inline (see [`Plugin::as_library`]).
     pub fn before_request_shared(
         &self,
         request: Arc<Request>,
     ) -> impl Future<Output = Result<RequestEdit, CallError>> + Send + '_ {
-        self.run(
-            self.inner.before_request_shared(request),
-            |edit| match edit {
-                RequestEdit::Respond(response) => self.check(response, true),
-                RequestEdit::Continue | RequestEdit::SetHeaders(_) | RequestEdit::Replace(_) => {
-                    Ok(Outcome::Success)
-                }
+        let call = move || match self.inner.as_library() {
+            Some(library) => match library.lent_before_request(request) {
+                Ok(call) => Either::Left(call),
+                Err(request) => Either::Right(self.inner.before_request_shared(request)),
             },
-        )
+            None => Either::Right(self.inner.before_request_shared(request)),
+        };
+        self.run(call, |edit| match edit {
+            RequestEdit::Respond(response) => self.check(response, true),
+            RequestEdit::Continue | RequestEdit::SetHeaders(_) | RequestEdit::Replace(_) => {
+                Ok(Outcome::Success)
+            }
+        })
     }
 
-    /// [`Plugin::after_response_shared`] under the policy, without boxing the guard's future. A
-    /// header edit keeps the body, so only a replacement is held to the size limit.
+    /// [`Plugin::after_response_shared`] under the policy, without boxing the guard's future; a
+    /// library plugin's lent hook call is held inline. A header edit keeps the body, so only a
+    /// replacement is held to the size limit.
     pub fn after_response_shared(
         &self,
         request: Arc<Request>,
         response: Arc<Response>,
     ) -> impl Future<Output = Result<ResponseEdit, CallError>> + Send + '_ {
-        self.run(
-            self.inner.after_response_shared(request, response),
-            |edit| match edit {
-                ResponseEdit::Replace(response) => self.check(response, false),
-                ResponseEdit::Keep | ResponseEdit::SetHeaders(_) => Ok(Outcome::Success),
+        let call = move || match self.inner.as_library() {
+            Some(library) => match library.lent_after_response(request, response) {
+                Ok(call) => Either::Left(call),
+                Err((request, response)) => {
+                    Either::Right(self.inner.after_response_shared(request, response))
+                }
             },
-        )
+            None => Either::Right(self.inner.after_response_shared(request, response)),
+        };
+        self.run(call, |edit| match edit {
+            ResponseEdit::Replace(response) => self.check(response, false),
+            ResponseEdit::Keep | ResponseEdit::SetHeaders(_) => Ok(Outcome::Success),
+        })
     }
 
     fn name(&self) -> &str {
         &self.inner.info().name
     }
 
-    /// Runs `call` under the policy (it is polled only if the call is let through); `judge` looks
-    /// at a successful answer.
-    async fn run<T>(
+    /// Runs the call `make` makes under the policy (it is made only if the call is let through,
+    /// and held in this future: a library plugin's lent call is pinned here, not boxed); `judge`
+    /// looks at a successful answer.
+    async fn run<T, Fut>(
         &self,
-        call: impl Future<Output = Result<T, CallError>>,
+        make: impl FnOnce() -> Fut,
         judge: impl FnOnce(&T) -> Result<Outcome, CallError>,
-    ) -> Result<T, CallError> {
+    ) -> Result<T, CallError>
+    where
+        Fut: Future<Output = Result<T, CallError>>,
+    {
         // Time is kept as the time since `origin`: one clock read and one subtraction each end.
         let start = self.origin.elapsed();
         let permit = match self.breaker.try_acquire(start) {
@@ -246,7 +286,7 @@ impl Guarded {
             let spent = self.origin.elapsed().saturating_sub(start);
             Instant::now().checked_add(limit.saturating_sub(spent))
         };
-        let answer = within(call, deadline).await;
+        let answer = within(pin!(make()), deadline).await;
         let end = self.origin.elapsed();
         let took = end.saturating_sub(start);
         let permit = in_flight.permit.take();
@@ -390,10 +430,9 @@ fn is_failure(error: &CallError) -> bool {
 /// Runs `call` until `deadline` (asked for only if the call does not answer at once): `None` if it
 /// passed. The first poll happens inline, so a call that answers at once never registers a timer.
 async fn within<Fut: Future>(
-    call: Fut,
+    mut call: Pin<&mut Fut>,
     deadline: impl FnOnce() -> Option<Instant>,
 ) -> Option<Fut::Output> {
-    let mut call = pin!(call);
     if let Poll::Ready(answer) = poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
         return Some(answer);
     }
@@ -513,7 +552,7 @@ impl Plugin for Guarded {
             return self.inner.health_check().await;
         };
         let start = Instant::now();
-        match within(self.inner.health_check(), || start.checked_add(limit)).await {
+        match within(pin!(self.inner.health_check()), || start.checked_add(limit)).await {
             Some(health) if start.elapsed() <= limit => health,
             _ => Health::Unhealthy(format!("health check did not answer within {limit:?}")),
         }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::CallError;
+use crate::DynamicPlugin;
 use async_trait::async_trait;
 use backworks_plugin_sdk::{
     BackworksPlugin, Health, HookAction, PluginError, PluginMetadata, Request, RequestEdit,
@@ -128,6 +129,15 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
 
     /// The plugin's health.
     async fn health_check(&self) -> Health;
+
+    /// The library plugin this is, if it is one: the call guard ([`Guarded`](crate::Guarded))
+    /// calls a library plugin's lent entries directly, holding the call's future inline instead
+    /// of the box these methods return. By default (every other kind of plugin): `None`. A
+    /// wrapper that puts a policy of its own around the plugin it wraps (as `Guarded` does) keeps
+    /// the default, so that no outer caller goes around that policy.
+    fn as_library(&self) -> Option<&DynamicPlugin> {
+        None
+    }
 
     /// Asks the plugin to release what it holds; no call follows.
     async fn shutdown(&self) -> Result<(), CallError>;

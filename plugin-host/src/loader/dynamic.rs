@@ -69,24 +69,24 @@ type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwO
 type LentAfterFn =
     unsafe extern "C" fn(*mut c_void, *const BwRequest, *const BwResponse, *mut BwOutput) -> i32;
 
-/// A hook call through `before_request_lent` or `after_response_lent` (ABI 1.2), as the future
-/// the [`Plugin::before_request_shared`] (or [`Plugin::after_response_shared`]) box holds: the
-/// caller's `Arc`s of the request (and response) and their views live in it, lent until the call
-/// is over. Written out like [`LentHandle`], for the same reasons: the box is the call's one
-/// allocation (the response's header views are inline too), nothing runs before the first poll,
-/// and a call that is ready then answers in that poll, with `answer` reading its output.
+/// A hook call through `before_request_lent` or `after_response_lent` (ABI 1.2): the future the
+/// call guard holds inline ([`DynamicPlugin::lent_before_request`]), or the one the
+/// [`Plugin::before_request_shared`] (or [`Plugin::after_response_shared`]) box holds. The
+/// caller's `Arc`s of the request (and response) live in it and their views with it (in the
+/// call's [`SpareViews`] block), lent until the call is over. Written out like [`LentHandle`], for
+/// the same reasons: it is the call's whole state, nothing runs before the first poll, and a call
+/// that is ready then answers in that poll, with `answer` reading its output.
 ///
 /// Fields drop in declaration order: `state` (a waiting call's task handle, whose release
 /// cancels the task and returns once it has stopped reading) before the views and the `Arc`s. If
 /// the future is leaked, the `Arc`s keep what the views point to alive (the hook chain's other
-/// `Arc`s only read it).
-struct LentHook<'a, T> {
+/// `Arc`s only read it), and the views block is leaked with it.
+pub(crate) struct LentHook<'a, T> {
     state: LentState,
     plugin: &'a DynamicPlugin,
     f: LentHookFn,
     answer: fn(&DynamicPlugin, &Output) -> Result<T, CallError>,
-    views: RequestViews<LENT_INLINE_PAIRS>,
-    response_views: ResponseViews<LENT_RESPONSE_PAIRS>,
+    views: SpareViews,
     request: Arc<Request>,
     response: Option<Arc<Response>>,
     /// The views point into this value: it must not move once they are made.
@@ -114,8 +114,7 @@ impl<'a, T> LentHook<'a, T> {
             plugin,
             f,
             answer,
-            views: RequestViews::new(),
-            response_views: ResponseViews::new(),
+            views: SpareViews::take(),
             request,
             response,
             _pinned: PhantomPinned,
@@ -134,10 +133,11 @@ impl<T> Future for LentHook<'_, T> {
         let out = match &mut this.state {
             LentState::Start => {
                 let mut out = Output::empty();
-                let view: *const BwRequest = this.views.fill(&this.request);
+                let views = this.views.get();
+                let view: *const BwRequest = views.request.fill(&this.request);
                 let waiting = match (this.f, &this.response) {
                     (LentHookFn::After(f), Some(response)) => {
-                        let response_view: *const BwResponse = this.response_views.fill(response);
+                        let response_view: *const BwResponse = views.response.fill(response);
                         // SAFETY: live instance; the views and what they point to live in this
                         // pinned future and stay valid until it is dropped, which releases a task
                         // handle first (see `LentHook`).
@@ -158,10 +158,10 @@ impl<T> Future for LentHook<'_, T> {
                         out
                     }
                     Some(waiting) => {
-                        this.state = LentState::Waiting {
+                        this.state = LentState::Waiting(Box::new(Pending {
                             waiting,
                             _pending: out,
-                        };
+                        }));
                         // The task may have completed already: look at once.
                         match this.state.poll_waiting(cx) {
                             Poll::Ready(out) => out,
@@ -170,7 +170,7 @@ impl<T> Future for LentHook<'_, T> {
                     }
                 }
             }
-            LentState::Waiting { .. } => match this.state.poll_waiting(cx) {
+            LentState::Waiting(_) => match this.state.poll_waiting(cx) {
                 Poll::Ready(out) => out,
                 Poll::Pending => return Poll::Pending,
             },
@@ -203,13 +203,15 @@ fn response_edit(plugin: &DynamicPlugin, out: &Output) -> Result<ResponseEdit, C
     }
 }
 
-/// An endpoint call through `handle_lent` (ABI 1.2), as the future the [`Plugin::handle`] (or
-/// [`Plugin::handle_shared`]) box holds: the request (or the caller's `Arc` of it) and its views
-/// live in it, lent until the call is over.
+/// An endpoint call through `handle_lent` (ABI 1.2): the future the call guard holds inline for
+/// a shared request ([`DynamicPlugin::lent_handle_shared`]), or the one the [`Plugin::handle`]
+/// (or [`Plugin::handle_shared`]) box holds. The request (or the caller's `Arc` of it) lives in
+/// it and its views with it (in the call's [`SpareViews`] block), lent until the call is over.
 ///
 /// A hand-written future rather than an `async fn`: it is the only state of the call, so the box
 /// `handle` returns is its one allocation, small enough for the allocator's per-thread cache, and
-/// nothing holds a second copy of the request. Nothing runs before the first poll (a guard may
+/// nothing holds a second copy of the request; held inline by the guard, the call allocates
+/// nothing. Nothing runs before the first poll (a guard may
 /// drop a call it does not let through). The first poll points the views at the request (the
 /// future is pinned by then, so neither moves while the plugin may read them) and calls the
 /// plugin; a call that is ready then (most are) answers in that poll.
@@ -219,11 +221,11 @@ fn response_edit(plugin: &DynamicPlugin, out: &Output) -> Result<ResponseEdit, C
 /// stopped reading the request (the ABI's rule for `handle_lent`). Only then go the views and the
 /// request. If the future is leaked instead of dropped, nothing is freed, so the lent memory stays
 /// valid.
-struct LentHandle<'a> {
+pub(crate) struct LentHandle<'a> {
     state: LentState,
     plugin: &'a DynamicPlugin,
     f: LentHandleFn,
-    views: RequestViews<LENT_INLINE_PAIRS>,
+    views: SpareViews,
     request: LentRequestHeld,
     /// The views point into this value: it must not move once they are made.
     _pinned: PhantomPinned,
@@ -245,31 +247,83 @@ impl LentRequestHeld {
     }
 }
 
-#[expect(
-    clippy::large_enum_variant,
-    reason = "inline in the call's one box, which is sized for the waiting state anyway"
-)]
+/// The views a lent call lends: a block of their own on the heap, so that the call's future stays
+/// small (it is held inline by its guard, in the server's own future). Each thread keeps one spare
+/// block: a call takes it and gives it back when it is dropped, so calls that follow one another
+/// allocate nothing. The block stays with its call until the call is dropped (after its task
+/// handle: a cancelled task has stopped reading by then), and a leaked call leaks it, so what
+/// the plugin may read stays valid as long as the lease lasts.
+struct SpareViews(Option<Box<LentViews>>);
+
+/// A [`SpareViews`] block.
+struct LentViews {
+    request: RequestViews<LENT_INLINE_PAIRS>,
+    response: ResponseViews<LENT_RESPONSE_PAIRS>,
+}
+
+thread_local! {
+    /// This thread's spare views block.
+    static SPARE_VIEWS: std::cell::Cell<Option<Box<LentViews>>> =
+        const { std::cell::Cell::new(None) };
+}
+
+impl SpareViews {
+    /// This thread's spare block, or none yet: nothing is allocated before the call is made.
+    fn take() -> SpareViews {
+        SpareViews(SPARE_VIEWS.try_with(std::cell::Cell::take).ok().flatten())
+    }
+
+    /// The block, allocated now if there was no spare one.
+    fn get(&mut self) -> &mut LentViews {
+        self.0.get_or_insert_with(|| {
+            Box::new(LentViews {
+                request: RequestViews::new(),
+                response: ResponseViews::new(),
+            })
+        })
+    }
+}
+
+impl Drop for SpareViews {
+    fn drop(&mut self) {
+        if let Some(views) = self.0.take() {
+            // Kept as this thread's spare unless it has one (then, or while the thread ends, it
+            // is freed).
+            let _ = SPARE_VIEWS.try_with(|spare| {
+                let kept = spare.take();
+                spare.set(kept.or(Some(views)));
+            });
+        }
+    }
+}
+
+/// Where a lent call is. Small: a call is held inline by its guard (in the server's own future),
+/// and most calls never wait, so what only a waiting call needs is boxed, when it starts waiting.
 enum LentState {
     /// Not polled yet: the plugin has not been called.
     Start,
     /// The plugin's task runs; its output arrives through `waiting`.
-    Waiting {
-        waiting: Waiting,
-        /// The pending output, released when the call is over (as every output is).
-        _pending: Output,
-    },
+    Waiting(Box<Pending>),
     /// Answered.
     Over,
+}
+
+/// What a waiting lent call holds. Fields drop in declaration order: the task handle (whose
+/// release cancels a task still running) before the pending output.
+struct Pending {
+    waiting: Waiting,
+    /// The pending output, released when the call is over (as every output is).
+    _pending: Output,
 }
 
 impl LentState {
     /// Polls the task of a waiting call; once it has answered, its output (the task handle and
     /// the pending output go first, as in `finish`).
     fn poll_waiting(&mut self, cx: &mut Context<'_>) -> Poll<Output> {
-        let LentState::Waiting { waiting, .. } = self else {
+        let LentState::Waiting(pending) = self else {
             unreachable!("called while waiting");
         };
-        let Poll::Ready(raw) = Pin::new(&mut waiting.receiver).poll(cx) else {
+        let Poll::Ready(raw) = Pin::new(&mut pending.waiting.receiver).poll(cx) else {
             return Poll::Pending;
         };
         *self = LentState::Over;
@@ -285,7 +339,7 @@ impl<'a> LentHandle<'a> {
             state: LentState::Start,
             plugin,
             f,
-            views: RequestViews::new(),
+            views: SpareViews::take(),
             request,
             _pinned: PhantomPinned,
         }
@@ -315,7 +369,7 @@ impl Future for LentHandle<'_> {
         match &mut this.state {
             LentState::Start => {
                 let mut out = Output::empty();
-                let view: *const BwRequest = this.views.fill(this.request.get());
+                let view: *const BwRequest = this.views.get().request.fill(this.request.get());
                 let f = this.f;
                 // SAFETY: live instance; `view` and what it points to live in this pinned future
                 // and stay valid until it is dropped, which releases a task handle first (see
@@ -329,16 +383,16 @@ impl Future for LentHandle<'_> {
                         Poll::Ready(this.answer(&out))
                     }
                     Some(waiting) => {
-                        this.state = LentState::Waiting {
+                        this.state = LentState::Waiting(Box::new(Pending {
                             waiting,
                             _pending: out,
-                        };
+                        }));
                         // The task may have completed already: look at once.
                         this.poll_waiting(cx)
                     }
                 }
             }
-            LentState::Waiting { .. } => this.poll_waiting(cx),
+            LentState::Waiting(_) => this.poll_waiting(cx),
             LentState::Over => panic!("a plugin call polled after it answered"),
         }
     }
@@ -505,6 +559,57 @@ impl DynamicPlugin {
         LENDING.store(on, Ordering::Relaxed);
     }
 
+    /// An endpoint call through the plugin's `handle_lent` of a request the caller shares, as a
+    /// future the caller may hold inline (the call guard does: no allocation); the request back
+    /// when the plugin has no such entry (or lending is off). Nothing runs before its first poll.
+    pub(crate) fn lent_handle_shared(
+        &self,
+        request: Arc<Request>,
+    ) -> Result<LentHandle<'_>, Arc<Request>> {
+        match self.handle_lent {
+            Some(f) => Ok(LentHandle::new(self, f, LentRequestHeld::Shared(request))),
+            None => Err(request),
+        }
+    }
+
+    /// A `before_request` hook call through the plugin's `before_request_lent`, as a future the
+    /// caller may hold inline; the request back when the plugin has no such entry.
+    pub(crate) fn lent_before_request(
+        &self,
+        request: Arc<Request>,
+    ) -> Result<LentHook<'_, RequestEdit>, Arc<Request>> {
+        match self.before_request_lent {
+            Some(f) => Ok(LentHook::new(
+                self,
+                LentHookFn::Before(f),
+                request_edit,
+                request,
+                None,
+            )),
+            None => Err(request),
+        }
+    }
+
+    /// An `after_response` hook call through the plugin's `after_response_lent`, as a future the
+    /// caller may hold inline; the request and the response back when the plugin has no such
+    /// entry.
+    pub(crate) fn lent_after_response(
+        &self,
+        request: Arc<Request>,
+        response: Arc<Response>,
+    ) -> Result<LentHook<'_, ResponseEdit>, (Arc<Request>, Arc<Response>)> {
+        match self.after_response_lent {
+            Some(f) => Ok(LentHook::new(
+                self,
+                LentHookFn::After(f),
+                response_edit,
+                request,
+                Some(response),
+            )),
+            None => Err((request, response)),
+        }
+    }
+
     /// An endpoint call through `handle`, which lends the request for the call only: the plugin
     /// copies what it keeps (ABI 1.0 and 1.1, or a plugin that does not opt in to lending).
     async fn handle_copied<R>(&self, request: R) -> Result<Response, CallError>
@@ -608,9 +713,9 @@ impl Plugin for DynamicPlugin {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        match self.handle_lent {
-            Some(f) => Box::pin(LentHandle::new(self, f, LentRequestHeld::Shared(request))),
-            None => Box::pin(self.handle_copied(request)),
+        match self.lent_handle_shared(request) {
+            Ok(call) => Box::pin(call),
+            Err(request) => Box::pin(self.handle_copied(request)),
         }
     }
 
@@ -667,15 +772,11 @@ impl Plugin for DynamicPlugin {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        match self.before_request_lent {
-            Some(f) => Box::pin(LentHook::new(
-                self,
-                LentHookFn::Before(f),
-                request_edit,
-                request,
-                None,
-            )),
-            None => Box::pin(async move { Ok(self.before_request(&request).await?.into()) }),
+        match self.lent_before_request(request) {
+            Ok(call) => Box::pin(call),
+            Err(request) => {
+                Box::pin(async move { Ok(self.before_request(&request).await?.into()) })
+            }
         }
     }
 
@@ -689,20 +790,18 @@ impl Plugin for DynamicPlugin {
         'life0: 'async_trait,
         Self: 'async_trait,
     {
-        match self.after_response_lent {
-            Some(f) => Box::pin(LentHook::new(
-                self,
-                LentHookFn::After(f),
-                response_edit,
-                request,
-                Some(response),
-            )),
-            None => Box::pin(async move {
+        match self.lent_after_response(request, response) {
+            Ok(call) => Box::pin(call),
+            Err((request, response)) => Box::pin(async move {
                 Ok(ResponseEdit::Replace(
                     self.after_response(&request, &response).await?,
                 ))
             }),
         }
+    }
+
+    fn as_library(&self) -> Option<&DynamicPlugin> {
+        Some(self)
     }
 
     async fn health_check(&self) -> Health {
