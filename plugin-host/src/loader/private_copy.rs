@@ -64,7 +64,7 @@ pub enum Store {
     Directory,
     /// No copy: the file itself, through the descriptor its checks opened, because it is
     /// immutable (`chattr +i`) or has fs-verity, which no write, truncation or rename can get
-    /// past (see [`PrivateCopy::of_file`]).
+    /// past; see docs/operations.md.
     Unchangeable,
 }
 
