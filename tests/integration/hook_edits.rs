@@ -406,6 +406,18 @@ async fn lent_calls_past_the_limit_are_shed_and_a_dropped_waiting_one_is_cancell
         async move { guarded.before_request_shared(slow).await }
     });
     until_in_flight(&guarded, 1).await;
+    // The guard counts the call in flight before it reaches the plugin: wait until it has. Each
+    // look (`/count`) is a call the plugin counts too, and is taken off.
+    let mut looks = 0;
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while faulty_calls(&plugin).await - looks < 1 {
+            looks += 1;
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the held call reaches the plugin");
+    looks += 1;
     let fast = Arc::new(Request::new("GET", "/x/fast"));
     let shed = guarded.before_request_shared(fast.clone()).await;
     assert_eq!(
@@ -419,7 +431,7 @@ async fn lent_calls_past_the_limit_are_shed_and_a_dropped_waiting_one_is_cancell
         Err(CallError::Overloaded(_))
     ));
     assert_eq!(
-        faulty_calls(&plugin).await,
+        faulty_calls(&plugin).await - looks,
         1,
         "shed calls reached the plugin"
     );
