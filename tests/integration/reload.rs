@@ -113,6 +113,23 @@ impl Load {
     }
 }
 
+/// Sets the modification time of `file` to now, its content as it was.
+fn touch(file: &std::path::Path) {
+    std::fs::File::options()
+        .write(true)
+        .open(file)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
+}
+
+/// Installs a copy of `from` at `to` as installers do: written beside it, then renamed over it.
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    let beside = to.with_extension("new");
+    std::fs::copy(from, &beside).unwrap();
+    std::fs::rename(&beside, to).unwrap();
+}
+
 /// Polls `check` until it holds; panics with `what` after the patience runs out.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -300,15 +317,8 @@ async fn the_watcher_reloads_a_library_written_over_and_not_one_touched() {
     let server = Server::start(&yaml);
     // The same bytes installed again (by a rename: a write in place could be seen half done,
     // which would reload, though to no change), then the file touched.
-    let twin = dir.path().join("twin.so");
-    std::fs::copy(&rust, &twin).unwrap();
-    std::fs::rename(&twin, &file).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(std::time::SystemTime::now())
-        .unwrap();
+    install(&rust, &file);
+    touch(&file);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!server.logs().contains("a watched file changed"));
     assert_eq!(plugin(&server, "greet").await["generation"], 1);
@@ -441,17 +451,10 @@ async fn a_reload_compares_each_library_file_with_the_copy_that_runs() {
         status == 200 && unchanged(&report),
         "rewritten alike: {report}"
     );
-    std::fs::File::options()
-        .write(true)
-        .open(&file)
-        .unwrap()
-        .set_modified(std::time::SystemTime::now())
-        .unwrap();
+    touch(&file);
     let (status, report) = reload(&server).await;
     assert!(status == 200 && unchanged(&report), "touched: {report}");
-    let twin = dir.path().join("twin.so");
-    std::fs::copy(&rust, &twin).unwrap();
-    std::fs::rename(&twin, &file).unwrap();
+    install(&rust, &file);
     let (status, report) = reload(&server).await;
     assert!(
         status == 200 && unchanged(&report),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::private_copy::{PrivateCopy, Store};
+use super::private_copy::{PrivateCopy, Store, holds_exactly};
 
 /// A file's identity and last change, as `stat` gives them: its device and inode, its length, and
 /// its modification and change times. Any write to a file changes its change time (`ctime`),
@@ -107,9 +107,10 @@ impl Origin {
         if metadata.len() != self.copy.len() as u64 || self.copy.store() == Store::Unchangeable {
             return true;
         }
-        match (std::fs::read(&self.path), self.copy.bytes()) {
-            (Ok(now), Ok(copy)) => now[..] != copy[..],
-            _ => true,
-        }
+        let holds_copy = std::fs::File::open(&self.path).and_then(|file| {
+            let copy = self.copy.bytes()?;
+            holds_exactly(&file, &copy)
+        });
+        !holds_copy.unwrap_or(false)
     }
 }

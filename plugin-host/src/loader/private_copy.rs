@@ -79,16 +79,19 @@ impl Store {
     }
 }
 
+/// `FS_IOC_GETFLAGS`, `_IOR('f', 1, long)`: an inode's attribute flags (the kernel writes an `int`).
+const FS_IOC_GETFLAGS: nix::libc::c_ulong = 0x8008_6601;
+/// The immutable attribute (`chattr +i`).
+const FS_IMMUTABLE_FL: nix::libc::c_int = 0x0000_0010;
+/// fs-verity.
+const FS_VERITY_FL: nix::libc::c_int = 0x0010_0000;
+
 /// Whether the kernel forbids anyone to change the open file `file`: it carries the immutable
 /// attribute (`FS_IMMUTABLE_FL`, set by `chattr +i`: no write, truncation, rename or unlink,
 /// whoever asks, until someone holding `CAP_LINUX_IMMUTABLE` removes it) or fs-verity
 /// (`FS_VERITY_FL`: read-only for good). A read-only mount is not enough: the same file may be
 /// writable through another mount of its file system.
 fn unchangeable(file: &File) -> bool {
-    // FS_IOC_GETFLAGS, `_IOR('f', 1, long)`; the kernel writes an `int`.
-    const FS_IOC_GETFLAGS: nix::libc::c_ulong = 0x8008_6601;
-    const FS_IMMUTABLE_FL: nix::libc::c_int = 0x0000_0010;
-    const FS_VERITY_FL: nix::libc::c_int = 0x0010_0000;
     let mut flags: nix::libc::c_int = 0;
     // SAFETY: FS_IOC_GETFLAGS on a descriptor we own writes one `int` into `flags`, which lives
     // across the call; a file system without the ioctl fails it and writes nothing.
@@ -487,7 +490,7 @@ fn kept_equal_to(
 }
 
 /// Whether `file` holds exactly `bytes`, read a chunk at a time from its start.
-fn holds_exactly(file: &File, bytes: &[u8]) -> std::io::Result<bool> {
+pub(crate) fn holds_exactly(file: &File, bytes: &[u8]) -> std::io::Result<bool> {
     let mut chunk = vec![0; 64 * 1024];
     let mut at = 0;
     loop {
@@ -756,9 +759,8 @@ mod tests {
     struct Immutable(PathBuf);
 
     impl Immutable {
+        /// `FS_IOC_SETFLAGS`, `_IOW('f', 2, long)`.
         const SETFLAGS: nix::libc::c_ulong = 0x4008_6602;
-        const GETFLAGS: nix::libc::c_ulong = 0x8008_6601;
-        const FLAG: nix::libc::c_int = 0x10;
 
         fn set(path: &Path) -> Option<Immutable> {
             Immutable::flag(path, true).then(|| Immutable(path.to_owned()))
@@ -772,13 +774,13 @@ mod tests {
             // SAFETY: FS_IOC_GETFLAGS and FS_IOC_SETFLAGS on a descriptor we own read or write
             // one `int`, `flags`, which lives across both calls.
             unsafe {
-                if nix::libc::ioctl(file.as_raw_fd(), Self::GETFLAGS as _, &mut flags) != 0 {
+                if nix::libc::ioctl(file.as_raw_fd(), FS_IOC_GETFLAGS as _, &mut flags) != 0 {
                     return false;
                 }
                 flags = if on {
-                    flags | Self::FLAG
+                    flags | FS_IMMUTABLE_FL
                 } else {
-                    flags & !Self::FLAG
+                    flags & !FS_IMMUTABLE_FL
                 };
                 nix::libc::ioctl(file.as_raw_fd(), Self::SETFLAGS as _, &flags) == 0
             }
