@@ -151,9 +151,15 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     /// Runs before the endpoint when the plugin is in an endpoint's hook chain: go on, go on with a
     /// changed request, or answer early (for example 401).
     ///
-    /// By default: with [`HOOKS_LENT`](Self::HOOKS_LENT),
-    /// [`before_request_lent`](Self::before_request_lent) of this request; otherwise go on.
+    /// By default: with [`HOOKS_SYNC`](Self::HOOKS_SYNC),
+    /// [`before_request_sync`](Self::before_request_sync) of this request; with
+    /// [`HOOKS_LENT`](Self::HOOKS_LENT), [`before_request_lent`](Self::before_request_lent);
+    /// otherwise go on.
     async fn before_request(&self, request: &Request) -> PluginResult<HookAction> {
+        if Self::HOOKS_SYNC {
+            let lent = request.lend();
+            return Ok(self.before_request_sync(lent)?.into_action(&lent));
+        }
         if Self::HOOKS_LENT {
             let lent = request.lend();
             return Ok(self.before_request_lent(lent).await?.into_action(&lent));
@@ -168,6 +174,10 @@ pub trait BackworksPlugin: Send + Sync + 'static {
         request: &Request,
         response: Response,
     ) -> PluginResult<Response> {
+        if Self::HOOKS_SYNC {
+            let edit = self.after_response_sync(request.lend(), response.lend())?;
+            return Ok(edit.apply(response));
+        }
         if Self::HOOKS_LENT {
             let edit = self
                 .after_response_lent(request.lend(), response.lend())
@@ -233,8 +243,13 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     /// [`handle_lent`](Self::handle_lent); [`RequestEdit::SetHeaders`] sends back only the headers
     /// to set.
     ///
-    /// By default, without `HOOKS_LENT`: `before_request` of a copy; with it, go on.
+    /// By default: with [`HOOKS_SYNC`](Self::HOOKS_SYNC),
+    /// [`before_request_sync`](Self::before_request_sync); without `HOOKS_LENT`, `before_request`
+    /// of a copy; with it, go on.
     async fn before_request_lent(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+        if Self::HOOKS_SYNC {
+            return self.before_request_sync(request);
+        }
         if Self::HOOKS_LENT {
             return Ok(RequestEdit::Continue);
         }
@@ -247,12 +262,17 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     /// call; [`ResponseEdit::Keep`] sends nothing back, [`ResponseEdit::SetHeaders`] only the
     /// headers to set.
     ///
-    /// By default, without `HOOKS_LENT`: `after_response` of copies; with it, keep the response.
+    /// By default: with [`HOOKS_SYNC`](Self::HOOKS_SYNC),
+    /// [`after_response_sync`](Self::after_response_sync); without `HOOKS_LENT`, `after_response`
+    /// of copies; with it, keep the response.
     async fn after_response_lent(
         &self,
         request: LentRequest<'_>,
         response: LentResponse<'_>,
     ) -> PluginResult<ResponseEdit> {
+        if Self::HOOKS_SYNC {
+            return self.after_response_sync(request, response);
+        }
         if Self::HOOKS_LENT {
             return Ok(ResponseEdit::Keep);
         }
@@ -260,6 +280,85 @@ pub trait BackworksPlugin: Send + Sync + 'static {
             .after_response(&request.to_request(), response.to_response())
             .await?;
         Ok(ResponseEdit::Replace(changed))
+    }
+
+    /// Whether the plugin's hooks are synchronous: they answer from what the request and the
+    /// response hold and the plugin's own state, and never wait (no timer, socket, lock held by a
+    /// waiting task or other `.await`). `false` by default. Set it when you implement
+    /// [`before_request_sync`](Self::before_request_sync) and
+    /// [`after_response_sync`](Self::after_response_sync): they then read the host's request and
+    /// response in place, as with [`HOOKS_LENT`](Self::HOOKS_LENT), and are called as plain
+    /// functions, so a hook call costs no future, no allocation for one and no poll. It is the
+    /// cheapest kind of hook: a request id, a header check, a tag.
+    ///
+    /// A synchronous hook runs inline on the host's thread, like the first poll of an async one
+    /// (inside the plugin's tokio runtime, with its log lines named after the instance): it must
+    /// not block. A hook that sometimes waits (a token lookup over the network, say) stays async;
+    /// `HOOKS_SYNC` takes precedence over `HOOKS_LENT` when both are set. The other methods of
+    /// the trait stay async either way, and every caller of the async hooks (a built-in plugin's
+    /// host, an older host, tests) reaches the synchronous ones through their defaults.
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::prelude::*;
+    ///
+    /// #[derive(Default)]
+    /// struct Tag;
+    ///
+    /// #[async_trait]
+    /// impl BackworksPlugin for Tag {
+    ///     const HOOKS: Hooks = Hooks::ALL;
+    ///     const HOOKS_SYNC: bool = true;
+    ///
+    ///     fn before_request_sync(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+    ///         if request.header("x-tag").is_some() {
+    ///             return Ok(RequestEdit::Continue);
+    ///         }
+    ///         Ok(RequestEdit::SetHeaders([("x-tag", "new")].into_iter().collect()))
+    ///     }
+    ///
+    ///     fn after_response_sync(
+    ///         &self,
+    ///         request: LentRequest<'_>,
+    ///         _response: LentResponse<'_>,
+    ///     ) -> PluginResult<ResponseEdit> {
+    ///         Ok(match request.header("x-tag") {
+    ///             Some(tag) => ResponseEdit::SetHeaders([("x-tag", tag)].into_iter().collect()),
+    ///             None => ResponseEdit::Keep,
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// // Called directly...
+    /// let request = Request::new("GET", "/");
+    /// let edit = Tag.before_request_sync(request.lend()).unwrap();
+    /// assert!(matches!(edit, RequestEdit::SetHeaders(ref headers) if headers.get("x-tag") == Some("new")));
+    /// // ...or through the async methods, as a built-in plugin is called.
+    /// let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    /// let action = rt.block_on(Tag.before_request(&request)).unwrap();
+    /// let HookAction::ContinueWith(changed) = action else { panic!("{action:?}") };
+    /// let response = rt.block_on(Tag.after_response(&changed, Response::new(204))).unwrap();
+    /// assert_eq!(response.headers.get("x-tag"), Some("new"));
+    /// ```
+    const HOOKS_SYNC: bool = false;
+
+    /// Runs before the endpoint like [`before_request_lent`](Self::before_request_lent), as a
+    /// plain function: called instead of it when [`HOOKS_SYNC`](Self::HOOKS_SYNC) is set. By
+    /// default, go on.
+    fn before_request_sync(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+        let _ = request;
+        Ok(RequestEdit::Continue)
+    }
+
+    /// Runs after the endpoint like [`after_response_lent`](Self::after_response_lent), as a
+    /// plain function: called instead of it when [`HOOKS_SYNC`](Self::HOOKS_SYNC) is set. By
+    /// default, keep the response.
+    fn after_response_sync(
+        &self,
+        request: LentRequest<'_>,
+        response: LentResponse<'_>,
+    ) -> PluginResult<ResponseEdit> {
+        let _ = (request, response);
+        Ok(ResponseEdit::Keep)
     }
 
     /// Reports the plugin's health.

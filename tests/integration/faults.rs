@@ -78,6 +78,10 @@ async fn panics_in_handle_hook_initialize_and_health_check() {
     path: libbroken_panic.so
     hooks: [before_request]
     config: { panic_in: before_request }
+  panic-after:
+    path: libbroken_panic.so
+    hooks: [after_response]
+    config: { panic_in: after_response }
   panic-init:
     path: libbroken_panic.so
     config: { panic_in: initialize }
@@ -88,6 +92,7 @@ async fn panics_in_handle_hook_initialize_and_health_check() {
         r#"
   boom: { path: "/boom/{what}", plugin: panic-handle, hooks: [] }
   hooked: { path: /hooked, plugin: control, hooks: [panic-hook] }
+  after: { path: /after-panics, plugin: control, hooks: [panic-after] }
   init: { path: /init, plugin: panic-init, hooks: [] }
   health: { path: /health-panics, plugin: panic-health, hooks: [] }
 "#,
@@ -110,6 +115,23 @@ async fn panics_in_handle_hook_initialize_and_health_check() {
             .detail(&answer)
             .await
             .contains("before_request exploded")
+    );
+    faults.assert_control_serves().await;
+
+    // A synchronous `after_response` that panics costs its edit, not the response: the
+    // endpoint's answer goes on, and the panic is counted against the hook's plugin.
+    for _ in 0..3 {
+        let answer = faults.get("/after-panics").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    assert_eq!(
+        faults
+            .metric(
+                "backworks_plugin_errors_total",
+                &[("plugin", "panic-after"), ("kind", "panic")]
+            )
+            .await,
+        Some(3.0)
     );
     faults.assert_control_serves().await;
 

@@ -1,6 +1,6 @@
 //! A hooks plugin: runs around other plugins' endpoints rather than serving its own. Its hooks
-//! read the host's request and response in place ([`BackworksPlugin::HOOKS_LENT`]) and send back
-//! only the header they set.
+//! never wait, so they are synchronous ([`BackworksPlugin::HOOKS_SYNC`]): plain functions that read
+//! the host's request and response in place and send back only the header they set.
 //!
 //! - `before_request` gives a request without an `x-request-id` header a new, unique one and goes
 //!   on with that header set ([`RequestEdit::SetHeaders`]); a request that has one goes on
@@ -164,11 +164,12 @@ impl BackworksPlugin for RequestId {
         Ok(())
     }
 
-    // The hooks read the host's request and response in place and send back only the header
-    // they set (ABI 1.2); the copying `before_request`/`after_response` go through these too.
-    const HOOKS_LENT: bool = true;
+    // The hooks never wait: they run as plain functions on the host's request and response, read
+    // in place, and send back only the header they set; the async `before_request`/`after_response`
+    // (and their `_lent` forms) go through these too.
+    const HOOKS_SYNC: bool = true;
 
-    async fn before_request_lent(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+    fn before_request_sync(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
         let id = existing_id(request);
         if !self.api_key_ok(request) {
             let id = id.map_or_else(|| self.next_id(), Text::from);
@@ -185,7 +186,7 @@ impl BackworksPlugin for RequestId {
         ))
     }
 
-    async fn after_response_lent(
+    fn after_response_sync(
         &self,
         request: LentRequest<'_>,
         _response: LentResponse<'_>,

@@ -259,6 +259,38 @@ pub(super) unsafe fn drive<P: Send + Sync + 'static, T: 'static>(
     }
 }
 
+/// Runs a synchronous plugin method inline, as [`drive`] polls a future the first time: in the
+/// library's runtime, with the instance's link current; writes its outcome (through `map`) to
+/// `out`. A panic becomes [`PluginError::Panic`].
+///
+/// # Safety
+/// `out` must be valid for the call.
+pub(super) unsafe fn now<P, T>(
+    this: &Instance<P>,
+    out: *mut BwOutput,
+    call: impl FnOnce() -> T,
+    map: fn(T) -> Outcome,
+) -> i32 {
+    // SAFETY: the host passes a valid, exclusive output for the duration of the call.
+    let out = unsafe { &mut *out };
+    let outcome = match crate::runtime::LIBRARY.context() {
+        Ok(runtime) => {
+            let result = in_runtime(runtime, || {
+                host_link::as_current(&this.host, || catch_unwind(AssertUnwindSafe(call)))
+            });
+            // As in `drive`: a task the method spawned may find no thread running yet.
+            crate::runtime::LIBRARY.run_leftover_tasks();
+            match result {
+                Ok(value) => map(value),
+                Err(payload) => Outcome::Error(PluginError::from_panic(payload.as_ref())),
+            }
+        }
+        Err(error) => Outcome::Error(error),
+    };
+    write_output(out, outcome);
+    BW_READY
+}
+
 /// Completes a started task exactly once: with its outcome, or as cancelled when dropped unfinished.
 struct Completion(Option<BwCompletion>);
 

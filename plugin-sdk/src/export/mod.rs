@@ -130,12 +130,17 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         } else {
             None
         },
-        before_request_lent: if P::HOOKS_LENT {
+        // Synchronous hooks fill the same entries: the host sees a call that is ready at once.
+        before_request_lent: if P::HOOKS_SYNC {
+            Some(before_request_sync::<P>)
+        } else if P::HOOKS_LENT {
             Some(before_request_lent::<P>)
         } else {
             None
         },
-        after_response_lent: if P::HOOKS_LENT {
+        after_response_lent: if P::HOOKS_SYNC {
+            Some(after_response_sync::<P>)
+        } else if P::HOOKS_LENT {
             Some(after_response_lent::<P>)
         } else {
             None
@@ -450,15 +455,46 @@ unsafe extern "C" fn before_request_lent<P: BackworksPlugin>(
         let (instance, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
         let future = plugin(instance).before_request_lent(lent);
         // SAFETY: the future borrows the plugin value and the lent request; `out` is valid.
+        unsafe { call::drive(instance, out, future, None, request_edited) }
+    })
+}
+
+/// The outcome of a request edit: a header edit crosses back as `HEADERS`, an empty one as
+/// `CONTINUE`.
+fn request_edited(result: PluginResult<RequestEdit>) -> Outcome {
+    match result {
+        Ok(RequestEdit::Continue) => Outcome::Continue,
+        Ok(RequestEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
+        Ok(RequestEdit::SetHeaders(headers)) => Outcome::RequestHeaders(headers),
+        Ok(RequestEdit::Replace(request)) => Outcome::Request(request),
+        Ok(RequestEdit::Respond(response)) => Outcome::Response(response),
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+/// The vtable's `before_request_lent` of a plugin with synchronous hooks
+/// ([`BackworksPlugin::HOOKS_SYNC`]): calls [`BackworksPlugin::before_request_sync`] on the host's
+/// request, read in place, and is always ready.
+///
+/// # Safety
+/// As [`before_request_lent`].
+unsafe extern "C" fn before_request_sync<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library and a request it lends until
+        // the call returns, keeping the ABI's conventions; nothing borrows it beyond the call.
+        let (instance, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
+        // SAFETY: `out` is the host's valid output.
         unsafe {
-            call::drive(instance, out, future, None, |result| match result {
-                Ok(RequestEdit::Continue) => Outcome::Continue,
-                Ok(RequestEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
-                Ok(RequestEdit::SetHeaders(headers)) => Outcome::RequestHeaders(headers),
-                Ok(RequestEdit::Replace(request)) => Outcome::Request(request),
-                Ok(RequestEdit::Respond(response)) => Outcome::Response(response),
-                Err(e) => Outcome::Error(e),
-            })
+            call::now(
+                instance,
+                out,
+                || plugin(instance).before_request_sync(lent),
+                request_edited,
+            )
         }
     })
 }
@@ -489,14 +525,53 @@ unsafe extern "C" fn after_response_lent<P: BackworksPlugin>(
         let future = plugin(instance).after_response_lent(lent_request, lent_response);
         // SAFETY: the future borrows the plugin value and the lent request and response; `out`
         // is valid.
+        unsafe { call::drive(instance, out, future, None, response_edited) }
+    })
+}
+
+/// The outcome of a response edit: a header edit crosses back as `HEADERS`, a kept response (or
+/// an empty edit) as `CONTINUE`.
+fn response_edited(result: PluginResult<ResponseEdit>) -> Outcome {
+    match result {
+        Ok(ResponseEdit::Keep) => Outcome::Continue,
+        Ok(ResponseEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
+        Ok(ResponseEdit::SetHeaders(headers)) => Outcome::ResponseHeaders(headers),
+        Ok(ResponseEdit::Replace(response)) => Outcome::Response(response),
+        Err(e) => Outcome::Error(e),
+    }
+}
+
+/// The vtable's `after_response_lent` of a plugin with synchronous hooks
+/// ([`BackworksPlugin::HOOKS_SYNC`]): calls [`BackworksPlugin::after_response_sync`] on the host's
+/// request and response, read in place, and is always ready.
+///
+/// # Safety
+/// As [`after_response_lent`].
+unsafe extern "C" fn after_response_sync<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    response: *const BwResponse,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library, and a request and response it
+        // lends until the call returns, keeping the ABI's conventions; nothing borrows them beyond
+        // the call.
+        let (instance, lent_request, lent_response) = unsafe {
+            (
+                instance::<P>(this),
+                LentRequest::from_host(&*request),
+                LentResponse::from_host(&*response),
+            )
+        };
+        // SAFETY: `out` is the host's valid output.
         unsafe {
-            call::drive(instance, out, future, None, |result| match result {
-                Ok(ResponseEdit::Keep) => Outcome::Continue,
-                Ok(ResponseEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
-                Ok(ResponseEdit::SetHeaders(headers)) => Outcome::ResponseHeaders(headers),
-                Ok(ResponseEdit::Replace(response)) => Outcome::Response(response),
-                Err(e) => Outcome::Error(e),
-            })
+            call::now(
+                instance,
+                out,
+                || plugin(instance).after_response_sync(lent_request, lent_response),
+                response_edited,
+            )
         }
     })
 }
@@ -1047,5 +1122,167 @@ mod tests {
         assert_eq!(probe.handle("/wait", &mut out), BW_PENDING);
         // SAFETY: the never-started task, passed to `task_cancel` once.
         unsafe { (VTABLE.task_cancel.unwrap())(out.task) };
+    }
+
+    /// Synchronous hooks: `before_request_sync` sets `x-tag` to the path, whether it ran inside a
+    /// tokio runtime (`x-runtime`), and panics for `/panic`; `after_response_sync` copies the
+    /// response's status into `x-status`, or answers an error for a 500.
+    #[derive(Default)]
+    struct Tagger;
+
+    #[async_trait::async_trait]
+    impl BackworksPlugin for Tagger {
+        const HOOKS: crate::Hooks = crate::Hooks::ALL;
+        const HOOKS_SYNC: bool = true;
+        // Set too: the synchronous hooks win.
+        const HOOKS_LENT: bool = true;
+
+        fn before_request_sync(&self, request: LentRequest<'_>) -> PluginResult<RequestEdit> {
+            if request.path() == "/panic" {
+                panic!("tagger panicked");
+            }
+            let runtime = tokio::runtime::Handle::try_current().is_ok();
+            Ok(RequestEdit::SetHeaders(
+                [
+                    ("x-tag", request.path()),
+                    ("x-runtime", if runtime { "yes" } else { "no" }),
+                ]
+                .into_iter()
+                .collect(),
+            ))
+        }
+
+        async fn before_request_lent(
+            &self,
+            _request: LentRequest<'_>,
+        ) -> PluginResult<RequestEdit> {
+            unreachable!("HOOKS_SYNC takes precedence over HOOKS_LENT")
+        }
+
+        fn after_response_sync(
+            &self,
+            _request: LentRequest<'_>,
+            response: LentResponse<'_>,
+        ) -> PluginResult<ResponseEdit> {
+            if response.status() == 500 {
+                return Err(PluginError::Internal("tagger refused".to_owned()));
+            }
+            Ok(ResponseEdit::SetHeaders(
+                [("x-status", response.status().to_string())]
+                    .into_iter()
+                    .collect(),
+            ))
+        }
+    }
+
+    static TAGGER: BwPluginVTable = vtable::<Tagger>(b"");
+
+    /// The pairs of an output's list, copied.
+    fn pairs_of(list: BwKvList) -> Vec<(String, String)> {
+        // SAFETY: the list of an unreleased output of this library.
+        unsafe { list.as_slice() }
+            .iter()
+            // SAFETY: as above.
+            .map(|kv| unsafe { (kv.key.to_string_lossy(), kv.value.to_string_lossy()) })
+            .collect()
+    }
+
+    #[test]
+    fn synchronous_hooks_answer_through_the_lent_entries_at_once() {
+        let services = Box::new(BwHostServices {
+            size: size_of::<BwHostServices>() as u32,
+            abi_minor: ABI_MINOR,
+            reserved: 0,
+            ctx: std::ptr::null_mut(),
+            plugin_name: BwStr::new(b"tagger"),
+            max_log_level: 0,
+            log: None,
+            workers: 0,
+            reserved2: 0,
+        });
+        let mut out = BwOutput::empty();
+        // SAFETY: valid services that outlive the instance, and a valid output.
+        let instance = unsafe { (TAGGER.instance_new.unwrap())(&*services, &mut out) };
+        assert!(!instance.is_null());
+        let (before, after) = (
+            TAGGER.before_request_lent.unwrap(),
+            TAGGER.after_response_lent.unwrap(),
+        );
+
+        let request = HostRequest::new(b"/tagged");
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request outlives the call and the output is valid.
+        let status = unsafe { before(instance, &*request.view, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_HEADERS));
+        assert_eq!(
+            pairs_of(out.request.headers),
+            [("x-tag", "/tagged"), ("x-runtime", "yes")].map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        take(out);
+
+        let response = BwResponse {
+            status: 201,
+            ..BwResponse::EMPTY
+        };
+        let mut out = BwOutput::empty();
+        // SAFETY: as above, and the response outlives the call.
+        let status = unsafe { after(instance, &*request.view, &response, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_HEADERS));
+        assert_eq!(take(out).2, [("x-status".to_owned(), "201".to_owned())]);
+
+        // An error and a panic are error outputs; the instance goes on answering.
+        let failed = BwResponse {
+            status: 500,
+            ..BwResponse::EMPTY
+        };
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { after(instance, &*request.view, &failed, &mut out) };
+        assert_eq!(
+            (status, out.kind, out.code),
+            (BW_READY, BW_OUT_ERROR, BW_ERR_INTERNAL)
+        );
+        take(out);
+        let panicking = HostRequest::new(b"/panic");
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { before(instance, &*panicking.view, &mut out) };
+        assert_eq!(
+            (status, out.kind, out.code),
+            (BW_READY, BW_OUT_ERROR, BW_ERR_PANIC)
+        );
+        // SAFETY: unreleased output.
+        assert_eq!(unsafe { out.message.to_string_lossy() }, "tagger panicked");
+        take(out);
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { before(instance, &*request.view, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_HEADERS));
+        take(out);
+
+        // SAFETY: no call runs on the instance any more.
+        unsafe { (TAGGER.instance_free.unwrap())(instance) };
+        drop((request, panicking, services));
+    }
+
+    #[tokio::test]
+    async fn the_async_hooks_of_a_synchronous_plugin_call_the_synchronous_ones() {
+        let request = Request::new("GET", "/x");
+        let HookAction::ContinueWith(changed) = Tagger.before_request(&request).await.unwrap()
+        else {
+            panic!("a changed request");
+        };
+        assert_eq!(changed.header("x-tag"), Some("/x"));
+        let response = Tagger
+            .after_response(&changed, Response::new(204))
+            .await
+            .unwrap();
+        assert_eq!(response.headers.get("x-status"), Some("204"));
+        assert!(
+            Tagger
+                .after_response(&changed, Response::new(500))
+                .await
+                .is_err()
+        );
     }
 }
