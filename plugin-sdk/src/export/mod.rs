@@ -1260,6 +1260,21 @@ mod tests {
         assert_eq!((status, out.kind), (BW_READY, BW_OUT_HEADERS));
         take(out);
 
+        // A host older than ABI 1.2 calls the copying entry, which reaches the same hook.
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status =
+            unsafe { (TAGGER.before_request.unwrap())(instance, &*request.view, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_REQUEST));
+        // SAFETY: unreleased output.
+        let changed = unsafe { input::request(&out.request) };
+        assert_eq!(changed.header("x-tag"), Some("/tagged"));
+        assert_eq!(changed.header("x-seen"), Some("yes"));
+        if let Some(release) = out.release {
+            // SAFETY: released once.
+            unsafe { release(out.owner) };
+        }
+
         // SAFETY: no call runs on the instance any more.
         unsafe { (TAGGER.instance_free.unwrap())(instance) };
         drop((request, panicking, services));
