@@ -12,7 +12,10 @@
 #   hook      the same behind the `request-id` plugin (before_request + after_response)
 #   process   the same .so under `isolation: process`
 # SERVERS="axum so" picks some. COMPARE_BIN=path/to/another/backworks adds `so@cmp` and
-# `hook@cmp` rows served by that binary (an older build, for a before/after in one run).
+# `hook@cmp` rows served by that binary (an older build, for a before/after in one run);
+# COMPARE_PLUGINS=DIR makes those rows load libhello.so and librequest_id.so from DIR (copies of
+# an older build of the plugins, for a before/after of an SDK change), by this tree's binary
+# unless COMPARE_BIN names another.
 #
 # --instructions counts what a request costs in instructions, which stay put on a noisy machine:
 # each server runs under valgrind's callgrind (twice), serves 300 requests from one keep-alive
@@ -33,7 +36,7 @@ fi
 rounds=${1:-5}
 secs=${2:-4}
 servers=${SERVERS:-axum builtin so hook process}
-if [[ -n "${COMPARE_BIN:-}" ]]; then servers="$servers so@cmp hook@cmp"; fi
+if [[ -n "${COMPARE_BIN:-}${COMPARE_PLUGINS:-}" ]]; then servers="$servers so@cmp hook@cmp"; fi
 
 needs=wrk
 [[ $mode == instructions ]] && needs=valgrind
@@ -53,11 +56,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# config NAME HELLO_ENTRY [REQUEST_ID]
+# config NAME HELLO_ENTRY [REQUEST_ID], with the plugins of $plugins
+plugins=$root/target/release
 config() {
     {
         printf 'server:\n  host: 127.0.0.1\n  port: 0\n  admin:\n    port: 0\n'
-        printf 'plugin_dirs:\n  - %s/target/release\n' "$root"
+        printf 'plugin_dirs:\n  - %s\n' "$plugins"
         printf 'plugins:\n  hello:\n%s\n' "$2"
         if [[ -n "${3:-}" ]]; then
             printf '  request-id:\n    type: external\n    path: librequest_id.so\n'
@@ -70,6 +74,9 @@ config builtin '    type: builtin'
 config so $'    type: external\n    path: libhello.so'
 config hook $'    type: external\n    path: libhello.so' yes
 config process $'    type: external\n    path: libhello.so\n    isolation: process'
+plugins=${COMPARE_PLUGINS:-$plugins}
+config so@cmp $'    type: external\n    path: libhello.so'
+config hook@cmp $'    type: external\n    path: libhello.so' yes
 
 # The server command of a row.
 command_of() {
@@ -77,7 +84,7 @@ command_of() {
     case $1 in
         axum) echo "$root/target/release/examples/http_axum_baseline 127.0.0.1:0" ;;
         builtin) echo "$root/target/release/examples/http_builtin_host $work/builtin.yaml" ;;
-        *@cmp) echo "$COMPARE_BIN serve -c $work/${1%@cmp}.yaml" ;;
+        *@cmp) echo "${COMPARE_BIN:-$bin} serve -c $work/$1.yaml" ;;
         *) echo "$bin serve -c $work/$1.yaml" ;;
     esac
 }
