@@ -286,7 +286,21 @@ impl Guarded {
             let spent = self.origin.elapsed().saturating_sub(start);
             Instant::now().checked_add(limit.saturating_sub(spent))
         };
-        let answer = within(pin!(make()), deadline).await;
+        // The first poll inline (a call that answers at once never registers a timer); written
+        // out here rather than in a nested `async fn`, whose state and moves cost every call.
+        let mut call = pin!(make());
+        let answer = match poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await {
+            Poll::Ready(answer) => Some(answer),
+            Poll::Pending => match deadline() {
+                Some(deadline) => {
+                    let deadline = tokio::time::Instant::from_std(deadline);
+                    // Boxed: a timer is large (and cache-line aligned), and only a call that waits
+                    // needs one; inline, it would grow every call's future.
+                    Box::pin(tokio::time::timeout_at(deadline, call)).await.ok()
+                }
+                None => Some(call.await),
+            },
+        };
         let end = self.origin.elapsed();
         let took = end.saturating_sub(start);
         let permit = in_flight.permit.take();
