@@ -7,6 +7,8 @@
 #
 # Servers (each started on a free port, loaded, then stopped):
 #   axum      benches/http/axum_baseline.rs: the handler as a plain axum route (the baseline)
+#   axum-hook the same route with the request-id plugin's work in front of it as axum middleware
+#             (`--request-id`): the like-for-like baseline of `hook`
 #   builtin   the host with `hello` compiled in (benches/http/builtin_host.rs)
 #   so        `backworks serve`, `hello` from libhello.so
 #   hook      the same behind the `request-id` plugin (before_request + after_response)
@@ -24,7 +26,8 @@
 # Load: wrk -t1 -c32 (installed with apt-get when missing), after a 1 s warm-up. CPU per request
 # is utime + stime of the server process and its children (a process plugin's child) from
 # /proc/PID/stat around the load, divided by the requests wrk counted: the steadiest figure on a
-# shared machine. The ratio is req/s over the axum baseline's in the same round.
+# shared machine. The ratio is req/s over the axum baseline's in the same round; the `hook` rows
+# also get their ratio over `axum-hook`'s (the same work written in axum) in the same round.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -35,7 +38,7 @@ if [[ "${1:-}" == --instructions ]]; then
 fi
 rounds=${1:-5}
 secs=${2:-4}
-servers=${SERVERS:-axum builtin so hook process}
+servers=${SERVERS:-axum axum-hook builtin so hook process}
 if [[ -n "${COMPARE_BIN:-}${COMPARE_PLUGINS:-}" ]]; then servers="$servers so@cmp hook@cmp"; fi
 
 needs=wrk
@@ -83,6 +86,7 @@ command_of() {
     local bin=$root/target/release/backworks
     case $1 in
         axum) echo "$root/target/release/examples/http_axum_baseline 127.0.0.1:0" ;;
+        axum-hook) echo "$root/target/release/examples/http_axum_baseline 127.0.0.1:0 --request-id" ;;
         builtin) echo "$root/target/release/examples/http_builtin_host $work/builtin.yaml" ;;
         *@cmp) echo "${COMPARE_BIN:-$bin} serve -c $work/$1.yaml" ;;
         *) echo "$bin serve -c $work/$1.yaml" ;;
@@ -219,18 +223,26 @@ by = {}
 for rnd, server, rps, cpu, threads, bad in rows:
     by.setdefault(server, {})[rnd] = (float(rps), float(cpu), int(threads), bad)
 base = by.get("axum", {})
+like = by.get("axum-hook", {})
+
+
+def ratio_over(got, to):
+    """The median and range of the per-round ratios of `got`'s req/s over `to`'s."""
+    ratios = [got[r][0] / to[r][0] for r in got if r in to]
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
+
+
 print()
-print(f"{'server':10} {'req/s (median)':>15} {'ratio to axum':>22} {'CPU us/req':>11} {'+CPU us':>8} {'threads':>8}")
+print(f"{'server':10} {'req/s (median)':>15} {'ratio to axum':>22} {'to axum-hook':>22} {'CPU us/req':>11} {'+CPU us':>8} {'threads':>8}")
 for server in order:
     got = by[server]
     rps = statistics.median(v[0] for v in got.values())
     cpu = statistics.median(v[1] for v in got.values())
     threads = max(v[2] for v in got.values())
-    ratios = [got[r][0] / base[r][0] for r in got if r in base]
-    if ratios:
-        ratio = f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
-        extra = f"{cpu - statistics.median(v[1] for v in base.values()):+.2f}"
-    else:
-        ratio, extra = "-", "-"
-    print(f"{server:10} {rps:>15,.0f} {ratio:>22} {cpu:>11.2f} {extra:>8} {threads:>8}")
+    ratio = ratio_over(got, base)
+    like_ratio = ratio_over(got, like) if server.startswith("hook") else "-"
+    extra = f"{cpu - statistics.median(v[1] for v in base.values()):+.2f}" if base else "-"
+    print(f"{server:10} {rps:>15,.0f} {ratio:>22} {like_ratio:>22} {cpu:>11.2f} {extra:>8} {threads:>8}")
 PY
