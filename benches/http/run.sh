@@ -7,8 +7,9 @@
 #
 # Servers (each started on a free port, loaded, then stopped):
 #   axum      benches/http/axum_baseline.rs: the handler as a plain axum route (the baseline)
-#   axum-hook the same route with the request-id plugin's work in front of it as axum middleware
-#             (`--request-id`): the like-for-like baseline of `hook`
+#   axum-hook the same route with the request-id plugin's work in front of it, as an axum service
+#             does it (`--request-id`: tower-http's request-id layers): the like-for-like
+#             baseline of `hook`
 #   builtin   the host with `hello` compiled in (benches/http/builtin_host.rs)
 #   so        `backworks serve`, `hello` from libhello.so
 #   hook      the same behind the `request-id` plugin (before_request + after_response)
