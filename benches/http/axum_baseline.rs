@@ -46,7 +46,7 @@ impl MakeRequestId for MakeId {
 
 /// This process's prefix of every id (the plugin's is random per instance; any value costs the
 /// same here).
-const PREFIX: u64 = 0x5eed_ba5e_0f_1d5;
+const PREFIX: u64 = 0x0005_eedb_a5e0_f1d5;
 
 /// Makes ids unique within this process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);

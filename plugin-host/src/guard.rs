@@ -213,12 +213,7 @@ impl Guarded {
             },
             None => Either::Right(self.inner.before_request_shared(request)),
         };
-        self.run(call, |edit| match edit {
-            RequestEdit::Respond(response) => self.check(response, true),
-            RequestEdit::Continue | RequestEdit::SetHeaders(_) | RequestEdit::Replace(_) => {
-                Ok(Outcome::Success)
-            }
-        })
+        self.run(call, |edit| self.judge_request_edit(edit))
     }
 
     /// [`Plugin::after_response_shared`] under the policy, without boxing the guard's future; a
@@ -238,10 +233,62 @@ impl Guarded {
             },
             None => Either::Right(self.inner.after_response_shared(request, response)),
         };
-        self.run(call, |edit| match edit {
+        self.run(call, |edit| self.judge_response_edit(edit))
+    }
+
+    /// A `before_request` hook call that answers at once, under the policy: `None` when the
+    /// plugin cannot make one (then [`Guarded::before_request_shared`] makes the call). A library
+    /// whose hooks never wait (ABI 1.3's `before_request_now`) makes it: no future, the request
+    /// lent for the call only, the headers the hook sets copied straight into the edit. Admitted,
+    /// timed, counted and judged as any call; a deadline cannot cut it short, so one that overran
+    /// it is a timeout, as a call that blocked in its first poll is.
+    pub fn before_request_now(&self, request: &Request) -> Option<Result<RequestEdit, CallError>> {
+        let library = self
+            .inner
+            .as_library()
+            .filter(|library| library.has_before_request_now())?;
+        Some(self.run_now(
+            || library.now_before_request(request),
+            |edit| self.judge_request_edit(edit),
+        ))
+    }
+
+    /// An `after_response` hook call that answers at once, under the policy, as
+    /// [`Guarded::before_request_now`]: `None` when the plugin cannot make one (then
+    /// [`Guarded::after_response_shared`] makes the call).
+    pub fn after_response_now(
+        &self,
+        request: &Request,
+        response: &Response,
+    ) -> Option<Result<ResponseEdit, CallError>> {
+        let library = self
+            .inner
+            .as_library()
+            .filter(|library| library.has_after_response_now())?;
+        Some(self.run_now(
+            || library.now_after_response(request, response),
+            |edit| self.judge_response_edit(edit),
+        ))
+    }
+
+    /// Judges a `before_request` answer: an early response is held to the size limit, and its
+    /// 5xx counts as the endpoint's would.
+    fn judge_request_edit(&self, edit: &RequestEdit) -> Result<Outcome, CallError> {
+        match edit {
+            RequestEdit::Respond(response) => self.check(response, true),
+            RequestEdit::Continue | RequestEdit::SetHeaders(_) | RequestEdit::Replace(_) => {
+                Ok(Outcome::Success)
+            }
+        }
+    }
+
+    /// Judges an `after_response` answer: a header edit keeps the body, so only a replacement is
+    /// held to the size limit.
+    fn judge_response_edit(&self, edit: &ResponseEdit) -> Result<Outcome, CallError> {
+        match edit {
             ResponseEdit::Replace(response) => self.check(response, false),
             ResponseEdit::Keep | ResponseEdit::SetHeaders(_) => Ok(Outcome::Success),
-        })
+        }
     }
 
     fn name(&self) -> &str {
@@ -259,25 +306,7 @@ impl Guarded {
     where
         Fut: Future<Output = Result<T, CallError>>,
     {
-        // Time is kept as the time since `origin`: one clock read and one subtraction each end.
-        let start = self.origin.elapsed();
-        let permit = match self.breaker.try_acquire(start) {
-            Ok(admission) => {
-                if let Some(transition) = admission.transition {
-                    self.report(transition);
-                }
-                admission.permit
-            }
-            Err(refusal) => return Err(self.refused(refusal)),
-        };
-        if !self.stats.try_enter(self.policy.max_concurrency) {
-            self.breaker.release(permit);
-            return Err(self.shed());
-        }
-        let mut in_flight = InFlight {
-            guard: self,
-            permit: Some(permit),
-        };
+        let (start, in_flight) = self.admit()?;
         let timeout = self.policy.timeout;
         // Asked for only when the call waits: the std clock that tokio's timers need is read only
         // then. A deadline too far to represent is no deadline.
@@ -301,6 +330,58 @@ impl Guarded {
                 None => Some(call.await),
             },
         };
+        self.settle(start, in_flight, answer, judge)
+    }
+
+    /// Runs `call`, which answers at once (it never waits), under the policy, as [`Guarded::run`]
+    /// runs a call whose first poll answers: no future, no timer.
+    fn run_now<T>(
+        &self,
+        call: impl FnOnce() -> Result<T, CallError>,
+        judge: impl FnOnce(&T) -> Result<Outcome, CallError>,
+    ) -> Result<T, CallError> {
+        let (start, in_flight) = self.admit()?;
+        let answer = call();
+        self.settle(start, in_flight, Some(answer), judge)
+    }
+
+    /// Lets a call in, or refuses it (open breaker, concurrency limit): the time it started (since
+    /// `origin`) and its place in flight.
+    fn admit(&self) -> Result<(Duration, InFlight<'_>), CallError> {
+        // Time is kept as the time since `origin`: one clock read and one subtraction each end.
+        let start = self.origin.elapsed();
+        let permit = match self.breaker.try_acquire(start) {
+            Ok(admission) => {
+                if let Some(transition) = admission.transition {
+                    self.report(transition);
+                }
+                admission.permit
+            }
+            Err(refusal) => return Err(self.refused(refusal)),
+        };
+        if !self.stats.try_enter(self.policy.max_concurrency) {
+            self.breaker.release(permit);
+            return Err(self.shed());
+        }
+        Ok((
+            start,
+            InFlight {
+                guard: self,
+                permit: Some(permit),
+            },
+        ))
+    }
+
+    /// Ends a call that started at `start`: its answer (`None`: its deadline passed) judged,
+    /// timed, counted and reported to the breaker.
+    fn settle<T>(
+        &self,
+        start: Duration,
+        mut in_flight: InFlight<'_>,
+        answer: Option<Result<T, CallError>>,
+        judge: impl FnOnce(&T) -> Result<Outcome, CallError>,
+    ) -> Result<T, CallError> {
+        let timeout = self.policy.timeout;
         let end = self.origin.elapsed();
         let took = end.saturating_sub(start);
         let permit = in_flight.permit.take();

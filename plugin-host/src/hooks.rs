@@ -115,8 +115,9 @@ impl HookChain {
 
     /// Runs the chain around `endpoint`, which serves the (possibly changed) request.
     ///
-    /// The request and the response are shared with each hook call (`Arc`), so that a library
-    /// hook can read them in place; a header edit is applied to the chain's own copy, which is
+    /// A library hook that never waits (ABI 1.3's `_now` entries) is called at once, the request
+    /// and the response lent for the call only. Others get the request and the response shared
+    /// (`Arc`), so that a library hook can read them in place while it waits; a header edit is applied to the chain's own copy, which is
     /// cloned only if a hook call still holds it (never, once its call is over). The endpoint gets
     /// the request shared too ([`Plugin::handle_shared`](crate::Plugin::handle_shared) serves it
     /// without a copy): the chain's only one when no `after_response` hook or observer needs it
@@ -133,7 +134,12 @@ impl HookChain {
             let Some(on_failure) = hook.before_request else {
                 continue;
             };
-            match hook.plugin.before_request_shared(request.clone()).await {
+            // A library whose hooks never wait answers at once, without a future (ABI 1.3).
+            let answer = match hook.plugin.before_request_now(&request) {
+                Some(answer) => answer,
+                None => hook.plugin.before_request_shared(request.clone()).await,
+            };
+            match answer {
                 Ok(RequestEdit::Continue) => {}
                 Ok(RequestEdit::SetHeaders(headers)) => {
                     Arc::make_mut(&mut request).headers.set_all(headers);
@@ -169,11 +175,15 @@ impl HookChain {
             let Some(on_failure) = hook.after_response else {
                 continue;
             };
-            match hook
-                .plugin
-                .after_response_shared(request.clone(), response.clone())
-                .await
-            {
+            let answer = match hook.plugin.after_response_now(&request, &response) {
+                Some(answer) => answer,
+                None => {
+                    hook.plugin
+                        .after_response_shared(request.clone(), response.clone())
+                        .await
+                }
+            };
+            match answer {
                 Ok(ResponseEdit::Keep) => {}
                 Ok(ResponseEdit::SetHeaders(headers)) => {
                     Arc::make_mut(&mut response).headers.set_all(headers);

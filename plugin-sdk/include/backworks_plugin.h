@@ -1,5 +1,5 @@
 /*
- * backworks_plugin.h - the Backworks plugin C ABI, version 1.2.
+ * backworks_plugin.h - the Backworks plugin C ABI, version 1.3.
  *
  * This header is the exact C twin of `plugin-sdk/src/abi.rs` (and of the metadata format of
  * `plugin-sdk/src/metadata.rs`). Every constant, struct, field order and field type here matches
@@ -70,7 +70,7 @@ extern "C" {
 /* Incompatible changes bump the major version; a host only loads plugins of its own major. */
 #define BW_ABI_MAJOR 1
 /* Appended fields bump the minor version; a host loads plugins of any minor of its major. */
-#define BW_ABI_MINOR 2
+#define BW_ABI_MINOR 3
 /* The version of backworks-plugin-sdk this header belongs to, written into the metadata `sdk` key.
  * The host accepts plugins whose SDK version is in its own semver family. */
 #define BW_SDK_VERSION "0.1.0"
@@ -290,6 +290,27 @@ typedef struct BwCompletion {
     BwCompleteFn complete;
 } BwCompletion;
 
+/* ABI 1.3: sets header `name` to `value` for a before_request_now or after_response_now call (see
+ * BwHeaderSink). Returns 0, or nonzero when the host refuses the header. */
+typedef int32_t (*BwHeaderSetFn)(void *ctx, BwStr name, BwStr value);
+
+/*
+ * ABI 1.3: where a hook call of before_request_now or after_response_now sends the headers it
+ * sets, one at a time, so that they cross without an output of the plugin's to hold them and to
+ * release. Provided by the host for the duration of the call only.
+ */
+typedef struct BwHeaderSink {
+    /* The host's context; passed back to `set`. Owned by the host. */
+    void *ctx;
+    /* Sets header `name` to `value` on the request (before_request_now) or the response
+     * (after_response_now) the call goes on with, in place of any header of that name (any case).
+     * The host copies both strings before it returns; a later `set` of the same name adds a second
+     * value. Returns 0, or nonzero when the host refuses the header (a name or value that is not
+     * UTF-8): the plugin should then answer ERROR, and the host fails the call anyway. Called only
+     * from the thread of the call, during the call; never unwinds. */
+    BwHeaderSetFn set;
+} BwHeaderSink;
+
 /* Records one log line of the plugin. Thread-safe; never unwinds. The strings are borrowed for the
  * duration of the call only. */
 typedef void (*BwLogFn)(void *ctx, uint32_t level, BwStr target, BwStr message);
@@ -366,6 +387,15 @@ typedef int32_t (*BwBeforeRequestLentFn)(void *instance, const BwRequest *reques
  * of handle_lent. Output: CONTINUE (unchanged), HEADERS, RESPONSE (instead) or ERROR. */
 typedef int32_t (*BwAfterResponseLentFn)(void *instance, const BwRequest *request,
                                          const BwResponse *response, BwOutput *out);
+/* ABI 1.3: before_request_lent as a call that never waits, its headers sent to `sink` (see
+ * BwPluginVTable.before_request_now). Must return BW_READY. */
+typedef int32_t (*BwBeforeRequestNowFn)(void *instance, const BwRequest *request,
+                                        const BwHeaderSink *sink, BwOutput *out);
+/* ABI 1.3: after_response_lent as a call that never waits, its headers sent to `sink` (see
+ * BwPluginVTable.after_response_now). Must return BW_READY. */
+typedef int32_t (*BwAfterResponseNowFn)(void *instance, const BwRequest *request,
+                                        const BwResponse *response, const BwHeaderSink *sink,
+                                        BwOutput *out);
 
 /*
  * The root of a plugin library, exported as the constant `backworks_plugin`.
@@ -374,7 +404,8 @@ typedef int32_t (*BwAfterResponseLentFn)(void *instance, const BwRequest *reques
  * It and the metadata bytes it points to belong to the library and must never change.
  *
  * Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
- * one that does not), while config_schema (v1.1) and the *_lent entries (v1.2) may be NULL. A plugin must
+ * one that does not), while config_schema (v1.1), the *_lent entries (v1.2) and the *_now entries
+ * (v1.3) may be NULL. A plugin must
  * accept concurrent calls on one instance from several threads. New fields are only ever appended
  * (and bump BW_ABI_MINOR).
  */
@@ -437,13 +468,27 @@ typedef struct BwPluginVTable {
      * on unchanged), HEADERS (set these response headers; status and body stay), RESPONSE (this
      * one instead) or ERROR. */
     BwAfterResponseLentFn after_response_lent;
+    /* ABI 1.3, may be NULL (then the host calls before_request_lent): before_request_lent as a call
+     * that never waits. It must return BW_READY (the host treats anything else as the plugin's
+     * error and starts no task); the request is lent for the call only. The request headers it
+     * sets go to `sink`. Output: CONTINUE (go on, with the headers given to `sink` set), HEADERS
+     * (as from before_request_lent, set after those given to `sink`), REQUEST, RESPONSE (answer
+     * early) or ERROR. */
+    BwBeforeRequestNowFn before_request_now;
+    /* ABI 1.3, may be NULL (then the host calls after_response_lent): after_response_lent as a call
+     * that never waits (see before_request_now); request and response lent for the call only, the
+     * response headers it sets sent to `sink`. Output: CONTINUE (the response goes on, with the
+     * headers given to `sink` set), HEADERS, RESPONSE (this one instead) or ERROR. */
+    BwAfterResponseNowFn after_response_now;
 } BwPluginVTable;
 
 /* sizeof(BwPluginVTable) of ABI 1.0 (64-bit targets), which ended with task_cancel: a plugin built
- * against a 1.0 header exports a vtable of this size, and a 1.2 host still loads it. */
+ * against a 1.0 header exports a vtable of this size, and a 1.3 host still loads it. */
 #define BW_VTABLE_SIZE_V1_0 offsetof(BwPluginVTable, config_schema)
 /* sizeof(BwPluginVTable) of ABI 1.1, which ended with config_schema. */
 #define BW_VTABLE_SIZE_V1_1 offsetof(BwPluginVTable, handle_lent)
+/* sizeof(BwPluginVTable) of ABI 1.2, which ended with after_response_lent. */
+#define BW_VTABLE_SIZE_V1_2 offsetof(BwPluginVTable, before_request_now)
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers
@@ -631,9 +676,12 @@ BW_STATIC_ASSERT(offsetof(BwHostServices, max_log_level) == 32, "BwHostServices.
 BW_STATIC_ASSERT(offsetof(BwHostServices, log) == 40, "BwHostServices.log offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, workers) == 48, "BwHostServices.workers offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, reserved2) == 52, "BwHostServices.reserved2 offset");
-BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 144, "BwPluginVTable size");
+BW_STATIC_ASSERT(sizeof(BwHeaderSink) == 16, "BwHeaderSink size");
+BW_STATIC_ASSERT(offsetof(BwHeaderSink, set) == 8, "BwHeaderSink.set offset");
+BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 160, "BwPluginVTable size");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_0 == 112, "BwPluginVTable size of ABI 1.0");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_1 == 120, "BwPluginVTable size of ABI 1.1");
+BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_2 == 144, "BwPluginVTable size of ABI 1.2");
 BW_STATIC_ASSERT(BW_ALIGNOF(BwPluginVTable) == 8, "BwPluginVTable alignment");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, size) == 8, "BwPluginVTable.size offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, abi_major) == 12, "BwPluginVTable.abi_major offset");
@@ -655,6 +703,10 @@ BW_STATIC_ASSERT(offsetof(BwPluginVTable, before_request_lent) == 128,
                  "BwPluginVTable.before_request_lent offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, after_response_lent) == 136,
                  "BwPluginVTable.after_response_lent offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, before_request_now) == 144,
+                 "BwPluginVTable.before_request_now offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, after_response_now) == 152,
+                 "BwPluginVTable.after_response_now offset");
 #endif
 
 #ifdef __cplusplus

@@ -43,8 +43,9 @@ pub const ABI_MAJOR: u16 = 1;
 ///
 /// Minor 1 appended [`BwPluginVTable::config_schema`]; minor 2 appended
 /// [`BwPluginVTable::handle_lent`], [`BwPluginVTable::before_request_lent`] and
-/// [`BwPluginVTable::after_response_lent`].
-pub const ABI_MINOR: u16 = 2;
+/// [`BwPluginVTable::after_response_lent`]; minor 3 appended [`BwPluginVTable::before_request_now`]
+/// and [`BwPluginVTable::after_response_now`], with [`BwHeaderSink`].
+pub const ABI_MINOR: u16 = 3;
 /// The name of the exported static [`BwPluginVTable`].
 pub const ENTRY_SYMBOL: &str = "backworks_plugin";
 /// [`ENTRY_SYMBOL`] with its terminating NUL, as `dlsym` wants it.
@@ -223,6 +224,24 @@ pub struct BwCompletion {
     pub complete: Option<unsafe extern "C" fn(ctx: *mut c_void, output: *mut BwOutput)>,
 }
 
+/// ABI 1.3: where a hook call of [`BwPluginVTable::before_request_now`] or
+/// [`BwPluginVTable::after_response_now`] sends the headers it sets, one at a time, so that they
+/// cross without an output of the plugin's to hold them and to release. Provided by the host for
+/// the duration of the call only.
+#[repr(C)]
+#[derive(Debug)]
+pub struct BwHeaderSink {
+    /// The host's context; passed back to `set`.
+    pub ctx: *mut c_void,
+    /// Sets header `name` to `value` on the request (`before_request_now`) or the response
+    /// (`after_response_now`) the call goes on with, in place of any header of that name (any
+    /// case). The host copies both strings before it returns; a later `set` of the same name adds
+    /// a second value. Returns 0, or nonzero when the host refuses the header (a name or value that
+    /// is not UTF-8): the plugin should then answer ERROR, and the host fails the call anyway.
+    /// Called only from the thread of the call, during the call; never unwinds.
+    pub set: Option<unsafe extern "C" fn(ctx: *mut c_void, name: BwStr, value: BwStr) -> i32>,
+}
+
 /// Services the host offers a plugin instance, passed to `instance_new`. The host keeps it alive and
 /// unchanged until `instance_free` has returned.
 #[repr(C)]
@@ -371,6 +390,35 @@ pub struct BwPluginVTable {
             out: *mut BwOutput,
         ) -> i32,
     >,
+    /// ABI 1.3: runs before the endpoint like `before_request_lent`, as a call that never waits:
+    /// it must return [`BW_READY`] (a host treats anything else as the plugin's error, and starts
+    /// no task). The request is lent for the call only. The headers it sets go to `sink` (set
+    /// them and go on); output: CONTINUE (go on, with the headers given to `sink` set), HEADERS
+    /// (as in `before_request_lent`; set after those given to `sink`), REQUEST, RESPONSE (answer
+    /// early) or ERROR. May be null: the host then calls `before_request_lent`. A host reads it only
+    /// when `size` covers it.
+    pub before_request_now: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            sink: *const BwHeaderSink,
+            out: *mut BwOutput,
+        ) -> i32,
+    >,
+    /// ABI 1.3: runs after the endpoint like `after_response_lent`, as a call that never waits
+    /// (see `before_request_now`). The request and the response are lent for the call only; the
+    /// response headers it sets go to `sink`. Output: CONTINUE (the response goes on, with the
+    /// headers given to `sink` set), HEADERS, RESPONSE (this response instead) or ERROR. May be
+    /// null: the host then calls `after_response_lent`. A host reads it only when `size` covers it.
+    pub after_response_now: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            response: *const BwResponse,
+            sink: *const BwHeaderSink,
+            out: *mut BwOutput,
+        ) -> i32,
+    >,
 }
 
 /// The size of a [`BwPluginVTable`] of ABI 1.0, which ended with `task_cancel`: the least a host of
@@ -378,6 +426,8 @@ pub struct BwPluginVTable {
 pub const VTABLE_SIZE_V1_0: usize = std::mem::offset_of!(BwPluginVTable, config_schema);
 /// The size of a [`BwPluginVTable`] of ABI 1.1, which ended with `config_schema`.
 pub const VTABLE_SIZE_V1_1: usize = std::mem::offset_of!(BwPluginVTable, handle_lent);
+/// The size of a [`BwPluginVTable`] of ABI 1.2, which ended with `after_response_lent`.
+pub const VTABLE_SIZE_V1_2: usize = std::mem::offset_of!(BwPluginVTable, before_request_now);
 
 // SAFETY: the vtable is immutable data: function pointers and a pointer to the library's own
 // immutable metadata bytes. Sharing it between threads is sound.
@@ -553,9 +603,12 @@ mod tests {
         assert_eq!(HOST_SERVICES_SIZE_V1_0, 48);
         assert_eq!(offset_of!(BwHostServices, workers), 48);
         assert_eq!(offset_of!(BwHostServices, reserved2), 52);
-        assert_eq!(size_of::<BwPluginVTable>(), 144);
+        assert_eq!(size_of::<BwHeaderSink>(), 16);
+        assert_eq!(offset_of!(BwHeaderSink, set), 8);
+        assert_eq!(size_of::<BwPluginVTable>(), 160);
         assert_eq!(VTABLE_SIZE_V1_0, 112);
         assert_eq!(VTABLE_SIZE_V1_1, 120);
+        assert_eq!(VTABLE_SIZE_V1_2, 144);
         assert_eq!(align_of::<BwPluginVTable>(), 8);
         assert_eq!(offset_of!(BwPluginVTable, size), 8);
         assert_eq!(offset_of!(BwPluginVTable, abi_major), 12);
@@ -575,6 +628,8 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, handle_lent), 120);
         assert_eq!(offset_of!(BwPluginVTable, before_request_lent), 128);
         assert_eq!(offset_of!(BwPluginVTable, after_response_lent), 136);
+        assert_eq!(offset_of!(BwPluginVTable, before_request_now), 144);
+        assert_eq!(offset_of!(BwPluginVTable, after_response_now), 152);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! ABI 1.2's lent request: plugins that read the host's request in place (`handle_lent`) and
 //! plugins built for older minors (1.1, 1.0), all served by this host; a lent call dropped while it
-//! waits.
+//! waits. ABI 1.3's hooks that answer at once (`*_now`), beside a hook plugin built for 1.2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,6 +62,45 @@ fn lent_c_plugin() -> PathBuf {
         &["-DBW_FIXTURE_LENT"],
         "abi_1_2_lent",
     )
+}
+
+/// `tests/fixtures/c-abi-1.2/hooks.c` against the frozen 1.2 header.
+fn abi_1_2_hooks() -> PathBuf {
+    compile(
+        "tests/fixtures/c-abi-1.2/hooks.c",
+        "tests/fixtures/c-abi-1.2/include",
+        &[],
+        "abi_1_2_hooks",
+    )
+}
+
+/// The same source against today's header, with ABI 1.3's `*_now` hooks.
+fn now_c_hooks() -> PathBuf {
+    compile(
+        "tests/fixtures/c-abi-1.2/hooks.c",
+        "plugin-sdk/include",
+        &["-DBW_FIXTURE_NOW"],
+        "abi_1_3_now_hooks",
+    )
+}
+
+/// A server with the 1.1 fixture's endpoint at `/fx/{id}` behind the hook plugin at `hooks`.
+fn behind_hooks(hooks: &Path) -> Server {
+    Server::start(&format!(
+        "plugins:\n  endpoint:\n    path: {}\n  hooks:\n    path: {}\n    hooks: [before_request, after_response]\nendpoints:\n  fx: {{ path: \"/fx/{{id}}\", plugin: endpoint }}\n",
+        abi_1_1_plugin().display(),
+        hooks.display()
+    ))
+}
+
+/// `GET path` of `server`: the status, the response's `x-hook` and the body.
+async fn hooked(server: &Server, path: &str) -> (u16, Option<String>, String) {
+    let res = client().get(server.url(path)).send().await.unwrap();
+    let hook = res
+        .headers()
+        .get("x-hook")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (res.status().as_u16(), hook, res.text().await.unwrap())
 }
 
 /// `tests/fixtures/c-abi-1.0/abi_1_0.c`, built as ABI 1.0 had its vtable.
@@ -144,6 +183,81 @@ async fn a_c_plugin_that_opts_in_is_served_through_handle_lent() {
     assert_eq!(
         body_of(&copying, "/fx/1").await,
         format!("abi 1.{ABI_MINOR} copied GET /fx/1 ana")
+    );
+}
+
+/// A hook plugin built for 1.2 is called through its `*_lent` entries (the host reads none of the
+/// 1.3 entries past its 144 bytes); the same plugin built for 1.3 through its `*_now` entries,
+/// whose headers cross through the host's sink. Each answer names the entry that ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_built_for_1_2_and_for_1_3_are_each_called_through_their_own_entries() {
+    let old = abi_1_2_hooks();
+    assert_eq!(inspected_abi(&old), "1.2");
+    let library = load_library(&old).unwrap();
+    assert_eq!(library.vtable().abi_minor, 2);
+    assert!(library.vtable().before_request_lent.is_some());
+    assert!(library.vtable().before_request_now.is_none());
+    assert!(library.vtable().after_response_now.is_none());
+    let now = now_c_hooks();
+    assert_eq!(inspected_abi(&now), format!("1.{ABI_MINOR}"));
+    assert!(
+        load_library(&now)
+            .unwrap()
+            .vtable()
+            .before_request_now
+            .is_some()
+    );
+
+    let server = behind_hooks(&old);
+    assert_eq!(
+        hooked(&server, "/fx/1").await,
+        (
+            200,
+            Some("lent".to_owned()),
+            "abi 1.1 copied GET /fx/1 lent-hook".to_owned()
+        )
+    );
+    let server = behind_hooks(&now);
+    assert_eq!(
+        hooked(&server, "/fx/1").await,
+        (
+            200,
+            Some("now".to_owned()),
+            "abi 1.1 copied GET /fx/1 now-hook".to_owned()
+        )
+    );
+}
+
+/// A `*_now` hook that breaks the ABI's rules, as a careless C author might: one that answers
+/// with a pending task, and one that sends a header value that is not UTF-8 and goes on although
+/// the sink refused it. Each fails that call (`before_request` fails closed: the client gets an
+/// error, the endpoint does not run), names the plugin in the log, and the next request is
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_now_hook_that_waits_or_sends_bad_text_fails_only_its_call() {
+    let server = behind_hooks(&now_c_hooks());
+    for path in ["/fx/pending", "/fx/bad-utf8"] {
+        let (status, _, body) = hooked(&server, path).await;
+        assert!(status >= 500, "{path}: {status} {body}");
+        assert!(
+            !body.contains("abi 1.1"),
+            "{path}: the endpoint ran: {body}"
+        );
+        let (status, hook, body) = hooked(&server, "/fx/2").await;
+        assert_eq!(
+            (status, hook.as_deref(), body.as_str()),
+            (200, Some("now"), "abi 1.1 copied GET /fx/2 now-hook"),
+            "after {path}"
+        );
+    }
+    let logs = server.logs();
+    assert!(
+        logs.contains("plugin `hooks` answered `before_request_now` with a pending call"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("plugin `hooks` set a header value that is not UTF-8"),
+        "{logs}"
     );
 }
 

@@ -315,6 +315,69 @@ unsafe fn headers(
     Ok(headers)
 }
 
+/// The headers a hook call of ABI 1.3 (`before_request_now`, `after_response_now`) sets, sent
+/// one at a time through the [`BwHeaderSink`] it is given ([`HeaderSink::abi`]): copied into
+/// [`Headers`] (names lower-cased) as they come, checked like an output's, with nothing of the
+/// plugin's to release afterwards.
+pub(super) struct HeaderSink {
+    pub(super) headers: Headers,
+    /// What the plugin sent that was refused (text that is not UTF-8), if anything.
+    pub(super) refused: Option<&'static str>,
+}
+
+impl HeaderSink {
+    pub(super) fn new() -> HeaderSink {
+        HeaderSink {
+            headers: Headers::new(),
+            refused: None,
+        }
+    }
+
+    /// The ABI sink that writes into this one; valid while `self` is neither moved nor dropped
+    /// (the call it is given to).
+    pub(super) fn abi(&mut self) -> BwHeaderSink {
+        BwHeaderSink {
+            ctx: std::ptr::from_mut(self).cast(),
+            set: Some(header_sink_set),
+        }
+    }
+}
+
+/// The `set` of a [`HeaderSink`]'s ABI sink.
+///
+/// # Safety
+/// `ctx` must be the [`HeaderSink`] the sink was made from, alive and used by no one else for the
+/// call; `name` and `value` as [`BwStr::as_bytes`] for the call.
+unsafe extern "C" fn header_sink_set(ctx: *mut c_void, name: BwStr, value: BwStr) -> i32 {
+    // No panic crosses back into the plugin: a failure to copy is a refusal.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: the caller's contract: `ctx` is the call's own sink, and the strings are lent
+        // for this call.
+        let (sink, name, value) = unsafe {
+            (
+                &mut *ctx.cast::<HeaderSink>(),
+                name.to_str(),
+                value.to_str(),
+            )
+        };
+        match (name, value) {
+            (Some(name), Some(value)) => {
+                sink.headers.append(name, value);
+                0
+            }
+            (None, _) => {
+                sink.refused.get_or_insert("a header name");
+                1
+            }
+            (_, None) => {
+                sink.refused.get_or_insert("a header value");
+                1
+            }
+        }
+    }))
+    .unwrap_or(1)
+}
+
 /// Room left in a plugin's response headers for a hook's edit: a header such as `x-request-id`
 /// is then added without growing the list.
 const RESPONSE_SPARE_HEADERS: usize = 1;

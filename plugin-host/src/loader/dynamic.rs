@@ -9,6 +9,12 @@
 //! its views then live in the call's future, lent until the call is over ([`LentHandle`]), and the
 //! plugin reads them in place. Otherwise (a plugin built for ABI 1.0 or 1.1, or one that does not
 //! opt in) it goes to `handle`, which lends them for the call only and the plugin copies them.
+//!
+//! A hook call goes to the plugin's `_now` entry when it has one (ABI 1.3, a plugin whose hooks
+//! never wait): made and answered at once, with the views on the stack and the headers it sets
+//! copied straight into the edit through a [`HeaderSink`], so no future is made and no output
+//! released ([`DynamicPlugin::now_before_request`]). Else to its `_lent` entry ([`LentHook`]),
+//! else to the copying `before_request` / `after_response`.
 
 use std::ffi::c_void;
 use std::marker::PhantomPinned;
@@ -27,8 +33,8 @@ use tokio::sync::oneshot;
 
 use super::LoadedLibrary;
 use super::call::{
-    LENT_INLINE_PAIRS, LENT_RESPONSE_PAIRS, Output, RequestViews, ResponseViews, TaskGuard,
-    Waiting, cancelled_output, finish, kv, on_complete, str_view, with_request_view,
+    HeaderSink, LENT_INLINE_PAIRS, LENT_RESPONSE_PAIRS, Output, RequestViews, ResponseViews,
+    TaskGuard, Waiting, cancelled_output, finish, kv, on_complete, str_view, with_request_view,
 };
 use crate::CallError;
 use crate::HostError;
@@ -52,6 +58,10 @@ pub struct DynamicPlugin {
     before_request_lent: Option<LentHandleFn>,
     /// The plugin's `after_response_lent` (ABI 1.2), when it has one and lending is on.
     after_response_lent: Option<LentAfterFn>,
+    /// The plugin's `before_request_now` (ABI 1.3), when it has one and lending is on.
+    before_request_now: Option<NowBeforeFn>,
+    /// The plugin's `after_response_now` (ABI 1.3), when it has one and lending is on.
+    after_response_now: Option<NowAfterFn>,
     /// Boxed so its address, given to the plugin, never changes; dropped after `instance_free`.
     _services: Box<Services>,
 }
@@ -68,6 +78,19 @@ type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwO
 /// The type of the vtable's `after_response_lent`.
 type LentAfterFn =
     unsafe extern "C" fn(*mut c_void, *const BwRequest, *const BwResponse, *mut BwOutput) -> i32;
+
+/// The type of the vtable's `before_request_now`.
+type NowBeforeFn =
+    unsafe extern "C" fn(*mut c_void, *const BwRequest, *const BwHeaderSink, *mut BwOutput) -> i32;
+
+/// The type of the vtable's `after_response_now`.
+type NowAfterFn = unsafe extern "C" fn(
+    *mut c_void,
+    *const BwRequest,
+    *const BwResponse,
+    *const BwHeaderSink,
+    *mut BwOutput,
+) -> i32;
 
 /// A hook call through `before_request_lent` or `after_response_lent` (ABI 1.2): the future the
 /// call guard holds inline ([`DynamicPlugin::lent_before_request`]), or the one the
@@ -534,6 +557,12 @@ impl DynamicPlugin {
             after_response_lent: vtable
                 .after_response_lent
                 .filter(|_| LENDING.load(Ordering::Relaxed)),
+            before_request_now: vtable
+                .before_request_now
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
+            after_response_now: vtable
+                .after_response_now
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
             library,
             instance,
             _services: services,
@@ -547,6 +576,8 @@ impl DynamicPlugin {
         self.handle_lent = None;
         self.before_request_lent = None;
         self.after_response_lent = None;
+        self.before_request_now = None;
+        self.after_response_now = None;
         self
     }
 
@@ -608,6 +639,125 @@ impl DynamicPlugin {
             )),
             None => Err((request, response)),
         }
+    }
+
+    /// Whether `before_request` hook calls go to the plugin's `before_request_now` (ABI 1.3):
+    /// [`DynamicPlugin::now_before_request`] makes them.
+    pub(crate) fn has_before_request_now(&self) -> bool {
+        self.before_request_now.is_some()
+    }
+
+    /// Whether `after_response` hook calls go to the plugin's `after_response_now` (ABI 1.3).
+    pub(crate) fn has_after_response_now(&self) -> bool {
+        self.after_response_now.is_some()
+    }
+
+    /// A `before_request` hook call through the plugin's `before_request_now` (ABI 1.3), made and
+    /// answered at once: the request's views on the stack, lent for the call only, and the headers
+    /// the hook sets copied into the edit as it sends them. Only for a plugin that
+    /// [has the entry](Self::has_before_request_now); else the plugin's error.
+    pub(crate) fn now_before_request(&self, request: &Request) -> Result<RequestEdit, CallError> {
+        let Some(f) = self.before_request_now else {
+            return Err(self.no_entry("before_request_now"));
+        };
+        let mut sink = HeaderSink::new();
+        let mut out = Output::empty();
+        let status = with_request_view(request, |view| {
+            let abi = sink.abi();
+            // SAFETY: live instance; the views borrow `request` and the ABI sink points to `sink`,
+            // both alive and unmoved for the call, which is as long as a `_now` entry may use them.
+            unsafe { f(self.instance, view, &abi, &mut out.raw) }
+        });
+        self.now_answered("before_request_now", status, &mut out, &sink)?;
+        let name = &self.info.name;
+        match out.raw.kind {
+            BW_OUT_CONTINUE if sink.headers.is_empty() => Ok(RequestEdit::Continue),
+            BW_OUT_CONTINUE => Ok(RequestEdit::SetHeaders(sink.headers)),
+            BW_OUT_HEADERS => {
+                let mut headers = sink.headers;
+                for (key, value) in out.header_edits(name, false)?.iter() {
+                    headers.append(key, value);
+                }
+                Ok(RequestEdit::SetHeaders(headers))
+            }
+            _ => request_edit(self, &out),
+        }
+    }
+
+    /// An `after_response` hook call through the plugin's `after_response_now` (ABI 1.3), made
+    /// and answered at once, as [`DynamicPlugin::now_before_request`]; the request and the
+    /// response lent for the call only.
+    pub(crate) fn now_after_response(
+        &self,
+        request: &Request,
+        response: &Response,
+    ) -> Result<ResponseEdit, CallError> {
+        let Some(f) = self.after_response_now else {
+            return Err(self.no_entry("after_response_now"));
+        };
+        let mut sink = HeaderSink::new();
+        let mut out = Output::empty();
+        let mut response_views = ResponseViews::<LENT_RESPONSE_PAIRS>::new();
+        let response_view: *const BwResponse = response_views.fill(response);
+        let status = with_request_view(request, |view| {
+            let abi = sink.abi();
+            // SAFETY: as in `now_before_request`; the response views borrow `response` and live
+            // on this stack for the call.
+            unsafe { f(self.instance, view, response_view, &abi, &mut out.raw) }
+        });
+        self.now_answered("after_response_now", status, &mut out, &sink)?;
+        let name = &self.info.name;
+        match out.raw.kind {
+            BW_OUT_CONTINUE if sink.headers.is_empty() => Ok(ResponseEdit::Keep),
+            BW_OUT_CONTINUE => Ok(ResponseEdit::SetHeaders(sink.headers)),
+            BW_OUT_HEADERS => {
+                let mut headers = sink.headers;
+                for (key, value) in out.header_edits(name, true)?.iter() {
+                    headers.append(key, value);
+                }
+                Ok(ResponseEdit::SetHeaders(headers))
+            }
+            _ => response_edit(self, &out),
+        }
+    }
+
+    /// Checks what a `_now` call returned: it must have answered at once (a pending answer's
+    /// task is released unstarted, and the call fails), and sent only headers the host took.
+    fn now_answered(
+        &self,
+        entry: &str,
+        status: i32,
+        out: &mut Output,
+        sink: &HeaderSink,
+    ) -> Result<(), CallError> {
+        let name = &self.info.name;
+        if status != BW_READY || out.raw.kind == BW_OUT_PENDING {
+            if out.raw.kind == BW_OUT_PENDING
+                && !out.raw.task.is_null()
+                && let Some(cancel) = self.vtable().task_cancel
+            {
+                // SAFETY: the task of this call's pending output, never started, released exactly
+                // once (the output forgets it).
+                unsafe { cancel(std::mem::replace(&mut out.raw.task, std::ptr::null_mut())) };
+            }
+            return Err(CallError::InvalidResponse(format!(
+                "plugin `{name}` answered `{entry}` with a pending call; it must answer at once"
+            )));
+        }
+        if let Some(what) = sink.refused {
+            return Err(CallError::InvalidResponse(format!(
+                "plugin `{name}` set {what} that is not UTF-8"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The error of a call to an entry the plugin does not have.
+    fn no_entry(&self, entry: &str) -> CallError {
+        CallError::InvalidResponse(format!(
+            "plugin `{}` has no `{entry}` entry",
+            self.info.name
+        ))
     }
 
     /// An endpoint call through `handle`, which lends the request for the call only: the plugin

@@ -269,7 +269,7 @@ pub(super) unsafe fn now<P, T>(
     this: &Instance<P>,
     out: *mut BwOutput,
     call: impl FnOnce() -> T,
-    map: fn(T) -> Outcome,
+    map: impl FnOnce(T) -> Outcome,
 ) -> i32 {
     // SAFETY: the host passes a valid, exclusive output for the duration of the call.
     let out = unsafe { &mut *out };

@@ -145,6 +145,18 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         } else {
             None
         },
+        // ABI 1.3: the same synchronous hooks, their headers sent through the host's sink. A host
+        // of 1.2 never reads these and calls the `_lent` entries above.
+        before_request_now: if P::HOOKS_SYNC {
+            Some(before_request_now::<P>)
+        } else {
+            None
+        },
+        after_response_now: if P::HOOKS_SYNC {
+            Some(after_response_now::<P>)
+        } else {
+            None
+        },
     }
 }
 
@@ -499,6 +511,71 @@ unsafe extern "C" fn before_request_sync<P: BackworksPlugin>(
     })
 }
 
+/// The vtable's `before_request_now` (ABI 1.3) of a plugin with synchronous hooks: calls
+/// [`BackworksPlugin::before_request_sync`] on the host's request, read in place, and sends the
+/// headers it sets through the host's `sink`, so that nothing crosses in the output to be
+/// released; always ready.
+///
+/// # Safety
+/// As [`before_request_sync`], and `sink` valid for the call.
+unsafe extern "C" fn before_request_now<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    sink: *const BwHeaderSink,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library, a request it lends until the
+        // call returns, keeping the ABI's conventions, and a sink valid for the call; nothing
+        // borrows them beyond the call.
+        let (instance, lent, sink) = unsafe {
+            (
+                instance::<P>(this),
+                LentRequest::from_host(&*request),
+                sink.as_ref(),
+            )
+        };
+        // SAFETY: `out` is the host's valid output.
+        unsafe {
+            call::now(
+                instance,
+                out,
+                || plugin(instance).before_request_sync(lent),
+                |result| through_sink(sink, request_edited(result)),
+            )
+        }
+    })
+}
+
+/// Sends the headers of a header edit through the host's `sink` (ABI 1.3's `_now` entries): the
+/// call then answers CONTINUE, and nothing crosses in its output. Any other outcome, or no sink,
+/// goes out as it is.
+fn through_sink(sink: Option<&BwHeaderSink>, outcome: Outcome) -> Outcome {
+    let (Outcome::RequestHeaders(headers) | Outcome::ResponseHeaders(headers)) = &outcome else {
+        return outcome;
+    };
+    let Some((ctx, set)) = sink.and_then(|sink| Some((sink.ctx, sink.set?))) else {
+        return outcome;
+    };
+    for (name, value) in headers.iter() {
+        // SAFETY: the host's sink function with its context, during the call it was given for;
+        // the strings are lent for this call only (the host copies them).
+        let refused = unsafe {
+            set(
+                ctx,
+                BwStr::new(name.as_bytes()),
+                BwStr::new(value.as_bytes()),
+            )
+        };
+        if refused != 0 {
+            return Outcome::Error(PluginError::Internal(format!(
+                "the host refused header `{name}`"
+            )));
+        }
+    }
+    Outcome::Continue
+}
+
 /// The vtable's `after_response_lent` (ABI 1.2): runs [`BackworksPlugin::after_response_lent`]
 /// on the host's request and response, read in place; the response crosses back only when it is
 /// replaced, a header edit as `HEADERS`, an unchanged response as `CONTINUE`.
@@ -571,6 +648,43 @@ unsafe extern "C" fn after_response_sync<P: BackworksPlugin>(
                 out,
                 || plugin(instance).after_response_sync(lent_request, lent_response),
                 response_edited,
+            )
+        }
+    })
+}
+
+/// The vtable's `after_response_now` (ABI 1.3) of a plugin with synchronous hooks: calls
+/// [`BackworksPlugin::after_response_sync`] on the host's request and response, read in place,
+/// and sends the headers it sets through the host's `sink`; always ready.
+///
+/// # Safety
+/// As [`after_response_sync`], and `sink` valid for the call.
+unsafe extern "C" fn after_response_now<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    response: *const BwResponse,
+    sink: *const BwHeaderSink,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library, a request and a response it
+        // lends until the call returns, keeping the ABI's conventions, and a sink valid for the
+        // call; nothing borrows them beyond the call.
+        let (instance, lent_request, lent_response, sink) = unsafe {
+            (
+                instance::<P>(this),
+                LentRequest::from_host(&*request),
+                LentResponse::from_host(&*response),
+                sink.as_ref(),
+            )
+        };
+        // SAFETY: `out` is the host's valid output.
+        unsafe {
+            call::now(
+                instance,
+                out,
+                || plugin(instance).after_response_sync(lent_request, lent_response),
+                |result| through_sink(sink, response_edited(result)),
             )
         }
     })
@@ -1028,7 +1142,7 @@ mod tests {
     fn only_a_plugin_that_handles_lent_requests_exports_the_entry() {
         assert!(VTABLE.handle_lent.is_none());
         assert!(READER.handle_lent.is_some());
-        assert_eq!(READER.abi_minor, 2);
+        assert_eq!(READER.abi_minor, ABI_MINOR);
         assert_eq!(READER.size as usize, size_of::<BwPluginVTable>());
     }
 
@@ -1142,6 +1256,11 @@ mod tests {
                 panic!("tagger panicked");
             }
             let runtime = tokio::runtime::Handle::try_current().is_ok();
+            if request.path() == "/refused" {
+                return Ok(RequestEdit::SetHeaders(
+                    [("x-refused", "by the host's sink")].into_iter().collect(),
+                ));
+            }
             Ok(RequestEdit::SetHeaders(
                 [
                     ("x-tag", request.path()),
@@ -1278,6 +1397,149 @@ mod tests {
         // SAFETY: no call runs on the instance any more.
         unsafe { (TAGGER.instance_free.unwrap())(instance) };
         drop((request, panicking, services));
+    }
+
+    /// A host's header sink for the tests: collects what it is sent, and refuses `x-refused`.
+    #[derive(Default)]
+    struct Collected(Vec<(String, String)>);
+
+    /// The `set` of the tests' sink.
+    ///
+    /// # Safety
+    /// `ctx` must be a `Collected` no one else uses during the call; the strings as
+    /// [`BwStr::as_bytes`].
+    unsafe extern "C" fn collect(ctx: *mut c_void, name: BwStr, value: BwStr) -> i32 {
+        // SAFETY: `ctx` is the test's `Collected`, used by this call only; the strings are lent
+        // for the call.
+        let (collected, name, value) = unsafe {
+            (
+                &mut *ctx.cast::<Collected>(),
+                name.to_string_lossy(),
+                value.to_string_lossy(),
+            )
+        };
+        if name == "x-refused" {
+            return 1;
+        }
+        collected.0.push((name, value));
+        0
+    }
+
+    #[test]
+    fn synchronous_hooks_send_their_headers_through_the_host_sink() {
+        // Only synchronous hooks have the `_now` entries (ABI 1.3).
+        assert!(VTABLE.before_request_now.is_none() && VTABLE.after_response_now.is_none());
+        assert!(READER.before_request_now.is_none() && READER.after_response_now.is_none());
+        let services = Box::new(BwHostServices {
+            size: size_of::<BwHostServices>() as u32,
+            abi_minor: ABI_MINOR,
+            reserved: 0,
+            ctx: std::ptr::null_mut(),
+            plugin_name: BwStr::new(b"tagger"),
+            max_log_level: 0,
+            log: None,
+            workers: 0,
+            reserved2: 0,
+        });
+        let mut out = BwOutput::empty();
+        // SAFETY: valid services that outlive the instance, and a valid output.
+        let instance = unsafe { (TAGGER.instance_new.unwrap())(&*services, &mut out) };
+        assert!(!instance.is_null());
+        let (before, after) = (
+            TAGGER.before_request_now.unwrap(),
+            TAGGER.after_response_now.unwrap(),
+        );
+        let mut collected = Collected::default();
+        let sink = BwHeaderSink {
+            ctx: (&raw mut collected).cast(),
+            set: Some(collect),
+        };
+
+        // The headers go to the sink, in order; the output says CONTINUE and holds nothing.
+        let request = HostRequest::new(b"/tagged");
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request, the sink and the output outlive the call.
+        let status = unsafe { before(instance, &*request.view, &sink, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_CONTINUE));
+        assert!(out.release.is_none() && out.owner.is_null());
+        let pairs = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            std::mem::take(&mut collected.0),
+            pairs(&[("x-tag", "/tagged"), ("x-runtime", "yes")])
+        );
+
+        let response = BwResponse {
+            status: 201,
+            ..BwResponse::EMPTY
+        };
+        let mut out = BwOutput::empty();
+        // SAFETY: as above, and the response outlives the call.
+        let status = unsafe { after(instance, &*request.view, &response, &sink, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_CONTINUE));
+        assert_eq!(
+            std::mem::take(&mut collected.0),
+            pairs(&[("x-status", "201")])
+        );
+
+        // An error and a panic are error outputs, with nothing sent; a header the host refuses
+        // fails the call. The instance goes on answering.
+        let failed = BwResponse {
+            status: 500,
+            ..BwResponse::EMPTY
+        };
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { after(instance, &*request.view, &failed, &sink, &mut out) };
+        assert_eq!(
+            (status, out.kind, out.code),
+            (BW_READY, BW_OUT_ERROR, BW_ERR_INTERNAL)
+        );
+        take(out);
+        let panicking = HostRequest::new(b"/panic");
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { before(instance, &*panicking.view, &sink, &mut out) };
+        assert_eq!(
+            (status, out.kind, out.code),
+            (BW_READY, BW_OUT_ERROR, BW_ERR_PANIC)
+        );
+        take(out);
+        let refused = HostRequest::new(b"/refused");
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { before(instance, &*refused.view, &sink, &mut out) };
+        assert_eq!(
+            (status, out.kind, out.code),
+            (BW_READY, BW_OUT_ERROR, BW_ERR_INTERNAL)
+        );
+        // SAFETY: unreleased output.
+        let message = unsafe { out.message.to_string_lossy() };
+        assert_eq!(message, "the host refused header `x-refused`");
+        take(out);
+        assert!(collected.0.is_empty(), "{:?}", collected.0);
+
+        // Without a sink function, the headers cross in the output as from the `_lent` entry.
+        let no_sink = BwHeaderSink {
+            ctx: std::ptr::null_mut(),
+            set: None,
+        };
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { before(instance, &*request.view, &no_sink, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_HEADERS));
+        assert_eq!(
+            pairs_of(out.request.headers),
+            pairs(&[("x-tag", "/tagged"), ("x-runtime", "yes")])
+        );
+        take(out);
+
+        // SAFETY: no call runs on the instance any more.
+        unsafe { (TAGGER.instance_free.unwrap())(instance) };
+        drop((request, panicking, refused, services));
     }
 
     #[tokio::test]
