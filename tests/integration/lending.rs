@@ -86,8 +86,13 @@ fn now_c_hooks() -> PathBuf {
 
 /// A server with the 1.1 fixture's endpoint at `/fx/{id}` behind the hook plugin at `hooks`.
 fn behind_hooks(hooks: &Path) -> Server {
+    behind_hooks_with(hooks, "")
+}
+
+/// As [`behind_hooks`], with `settings` (lines of YAML) added to the hook plugin's entry.
+fn behind_hooks_with(hooks: &Path, settings: &str) -> Server {
     Server::start(&format!(
-        "plugins:\n  endpoint:\n    path: {}\n  hooks:\n    path: {}\n    hooks: [before_request, after_response]\nendpoints:\n  fx: {{ path: \"/fx/{{id}}\", plugin: endpoint }}\n",
+        "plugins:\n  endpoint:\n    path: {}\n  hooks:\n    path: {}\n    hooks: [before_request, after_response]\n{settings}endpoints:\n  fx: {{ path: \"/fx/{{id}}\", plugin: endpoint }}\n",
         abi_1_1_plugin().display(),
         hooks.display()
     ))
@@ -259,6 +264,21 @@ async fn a_now_hook_that_waits_or_sends_bad_text_fails_only_its_call() {
         logs.contains("plugin `hooks` set a header value that is not UTF-8"),
         "{logs}"
     );
+
+    // The failures count against the hook plugin's breaker as any call's do: once it opens, its
+    // hook is refused without a call, and the chain fails closed with that refusal. (By rate: the
+    // plugin's `after_response` still answers each rejected request, so failures are never
+    // consecutive.)
+    let server = behind_hooks_with(
+        &now_c_hooks(),
+        "    breaker: { failure_rate: 0.3, min_calls: 3, cooldown_ms: 600000 }\n",
+    );
+    for _ in 0..2 {
+        assert!(hooked(&server, "/fx/bad-utf8").await.0 >= 500);
+    }
+    let (status, _, body) = hooked(&server, "/fx/3").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("circuit_open"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
