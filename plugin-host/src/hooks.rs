@@ -117,9 +117,10 @@ impl HookChain {
     ///
     /// A library hook that never waits (ABI 1.3's `_now` entries) is called at once, the request
     /// and the response lent for the call only. Others get the request and the response shared
-    /// (`Arc`), so that a library hook can read them in place while it waits; a header edit is applied to the chain's own copy, which is
-    /// cloned only if a hook call still holds it (never, once its call is over). The endpoint gets
-    /// the request shared too ([`Plugin::handle_shared`](crate::Plugin::handle_shared) serves it
+    /// (`Arc`; the response is shared only for such a call), so that a library hook can read them
+    /// in place while it waits; a header edit is applied to the chain's own copy, which is cloned
+    /// only if a hook call still holds it (never, once its call is over). The endpoint gets the
+    /// request shared too ([`Plugin::handle_shared`](crate::Plugin::handle_shared) serves it
     /// without a copy): the chain's only one when no `after_response` hook or observer needs it
     /// afterwards.
     pub async fn run<F, Fut>(&self, request: Request, endpoint: F) -> Response
@@ -167,10 +168,10 @@ impl HookChain {
                 None => endpoint(request).await,
             };
         }
-        let mut response = Arc::new(match early {
+        let mut response = match early {
             Some(response) => response,
             None => endpoint(request.clone()).await,
-        });
+        };
         for hook in self.hooks[..reached].iter().rev() {
             let Some(on_failure) = hook.after_response else {
                 continue;
@@ -178,30 +179,33 @@ impl HookChain {
             let answer = match hook.plugin.after_response_now(&request, &response) {
                 Some(answer) => answer,
                 None => {
-                    hook.plugin
-                        .after_response_shared(request.clone(), response.clone())
-                        .await
+                    // Shared for this call only: the hook may read it in place while it waits.
+                    let shared = Arc::new(response);
+                    let answer = hook
+                        .plugin
+                        .after_response_shared(request.clone(), shared.clone())
+                        .await;
+                    response = Arc::unwrap_or_clone(shared);
+                    answer
                 }
             };
             match answer {
                 Ok(ResponseEdit::Keep) => {}
-                Ok(ResponseEdit::SetHeaders(headers)) => {
-                    Arc::make_mut(&mut response).headers.set_all(headers);
-                }
-                Ok(ResponseEdit::Replace(changed)) => response = Arc::new(changed),
+                Ok(ResponseEdit::SetHeaders(headers)) => response.headers.set_all(headers),
+                Ok(ResponseEdit::Replace(changed)) => response = changed,
                 Err(error) => {
                     if let Some(refusal) =
                         hook.failed("after_response", on_failure, &error, &request)
                     {
-                        response = Arc::new(refusal);
+                        response = refusal;
                     }
                 }
             }
         }
         for observer in &self.observers {
-            observer.offer(|| (Request::clone(&request), Response::clone(&response)));
+            observer.offer(|| (Request::clone(&request), response.clone()));
         }
-        Arc::unwrap_or_clone(response)
+        response
     }
 }
 
