@@ -276,9 +276,10 @@ impl Guarded {
     fn judge_request_edit(&self, edit: &RequestEdit) -> Result<Outcome, CallError> {
         match edit {
             RequestEdit::Respond(response) => self.check(response, true),
-            RequestEdit::Continue | RequestEdit::SetHeaders(_) | RequestEdit::Replace(_) => {
-                Ok(Outcome::Success)
-            }
+            RequestEdit::Continue
+            | RequestEdit::SetHeader(..)
+            | RequestEdit::SetHeaders(_)
+            | RequestEdit::Replace(_) => Ok(Outcome::Success),
         }
     }
 
@@ -287,7 +288,9 @@ impl Guarded {
     fn judge_response_edit(&self, edit: &ResponseEdit) -> Result<Outcome, CallError> {
         match edit {
             ResponseEdit::Replace(response) => self.check(response, false),
-            ResponseEdit::Keep | ResponseEdit::SetHeaders(_) => Ok(Outcome::Success),
+            ResponseEdit::Keep | ResponseEdit::SetHeader(..) | ResponseEdit::SetHeaders(_) => {
+                Ok(Outcome::Success)
+            }
         }
     }
 

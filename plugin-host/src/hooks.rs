@@ -142,6 +142,9 @@ impl HookChain {
             };
             match answer {
                 Ok(RequestEdit::Continue) => {}
+                Ok(RequestEdit::SetHeader(name, value)) => {
+                    Arc::make_mut(&mut request).headers.insert(name, value);
+                }
                 Ok(RequestEdit::SetHeaders(headers)) => {
                     Arc::make_mut(&mut request).headers.set_all(headers);
                 }
@@ -191,6 +194,7 @@ impl HookChain {
             };
             match answer {
                 Ok(ResponseEdit::Keep) => {}
+                Ok(ResponseEdit::SetHeader(name, value)) => response.headers.insert(name, value),
                 Ok(ResponseEdit::SetHeaders(headers)) => response.headers.set_all(headers),
                 Ok(ResponseEdit::Replace(changed)) => response = changed,
                 Err(error) => {

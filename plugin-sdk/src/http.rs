@@ -284,12 +284,26 @@ pub enum HookAction {
 /// What a `before_request` hook that reads the request in place decided
 /// ([`BackworksPlugin::before_request_lent`](crate::BackworksPlugin::before_request_lent)).
 ///
-/// [`SetHeaders`](RequestEdit::SetHeaders) is the cheap way to change a request: only the
-/// headers cross back to the host, which sets them on its own request ([`Headers::set_all`]).
+/// [`SetHeader`](RequestEdit::SetHeader) and [`SetHeaders`](RequestEdit::SetHeaders) are the
+/// cheap ways to change a request: only the headers cross back to the host, which sets them on its
+/// own request ([`Headers::set_all`]). `SetHeader` sets one without a list to allocate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RequestEdit {
     /// Go on with the request as it was.
     Continue,
+    /// Go on with the request with this header (name, value) set, replacing every value of that
+    /// name (name case does not matter): [`SetHeaders`](RequestEdit::SetHeaders) of one header,
+    /// without a list to allocate in the plugin or in the host.
+    ///
+    /// ```
+    /// # use backworks_plugin_sdk::{Request, RequestEdit};
+    /// let mut request = Request::new("GET", "/orders");
+    /// request.headers.insert("x-tag", "old");
+    /// let edit = RequestEdit::SetHeader("X-Tag".into(), "new".into());
+    /// let changed = edit.apply(request);
+    /// assert_eq!(changed.headers.iter().collect::<Vec<_>>(), [("x-tag", "new")]);
+    /// ```
+    SetHeader(Text, Text),
     /// Go on with the request with these headers set (see [`Headers::set_all`]).
     SetHeaders(Headers),
     /// Go on with this request instead.
@@ -309,18 +323,32 @@ impl From<HookAction> for RequestEdit {
 }
 
 impl RequestEdit {
-    /// The [`HookAction`] of this edit on `request` (a [`SetHeaders`](RequestEdit::SetHeaders)
-    /// becomes a changed copy).
+    /// The [`HookAction`] of this edit on `request` (a header edit becomes a changed copy).
     pub fn into_action(self, request: &LentRequest<'_>) -> HookAction {
         match self {
             RequestEdit::Continue => HookAction::Continue,
-            RequestEdit::SetHeaders(headers) => {
-                let mut changed = request.to_request();
-                changed.headers.set_all(headers);
-                HookAction::ContinueWith(changed)
+            RequestEdit::SetHeader(..) | RequestEdit::SetHeaders(_) => {
+                HookAction::ContinueWith(self.apply(request.to_request()))
             }
             RequestEdit::Replace(request) => HookAction::ContinueWith(request),
             RequestEdit::Respond(response) => HookAction::Respond(response),
+        }
+    }
+
+    /// The request this edit makes of `request`, when it goes on: unchanged for
+    /// [`Continue`](RequestEdit::Continue) and [`Respond`](RequestEdit::Respond).
+    pub fn apply(self, mut request: Request) -> Request {
+        match self {
+            RequestEdit::Continue | RequestEdit::Respond(_) => request,
+            RequestEdit::SetHeader(name, value) => {
+                request.headers.insert(name, value);
+                request
+            }
+            RequestEdit::SetHeaders(headers) => {
+                request.headers.set_all(headers);
+                request
+            }
+            RequestEdit::Replace(replacement) => replacement,
         }
     }
 }
@@ -331,6 +359,10 @@ impl RequestEdit {
 pub enum ResponseEdit {
     /// The response goes on as it was.
     Keep,
+    /// The response goes on with this header (name, value) set, replacing every value of that
+    /// name (name case does not matter): [`SetHeaders`](ResponseEdit::SetHeaders) of one header,
+    /// without a list to allocate in the plugin or in the host.
+    SetHeader(Text, Text),
     /// The response goes on with these headers set (see [`Headers::set_all`]); status and body
     /// stay.
     SetHeaders(Headers),
@@ -343,6 +375,10 @@ impl ResponseEdit {
     pub fn apply(self, mut response: Response) -> Response {
         match self {
             ResponseEdit::Keep => response,
+            ResponseEdit::SetHeader(name, value) => {
+                response.headers.insert(name, value);
+                response
+            }
             ResponseEdit::SetHeaders(headers) => {
                 response.headers.set_all(headers);
                 response
@@ -414,6 +450,29 @@ mod tests {
         assert_eq!(roomy.get("x-a"), Some("1"));
         assert!(h.remove("Accept"));
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn a_one_header_edit_is_a_header_edit_of_one() {
+        let mut request = Request::new("GET", "/x");
+        request.headers.append("X-Tag", "a");
+        request.headers.append("accept", "*/*");
+        request.headers.append("x-tag", "b");
+        let one = RequestEdit::SetHeader("X-TAG".into(), "c".into()).apply(request.clone());
+        let listed = RequestEdit::SetHeaders([("x-tag", "c")].into_iter().collect()).apply(request);
+        assert_eq!(one, listed);
+        assert_eq!(
+            one.headers.iter().collect::<Vec<_>>(),
+            [("accept", "*/*"), ("x-tag", "c")]
+        );
+
+        let response = Response::text("hi").with_header("x-served-by", "a");
+        let one = ResponseEdit::SetHeader("X-Served-By".into(), "b".into()).apply(response.clone());
+        let listed =
+            ResponseEdit::SetHeaders([("x-served-by", "b")].into_iter().collect()).apply(response);
+        assert_eq!(one, listed);
+        assert_eq!(one.headers.get("x-served-by"), Some("b"));
+        assert_eq!(one.body, b"hi");
     }
 
     #[test]

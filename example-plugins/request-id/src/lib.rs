@@ -3,7 +3,7 @@
 //! the host's request and response in place and send back only the header they set.
 //!
 //! - `before_request` gives a request without an `x-request-id` header a new, unique one and goes
-//!   on with that header set ([`RequestEdit::SetHeaders`]); a request that has one goes on
+//!   on with that header set ([`RequestEdit::SetHeader`]); a request that has one goes on
 //!   unchanged ([`RequestEdit::Continue`]).
 //! - With `require_api_key` configured, a request whose `x-api-key` header is missing or differs is
 //!   answered at once ([`RequestEdit::Respond`]) with 401 `{"error":"missing or invalid API key"}`;
@@ -181,8 +181,9 @@ impl BackworksPlugin for RequestId {
         if id.is_some() {
             return Ok(RequestEdit::Continue);
         }
-        Ok(RequestEdit::SetHeaders(
-            [(REQUEST_ID_HEADER, self.next_id())].into_iter().collect(),
+        Ok(RequestEdit::SetHeader(
+            REQUEST_ID_HEADER.into(),
+            self.next_id(),
         ))
     }
 
@@ -192,7 +193,7 @@ impl BackworksPlugin for RequestId {
         _response: LentResponse<'_>,
     ) -> PluginResult<ResponseEdit> {
         Ok(match existing_id(request) {
-            Some(id) => ResponseEdit::SetHeaders([(REQUEST_ID_HEADER, id)].into_iter().collect()),
+            Some(id) => ResponseEdit::SetHeader(REQUEST_ID_HEADER.into(), id.into()),
             None => ResponseEdit::Keep,
         })
     }

@@ -316,20 +316,59 @@ unsafe fn headers(
 }
 
 /// The headers a hook call of ABI 1.3 (`before_request_now`, `after_response_now`) sets, sent
-/// one at a time through the [`BwHeaderSink`] it is given ([`HeaderSink::abi`]): copied into
-/// [`Headers`] (names lower-cased) as they come, checked like an output's, with nothing of the
-/// plugin's to release afterwards.
+/// one at a time through the [`BwHeaderSink`] it is given ([`HeaderSink::abi`]): copied as they
+/// come, checked like an output's, with nothing of the plugin's to release afterwards. The first
+/// is kept apart, so that the common edit of one header needs no list.
 pub(super) struct HeaderSink {
-    pub(super) headers: Headers,
+    first: Option<(Text, Text)>,
+    /// The headers after the first (names lower-cased).
+    rest: Headers,
     /// What the plugin sent that was refused (text that is not UTF-8), if anything.
     pub(super) refused: Option<&'static str>,
+}
+
+/// What a [`HeaderSink`] got.
+pub(super) enum SunkHeaders {
+    None,
+    /// One header, its name as the plugin sent it.
+    One(Text, Text),
+    /// More than one, in the order sent, names lower-cased.
+    Many(Headers),
 }
 
 impl HeaderSink {
     pub(super) fn new() -> HeaderSink {
         HeaderSink {
-            headers: Headers::new(),
+            first: None,
+            rest: Headers::new(),
             refused: None,
+        }
+    }
+
+    fn push(&mut self, name: &str, value: &str) {
+        if self.first.is_none() {
+            self.first = Some((Text::from(name), Text::from(value)));
+        } else {
+            self.rest.append(name, value);
+        }
+    }
+
+    /// The headers sent, followed by `more` (an output's header edit, if it has one).
+    pub(super) fn into_headers(self, more: Option<Headers>) -> SunkHeaders {
+        let more = more.filter(|more| !more.is_empty());
+        match (self.first, more) {
+            (None, None) => SunkHeaders::None,
+            (None, Some(more)) => SunkHeaders::Many(more),
+            (Some((name, value)), None) if self.rest.is_empty() => SunkHeaders::One(name, value),
+            (Some((name, value)), more) => {
+                let more = more.unwrap_or_default();
+                let mut headers = Headers::with_capacity(1 + self.rest.len() + more.len());
+                headers.append(name, value);
+                for (name, value) in self.rest.iter().chain(more.iter()) {
+                    headers.append(name, value);
+                }
+                SunkHeaders::Many(headers)
+            }
         }
     }
 
@@ -362,7 +401,7 @@ unsafe extern "C" fn header_sink_set(ctx: *mut c_void, name: BwStr, value: BwStr
         };
         match (name, value) {
             (Some(name), Some(value)) => {
-                sink.headers.append(name, value);
+                sink.push(name, value);
                 0
             }
             (None, _) => {
@@ -496,6 +535,61 @@ mod tests {
             Err(CallError::InvalidResponse(message)) => message,
             other => panic!("expected an invalid response, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_sink_keeps_one_header_apart_and_lists_more_in_order() {
+        let sent = |pairs: &[(&[u8], &[u8])], more: Option<Headers>| {
+            let mut sink = HeaderSink::new();
+            let abi = sink.abi();
+            for (name, value) in pairs {
+                // SAFETY: the sink's own function and context, the strings alive for the call.
+                let refused =
+                    unsafe { (abi.set.unwrap())(abi.ctx, BwStr::new(name), BwStr::new(value)) };
+                assert_eq!(refused, i32::from(std::str::from_utf8(value).is_err()));
+            }
+            (sink.refused, sink.into_headers(more))
+        };
+        let listed = |headers: &Headers| {
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let pairs = |list: &[(&str, &str)]| {
+            list.iter()
+                .map(|&(k, v)| (k.to_owned(), v.to_owned()))
+                .collect::<Vec<_>>()
+        };
+
+        assert!(matches!(sent(&[], None), (None, SunkHeaders::None)));
+        let more: Headers = [("X-More", "m")].into_iter().collect();
+        let (_, SunkHeaders::Many(headers)) = sent(&[], Some(more.clone())) else {
+            panic!("an output's edit alone is listed");
+        };
+        assert_eq!(listed(&headers), pairs(&[("x-more", "m")]));
+        // One header: as sent (the chain's `Headers::insert` lower-cases it), with no list.
+        let (_, SunkHeaders::One(name, value)) = sent(&[(b"X-One", b"1")], None) else {
+            panic!("one header is kept apart");
+        };
+        assert_eq!((name.as_str(), value.as_str()), ("X-One", "1"));
+        // More: in the order sent, then the output's, names lower-cased.
+        let (_, SunkHeaders::Many(headers)) =
+            sent(&[(b"X-One", b"1"), (b"x-two", b"2")], Some(more))
+        else {
+            panic!("two headers are listed");
+        };
+        assert_eq!(
+            listed(&headers),
+            pairs(&[("x-one", "1"), ("x-two", "2"), ("x-more", "m")])
+        );
+        // A value that is not UTF-8 is refused and remembered; what came before it stays.
+        let (refused, SunkHeaders::One(name, _)) =
+            sent(&[(b"x-ok", b"1"), (b"x-bad", b"\xff")], None)
+        else {
+            panic!("the refused header is not kept");
+        };
+        assert_eq!((refused, name.as_str()), (Some("a header value"), "x-ok"));
     }
 
     #[test]

@@ -34,7 +34,8 @@ use tokio::sync::oneshot;
 use super::LoadedLibrary;
 use super::call::{
     HeaderSink, LENT_INLINE_PAIRS, LENT_RESPONSE_PAIRS, Output, RequestViews, ResponseViews,
-    TaskGuard, Waiting, cancelled_output, finish, kv, on_complete, str_view, with_request_view,
+    SunkHeaders, TaskGuard, Waiting, cancelled_output, finish, kv, on_complete, str_view,
+    with_request_view,
 };
 use crate::CallError;
 use crate::HostError;
@@ -670,18 +671,16 @@ impl DynamicPlugin {
         });
         self.now_answered("before_request_now", status, &mut out, &sink)?;
         let name = &self.info.name;
-        match out.raw.kind {
-            BW_OUT_CONTINUE if sink.headers.is_empty() => Ok(RequestEdit::Continue),
-            BW_OUT_CONTINUE => Ok(RequestEdit::SetHeaders(sink.headers)),
-            BW_OUT_HEADERS => {
-                let mut headers = sink.headers;
-                for (key, value) in out.header_edits(name, false)?.iter() {
-                    headers.append(key, value);
-                }
-                Ok(RequestEdit::SetHeaders(headers))
-            }
-            _ => request_edit(self, &out),
-        }
+        let more = match out.raw.kind {
+            BW_OUT_CONTINUE => None,
+            BW_OUT_HEADERS => Some(out.header_edits(name, false)?),
+            _ => return request_edit(self, &out),
+        };
+        Ok(match sink.into_headers(more) {
+            SunkHeaders::None => RequestEdit::Continue,
+            SunkHeaders::One(name, value) => RequestEdit::SetHeader(name, value),
+            SunkHeaders::Many(headers) => RequestEdit::SetHeaders(headers),
+        })
     }
 
     /// An `after_response` hook call through the plugin's `after_response_now` (ABI 1.3), made
@@ -707,18 +706,16 @@ impl DynamicPlugin {
         });
         self.now_answered("after_response_now", status, &mut out, &sink)?;
         let name = &self.info.name;
-        match out.raw.kind {
-            BW_OUT_CONTINUE if sink.headers.is_empty() => Ok(ResponseEdit::Keep),
-            BW_OUT_CONTINUE => Ok(ResponseEdit::SetHeaders(sink.headers)),
-            BW_OUT_HEADERS => {
-                let mut headers = sink.headers;
-                for (key, value) in out.header_edits(name, true)?.iter() {
-                    headers.append(key, value);
-                }
-                Ok(ResponseEdit::SetHeaders(headers))
-            }
-            _ => response_edit(self, &out),
-        }
+        let more = match out.raw.kind {
+            BW_OUT_CONTINUE => None,
+            BW_OUT_HEADERS => Some(out.header_edits(name, true)?),
+            _ => return response_edit(self, &out),
+        };
+        Ok(match sink.into_headers(more) {
+            SunkHeaders::None => ResponseEdit::Keep,
+            SunkHeaders::One(name, value) => ResponseEdit::SetHeader(name, value),
+            SunkHeaders::Many(headers) => ResponseEdit::SetHeaders(headers),
+        })
     }
 
     /// Checks what a `_now` call returned: it must have answered at once (a pending answer's

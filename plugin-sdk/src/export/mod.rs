@@ -34,6 +34,7 @@ use crate::abi::*;
 use crate::host_link::HostLink;
 use crate::{
     BackworksPlugin, HookAction, PluginError, PluginResult, RequestEdit, Response, ResponseEdit,
+    Text,
 };
 use call::HeldRequest;
 use output::{Outcome, write_output};
@@ -476,6 +477,7 @@ unsafe extern "C" fn before_request_lent<P: BackworksPlugin>(
 fn request_edited(result: PluginResult<RequestEdit>) -> Outcome {
     match result {
         Ok(RequestEdit::Continue) => Outcome::Continue,
+        Ok(RequestEdit::SetHeader(name, value)) => Outcome::RequestHeader(name, value),
         Ok(RequestEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
         Ok(RequestEdit::SetHeaders(headers)) => Outcome::RequestHeaders(headers),
         Ok(RequestEdit::Replace(request)) => Outcome::Request(request),
@@ -551,13 +553,10 @@ unsafe extern "C" fn before_request_now<P: BackworksPlugin>(
 /// call then answers CONTINUE, and nothing crosses in its output. Any other outcome, or no sink,
 /// goes out as it is.
 fn through_sink(sink: Option<&BwHeaderSink>, outcome: Outcome) -> Outcome {
-    let (Outcome::RequestHeaders(headers) | Outcome::ResponseHeaders(headers)) = &outcome else {
-        return outcome;
-    };
     let Some((ctx, set)) = sink.and_then(|sink| Some((sink.ctx, sink.set?))) else {
         return outcome;
     };
-    for (name, value) in headers.iter() {
+    let send = |name: &Text, value: &Text| {
         // SAFETY: the host's sink function with its context, during the call it was given for;
         // the strings are lent for this call only (the host copies them).
         let refused = unsafe {
@@ -567,13 +566,28 @@ fn through_sink(sink: Option<&BwHeaderSink>, outcome: Outcome) -> Outcome {
                 BwStr::new(value.as_bytes()),
             )
         };
-        if refused != 0 {
-            return Outcome::Error(PluginError::Internal(format!(
+        if refused == 0 {
+            Ok(())
+        } else {
+            Err(PluginError::Internal(format!(
                 "the host refused header `{name}`"
-            )));
+            )))
         }
+    };
+    let sent = match &outcome {
+        Outcome::RequestHeader(name, value) | Outcome::ResponseHeader(name, value) => {
+            send(name, value)
+        }
+        Outcome::RequestHeaders(headers) | Outcome::ResponseHeaders(headers) => headers
+            .as_pairs()
+            .iter()
+            .try_for_each(|(name, value)| send(name, value)),
+        _ => return outcome,
+    };
+    match sent {
+        Ok(()) => Outcome::Continue,
+        Err(error) => Outcome::Error(error),
     }
-    Outcome::Continue
 }
 
 /// The vtable's `after_response_lent` (ABI 1.2): runs [`BackworksPlugin::after_response_lent`]
@@ -611,6 +625,7 @@ unsafe extern "C" fn after_response_lent<P: BackworksPlugin>(
 fn response_edited(result: PluginResult<ResponseEdit>) -> Outcome {
     match result {
         Ok(ResponseEdit::Keep) => Outcome::Continue,
+        Ok(ResponseEdit::SetHeader(name, value)) => Outcome::ResponseHeader(name, value),
         Ok(ResponseEdit::SetHeaders(headers)) if headers.is_empty() => Outcome::Continue,
         Ok(ResponseEdit::SetHeaders(headers)) => Outcome::ResponseHeaders(headers),
         Ok(ResponseEdit::Replace(response)) => Outcome::Response(response),
@@ -1257,8 +1272,9 @@ mod tests {
             }
             let runtime = tokio::runtime::Handle::try_current().is_ok();
             if request.path() == "/refused" {
-                return Ok(RequestEdit::SetHeaders(
-                    [("x-refused", "by the host's sink")].into_iter().collect(),
+                return Ok(RequestEdit::SetHeader(
+                    "x-refused".into(),
+                    "by the host's sink".into(),
                 ));
             }
             Ok(RequestEdit::SetHeaders(
@@ -1286,10 +1302,9 @@ mod tests {
             if response.status() == 500 {
                 return Err(PluginError::Internal("tagger refused".to_owned()));
             }
-            Ok(ResponseEdit::SetHeaders(
-                [("x-status", response.status().to_string())]
-                    .into_iter()
-                    .collect(),
+            Ok(ResponseEdit::SetHeader(
+                "x-status".into(),
+                response.status().to_string().into(),
             ))
         }
     }
@@ -1534,6 +1549,16 @@ mod tests {
         assert_eq!(
             pairs_of(out.request.headers),
             pairs(&[("x-tag", "/tagged"), ("x-runtime", "yes")])
+        );
+        take(out);
+        // A one-header edit (`SetHeader`) crosses as a list of one.
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { after(instance, &*request.view, &response, &no_sink, &mut out) };
+        assert_eq!((status, out.kind), (BW_READY, BW_OUT_HEADERS));
+        assert_eq!(
+            pairs_of(out.response.headers),
+            pairs(&[("x-status", "201")])
         );
         take(out);
 

@@ -10,7 +10,7 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::*;
-use crate::{Headers, Health, PluginError, Request, Response};
+use crate::{Headers, Health, PluginError, Request, Response, Text};
 
 /// What a finished call hands over, before it is written into a [`BwOutput`].
 pub(super) enum Outcome {
@@ -26,6 +26,10 @@ pub(super) enum Outcome {
     RequestHeaders(Headers),
     /// Response headers to set (`after_response_lent`): `HEADERS` with `response.headers`.
     ResponseHeaders(Headers),
+    /// One request header to set, as `RequestHeaders` of one.
+    RequestHeader(Text, Text),
+    /// One response header to set, as `ResponseHeaders` of one.
+    ResponseHeader(Text, Text),
 }
 
 /// Pairs of an output whose views fit in its owner, without a list of their own to allocate: a
@@ -98,8 +102,17 @@ pub(super) fn write_output(out: &mut BwOutput, outcome: Outcome) {
         Outcome::ResponseHeaders(headers) if headers.len() <= EDIT_PAIRS => {
             write_edit(out, headers, true);
         }
+        // One header crosses as a list of one (ABI 1.3's `_now` entries send it through the
+        // host's sink instead, without the list).
+        Outcome::RequestHeader(name, value) => write_edit(out, one_header(name, value), false),
+        Outcome::ResponseHeader(name, value) => write_edit(out, one_header(name, value), true),
         outcome => write_owned(out, outcome),
     }
+}
+
+/// The list of a one-header edit.
+fn one_header(name: Text, value: Text) -> Headers {
+    [(name, value)].into_iter().collect()
 }
 
 /// Pairs of a hook's header edit that go in a [`Edit`] owner rather than a whole [`Owned`].
@@ -214,6 +227,15 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         Outcome::ResponseHeaders(headers) => {
             out.kind = BW_OUT_HEADERS;
             owned.headers = Some(headers);
+            response_headers = true;
+        }
+        Outcome::RequestHeader(name, value) => {
+            out.kind = BW_OUT_HEADERS;
+            owned.headers = Some(one_header(name, value));
+        }
+        Outcome::ResponseHeader(name, value) => {
+            out.kind = BW_OUT_HEADERS;
+            owned.headers = Some(one_header(name, value));
             response_headers = true;
         }
     }
