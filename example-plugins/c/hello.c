@@ -5,10 +5,11 @@
  * {"message":"Hello from C","path":"<request path>"}. Every call finishes at once (BW_READY); the
  * plugin never returns a pending task.
  *
- * Memory: whoever allocates frees. Each output this plugin fills points into one malloc'd block
- * whose address is the output's `owner`; the host calls the output's `release` (hello_release,
- * which calls this library's free) exactly once when it has copied the data. Outputs that only point
- * at string literals have no release function.
+ * Memory: whoever allocates frees. Each output this plugin fills points into at most one malloc'd
+ * block, whose address is the output's `owner`, and to static data (string literals, the response's
+ * constant header); the host calls the output's `release` (hello_release, which calls this
+ * library's free) exactly once when it has copied the data. Outputs that only point to static data
+ * have no release function.
  *
  * Threads: the host may call any function concurrently, also on one instance. An instance is
  * immutable after instance_new, and no global is written, so no locking is needed.
@@ -79,8 +80,9 @@ static void *hello_instance_new(const BwHostServices *host, BwOutput *out) {
         out_error(out, BW_ERR_INTERNAL, "no host services");
         return NULL;
     }
-    /* Use only fields the host has: all of v1.0's, or refuse. */
-    if (host->size < sizeof(BwHostServices)) {
+    /* Use only fields the host has: all of v1.0's, or refuse (this plugin reads none of v1.2's
+     * `workers`, so it needs no more). */
+    if (host->size < BW_HOST_SERVICES_SIZE_V1_0) {
         out_error(out, BW_ERR_INTERNAL, "host services are smaller than ABI v1.0's");
         return NULL;
     }
@@ -108,11 +110,8 @@ static int32_t hello_initialize(void *instance, BwStr config_json, BwOutput *out
 
 /* ---- handle ------------------------------------------------------------------------------------ */
 
-/* What a handle output's owner points to: the response's one header, then the body bytes. */
-typedef struct HelloResponse {
-    BwKv header;
-    char body[]; /* body bytes follow */
-} HelloResponse;
+/* The response's one header: static, so the output points to it with nothing to free. */
+static const BwKv JSON_CONTENT_TYPE = {BW_STR_INIT("content-type"), BW_STR_INIT("application/json")};
 
 static const char BODY_START[] = "{\"message\":\"Hello from C\",\"path\":\"";
 static const char BODY_END[] = "\"}";
@@ -147,35 +146,34 @@ static int32_t hello_handle(void *instance, const BwRequest *request, BwOutput *
     /* The request is the host's, borrowed for this call: read it now, keep nothing of it. */
     const uint8_t *path = request->path.len ? request->path.ptr : NULL;
     size_t path_len = request->path.len;
-    size_t fixed = sizeof(HelloResponse) + (sizeof BODY_START - 1) + (sizeof BODY_END - 1);
+    size_t fixed = (sizeof BODY_START - 1) + (sizeof BODY_END - 1);
     if (path_len > (SIZE_MAX - fixed) / 6) {
         out_error(out, BW_ERR_BAD_REQUEST, "path too long");
         return BW_READY;
     }
-    HelloResponse *owned = malloc(fixed + path_len * 6);
-    if (owned == NULL) {
+    /* The output's owner: the body bytes, in one block. */
+    char *body = malloc(fixed + path_len * 6);
+    if (body == NULL) {
         out_error(out, BW_ERR_INTERNAL, "out of memory");
         return BW_READY;
     }
     size_t len = 0;
-    memcpy(owned->body + len, BODY_START, sizeof BODY_START - 1);
+    memcpy(body + len, BODY_START, sizeof BODY_START - 1);
     len += sizeof BODY_START - 1;
     if (path_len > 0) {
-        len += json_escape(owned->body + len, path, path_len);
+        len += json_escape(body + len, path, path_len);
     }
-    memcpy(owned->body + len, BODY_END, sizeof BODY_END - 1);
+    memcpy(body + len, BODY_END, sizeof BODY_END - 1);
     len += sizeof BODY_END - 1;
-    /* Header name and value are string literals; the pair itself lives in the owned block. */
-    owned->header.key = BW_STR_LIT("content-type");
-    owned->header.value = BW_STR_LIT("application/json");
 
+    /* Static and owned data may mix in one output: `release` frees only the owned block. */
     memset(out, 0, sizeof *out);
     out->kind = BW_OUT_RESPONSE;
     out->response.status = 200;
-    out->response.headers.ptr = &owned->header;
+    out->response.headers.ptr = &JSON_CONTENT_TYPE;
     out->response.headers.len = 1;
-    out->response.body = bw_str(owned->body, len);
-    out->owner = owned;
+    out->response.body = bw_str(body, len);
+    out->owner = body;
     out->release = hello_release;
     return BW_READY;
 }

@@ -345,6 +345,11 @@ typedef struct BwHostServices {
     uint32_t reserved2;
 } BwHostServices;
 
+/* sizeof(BwHostServices) of ABI 1.0 and 1.1, which ended with `log`: the least a plugin accepts
+ * (`host->size >= BW_HOST_SERVICES_SIZE_V1_0`), reading the v1.2 fields only when `size` covers
+ * them. */
+#define BW_HOST_SERVICES_SIZE_V1_0 offsetof(BwHostServices, workers)
+
 /* The most threads the Rust SDK starts for BwHostServices.workers; the host asks for no more. */
 #define BW_MAX_WORKERS 64
 
@@ -504,6 +509,55 @@ static inline BwStr bw_str(const void *ptr, size_t len) {
 
 /* A BwStr over a string literal, without its terminating NUL. */
 #define BW_STR_LIT(literal) bw_str((literal), sizeof(literal) - 1)
+
+/* The same as an initializer, for a static or a const at file scope:
+ *     static const BwKv CONTENT_TYPE = {BW_STR_INIT("content-type"), BW_STR_INIT("text/plain")}; */
+#define BW_STR_INIT(literal) {(const uint8_t *)(literal), sizeof(literal) - 1}
+
+/* Whether `a` and `b` hold the same bytes. */
+static inline int bw_str_eq(BwStr a, BwStr b) {
+    if (a.len != b.len) {
+        return 0;
+    }
+    for (size_t i = 0; i < a.len; i++) {
+        if (a.ptr[i] != b.ptr[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Whether `a` and `b` are the same text ignoring ASCII case, as header names are compared. */
+static inline int bw_str_eq_ignore_case(BwStr a, BwStr b) {
+    if (a.len != b.len) {
+        return 0;
+    }
+    for (size_t i = 0; i < a.len; i++) {
+        uint8_t x = a.ptr[i], y = b.ptr[i];
+        if (x >= 'A' && x <= 'Z') {
+            x = (uint8_t)(x + ('a' - 'A'));
+        }
+        if (y >= 'A' && y <= 'Z') {
+            y = (uint8_t)(y + ('a' - 'A'));
+        }
+        if (x != y) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The value of the first pair of `list` named `name` (ignoring ASCII case), or NULL: a header of a
+ * lent request or response (`bw_header_get(request->headers, BW_STR_LIT("x-api-key"))`). The
+ * value is borrowed as the list is. */
+static inline const BwStr *bw_header_get(BwKvList list, BwStr name) {
+    for (size_t i = 0; i < list.len; i++) {
+        if (bw_str_eq_ignore_case(list.ptr[i].key, name)) {
+            return &list.ptr[i].value;
+        }
+    }
+    return NULL;
+}
 
 /* Turns a macro's value into a string literal. */
 #define BW_STRINGIFY_(x) #x
@@ -675,6 +729,7 @@ BW_STATIC_ASSERT(offsetof(BwHostServices, plugin_name) == 16, "BwHostServices.pl
 BW_STATIC_ASSERT(offsetof(BwHostServices, max_log_level) == 32, "BwHostServices.max_log_level offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, log) == 40, "BwHostServices.log offset");
 BW_STATIC_ASSERT(offsetof(BwHostServices, workers) == 48, "BwHostServices.workers offset");
+BW_STATIC_ASSERT(BW_HOST_SERVICES_SIZE_V1_0 == 48, "BwHostServices size of v1.0");
 BW_STATIC_ASSERT(offsetof(BwHostServices, reserved2) == 52, "BwHostServices.reserved2 offset");
 BW_STATIC_ASSERT(sizeof(BwHeaderSink) == 16, "BwHeaderSink size");
 BW_STATIC_ASSERT(offsetof(BwHeaderSink, set) == 8, "BwHeaderSink.set offset");

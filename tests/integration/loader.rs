@@ -555,6 +555,46 @@ fn c_plugin_metadata_is_read_from_the_file() {
     );
 }
 
+/// The C header's helpers (`BW_STR_INIT` in static initializers, `bw_str_eq`,
+/// `bw_str_eq_ignore_case`, `bw_header_get`, `BW_HOST_SERVICES_SIZE_V1_0`), checked by a C program
+/// built with warnings as errors and run: as C11, and as C++17 too where a C++ compiler is
+/// installed (the header promises both).
+#[test]
+fn the_c_header_helpers_work() {
+    let root = crate::support::root();
+    let src = root.join("tests/fixtures/c-helpers/helpers.c");
+    let out = tempfile::tempdir().unwrap();
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let mut builds = vec![(cc, vec!["-std=c11"])];
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
+    if Command::new(&cxx).arg("--version").output().is_ok() {
+        builds.push((cxx, vec!["-x", "c++", "-std=c++17"]));
+    }
+    for (index, (compiler, flags)) in builds.into_iter().enumerate() {
+        let exe = out.path().join(format!("helpers{index}"));
+        let built = Command::new(&compiler)
+            .args(&flags)
+            .args(["-Wall", "-Wextra", "-Werror", "-I"])
+            .arg(root.join("plugin-sdk/include"))
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `{compiler}` (install gcc): {e}"));
+        assert!(
+            built.status.success(),
+            "{compiler} {flags:?}: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let ran = Command::new(&exe).output().unwrap();
+        assert!(
+            ran.status.success(),
+            "{compiler} {flags:?}: {}",
+            String::from_utf8_lossy(&ran.stderr)
+        );
+    }
+}
+
 // ---- 5. calls through the ABI --------------------------------------------------------------------
 
 #[tokio::test]
