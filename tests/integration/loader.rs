@@ -569,6 +569,8 @@ fn the_c_header_helpers_work() {
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
     if Command::new(&cxx).arg("--version").output().is_ok() {
         builds.push((cxx, vec!["-x", "c++", "-std=c++17"]));
+    } else {
+        eprintln!("no C++ compiler `{cxx}`: the header's helpers are checked as C only");
     }
     for (index, (compiler, flags)) in builds.into_iter().enumerate() {
         let exe = out.path().join(format!("helpers{index}"));

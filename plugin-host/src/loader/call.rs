@@ -330,7 +330,9 @@ pub(super) struct HeaderSink {
 /// What a [`HeaderSink`] got.
 pub(super) enum SunkHeaders {
     None,
-    /// One header, its name as the plugin sent it.
+    /// One header, its name as the plugin sent it: whoever applies the edit
+    /// ([`Headers::insert`]) lower-cases it, so it is not done twice (measured: ~190
+    /// instructions a request on the hook path).
     One(Text, Text),
     /// More than one, in the order sent, names lower-cased.
     Many(Headers),
