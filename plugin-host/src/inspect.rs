@@ -4,11 +4,15 @@
 //! the `object` crate as plain bytes: the library is never mapped for execution, so none of its
 //! constructors run. `plugin inspect` and `plugin list` rely on that.
 
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use backworks_plugin_sdk::abi::{ABI_MAJOR, METADATA_SECTION, METADATA_SECTION_MACHO};
 use backworks_plugin_sdk::{PluginMetadata, SDK_VERSION, metadata};
-use object::{Object, ObjectSection};
+use object::elf::{FileHeader32, FileHeader64};
+use object::read::StringTable;
+use object::read::elf::{FileHeader, SectionHeader, SectionTable};
+use object::{Endianness, FileKind, Object, ObjectSection};
 
 use crate::HostError;
 
@@ -50,12 +54,15 @@ pub fn inspect(path: &Path) -> Result<Inspection, HostError> {
 }
 
 /// Reads and parses the metadata section of the file at `path`.
+///
+/// Only the parts it needs are read (headers, section table, the metadata section), not the whole
+/// file.
 pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
-    let data = std::fs::read(path).map_err(|source| HostError::Io {
+    let file = std::fs::File::open(path).map_err(|source| HostError::Io {
         path: path.to_owned(),
         source,
     })?;
-    metadata_from_bytes(path, &data)
+    metadata_from_file(path, &file)
 }
 
 /// Parses the metadata section of a plugin file already read into `data` (`path` names it in
@@ -65,34 +72,61 @@ pub fn metadata_from_bytes(path: &Path, data: &[u8]) -> Result<PluginMetadata, H
 }
 
 /// [`metadata_from_bytes`] of an open file, reading only the parts it needs (headers, section
-/// table, the metadata section). The file's offset moves.
+/// table, the metadata section) at their offsets: the file's own offset does not move, so many
+/// threads may read one file at once.
 pub(crate) fn metadata_from_file(
     path: &Path,
     file: &std::fs::File,
 ) -> Result<PluginMetadata, HostError> {
-    metadata_from(path, &object::read::ReadCache::new(file))
+    metadata_from(path, &object::read::ReadCache::new(At { file, at: 0 }))
+}
+
+/// A read position of its own in a shared file: reads at an offset (`pread`), never through the
+/// file's offset, which every clone of its descriptor shares.
+struct At<'a> {
+    file: &'a std::fs::File,
+    at: u64,
+}
+
+impl std::io::Read for At<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for At<'_> {
+    fn seek(&mut self, to: std::io::SeekFrom) -> std::io::Result<u64> {
+        let at = match to {
+            std::io::SeekFrom::Start(at) => Some(at),
+            std::io::SeekFrom::End(by) => self.file.metadata()?.len().checked_add_signed(by),
+            std::io::SeekFrom::Current(by) => self.at.checked_add_signed(by),
+        };
+        self.at = at.ok_or_else(|| std::io::Error::other("seek before the start of the file"))?;
+        Ok(self.at)
+    }
 }
 
 fn metadata_from<'data, R: object::ReadRef<'data>>(
     path: &Path,
     data: R,
 ) -> Result<PluginMetadata, HostError> {
-    let file = object::File::parse(data).map_err(|e| HostError::NotALibrary {
+    let not_a_library = |e: object::read::Error| HostError::NotALibrary {
         path: path.to_owned(),
         reason: e.to_string(),
+    };
+    let section = match object::FileKind::parse(data).map_err(not_a_library)? {
+        FileKind::Elf64 => elf_section::<FileHeader64<Endianness>, R>(data),
+        FileKind::Elf32 => elf_section::<FileHeader32<Endianness>, R>(data),
+        _ => any_section(data),
+    }
+    .map_err(not_a_library)?;
+    let section = section.ok_or_else(|| HostError::NoMetadata {
+        path: path.to_owned(),
+        section: METADATA_SECTION,
     })?;
-    let macho_name = METADATA_SECTION_MACHO
-        .split_once(',')
-        .map_or(METADATA_SECTION_MACHO, |(_, s)| s);
-    let section = file
-        .section_by_name(METADATA_SECTION)
-        .or_else(|| file.section_by_name(macho_name))
-        .or_else(|| file.section_by_name(".bwmeta"))
-        .ok_or_else(|| HostError::NoMetadata {
-            path: path.to_owned(),
-            section: METADATA_SECTION,
-        })?;
-    let bytes = section.data().map_err(|e| HostError::NotALibrary {
+    let bytes = section.map_err(|e| HostError::NotALibrary {
         path: path.to_owned(),
         reason: format!("cannot read section `{METADATA_SECTION}`: {e}"),
     })?;
@@ -100,6 +134,51 @@ fn metadata_from<'data, R: object::ReadRef<'data>>(
         path: path.to_owned(),
         source,
     })
+}
+
+/// The names the metadata section may have, in the order they are looked for: the ELF name, the
+/// Mach-O section name (without its segment), and the short name of a PE object.
+fn section_names() -> [&'static str; 3] {
+    let macho = METADATA_SECTION_MACHO
+        .split_once(',')
+        .map_or(METADATA_SECTION_MACHO, |(_, s)| s);
+    [METADATA_SECTION, macho, ".bwmeta"]
+}
+
+/// A metadata section found in a file: its bytes, or why they could not be read.
+type Section<'data> = Option<object::read::Result<&'data [u8]>>;
+
+/// The metadata section of an ELF file, from its header and section table only.
+///
+/// `object::File::parse` would also parse the symbol tables (a quarter of a Rust plugin file, read
+/// or paged in for nothing): a tenth of a load's CPU at start-up with many plugins.
+fn elf_section<'data, Elf: FileHeader, R: object::ReadRef<'data>>(
+    data: R,
+) -> object::read::Result<Section<'data>> {
+    let header = Elf::parse(data)?;
+    let endian = header.endian()?;
+    let headers = header.section_headers(endian, data)?;
+    // The section names read at once, and looked up in memory: through a `ReadCache`,
+    // `header.sections` would read each name with a read of its own.
+    let names = match headers.get(header.shstrndx(endian, data)? as usize) {
+        Some(names) => names.data(endian, data)?,
+        None => &[],
+    };
+    let sections =
+        SectionTable::<Elf, &[u8]>::new(headers, StringTable::new(names, 0, names.len() as u64));
+    Ok(section_names().into_iter().find_map(|name| {
+        let (_, section) = sections.section_by_name(endian, name.as_bytes())?;
+        Some(section.data(endian, data))
+    }))
+}
+
+/// The metadata section of any other object file `object` reads (Mach-O, PE).
+fn any_section<'data, R: object::ReadRef<'data>>(data: R) -> object::read::Result<Section<'data>> {
+    let file = object::File::parse(data)?;
+    Ok(section_names()
+        .into_iter()
+        .find_map(|name| file.section_by_name(name))
+        .map(|section| section.data()))
 }
 
 /// The SDK versions this host loads plugins of, as a semver requirement (`^0.1`, `^1`).
@@ -209,6 +288,35 @@ mod tests {
             check_child_compatibility(p, &abort),
             Err(HostError::SdkMismatch { .. })
         ));
+    }
+
+    /// Reads through `At` keep positions of their own: two of them over one descriptor (as
+    /// threads reading one kept copy have) do not move each other or the file's offset.
+    #[test]
+    fn reads_at_a_position_of_their_own_leave_the_file_offset_alone() {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = tempfile::tempfile().unwrap();
+        let content: Vec<u8> = (0..=255u8).collect();
+        std::io::Write::write_all(&mut file, &content).unwrap();
+        file.seek(SeekFrom::Start(7)).unwrap();
+        let (mut a, mut b) = (At { file: &file, at: 0 }, At { file: &file, at: 0 });
+        let mut buf = [0; 4];
+        a.seek(SeekFrom::Start(10)).unwrap();
+        b.seek(SeekFrom::End(-4)).unwrap();
+        a.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, [10, 11, 12, 13]);
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, [252, 253, 254, 255]);
+        a.seek(SeekFrom::Current(-2)).unwrap();
+        a.read_exact(&mut buf).unwrap();
+        assert_eq!(buf, [12, 13, 14, 15]);
+        assert_eq!(b.read(&mut buf).unwrap(), 0, "at the end");
+        assert!(a.seek(SeekFrom::Current(-100)).is_err());
+        assert_eq!(
+            file.stream_position().unwrap(),
+            7,
+            "the file's offset did not move"
+        );
     }
 
     #[test]
