@@ -204,32 +204,50 @@ pub(crate) fn check_and_copy(
 ) -> Result<(PluginMetadata, Origin), HostError> {
     let file = file_checks::open_checked(path, policy.file_checks)?;
     let (read_at, stat) = (std::time::SystemTime::now(), file.metadata().ok());
-    let (copy, bytes) = private_copy::copy_of(file, &file_name(path), |file| {
+    let copy = private_copy::copy_of(file, &file_name(path), |file| {
         metadata_from_file(path, file).ok().map(|m| identity(&m))
     })
     .map_err(copy_error(path))?;
-    // The one hash of these bytes, when something needs it: the verifier's binding, the child's
-    // check of what it loads.
-    if let Some(verify) = &policy.verify {
-        verify(path, &bytes, copy.sha256_of(&bytes))?;
+    // All the copy's bytes only when a check reads them all; the one hash of them, when
+    // something needs it: the verifier's binding, the child's check of what it loads. Else the
+    // metadata is read in parts and nothing is mapped (a mapping of the whole file, its page
+    // faults and its unmapping, which interrupts the other cores to flush their TLBs, were a
+    // tenth of a load at start-up with many plugins).
+    let whole = match (&policy.verify, runs) {
+        (None, Runs::InProcess) => None,
+        _ => Some(copy.bytes().map_err(copy_error(path))?),
+    };
+    if let Some(bytes) = &whole {
+        if let Some(verify) = &policy.verify {
+            verify(path, bytes, copy.sha256_of(bytes))?;
+        }
+        if runs == Runs::InChild {
+            copy.sha256_of(bytes);
+        }
     }
-    if runs == Runs::InChild {
-        copy.sha256_of(&bytes);
-    }
-    let metadata = checked_metadata(path, &bytes, runs)?;
+    let metadata = match &whole {
+        Some(bytes) => metadata_from_bytes(path, bytes)?,
+        None => metadata_from_file(path, copy.file())?,
+    };
+    check_runs(path, &metadata, runs)?;
     let copy = copy
-        .keep(&bytes, &identity(&metadata))
+        .keep(whole.as_deref(), &identity(&metadata))
         .map_err(copy_error(path))?;
     Ok((metadata, Origin::new(path, stat.as_ref(), read_at, copy)))
 }
 
 fn checked_metadata(path: &Path, bytes: &[u8], runs: Runs) -> Result<PluginMetadata, HostError> {
     let metadata = metadata_from_bytes(path, bytes)?;
-    match runs {
-        Runs::InProcess => check_compatibility(path, &metadata)?,
-        Runs::InChild => check_child_compatibility(path, &metadata)?,
-    }
+    check_runs(path, &metadata, runs)?;
     Ok(metadata)
+}
+
+/// Whether a plugin whose metadata is `metadata` can run where `runs` says.
+fn check_runs(path: &Path, metadata: &PluginMetadata, runs: Runs) -> Result<(), HostError> {
+    match runs {
+        Runs::InProcess => check_compatibility(path, metadata),
+        Runs::InChild => check_child_compatibility(path, metadata),
+    }
 }
 
 /// The name and version a library's metadata declares: part of what finds an identical copy.
@@ -305,7 +323,7 @@ pub(crate) fn load_in_child(
     let copy = PrivateCopy::of_bytes(&bytes, &file_name(path)).map_err(copy_error(path))?;
     copy.set_sha256(digest);
     let copy = private_copy::Copied::Fresh(copy)
-        .keep(&bytes, &identity(&metadata))
+        .keep(Some(&bytes), &identity(&metadata))
         .map_err(copy_error(path))?;
     // What the child loads is the host's copy, not a file of its own: nothing to watch.
     let copy = Origin::new(path, None, std::time::SystemTime::now(), copy);

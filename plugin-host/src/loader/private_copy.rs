@@ -3,10 +3,11 @@
 //! A plugin file's bytes are copied **once**, by the kernel (no pass through this process's
 //! memory), into a **sealed `memfd`** (`memfd_create` + `F_SEAL_WRITE | F_SEAL_SHRINK |
 //! F_SEAL_GROW | F_SEAL_SEAL`: nobody, this process included, can change them any more). Every
-//! check then reads the copy, not the file (mapped read-only: a sealed memfd cannot change under
-//! the mapping), and the library is opened through `/proc/self/fd/N`: what runs is exactly what
-//! was checked, and replacing, truncating or deleting the original file afterwards changes
-//! nothing that runs.
+//! check then reads the copy, not the file (the parts it needs with `pread`, or all of it mapped
+//! read-only when a signature or a hash needs every byte: a sealed memfd cannot change under
+//! either), and the library is opened through `/proc/self/fd/N`: what runs is exactly what was
+//! checked, and replacing, truncating or deleting the original file afterwards changes nothing
+//! that runs.
 //!
 //! Where a `memfd` cannot be mapped executable (a hardened kernel, an LSM), the copy is a file in
 //! a fresh `0700` directory under a unique name in the temporary directory (`TMPDIR`), made
@@ -117,6 +118,9 @@ pub(crate) struct PrivateCopy {
     store: Store,
     /// Computed the first time something needs it, from the copy's bytes.
     sha256: OnceLock<Sha256Digest>,
+    /// The hash of its first and last pages when they were read before it was made (an
+    /// unchangeable file, probed as a candidate for a kept copy): part of its [`Key`].
+    ends: OnceLock<u64>,
     /// A read-only mapping kept as long as the copy, made the first time a file is compared with
     /// it (a memfd copy only): many files compared with one kept copy map it once.
     view: OnceLock<Mapping>,
@@ -138,6 +142,7 @@ impl PrivateCopy {
                 len,
                 store: Store::Unchangeable,
                 sha256: OnceLock::new(),
+                ends: OnceLock::new(),
                 view: OnceLock::new(),
             });
         }
@@ -166,6 +171,7 @@ impl PrivateCopy {
             len,
             store,
             sha256: OnceLock::new(),
+            ends: OnceLock::new(),
             view: OnceLock::new(),
         })
     }
@@ -265,6 +271,13 @@ impl PrivateCopy {
             std::process::id(),
             self.file.as_raw_fd()
         ))
+    }
+
+    /// Its descriptor, to read parts of it (with `pread`-style reads: its offset is nobody's).
+    /// What it holds never changes: a sealed memfd, an unchangeable file, or the directory
+    /// store's unlinked read-only file, which only this descriptor reaches.
+    pub(crate) fn file(&self) -> &File {
+        &self.file
     }
 
     /// How many bytes it holds.
@@ -416,10 +429,26 @@ impl std::ops::Deref for Copied {
 }
 
 impl Copied {
-    /// The copy to load, once its checks passed: a kept one as it is; a fresh one, whose bytes
-    /// are `bytes` and whose metadata declares `identity` (name and version), kept from now on,
-    /// unless a copy with the same bytes was kept meanwhile (then that one, and this one dropped).
-    pub(crate) fn keep(self, bytes: &[u8], identity: &str) -> std::io::Result<Arc<PrivateCopy>> {
+    /// The copy's bytes, all of them, to check: a kept copy's through its kept mapping, a fresh
+    /// one's as [`PrivateCopy::bytes`] gives them. Asked for only by a check that reads them all
+    /// (a signature, a child's hash): the metadata is read in parts ([`PrivateCopy::file`]).
+    pub(crate) fn bytes(&self) -> std::io::Result<Bytes> {
+        match self {
+            Copied::Kept(copy) => copy.kept_bytes(),
+            Copied::Fresh(copy) => copy.bytes(),
+        }
+    }
+
+    /// The copy to load, once its checks passed: a kept one as it is; a fresh one, whose
+    /// metadata declares `identity` (name and version), kept from now on, unless a copy with the
+    /// same bytes was kept meanwhile (then that one, and this one dropped). `bytes` are its
+    /// bytes when the caller has them ([`bytes`](Self::bytes)), else they are read only if a
+    /// kept copy may equal them.
+    pub(crate) fn keep(
+        self,
+        bytes: Option<&[u8]>,
+        identity: &str,
+    ) -> std::io::Result<Arc<PrivateCopy>> {
         match self {
             Copied::Kept(copy) => Ok(copy),
             Copied::Fresh(copy) => keep(copy, bytes, identity),
@@ -427,51 +456,65 @@ impl Copied {
     }
 }
 
-/// The private copy of `file` (opened and checked by the caller), and its bytes to check.
+/// The private copy of `file` (opened and checked by the caller), to check.
 ///
 /// A kept copy is the copy when it holds exactly what the file holds: one with the file's length,
 /// first and last pages, and the identity `identity` reads from the file (its declared name and
 /// version, from a few small reads), compared with the file chunk by chunk. So a plugin file
 /// copied many times costs one copy, and a read and a comparison per file, and two plugins that
 /// differ cost no more than the probe. Otherwise the kernel copies the file into a new copy.
-/// Either way the bytes returned are the copy's. `name`, the library's file name, names a new
-/// copy in `/proc/PID/maps`.
+/// `name`, the library's file name, names a new copy in `/proc/PID/maps`.
 pub(crate) fn copy_of(
     file: File,
     name: &str,
     identity: impl FnOnce(&File) -> Option<String>,
-) -> std::io::Result<(Copied, Bytes)> {
-    if let Some((copy, bytes)) = kept_equal_to(&file, identity)? {
-        return Ok((Copied::Kept(copy), bytes));
-    }
+) -> std::io::Result<Copied> {
+    let ends = match kept_equal_to(&file, identity)? {
+        Ok(copy) => return Ok(Copied::Kept(copy)),
+        Err(ends) => ends,
+    };
     let copy = PrivateCopy::of_file(file, name)?;
-    let bytes = copy.bytes()?;
-    Ok((Copied::Fresh(copy), bytes))
+    if copy.store == Store::Unchangeable
+        && let Some(ends) = ends
+    {
+        // The file is the copy, and cannot have changed since it was probed.
+        let _ = copy.ends.set(ends);
+    }
+    Ok(Copied::Fresh(copy))
 }
 
-/// A kept copy holding exactly what `file` holds, with its bytes; see [`copy_of`].
+/// The hash of the first and last pages of `file`, which holds `len` bytes (`None` when it holds
+/// fewer by now).
+fn ends_of_file(file: &File, len: usize) -> std::io::Result<Option<u64>> {
+    let end = len.min(PAGE);
+    let (mut first, mut last) = ([0; PAGE], [0; PAGE]);
+    let (first, last) = (&mut first[..end], &mut last[..end]);
+    let read = file
+        .read_exact_at(first, 0)
+        .and_then(|()| file.read_exact_at(last, (len - end) as u64));
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        other => other.map(|()| Some(ends(first, last))),
+    }
+}
+
+/// A kept copy holding exactly what `file` holds (see [`copy_of`]), or else the hash of the file's
+/// first and last pages, if it was read.
 fn kept_equal_to(
     file: &File,
     identity: impl FnOnce(&File) -> Option<String>,
-) -> std::io::Result<Option<(Arc<PrivateCopy>, Bytes)>> {
+) -> std::io::Result<Result<Arc<PrivateCopy>, Option<u64>>> {
     let Ok(len) = usize::try_from(file.metadata()?.len()) else {
-        return Ok(None);
+        return Ok(Err(None));
     };
-    let end = len.min(PAGE);
-    let (mut first, mut last) = (vec![0; end], vec![0; end]);
-    let read = file
-        .read_exact_at(&mut first, 0)
-        .and_then(|()| file.read_exact_at(&mut last, (len - end) as u64));
-    match read {
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        other => other?,
-    }
-    let ends = ends(&first, &last);
+    let Some(ends) = ends_of_file(file, len)? else {
+        return Ok(Err(None));
+    };
     if !kept().probes.contains(&(len, ends)) {
-        return Ok(None);
+        return Ok(Err(Some(ends)));
     }
     let Some(identity) = identity(file) else {
-        return Ok(None);
+        return Ok(Err(Some(ends)));
     };
     let key = Key {
         len,
@@ -481,12 +524,11 @@ fn kept_equal_to(
     // Compared without the lock held.
     let candidates = kept().copies.get(&key).cloned().unwrap_or_default();
     for candidate in candidates {
-        let bytes = candidate.kept_bytes()?;
-        if holds_exactly(file, &bytes)? {
-            return Ok(Some((candidate, bytes)));
+        if holds_exactly(file, &candidate.kept_bytes()?)? {
+            return Ok(Ok(candidate));
         }
     }
-    Ok(None)
+    Ok(Err(Some(ends)))
 }
 
 /// Whether `file` holds exactly `bytes`, read a chunk at a time from its start.
@@ -506,15 +548,41 @@ pub(crate) fn holds_exactly(file: &File, bytes: &[u8]) -> std::io::Result<bool> 
     }
 }
 
-/// The copy to load for `copy`, whose bytes (as it gave them) are `bytes` and whose metadata
-/// declares `identity` (name and version): a kept copy with the same bytes, which `copy` is then
-/// dropped for, or `copy` itself, kept from now on. So files with identical content share one
-/// copy, whatever their names and whenever they are loaded.
-fn keep(copy: PrivateCopy, bytes: &[u8], identity: &str) -> std::io::Result<Arc<PrivateCopy>> {
-    let key = Key::of(bytes, identity);
+/// The copy to load for `copy`, whose metadata declares `identity` (name and version): a kept
+/// copy with the same bytes, which `copy` is then dropped for, or `copy` itself, kept from now
+/// on. So files with identical content share one copy, whatever their names and whenever they
+/// are loaded. `bytes` are `copy`'s bytes (as it gave them) if the caller has them; else its
+/// first and last pages are read, and the rest only when a kept copy has the same key.
+fn keep(
+    copy: PrivateCopy,
+    bytes: Option<&[u8]>,
+    identity: &str,
+) -> std::io::Result<Arc<PrivateCopy>> {
+    let key = match bytes {
+        Some(bytes) => Key::of(bytes, identity),
+        None => Key {
+            len: copy.len,
+            ends: match copy.ends.get() {
+                Some(&ends) => ends,
+                None => ends_of_file(&copy.file, copy.len)?
+                    .ok_or_else(|| std::io::Error::other("a private copy shrank"))?,
+            },
+            identity: identity.to_owned(),
+        },
+    };
     let mut kept = kept();
-    if let Some(other) = kept.equal(&key, bytes)? {
-        return Ok(other);
+    if kept.copies.contains_key(&key) {
+        let read;
+        let bytes = match bytes {
+            Some(bytes) => bytes,
+            None => {
+                read = copy.bytes()?;
+                &read
+            }
+        };
+        if let Some(other) = kept.equal(&key, bytes)? {
+            return Ok(other);
+        }
     }
     let copy = Arc::new(copy);
     kept.probes.insert(key.probe());
@@ -795,20 +863,21 @@ mod tests {
 
     #[test]
     fn identical_bytes_share_one_copy() {
-        let copy = |bytes: &[u8]| {
+        // With the bytes the caller read, or without (read only to compare with a kept copy).
+        let copy = |bytes: &[u8], read: bool| {
             let new = PrivateCopy::of_bytes(bytes, "t.so").unwrap();
             let seen = new.bytes().unwrap().to_vec();
-            keep(new, &seen, "t 1.0.0").unwrap()
+            keep(new, read.then_some(&seen[..]), "t 1.0.0").unwrap()
         };
         // Same length and same first and last pages, different in the middle.
         let mut long = vec![7u8; 3 * 4096];
-        let a = copy(&long);
-        let b = copy(&long);
+        let a = copy(&long, true);
+        let b = copy(&long, false);
         long[5000] = 8;
-        let c = copy(&long);
-        let d = copy(b"same content");
-        let e = copy(b"same content");
-        let f = copy(b"other content");
+        let c = copy(&long, false);
+        let d = copy(b"same content", false);
+        let e = copy(b"same content", true);
+        let f = copy(b"other content", false);
         assert!(Arc::ptr_eq(&a, &b));
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(Arc::ptr_eq(&d, &e));
@@ -834,14 +903,13 @@ mod tests {
             File::open(path).unwrap()
         };
         let load = |f: File, identity: &'static str| {
-            let (copied, bytes) = copy_of(f, "lib.so", |_| Some(identity.to_owned())).unwrap();
+            let copied = copy_of(f, "lib.so", |_| Some(identity.to_owned())).unwrap();
             let fresh = matches!(copied, Copied::Fresh(_));
-            assert_eq!(
-                &*copied.bytes().unwrap(),
-                &*bytes,
-                "the bytes are the copy's"
-            );
-            (copied.keep(&bytes, identity).unwrap(), fresh)
+            let bytes = copied.bytes().unwrap();
+            let mut read = vec![0; copied.len()];
+            copied.file().read_exact_at(&mut read, 0).unwrap();
+            assert_eq!(read, &*bytes, "the bytes are the copy's");
+            (copied.keep(None, identity).unwrap(), fresh)
         };
         let (first, fresh) = load(file("a.so", &content), "p 1");
         assert!(fresh);
