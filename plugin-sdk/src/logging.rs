@@ -15,7 +15,8 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, Once, Weak};
 
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing::level_filters::LevelFilter;
+use tracing::span;
 
 use crate::abi::{BW_LOG_DEBUG, BW_LOG_ERROR, BW_LOG_INFO, BW_LOG_TRACE, BW_LOG_WARN};
 use crate::host_link::{self, HostLink};
@@ -33,17 +34,16 @@ pub(crate) fn install(link: &Arc<HostLink>) {
     }
     let max_level = link.max_level();
     INSTALL.call_once(|| {
-        let filter = match max_level {
-            0 => tracing_subscriber::filter::LevelFilter::OFF,
-            BW_LOG_ERROR => tracing_subscriber::filter::LevelFilter::ERROR,
-            BW_LOG_WARN => tracing_subscriber::filter::LevelFilter::WARN,
-            BW_LOG_INFO => tracing_subscriber::filter::LevelFilter::INFO,
-            BW_LOG_DEBUG => tracing_subscriber::filter::LevelFilter::DEBUG,
-            _ => tracing_subscriber::filter::LevelFilter::TRACE,
+        let max = match max_level {
+            0 => LevelFilter::OFF,
+            BW_LOG_ERROR => LevelFilter::ERROR,
+            BW_LOG_WARN => LevelFilter::WARN,
+            BW_LOG_INFO => LevelFilter::INFO,
+            BW_LOG_DEBUG => LevelFilter::DEBUG,
+            _ => LevelFilter::TRACE,
         };
-        let subscriber = tracing_subscriber::registry().with(HostLayer).with(filter);
         // Another subscriber may already be set if the plugin set one itself: then that one wins.
-        let _ = tracing::subscriber::set_global_default(subscriber);
+        let _ = tracing::subscriber::set_global_default(HostSubscriber { max });
         if log::set_logger(&HostLogger).is_ok() {
             log::set_max_level(match max_level {
                 0 => log::LevelFilter::Off,
@@ -92,10 +92,36 @@ fn emit(level: u32, target: &str, message: &str) {
     }
 }
 
-struct HostLayer;
+/// The library's `tracing` subscriber: forwards events at or above the host's level to the host,
+/// and keeps no spans (they would reach the host as nothing anyway: a line carries its event's
+/// fields only).
+///
+/// Not `tracing_subscriber`'s registry and layers: the registry's span storage allocated and
+/// zeroed tens of KiB per library at its first instance, a twentieth of a plugin's start-up with
+/// a thousand plugins, for spans nobody read.
+struct HostSubscriber {
+    max: LevelFilter,
+}
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HostLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+impl tracing::Subscriber for HostSubscriber {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
+        metadata.is_event() && *metadata.level() <= self.max
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(self.max)
+    }
+
+    fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+        // Never asked for: `enabled` turns every span down. An id is still owed.
+        span::Id::from_u64(1)
+    }
+
+    fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+
+    fn event(&self, event: &tracing::Event<'_>) {
         let level = match *event.metadata().level() {
             tracing::Level::ERROR => BW_LOG_ERROR,
             tracing::Level::WARN => BW_LOG_WARN,
@@ -107,6 +133,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for HostLayer {
         event.record(&mut line);
         emit(level, event.metadata().target(), &line.0);
     }
+
+    fn enter(&self, _: &span::Id) {}
+
+    fn exit(&self, _: &span::Id) {}
 }
 
 /// Formats an event as `message key=value ...`.
