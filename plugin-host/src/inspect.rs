@@ -146,7 +146,7 @@ fn section_names() -> [&'static str; 3] {
 }
 
 /// A metadata section found in a file: its bytes, or why they could not be read.
-type Section<'data> = Option<object::read::Result<&'data [u8]>>;
+type Section<'data> = Option<Result<&'data [u8], &'static str>>;
 
 /// The metadata section of an ELF file, from its header and section table only.
 ///
@@ -168,7 +168,7 @@ fn elf_section<'data, Elf: FileHeader, R: object::ReadRef<'data>>(
         SectionTable::<Elf, &[u8]>::new(headers, StringTable::new(names, 0, names.len() as u64));
     Ok(section_names().into_iter().find_map(|name| {
         let (_, section) = sections.section_by_name(endian, name.as_bytes())?;
-        Some(section.data(endian, data))
+        Some(prefix(data, section.file_range(endian)))
     }))
 }
 
@@ -178,7 +178,29 @@ fn any_section<'data, R: object::ReadRef<'data>>(data: R) -> object::read::Resul
     Ok(section_names()
         .into_iter()
         .find_map(|name| file.section_by_name(name))
-        .map(|section| section.data()))
+        .map(|section| prefix(data, section.file_range())))
+}
+
+/// The most bytes of a metadata section read: [`metadata::parse`] reads at most
+/// [`metadata::MAX_LEN`] bytes of entries, the last of which may run past it by a value's length;
+/// twice that covers it. A hostile file's huge section costs no more than this.
+const MAX_SECTION_READ: u64 = 2 * metadata::MAX_LEN as u64;
+
+/// The first bytes of the section at `range` (offset and size in the file; `None`: it takes no
+/// room there), up to [`MAX_SECTION_READ`]; the whole range must lie in the file.
+fn prefix<'data, R: object::ReadRef<'data>>(
+    data: R,
+    range: Option<(u64, u64)>,
+) -> Result<&'data [u8], &'static str> {
+    let Some((offset, size)) = range else {
+        return Ok(&[]);
+    };
+    let len = data.len().map_err(|()| "the file's length is unknown")?;
+    if offset.checked_add(size).is_none_or(|end| end > len) {
+        return Err("it runs past the end of the file");
+    }
+    data.read_bytes_at(offset, size.min(MAX_SECTION_READ))
+        .map_err(|()| "it cannot be read")
 }
 
 /// The SDK versions this host loads plugins of, as a semver requirement (`^0.1`, `^1`).

@@ -408,6 +408,57 @@ fn junk_files_fail_in_inspection_and_are_never_opened() {
     }
 }
 
+/// The file offset of the ELF64 section header of `hello`'s metadata section (read by hand, as a
+/// hostile file's author would edit it).
+fn metadata_section_header(elf: &[u8]) -> usize {
+    let u16_at = |at: usize| u16::from_le_bytes(elf[at..at + 2].try_into().unwrap()) as usize;
+    let u64_at = |at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap()) as usize;
+    let (table, size, count) = (u64_at(0x28), u16_at(0x3a), u16_at(0x3c));
+    let names = u64_at(table + u16_at(0x3e) * size + 0x18);
+    (0..count)
+        .map(|i| table + i * size)
+        .find(|&header| {
+            let name =
+                names + u32::from_le_bytes(elf[header..header + 4].try_into().unwrap()) as usize;
+            elf[name..].starts_with(METADATA_SECTION.as_bytes())
+                && elf[name + METADATA_SECTION.len()] == 0
+        })
+        .expect("hello has a metadata section")
+}
+
+/// A metadata section that claims bytes past the end of the file is refused by name; one that
+/// claims far more than metadata can hold is read only as far as metadata goes, and its metadata
+/// is what it was (nothing in it changed).
+#[test]
+fn a_metadata_section_past_the_file_is_refused_and_an_oversized_one_still_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hello = std::fs::read(rust_plugin("hello")).expect("read libhello");
+    let header = metadata_section_header(&hello);
+    let offset = u64::from_le_bytes(hello[header + 0x18..header + 0x20].try_into().unwrap());
+    let with_size = |size: u64| {
+        let mut elf = hello.clone();
+        elf[header + 0x20..header + 0x28].copy_from_slice(&size.to_le_bytes());
+        elf
+    };
+
+    let outside = dir.path().join("liboutside.so");
+    std::fs::write(&outside, with_size(hello.len() as u64)).expect("write");
+    for err in [
+        inspect(&outside).expect_err("past the end"),
+        load_err(&outside),
+    ] {
+        assert!(matches!(err, HostError::NotALibrary { .. }), "{err:?}");
+        assert_message(&err, &outside, &["cannot read section `.backworks_meta`"]);
+    }
+
+    let huge = dir.path().join("libhuge.so");
+    let size = hello.len() as u64 - offset;
+    assert!(size > 4 * 64 * 1024, "the section lies early in the file");
+    std::fs::write(&huge, with_size(size)).expect("write");
+    assert_eq!(inspect_ok(&huge).metadata.name, "hello");
+    assert_eq!(load_ok(&huge).metadata().name, "hello");
+}
+
 // ---- 3. inspection never runs the library's code -------------------------------------------------
 
 #[test]
