@@ -7,9 +7,10 @@
  *
  * Memory: whoever allocates frees. Each output this plugin fills points into at most one malloc'd
  * block, whose address is the output's `owner`, and to static data (string literals, the response's
- * constant header); the host calls the output's `release` (hello_release, which calls this
- * library's free) exactly once when it has copied the data. Outputs that only point to static data
- * have no release function.
+ * constant header); the host calls the output's `release` (the header's bw_release_block, which
+ * calls this library's free) exactly once when it has copied the data. Outputs that only point to
+ * static data have no release function. after_response shows the header's bw_respond, which copies
+ * a response into such a block in one call.
  *
  * Threads: the host may call any function concurrently, also on one instance. An instance is
  * immutable after instance_new, and no global is written, so no locking is needed.
@@ -44,23 +45,10 @@ typedef struct HelloInstance {
 
 /* ---- Outputs ----------------------------------------------------------------------------------- */
 
-/* Frees the single block behind an output (its `owner`). */
-static void hello_release(void *owner) {
-    free(owner);
-}
-
 /* An output with no data (kind DONE or CONTINUE). */
 static void out_simple(BwOutput *out, uint32_t kind) {
     memset(out, 0, sizeof *out);
     out->kind = kind;
-}
-
-/* An error output whose message is a string literal: nothing to release. */
-static void out_error(BwOutput *out, uint32_t code, const char *message) {
-    memset(out, 0, sizeof *out);
-    out->kind = BW_OUT_ERROR;
-    out->code = code;
-    out->message = bw_str(message, strlen(message));
 }
 
 /* ---- Logging ----------------------------------------------------------------------------------- */
@@ -77,18 +65,18 @@ static void hello_log(const HelloInstance *self, uint32_t level, const char *mes
 
 static void *hello_instance_new(const BwHostServices *host, BwOutput *out) {
     if (host == NULL) {
-        out_error(out, BW_ERR_INTERNAL, "no host services");
+        bw_error(out, BW_ERR_INTERNAL, "no host services");
         return NULL;
     }
     /* Use only fields the host has: all of v1.0's, or refuse (this plugin reads none of v1.2's
      * `workers`, so it needs no more). */
     if (host->size < BW_HOST_SERVICES_SIZE_V1_0) {
-        out_error(out, BW_ERR_INTERNAL, "host services are smaller than ABI v1.0's");
+        bw_error(out, BW_ERR_INTERNAL, "host services are smaller than ABI v1.0's");
         return NULL;
     }
     HelloInstance *self = malloc(sizeof *self);
     if (self == NULL) {
-        out_error(out, BW_ERR_INTERNAL, "out of memory");
+        bw_error(out, BW_ERR_INTERNAL, "out of memory");
         return NULL;
     }
     self->host = host;
@@ -148,13 +136,13 @@ static int32_t hello_handle(void *instance, const BwRequest *request, BwOutput *
     size_t path_len = request->path.len;
     size_t fixed = (sizeof BODY_START - 1) + (sizeof BODY_END - 1);
     if (path_len > (SIZE_MAX - fixed) / 6) {
-        out_error(out, BW_ERR_BAD_REQUEST, "path too long");
+        bw_error(out, BW_ERR_BAD_REQUEST, "path too long");
         return BW_READY;
     }
     /* The output's owner: the body bytes, in one block. */
     char *body = malloc(fixed + path_len * 6);
     if (body == NULL) {
-        out_error(out, BW_ERR_INTERNAL, "out of memory");
+        bw_error(out, BW_ERR_INTERNAL, "out of memory");
         return BW_READY;
     }
     size_t len = 0;
@@ -174,7 +162,7 @@ static int32_t hello_handle(void *instance, const BwRequest *request, BwOutput *
     out->response.headers.len = 1;
     out->response.body = bw_str(body, len);
     out->owner = body;
-    out->release = hello_release;
+    out->release = bw_release_block;
     return BW_READY;
 }
 
@@ -187,70 +175,15 @@ static int32_t hello_before_request(void *instance, const BwRequest *request, Bw
     return BW_READY;
 }
 
-/* Adds `a` and `b` into `*sum`; returns 0 on overflow. */
-static int add_size(size_t *sum, size_t a, size_t b) {
-    if (a > SIZE_MAX - b) {
-        return 0;
-    }
-    *sum = a + b;
-    return 1;
-}
-
-/* Copies `len` bytes at `from` into `*cursor`, advances it, and returns a BwStr over the copy. */
-static BwStr copy_bytes(char **cursor, const uint8_t *from, size_t len) {
-    char *at = *cursor;
-    if (len == 0) {
-        return bw_str(NULL, 0);
-    }
-    memcpy(at, from, len);
-    *cursor = at + len;
-    return bw_str(at, len);
-}
-
 static int32_t hello_after_response(void *instance, const BwRequest *request,
                                     const BwResponse *response, BwOutput *out) {
     (void)instance;
     (void)request;
-    /* The response is borrowed for this call only: return a copy in one owned block laid out as
-     * [BwKv pairs][header bytes and body bytes]. */
-    size_t n = response->headers.len;
-    const BwKv *pairs = n ? response->headers.ptr : NULL;
-    size_t total = 0;
-    if (n > SIZE_MAX / sizeof(BwKv)) {
-        out_error(out, BW_ERR_INTERNAL, "response too large to copy");
-        return BW_READY;
-    }
-    total = n * sizeof(BwKv);
-    for (size_t i = 0; i < n; i++) {
-        if (!add_size(&total, total, pairs[i].key.len) ||
-            !add_size(&total, total, pairs[i].value.len)) {
-            out_error(out, BW_ERR_INTERNAL, "response too large to copy");
-            return BW_READY;
-        }
-    }
-    if (!add_size(&total, total, response->body.len) || !add_size(&total, total, 1)) {
-        out_error(out, BW_ERR_INTERNAL, "response too large to copy");
-        return BW_READY;
-    }
-    BwKv *copy = malloc(total);
-    if (copy == NULL) {
-        out_error(out, BW_ERR_INTERNAL, "out of memory");
-        return BW_READY;
-    }
-    char *cursor = (char *)(copy + n);
-    for (size_t i = 0; i < n; i++) {
-        copy[i].key = copy_bytes(&cursor, pairs[i].key.ptr, pairs[i].key.len);
-        copy[i].value = copy_bytes(&cursor, pairs[i].value.ptr, pairs[i].value.len);
-    }
-
-    memset(out, 0, sizeof *out);
-    out->kind = BW_OUT_RESPONSE;
-    out->response.status = response->status;
-    out->response.headers.ptr = n ? copy : NULL;
-    out->response.headers.len = n;
-    out->response.body = copy_bytes(&cursor, response->body.ptr, response->body.len);
-    out->owner = copy;
-    out->release = hello_release;
+    /* The response is borrowed for this call only: bw_respond returns a copy of it in one owned
+     * block (or an error output if it cannot). A hook that changes nothing would rather implement
+     * after_response_lent and answer BW_OUT_CONTINUE: then nothing is copied at all. */
+    bw_respond(out, response->status, response->headers.ptr, response->headers.len,
+               response->body.ptr, response->body.len);
     return BW_READY;
 }
 
@@ -277,7 +210,7 @@ static int32_t hello_shutdown(void *instance, BwOutput *out) {
 
 static void *hello_task_start(void *task, BwCompletion completion) {
     BwOutput result;
-    out_error(&result, BW_ERR_INTERNAL, "c-hello never returns pending tasks");
+    bw_error(&result, BW_ERR_INTERNAL, "c-hello never returns pending tasks");
     if (completion.complete != NULL) {
         completion.complete(completion.ctx, &result);
     }

@@ -56,6 +56,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -557,6 +559,95 @@ static inline const BwStr *bw_header_get(BwKvList list, BwStr name) {
         }
     }
     return NULL;
+}
+
+/* Fills `out` (wholly) with an error: `code` (BW_ERR_*) and `message`, a NUL-terminated string
+ * that must outlive the output (a string literal): nothing to release. */
+static inline void bw_error(BwOutput *out, uint32_t code, const char *message) {
+    memset(out, 0, sizeof *out);
+    out->kind = BW_OUT_ERROR;
+    out->code = code;
+    out->message = bw_str(message, strlen(message));
+}
+
+/* Frees the one block an output of bw_respond owns. It is compiled into the plugin with this
+ * header, so the block goes back to the plugin's own allocator. */
+static inline void bw_release_block(void *owner) {
+    free(owner);
+}
+
+/* Adds `more` to `*total`; 0 when the sum would overflow. (bw_respond's.) */
+static inline int bw_add_size_(size_t *total, size_t more) {
+    if (more > SIZE_MAX - *total) {
+        return 0;
+    }
+    *total += more;
+    return 1;
+}
+
+/* Copies `from` to `*cursor` and moves the cursor past the copy. (bw_respond's.) */
+static inline BwStr bw_copy_str_(char **cursor, BwStr from) {
+    char *at = *cursor;
+    if (from.len == 0) {
+        return bw_str(NULL, 0);
+    }
+    memcpy(at, from.ptr, from.len);
+    *cursor = at + from.len;
+    return bw_str(at, from.len);
+}
+
+/*
+ * Fills `out` (wholly) with a response (BW_OUT_RESPONSE): `status`, the `n` header pairs at
+ * `headers` and the `body_len` bytes at `body`, all copied into one malloc'd block that the output
+ * owns and the host frees through bw_release_block. So the arguments may be borrowed (a lent
+ * request's or response's headers, a buffer on the stack) and are not used after the call:
+ *
+ *     static const BwKv TEXT[] = {{BW_STR_INIT("content-type"), BW_STR_INIT("text/plain")}};
+ *     char body[64];
+ *     int len = snprintf(body, sizeof body, "%u items", count);
+ *     bw_respond(out, 200, TEXT, 1, body, (size_t)len);
+ *     return BW_READY;
+ *
+ * `headers` may be NULL when `n` is 0, `body` when `body_len` is 0. Returns 1; when the sizes
+ * overflow or memory runs out, fills `out` with a BW_ERR_INTERNAL error instead (nothing copied)
+ * and returns 0. Either way the call can return BW_READY with `out`.
+ */
+static inline int bw_respond(BwOutput *out, uint16_t status, const BwKv *headers, size_t n,
+                             const void *body, size_t body_len) {
+    size_t total = 0, i;
+    BwKv *block;
+    char *cursor;
+    int fits = n <= SIZE_MAX / sizeof(BwKv);
+    if (fits) {
+        total = n * sizeof(BwKv);
+    }
+    for (i = 0; fits && i < n; i++) {
+        fits = bw_add_size_(&total, headers[i].key.len) && bw_add_size_(&total, headers[i].value.len);
+    }
+    /* One byte more, so that an empty response is not malloc(0). */
+    if (!fits || !bw_add_size_(&total, body_len) || !bw_add_size_(&total, 1)) {
+        bw_error(out, BW_ERR_INTERNAL, "response too large");
+        return 0;
+    }
+    block = (BwKv *)malloc(total);
+    if (block == NULL) {
+        bw_error(out, BW_ERR_INTERNAL, "out of memory");
+        return 0;
+    }
+    cursor = (char *)(block + n);
+    for (i = 0; i < n; i++) {
+        block[i].key = bw_copy_str_(&cursor, headers[i].key);
+        block[i].value = bw_copy_str_(&cursor, headers[i].value);
+    }
+    memset(out, 0, sizeof *out);
+    out->kind = BW_OUT_RESPONSE;
+    out->response.status = status;
+    out->response.headers.ptr = n ? block : NULL;
+    out->response.headers.len = n;
+    out->response.body = bw_copy_str_(&cursor, bw_str(body, body_len));
+    out->owner = block;
+    out->release = bw_release_block;
+    return 1;
 }
 
 /* Turns a macro's value into a string literal. */

@@ -676,6 +676,31 @@ async fn c_hello_answers_through_the_abi() {
         body_json(&response),
         json!({ "message": "Hello from C", "path": "/greet/c" })
     );
+
+    // Its after_response answers with a copy made by the header's `bw_respond`: the same status,
+    // headers in order and body, also when there are none.
+    let mut headers = backworks_plugin_sdk::Headers::new();
+    headers.insert("x-one", "1");
+    headers.insert("x-two", "");
+    let given = Response {
+        status: 418,
+        headers,
+        body: b"short and stout".to_vec(),
+    };
+    let copied = plugin
+        .after_response(&get("/greet/c", &[]), &given)
+        .await
+        .expect("c-hello copies the response");
+    assert_eq!(copied, given);
+    let empty = Response {
+        status: 204,
+        headers: backworks_plugin_sdk::Headers::new(),
+        body: Vec::new(),
+    };
+    assert_eq!(
+        plugin.after_response(&get("/", &[]), &empty).await.unwrap(),
+        empty
+    );
 }
 
 #[tokio::test]
