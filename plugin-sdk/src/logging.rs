@@ -105,7 +105,9 @@ struct HostSubscriber {
 
 impl tracing::Subscriber for HostSubscriber {
     fn enabled(&self, metadata: &tracing::Metadata<'_>) -> bool {
-        metadata.is_event() && *metadata.level() <= self.max
+        // Not `is_event()`: `tracing::enabled!` asks with a callsite that is neither event nor
+        // span (a hint), and must hear yes for a level that is on.
+        !metadata.is_span() && *metadata.level() <= self.max
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
@@ -197,4 +199,36 @@ impl log::Log for HostLogger {
     }
 
     fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    /// The levels the host asked for are on, for events and for `enabled!`; the others, and
+    /// spans, are off.
+    #[test]
+    fn the_host_level_decides_and_spans_are_off() {
+        let subscriber = HostSubscriber {
+            max: LevelFilter::INFO,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(tracing::enabled!(Level::INFO));
+            assert!(tracing::enabled!(Level::ERROR));
+            assert!(!tracing::enabled!(Level::DEBUG));
+            assert!(tracing::event_enabled!(Level::WARN));
+            assert!(!tracing::event_enabled!(Level::TRACE));
+            assert!(!tracing::span_enabled!(Level::ERROR));
+            assert!(tracing::info_span!("off").is_disabled());
+        });
+        let off = HostSubscriber {
+            max: LevelFilter::OFF,
+        };
+        tracing::subscriber::with_default(off, || {
+            assert!(!tracing::enabled!(Level::ERROR));
+            assert!(!tracing::event_enabled!(Level::ERROR));
+        });
+    }
 }
