@@ -58,22 +58,28 @@ pub fn inspect(path: &Path) -> Result<Inspection, HostError> {
 /// Only the parts it needs are read (headers, section table, the metadata section), not the whole
 /// file.
 pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
-    let file = std::fs::File::open(path).map_err(|source| HostError::Io {
+    let io = |source| HostError::Io {
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if file.metadata().map_err(io)?.is_dir() {
+        return Err(io(std::io::ErrorKind::IsADirectory.into()));
+    }
     metadata_from_file(path, &file)
 }
 
 /// Parses the metadata section of a plugin file already read into `data` (`path` names it in
-/// errors): what the loader and the signature check use, so the bytes read are the bytes judged.
+/// errors): what the signature check and the loader use when they hold every byte, so the bytes
+/// read are the bytes judged. It finds what [`metadata_from_file`] finds in the same file.
 pub fn metadata_from_bytes(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
     metadata_from(path, data)
 }
 
 /// [`metadata_from_bytes`] of an open file, reading only the parts it needs (headers, section
 /// table, the metadata section) at their offsets: the file's own offset does not move, so many
-/// threads may read one file at once.
+/// threads may read one file at once. What the loader uses on a private copy when no check needs
+/// all of it.
 pub(crate) fn metadata_from_file(
     path: &Path,
     file: &std::fs::File,
@@ -119,9 +125,12 @@ fn metadata_from<'data, R: object::ReadRef<'data>>(
     let section = match object::FileKind::parse(data).map_err(not_a_library)? {
         FileKind::Elf64 => elf_section::<FileHeader64<Endianness>, R>(data),
         FileKind::Elf32 => elf_section::<FileHeader32<Endianness>, R>(data),
-        _ => any_section(data),
+        _ => any_section(data).map_err(|e| e.to_string()),
     }
-    .map_err(not_a_library)?;
+    .map_err(|reason| HostError::NotALibrary {
+        path: path.to_owned(),
+        reason,
+    })?;
     let section = section.ok_or_else(|| HostError::NoMetadata {
         path: path.to_owned(),
         section: METADATA_SECTION,
@@ -152,18 +161,38 @@ type Section<'data> = Option<Result<&'data [u8], &'static str>>;
 ///
 /// `object::File::parse` would also parse the symbol tables (a quarter of a Rust plugin file, read
 /// or paged in for nothing): a tenth of a load's CPU at start-up with many plugins.
+///
+/// It judges a file as `object::File::parse` did, from memory or through reads alike: no section
+/// table is no metadata; a section table not aligned for its entries, or a names index outside
+/// it, is no library; names that cannot be read are none (no metadata).
 fn elf_section<'data, Elf: FileHeader, R: object::ReadRef<'data>>(
     data: R,
-) -> object::read::Result<Section<'data>> {
-    let header = Elf::parse(data)?;
-    let endian = header.endian()?;
-    let headers = header.section_headers(endian, data)?;
+) -> Result<Section<'data>, String> {
+    let text = |e: object::read::Error| e.to_string();
+    let header = Elf::parse(data).map_err(text)?;
+    let endian = header.endian().map_err(text)?;
+    let headers = header.section_headers(endian, data).map_err(text)?;
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    // Read from memory, the table must be aligned; read into a buffer of its own, it need not:
+    // both ways judge it as memory does.
+    let at: u64 = header.e_shoff(endian).into();
+    if !at.is_multiple_of(align_of::<Elf::SectionHeader>() as u64) {
+        return Err("Invalid ELF section header offset/size/alignment".into());
+    }
+    let names = headers
+        .get(header.shstrndx(endian, data).map_err(text)? as usize)
+        .ok_or("Invalid ELF e_shstrndx")?;
+    let size: u64 = names.sh_size(endian).into();
+    if size > MAX_SECTION_NAMES {
+        return Err(format!(
+            "its section names take {size} bytes, more than the {MAX_SECTION_NAMES} read"
+        ));
+    }
     // The section names read at once, and looked up in memory: through a `ReadCache`,
     // `header.sections` would read each name with a read of its own.
-    let names = match headers.get(header.shstrndx(endian, data)? as usize) {
-        Some(names) => names.data(endian, data)?,
-        None => &[],
-    };
+    let names = names.data(endian, data).unwrap_or(&[]);
     let sections =
         SectionTable::<Elf, &[u8]>::new(headers, StringTable::new(names, 0, names.len() as u64));
     Ok(section_names().into_iter().find_map(|name| {
@@ -180,6 +209,9 @@ fn any_section<'data, R: object::ReadRef<'data>>(data: R) -> object::read::Resul
         .find_map(|name| file.section_by_name(name))
         .map(|section| prefix(data, section.file_range())))
 }
+
+/// The most bytes of section names read (a plugin's are well under a KiB).
+const MAX_SECTION_NAMES: u64 = 1024 * 1024;
 
 /// The most bytes of a metadata section read: [`metadata::parse`] reads at most
 /// [`metadata::MAX_LEN`] bytes of entries, the last of which may run past it by a value's length;

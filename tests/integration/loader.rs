@@ -459,6 +459,61 @@ fn a_metadata_section_past_the_file_is_refused_and_an_oversized_one_still_reads(
     assert_eq!(load_ok(&huge).metadata().name, "hello");
 }
 
+/// Section tables out of the ordinary are judged alike whether the file is read in parts (inspect,
+/// a load without a signature) or held whole (a signature check, `plugin sign`): none is no
+/// metadata; one not aligned for its entries is no library (as `dlopen` never reads it, the
+/// file would run, but it is not what a linker writes). A folder is an I/O error.
+#[test]
+fn odd_section_tables_are_judged_alike_in_parts_and_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hello = std::fs::read(rust_plugin("hello")).expect("read libhello");
+    let u64_at = |elf: &[u8], at: usize| u64::from_le_bytes(elf[at..at + 8].try_into().unwrap());
+    let judged = |name: &str, elf: &[u8]| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, elf).expect("write");
+        let whole = backworks_plugin_host::metadata_from_bytes(&path, elf).expect_err("refused");
+        let (inspected, loaded) = (inspect(&path).expect_err("refused"), load_err(&path));
+        for err in [&inspected, &loaded] {
+            assert_eq!(
+                std::mem::discriminant(err),
+                std::mem::discriminant(&whole),
+                "{name}: {err} in parts, {whole} whole"
+            );
+        }
+        whole
+    };
+
+    // No section table at all (`e_shoff`, `e_shnum`, `e_shstrndx` zero), as `sstrip` leaves.
+    let mut none = hello.clone();
+    none[0x28..0x30].fill(0);
+    none[0x3c..0x40].fill(0);
+    let err = judged("libnone.so", &none);
+    assert!(matches!(err, HostError::NoMetadata { .. }), "{err:?}");
+
+    // The same table moved to an offset that is 4 bytes off its alignment.
+    let (table, size) = (
+        u64_at(&hello, 0x28) as usize,
+        64 * usize::from(u16::from_le_bytes([hello[0x3c], hello[0x3d]])),
+    );
+    let mut odd = hello.clone();
+    odd.resize(odd.len().next_multiple_of(8) + 4, 0);
+    let at = odd.len() as u64;
+    odd.extend_from_slice(&hello[table..table + size]);
+    odd[0x28..0x30].copy_from_slice(&at.to_le_bytes());
+    let err = judged("libodd.so", &odd);
+    assert!(matches!(err, HostError::NotALibrary { .. }), "{err:?}");
+
+    // The names index outside the table.
+    let mut index = hello.clone();
+    index[0x3e..0x40].copy_from_slice(&u16::MAX.to_le_bytes());
+    let err = judged("libindex.so", &index);
+    assert!(matches!(err, HostError::NotALibrary { .. }), "{err:?}");
+
+    let folder = dir.path().join("libfolder.so");
+    std::fs::create_dir(&folder).expect("mkdir");
+    assert!(matches!(inspect(&folder), Err(HostError::Io { .. })));
+}
+
 // ---- 3. inspection never runs the library's code -------------------------------------------------
 
 #[test]
