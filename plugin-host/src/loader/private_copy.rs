@@ -12,7 +12,8 @@
 //! Where a `memfd` cannot be mapped executable (a hardened kernel, an LSM), the copy is a file in
 //! a fresh `0700` directory under a unique name in the temporary directory (`TMPDIR`), made
 //! read-only, opened read-only, then unlinked with its directory: only this process's descriptor
-//! reaches it. Its checks read it into memory (it is not sealed). Which store is in force is
+//! reaches it. A check that needs all of its bytes reads them into memory (it is not sealed, so it
+//! is not mapped); the others read its parts. Which store is in force is
 //! decided once per process by a probe (create a memfd, map it `PROT_EXEC`), logged, and shown in
 //! `/proc/PID/maps` (`/memfd:backworks-<file name>` or `…/backworks-copy-…/<file name> (deleted)`).
 //! `BACKWORKS_PRIVATE_COPY=memfd|directory` forces one.
@@ -133,9 +134,10 @@ impl PrivateCopy {
     ///
     /// A file the kernel forbids anyone to change (immutable or fs-verity, see [`Store::Unchangeable`])
     /// is not copied: it already is what a copy makes it, and `dlopen` maps it through this very
-    /// descriptor, saving the copy's time (most of a load) and memory.
-    pub(crate) fn of_file(mut file: File, name: &str) -> std::io::Result<PrivateCopy> {
-        if unchangeable(&file) {
+    /// descriptor, saving the copy's time (most of a load) and memory. `fixed` says whether
+    /// [`unchangeable`] found the file so (asked by the caller, who may have read it since).
+    fn of_file(mut file: File, name: &str, fixed: bool) -> std::io::Result<PrivateCopy> {
+        if fixed {
             let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
             return Ok(PrivateCopy {
                 file,
@@ -469,15 +471,15 @@ pub(crate) fn copy_of(
     name: &str,
     identity: impl FnOnce(&File) -> Option<String>,
 ) -> std::io::Result<Copied> {
+    // Asked before the probe: a file unchangeable then is unchangeable since, so what the probe
+    // read is what the copy (the file itself) holds. (One that became so after it is copied.)
+    let fixed = unchangeable(&file);
     let ends = match kept_equal_to(&file, identity)? {
         Ok(copy) => return Ok(Copied::Kept(copy)),
         Err(ends) => ends,
     };
-    let copy = PrivateCopy::of_file(file, name)?;
-    if copy.store == Store::Unchangeable
-        && let Some(ends) = ends
-    {
-        // The file is the copy, and cannot have changed since it was probed.
+    let copy = PrivateCopy::of_file(file, name, fixed)?;
+    if fixed && let Some(ends) = ends {
         let _ = copy.ends.set(ends);
     }
     Ok(Copied::Fresh(copy))
@@ -727,6 +729,13 @@ mod tests {
 
     use super::*;
 
+    /// The private copy of the file at `path`, as a load makes it.
+    fn of_path(path: &Path) -> PrivateCopy {
+        let file = File::open(path).unwrap();
+        let fixed = unchangeable(&file);
+        PrivateCopy::of_file(file, "libp.so", fixed).unwrap()
+    }
+
     #[test]
     fn a_memfd_copy_is_sealed() {
         let mut file = sealed_memfd("t", |f| f.write_all(b"library bytes")).unwrap();
@@ -773,7 +782,7 @@ mod tests {
         let path = dir.path().join("libp.so");
         let content: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &content).unwrap();
-        let copy = PrivateCopy::of_file(File::open(&path).unwrap(), "libp.so").unwrap();
+        let copy = of_path(&path);
         // The file changes after the copy was made: the copy does not.
         std::fs::write(&path, b"other").unwrap();
         assert_eq!(&*copy.bytes().unwrap(), &content[..]);
@@ -791,7 +800,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("libp.so");
         std::fs::write(&path, b"immutable library bytes").unwrap();
-        let mutable = PrivateCopy::of_file(File::open(&path).unwrap(), "libp.so").unwrap();
+        let mutable = of_path(&path);
         assert_ne!(mutable.store(), Store::Unchangeable);
         let Some(_attribute) = Immutable::set(&path) else {
             eprintln!("no CAP_LINUX_IMMUTABLE here: the in-place half of this test did not run");
@@ -800,7 +809,10 @@ mod tests {
         assert!(std::fs::write(&path, b"x").is_err(), "the kernel refuses");
         let file = File::open(&path).unwrap();
         let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
-        let copy = PrivateCopy::of_file(file, "libp.so").unwrap();
+        let copy = {
+            let fixed = unchangeable(&file);
+            PrivateCopy::of_file(file, "libp.so", fixed).unwrap()
+        };
         assert_eq!(copy.store(), Store::Unchangeable);
         assert_eq!(&*copy.bytes().unwrap(), b"immutable library bytes");
         let through = std::fs::metadata(copy.proc_path()).unwrap();
