@@ -605,6 +605,10 @@ static inline BwStr bw_copy_str_(char **cursor, BwStr from) {
  *     static const BwKv TEXT[] = {{BW_STR_INIT("content-type"), BW_STR_INIT("text/plain")}};
  *     char body[64];
  *     int len = snprintf(body, sizeof body, "%u items", count);
+ *     if (len < 0 || (size_t)len >= sizeof body) {   // snprintf failed or cut the text short
+ *         bw_error(out, BW_ERR_INTERNAL, "cannot format the answer");
+ *         return BW_READY;
+ *     }
  *     bw_respond(out, 200, TEXT, 1, body, (size_t)len);
  *     return BW_READY;
  *
