@@ -17,7 +17,12 @@ the listeners bound), the CPU time the server used until then (user + system, fr
 against the brief's bar (discover, check and load 100 < 300 ms) is the median of the runs. Every
 plugin must be active; a run where one is not fails the script.
 
-Standard library only. Build first: cargo build --release -p backworks -p backworks-example-hello
+Standard library only. Build first, the plugin on its own, as its author builds it (built in one
+command with the host, Cargo would give its tokio the host's `signal` feature, whose driver every
+plugin runtime would then build):
+
+    cargo build --release -p backworks
+    cargo build --release -p backworks-example-hello
 
     python3 benches/serve_startup.py                    # 100 signed plugins, 5 runs
     python3 benches/serve_startup.py --plugins 1000 --unsigned
