@@ -602,7 +602,7 @@ static inline BwStr bw_copy_str_(char **cursor, BwStr from) {
  * owns and the host frees through bw_release_block. So the arguments may be borrowed (a lent
  * request's or response's headers, a buffer on the stack) and are not used after the call:
  *
- *     static const BwKv TEXT[] = {{BW_STR_INIT("content-type"), BW_STR_INIT("text/plain")}};
+ *     static const BwKv TEXT[] = { {BW_STR_INIT("content-type"), BW_STR_INIT("text/plain")} };
  *     char body[64];
  *     int len = snprintf(body, sizeof body, "%u items", count);
  *     if (len < 0 || (size_t)len >= sizeof body) {   // snprintf failed or cut the text short
