@@ -71,7 +71,8 @@ pub fn read_metadata(path: &Path) -> Result<PluginMetadata, HostError> {
 
 /// Parses the metadata section of a plugin file already read into `data` (`path` names it in
 /// errors): what the signature check and the loader use when they hold every byte, so the bytes
-/// read are the bytes judged. It finds what [`metadata_from_file`] finds in the same file.
+/// read are the bytes judged. It finds what [`inspect()`](fn@crate::inspect), which reads a file
+/// in parts, finds in the same file.
 pub fn metadata_from_bytes(path: &Path, data: &[u8]) -> Result<PluginMetadata, HostError> {
     metadata_from(path, data)
 }
