@@ -322,7 +322,7 @@ pub(crate) fn load_in_child(
     let metadata = checked_metadata(path, &bytes, Runs::InChild)?;
     let copy = PrivateCopy::of_bytes(&bytes, &file_name(path)).map_err(copy_error(path))?;
     copy.set_sha256(digest);
-    let copy = private_copy::Copied::Fresh(copy)
+    let copy = private_copy::Copied::Fresh(copy, None)
         .keep(Some(&bytes), &identity(&metadata))
         .map_err(copy_error(path))?;
     // What the child loads is the host's copy, not a file of its own: nothing to watch.

@@ -119,9 +119,6 @@ pub(crate) struct PrivateCopy {
     store: Store,
     /// Computed the first time something needs it, from the copy's bytes.
     sha256: OnceLock<Sha256Digest>,
-    /// The hash of its first and last pages when they were read before it was made (an
-    /// unchangeable file, probed as a candidate for a kept copy): part of its [`Key`].
-    ends: OnceLock<u64>,
     /// A read-only mapping kept as long as the copy, made the first time a file is compared with
     /// it (a memfd copy only): many files compared with one kept copy map it once.
     view: OnceLock<Mapping>,
@@ -144,7 +141,6 @@ impl PrivateCopy {
                 len,
                 store: Store::Unchangeable,
                 sha256: OnceLock::new(),
-                ends: OnceLock::new(),
                 view: OnceLock::new(),
             });
         }
@@ -173,7 +169,6 @@ impl PrivateCopy {
             len,
             store,
             sha256: OnceLock::new(),
-            ends: OnceLock::new(),
             view: OnceLock::new(),
         })
     }
@@ -415,8 +410,10 @@ impl Kept {
 pub(crate) enum Copied {
     /// A kept copy whose bytes equal what the file held: nothing was copied.
     Kept(Arc<PrivateCopy>),
-    /// A new copy, to check and then [`keep`](Copied::keep).
-    Fresh(PrivateCopy),
+    /// A new copy, to check and then [`keep`](Copied::keep), with the hash of its first and last
+    /// pages when they were read before it was made (an unchangeable file, probed as a candidate
+    /// for a kept copy): part of its [`Key`].
+    Fresh(PrivateCopy, Option<u64>),
 }
 
 impl std::ops::Deref for Copied {
@@ -425,7 +422,7 @@ impl std::ops::Deref for Copied {
     fn deref(&self) -> &PrivateCopy {
         match self {
             Copied::Kept(copy) => copy,
-            Copied::Fresh(copy) => copy,
+            Copied::Fresh(copy, _) => copy,
         }
     }
 }
@@ -437,7 +434,7 @@ impl Copied {
     pub(crate) fn bytes(&self) -> std::io::Result<Bytes> {
         match self {
             Copied::Kept(copy) => copy.kept_bytes(),
-            Copied::Fresh(copy) => copy.bytes(),
+            Copied::Fresh(copy, _) => copy.bytes(),
         }
     }
 
@@ -453,7 +450,7 @@ impl Copied {
     ) -> std::io::Result<Arc<PrivateCopy>> {
         match self {
             Copied::Kept(copy) => Ok(copy),
-            Copied::Fresh(copy) => keep(copy, bytes, identity),
+            Copied::Fresh(copy, ends) => keep(copy, ends, bytes, identity),
         }
     }
 }
@@ -479,10 +476,7 @@ pub(crate) fn copy_of(
         Err(ends) => ends,
     };
     let copy = PrivateCopy::of_file(file, name, fixed)?;
-    if fixed && let Some(ends) = ends {
-        let _ = copy.ends.set(ends);
-    }
-    Ok(Copied::Fresh(copy))
+    Ok(Copied::Fresh(copy, ends.filter(|_| fixed)))
 }
 
 /// The hash of the first and last pages of `file`, which holds `len` bytes (`None` when it holds
@@ -554,9 +548,11 @@ pub(crate) fn holds_exactly(file: &File, bytes: &[u8]) -> std::io::Result<bool> 
 /// copy with the same bytes, which `copy` is then dropped for, or `copy` itself, kept from now
 /// on. So files with identical content share one copy, whatever their names and whenever they
 /// are loaded. `bytes` are `copy`'s bytes (as it gave them) if the caller has them; else its
-/// first and last pages are read, and the rest only when a kept copy has the same key.
+/// first and last pages are read (unless `ends` is their hash already), and the rest only when a
+/// kept copy has the same key.
 fn keep(
     copy: PrivateCopy,
+    ends: Option<u64>,
     bytes: Option<&[u8]>,
     identity: &str,
 ) -> std::io::Result<Arc<PrivateCopy>> {
@@ -564,8 +560,8 @@ fn keep(
         Some(bytes) => Key::of(bytes, identity),
         None => Key {
             len: copy.len,
-            ends: match copy.ends.get() {
-                Some(&ends) => ends,
+            ends: match ends {
+                Some(ends) => ends,
                 None => ends_of_file(&copy.file, copy.len)?
                     .ok_or_else(|| std::io::Error::other("a private copy shrank"))?,
             },
@@ -879,7 +875,7 @@ mod tests {
         let copy = |bytes: &[u8], read: bool| {
             let new = PrivateCopy::of_bytes(bytes, "t.so").unwrap();
             let seen = new.bytes().unwrap().to_vec();
-            keep(new, read.then_some(&seen[..]), "t 1.0.0").unwrap()
+            keep(new, None, read.then_some(&seen[..]), "t 1.0.0").unwrap()
         };
         // Same length and same first and last pages, different in the middle.
         let mut long = vec![7u8; 3 * 4096];
@@ -916,7 +912,7 @@ mod tests {
         };
         let load = |f: File, identity: &'static str| {
             let copied = copy_of(f, "lib.so", |_| Some(identity.to_owned())).unwrap();
-            let fresh = matches!(copied, Copied::Fresh(_));
+            let fresh = matches!(copied, Copied::Fresh(..));
             let bytes = copied.bytes().unwrap();
             let mut read = vec![0; copied.len()];
             copied.file().read_exact_at(&mut read, 0).unwrap();
