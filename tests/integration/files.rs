@@ -263,10 +263,12 @@ fn load(
     (counts, tasks)
 }
 
-/// Serves a private copy of `hello` from a file of its own, runs `change` on that file under
-/// constant load, and checks that every request succeeded with hello's answer, before, during and
-/// after, and that the host is still the same process.
-async fn change_under_load(change: impl FnOnce(&Path)) {
+/// Serves `hello` from a file of its own, runs `change` on that file under constant load, and
+/// checks that every request succeeded with hello's answer, before, during and after, and that
+/// the host is still the same process. By default the host maps the file itself, under a lease
+/// (see `leased`); with `BACKWORKS_PRIVATE_COPY=memfd` in `env`, a sealed copy.
+/// Gives the server's maps and logs at the end.
+async fn change_under_load(env: &[(&str, &str)], change: impl FnOnce(&Path)) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = copy_plugin("hello", dir.path(), "greeter.so");
     let yaml = format!(
@@ -276,8 +278,27 @@ async fn change_under_load(change: impl FnOnce(&Path)) {
          kv: {{ path: /kv, methods: [GET], plugin: control }}\n",
         file.display()
     );
-    let server = Server::start(&yaml);
+    let server = Server::start_with_env(&yaml, env);
     let pid = server.pid();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let (in_place, copied) = (
+        maps.contains(&*file.to_string_lossy()),
+        maps.contains("/memfd:backworks-greeter.so"),
+    );
+    match env.is_empty() {
+        true => assert!(in_place && !copied, "mapped in place: {maps}"),
+        false => assert!(copied && !in_place, "copied: {maps}"),
+    }
+    // In place, only code and constants are mapped from the file: the writable data was made
+    // the host's own memory at the load, before any plugin thread could write it.
+    let writable_from_file = maps.lines().any(|line| {
+        line.ends_with(&*file.to_string_lossy())
+            && line
+                .split_whitespace()
+                .nth(1)
+                .is_some_and(|perms| perms.contains('w'))
+    });
+    assert!(!writable_from_file, "{maps}");
     let stop = Arc::new(AtomicBool::new(false));
     let (greeter, mut tasks) = load(
         server.url("/hello/ana"),
@@ -326,38 +347,71 @@ async fn change_under_load(change: impl FnOnce(&Path)) {
         Path::new(&format!("/proc/{pid}")).exists(),
         "the host is alive"
     );
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let logs = server.stop();
     assert!(!logs.contains("panicked"), "{logs}");
+    (maps, logs)
+}
+
+/// What a written file leaves when it was loaded in place: the host said so, and maps nothing of
+/// the file any more (its code was made the host's own memory before the writer went on).
+fn detached((maps, logs): &(String, String)) {
+    assert!(
+        logs.contains("is being written: the library now runs from memory of its own")
+            && logs.contains("library=greeter.so"),
+        "{logs}"
+    );
+    assert!(
+        !maps.contains("greeter.so"),
+        "nothing of the file is mapped: {maps}"
+    );
 }
 
 #[tokio::test]
 async fn another_build_copied_over_a_loaded_library_changes_nothing() {
     // `cp` writes in place: same inode, new bytes (the kv-store plugin's).
-    change_under_load(|file| {
+    let copy = |file: &Path| {
         std::fs::copy(rust_plugin("kv_store"), file).unwrap();
-    })
-    .await;
+    };
+    detached(&change_under_load(&[], copy).await);
+    change_under_load(&[("BACKWORKS_PRIVATE_COPY", "memfd")], copy).await;
 }
 
 #[tokio::test]
 async fn a_loaded_library_truncated_changes_nothing() {
-    change_under_load(|file| {
+    let truncate = |file: &Path| {
         std::fs::OpenOptions::new()
             .write(true)
             .open(file)
             .unwrap()
             .set_len(0)
             .unwrap();
-    })
-    .await;
+    };
+    detached(&change_under_load(&[], truncate).await);
+    change_under_load(&[("BACKWORKS_PRIVATE_COPY", "memfd")], truncate).await;
+}
+
+#[tokio::test]
+async fn a_loaded_library_written_in_the_middle_changes_nothing() {
+    // `dd conv=notrunc`: the same length, a page of zeros over the code.
+    detached(
+        &change_under_load(&[], |file| {
+            let file = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+            std::os::unix::fs::FileExt::write_all_at(&file, &[0; 65536], 0x50000).unwrap();
+        })
+        .await,
+    );
 }
 
 #[tokio::test]
 async fn a_loaded_library_deleted_changes_nothing() {
-    change_under_load(|file| std::fs::remove_file(file).unwrap()).await;
+    // No write: the lease holds, the file's inode lives on while it is mapped.
+    let (maps, _) = change_under_load(&[], |file| std::fs::remove_file(file).unwrap()).await;
+    assert!(maps.contains("greeter.so (deleted)"), "{maps}");
 }
 
-/// The private copies mapped in process `pid`, as `/proc/PID/maps` names them.
+/// The plugin libraries mapped in process `pid` (`a.so` and `b.so`, or their private copies), as
+/// `/proc/PID/maps` names them.
 fn mapped_copies(pid: u32) -> Vec<String> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     let mut paths: Vec<String> = maps
@@ -370,7 +424,9 @@ fn mapped_copies(pid: u32) -> Vec<String> {
                 .trim()
                 .to_owned()
         })
-        .filter(|path| path.contains("backworks-"))
+        .filter(|path| {
+            path.contains("backworks-") || path.ends_with("/a.so") || path.ends_with("/b.so")
+        })
         .collect();
     paths.sort();
     paths.dedup();
@@ -404,18 +460,27 @@ async fn two_plugins_from_identical_files(env: &[(&str, &str)]) -> Vec<String> {
     assert_eq!(list, json!({"count": 0, "keys": []}));
 
     let copies = mapped_copies(server.pid());
-    assert_eq!(copies.len(), 1, "one private copy for both: {copies:?}");
-    // Named after the file it was first loaded from (the two start at once).
+    assert_eq!(copies.len(), 1, "one library for both: {copies:?}");
+    // The file first loaded, or a copy named after it (the two start at once).
     assert!(
-        copies[0].contains("backworks-a.so") || copies[0].contains("backworks-b.so"),
+        ["a.so", "b.so"].iter().any(|f| copies[0].contains(f)),
         "{copies:?}"
     );
     copies
 }
 
 #[tokio::test]
-async fn identical_files_share_one_private_copy_and_keep_separate_state() {
+async fn identical_files_share_one_library_and_keep_separate_state() {
     let copies = two_plugins_from_identical_files(&[]).await;
+    assert!(
+        copies[0].ends_with("/a.so") || copies[0].ends_with("/b.so"),
+        "in place: {copies:?}"
+    );
+}
+
+#[tokio::test]
+async fn identical_files_share_one_sealed_copy_when_copies_are_asked_for() {
+    let copies = two_plugins_from_identical_files(&[("BACKWORKS_PRIVATE_COPY", "memfd")]).await;
     assert!(copies[0].starts_with("/memfd:backworks-"), "{copies:?}");
 }
 

@@ -942,3 +942,117 @@ async fn two_instances_of_one_library_keep_their_own_config() {
         );
     }
 }
+
+// ---- in place, under a lease -------------------------------------------------------------------
+
+/// A copy of the hello plugin in a file of its own (the test's to write), in `dir`, renamed
+/// `own` in its metadata: bytes of its own, which no other test's load shares.
+fn own_hello(dir: &Path, own: &str) -> PathBuf {
+    assert_eq!(own.len(), "hello".len());
+    let mut bytes = std::fs::read(rust_plugin("hello")).unwrap();
+    let at = bytes
+        .windows(11)
+        .position(|w| w == b"name=hello\0")
+        .expect("hello's metadata names it");
+    bytes[at + 5..at + 10].copy_from_slice(own.as_bytes());
+    let path = dir.join(format!("lib{own}.so"));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The lines of this process's maps that map the file at `path` (by device and inode).
+fn mappings_of(path: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).unwrap();
+    let dev = format!(
+        "{:02x}:{:02x}",
+        nix::libc::major(meta.dev()),
+        nix::libc::minor(meta.dev())
+    );
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(3) == Some(&dev.as_str())
+                && fields.get(4) == Some(&meta.ino().to_string().as_str())
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Loaded in place, a library keeps serving the bytes that were checked when its file is written
+/// over (the writer waits while the host makes the library's mappings its own memory); the file
+/// loaded again then runs its new bytes, from a copy (the dynamic loader would hand back the old
+/// library for the same inode).
+#[tokio::test]
+async fn a_library_loaded_in_place_runs_what_was_checked_after_its_file_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_hello(dir.path(), "ownrw");
+    let original = std::fs::read(&path).unwrap();
+    let library = load_ok(&path);
+    assert_eq!(library.store(), backworks_plugin_host::CopyStore::Leased);
+    let mapped = mappings_of(&path);
+    assert!(!mapped.is_empty(), "the file itself is mapped");
+    assert!(
+        mapped
+            .iter()
+            .all(|line| !line.split_whitespace().nth(1).unwrap().contains('w')),
+        "no writable data mapped from the file: {mapped:?}"
+    );
+    let plugin = DynamicPlugin::new(library.clone(), "own").unwrap();
+    plugin.initialize(&Value::Null).await.unwrap();
+    let hello = |name: &'static str| {
+        let plugin = &plugin;
+        async move {
+            let response = plugin
+                .handle(get("/hello/x", &[("name", name)]))
+                .await
+                .unwrap();
+            body_json(&response)
+        }
+    };
+    assert_eq!(hello("ana").await, json!({ "message": "Hello, ana!" }));
+
+    // Written over in place (`cp`: truncated, then other bytes), from another thread: its `open`
+    // waits for the host.
+    let kv = rust_plugin("kv_store");
+    let target = path.clone();
+    std::thread::spawn(move || std::fs::copy(kv, target).unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(hello("bo").await, json!({ "message": "Hello, bo!" }));
+    assert_eq!(
+        mappings_of(&path),
+        Vec::<String>::new(),
+        "nothing of the file is mapped"
+    );
+    assert_eq!(
+        library.sha256(),
+        backworks_plugin_host::sha256_hex(&original),
+        "the library's bytes are still the ones loaded"
+    );
+
+    let again = load_ok(&path);
+    assert_eq!(again.metadata().name, "kv-store", "the new bytes run");
+    assert_ne!(again.store(), backworks_plugin_host::CopyStore::Leased);
+    // And the first library still answers.
+    assert_eq!(hello("cy").await, json!({ "message": "Hello, cy!" }));
+}
+
+/// A file someone holds open for writing gets no lease (the kernel refuses it): it is copied.
+#[test]
+fn a_file_open_for_writing_elsewhere_is_copied_not_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = own_hello(dir.path(), "ownwr");
+    let _writer = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let library = load_ok(&path);
+    assert_ne!(library.store(), backworks_plugin_host::CopyStore::Leased);
+    assert!(
+        mappings_of(&path).is_empty(),
+        "the file itself is not mapped"
+    );
+}

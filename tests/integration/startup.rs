@@ -351,10 +351,10 @@ fn an_important_failure_among_many_stops_start_up_naming_it() {
     );
 }
 
-/// Identical files load as one private copy and one library, but each plugin entry is its own
-/// instance: two key-value stores from byte-identical files under different names keep apart
-/// what they store (one serves `PUT`, the other `GET`, of the same path), and the host maps the
-/// copy once.
+/// Identical files load as one library, but each plugin entry is its own instance: two key-value
+/// stores from byte-identical files under different names keep apart what they store (one serves
+/// `PUT`, the other `GET`, of the same path), and the host maps one of the files (in place,
+/// under a lease) once.
 #[tokio::test]
 async fn identical_files_share_one_library_and_keep_their_instances_apart() {
     let dir = tempfile::tempdir().unwrap();
@@ -384,19 +384,29 @@ async fn identical_files_share_one_library_and_keep_their_instances_apart() {
     let get = http.get(server.url("/kv/colour")).send().await.unwrap();
     assert_eq!(get.status(), 404, "a is a store of its own");
 
-    // One copy mapped: every mapping of a private copy names the first file it was made from.
+    // One library mapped: the first file loaded, itself.
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
-    let copies: std::collections::BTreeSet<&str> = maps
+    let libraries: std::collections::BTreeSet<&str> = maps
         .lines()
         .filter_map(|line| line.split_whitespace().nth(5))
-        .filter(|name| name.contains("backworks-libkv_"))
+        .filter(|name| name.contains("libkv_"))
         .collect();
-    assert_eq!(copies.len(), 1, "one copy of the two files: {copies:?}");
+    assert_eq!(
+        libraries.len(),
+        1,
+        "one library of the two files: {libraries:?}"
+    );
+    let library = libraries.first().unwrap();
+    assert!(
+        library.starts_with(&*dir.path().to_string_lossy()),
+        "{library}"
+    );
 }
 
-/// A plugin file marked immutable (`chattr +i`) is loaded in place, with no private copy: the
-/// server maps the file itself, and serves from it. (Needs `CAP_LINUX_IMMUTABLE` to mark the
-/// file; without it, the test says so and checks that a plain file is copied.)
+/// A plugin file marked immutable (`chattr +i`) is loaded in place, with no private copy, even
+/// where copies are asked for (`BACKWORKS_PRIVATE_COPY=memfd`): the server maps the file itself,
+/// and serves from it. (Needs `CAP_LINUX_IMMUTABLE` to mark the file; without it, the test says
+/// so and checks that a plain file is copied then.)
 #[tokio::test]
 async fn an_immutable_plugin_file_is_loaded_in_place() {
     let dir = tempfile::tempdir().unwrap();
@@ -421,7 +431,8 @@ async fn an_immutable_plugin_file_is_loaded_in_place() {
          endpoints:\n  hello: {{ path: \"/hello/{{name}}\", plugin: hello }}\n",
         path.display()
     );
-    let server = crate::support::Server::start(&yaml);
+    let server =
+        crate::support::Server::start_with_env(&yaml, &[("BACKWORKS_PRIVATE_COPY", "memfd")]);
     let answer = crate::support::client()
         .get(server.url("/hello/ana"))
         .send()

@@ -19,6 +19,7 @@ mod call;
 mod dynamic;
 mod file_checks;
 mod inherited_fds;
+mod lease;
 mod origin;
 mod parallel;
 mod private_copy;
@@ -204,7 +205,8 @@ pub(crate) fn check_and_copy(
 ) -> Result<(PluginMetadata, Origin), HostError> {
     let file = file_checks::open_checked(path, policy.file_checks)?;
     let (read_at, stat) = (std::time::SystemTime::now(), file.metadata().ok());
-    let copy = private_copy::copy_of(file, &file_name(path), |file| {
+    let in_place = runs == Runs::InProcess;
+    let copy = private_copy::copy_of(file, &file_name(path), in_place, |file| {
         metadata_from_file(path, file).ok().map(|m| identity(&m))
     })
     .map_err(copy_error(path))?;
@@ -227,7 +229,7 @@ pub(crate) fn check_and_copy(
     }
     let metadata = match &whole {
         Some(bytes) => metadata_from_bytes(path, bytes)?,
-        None => metadata_from_file(path, copy.file())?,
+        None => metadata_from_file(path, &copy.file())?,
     };
     check_runs(path, &metadata, runs)?;
     let copy = copy
@@ -333,7 +335,19 @@ pub(crate) fn load_in_child(
 /// Opens the private copy of a library whose metadata passed the checks and checks its vtable.
 fn open_checked(origin: Origin, metadata: PluginMetadata) -> Result<Arc<LoadedLibrary>, HostError> {
     let path = origin.path();
-    let library = open(path, &origin.copy().proc_path())?;
+    let (library, private) = origin.copy().open_library(
+        |copy| open(path, copy),
+        |library| {
+            let handle = library.into_raw();
+            // SAFETY: the handle `into_raw` just gave up, taken back once; it stays open.
+            (
+                unsafe { libloading::os::unix::Library::from_raw(handle) },
+                handle,
+            )
+        },
+    )?;
+    private.map_err(copy_error(path))?;
+    let library = libloading::Library::from(library);
     // SAFETY: the symbol is declared as a static `BwPluginVTable` by every Backworks plugin; we only
     // take its address here and read it field by field below, after checking magic and size.
     let symbol = unsafe { library.get::<*const BwPluginVTable>(ENTRY_SYMBOL_NUL) };
@@ -357,18 +371,16 @@ fn open_checked(origin: Origin, metadata: PluginMetadata) -> Result<Arc<LoadedLi
 }
 
 /// Opens the library at `copy` (its private copy); errors name `path`, the file as configured.
-fn open(path: &Path, copy: &Path) -> Result<libloading::Library, HostError> {
+fn open(path: &Path, copy: &Path) -> Result<libloading::os::unix::Library, HostError> {
     use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
     // SAFETY: opening a library runs its initialisers. We only get here for bytes that passed the
     // file checks and the verifier and whose metadata says they are a compatible Backworks plugin,
     // and `copy` holds exactly those bytes, immutable; RTLD_NOW resolves every symbol now, so a
     // missing one fails here rather than in the middle of a request.
-    unsafe { Library::open(Some(copy), RTLD_NOW | RTLD_LOCAL) }
-        .map(Into::into)
-        .map_err(|source| HostError::Open {
-            path: path.to_owned(),
-            source,
-        })
+    unsafe { Library::open(Some(copy), RTLD_NOW | RTLD_LOCAL) }.map_err(|source| HostError::Open {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads the vtable at `address` and checks it before anything in it is called.

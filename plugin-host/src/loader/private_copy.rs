@@ -52,6 +52,8 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::mman::{MapFlags, ProtFlags, mmap, munmap};
 use sha2::{Digest, Sha256};
 
+use super::lease::{InUse, Lease};
+
 /// The environment variable that forces a store: `memfd` or `directory`.
 pub const STORE_ENV: &str = "BACKWORKS_PRIVATE_COPY";
 
@@ -68,15 +70,19 @@ pub enum Store {
     /// immutable (`chattr +i`) or has fs-verity, which no write, truncation or rename can get
     /// past; see docs/operations.md.
     Unchangeable,
+    /// No copy while nobody writes the file: the file itself, under a read lease, made
+    /// independent of it when a write begins (see `lease`).
+    Leased,
 }
 
 impl Store {
-    /// `memfd`, `directory` or `unchangeable`.
+    /// `memfd`, `directory`, `unchangeable` or `leased`.
     pub fn as_str(self) -> &'static str {
         match self {
             Store::Memfd => "memfd",
             Store::Directory => "directory",
             Store::Unchangeable => "unchangeable",
+            Store::Leased => "leased",
         }
     }
 }
@@ -114,7 +120,7 @@ pub(crate) use crate::trust::hex;
 /// One private copy: an open descriptor of immutable bytes.
 #[derive(Debug)]
 pub(crate) struct PrivateCopy {
-    file: File,
+    file: Backing,
     len: usize,
     store: Store,
     /// Computed the first time something needs it, from the copy's bytes.
@@ -124,7 +130,46 @@ pub(crate) struct PrivateCopy {
     view: OnceLock<Mapping>,
 }
 
+/// What a copy's bytes are read from.
+#[derive(Debug)]
+enum Backing {
+    /// A copy, or an unchangeable file: a descriptor of bytes that never change.
+    Fixed(File),
+    /// The file itself under a read lease: read during a use of the lease, which a write waits
+    /// for.
+    Leased(Arc<Lease>),
+}
+
+/// A copy's descriptor, lent for reads (during a use of a leased file's lease).
+pub(crate) struct CopyFile<'a> {
+    file: &'a File,
+    _use: Option<InUse<'a>>,
+}
+
+impl std::ops::Deref for CopyFile<'_> {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        self.file
+    }
+}
+
 impl PrivateCopy {
+    /// The file under `lease`, in place.
+    fn leased(lease: Arc<Lease>) -> std::io::Result<PrivateCopy> {
+        let len = {
+            let used = lease.enter();
+            usize::try_from(lease.file(&used).metadata()?.len()).map_err(std::io::Error::other)?
+        };
+        Ok(PrivateCopy {
+            file: Backing::Leased(lease),
+            len,
+            store: Store::Leased,
+            sha256: OnceLock::new(),
+            view: OnceLock::new(),
+        })
+    }
+
     /// A new copy of everything `file` holds from its start, in the store in force: read once,
     /// copied by the kernel (`copy_file_range`, else `sendfile`). `name`, the library's file
     /// name, names the copy in `/proc/PID/maps`.
@@ -137,7 +182,7 @@ impl PrivateCopy {
         if fixed {
             let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
             return Ok(PrivateCopy {
-                file,
+                file: Backing::Fixed(file),
                 len,
                 store: Store::Unchangeable,
                 sha256: OnceLock::new(),
@@ -157,15 +202,10 @@ impl PrivateCopy {
         name: &str,
         fill: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> std::io::Result<PrivateCopy> {
-        let store = store();
-        let file = match store {
-            Store::Directory => private_file(&std::env::temp_dir(), &label(name), fill)?,
-            // (`store()` never answers `Unchangeable`: that is a file, not a place for copies.)
-            Store::Memfd | Store::Unchangeable => sealed_memfd(&label(name), fill)?,
-        };
+        let (store, file) = (store(), stored_file(name, fill)?);
         let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
         Ok(PrivateCopy {
-            file,
+            file: Backing::Fixed(file),
             len,
             store,
             sha256: OnceLock::new(),
@@ -174,15 +214,15 @@ impl PrivateCopy {
     }
 
     /// The copy's bytes, to check: a read-only mapping of a sealed memfd or of an unchangeable
-    /// file (neither can change under it), or the directory store's file read into memory (which
-    /// is not sealed).
+    /// file (neither can change under it), or read into memory: the directory store's file
+    /// (which is not sealed), a leased file (whose lease ends at a write).
     pub(crate) fn bytes(&self) -> std::io::Result<Bytes> {
         let Some(len) = NonZeroUsize::new(self.len) else {
             return Ok(Bytes::Read(Vec::new()));
         };
-        if self.store == Store::Directory {
+        if matches!(self.store, Store::Directory | Store::Leased) {
             let mut bytes = vec![0; self.len];
-            self.file.read_exact_at(&mut bytes, 0)?;
+            self.file().read_exact_at(&mut bytes, 0)?;
             return Ok(Bytes::Read(bytes));
         }
         self.map(len).map(Bytes::Mapped)
@@ -198,9 +238,11 @@ impl PrivateCopy {
     }
 
     /// The kept mapping of a non-empty memfd copy or unchangeable file, made on the first call;
-    /// `None` for a copy that has none (empty, or in the directory store, which is not sealed).
+    /// `None` for a copy that has none (empty, in the directory store, which is not sealed, or
+    /// leased, which a write would truncate under a mapping).
     fn view(&self) -> std::io::Result<Option<&[u8]>> {
-        let Some(len) = NonZeroUsize::new(self.len).filter(|_| self.store != Store::Directory)
+        let Some(len) = NonZeroUsize::new(self.len)
+            .filter(|_| !matches!(self.store, Store::Directory | Store::Leased))
         else {
             return Ok(None);
         };
@@ -213,6 +255,9 @@ impl PrivateCopy {
 
     /// A new read-only mapping of the whole copy (a memfd, or an unchangeable file).
     fn map(&self, len: NonZeroUsize) -> std::io::Result<Mapping> {
+        let Backing::Fixed(file) = &self.file else {
+            return Err(std::io::Error::other("a leased file is not mapped"));
+        };
         // SAFETY: a fresh shared read-only mapping of `len` bytes of a descriptor we own, at an
         // address the kernel picks; `Mapping` unmaps it once. A memfd copy is sealed against
         // writes, shrinking and growing (`sealed_memfd`); an unchangeable file refuses them to
@@ -224,7 +269,7 @@ impl PrivateCopy {
                 len,
                 ProtFlags::PROT_READ,
                 MapFlags::MAP_SHARED,
-                self.file.as_fd(),
+                file.as_fd(),
                 0,
             )
         }?;
@@ -256,9 +301,33 @@ impl PrivateCopy {
         }
     }
 
-    /// The path `dlopen` opens: this process's descriptor of the copy.
-    pub(crate) fn proc_path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+    /// Opens the copy as a library with `open`, given the path `dlopen` opens (this process's
+    /// descriptor of the copy), and `make_private`, given the handle it returned. A leased file
+    /// stays as it is meanwhile; opened in place, its writable data is made private
+    /// ([`Lease::opened`]).
+    pub(crate) fn open_library<L, E>(
+        &self,
+        open: impl FnOnce(&Path) -> Result<L, E>,
+        handle: impl FnOnce(L) -> (L, *mut c_void),
+    ) -> Result<(L, std::io::Result<()>), E> {
+        let file = self.file();
+        let library = open(&PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            file.as_raw_fd()
+        )))?;
+        match (&self.file, &file._use) {
+            (Backing::Leased(lease), Some(used)) if lease.in_place(used) => {
+                let (library, raw) = handle(library);
+                Ok((library, lease.opened(raw)))
+            }
+            _ => Ok((library, Ok(()))),
+        }
+    }
+
+    /// This process's path of the copy's descriptor.
+    #[cfg(test)]
+    fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.file().as_raw_fd()))
     }
 
     /// The path a child process of this one reads the copy from.
@@ -266,15 +335,25 @@ impl PrivateCopy {
         PathBuf::from(format!(
             "/proc/{}/fd/{}",
             std::process::id(),
-            self.file.as_raw_fd()
+            self.file().as_raw_fd()
         ))
     }
 
     /// Its descriptor, to read parts of it (with `pread`-style reads: its offset is nobody's).
-    /// What it holds never changes: a sealed memfd, an unchangeable file, or the directory
-    /// store's unlinked read-only file, which only this descriptor reaches.
-    pub(crate) fn file(&self) -> &File {
-        &self.file
+    /// What it holds never changes while lent: a sealed memfd, an unchangeable file, the
+    /// directory store's unlinked read-only file, which only this descriptor reaches, or a file
+    /// whose lease a write waits for until this is dropped.
+    pub(crate) fn file(&self) -> CopyFile<'_> {
+        match &self.file {
+            Backing::Fixed(file) => CopyFile { file, _use: None },
+            Backing::Leased(lease) => {
+                let used = lease.enter();
+                CopyFile {
+                    file: lease.file(&used),
+                    _use: Some(used),
+                }
+            }
+        }
     }
 
     /// How many bytes it holds.
@@ -466,17 +545,67 @@ impl Copied {
 pub(crate) fn copy_of(
     file: File,
     name: &str,
+    in_place: bool,
     identity: impl FnOnce(&File) -> Option<String>,
 ) -> std::io::Result<Copied> {
     // Asked before the probe: a file unchangeable then is unchangeable since, so what the probe
     // read is what the copy (the file itself) holds. (One that became so after it is copied.)
+    // Likewise a file leased before it.
     let fixed = unchangeable(&file);
-    let ends = match kept_equal_to(&file, identity)? {
+    let source = match in_place && !fixed && leases_allowed() {
+        true => Lease::take(file, name)?,
+        false => Err(file),
+    };
+    let probed = match &source {
+        Ok(lease) => kept_equal_to(lease.file(&lease.enter()), identity)?,
+        Err(file) => kept_equal_to(file, identity)?,
+    };
+    let ends = match probed {
         Ok(copy) => return Ok(Copied::Kept(copy)),
         Err(ends) => ends,
     };
-    let copy = PrivateCopy::of_file(file, name, fixed)?;
-    Ok(Copied::Fresh(copy, ends.filter(|_| fixed)))
+    match source {
+        Ok(lease) => Ok(Copied::Fresh(PrivateCopy::leased(lease)?, ends)),
+        Err(file) => Ok(Copied::Fresh(
+            PrivateCopy::of_file(file, name, fixed)?,
+            ends.filter(|_| fixed),
+        )),
+    }
+}
+
+/// A new file in the store in force, filled by `fill`, then made unchangeable. `name`, the
+/// library's file name, names it in `/proc/PID/maps`.
+fn stored_file(
+    name: &str,
+    fill: impl FnOnce(&mut File) -> std::io::Result<()>,
+) -> std::io::Result<File> {
+    match store() {
+        Store::Directory => private_file(&std::env::temp_dir(), &label(name), fill),
+        // (`store()` never answers `Unchangeable` or `Leased`: those are files, not places for
+        // copies.)
+        Store::Memfd | Store::Unchangeable | Store::Leased => sealed_memfd(&label(name), fill),
+    }
+}
+
+/// A copy of everything `file` holds, in the store in force (see [`store`]): what a leased
+/// file's library reads from once a write to the file begins.
+pub(crate) fn sealed_copy_of(file: &File, name: &str) -> std::io::Result<File> {
+    stored_file(name, |copy| {
+        let mut source = file;
+        source.seek(std::io::SeekFrom::Start(0))?;
+        std::io::copy(&mut source, copy).map(drop)
+    })
+}
+
+/// Whether files may be loaded in place under a lease: unless [`STORE_ENV`] asks for copies.
+fn leases_allowed() -> bool {
+    static ALLOWED: OnceLock<bool> = OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        !matches!(
+            std::env::var(STORE_ENV).as_deref(),
+            Ok("memfd" | "directory")
+        )
+    })
 }
 
 /// The hash of the first and last pages of `file`, which holds `len` bytes (`None` when it holds
@@ -562,7 +691,7 @@ fn keep(
             len: copy.len,
             ends: match ends {
                 Some(ends) => ends,
-                None => ends_of_file(&copy.file, copy.len)?
+                None => ends_of_file(&copy.file(), copy.len)?
                     .ok_or_else(|| std::io::Error::other("a private copy shrank"))?,
             },
             identity: identity.to_owned(),
@@ -911,7 +1040,7 @@ mod tests {
             File::open(path).unwrap()
         };
         let load = |f: File, identity: &'static str| {
-            let copied = copy_of(f, "lib.so", |_| Some(identity.to_owned())).unwrap();
+            let copied = copy_of(f, "lib.so", false, |_| Some(identity.to_owned())).unwrap();
             let fresh = matches!(copied, Copied::Fresh(..));
             let bytes = copied.bytes().unwrap();
             let mut read = vec![0; copied.len()];
