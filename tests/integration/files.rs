@@ -289,8 +289,8 @@ async fn change_under_load(env: &[(&str, &str)], change: impl FnOnce(&Path)) -> 
         true => assert!(in_place && !copied, "mapped in place: {maps}"),
         false => assert!(copied && !in_place, "copied: {maps}"),
     }
-    // In place, only code and constants are mapped from the file: the writable data was made
-    // the host's own memory at the load, before any plugin thread could write it.
+    // In place, only read-only parts are mapped from the file: the writable data was made the
+    // host's own memory at the load, before any plugin thread could write it.
     let writable_from_file = maps.lines().any(|line| {
         line.ends_with(&*file.to_string_lossy())
             && line

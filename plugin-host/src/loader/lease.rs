@@ -21,18 +21,25 @@
 //!   reads that;
 //! - then the lease is released and the writer goes on.
 //!
-//! The library's writable data (its `.data`, and the relocated read-only part, RELRO) is made
+//! The library's writable data (its `.data`, the part of its last page before `.bss`) is made
 //! anonymous right after `dlopen`, before any instance of the plugin exists
 //! ([`Lease::opened`]): a truncation discards even the copied-on-write pages of a private file
 //! mapping, and pages that plugin threads write could not be copied later without losing a
-//! write. So only code and constants stay file-backed until a write comes: the ones a copy
-//! would have cost.
+//! write. What stays mapped from the file until a write comes is read-only: code, constants,
+//! and the relocated data the loader made read-only (RELRO), which nothing writes after
+//! `dlopen` and a detach copies with the code.
 //!
 //! No lease, then a copy as before: a file not owned by this process's user (without
-//! `CAP_LEASE`), a file open for writing somewhere, a file system without leases, `SIGIO`
-//! ignored in this process, a library whose writable segment shares a page with another
-//! segment, an inode loaded in place before (the dynamic loader would hand back that library for
-//! new bytes at the same inode), or `BACKWORKS_PRIVATE_COPY` set.
+//! `CAP_LEASE`), a file open for writing somewhere, a file system without leases
+//! (`/proc/sys/fs/leases-enable` 0, NFS, FUSE), a lease-break time under 10 s (the writer would
+//! not wait long enough to be sure), `SIGIO` ignored in this process, a library whose writable
+//! segment shares a page with another segment, an inode loaded in place before (the dynamic
+//! loader would hand back that library for new bytes at the same inode), or
+//! `BACKWORKS_PRIVATE_COPY` set.
+//!
+//! The watcher waits for `SIGIO` with `sigwait`; an embedder that relies on `SIGIO` for
+//! descriptors of its own (`O_ASYNC`) should set `BACKWORKS_PRIVATE_COPY=memfd`, as the watcher
+//! could take a signal meant for them.
 
 use std::ffi::c_void;
 use std::fs::File;
@@ -118,7 +125,10 @@ impl Lease {
             tracing::debug!(library = name, "copied, not loaded in place: {why}");
         };
         let Some(watcher) = watcher() else {
-            copy("SIGIO is ignored in this process, or the lease watcher could not start");
+            copy(
+                "the lease-break time is under 10 s, SIGIO is ignored in this process, or the \
+                 lease watcher could not start",
+            );
             return Ok(Err(file));
         };
         let meta = file.metadata()?;
@@ -298,12 +308,24 @@ fn register(lease: &Arc<Lease>) {
     leases.push(Arc::downgrade(lease));
 }
 
+/// The shortest lease-break time leases are taken under: how long a writer waits at most for a
+/// detach, which takes milliseconds per library (1,000 libraries written at once are detached one
+/// after the other).
+const MIN_BREAK_SECONDS: u64 = 10;
+
 /// The watcher thread's id, started the first time: it waits for lease breaks and detaches the
-/// libraries whose files are being written. `None` where it cannot run (`SIGIO` ignored in this
-/// process: the kernel would drop the signal, or the thread could not start).
+/// libraries whose files are being written. `None` where leases are not to be taken: the
+/// lease-break time is under [`MIN_BREAK_SECONDS`], `SIGIO` is ignored in this process (the kernel
+/// would drop the signal), or the thread could not start.
 fn watcher() -> Option<libc::pid_t> {
     static WATCHER: OnceLock<Option<libc::pid_t>> = OnceLock::new();
     *WATCHER.get_or_init(|| {
+        let break_time = std::fs::read_to_string("/proc/sys/fs/lease-break-time")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        if break_time.is_some_and(|s| s < MIN_BREAK_SECONDS) {
+            return None;
+        }
         let mut old = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
         // SAFETY: reads the current action for SIGIO into `old` (a null new action changes nothing).
         let read =
@@ -354,10 +376,11 @@ fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
-/// The file-backed parts of `file`'s writable segments as the dynamic loader maps them, relative
-/// to the load address, with the protection they end with (RELRO read-only): from the ELF
-/// program headers (a 64-bit library of this machine's byte order). `None` when they cannot be
-/// read or a writable segment shares a page with another segment: no lease then.
+/// The file-backed parts of `file`'s writable segments that stay writable once the dynamic loader
+/// has mapped and relocated them (not RELRO), relative to the load address, with their
+/// protection: from the ELF program headers (a 64-bit library of this machine's byte order).
+/// `None` when they cannot be read or a writable segment shares a page with another segment: no
+/// lease then.
 fn data_parts(file: &File) -> Option<Vec<Part>> {
     let mut header = [0u8; 64];
     file.read_exact_at(&mut header, 0).ok()?;
@@ -418,11 +441,9 @@ fn data_parts(file: &File) -> Option<Vec<Part>> {
         let (r0, r1) = relro
             .map(|(a, b)| (a.clamp(start, end), b.clamp(start, end)))
             .unwrap_or((start, start));
-        for (a, b, prot) in [
-            (start, r0, writable),
-            (r0, r1, libc::PROT_READ),
-            (r1.max(start), end, writable),
-        ] {
+        // RELRO is read-only once the library is relocated: nothing writes it after `dlopen`, so
+        // a detach copies it with the code.
+        for (a, b, prot) in [(start, r0, writable), (r1.max(start), end, writable)] {
             if a < b {
                 parts.push(Part {
                     start: a,
@@ -483,10 +504,11 @@ unsafe fn make_anonymous(address: usize, len: usize, prot: libc::c_int) -> std::
     // SAFETY: `scratch` is `len` fresh writable bytes; `address` is `len` readable bytes (the
     // caller's promise), which nothing writes meanwhile; they do not overlap.
     unsafe { std::ptr::copy_nonoverlapping(address as *const u8, scratch.cast::<u8>(), len) };
-    // SAFETY: `scratch` is our own mapping of `len` bytes. Then it is moved over the range at
+    // SAFETY: `scratch` is our own mapping of `len` bytes (made read-write: left so when that is
+    // what is asked, which saves the other cores a TLB flush). Then it is moved over the range at
     // `address`, which the kernel unmaps and replaces in one step under the address space's lock.
     let moved = unsafe {
-        libc::mprotect(scratch, len, prot) == 0
+        (prot == libc::PROT_READ | libc::PROT_WRITE || libc::mprotect(scratch, len, prot) == 0)
             && libc::mremap(
                 scratch,
                 len,
