@@ -300,6 +300,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
                 })?,
             };
             let addr = SocketAddr::new(ip, config.server.port);
+            crate::server::reserve_descriptor_table(config.plugins.len());
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -39,6 +39,7 @@ use crate::config::{Config, EndpointConfig, PluginConfig, PluginKind};
 use metrics::EndpointStats;
 
 pub use dispatch::Served;
+pub use edge::reserve_descriptor_table;
 
 /// Everything an endpoint needs at request time, resolved once at start-up.
 struct Endpoint {

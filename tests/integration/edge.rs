@@ -459,4 +459,13 @@ endpoints:
         "{plugins} plugins hold {held} descriptors, over the 8 each that the connection cap \
          leaves them"
     );
+    // The descriptor table was grown for them (and 256 more) before the runtime started: no
+    // growth, and no wait for an RCU grace period, while the plugins load.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    let table: usize = status
+        .lines()
+        .find_map(|line| line.strip_prefix("FDSize:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(table >= 8 * 6 + 256, "FDSize {table}");
 }

@@ -75,9 +75,9 @@ pub fn effective_backlog(configured: u32) -> u32 {
         .map_or(configured, |max| configured.min(max))
 }
 
-/// The descriptors one plugin holds while it idles, at most: a library's sealed private copy and
-/// the drivers of its own tokio runtime (7 measured: epoll, its waker, the signal driver's socket
-/// pair, ...), or the pipes to a child process. Checked against the real server by the test
+/// The descriptors one plugin holds while it idles, at most: a library's file (loaded in place)
+/// or sealed private copy and the drivers of its own tokio runtime (epoll, its waker, ...), or
+/// the pipes to a child process. Checked against the real server by the test
 /// `edge::a_plugin_holds_no_more_descriptors_than_the_cap_leaves_it`.
 pub const DESCRIPTORS_PER_PLUGIN: usize = 8;
 
@@ -100,6 +100,31 @@ pub fn connection_cap(configured: usize, plugins: usize) -> usize {
         );
     }
     cap
+}
+
+/// Grows this process's descriptor table, while it has one thread, to hold what `plugins`
+/// plugins will open ([`DESCRIPTORS_PER_PLUGIN`] each, and 256 more), within the soft
+/// `RLIMIT_NOFILE`. Linux grows the table by doubling as descriptors are opened, and once a
+/// process has threads every growth waits for an RCU grace period, during which the thread that
+/// opens the descriptor waits (and with it, a plugin's load that holds the dynamic loader's lock):
+/// 1,000 plugins starting at once spent 40–60 ms of a 0.5 s start in those waits on a 2-core VM
+/// (BENCHMARKS.md, start-up). Grown before the runtime starts, the table costs none of them, and
+/// 8 bytes per slot. Asking for fewer slots than the table has does nothing.
+pub fn reserve_descriptor_table(plugins: usize) {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .and_then(|(soft, _hard)| usize::try_from(soft).ok())
+        .unwrap_or(1024);
+    let top = (DESCRIPTORS_PER_PLUGIN * plugins + 256).min(limit.saturating_sub(1));
+    let Ok(top) = i32::try_from(top) else {
+        return;
+    };
+    // The lowest free descriptor at `top` or above: the table grows to hold it, then it is
+    // closed again. (Standard error may be closed; then the table grows as descriptors come.)
+    use nix::fcntl::{FcntlArg, fcntl};
+    if let Ok(fd) = fcntl(std::io::stderr(), FcntlArg::F_DUPFD_CLOEXEC(top)) {
+        let _ = nix::unistd::close(fd);
+    }
 }
 
 fn cap_for_limit(configured: usize, limit: Option<u64>, plugins: usize) -> usize {
