@@ -35,7 +35,9 @@
 //! Before a library is loaded its file is checked ([`check_file`], [`FileChecks`]: owner, mode,
 //! directory, as ssh's `StrictModes`), read once, passed to the [`LoadPolicy`]'s [`Verifier`] (a
 //! signature check), and loaded from a private, immutable copy of exactly those bytes (a sealed
-//! `memfd`, or a private directory where that cannot run: [`copy_store`]). Set the policy with
+//! `memfd`, or a private directory where that cannot run: [`copy_store`]), or in place when the
+//! kernel holds the file unchanged: an immutable file, or one under a read lease, which the host
+//! makes its own memory before a writer may change it ([`CopyStore`]). Set the policy with
 //! [`PluginHost::set_load_policy`]; process-isolated plugins load the same checked bytes.
 //!
 //! ## Config schemas

@@ -982,15 +982,20 @@ fn mappings_of(path: &Path) -> Vec<String> {
 }
 
 /// Loaded in place, a library keeps serving the bytes that were checked when its file is written
-/// over (the writer waits while the host makes the library's mappings its own memory); the file
-/// loaded again then runs its new bytes, from a copy (the dynamic loader would hand back the old
-/// library for the same inode).
+/// over (the writer waits while the host makes the library's mappings its own memory, the view it
+/// compares identical files with included); the file loaded again then runs its new bytes, from a
+/// copy (the dynamic loader would hand back the old library for the same inode), and an identical
+/// file still finds the library.
 #[tokio::test]
 async fn a_library_loaded_in_place_runs_what_was_checked_after_its_file_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = own_hello(dir.path(), "ownrw");
     let original = std::fs::read(&path).unwrap();
     let library = load_ok(&path);
+    if !crate::support::leases_work(dir.path()) {
+        assert_ne!(library.store(), backworks_plugin_host::CopyStore::Leased);
+        return;
+    }
     assert_eq!(library.store(), backworks_plugin_host::CopyStore::Leased);
     let mapped = mappings_of(&path);
     assert!(!mapped.is_empty(), "the file itself is mapped");
@@ -999,6 +1004,15 @@ async fn a_library_loaded_in_place_runs_what_was_checked_after_its_file_is_writt
             .iter()
             .all(|line| !line.split_whitespace().nth(1).unwrap().contains('w')),
         "no writable data mapped from the file: {mapped:?}"
+    );
+    // A file with the same bytes shares the library: compared with it through a kept view.
+    let twin = dir.path().join("libtwin.so");
+    std::fs::write(&twin, &original).unwrap();
+    assert_eq!(load_ok(&twin).sha256(), library.sha256());
+    assert!(
+        mappings_of(&path).iter().any(|line| line.contains("r--s")),
+        "the view of the file is mapped: {:?}",
+        mappings_of(&path)
     );
     let plugin = DynamicPlugin::new(library.clone(), "own").unwrap();
     plugin.initialize(&Value::Null).await.unwrap();
@@ -1036,6 +1050,12 @@ async fn a_library_loaded_in_place_runs_what_was_checked_after_its_file_is_writt
     let again = load_ok(&path);
     assert_eq!(again.metadata().name, "kv-store", "the new bytes run");
     assert_ne!(again.store(), backworks_plugin_host::CopyStore::Leased);
+    // Another file with the first bytes is still compared with the library's, and shares it.
+    let triplet = dir.path().join("libtriplet.so");
+    std::fs::write(&triplet, &original).unwrap();
+    let third = load_ok(&triplet);
+    assert_eq!(third.sha256(), library.sha256());
+    assert_eq!(third.store(), backworks_plugin_host::CopyStore::Leased);
     // And the first library still answers.
     assert_eq!(hello("cy").await, json!({ "message": "Hello, cy!" }));
 }

@@ -136,6 +136,34 @@ pub fn rust_plugin(lib: &str) -> PathBuf {
     rust_plugins().join(library_file(lib))
 }
 
+/// Whether the kernel grants read leases on this process's files in `dir` (a local file system,
+/// `/proc/sys/fs/lease-break-time` of 10 s or more), asked of it directly (by Python's `fcntl`,
+/// not through the host): where it does, the host loads plugin files in place, and the tests
+/// that look at how a file was loaded expect that; where it does not, they expect a copy, and say
+/// so.
+pub fn leases_work(dir: &Path) -> bool {
+    let probe = dir.join(".lease-probe");
+    std::fs::write(&probe, b"probe").unwrap();
+    let script = "import fcntl, os, sys\n\
+                  fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+                  fcntl.fcntl(fd, 1024, fcntl.F_RDLCK)  # F_SETLEASE\n\
+                  t = int(open('/proc/sys/fs/lease-break-time').read())\n\
+                  sys.exit(0 if t >= 10 else 1)\n";
+    let granted = Command::new("python3")
+        .args(["-c", script])
+        .arg(&probe)
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = std::fs::remove_file(&probe);
+    if !granted {
+        eprintln!(
+            "no read leases in {}: expecting private copies",
+            dir.display()
+        );
+    }
+    granted
+}
+
 /// Compiles the example C plugin `example-plugins/c/<name>.c` against the SDK's C header into a
 /// shared library, once.
 pub fn c_plugin(name: &str) -> PathBuf {

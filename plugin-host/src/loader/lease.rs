@@ -576,8 +576,8 @@ fn detach_mappings(id: (u64, u64)) -> std::io::Result<usize> {
     }
     for &(start, len, prot) in &ranges {
         // SAFETY: a readable mapping of the library's file, listed just now. Its writable data
-        // was made anonymous when it was opened, so what is left is code and constants, which
-        // nothing writes.
+        // was made anonymous when it was opened, so what is left is read-only (code, constants,
+        // RELRO, the host's kept view of the file for comparisons), which nothing writes.
         unsafe { make_anonymous(start, len, prot) }?;
     }
     Ok(ranges.len())

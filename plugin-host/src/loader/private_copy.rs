@@ -16,7 +16,13 @@
 //! is not mapped); the others read its parts. Which store is in force is
 //! decided once per process by a probe (create a memfd, map it `PROT_EXEC`), logged, and shown in
 //! `/proc/PID/maps` (`/memfd:backworks-<file name>` or `…/backworks-copy-…/<file name> (deleted)`).
-//! `BACKWORKS_PRIVATE_COPY=memfd|directory` forces one.
+//! `BACKWORKS_PRIVATE_COPY=memfd|directory` forces one, and copies (no leases, below).
+//!
+//! **A file nobody writes is not copied** where the kernel grants a read lease on it (the usual
+//! case: a file of this process's user on a local file system, see `lease`): it is checked and
+//! opened in place, like an unchangeable file, and made independent of the file only if a write
+//! to it begins, while the writer waits ([`Store::Leased`]). Its checks read it in parts, or into
+//! memory when they need all of it; it is never mapped but by `dlopen`.
 //!
 //! A file the kernel forbids anyone to change is not copied at all: one with the immutable
 //! attribute (`chattr +i`) or fs-verity. It is checked and opened through the descriptor the file
@@ -54,7 +60,8 @@ use sha2::{Digest, Sha256};
 
 use super::lease::{InUse, Lease};
 
-/// The environment variable that forces a store: `memfd` or `directory`.
+/// The environment variable that forces a store: `memfd` or `directory`; either also turns
+/// leases off, so every library not unchangeable is copied.
 pub const STORE_ENV: &str = "BACKWORKS_PRIVATE_COPY";
 
 /// Where a library's private copy lives: where this process makes copies ([`store`]), or, for a
@@ -220,12 +227,13 @@ impl PrivateCopy {
         let Some(len) = NonZeroUsize::new(self.len) else {
             return Ok(Bytes::Read(Vec::new()));
         };
+        let file = self.file();
         if matches!(self.store, Store::Directory | Store::Leased) {
             let mut bytes = vec![0; self.len];
-            self.file().read_exact_at(&mut bytes, 0)?;
+            file.read_exact_at(&mut bytes, 0)?;
             return Ok(Bytes::Read(bytes));
         }
-        self.map(len).map(Bytes::Mapped)
+        map(&file, len).map(Bytes::Mapped)
     }
 
     /// The copy's bytes through its kept mapping ([`view`](Self::view)) when it has one to keep,
@@ -237,43 +245,21 @@ impl PrivateCopy {
         }
     }
 
-    /// The kept mapping of a non-empty memfd copy or unchangeable file, made on the first call;
-    /// `None` for a copy that has none (empty, in the directory store, which is not sealed, or
-    /// leased, which a write would truncate under a mapping).
+    /// The kept mapping of a non-empty memfd copy, unchangeable file or leased file, made on the
+    /// first call; `None` for a copy that has none (empty, or in the directory store, which is
+    /// not sealed).
     fn view(&self) -> std::io::Result<Option<&[u8]>> {
-        let Some(len) = NonZeroUsize::new(self.len)
-            .filter(|_| !matches!(self.store, Store::Directory | Store::Leased))
+        let Some(len) = NonZeroUsize::new(self.len).filter(|_| self.store != Store::Directory)
         else {
             return Ok(None);
         };
         if self.view.get().is_none() {
-            // Two threads may map at once: the mapping not kept is unmapped when dropped.
-            let _ = self.view.set(self.map(len)?);
+            // Two threads may map at once: the mapping not kept is unmapped when dropped. A
+            // leased file is mapped during a use of its lease (see `map`).
+            let file = self.file();
+            let _ = self.view.set(map(&file, len)?);
         }
         Ok(self.view.get().map(Mapping::as_slice))
-    }
-
-    /// A new read-only mapping of the whole copy (a memfd, or an unchangeable file).
-    fn map(&self, len: NonZeroUsize) -> std::io::Result<Mapping> {
-        let Backing::Fixed(file) = &self.file else {
-            return Err(std::io::Error::other("a leased file is not mapped"));
-        };
-        // SAFETY: a fresh shared read-only mapping of `len` bytes of a descriptor we own, at an
-        // address the kernel picks; `Mapping` unmaps it once. A memfd copy is sealed against
-        // writes, shrinking and growing (`sealed_memfd`); an unchangeable file refuses them to
-        // everyone (`unchangeable`). So the bytes read through it never change and never go
-        // away while it is mapped.
-        let address = unsafe {
-            mmap(
-                None,
-                len,
-                ProtFlags::PROT_READ,
-                MapFlags::MAP_SHARED,
-                file.as_fd(),
-                0,
-            )
-        }?;
-        Ok(Mapping { address, len })
     }
 
     /// The SHA-256 of the content: computed from `bytes`, which must be the copy's own (as
@@ -397,7 +383,8 @@ pub(crate) struct Mapping {
 }
 
 // SAFETY: a mapping is a range of read-only memory that nothing writes (the memfd behind it is
-// sealed, the file unchangeable) and that stays mapped until the one owner drops it: reading it from any thread, or
+// sealed, the file unchangeable, or leased and the mapping made anonymous before a write; see
+// `map`) and that stays mapped until the one owner drops it: reading it from any thread, or
 // dropping it on another, is sound.
 unsafe impl Send for Mapping {}
 // SAFETY: as above; shared references only read.
@@ -405,8 +392,8 @@ unsafe impl Sync for Mapping {}
 
 impl Mapping {
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: `address` is `len` readable bytes of a sealed memfd or an unchangeable file
-        // (see `PrivateCopy::map`), mapped until `self` is dropped, which the borrow of `self`
+        // SAFETY: `address` is `len` readable bytes of a sealed memfd, an unchangeable file or a
+        // leased file (see `map`), mapped until `self` is dropped, which the borrow of `self`
         // outlasts; nothing can write them.
         unsafe { std::slice::from_raw_parts(self.address.as_ptr().cast(), self.len.get()) }
     }
@@ -428,6 +415,31 @@ struct Key {
     len: usize,
     ends: u64,
     identity: String,
+}
+
+/// A new read-only mapping of the first `len` bytes of `file`, a copy's (as
+/// [`PrivateCopy::file`] lends it: a memfd, an unchangeable file, or a leased file during a use
+/// of its lease).
+fn map(file: &CopyFile<'_>, len: NonZeroUsize) -> std::io::Result<Mapping> {
+    // SAFETY: a fresh shared read-only mapping of `len` bytes of a descriptor we own, at an
+    // address the kernel picks; `Mapping` unmaps it once. A memfd copy is sealed against writes,
+    // shrinking and growing (`sealed_memfd`); an unchangeable file refuses them to everyone
+    // (`unchangeable`). A leased file is mapped during a use of its lease: a write waits until a
+    // detach, which waits for that use, has replaced every readable mapping of the file, this
+    // one included, by anonymous memory with the same bytes at the same address
+    // (`lease::detach`). So the bytes read through it never change and never go away while it
+    // is mapped.
+    let address = unsafe {
+        mmap(
+            None,
+            len,
+            ProtFlags::PROT_READ,
+            MapFlags::MAP_SHARED,
+            file.as_fd(),
+            0,
+        )
+    }?;
+    Ok(Mapping { address, len })
 }
 
 /// The length and first and last pages of a key, which a file can be probed for before it is read
@@ -540,8 +552,10 @@ impl Copied {
 /// first and last pages, and the identity `identity` reads from the file (its declared name and
 /// version, from a few small reads), compared with the file chunk by chunk. So a plugin file
 /// copied many times costs one copy, and a read and a comparison per file, and two plugins that
-/// differ cost no more than the probe. Otherwise the kernel copies the file into a new copy.
-/// `name`, the library's file name, names a new copy in `/proc/PID/maps`.
+/// differ cost no more than the probe. Otherwise, when `in_place` (a load in this process) and
+/// the kernel grants a read lease on it, the file itself is the copy ([`Store::Leased`]); else
+/// the kernel copies the file into a new copy. `name`, the library's file name, names a new copy
+/// in `/proc/PID/maps`.
 pub(crate) fn copy_of(
     file: File,
     name: &str,
@@ -550,27 +564,21 @@ pub(crate) fn copy_of(
 ) -> std::io::Result<Copied> {
     // Asked before the probe: a file unchangeable then is unchangeable since, so what the probe
     // read is what the copy (the file itself) holds. (One that became so after it is copied.)
-    // Likewise a file leased before it.
     let fixed = unchangeable(&file);
-    let source = match in_place && !fixed && leases_allowed() {
-        true => Lease::take(file, name)?,
-        false => Err(file),
-    };
-    let probed = match &source {
-        Ok(lease) => kept_equal_to(lease.file(&lease.enter()), identity)?,
-        Err(file) => kept_equal_to(file, identity)?,
-    };
-    let ends = match probed {
+    let ends = match kept_equal_to(&file, identity)? {
         Ok(copy) => return Ok(Copied::Kept(copy)),
         Err(ends) => ends,
     };
-    match source {
-        Ok(lease) => Ok(Copied::Fresh(PrivateCopy::leased(lease)?, ends)),
-        Err(file) => Ok(Copied::Fresh(
-            PrivateCopy::of_file(file, name, fixed)?,
-            ends.filter(|_| fixed),
-        )),
-    }
+    // A file leased only now may have changed since the probe: its ends are read again.
+    let file = match in_place && !fixed && leases_allowed() {
+        true => match Lease::take(file, name)? {
+            Ok(lease) => return Ok(Copied::Fresh(PrivateCopy::leased(lease)?, None)),
+            Err(file) => file,
+        },
+        false => file,
+    };
+    let copy = PrivateCopy::of_file(file, name, fixed)?;
+    Ok(Copied::Fresh(copy, ends.filter(|_| fixed)))
 }
 
 /// A new file in the store in force, filled by `fill`, then made unchangeable. `name`, the
