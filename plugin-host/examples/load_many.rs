@@ -3,16 +3,18 @@
 //! `cargo run --release -p backworks-plugin-host --example load_many -- LIB [N] [serial|parallel]`.
 //!
 //! It writes N copies of `LIB` into a fresh folder, each with different trailing bytes (so each
-//! is distinct content with its own private copy, as N different plugins would be), then times
+//! is distinct content, as N different plugins would be), then times
 //! [`discover`] and starting every file found, in one of two ways:
 //!
 //! - `parallel`: the path of `backworks serve`: a [`PluginHost`] on a multi-thread runtime records
 //!   every plugin, then starts them all at once ([`PluginHost::start_all`]): each library loaded
 //!   under strict file checks on the blocking pool, one per core at a time, then its instance
 //!   and `initialize`.
-//! - `serial`: one at a time, each phase timed: [`load_checked`] (file checks, the kernel's copy
-//!   into a sealed memfd, metadata, `dlopen`, vtable), an instance, its `initialize`.
+//! - `serial`: one at a time, each phase timed: [`load_checked`] (file checks, a read lease on
+//!   the file or the kernel's copy into a sealed memfd, metadata, `dlopen`, vtable), an
+//!   instance, its `initialize`.
 //!
+//! `BACKWORKS_PRIVATE_COPY=memfd` in the environment measures the copied load instead.
 //! Without a mode it runs itself once in each, serial first, each in a fresh process. Each prints
 //! the total and per plugin, the CPU time of the process, then, from `/proc/self`, the threads,
 //! descriptors and resident memory the N idle plugins added. BENCHMARKS.md has the figures and
@@ -24,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backworks_plugin_host::{
-    DynamicPlugin, LoadPolicy, Plugin, PluginHost, PluginSource, PluginSpec, ScanDir, copy_store,
-    discover, load_checked,
+    DynamicPlugin, LoadPolicy, PRIVATE_COPY_ENV, Plugin, PluginHost, PluginSource, PluginSpec,
+    ScanDir, copy_store, discover, load_checked,
 };
 
 /// What `/proc/self` says about this process, in KiB for the memory fields.
@@ -204,11 +206,17 @@ fn run(lib: &str, n: usize, mode: &str) {
     let count = plugins.len();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{mode}: {count} plugins ({} KiB each, private copies in {}): discover {:.2} ms, \
+        "{mode}: {count} plugins ({} KiB each, {}): discover {:.2} ms, \
          discover+check+load+instance+initialize {:.1} ms ({:.3} ms per plugin); \
          CPU of the process (every thread) {:.0} ms ({:.3} ms per plugin)",
         std::fs::metadata(lib).map_or(0, |m| m.len() / 1024),
-        copy_store().as_str(),
+        match std::env::var(PRIVATE_COPY_ENV).as_deref() {
+            Ok("memfd" | "directory") => format!("private copies in {}", copy_store().as_str()),
+            _ => format!(
+                "in place under a lease where granted, else copies in {}",
+                copy_store().as_str()
+            ),
+        },
         ms(discovered),
         ms(total),
         ms(total) / count as f64,
