@@ -1055,7 +1055,13 @@ async fn a_library_loaded_in_place_runs_what_was_checked_after_its_file_is_writt
     std::fs::write(&triplet, &original).unwrap();
     let third = load_ok(&triplet);
     assert_eq!(third.sha256(), library.sha256());
-    assert_eq!(third.store(), backworks_plugin_host::CopyStore::Leased);
+    // The library now reads from the sealed copy made at the write, not from the file.
+    assert_ne!(library.store(), backworks_plugin_host::CopyStore::Leased);
+    assert_eq!(
+        mappings_of(&path),
+        Vec::<String>::new(),
+        "still nothing of the file is mapped"
+    );
     // And the first library still answers.
     assert_eq!(hello("cy").await, json!({ "message": "Hello, cy!" }));
 }

@@ -12,40 +12,48 @@
 //! watcher) and holding the writer in its `open` until the lease is released (or, at the latest,
 //! `/proc/sys/fs/lease-break-time` seconds, 45 by default, later). Renaming or deleting the file
 //! needs no lease break: that never changes the bytes mapped. In that window the watcher makes
-//! the library independent of the file (`detach`):
-//! - every mapping of the file that can be read is replaced by anonymous memory holding the same
-//!   bytes, with the same protection, at the same address, in one `mremap` each (a thread running
-//!   that code waits on the address space's lock for that instant, then finds the same bytes);
-//! - a sealed copy is made of what the file still holds (what was checked and loaded), and every
-//!   later read of the library's "copy" (a hash, a plugin child, another load of the same bytes)
-//!   reads that;
-//! - then the lease is released and the writer goes on.
+//! the library independent of the file ([`Lease::detach`]):
+//! - it copies the file, still as it was checked, into a sealed copy in the store in force (as a
+//!   load without a lease would have);
+//! - it replaces every readable mapping of the file in this process, each in one step at the same
+//!   address with the same protection: code and constants by the same range of the sealed copy
+//!   (an `mmap` over it: never memory made executable after being written, which hardened
+//!   systems refuse), RELRO (relocated, so no longer what the file holds) by anonymous memory
+//!   holding its bytes (`mremap` over it). A thread running that code waits on the address
+//!   space's lock for that instant, then finds the same bytes;
+//! - it puts the sealed copy in place of the file under the descriptor the library was opened
+//!   through (`dup3`), so every later reader of `/proc/self/fd/N` (a hash, a plugin child, another
+//!   load of the same bytes, a backtrace's symbolizer) reads the copy; that closes the file's
+//!   last descriptor here and with it the lease, and the writer goes on.
 //!
 //! The library's writable data (its `.data`, the part of its last page before `.bss`) is made
 //! anonymous right after `dlopen`, before any instance of the plugin exists
 //! ([`Lease::opened`]): a truncation discards even the copied-on-write pages of a private file
 //! mapping, and pages that plugin threads write could not be copied later without losing a
-//! write. What stays mapped from the file until a write comes is read-only: code, constants,
-//! and the relocated data the loader made read-only (RELRO), which nothing writes after
-//! `dlopen` and a detach copies with the code.
+//! write. (A constructor that starts a thread which writes the library's data at that very
+//! moment could lose that write; no Rust plugin does.) What stays mapped from the file until a
+//! write comes is read-only.
 //!
 //! No lease, then a copy as before: a file not owned by this process's user (without
-//! `CAP_LEASE`), a file open for writing somewhere, a file system without leases
-//! (`/proc/sys/fs/leases-enable` 0, NFS, FUSE), a lease-break time under 10 s (the writer would
-//! not wait long enough to be sure), `SIGIO` ignored in this process, a library whose writable
-//! segment shares a page with another segment, an inode loaded in place before (the dynamic
-//! loader would hand back that library for new bytes at the same inode), or
-//! `BACKWORKS_PRIVATE_COPY` set.
+//! `CAP_LEASE`), a file open for writing somewhere, a file system other than ext2/3/4, XFS,
+//! btrfs, f2fs, tmpfs and overlayfs (on NFS, FUSE or 9p another machine or a server could write
+//! without a lease break), a lease-break time under 10 s (the writer would not wait long enough
+//! to be sure), `SIGIO` ignored in this process, a library with a segment that cannot be read,
+//! is writable and executable, or writable and sharing a page with another segment, an inode
+//! loaded in place before (the dynamic loader would hand back that library for new bytes at the
+//! same inode), relocations in the code (`DT_TEXTREL`: the code would not be what the file holds),
+//! or `BACKWORKS_PRIVATE_COPY` set.
 //!
 //! The watcher waits for `SIGIO` with `sigwait`; an embedder that relies on `SIGIO` for
 //! descriptors of its own (`O_ASYNC`) should set `BACKWORKS_PRIVATE_COPY=memfd`, as the watcher
 //! could take a signal meant for them.
 
-use std::ffi::c_void;
+use std::ffi::{CStr, c_void};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, Once, OnceLock, Weak};
+use std::path::Path;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 
 use nix::libc;
 use nix::sys::signal::{SigSet, Signal};
@@ -67,24 +75,23 @@ struct OwnerEx {
     pid: libc::pid_t,
 }
 
-/// A file held unchanged by a read lease, and the library loaded from it.
+/// A file held unchanged by a read lease, and the library loaded from it. One per inode.
 #[derive(Debug)]
 pub(crate) struct Lease {
-    /// The plugin file, opened read-only by the file checks; the lease is on this descriptor,
-    /// and it stays open for the life of the lease (and the process, once loaded).
+    /// The plugin file, opened read-only by the file checks: the lease is on this descriptor.
+    /// After a detach, the descriptor (the same number) holds the sealed copy instead.
     file: File,
-    /// The file's device and inode.
+    /// The file's device and inode, as `stat` gives them.
     id: (u64, u64),
     /// The library's file name, for logs.
     name: String,
-    /// The writable parts of the library, relative to its load address (see [`Lease::opened`]).
-    data: Vec<Part>,
+    /// Where the library's parts go, from its program headers.
+    layout: Layout,
     state: Mutex<State>,
     changed: Condvar,
-    /// After a write began: a sealed copy of what the file held until then.
-    frozen: OnceLock<File>,
-    /// The library's writable data made anonymous, once.
-    data_private: Once,
+    /// Addresses known to map the file, to find its mappings by: the library's first page once
+    /// opened, the kept views of it.
+    anchors: Mutex<Anchors>,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +102,30 @@ struct State {
     detaching: bool,
     /// The lease is held (false once released, or before it was granted).
     held: bool,
+    /// The descriptor holds the sealed copy now, not the file.
+    detached: bool,
+    /// A write began and no sealed copy could be made: the descriptor still reaches the file,
+    /// which is no longer what was checked.
+    broken: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Anchors {
+    /// The library's load address (`l_addr`), once opened in place.
+    base: Option<usize>,
+    /// Kept read-only views of the file.
+    views: Vec<usize>,
+}
+
+/// What the program headers say about where a library's parts go, relative to its load address.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Layout {
+    /// The file-backed parts of the writable segments that stay writable after relocation.
+    data: Vec<Part>,
+    /// The range the loader makes read-only after relocating it (RELRO), page-aligned.
+    relro: Option<(usize, usize)>,
+    /// The first page of the first segment.
+    first: usize,
 }
 
 /// A range of a loaded library, relative to its load address, and its protection.
@@ -117,67 +148,107 @@ impl Drop for InUse<'_> {
     }
 }
 
+/// Why a file was copied rather than loaded in place, for the debug log.
+fn copied(name: &str, why: &str) {
+    tracing::debug!(library = name, "copied, not loaded in place: {why}");
+}
+
 impl Lease {
     /// A read lease on `file` (opened read-only and checked by the caller), or the file back
-    /// when none can be had (see the module's docs). `name` names the library in logs.
+    /// when none can be had (see the module's docs). A live lease on the same inode is shared.
+    /// `name` names the library in logs.
     pub(crate) fn take(file: File, name: &str) -> std::io::Result<Result<Arc<Lease>, File>> {
-        let copy = |why: &str| {
-            tracing::debug!(library = name, "copied, not loaded in place: {why}");
-        };
         let Some(watcher) = watcher() else {
-            copy(
+            copied(
+                name,
                 "the lease-break time is under 10 s, SIGIO is ignored in this process, or the \
                  lease watcher could not start",
             );
             return Ok(Err(file));
         };
-        let meta = file.metadata()?;
-        let id = (meta.dev(), meta.ino());
-        if loaded_in_place().contains(&id) {
-            copy("a library was loaded in place from this inode before");
-            return Ok(Err(file));
-        }
-        let Some(data) = data_parts(&file) else {
-            copy("its program headers are unreadable, or a writable segment shares a page");
+        let Ok(meta) = file.metadata() else {
             return Ok(Err(file));
         };
+        if !local_file_system(&file) {
+            copied(
+                name,
+                "not on a local file system where every write breaks a lease",
+            );
+            return Ok(Err(file));
+        }
+        let id = (meta.dev(), meta.ino());
+        let mut leases = leases();
+        if loaded_in_place().contains(&id) {
+            copied(name, "a library was loaded in place from this inode before");
+            return Ok(Err(file));
+        }
+        let live = leases.iter().filter_map(Weak::upgrade).find(|lease| {
+            let state = lease.state();
+            lease.id == id && state.held && !state.detaching
+        });
+        if let Some(lease) = live {
+            return Ok(Ok(lease));
+        }
         let fd = file.as_raw_fd();
         let owner = OwnerEx {
             kind: F_OWNER_TID,
             pid: watcher,
         };
         // SAFETY: fcntl on a descriptor we own, with an `f_owner_ex` that lives across the call
-        // (read, not kept) and plain integer arguments. The first two only say where a lease
-        // break's signal goes; a failure of any leaves the file as it was, then copied.
+        // (read, not kept) and plain integer arguments. The owner is set before the lease: a
+        // lease taken first would send its signal to the whole process, where SIGIO's default
+        // action ends it. A failure of any leaves the file as it was, then copied.
         let granted = unsafe {
             libc::fcntl(fd, F_SETOWN_EX, &raw const owner) == 0
                 && libc::fcntl(fd, F_SETSIG, SIGNAL as libc::c_int) == 0
                 && libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) == 0
         };
         if !granted {
-            copy(&format!("no lease: {}", std::io::Error::last_os_error()));
+            copied(
+                name,
+                &format!("no lease: {}", std::io::Error::last_os_error()),
+            );
             return Ok(Err(file));
         }
+        // Read under the lease: the file holds from now on what the layout describes.
+        let Some(layout) = layout(&file) else {
+            unlock(fd);
+            copied(
+                name,
+                "a segment cannot be read, is writable and executable, or is writable and \
+                 shares a page with another",
+            );
+            return Ok(Err(file));
+        };
         let lease = Arc::new(Lease {
             file,
             id,
             name: name.to_owned(),
-            data,
+            layout,
             state: Mutex::new(State {
                 held: true,
                 ..State::default()
             }),
             changed: Condvar::new(),
-            frozen: OnceLock::new(),
-            data_private: Once::new(),
+            anchors: Mutex::default(),
         });
-        register(&lease);
+        if leases.len() >= 64 && leases.len().is_power_of_two() {
+            leases.retain(|l| l.strong_count() > 0);
+        }
+        leases.push(Arc::downgrade(&lease));
+        drop(leases);
         // A break that came before the watcher could find the lease went unanswered: give
-        // this one up (nothing of it is loaded yet), and copy.
+        // this one up (nothing of it is loaded yet), and copy. (If the watcher found it after
+        // all, it detaches it meanwhile; the copy reads the file through a descriptor of its
+        // own position.)
         if lease_state(fd) != Some(libc::F_RDLCK) {
-            copy("a write began as the lease was taken");
+            copied(name, "a write began as the lease was taken");
             let file = lease.file.try_clone()?;
-            lease.release();
+            let mut state = lease.state();
+            if state.held && !state.detaching {
+                unlock(fd);
+                state.held = false;
+            }
             return Ok(Err(file));
         }
         Ok(Ok(lease))
@@ -198,48 +269,68 @@ impl Lease {
     }
 
     /// What to read the library's bytes from, during a use: the file while the lease holds it,
-    /// the sealed copy made when a write began.
+    /// the sealed copy once a write began (the same descriptor).
     pub(crate) fn file<'a>(&'a self, _use: &InUse<'a>) -> &'a File {
-        self.frozen.get().unwrap_or(&self.file)
+        &self.file
     }
 
-    /// Whether the file itself is still what is read (no write has begun).
+    /// Whether the descriptor still reaches the file itself (no write has begun).
     pub(crate) fn in_place(&self, _use: &InUse<'_>) -> bool {
-        self.frozen.get().is_none()
+        let state = self.state();
+        !state.detached && !state.broken
     }
 
-    /// Called, during the same use, once `dlopen` opened the file itself (not the sealed copy)
-    /// and handed back `library`: makes the library's writable data anonymous memory, the first
-    /// time. Until a write begins, only the code and constants stay mapped from the file.
-    pub(crate) fn opened(&self, library: *mut c_void) -> std::io::Result<()> {
+    /// Whether a write began and no sealed copy could be made: nothing is to read the file
+    /// any more (see [`State::broken`]).
+    pub(crate) fn broken(&self) -> bool {
+        self.state().broken
+    }
+
+    /// Records that a kept view of the file was mapped at `address` (during a use).
+    pub(crate) fn mapped_view(&self, address: usize) {
+        self.anchors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .views
+            .push(address);
+    }
+
+    /// Called, during the same use, once `dlopen` of `path` (this descriptor's
+    /// `/proc/self/fd/N`, while [`in_place`](Self::in_place)) handed back `handle`: checks that
+    /// it is a library opened from that path, not one the dynamic loader had loaded from the
+    /// same inode before, and makes its writable data anonymous memory, the first time. From
+    /// then on only read-only parts of the library are mapped from the file.
+    pub(crate) fn opened(&self, handle: *mut c_void, path: &Path) -> std::io::Result<()> {
         loaded_in_place().insert(self.id);
-        let mut result = Ok(());
-        self.data_private.call_once(|| {
-            result = load_address(library).and_then(|base| {
-                self.data.iter().try_for_each(|part| {
-                    // SAFETY: `part` is a writable segment of the library just opened (from its
-                    // program headers, checked in `data_parts` to share no page with another
-                    // segment), at its load address. No instance of the plugin exists yet, so no
-                    // thread of it writes there while it is copied; the bytes stay the same.
-                    unsafe { make_anonymous(base + part.start, part.len, part.prot) }
-                })
-            });
-        });
-        result
-    }
-
-    /// Gives the lease up.
-    fn release(&self) {
-        let mut state = self.state();
-        if state.held {
-            // SAFETY: fcntl with integer arguments on the descriptor this lease owns.
-            unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
-            state.held = false;
+        let map = link_map(handle)?;
+        // SAFETY: `l_name` of a link map the dynamic loader keeps for an open library: a
+        // NUL-terminated string of it, or null.
+        let name = (!map.l_name.is_null()).then(|| unsafe { CStr::from_ptr(map.l_name) });
+        if name.is_none_or(|name| name.to_bytes() != path.as_os_str().as_encoded_bytes()) {
+            return Err(std::io::Error::other(format!(
+                "the dynamic loader handed back a library it had loaded from this inode before \
+                 ({})",
+                name.map_or("no name".into(), CStr::to_string_lossy)
+            )));
         }
+        let base = map.l_addr;
+        let mut anchors = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+        if anchors.base == Some(base) {
+            return Ok(());
+        }
+        for part in &self.layout.data {
+            // SAFETY: `part` is a writable segment of the library just opened (from its program
+            // headers, checked in `layout` to share no page with another segment), at its load
+            // address. No instance of the plugin exists yet, so no thread of it writes there
+            // while it is copied; the bytes stay the same.
+            unsafe { make_anonymous(base + part.start, part.len, part.prot) }?;
+        }
+        anchors.base = Some(base);
+        Ok(())
     }
 
     /// A write to the file began (its lease is breaking): make the library independent of the
-    /// file, keep a sealed copy of what it holds, then let the writer in. See the module's docs.
+    /// file, put a sealed copy in its place, then let the writer in. See the module's docs.
     fn detach(&self) {
         {
             let mut state = self.state();
@@ -251,28 +342,58 @@ impl Lease {
                 state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         }
-        let mappings = detach_mappings(self.id);
         let copy = super::private_copy::sealed_copy_of(&self.file, &self.name);
-        match (&mappings, &copy) {
-            (Ok(n), Ok(_)) => tracing::info!(
+        let anchors = self
+            .anchors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let relro = anchors
+            .base
+            .zip(self.layout.relro)
+            .map(|(base, (a, b))| (base + a, base + b));
+        let mut known = anchors.views.clone();
+        known.extend(anchors.base.map(|base| base + self.layout.first));
+        let mappings = detach_mappings(self.id, &known, relro, copy.as_ref().ok());
+        // The sealed copy takes the file's place under its descriptor: that closes the file's
+        // last descriptor here, and the lease with it.
+        let replaced = copy.as_ref().is_ok_and(|copy| {
+            // SAFETY: dup3 of two descriptors we own; the target is this lease's, whose number
+            // stays valid (now for the copy) as long as `self.file` owns it.
+            unsafe { libc::dup3(copy.as_raw_fd(), self.file.as_raw_fd(), libc::O_CLOEXEC) >= 0 }
+        });
+        if !replaced {
+            unlock(self.file.as_raw_fd());
+        }
+        {
+            let mut state = self.state();
+            state.held = false;
+            state.detaching = false;
+            state.detached = replaced;
+            state.broken = !replaced;
+        }
+        self.changed.notify_all();
+        match (&mappings, replaced) {
+            (Ok(n), true) => tracing::info!(
                 library = %self.name,
                 mappings = n,
                 "a plugin file loaded in place is being written: the library now runs from memory of its own"
             ),
             _ => tracing::error!(
                 library = %self.name,
-                mappings = ?mappings.as_ref().err(),
+                mappings = ?mappings,
                 copy = ?copy.as_ref().err(),
-                "a plugin file loaded in place is being written, and the library could not be made independent of it"
+                "a plugin file loaded in place is being written, and the library could not be \
+                 made independent of it"
             ),
         }
-        if let Ok(copy) = copy {
-            let _ = self.frozen.set(copy);
-        }
-        self.release();
-        self.state().detaching = false;
-        self.changed.notify_all();
     }
+}
+
+/// Gives up the lease on `fd`.
+fn unlock(fd: libc::c_int) {
+    // SAFETY: fcntl with integer arguments on a descriptor the caller owns.
+    unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
 }
 
 /// The lease held on `fd` now: `F_RDLCK`, or `F_UNLCK` when none or when it is breaking.
@@ -282,14 +403,42 @@ fn lease_state(fd: libc::c_int) -> Option<libc::c_int> {
     (state >= 0).then_some(state)
 }
 
-/// The inodes a library was loaded from in place: never again in place (the dynamic loader
-/// matches an open library by inode, and would hand back the old one for new bytes).
+/// Whether `file` is on a local file system where every write to it goes through this kernel's
+/// `open` or `truncate`, which break leases: not NFS, FUSE (virtiofs, sshfs), 9p, SMB or Ceph,
+/// where a server or another machine may write without a break.
+fn local_file_system(file: &File) -> bool {
+    const LOCAL: [i64; 6] = [
+        0xEF53,      // ext2, ext3, ext4
+        0x5846_5342, // XFS
+        0x9123_683E, // btrfs
+        0xF2F5_2010, // f2fs
+        0x0102_1994, // tmpfs
+        0x794C_7630, // overlayfs (a container's image and its writable layer)
+    ];
+    nix::sys::statfs::fstatfs(file).is_ok_and(|fs| {
+        // `f_type`'s width differs between architectures.
+        #[allow(clippy::unnecessary_cast)]
+        let kind = fs.filesystem_type().0 as i64;
+        LOCAL.contains(&kind)
+    })
+}
+
+/// The inodes a library was loaded from in place, under a lease or unchangeable: never again
+/// under a lease (the dynamic loader matches an open library by inode, and would hand back the
+/// old one for new bytes).
 fn loaded_in_place() -> MutexGuard<'static, std::collections::HashSet<(u64, u64)>> {
     static IN_PLACE: OnceLock<Mutex<std::collections::HashSet<(u64, u64)>>> = OnceLock::new();
     IN_PLACE
         .get_or_init(Mutex::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Records that the library of the unchangeable file `file` was opened in place.
+pub(crate) fn opened_unchangeable(file: &File) {
+    if let Ok(meta) = file.metadata() {
+        loaded_in_place().insert((meta.dev(), meta.ino()));
+    }
 }
 
 fn leases() -> MutexGuard<'static, Vec<Weak<Lease>>> {
@@ -300,14 +449,6 @@ fn leases() -> MutexGuard<'static, Vec<Weak<Lease>>> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-fn register(lease: &Arc<Lease>) {
-    let mut leases = leases();
-    if leases.len() >= 64 && leases.len().is_power_of_two() {
-        leases.retain(|l| l.strong_count() > 0);
-    }
-    leases.push(Arc::downgrade(lease));
-}
-
 /// The shortest lease-break time leases are taken under: how long a writer waits at most for a
 /// detach, which takes milliseconds per library (1,000 libraries written at once are detached one
 /// after the other).
@@ -315,8 +456,8 @@ const MIN_BREAK_SECONDS: u64 = 10;
 
 /// The watcher thread's id, started the first time: it waits for lease breaks and detaches the
 /// libraries whose files are being written. `None` where leases are not to be taken: the
-/// lease-break time is under [`MIN_BREAK_SECONDS`], `SIGIO` is ignored in this process (the kernel
-/// would drop the signal), or the thread could not start.
+/// lease-break time is under [`MIN_BREAK_SECONDS`], `SIGIO` is ignored in this process (a break's
+/// signal would be discarded), or the thread could not start.
 fn watcher() -> Option<libc::pid_t> {
     static WATCHER: OnceLock<Option<libc::pid_t>> = OnceLock::new();
     *WATCHER.get_or_init(|| {
@@ -347,7 +488,11 @@ fn watcher() -> Option<libc::pid_t> {
                 let _ = tx.send(Some(nix::unistd::gettid().as_raw()));
                 loop {
                     if set.wait().is_ok() {
-                        breaking().iter().for_each(|lease| lease.detach());
+                        // A bug of ours must not end the thread: every later break would wait
+                        // out its lease-break time, and then change a library that runs.
+                        let _ = std::panic::catch_unwind(|| {
+                            breaking().iter().for_each(|lease| lease.detach());
+                        });
                     }
                 }
             });
@@ -366,9 +511,14 @@ fn breaking() -> Vec<Arc<Lease>> {
 }
 
 const PT_LOAD: u32 = 1;
+const PT_DYNAMIC: u32 = 2;
 const PT_GNU_RELRO: u32 = 0x6474_e552;
+const DT_TEXTREL: usize = 22;
+const DT_FLAGS: usize = 30;
+const DF_TEXTREL: usize = 4;
 const PF_X: u32 = 1;
 const PF_W: u32 = 2;
+const PF_R: u32 = 4;
 
 fn page_size() -> usize {
     // SAFETY: sysconf with a valid name reads a constant of the system.
@@ -376,12 +526,13 @@ fn page_size() -> usize {
     usize::try_from(size).unwrap_or(4096)
 }
 
-/// The file-backed parts of `file`'s writable segments that stay writable once the dynamic loader
-/// has mapped and relocated them (not RELRO), relative to the load address, with their
-/// protection: from the ELF program headers (a 64-bit library of this machine's byte order).
-/// `None` when they cannot be read or a writable segment shares a page with another segment: no
-/// lease then.
-fn data_parts(file: &File) -> Option<Vec<Part>> {
+/// Where `file`'s parts go, from its ELF program headers (a 64-bit library of this machine's
+/// byte order): the file-backed parts of its writable segments that stay writable once the
+/// dynamic loader has mapped and relocated them (not RELRO), with their protection; its RELRO;
+/// its first page. `None` when they cannot be read, or a segment cannot be read, is writable and
+/// executable (its copy would have to be made executable after being written), or is writable
+/// and shares a page with another segment: no lease then.
+fn layout(file: &File) -> Option<Layout> {
     let mut header = [0u8; 64];
     file.read_exact_at(&mut header, 0).ok()?;
     let native = if cfg!(target_endian = "little") { 1 } else { 2 };
@@ -413,14 +564,36 @@ fn data_parts(file: &File) -> Option<Vec<Part>> {
         match kind {
             PT_LOAD => loads.push((vaddr, filesz, memsz, flags)),
             PT_GNU_RELRO => relro = Some((down(vaddr), down(vaddr.checked_add(memsz)?))),
+            // Relocations in the code (`DT_TEXTREL`, or `DF_TEXTREL` in `DT_FLAGS`) would make the
+            // code differ from the file, which a detach maps it back from.
+            PT_DYNAMIC => {
+                let mut dynamic = vec![0u8; filesz.min(64 * 1024) & !15];
+                file.read_exact_at(&mut dynamic, u64_at(entry, 8)? as u64)
+                    .ok()?;
+                let textrel = dynamic.chunks_exact(16).any(|d| {
+                    let (tag, value) = (u64_at(d, 0), u64_at(d, 8));
+                    tag == Some(DT_TEXTREL)
+                        || (tag == Some(DT_FLAGS) && value.is_some_and(|v| v & DF_TEXTREL != 0))
+                });
+                if textrel {
+                    return None;
+                }
+            }
             _ => {}
         }
     }
-    let mut parts = Vec::new();
+    let first = down(loads.iter().map(|l| l.0).min()?);
+    let mut data = Vec::new();
     for (i, &(vaddr, filesz, _, flags)) in loads.iter().enumerate() {
-        if flags & PF_W == 0 || filesz == 0 {
+        if flags & PF_R == 0 || flags & (PF_W | PF_X) == PF_W | PF_X {
+            return None;
+        }
+        if flags & PF_W == 0 {
             continue;
         }
+        // The file-backed part: from the segment's first page to the page holding its last file
+        // byte; a segment of `.bss` only still has its first page from the file when it starts
+        // within a page (the loader clears the rest of that page).
         let (start, end) = (down(vaddr), up(vaddr.checked_add(filesz)?)?);
         let shares = loads.iter().enumerate().any(|(j, &(v, _, m, _))| {
             j != i
@@ -431,49 +604,45 @@ fn data_parts(file: &File) -> Option<Vec<Part>> {
         if shares {
             return None;
         }
-        let writable = libc::PROT_READ
-            | libc::PROT_WRITE
-            | if flags & PF_X != 0 {
-                libc::PROT_EXEC
-            } else {
-                0
-            };
         let (r0, r1) = relro
-            .map(|(a, b)| (a.clamp(start, end), b.clamp(start, end)))
+            .map(|(a, b): (usize, usize)| (a.clamp(start, end), b.clamp(start, end)))
             .unwrap_or((start, start));
         // RELRO is read-only once the library is relocated: nothing writes it after `dlopen`, so
         // a detach copies it with the code.
-        for (a, b, prot) in [(start, r0, writable), (r1.max(start), end, writable)] {
+        let writable = libc::PROT_READ | libc::PROT_WRITE;
+        for (a, b) in [(start, r0), (r1.max(start), end)] {
             if a < b {
-                parts.push(Part {
+                data.push(Part {
                     start: a,
                     len: b - a,
-                    prot,
+                    prot: writable,
                 });
             }
         }
     }
-    Some(parts)
+    Some(Layout { data, relro, first })
 }
 
-/// The address the library of the `dlopen` handle `handle` was loaded at (`l_addr` of its link
-/// map).
-fn load_address(handle: *mut c_void) -> std::io::Result<usize> {
-    /// The first field of glibc's `struct link_map`, the only one read.
-    #[repr(C)]
-    struct LinkMap {
-        l_addr: usize,
-    }
+/// The start of glibc's `struct link_map`, the fields read.
+#[repr(C)]
+struct LinkMap {
+    l_addr: usize,
+    l_name: *const libc::c_char,
+}
+
+/// The link map of the library of the `dlopen` handle `handle`.
+fn link_map<'a>(handle: *mut c_void) -> std::io::Result<&'a LinkMap> {
     let mut map: *const LinkMap = std::ptr::null();
-    // SAFETY: `handle` is an open library's handle (the library outlives this call);
-    // RTLD_DI_LINKMAP writes a pointer to its `struct link_map`, whose first field is the load
-    // address, into `map`.
+    // SAFETY: `handle` is an open library's handle (the library outlives this call, and is
+    // never unloaded); RTLD_DI_LINKMAP writes a pointer to its `struct link_map`, whose first
+    // fields are the load address and the name, into `map`.
     let status = unsafe { libc::dlinfo(handle, libc::RTLD_DI_LINKMAP, (&raw mut map).cast()) };
     if status != 0 || map.is_null() {
         return Err(std::io::Error::other("dlinfo gave no link map"));
     }
-    // SAFETY: a link map the dynamic loader keeps for the open library.
-    Ok(unsafe { (*map).l_addr })
+    // SAFETY: a link map the dynamic loader keeps as long as the library, which is never
+    // unloaded.
+    Ok(unsafe { &*map })
 }
 
 /// Replaces `len` bytes of mapped memory at `address` (page-aligned) with anonymous memory holding
@@ -526,59 +695,309 @@ unsafe fn make_anonymous(address: usize, len: usize, prot: libc::c_int) -> std::
     Ok(())
 }
 
-/// Makes every readable mapping of the file `id` in this process anonymous (see [`detach`]);
-/// how many there were.
+/// Replaces `len` bytes of mapped memory at `address` by the same range of `copy` at `offset`,
+/// mapped with `prot` (shared when `shared`), at the same address, in one step.
 ///
-/// [`detach`]: Lease::detach
-fn detach_mappings(id: (u64, u64)) -> std::io::Result<usize> {
-    let maps = std::fs::read_to_string("/proc/self/maps")?;
-    let (major, minor) = (libc::major(id.0), libc::minor(id.0));
-    let mut ranges = Vec::new();
-    for line in maps.lines() {
-        let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(_), Some(dev), Some(inode)) = (
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-            fields.next(),
-        ) else {
-            continue;
+/// # Safety
+/// `copy` must hold, at `offset`, exactly the `len` bytes now mapped at `address`, and nothing may
+/// write them; code may run from them meanwhile.
+unsafe fn map_over(
+    address: usize,
+    len: usize,
+    prot: libc::c_int,
+    shared: bool,
+    copy: &File,
+    offset: u64,
+) -> std::io::Result<()> {
+    let flags = libc::MAP_FIXED
+        | if shared {
+            libc::MAP_SHARED
+        } else {
+            libc::MAP_PRIVATE
         };
-        let same_dev = dev.split_once(':').is_some_and(|(a, b)| {
-            u32::from_str_radix(a, 16) == Ok(major) && u32::from_str_radix(b, 16) == Ok(minor)
-        });
-        if !same_dev || inode.parse::<u64>() != Ok(id.1) || !perms.starts_with('r') {
+    let offset = libc::off_t::try_from(offset).map_err(std::io::Error::other)?;
+    // SAFETY: maps the sealed copy over the range at `address`, which the kernel unmaps and
+    // replaces in one step under the address space's lock; the bytes are the same (the caller's
+    // promise).
+    let mapped = unsafe {
+        libc::mmap(
+            address as *mut c_void,
+            len,
+            prot,
+            flags,
+            copy.as_raw_fd(),
+            offset,
+        )
+    };
+    if mapped == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether `copy` holds at `offset` exactly the `len` readable bytes mapped at `address`.
+///
+/// # Safety
+/// The range must be mapped and readable.
+unsafe fn holds_at(copy: &File, offset: u64, address: usize, len: usize) -> bool {
+    // SAFETY: the caller's promise.
+    let mapped = unsafe { std::slice::from_raw_parts(address as *const u8, len) };
+    let mut chunk = vec![0; 64 * 1024];
+    let mut at = 0;
+    while at < len {
+        let want = chunk.len().min(len - at);
+        if copy
+            .read_exact_at(&mut chunk[..want], offset + at as u64)
+            .is_err()
+            || chunk[..want] != mapped[at..at + want]
+        {
+            return false;
+        }
+        at += want;
+    }
+    true
+}
+
+/// One line of `/proc/self/maps`.
+struct Line<'a> {
+    start: usize,
+    end: usize,
+    perms: &'a [u8],
+    offset: u64,
+    dev: &'a str,
+    inode: u64,
+}
+
+fn parse_line(line: &str) -> Option<Line<'_>> {
+    let mut fields = line.split_ascii_whitespace();
+    let (range, perms, offset, dev, inode) = (
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+        fields.next()?,
+    );
+    let (start, end) = range.split_once('-')?;
+    Some(Line {
+        start: usize::from_str_radix(start, 16).ok()?,
+        end: usize::from_str_radix(end, 16).ok()?,
+        perms: perms.as_bytes(),
+        offset: u64::from_str_radix(offset, 16).ok()?,
+        dev,
+        inode: inode.parse().ok()?,
+    })
+}
+
+/// Makes every readable mapping of the file in this process independent of it (see
+/// [`Lease::detach`]): how many there were. The file's mappings are those `/proc/self/maps`
+/// names with the device and inode of the mapping at one of the `known` addresses (the library's
+/// first page, its views: on btrfs and overlayfs the maps' numbers differ from `stat`'s), else
+/// `id`'s. Code and constants are mapped over from `copy` where it holds their bytes; the rest,
+/// and everything when there is no copy, is copied into anonymous memory.
+fn detach_mappings(
+    id: (u64, u64),
+    known: &[usize],
+    relro: Option<(usize, usize)>,
+    copy: Option<&File>,
+) -> std::io::Result<usize> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let lines: Vec<Line> = maps.lines().filter_map(parse_line).collect();
+    let stat_dev = format!("{:02x}:{:02x}", libc::major(id.0), libc::minor(id.0));
+    let (dev, inode) = known
+        .iter()
+        .find_map(|&a| {
+            lines
+                .iter()
+                .find(|l| l.start <= a && a < l.end && l.inode != 0)
+                .map(|l| (l.dev.to_owned(), l.inode))
+        })
+        .unwrap_or((stat_dev, id.1));
+    let mut count = 0;
+    for line in lines.iter().filter(|l| l.dev == dev && l.inode == inode) {
+        let perm = |i: usize, c: u8| line.perms.get(i) == Some(&c);
+        if !perm(0, b'r') {
             continue;
         }
-        let Some((start, end)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (
-            usize::from_str_radix(start, 16),
-            usize::from_str_radix(end, 16),
-        ) else {
-            continue;
-        };
-        let perms = perms.as_bytes();
+        let (address, len) = (line.start, line.end - line.start);
         let prot = libc::PROT_READ
-            | if perms.get(1) == Some(&b'w') {
-                libc::PROT_WRITE
-            } else {
-                0
+            | if perm(1, b'w') { libc::PROT_WRITE } else { 0 }
+            | if perm(2, b'x') { libc::PROT_EXEC } else { 0 };
+        let relocated = relro.is_some_and(|(a, b)| address < b && a < line.end);
+        // A readable mapping of the file, listed just now. Its writable data was made anonymous
+        // when the library was opened, so what is left is read-only (code, constants, RELRO, the
+        // kept views of the file), which nothing writes. Code is what the file holds (a library
+        // with relocations in its code gets no lease): mapped from the copy even where a
+        // breakpoint (a uprobe, a debugger's) changed a page, which would otherwise be copied
+        // without the probe behind it.
+        let over = copy.filter(|copy| {
+            !relocated
+                && prot & libc::PROT_WRITE == 0
+                && (prot & libc::PROT_EXEC != 0
+                    // SAFETY: `address` is `len` readable bytes, mapped (listed just now).
+                    || unsafe { holds_at(copy, line.offset, address, len) })
+        });
+        match over {
+            // SAFETY: `copy` holds the mapped bytes at that offset (compared, or code as the
+            // file holds it), and they are read-only.
+            Some(copy) => unsafe { map_over(address, len, prot, perm(3, b's'), copy, line.offset) },
+            // SAFETY: readable, and nothing writes it (above; a writable mapping left here would
+            // be a library whose data could not be made private at its load, which refused it).
+            None => unsafe { make_anonymous(address, len, prot) },
+        }?;
+        count += 1;
+    }
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file holding an ELF64 header of this machine's byte order, the program headers
+    /// `(type, flags, vaddr, filesz, memsz)` (each segment's file offset its address), then
+    /// `rest`.
+    fn elf(headers: &[(u32, u32, usize, usize, usize)], rest: &[u8]) -> tempfile::NamedTempFile {
+        let mut bytes = vec![0u8; 64];
+        bytes[..4].copy_from_slice(b"\x7fELF");
+        bytes[4] = 2;
+        bytes[5] = if cfg!(target_endian = "little") { 1 } else { 2 };
+        bytes[32..40].copy_from_slice(&64u64.to_ne_bytes());
+        bytes[54..56].copy_from_slice(&56u16.to_ne_bytes());
+        bytes[56..58].copy_from_slice(&(headers.len() as u16).to_ne_bytes());
+        for &(kind, flags, vaddr, filesz, memsz) in headers {
+            let mut entry = vec![0u8; 56];
+            entry[0..4].copy_from_slice(&kind.to_ne_bytes());
+            entry[4..8].copy_from_slice(&flags.to_ne_bytes());
+            entry[8..16].copy_from_slice(&(vaddr as u64).to_ne_bytes());
+            entry[16..24].copy_from_slice(&(vaddr as u64).to_ne_bytes());
+            entry[32..40].copy_from_slice(&(filesz as u64).to_ne_bytes());
+            entry[40..48].copy_from_slice(&(memsz as u64).to_ne_bytes());
+            bytes.extend(entry);
+        }
+        bytes.extend(rest);
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), bytes).unwrap();
+        file
+    }
+
+    fn layout_of(headers: &[(u32, u32, usize, usize, usize)]) -> Option<Layout> {
+        layout(&File::open(elf(headers, &[]).path()).unwrap())
+    }
+
+    const R: u32 = PF_R;
+    const RX: u32 = PF_R | PF_X;
+    const RW: u32 = PF_R | PF_W;
+    const RW_: libc::c_int = libc::PROT_READ | libc::PROT_WRITE;
+
+    #[test]
+    fn writable_data_outside_relro_is_what_is_made_private() {
+        let page = page_size();
+        // hello's shape: text, then a writable segment whose start is RELRO, then .data + .bss.
+        let layout = layout_of(&[
+            (PT_LOAD, R, 0, 0x438dc, 0x438dc),
+            (PT_LOAD, RX, 0x448dc, 0xa79f4, 0xa79f4),
+            (PT_LOAD, RW, 0xed2d0, 0x69e8, 0x6d30),
+            (PT_LOAD, RW, 0xf4cb8, 0xb80, 0xc90),
+            (PT_GNU_RELRO, R, 0xed2d0, 0x69e8, 0x6d30),
+        ])
+        .unwrap();
+        assert_eq!(layout.first, 0);
+        assert_eq!(
+            layout.relro,
+            Some((0xed2d0 & !(page - 1), (0xed2d0 + 0x6d30) & !(page - 1)))
+        );
+        let start = 0xf4cb8 & !(page - 1);
+        let end = (0xf4cb8 + 0xb80 + page - 1) & !(page - 1);
+        assert_eq!(
+            layout.data,
+            vec![Part {
+                start,
+                len: end - start,
+                prot: RW_
+            }]
+        );
+    }
+
+    #[test]
+    fn a_bss_only_segment_starting_within_a_page_has_that_page_from_the_file() {
+        let page = page_size();
+        let layout = layout_of(&[
+            (PT_LOAD, RX, 0, 0x1000, 0x1000),
+            (PT_LOAD, RW, 3 * page + 0x10, 0, 0x2000),
+        ])
+        .unwrap();
+        assert_eq!(
+            layout.data,
+            vec![Part {
+                start: 3 * page,
+                len: page,
+                prot: RW_
+            }]
+        );
+        // Starting on a page boundary, it has nothing from the file.
+        let aligned = layout_of(&[
+            (PT_LOAD, RX, 0, 0x1000, 0x1000),
+            (PT_LOAD, RW, 3 * page, 0, 0x2000),
+        ])
+        .unwrap();
+        assert!(aligned.data.is_empty());
+    }
+
+    #[test]
+    fn libraries_whose_parts_cannot_be_made_private_safely_get_no_lease() {
+        let page = page_size();
+        // Writable data sharing a page with code.
+        assert!(
+            layout_of(&[
+                (PT_LOAD, RX, 0, 0x1010, 0x1010),
+                (PT_LOAD, RW, 0x1010, 0x10, 0x10)
+            ])
+            .is_none()
+        );
+        // Writable and executable.
+        assert!(layout_of(&[(PT_LOAD, PF_R | PF_W | PF_X, 0, 0x1000, 0x1000)]).is_none());
+        // Execute-only: its pages cannot be read to compare or copy.
+        assert!(layout_of(&[(PT_LOAD, PF_X, 0, 0x1000, 0x1000)]).is_none());
+        // Not a library of this machine's kind.
+        let text = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(text.path(), vec![b'x'; 200]).unwrap();
+        assert!(layout(&File::open(text.path()).unwrap()).is_none());
+        // Relocations in the code, either way of saying so.
+        for (tag, value) in [(DT_TEXTREL, 0), (DT_FLAGS, DF_TEXTREL)] {
+            let at = 64 + 56 * 2;
+            let mut dynamic = Vec::new();
+            for word in [tag, value, 0, 0] {
+                dynamic.extend((word as u64).to_ne_bytes());
             }
-            | if perms.get(2) == Some(&b'x') {
-                libc::PROT_EXEC
-            } else {
-                0
-            };
-        ranges.push((start, end - start, prot));
+            let file = elf(
+                &[
+                    (PT_LOAD, RX, 0, 0x1000, 0x1000),
+                    (PT_DYNAMIC, RW, at, 32, 32),
+                ],
+                &dynamic,
+            );
+            assert!(layout(&File::open(file.path()).unwrap()).is_none());
+        }
+        // Separate pages are fine.
+        assert!(
+            layout_of(&[
+                (PT_LOAD, RX, 0, 0x1000, 0x1000),
+                (PT_LOAD, RW, 2 * page, 0x10, 0x10)
+            ])
+            .is_some()
+        );
     }
-    for &(start, len, prot) in &ranges {
-        // SAFETY: a readable mapping of the library's file, listed just now. Its writable data
-        // was made anonymous when it was opened, so what is left is read-only (code, constants,
-        // RELRO, the host's kept view of the file for comparisons), which nothing writes.
-        unsafe { make_anonymous(start, len, prot) }?;
+
+    #[test]
+    fn maps_lines_are_read_with_their_offsets() {
+        let line = parse_line(
+            "7f3e7d477000-7f3e7d478000 r-xp 00001000 fe:00 10027165                   /tmp/t.so",
+        )
+        .unwrap();
+        assert_eq!((line.start, line.end), (0x7f3e7d477000, 0x7f3e7d478000));
+        assert_eq!((line.perms, line.offset), (&b"r-xp"[..], 0x1000));
+        assert_eq!((line.dev, line.inode), ("fe:00", 10027165));
+        let anonymous = parse_line("7ffd6f4ad000-7ffd6f4ce000 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(anonymous.inode, 0);
     }
-    Ok(ranges.len())
 }

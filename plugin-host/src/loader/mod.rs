@@ -345,9 +345,12 @@ fn open_checked(origin: Origin, metadata: PluginMetadata) -> Result<Arc<LoadedLi
                 handle,
             )
         },
+        copy_error(path),
     )?;
+    // Never closed, even when refused below: its constructors ran, and may have left code of
+    // it to run (a thread-local destructor, a thread).
+    let library = ManuallyDrop::new(libloading::Library::from(library));
     private.map_err(copy_error(path))?;
-    let library = libloading::Library::from(library);
     // SAFETY: the symbol is declared as a static `BwPluginVTable` by every Backworks plugin; we only
     // take its address here and read it field by field below, after checking magic and size.
     let symbol = unsafe { library.get::<*const BwPluginVTable>(ENTRY_SYMBOL_NUL) };
@@ -366,7 +369,7 @@ fn open_checked(origin: Origin, metadata: PluginMetadata) -> Result<Arc<LoadedLi
         metadata,
         vtable,
         origin,
-        _library: ManuallyDrop::new(library),
+        _library: library,
     }))
 }
 

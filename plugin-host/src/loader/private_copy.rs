@@ -22,7 +22,8 @@
 //! case: a file of this process's user on a local file system, see `lease`): it is checked and
 //! opened in place, like an unchangeable file, and made independent of the file only if a write
 //! to it begins, while the writer waits ([`Store::Leased`]). Its checks read it in parts, or into
-//! memory when they need all of it; it is never mapped but by `dlopen`.
+//! memory when they need all of it; besides `dlopen`, only its kept view maps it (for comparing
+//! identical files), and a detach replaces that mapping too.
 //!
 //! A file the kernel forbids anyone to change is not copied at all: one with the immutable
 //! attribute (`chattr +i`) or fs-verity. It is checked and opened through the descriptor the file
@@ -228,6 +229,9 @@ impl PrivateCopy {
             return Ok(Bytes::Read(Vec::new()));
         };
         let file = self.file();
+        if self.is_broken() {
+            return Err(written());
+        }
         if matches!(self.store, Store::Directory | Store::Leased) {
             let mut bytes = vec![0; self.len];
             file.read_exact_at(&mut bytes, 0)?;
@@ -255,9 +259,18 @@ impl PrivateCopy {
         };
         if self.view.get().is_none() {
             // Two threads may map at once: the mapping not kept is unmapped when dropped. A
-            // leased file is mapped during a use of its lease (see `map`).
+            // leased file is mapped during a use of its lease (see `map`), and the lease told
+            // where, so that a detach finds the view even where the maps' device numbers are
+            // not `stat`'s.
             let file = self.file();
-            let _ = self.view.set(map(&file, len)?);
+            if self.is_broken() {
+                return Err(written());
+            }
+            let mapping = map(&file, len)?;
+            if let Backing::Leased(lease) = &self.file {
+                lease.mapped_view(mapping.address.as_ptr() as usize);
+            }
+            let _ = self.view.set(mapping);
         }
         Ok(self.view.get().map(Mapping::as_slice))
     }
@@ -288,26 +301,40 @@ impl PrivateCopy {
     }
 
     /// Opens the copy as a library with `open`, given the path `dlopen` opens (this process's
-    /// descriptor of the copy), and `make_private`, given the handle it returned. A leased file
-    /// stays as it is meanwhile; opened in place, its writable data is made private
-    /// ([`Lease::opened`]).
+    /// descriptor of the copy), then gives `handle` the library to learn its `dlopen` handle. A
+    /// leased file stays as it is meanwhile; opened in place, it is checked to be a library of
+    /// its own and its writable data is made private ([`Lease::opened`]). The second result is
+    /// that step's (the library is open either way, and must not be closed: its constructors
+    /// ran).
     pub(crate) fn open_library<L, E>(
         &self,
         open: impl FnOnce(&Path) -> Result<L, E>,
         handle: impl FnOnce(L) -> (L, *mut c_void),
+        fail: impl FnOnce(std::io::Error) -> E,
     ) -> Result<(L, std::io::Result<()>), E> {
         let file = self.file();
-        let library = open(&PathBuf::from(format!(
-            "/proc/self/fd/{}",
-            file.as_raw_fd()
-        )))?;
+        if self.is_broken() {
+            return Err(fail(written()));
+        }
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        let library = open(&path)?;
         match (&self.file, &file._use) {
             (Backing::Leased(lease), Some(used)) if lease.in_place(used) => {
                 let (library, raw) = handle(library);
-                Ok((library, lease.opened(raw)))
+                Ok((library, lease.opened(raw, &path)))
+            }
+            (Backing::Fixed(fixed), _) if self.store == Store::Unchangeable => {
+                super::lease::opened_unchangeable(fixed);
+                Ok((library, Ok(())))
             }
             _ => Ok((library, Ok(()))),
         }
+    }
+
+    /// Whether the copy can no longer be read (a leased file written, and no copy of it could
+    /// be made): kept copies like it are not compared with, and it is not opened again.
+    pub(crate) fn is_broken(&self) -> bool {
+        matches!(&self.file, Backing::Leased(lease) if lease.broken())
     }
 
     /// This process's path of the copy's descriptor.
@@ -348,9 +375,20 @@ impl PrivateCopy {
     }
 
     /// Where it lives.
+    /// Where it lives: for a leased file once a write began, the store its sealed copy went to.
     pub(crate) fn store(&self) -> Store {
-        self.store
+        match &self.file {
+            Backing::Leased(lease) if !lease.in_place(&lease.enter()) => store(),
+            _ => self.store,
+        }
     }
+}
+
+/// The error for a leased file written while loaded, whose sealed copy could not be made.
+fn written() -> std::io::Error {
+    std::io::Error::other(
+        "the plugin file was written while loaded, and no copy of what it held could be made",
+    )
 }
 
 /// A copy's bytes, borrowed for its checks.
@@ -489,6 +527,9 @@ impl Kept {
     /// A copy kept under `key` whose bytes are `bytes`.
     fn equal(&self, key: &Key, bytes: &[u8]) -> std::io::Result<Option<Arc<PrivateCopy>>> {
         for other in self.copies.get(key).into_iter().flatten() {
+            if other.is_broken() {
+                continue;
+            }
             if *other.kept_bytes()? == *bytes {
                 return Ok(Some(other.clone()));
             }
@@ -597,11 +638,19 @@ fn stored_file(
 
 /// A copy of everything `file` holds, in the store in force (see [`store`]): what a leased
 /// file's library reads from once a write to the file begins.
+/// Read at offsets of its own (`pread`): the descriptor's position may be another reader's.
 pub(crate) fn sealed_copy_of(file: &File, name: &str) -> std::io::Result<File> {
     stored_file(name, |copy| {
-        let mut source = file;
-        source.seek(std::io::SeekFrom::Start(0))?;
-        std::io::copy(&mut source, copy).map(drop)
+        let mut chunk = vec![0; 256 * 1024];
+        let mut at = 0;
+        loop {
+            let n = file.read_at(&mut chunk, at)?;
+            if n == 0 {
+                return Ok(());
+            }
+            copy.write_all(&chunk[..n])?;
+            at += n as u64;
+        }
     })
 }
 
@@ -656,9 +705,9 @@ fn kept_equal_to(
     };
     // Compared without the lock held.
     let candidates = kept().copies.get(&key).cloned().unwrap_or_default();
-    for candidate in candidates {
+    for candidate in candidates.iter().filter(|c| !c.is_broken()) {
         if holds_exactly(file, &candidate.kept_bytes()?)? {
-            return Ok(Ok(candidate));
+            return Ok(Ok(candidate.clone()));
         }
     }
     Ok(Err(Some(ends)))
