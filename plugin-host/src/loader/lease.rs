@@ -113,8 +113,8 @@ struct State {
 struct Anchors {
     /// The library's load address (`l_addr`), once opened in place.
     base: Option<usize>,
-    /// Kept read-only views of the file.
-    views: Vec<usize>,
+    /// Kept read-only views of the file: address and length.
+    views: Vec<(usize, usize)>,
 }
 
 /// What the program headers say about where a library's parts go, relative to its load address.
@@ -126,6 +126,8 @@ struct Layout {
     relro: Option<(usize, usize)>,
     /// The first page of the first segment.
     first: usize,
+    /// The end of the last segment's last page: the library spans `first..end`.
+    end: usize,
 }
 
 /// A range of a loaded library, relative to its load address, and its protection.
@@ -210,6 +212,14 @@ impl Lease {
             );
             return Ok(Err(file));
         }
+        // A break that came as the lease was taken: give it up (nothing of it is read or
+        // published yet), and copy. Once published below (under the registry's lock, which the
+        // watcher takes to find leases), a break is the watcher's.
+        if lease_state(fd) != Some(libc::F_RDLCK) {
+            unlock(fd);
+            copied(name, "a write began as the lease was taken");
+            return Ok(Err(file));
+        }
         // Read under the lease: the file holds from now on what the layout describes.
         let Some(layout) = layout(&file) else {
             unlock(fd);
@@ -236,21 +246,6 @@ impl Lease {
             leases.retain(|l| l.strong_count() > 0);
         }
         leases.push(Arc::downgrade(&lease));
-        drop(leases);
-        // A break that came before the watcher could find the lease went unanswered: give
-        // this one up (nothing of it is loaded yet), and copy. (If the watcher found it after
-        // all, it detaches it meanwhile; the copy reads the file through a descriptor of its
-        // own position.)
-        if lease_state(fd) != Some(libc::F_RDLCK) {
-            copied(name, "a write began as the lease was taken");
-            let file = lease.file.try_clone()?;
-            let mut state = lease.state();
-            if state.held && !state.detaching {
-                unlock(fd);
-                state.held = false;
-            }
-            return Ok(Err(file));
-        }
         Ok(Ok(lease))
     }
 
@@ -286,13 +281,14 @@ impl Lease {
         self.state().broken
     }
 
-    /// Records that a kept view of the file was mapped at `address` (during a use).
-    pub(crate) fn mapped_view(&self, address: usize) {
+    /// Records that a kept view of the file, `len` bytes, is mapped at `address` (during a use,
+    /// once it is the one kept).
+    pub(crate) fn mapped_view(&self, address: usize, len: usize) {
         self.anchors
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .views
-            .push(address);
+            .push((address, len));
     }
 
     /// Called, during the same use, once `dlopen` of `path` (this descriptor's
@@ -318,6 +314,9 @@ impl Lease {
         if anchors.base == Some(base) {
             return Ok(());
         }
+        // Known from now on, even if what follows fails (the library stays open, refused): a
+        // detach finds it by this address.
+        anchors.base = Some(base);
         for part in &self.layout.data {
             // SAFETY: `part` is a writable segment of the library just opened (from its program
             // headers, checked in `layout` to share no page with another segment), at its load
@@ -325,7 +324,6 @@ impl Lease {
             // while it is copied; the bytes stay the same.
             unsafe { make_anonymous(base + part.start, part.len, part.prot) }?;
         }
-        anchors.base = Some(base);
         Ok(())
     }
 
@@ -342,6 +340,21 @@ impl Lease {
                 state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
             }
         }
+        /// Ends the detach however it ends: a panic of ours leaves the lease broken, not
+        /// detaching for ever (every use would wait).
+        struct Ending<'a>(&'a Lease);
+        impl Drop for Ending<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.state();
+                if state.detaching {
+                    state.detaching = false;
+                    state.held = false;
+                    state.broken = true;
+                }
+                self.0.changed.notify_all();
+            }
+        }
+        let _ending = Ending(self);
         let copy = super::private_copy::sealed_copy_of(&self.file, &self.name);
         let anchors = self
             .anchors
@@ -352,9 +365,20 @@ impl Lease {
             .base
             .zip(self.layout.relro)
             .map(|(base, (a, b))| (base + a, base + b));
-        let mut known = anchors.views.clone();
-        known.extend(anchors.base.map(|base| base + self.layout.first));
-        let mappings = detach_mappings(self.id, &known, relro, copy.as_ref().ok());
+        // Only the ranges the host mapped: the library's span, then its views.
+        let mut owned: Vec<(usize, usize)> = anchors
+            .base
+            .map(|base| (base + self.layout.first, base + self.layout.end))
+            .into_iter()
+            .collect();
+        let page = page_size();
+        owned.extend(
+            anchors
+                .views
+                .iter()
+                .map(|&(a, len)| (a, (a + len + page - 1) & !(page - 1))),
+        );
+        let mappings = detach_mappings(&owned, relro, copy.as_ref().ok());
         // The sealed copy takes the file's place under its descriptor: that closes the file's
         // last descriptor here, and the lease with it.
         let replaced = copy.as_ref().is_ok_and(|copy| {
@@ -365,16 +389,17 @@ impl Lease {
         if !replaced {
             unlock(self.file.as_raw_fd());
         }
+        let complete = mappings.as_ref().is_ok_and(|(_, failed)| failed.is_empty());
         {
             let mut state = self.state();
             state.held = false;
             state.detaching = false;
             state.detached = replaced;
-            state.broken = !replaced;
+            state.broken = !(replaced && complete);
         }
         self.changed.notify_all();
-        match (&mappings, replaced) {
-            (Ok(n), true) => tracing::info!(
+        match (&mappings, replaced && complete) {
+            (Ok((n, _)), true) => tracing::info!(
                 library = %self.name,
                 mappings = n,
                 "a plugin file loaded in place is being written: the library now runs from memory of its own"
@@ -583,6 +608,12 @@ fn layout(file: &File) -> Option<Layout> {
         }
     }
     let first = down(loads.iter().map(|l| l.0).min()?);
+    let end = loads
+        .iter()
+        .map(|&(v, _, m, _)| v.checked_add(m).and_then(up))
+        .collect::<Option<Vec<usize>>>()?
+        .into_iter()
+        .max()?;
     let mut data = Vec::new();
     for (i, &(vaddr, filesz, _, flags)) in loads.iter().enumerate() {
         if flags & PF_R == 0 || flags & (PF_W | PF_X) == PF_W | PF_X {
@@ -620,7 +651,12 @@ fn layout(file: &File) -> Option<Layout> {
             }
         }
     }
-    Some(Layout { data, relro, first })
+    Some(Layout {
+        data,
+        relro,
+        first,
+        end,
+    })
 }
 
 /// The start of glibc's `struct link_map`, the fields read.
@@ -735,7 +771,8 @@ unsafe fn map_over(
     Ok(())
 }
 
-/// Whether `copy` holds at `offset` exactly the `len` readable bytes mapped at `address`.
+/// Whether `copy` holds at `offset` exactly the `len` readable bytes mapped at `address` (a
+/// mapping's last page reads zeros past the end of its file, and so must the memory).
 ///
 /// # Safety
 /// The range must be mapped and readable.
@@ -746,14 +783,16 @@ unsafe fn holds_at(copy: &File, offset: u64, address: usize, len: usize) -> bool
     let mut at = 0;
     while at < len {
         let want = chunk.len().min(len - at);
-        if copy
-            .read_exact_at(&mut chunk[..want], offset + at as u64)
-            .is_err()
-            || chunk[..want] != mapped[at..at + want]
-        {
+        let Ok(n) = copy.read_at(&mut chunk[..want], offset + at as u64) else {
+            return false;
+        };
+        if n == 0 {
+            return mapped[at..].iter().all(|&b| b == 0);
+        }
+        if chunk[..n] != mapped[at..at + n] {
             return false;
         }
-        at += want;
+        at += n;
     }
     true
 }
@@ -788,32 +827,33 @@ fn parse_line(line: &str) -> Option<Line<'_>> {
     })
 }
 
-/// Makes every readable mapping of the file in this process independent of it (see
-/// [`Lease::detach`]): how many there were. The file's mappings are those `/proc/self/maps`
-/// names with the device and inode of the mapping at one of the `known` addresses (the library's
-/// first page, its views: on btrfs and overlayfs the maps' numbers differ from `stat`'s), else
-/// `id`'s. Code and constants are mapped over from `copy` where it holds their bytes; the rest,
-/// and everything when there is no copy, is copied into anonymous memory.
+/// Makes every readable mapping of the file within the `owned` ranges (the library's span, its
+/// views: what the host mapped) independent of it (see [`Lease::detach`]): how many there were,
+/// and the errors of those that could not be. The file is identified by the device and inode
+/// `/proc/self/maps` shows at the first owned range (on btrfs and overlayfs they differ from
+/// `stat`'s); a mapping of another file, or outside those ranges, is never touched. Code and
+/// constants are mapped over from `copy` where it holds their bytes; RELRO, and everything when
+/// there is no copy, is copied into anonymous memory.
 fn detach_mappings(
-    id: (u64, u64),
-    known: &[usize],
+    owned: &[(usize, usize)],
     relro: Option<(usize, usize)>,
     copy: Option<&File>,
-) -> std::io::Result<usize> {
+) -> std::io::Result<(usize, Vec<std::io::Error>)> {
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let lines: Vec<Line> = maps.lines().filter_map(parse_line).collect();
-    let stat_dev = format!("{:02x}:{:02x}", libc::major(id.0), libc::minor(id.0));
-    let (dev, inode) = known
-        .iter()
-        .find_map(|&a| {
-            lines
-                .iter()
-                .find(|l| l.start <= a && a < l.end && l.inode != 0)
-                .map(|l| (l.dev.to_owned(), l.inode))
-        })
-        .unwrap_or((stat_dev, id.1));
-    let mut count = 0;
-    for line in lines.iter().filter(|l| l.dev == dev && l.inode == inode) {
+    let Some((dev, inode)) = owned.first().and_then(|&(a, _)| {
+        lines
+            .iter()
+            .find(|l| l.start <= a && a < l.end && l.inode != 0)
+            .map(|l| (l.dev, l.inode))
+    }) else {
+        return Ok((0, Vec::new()));
+    };
+    let (mut count, mut failed) = (0, Vec::new());
+    let ours = |l: &&Line| {
+        l.dev == dev && l.inode == inode && owned.iter().any(|&(a, b)| a <= l.start && l.end <= b)
+    };
+    for line in lines.iter().filter(ours) {
         let perm = |i: usize, c: u8| line.perms.get(i) == Some(&c);
         if !perm(0, b'r') {
             continue;
@@ -823,12 +863,12 @@ fn detach_mappings(
             | if perm(1, b'w') { libc::PROT_WRITE } else { 0 }
             | if perm(2, b'x') { libc::PROT_EXEC } else { 0 };
         let relocated = relro.is_some_and(|(a, b)| address < b && a < line.end);
-        // A readable mapping of the file, listed just now. Its writable data was made anonymous
-        // when the library was opened, so what is left is read-only (code, constants, RELRO, the
-        // kept views of the file), which nothing writes. Code is what the file holds (a library
-        // with relocations in its code gets no lease): mapped from the copy even where a
-        // breakpoint (a uprobe, a debugger's) changed a page, which would otherwise be copied
-        // without the probe behind it.
+        // A readable mapping of the file, in a range the host mapped, listed just now. Its
+        // writable data was made anonymous when the library was opened, so what is left is
+        // read-only (code, constants, RELRO, the kept views), which nothing writes. Code is what
+        // the file holds (a library with relocations in its code gets no lease): mapped from the
+        // copy even where a breakpoint (a uprobe, a debugger's) changed a page, which would
+        // otherwise be copied without the probe behind it.
         let over = copy.filter(|copy| {
             !relocated
                 && prot & libc::PROT_WRITE == 0
@@ -836,17 +876,20 @@ fn detach_mappings(
                     // SAFETY: `address` is `len` readable bytes, mapped (listed just now).
                     || unsafe { holds_at(copy, line.offset, address, len) })
         });
-        match over {
+        let replaced = match over {
             // SAFETY: `copy` holds the mapped bytes at that offset (compared, or code as the
             // file holds it), and they are read-only.
             Some(copy) => unsafe { map_over(address, len, prot, perm(3, b's'), copy, line.offset) },
             // SAFETY: readable, and nothing writes it (above; a writable mapping left here would
             // be a library whose data could not be made private at its load, which refused it).
             None => unsafe { make_anonymous(address, len, prot) },
-        }?;
-        count += 1;
+        };
+        match replaced {
+            Ok(()) => count += 1,
+            Err(e) => failed.push(e),
+        }
     }
-    Ok(count)
+    Ok((count, failed))
 }
 
 #[cfg(test)]
@@ -854,8 +897,8 @@ mod tests {
     use super::*;
 
     /// A file holding an ELF64 header of this machine's byte order, the program headers
-    /// `(type, flags, vaddr, filesz, memsz)` (each segment's file offset its address), then
-    /// `rest`.
+    /// `(type, flags, vaddr, filesz, memsz)` (each segment's file offset half its address, so
+    /// that reading one for the other is seen), then `rest`.
     fn elf(headers: &[(u32, u32, usize, usize, usize)], rest: &[u8]) -> tempfile::NamedTempFile {
         let mut bytes = vec![0u8; 64];
         bytes[..4].copy_from_slice(b"\x7fELF");
@@ -868,7 +911,7 @@ mod tests {
             let mut entry = vec![0u8; 56];
             entry[0..4].copy_from_slice(&kind.to_ne_bytes());
             entry[4..8].copy_from_slice(&flags.to_ne_bytes());
-            entry[8..16].copy_from_slice(&(vaddr as u64).to_ne_bytes());
+            entry[8..16].copy_from_slice(&(vaddr as u64 / 2).to_ne_bytes());
             entry[16..24].copy_from_slice(&(vaddr as u64).to_ne_bytes());
             entry[32..40].copy_from_slice(&(filesz as u64).to_ne_bytes());
             entry[40..48].copy_from_slice(&(memsz as u64).to_ne_bytes());
@@ -963,20 +1006,23 @@ mod tests {
         std::fs::write(text.path(), vec![b'x'; 200]).unwrap();
         assert!(layout(&File::open(text.path()).unwrap()).is_none());
         // Relocations in the code, either way of saying so.
+        // (The dynamic section at its file offset, right after the headers; zeros where its
+        // address would be.)
         for (tag, value) in [(DT_TEXTREL, 0), (DT_FLAGS, DF_TEXTREL)] {
             let at = 64 + 56 * 2;
-            let mut dynamic = Vec::new();
+            let mut rest = Vec::new();
             for word in [tag, value, 0, 0] {
-                dynamic.extend((word as u64).to_ne_bytes());
+                rest.extend((word as u64).to_ne_bytes());
             }
-            let file = elf(
-                &[
-                    (PT_LOAD, RX, 0, 0x1000, 0x1000),
-                    (PT_DYNAMIC, RW, at, 32, 32),
-                ],
-                &dynamic,
-            );
+            rest.resize(2 * at + 64, 0);
+            let headers = [
+                (PT_LOAD, RX, 0, 0x1000, 0x1000),
+                (PT_DYNAMIC, RW, 2 * at, 32, 32),
+            ];
+            let file = elf(&headers, &rest);
             assert!(layout(&File::open(file.path()).unwrap()).is_none());
+            let plain = elf(&headers, &vec![0; 2 * at + 64]);
+            assert!(layout(&File::open(plain.path()).unwrap()).is_some());
         }
         // Separate pages are fine.
         assert!(

@@ -259,18 +259,20 @@ impl PrivateCopy {
         };
         if self.view.get().is_none() {
             // Two threads may map at once: the mapping not kept is unmapped when dropped. A
-            // leased file is mapped during a use of its lease (see `map`), and the lease told
-            // where, so that a detach finds the view even where the maps' device numbers are
-            // not `stat`'s.
+            // leased file is mapped during a use of its lease (see `map`), and the lease is told
+            // where the kept one is before that use ends: a detach replaces only what it knows.
             let file = self.file();
             if self.is_broken() {
                 return Err(written());
             }
             let mapping = map(&file, len)?;
-            if let Backing::Leased(lease) = &self.file {
-                lease.mapped_view(mapping.address.as_ptr() as usize);
+            let (address, len) = (mapping.address.as_ptr() as usize, mapping.len.get());
+            if self.view.set(mapping).is_ok()
+                && let Backing::Leased(lease) = &self.file
+            {
+                lease.mapped_view(address, len);
             }
-            let _ = self.view.set(mapping);
+            drop(file);
         }
         Ok(self.view.get().map(Mapping::as_slice))
     }

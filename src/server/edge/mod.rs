@@ -103,7 +103,7 @@ pub fn connection_cap(configured: usize, plugins: usize) -> usize {
 }
 
 /// Grows this process's descriptor table, while it has one thread, to hold what `plugins`
-/// plugins will open ([`DESCRIPTORS_PER_PLUGIN`] each, and 256 more), within the soft
+/// plugins will open (`DESCRIPTORS_PER_PLUGIN`, 8, each, and 256 more), within the soft
 /// `RLIMIT_NOFILE`. Linux grows the table by doubling as descriptors are opened, and once a
 /// process has threads every growth waits for an RCU grace period, during which the thread that
 /// opens the descriptor waits (and with it, a plugin's load that holds the dynamic loader's lock):
