@@ -571,3 +571,80 @@ fn nix_kill(pid: i32) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Two plugin entries loaded from one path share one library (and one lease on the file): a
+/// write over it, under load on both (`a` greets, `b` echoes), changes neither, and the host
+/// detaches the library once.
+#[tokio::test]
+async fn two_plugins_from_one_file_survive_a_write_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = copy_plugin("hello", dir.path(), "shared.so");
+    let yaml = format!(
+        "plugins:\n  a:\n    path: {path}\n    config: {{ greeting: Hi }}\n  b:\n    path: {path}\n\
+         endpoints:\n  a: {{ path: \"/hello/{{name}}\", methods: [GET], plugin: a }}\n  \
+         b: {{ path: /echo, methods: [POST], plugin: b }}\n",
+        path = file.display()
+    );
+    let server = Server::start(&yaml);
+    let leased = crate::support::leases_work(dir.path());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (a, tasks) = load(
+        server.url("/hello/ana"),
+        json!({"message": "Hi, ana!"}),
+        stop.clone(),
+    );
+    let echoes = Arc::new(Load::default());
+    let echo = {
+        let (url, stop, counts, http) =
+            (server.url("/echo"), stop.clone(), echoes.clone(), client());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match http.post(&url).body("same bytes").send().await {
+                    Ok(res) if res.status() == 200 => match res.bytes().await {
+                        Ok(body) if &body[..] == b"same bytes" => {
+                            counts.ok.fetch_add(1, Ordering::Relaxed)
+                        }
+                        _ => counts.wrong.fetch_add(1, Ordering::Relaxed),
+                    },
+                    _ => counts.failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::copy(rust_plugin("kv_store"), &file).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    echo.await.unwrap();
+    for (what, counts) in [("a", &a), ("b", &echoes)] {
+        assert_eq!(
+            counts.failed.load(Ordering::Relaxed),
+            0,
+            "{what}: {counts:?}"
+        );
+        assert_eq!(
+            counts.wrong.load(Ordering::Relaxed),
+            0,
+            "{what}: {counts:?}"
+        );
+        assert!(counts.ok.load(Ordering::Relaxed) > 0, "{what}: {counts:?}");
+    }
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    let logs = server.stop();
+    assert!(!logs.contains("panicked"), "{logs}");
+    if leased {
+        assert_eq!(
+            logs.matches("the library now runs from memory of its own")
+                .count(),
+            1,
+            "{logs}"
+        );
+        assert!(
+            !maps.lines().any(|line| line.ends_with("/shared.so")),
+            "{maps}"
+        );
+    }
+}
