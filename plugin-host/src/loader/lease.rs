@@ -275,6 +275,13 @@ impl Lease {
         !state.detached && !state.broken
     }
 
+    /// Whether a write began (the library reads its sealed copy now, or, broken, nothing), as
+    /// last known: without waiting for a detach that is running.
+    pub(crate) fn written(&self) -> bool {
+        let state = self.state();
+        state.detached || state.broken
+    }
+
     /// Whether a write began and no sealed copy could be made: nothing is to read the file
     /// any more (see [`State::broken`]).
     pub(crate) fn broken(&self) -> bool {

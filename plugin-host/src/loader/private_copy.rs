@@ -380,7 +380,7 @@ impl PrivateCopy {
     /// Where it lives: for a leased file once a write began, the store its sealed copy went to.
     pub(crate) fn store(&self) -> Store {
         match &self.file {
-            Backing::Leased(lease) if !lease.in_place(&lease.enter()) => store(),
+            Backing::Leased(lease) if lease.written() => store(),
             _ => self.store,
         }
     }
