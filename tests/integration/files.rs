@@ -227,6 +227,14 @@ struct Load {
     wrong: AtomicU64,
 }
 
+impl Load {
+    /// Asserts that no request of `what` failed or got another answer than expected.
+    fn no_failure(&self, what: &str) {
+        assert_eq!(self.failed.load(Ordering::Relaxed), 0, "{what}: {self:?}");
+        assert_eq!(self.wrong.load(Ordering::Relaxed), 0, "{what}: {self:?}");
+    }
+}
+
 /// Sends `GET url` from 8 concurrent clients until `stop`, checking each answer is 200 with
 /// `expected` as body.
 fn load(
@@ -324,18 +332,8 @@ async fn change_under_load(
     for task in tasks {
         task.await.unwrap();
     }
-    for (what, counts) in [("greeter", &greeter), ("control", &control)] {
-        assert_eq!(
-            counts.failed.load(Ordering::Relaxed),
-            0,
-            "{what}: {counts:?}"
-        );
-        assert_eq!(
-            counts.wrong.load(Ordering::Relaxed),
-            0,
-            "{what}: {counts:?}"
-        );
-    }
+    greeter.no_failure("greeter");
+    control.no_failure("control");
     assert!(
         greeter.ok.load(Ordering::Relaxed) > before,
         "requests ran after the change: {greeter:?}"
@@ -620,16 +618,7 @@ async fn two_plugins_from_one_file_survive_a_write_over_it() {
     }
     echo.await.unwrap();
     for (what, counts) in [("a", &a), ("b", &echoes)] {
-        assert_eq!(
-            counts.failed.load(Ordering::Relaxed),
-            0,
-            "{what}: {counts:?}"
-        );
-        assert_eq!(
-            counts.wrong.load(Ordering::Relaxed),
-            0,
-            "{what}: {counts:?}"
-        );
+        counts.no_failure(what);
         assert!(counts.ok.load(Ordering::Relaxed) > 0, "{what}: {counts:?}");
     }
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();

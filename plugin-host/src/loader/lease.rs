@@ -159,37 +159,37 @@ impl Lease {
     /// A read lease on `file` (opened read-only and checked by the caller), or the file back
     /// when none can be had (see the module's docs). A live lease on the same inode is shared.
     /// `name` names the library in logs.
-    pub(crate) fn take(file: File, name: &str) -> std::io::Result<Result<Arc<Lease>, File>> {
+    pub(crate) fn take(file: File, name: &str) -> Result<Arc<Lease>, File> {
         let Some(watcher) = watcher() else {
             copied(
                 name,
                 "the lease-break time is under 10 s, SIGIO is ignored in this process, or the \
                  lease watcher could not start",
             );
-            return Ok(Err(file));
+            return Err(file);
         };
         let Ok(meta) = file.metadata() else {
-            return Ok(Err(file));
+            return Err(file);
         };
         if !local_file_system(&file) {
             copied(
                 name,
                 "not on a local file system where every write breaks a lease",
             );
-            return Ok(Err(file));
+            return Err(file);
         }
         let id = (meta.dev(), meta.ino());
         let mut leases = leases();
         if loaded_in_place().contains(&id) {
             copied(name, "a library was loaded in place from this inode before");
-            return Ok(Err(file));
+            return Err(file);
         }
         let live = leases.iter().filter_map(Weak::upgrade).find(|lease| {
             let state = lease.state();
             lease.id == id && state.held && !state.detaching
         });
         if let Some(lease) = live {
-            return Ok(Ok(lease));
+            return Ok(lease);
         }
         let fd = file.as_raw_fd();
         let owner = OwnerEx {
@@ -210,7 +210,7 @@ impl Lease {
                 name,
                 &format!("no lease: {}", std::io::Error::last_os_error()),
             );
-            return Ok(Err(file));
+            return Err(file);
         }
         // A break that came as the lease was taken: give it up (nothing of it is read or
         // published yet), and copy. Once published below (under the registry's lock, which the
@@ -218,7 +218,7 @@ impl Lease {
         if lease_state(fd) != Some(libc::F_RDLCK) {
             unlock(fd);
             copied(name, "a write began as the lease was taken");
-            return Ok(Err(file));
+            return Err(file);
         }
         // Read under the lease: the file holds from now on what the layout describes.
         let Some(layout) = layout(&file) else {
@@ -228,7 +228,7 @@ impl Lease {
                 "a segment cannot be read, is writable and executable, or is writable and \
                  shares a page with another",
             );
-            return Ok(Err(file));
+            return Err(file);
         };
         let lease = Arc::new(Lease {
             file,
@@ -246,7 +246,7 @@ impl Lease {
             leases.retain(|l| l.strong_count() > 0);
         }
         leases.push(Arc::downgrade(&lease));
-        Ok(Ok(lease))
+        Ok(lease)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -271,8 +271,7 @@ impl Lease {
 
     /// Whether the descriptor still reaches the file itself (no write has begun).
     pub(crate) fn in_place(&self, _use: &InUse<'_>) -> bool {
-        let state = self.state();
-        !state.detached && !state.broken
+        !self.written()
     }
 
     /// Whether a write began (the library reads its sealed copy now, or, broken, nothing), as

@@ -614,7 +614,7 @@ pub(crate) fn copy_of(
     };
     // A file leased only now may have changed since the probe: its ends are read again.
     let file = match in_place && !fixed && leases_allowed() {
-        true => match Lease::take(file, name)? {
+        true => match Lease::take(file, name) {
             Ok(lease) => return Ok(Copied::Fresh(PrivateCopy::leased(lease)?, None)),
             Err(file) => file,
         },
