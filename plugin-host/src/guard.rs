@@ -65,6 +65,7 @@ use backworks_plugin_sdk::{Health, HookAction, Request, RequestEdit, Response, R
 use futures_util::future::Either;
 
 use crate::CallError;
+use crate::call_clock::CallClock;
 use crate::breaker::{
     BreakerSnapshot, BreakerState, CircuitBreaker, Outcome, Permit, Refusal, Transition,
 };
@@ -87,9 +88,10 @@ pub struct Guarded {
     lifecycle: Arc<Lifecycle>,
     breaker: CircuitBreaker,
     stats: Arc<PluginStats>,
-    /// Call times are kept as durations since this (`quanta`: a cheap TSC read on the call path).
-    origin: quanta::Instant,
-    /// When the last `timed_out` event was recorded: nanoseconds since `origin`, plus one (0: never).
+    /// Call times are kept as durations since this clock's origin (a cheap TSC read).
+    clock: CallClock,
+    /// When the last `timed_out` event was recorded: nanoseconds since the clock's origin, plus
+    /// one (0: never).
     last_timeout_event: AtomicU64,
 }
 
@@ -102,7 +104,7 @@ impl Guarded {
             policy,
             lifecycle,
             stats: Arc::new(PluginStats::new()),
-            origin: quanta::Instant::now(),
+            clock: CallClock::new(),
             last_timeout_event: AtomicU64::new(0),
         }
     }
@@ -134,7 +136,7 @@ impl Guarded {
 
     /// The breaker's state and counters now (consecutive failures, times opened, `Retry-After`).
     pub fn breaker_snapshot(&self) -> BreakerSnapshot {
-        self.breaker.snapshot(self.origin.elapsed())
+        self.breaker.snapshot(self.clock.now())
     }
 
     /// The breaker itself.
@@ -315,7 +317,7 @@ impl Guarded {
         // then. A deadline too far to represent is no deadline.
         let deadline = || {
             let limit = timeout?;
-            let spent = self.origin.elapsed().saturating_sub(start);
+            let spent = self.clock.now().saturating_sub(start);
             Instant::now().checked_add(limit.saturating_sub(spent))
         };
         // The first poll inline (a call that answers at once never registers a timer); written
@@ -349,10 +351,9 @@ impl Guarded {
     }
 
     /// Lets a call in, or refuses it (open breaker, concurrency limit): the time it started (since
-    /// `origin`) and its place in flight.
+    /// the clock's origin) and its place in flight.
     fn admit(&self) -> Result<(Duration, InFlight<'_>), CallError> {
-        // Time is kept as the time since `origin`: one clock read and one subtraction each end.
-        let start = self.origin.elapsed();
+        let start = self.clock.now();
         let permit = match self.breaker.try_acquire(start) {
             Ok(admission) => {
                 if let Some(transition) = admission.transition {
@@ -385,7 +386,7 @@ impl Guarded {
         judge: impl FnOnce(&T) -> Result<Outcome, CallError>,
     ) -> Result<T, CallError> {
         let timeout = self.policy.timeout;
-        let end = self.origin.elapsed();
+        let end = self.clock.now();
         let took = end.saturating_sub(start);
         let permit = in_flight.permit.take();
         let (result, outcome) = match answer {
@@ -489,7 +490,7 @@ impl Guarded {
     /// Whether a `timed_out` event may be recorded at `now`: one per [`TIMEOUT_EVENT_EVERY`], so a
     /// hanging plugin does not flood the history.
     fn timeout_event_due(&self, now: Duration) -> bool {
-        // Nanoseconds since `origin`, plus one: 0 means "never".
+        // Nanoseconds since the clock's origin, plus one: 0 means "never".
         let stamp = u64::try_from(now.as_nanos())
             .unwrap_or(u64::MAX - 1)
             .saturating_add(1);

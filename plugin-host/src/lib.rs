@@ -119,6 +119,7 @@
 //! ```
 
 mod breaker;
+mod call_clock;
 mod call_error;
 mod call_window;
 mod config_schema;
@@ -194,6 +195,7 @@ pub use latency::{HistogramSnapshot, LATENCY_BOUNDS_SECONDS, LatencyHistogram};
 pub use stats::{ErrorCounts, PluginStats, StatsSnapshot, error_kinds};
 
 // Errors and what the host shows of them.
+pub use call_clock::CallClock;
 pub use call_error::CallError;
 pub use error::HostError;
 pub use public_error::{error_response, request_id};

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use backworks_plugin_host::PluginHost;
+use backworks_plugin_host::{CallClock, PluginHost};
 use backworks_plugin_host::{HistogramSnapshot, LatencyHistogram, StatsSnapshot, error_kinds};
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
@@ -25,6 +25,8 @@ pub struct EndpointStats {
     /// Responses by status class: 1xx, 2xx, 3xx, 4xx, 5xx.
     by_class: [AtomicU64; 5],
     latency: LatencyHistogram,
+    /// Requests are timed from [`EndpointStats::started`] to [`EndpointStats::record`].
+    clock: CallClock,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -38,15 +40,22 @@ impl EndpointStats {
             requests: AtomicU64::new(0),
             by_class: Default::default(),
             latency: LatencyHistogram::new(),
+            clock: CallClock::new(),
         }
     }
 
-    /// Counts one answered request.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    /// The time a request starts, to hand to [`EndpointStats::record`] once it is answered.
+    pub fn started(&self) -> Duration {
+        self.clock.now()
+    }
+
+    /// Counts one answered request, which [`EndpointStats::started`] at `started`.
+    pub fn record(&self, status: u16, started: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        self.latency.observe(elapsed);
+        self.latency
+            .observe(self.clock.now().saturating_sub(started));
     }
 }
 
