@@ -41,9 +41,13 @@ pub fn request_from_parts(
     }
 }
 
-/// A request header's value as text: as it is when it is UTF-8 (checked a word at a time), else
-/// with each invalid byte replaced.
+/// A request header's value as text: as it is when it is UTF-8, else with each invalid byte
+/// replaced. Almost every value is visible ASCII, which `HeaderValue::to_str` checks in an inlined
+/// loop: cheaper than `from_utf8` for the short values of most headers.
 fn header_text(value: &HeaderValue) -> Text {
+    if let Ok(text) = value.to_str() {
+        return text.into();
+    }
     match std::str::from_utf8(value.as_bytes()) {
         Ok(text) => text.into(),
         Err(_) => String::from_utf8_lossy(value.as_bytes()).into(),
@@ -219,6 +223,7 @@ mod tests {
             .header("x-latin", HeaderValue::from_bytes(b"caf\xe9").unwrap())
             .header("x-utf8", "żółw")
             .header("x-ascii", "plain")
+            .header("x-tab", HeaderValue::from_bytes(b"a\tb").unwrap())
             .body(())
             .unwrap()
             .into_parts();
@@ -226,6 +231,7 @@ mod tests {
         assert_eq!(req.header("x-latin"), Some("caf\u{fffd}"));
         assert_eq!(req.header("x-utf8"), Some("żółw"));
         assert_eq!(req.header("x-ascii"), Some("plain"));
+        assert_eq!(req.header("x-tab"), Some("a\tb"));
     }
 
     #[test]
