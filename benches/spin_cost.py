@@ -12,8 +12,9 @@ of the plugin's child from /proc/PID/stat before and after. Each load with the d
 - four clients (threads), back to back, twice;
 - idle: 10 s without requests right after 2,000 back to back (target: ≈ 0 CPU).
 
-Run from the repository root, after
-`cargo build --release -p backworks -p backworks-fixture-noop --bin backworks --example noop`:
+Run from the repository root, after `cargo build --release -p backworks-fixture-noop --example noop`
+and then `cargo build --release -p backworks --bin backworks` (on its own: built together with an
+example, the host would get the dev-dependencies' features, tokio's `test-util` among them):
 
     python3 benches/spin_cost.py
 
