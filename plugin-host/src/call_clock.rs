@@ -63,7 +63,14 @@ mod tests {
         assert!(second >= first);
         // The clock is calibrated against the OS clock: 20 ms of sleep reads as 20 ms or more,
         // and not more than the wall clock saw around it (plus calibration's error).
-        assert!(second - first >= Duration::from_millis(19), "{:?}", second - first);
-        assert!(second <= walled + Duration::from_millis(5), "{second:?} against {walled:?}");
+        assert!(
+            second - first >= Duration::from_millis(19),
+            "{:?}",
+            second - first
+        );
+        assert!(
+            second <= walled + Duration::from_millis(5),
+            "{second:?} against {walled:?}"
+        );
     }
 }

@@ -65,10 +65,10 @@ use backworks_plugin_sdk::{Health, HookAction, Request, RequestEdit, Response, R
 use futures_util::future::Either;
 
 use crate::CallError;
-use crate::call_clock::CallClock;
 use crate::breaker::{
     BreakerSnapshot, BreakerState, CircuitBreaker, Outcome, Permit, Refusal, Transition,
 };
+use crate::call_clock::CallClock;
 use crate::lifecycle::{EventKind, Lifecycle};
 use crate::plugin::{Plugin, PluginInfo};
 use crate::policy::CallPolicy;
