@@ -11,7 +11,7 @@
 //! against 24,100, the plain route 18,600; the stronger baseline of the two.)
 //!
 //! ```text
-//! cargo run --release --example http_axum_baseline -- 127.0.0.1:0 [--request-id]
+//! cargo run --release -p backworks-http-bench --example http_axum_baseline -- 127.0.0.1:0 [--request-id]
 //! ```
 //!
 //! It prints `listening on http://ADDR` once it serves.

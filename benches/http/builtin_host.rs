@@ -4,7 +4,7 @@
 //! does not ship the example plugin.
 //!
 //! ```text
-//! cargo run --release --example http_builtin_host -- bench.yaml
+//! cargo run --release -p backworks-http-bench --example http_builtin_host -- bench.yaml
 //! ```
 //!
 //! The config names `hello` with `type: builtin`; the log says `backworks listening on

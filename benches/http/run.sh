@@ -48,10 +48,11 @@ if ! command -v $needs >/dev/null; then
     sudo=$([[ $(id -u) == 0 ]] || echo sudo)
     $sudo apt-get update -qq && $sudo apt-get install -y -qq $needs >/dev/null
 fi
-cargo build --release -q -p backworks --example http_axum_baseline --example http_builtin_host
-# The host alone, as operators build it: built with the examples, it would get their
-# dev-dependencies' features (tokio's `test-util`, whose clock reads take a lock: ~350
-# instructions a request more).
+# Each on its own, as operators build the host: built in one command with an example of
+# `backworks`, the host would get `backworks`'s dev-dependencies' features (tokio's `test-util`,
+# whose time driver reads its clock under a lock: ~340 instructions a request more). The
+# baselines are examples of a package of their own (`benches/http/Cargo.toml`) for the same reason.
+cargo build --release -q -p backworks-http-bench --examples
 cargo build --release -q -p backworks --bin backworks
 cargo build --release -q -p backworks-example-hello -p backworks-example-request-id
 

@@ -507,9 +507,7 @@ where
             (Err(refusal), _) => refusal,
             (Ok(_), Err(_)) => unreachable!("`prepare` refuses an endpoint that cannot be served"),
         };
-        endpoint
-            .stats
-            .record(response.status().as_u16(), started);
+        endpoint.stats.record(response.status().as_u16(), started);
         response
     }
 }
