@@ -143,6 +143,30 @@ async fn silent_and_slow_header_connections_are_closed_after_the_header_read_tim
 }
 
 #[tokio::test]
+async fn a_later_request_head_left_unfinished_is_closed_after_the_header_read_timeout() {
+    // The idle timeout is long, so only the header-read timeout of the second request, which
+    // starts at its first bytes on a connection that served one already, can close it.
+    let server = Server::start(&config(
+        "  idle_timeout_ms: 600000\n  header_read_timeout_ms: 300",
+    ));
+    let mut conn = connect(&server).await;
+    conn.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = response(&mut conn).await;
+    assert_eq!(status, 200, "{head}");
+    conn.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    control(&server).await;
+    let said = closed(&mut conn)
+        .await
+        .expect("half-sent second request head");
+    assert!(said.is_empty(), "closed without another answer: {said:?}");
+    control(&server).await;
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     // The header-read timeout is long, so only the idle timeout can close the connection.
     let server = Server::start(&config(

@@ -66,6 +66,9 @@ impl Phase {
     }
 }
 
+/// The `since` of a request head whose start is not stamped yet (see [`Conn::saw_bytes`]).
+const UNSTAMPED: u64 = u64::MAX;
+
 /// The shared state of one open connection.
 #[derive(Debug)]
 pub(super) struct Conn {
@@ -107,7 +110,9 @@ impl Conn {
         Phase::from_u8(self.phase.load(Ordering::Relaxed))
     }
 
-    /// Milliseconds since the edge's epoch when the current phase began.
+    /// Milliseconds since the edge's epoch when the current phase began; [`UNSTAMPED`] (the
+    /// latest of all) for a request head whose first bytes arrived in the poll of hyper that is
+    /// still running.
     pub(super) fn since(&self) -> u64 {
         self.since.load(Ordering::Relaxed)
     }
@@ -118,11 +123,16 @@ impl Conn {
     }
 
     /// Bytes arrived. The header-read clock of a fresh connection runs from accept; that of a
-    /// later request from its first byte.
+    /// later request from its first byte, stamped when the connection's task next looks at its
+    /// deadline, at the end of the same poll (no clock read here: a request that arrives whole is
+    /// served in that poll, and its head's start is then never needed).
     fn saw_bytes(&self) {
         match self.phase() {
             Phase::Fresh => self.phase.store(Phase::Head as u8, Ordering::Relaxed),
-            Phase::Idle => self.enter(Phase::Head),
+            Phase::Idle => {
+                self.since.store(UNSTAMPED, Ordering::Relaxed);
+                self.phase.store(Phase::Head as u8, Ordering::Relaxed);
+            }
             Phase::Head | Phase::Busy => {}
         }
     }
@@ -165,13 +175,23 @@ impl Conn {
     }
 
     /// When the connection must close if nothing changes, `None` while a request is served.
+    /// Called by the connection's own task (the only one that changes its phase), which stamps
+    /// an unstamped head's start here.
     fn deadline(&self, edge: &EdgeConfig) -> Option<Instant> {
         let timeout = match self.phase() {
             Phase::Fresh | Phase::Head => edge.header_read_timeout,
             Phase::Idle => edge.idle_timeout,
             Phase::Busy => return None,
         };
-        Some(self.epoch + Duration::from_millis(self.since()) + timeout)
+        let since = match self.since() {
+            UNSTAMPED => {
+                let now = self.now();
+                self.since.store(now, Ordering::Relaxed);
+                now
+            }
+            since => since,
+        };
+        Some(self.epoch + Duration::from_millis(since) + timeout)
     }
 }
 
@@ -335,6 +355,10 @@ mod tests {
         // A later request's header clock starts at its first byte.
         tokio::time::advance(Duration::from_secs(30)).await;
         conn.saw_bytes();
+        // Stamped when the task looks at the deadline (at the end of the same poll), once.
+        assert_eq!(conn.since(), UNSTAMPED);
+        assert_eq!(conn.deadline(&edge), Some(epoch + Duration::from_secs(144)));
+        tokio::time::advance(Duration::from_secs(3)).await;
         assert_eq!(conn.deadline(&edge), Some(epoch + Duration::from_secs(144)));
     }
 
