@@ -2,7 +2,8 @@
 //!
 //! A plugin file's bytes are copied **once**, by the kernel (no pass through this process's
 //! memory), into a **sealed `memfd`** (`memfd_create` + `F_SEAL_WRITE | F_SEAL_SHRINK |
-//! F_SEAL_GROW | F_SEAL_SEAL`: nobody, this process included, can change them any more). Every
+//! F_SEAL_GROW | F_SEAL_SEAL`, or `F_SEAL_FUTURE_WRITE` where the kernel keeps refusing
+//! `F_SEAL_WRITE` as busy, see `seal`: nobody, this process included, can change them any more). Every
 //! check then reads the copy, not the file (the parts it needs with `pread`, or all of it mapped
 //! read-only when a signature or a hash needs every byte: a sealed memfd cannot change under
 //! either), and the library is opened through `/proc/self/fd/N`: what runs is exactly what was
@@ -823,12 +824,54 @@ fn sealed_memfd(
 ) -> std::io::Result<File> {
     let mut file = File::from(memfd(name)?);
     fill(&mut file)?;
-    let seals = SealFlag::F_SEAL_WRITE
+    seal(&file)?;
+    Ok(file)
+}
+
+/// How long to wait before each new try of `F_SEAL_WRITE` refused with `EBUSY`.
+const SEAL_RETRIES: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(10),
+    std::time::Duration::from_millis(50),
+];
+
+/// Seals a filled memfd against every change: writes, resizing, more seals.
+///
+/// `F_SEAL_WRITE` first waits (~150 ms) for pages of the file that the kernel still holds a
+/// reference to (page migration, a write in flight), and is refused with `EBUSY` if one is still
+/// held then: seen on a loaded 2-core machine, in a process plugin's child. It is tried again
+/// after a pause, then `F_SEAL_FUTURE_WRITE` (Linux 5.1) is used instead: it does not wait,
+/// refuses every write and every new writable mapping the same way, and differs only in letting
+/// a shared writable mapping made before it keep writing. Nothing maps a copy shared and writable
+/// (the memfd is this process's, close-on-exec, and only ever filled with `write`), so for a copy
+/// the two are the same.
+fn seal(file: &File) -> std::io::Result<()> {
+    let rest = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+    let mut pauses = SEAL_RETRIES.iter();
+    loop {
+        match fcntl(
+            file.as_fd(),
+            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE | rest),
+        ) {
+            Ok(_) => return Ok(()),
+            Err(nix::Error::EBUSY) => match pauses.next() {
+                Some(pause) => std::thread::sleep(*pause),
+                None => break,
+            },
+            Err(error) => return Err(error.into()),
+        }
+    }
+    tracing::debug!("F_SEAL_WRITE stayed busy; sealing a private copy with F_SEAL_FUTURE_WRITE");
+    seal_future_writes(file)
+}
+
+/// The seals of [`seal`]'s fallback.
+fn seal_future_writes(file: &File) -> std::io::Result<()> {
+    let seals = SealFlag::F_SEAL_FUTURE_WRITE
         | SealFlag::F_SEAL_SHRINK
         | SealFlag::F_SEAL_GROW
         | SealFlag::F_SEAL_SEAL;
     fcntl(file.as_fd(), FcntlArg::F_ADD_SEALS(seals))?;
-    Ok(file)
+    Ok(())
 }
 
 /// A read-only file `name` in a fresh `0700` directory under `base`, filled by `fill`, opened
@@ -934,6 +977,42 @@ mod tests {
             "a sealed copy cannot be written"
         );
         assert!(file.set_len(1).is_err(), "nor truncated");
+    }
+
+    /// The seals used when `F_SEAL_WRITE` stays busy keep the copy as unchangeable: no write,
+    /// no resize, no writable shared mapping, no seal removed.
+    #[test]
+    fn a_copy_sealed_against_future_writes_cannot_change_either() {
+        let mut file = File::from(memfd("t").unwrap());
+        file.write_all(b"library bytes").unwrap();
+        seal_future_writes(&file).unwrap();
+        let seals =
+            SealFlag::from_bits_truncate(fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).unwrap());
+        assert!(seals.contains(SealFlag::F_SEAL_FUTURE_WRITE | SealFlag::F_SEAL_SEAL));
+        assert!(file.write_all(b"x").is_err(), "cannot be written");
+        assert!(file.set_len(1).is_err(), "nor truncated");
+        assert!(file.set_len(100).is_err(), "nor grown");
+        // SAFETY: a fresh mapping of a file this test owns, unmapped if it is made at all.
+        let shared = unsafe {
+            mmap(
+                None,
+                NonZeroUsize::new(13).unwrap(),
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+                file.as_fd(),
+                0,
+            )
+        };
+        if let Ok(addr) = shared {
+            // SAFETY: the mapping made just above.
+            unsafe { munmap(addr, 13).unwrap() };
+            panic!("a writable shared mapping was made");
+        }
+        let more = fcntl(file.as_fd(), FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_WRITE));
+        assert!(more.is_err(), "and no seal can be added or removed");
+        let mut bytes = vec![0; 13];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        assert_eq!(bytes, b"library bytes");
     }
 
     /// The fallback where a memfd cannot be executed: a private directory, removed at once.
