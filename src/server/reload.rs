@@ -488,26 +488,62 @@ pub async fn on_sighup(reloader: Arc<Reloader>, hangups: Option<tokio::signal::u
 }
 
 /// With `reload.watch`: looks at the config file and the plugin files every `interval` and
-/// reloads when the content of one changed (a write that leaves the content as it was, or a file
-/// touched, does nothing), until the task is dropped. A file as it was at the last look costs a
+/// reloads when the content of one changed and the next look finds it the same (a write that
+/// leaves the content as it was, a file touched, or a file caught halfway through being written
+/// does nothing), until the task is dropped. A file as it was at the last look costs a
 /// `stat` (see [`FileStamp`]); only a file written, touched or replaced is read and hashed. The
 /// looking runs on the blocking pool.
 pub async fn watch(reloader: Arc<Reloader>, interval: Duration) {
+    let contents =
+        |files: &Files| -> Vec<_> { files.iter().map(|(p, f)| (p.clone(), f.hash)).collect() };
     let mut seen = watched(&reloader, Files::new()).await;
+    let mut settling = Settling::new(contents(&seen));
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticks.tick().await;
     loop {
         ticks.tick().await;
         let now = watched(&reloader, seen.clone()).await;
-        let contents = |files: &Files| files.iter().map(|(p, f)| (p.clone(), f.hash)).collect();
-        let (before, after): (Vec<_>, Vec<_>) = (contents(&seen), contents(&now));
-        if before != after {
-            // A refused change is not retried until the files change again.
+        if settling.changed(contents(&now)) {
             tracing::info!("a watched file changed: reloading");
             reloader.reload().await;
         }
         seen = now;
+    }
+}
+
+/// Which looks of the watcher call for a reload: a content other than the one last acted on,
+/// found by two looks in a row. So a file caught halfway through a write (truncated, then
+/// written, as `cat >` or a plain `write` does) is not reloaded from, and a change, applied or
+/// refused, is acted on once (a refused one is not retried until the files change again).
+#[derive(Debug)]
+struct Settling<T> {
+    acted_on: T,
+    /// A content other than `acted_on` seen by the last look.
+    pending: Option<T>,
+}
+
+impl<T: PartialEq> Settling<T> {
+    fn new(content: T) -> Settling<T> {
+        Settling {
+            acted_on: content,
+            pending: None,
+        }
+    }
+
+    /// Whether this look, which found `content`, calls for a reload.
+    fn changed(&mut self, content: T) -> bool {
+        if content == self.acted_on {
+            self.pending = None;
+            false
+        } else if self.pending.as_ref() == Some(&content) {
+            self.acted_on = content;
+            self.pending = None;
+            true
+        } else {
+            self.pending = Some(content);
+            false
+        }
     }
 }
 
@@ -563,5 +599,28 @@ fn look(path: &Path, last: Option<&Seen>) -> Seen {
         hash: std::fs::read(path)
             .ok()
             .map(|bytes| Sha256::digest(&bytes).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Settling;
+
+    #[test]
+    fn a_change_is_acted_on_once_two_looks_agree() {
+        let mut settling = Settling::new("v1");
+        assert!(!settling.changed("v1"));
+        // Caught halfway through a rewrite of the same bytes: nothing to do.
+        assert!(!settling.changed("v1 half"));
+        assert!(!settling.changed("v1"));
+        // A real change, seen twice: one reload, then none while it stays.
+        assert!(!settling.changed("v2"));
+        assert!(settling.changed("v2"));
+        assert!(!settling.changed("v2"));
+        // A file still being written (every look differs) waits until it is done.
+        assert!(!settling.changed("v3 a"));
+        assert!(!settling.changed("v3 ab"));
+        assert!(!settling.changed("v3 abc"));
+        assert!(settling.changed("v3 abc"));
     }
 }
