@@ -41,16 +41,8 @@ impl Headers {
     /// Sets `name` to `value`, replacing every earlier value of `name`.
     pub fn insert(&mut self, name: impl Into<Text>, value: impl Into<Text>) {
         let name = name.into().into_ascii_lowercase();
-        self.remove_lowercase(&name);
+        self.0.retain(|(k, _)| *k != name);
         self.0.push((name, value.into()));
-    }
-
-    /// Removes every value of `name`, which is in lower case. Usually there is none (a hook's
-    /// `x-request-id`): a look first, which is cheaper than `retain`'s pass that moves nothing.
-    fn remove_lowercase(&mut self, name: &str) {
-        if self.0.iter().any(|(k, _)| k == name) {
-            self.0.retain(|(k, _)| k != name);
-        }
     }
 
     /// Adds a value of `name`, keeping the earlier ones.
@@ -93,7 +85,8 @@ impl Headers {
     /// ```
     pub fn set_all(&mut self, edits: Headers) {
         if edits.0.len() == 1 {
-            self.remove_lowercase(&edits.0[0].0);
+            let name = &edits.0[0].0;
+            self.0.retain(|(k, _)| k != name);
         } else {
             self.0
                 .retain(|(name, _)| !edits.0.iter().any(|(edit, _)| edit == name));
