@@ -72,6 +72,17 @@ async fn closed(stream: &mut TcpStream) -> Result<Vec<u8>, &'static str> {
     }
 }
 
+/// A new connection that has been answered one `GET /version` (200), and the head of that answer.
+async fn served_once(server: &Server) -> (TcpStream, String) {
+    let mut conn = connect(server).await;
+    conn.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, head, _) = response(&mut conn).await;
+    assert_eq!(status, 200, "{head}");
+    (conn, head)
+}
+
 /// One HTTP/1.1 response read off a kept-alive connection: status, head, body.
 async fn response(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
     let mut buf = Vec::new();
@@ -149,12 +160,7 @@ async fn a_later_request_head_left_unfinished_is_closed_after_the_header_read_ti
     let server = Server::start(&config(
         "  idle_timeout_ms: 600000\n  header_read_timeout_ms: 300",
     ));
-    let mut conn = connect(&server).await;
-    conn.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, head, _) = response(&mut conn).await;
-    assert_eq!(status, 200, "{head}");
+    let (mut conn, _) = served_once(&server).await;
     conn.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
@@ -172,12 +178,7 @@ async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let server = Server::start(&config(
         "  idle_timeout_ms: 300\n  header_read_timeout_ms: 600000",
     ));
-    let mut conn = connect(&server).await;
-    conn.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (status, head, _) = response(&mut conn).await;
-    assert_eq!(status, 200, "{head}");
+    let (mut conn, head) = served_once(&server).await;
     assert!(
         !head.to_ascii_lowercase().contains("connection: close"),
         "kept alive: {head}"
