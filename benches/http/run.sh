@@ -2,7 +2,7 @@
 # The HTTP benchmark: `GET /hello/world` served by a plain axum route and by the host in each way
 # it can serve the same endpoint, rounds alternated in one run, on loopback.
 #
-#   benches/http/run.sh [ROUNDS] [SECONDS]        # default: 5 rounds of 4 s per server
+#   benches/http/run.sh [ROUNDS] [SECONDS]        # default: 6 rounds (three pairs) of 4 s per server
 #   benches/http/run.sh --instructions [N]        # instructions per request (default N 2000)
 #
 # Servers (each started on a free port, loaded, then stopped):
@@ -37,7 +37,7 @@ if [[ "${1:-}" == --instructions ]]; then
     mode=instructions
     shift
 fi
-rounds=${1:-5}
+rounds=${1:-6}
 secs=${2:-4}
 servers=${SERVERS:-axum axum-hook builtin so hook process}
 if [[ -n "${COMPARE_BIN:-}${COMPARE_PLUGINS:-}" ]]; then servers="$servers so@cmp hook@cmp"; fi
@@ -213,10 +213,17 @@ fi
 
 read -r -a list <<<"$servers"
 echo "round	server	req/s	CPU us/req	threads	non-2xx"
+n_servers=${#list[@]}
 for round in $(seq 1 "$rounds"); do
-    # Each round starts one server later, so no server always follows the same one.
+    # Rounds go in pairs: the second of a pair runs the first's order backwards, so a drift of the
+    # machine's load over a pair weighs on every server alike (each one's mean place in the pair
+    # is the middle). Each pair starts one server later than the one before, so no server always
+    # follows the same one.
+    shift_by=$(((round - 1) / 2))
     for i in "${!list[@]}"; do
-        run "$round" "${list[$(((i + round - 1) % ${#list[@]}))]}"
+        place=$i
+        ((round % 2 == 0)) && place=$((n_servers - 1 - i))
+        run "$round" "${list[$(((place + shift_by) % n_servers))]}"
     done
 done
 
