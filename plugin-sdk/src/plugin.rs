@@ -113,10 +113,14 @@ pub trait BackworksPlugin: Send + Sync + 'static {
 
     /// Serves a request to one of the endpoints the config routes to this plugin.
     ///
-    /// By default: with [`HANDLE_LENT`](Self::HANDLE_LENT), [`handle_lent`](Self::handle_lent) of
-    /// this request, which is how a built-in plugin that implements only `handle_lent` is served;
+    /// By default: with [`HANDLE_SYNC`](Self::HANDLE_SYNC), [`handle_sync`](Self::handle_sync)
+    /// of this request; with [`HANDLE_LENT`](Self::HANDLE_LENT), [`handle_lent`](Self::handle_lent)
+    /// of it, which is how a built-in plugin that implements only `handle_lent` is served;
     /// otherwise a 404 (the plugin serves no endpoint).
     async fn handle(&self, request: Request) -> PluginResult<Response> {
+        if Self::HANDLE_SYNC {
+            return self.handle_sync(request.lend());
+        }
         if Self::HANDLE_LENT {
             return self.handle_lent(request.lend()).await;
         }
@@ -135,9 +139,12 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     /// plugin's state) does not compile; keep a copy instead ([`LentRequest::to_request`], or
     /// `.to_owned()` of a `&str`). The [`LentRequest`] docs show both.
     ///
-    /// By default, without `HANDLE_LENT`: `handle` of a copy; with it, a 404 (the plugin serves no
-    /// endpoint).
+    /// By default: with [`HANDLE_SYNC`](Self::HANDLE_SYNC), [`handle_sync`](Self::handle_sync);
+    /// without `HANDLE_LENT`, `handle` of a copy; with it, a 404 (the plugin serves no endpoint).
     async fn handle_lent(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+        if Self::HANDLE_SYNC {
+            return self.handle_sync(request);
+        }
         if Self::HANDLE_LENT {
             return Err(crate::PluginError::NotFound(format!(
                 "this plugin serves no endpoint ({} {})",
@@ -146,6 +153,56 @@ pub trait BackworksPlugin: Send + Sync + 'static {
             )));
         }
         self.handle(request.to_request()).await
+    }
+
+    /// Whether the plugin's endpoints are synchronous: they answer from the request and the
+    /// plugin's own state and never wait (no timer, socket, lock held by a waiting task or other
+    /// `.await`). `false` by default. Set it when you implement
+    /// [`handle_sync`](Self::handle_sync): it then reads the host's request in place, as with
+    /// [`HANDLE_LENT`](Self::HANDLE_LENT), and is called as a plain function, so a call costs no
+    /// future, no allocation for one and no poll. `HANDLE_SYNC` takes precedence over
+    /// `HANDLE_LENT` when both are set.
+    ///
+    /// A synchronous endpoint runs inline on the host's thread, like the first poll of an async
+    /// one (inside the plugin's tokio runtime, with its log lines named after the instance): it
+    /// must not block. An endpoint that waits for anything stays async. Every caller of the async
+    /// entries (a built-in plugin's host, an older host, tests) reaches `handle_sync` through the
+    /// defaults of [`handle`](Self::handle) and [`handle_lent`](Self::handle_lent).
+    ///
+    /// ```
+    /// use backworks_plugin_sdk::prelude::*;
+    ///
+    /// #[derive(Default)]
+    /// struct Hello;
+    ///
+    /// #[async_trait]
+    /// impl BackworksPlugin for Hello {
+    ///     const HANDLE_SYNC: bool = true;
+    ///
+    ///     fn handle_sync(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+    ///         let name = request.param("name").unwrap_or("world");
+    ///         Ok(Response::text(format!("Hello, {name}!")))
+    ///     }
+    /// }
+    ///
+    /// # let request = Request::new("GET", "/hello/ana");
+    /// # let answer = Hello.handle_sync(request.lend()).unwrap();
+    /// # assert_eq!(answer.body, b"Hello, world!");
+    /// ```
+    const HANDLE_SYNC: bool = false;
+
+    /// Serves a request like [`handle_lent`](Self::handle_lent), as a plain function that never
+    /// waits. Called instead of `handle_lent` (and `handle`) when
+    /// [`HANDLE_SYNC`](Self::HANDLE_SYNC) is set. The request is lent for the call: keep a copy,
+    /// never a borrow.
+    ///
+    /// By default: a 404 (the plugin serves no endpoint).
+    fn handle_sync(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+        Err(crate::PluginError::NotFound(format!(
+            "this plugin serves no endpoint ({} {})",
+            request.method(),
+            request.path()
+        )))
     }
 
     /// Runs before the endpoint when the plugin is in an endpoint's hook chain: go on, go on with a

@@ -14,9 +14,11 @@
 //! The host routes the endpoints of `backworks.yaml` to the plugin; the plugin sees the concrete
 //! path (`/hello/ana`) and the endpoint's path parameters (`name = ana`) and dispatches on them.
 //!
-//! It reads each request where the host keeps it ([`BackworksPlugin::HANDLE_LENT`] and
-//! [`handle_lent`](BackworksPlugin::handle_lent)), so no request is copied into the plugin: the
-//! fast path for an endpoint. Only `echo` copies what it answers with, the body.
+//! Its endpoints never wait, so they are a plain function ([`BackworksPlugin::HANDLE_SYNC`] and
+//! [`handle_sync`](BackworksPlugin::handle_sync)) that reads each request where the host keeps it:
+//! no request is copied into the plugin and no future is made for a call, the fast path for an
+//! endpoint. Only `echo` copies what it answers with, the body. An endpoint that awaits something
+//! implements the async [`handle_lent`](BackworksPlugin::handle_lent) instead.
 
 use std::sync::RwLock;
 
@@ -115,9 +117,9 @@ impl BackworksPlugin for Hello {
         Ok(())
     }
 
-    const HANDLE_LENT: bool = true;
+    const HANDLE_SYNC: bool = true;
 
-    async fn handle_lent(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+    fn handle_sync(&self, request: LentRequest<'_>) -> PluginResult<Response> {
         let path = request.path();
         // `/hello/{name}` (one segment after `hello`) or `/echo`; anything else is not ours.
         let name = path

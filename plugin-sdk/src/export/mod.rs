@@ -126,7 +126,10 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         task_start: Some(call::task_start),
         task_cancel: Some(call::task_cancel),
         config_schema: Some(config_schema::<P>),
-        handle_lent: if P::HANDLE_LENT {
+        // A synchronous endpoint fills the same entry: the host sees a call that is ready at once.
+        handle_lent: if P::HANDLE_SYNC {
+            Some(handle_sync::<P>)
+        } else if P::HANDLE_LENT {
             Some(handle_lent::<P>)
         } else {
             None
@@ -391,6 +394,33 @@ unsafe extern "C" fn handle_lent<P: BackworksPlugin>(
         // SAFETY: the future borrows the plugin value and the lent request (above); `out` is the
         // host's valid output.
         unsafe { call::drive(this, out, future, None, responded) }
+    })
+}
+
+/// The vtable's `handle_lent` of a plugin with synchronous endpoints
+/// ([`BackworksPlugin::HANDLE_SYNC`]): calls [`BackworksPlugin::handle_sync`] on the host's
+/// request, read in place, and is always ready.
+///
+/// # Safety
+/// As [`handle_lent`].
+unsafe extern "C" fn handle_sync<P: BackworksPlugin>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    out: *mut BwOutput,
+) -> i32 {
+    guard(out, || {
+        // SAFETY: the host passes a live instance of this library and a request it lends until
+        // the call returns, keeping the ABI's conventions; nothing borrows it beyond the call.
+        let (instance, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
+        // SAFETY: `out` is the host's valid output.
+        unsafe {
+            call::now(
+                instance,
+                out,
+                || plugin(instance).handle_sync(lent),
+                responded,
+            )
+        }
     })
 }
 
@@ -1310,6 +1340,131 @@ mod tests {
     }
 
     static TAGGER: BwPluginVTable = vtable::<Tagger>(b"");
+
+    /// A synchronous endpoint: answers the path, parameter `id`, header `x-seen` and whether it
+    /// ran inside a tokio runtime; `/panic` panics, `/missing` is a 404.
+    #[derive(Default)]
+    struct Greeter;
+
+    #[async_trait::async_trait]
+    impl BackworksPlugin for Greeter {
+        const HANDLE_SYNC: bool = true;
+        // Set too: the synchronous endpoint wins.
+        const HANDLE_LENT: bool = true;
+
+        fn handle_sync(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+            match request.path() {
+                "/panic" => panic!("greeter panicked"),
+                "/missing" => Err(PluginError::NotFound("nothing here".to_owned())),
+                path => {
+                    let runtime = tokio::runtime::Handle::try_current().is_ok();
+                    Ok(Response::text(format!(
+                        "{path} {} {} {runtime}",
+                        request.param("id").unwrap_or("-"),
+                        request.header("x-seen").unwrap_or("-"),
+                    )))
+                }
+            }
+        }
+
+        async fn handle_lent(&self, _request: LentRequest<'_>) -> PluginResult<Response> {
+            unreachable!("HANDLE_SYNC takes precedence over HANDLE_LENT")
+        }
+    }
+
+    static GREETER: BwPluginVTable = vtable::<Greeter>(b"");
+
+    #[test]
+    fn a_built_in_synchronous_endpoint_is_reached_through_handle() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let mut request = Request::new("GET", "/hi");
+        request.params.push(("id".into(), "3".into()));
+        let body = |answer: PluginResult<Response>| answer.unwrap().body;
+        assert_eq!(
+            body(runtime.block_on(Greeter.handle(request.clone()))),
+            b"/hi 3 - true"
+        );
+        assert_eq!(body(Greeter.handle_sync(request.lend())), b"/hi 3 - false");
+    }
+
+    #[test]
+    fn a_synchronous_endpoint_answers_through_the_lent_entry_at_once() {
+        let services = Box::new(BwHostServices {
+            size: size_of::<BwHostServices>() as u32,
+            abi_minor: ABI_MINOR,
+            reserved: 0,
+            ctx: std::ptr::null_mut(),
+            plugin_name: BwStr::new(b"greeter"),
+            max_log_level: 0,
+            log: None,
+            workers: 0,
+            reserved2: 0,
+        });
+        let mut out = BwOutput::empty();
+        // SAFETY: valid services that outlive the instance, and a valid output.
+        let instance = unsafe { (GREETER.instance_new.unwrap())(&*services, &mut out) };
+        assert!(!instance.is_null());
+        let lent = GREETER.handle_lent.unwrap();
+        let text = || {
+            (
+                "content-type".to_owned(),
+                "text/plain; charset=utf-8".to_owned(),
+            )
+        };
+
+        let request = HostRequest::new(b"/hi");
+        let mut out = BwOutput::empty();
+        // SAFETY: a live instance; the request outlives the call and the output is valid.
+        let status = unsafe { lent(instance, &*request.view, &mut out) };
+        assert_eq!(status, BW_READY, "never pending, never a task");
+        assert_eq!(
+            take(out),
+            (
+                BW_OUT_RESPONSE,
+                200,
+                vec![text()],
+                b"/hi 7 yes true".to_vec()
+            )
+        );
+
+        // An error and a panic are error outputs; the instance goes on answering.
+        for (path, code, message) in [
+            (&b"/missing"[..], BW_ERR_NOT_FOUND, "nothing here"),
+            (b"/panic", BW_ERR_PANIC, "greeter panicked"),
+        ] {
+            let failing = HostRequest::new(path);
+            let mut out = BwOutput::empty();
+            // SAFETY: as above.
+            let status = unsafe { lent(instance, &*failing.view, &mut out) };
+            assert_eq!((status, out.kind, out.code), (BW_READY, BW_OUT_ERROR, code));
+            // SAFETY: unreleased output.
+            assert_eq!(unsafe { out.message.to_string_lossy() }, message);
+            take(out);
+        }
+
+        // A host older than ABI 1.2 calls the copying entry, which reaches the same method.
+        let mut out = BwOutput::empty();
+        // SAFETY: as above.
+        let status = unsafe { (GREETER.handle.unwrap())(instance, &*request.view, &mut out) };
+        assert_eq!(
+            (status, take(out)),
+            (
+                BW_READY,
+                (
+                    BW_OUT_RESPONSE,
+                    200,
+                    vec![text()],
+                    b"/hi 7 yes true".to_vec()
+                )
+            )
+        );
+
+        // SAFETY: no call runs on the instance any more.
+        unsafe { (GREETER.instance_free.unwrap())(instance) };
+        drop((request, services));
+    }
 
     /// The pairs of an output's list, copied.
     fn pairs_of(list: BwKvList) -> Vec<(String, String)> {
