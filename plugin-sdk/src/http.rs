@@ -178,8 +178,9 @@ impl Request {
     }
 
     /// This request as a [`LentRequest`], the form
-    /// [`BackworksPlugin::handle_lent`](crate::BackworksPlugin::handle_lent) reads: for tests, and
-    /// for a plugin built into the host, whose `handle` forwards to `handle_lent`.
+    /// [`BackworksPlugin::handle_lent`](crate::BackworksPlugin::handle_lent) and
+    /// [`BackworksPlugin::handle_sync`](crate::BackworksPlugin::handle_sync) read: for tests, and
+    /// for a plugin built into the host, whose `handle` forwards to one of them.
     pub fn lend(&self) -> LentRequest<'_> {
         LentRequest::from_request(self)
     }

@@ -185,9 +185,10 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     ///     }
     /// }
     ///
-    /// # let request = Request::new("GET", "/hello/ana");
-    /// # let answer = Hello.handle_sync(request.lend()).unwrap();
-    /// # assert_eq!(answer.body, b"Hello, world!");
+    /// let mut request = Request::new("GET", "/hello/ana");
+    /// request.params.push(("name".into(), "ana".into()));
+    /// let answer = Hello.handle_sync(request.lend()).unwrap();
+    /// assert_eq!(answer.body, b"Hello, ana!");
     /// ```
     const HANDLE_SYNC: bool = false;
 

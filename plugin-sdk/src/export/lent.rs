@@ -1,9 +1,10 @@
 //! [`LentRequest`]: a request read where it lies, in the memory the host lends for the call.
 //!
 //! A library whose plugin sets [`BackworksPlugin::HANDLE_LENT`](crate::BackworksPlugin::HANDLE_LENT)
-//! exports the vtable's `handle_lent` (ABI 1.2): the host keeps the request's views valid until the
-//! call is over, pending or not, and the plugin reads them in place instead of copying them into a
-//! [`Request`]. The lifetime of a [`LentRequest`] is that lease: what it hands out borrows it, so
+//! (or [`HANDLE_SYNC`](crate::BackworksPlugin::HANDLE_SYNC), whose calls are over when they
+//! return) exports the vtable's `handle_lent` (ABI 1.2): the host keeps the request's views valid
+//! until the call is over, pending or not, and the plugin reads them in place instead of copying
+//! them into a [`Request`]. The lifetime of a [`LentRequest`] is that lease: what it hands out borrows it, so
 //! the compiler refuses any use that could outlive the call (a spawned task, a `static`, the
 //! plugin's own state); what is kept must be copied first ([`LentRequest::to_request`]).
 //!

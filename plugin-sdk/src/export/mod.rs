@@ -15,7 +15,9 @@
 //! `handle_lent` (ABI 1.2, exported when the plugin sets
 //! [`HANDLE_LENT`](crate::BackworksPlugin::HANDLE_LENT)) reads it in place, as a [`LentRequest`],
 //! for as long as the call's future lives: `call` drops that future before the call's completion
-//! and before `task_cancel` returns, which is when the host's lease ends.
+//! and before `task_cancel` returns, which is when the host's lease ends. A plugin that sets
+//! [`HANDLE_SYNC`](crate::BackworksPlugin::HANDLE_SYNC) exports its `handle_sync` under the same
+//! entry, called as a plain function and always ready (`call::now`), so the lease is the call.
 
 mod call;
 mod input;
@@ -1375,7 +1377,7 @@ mod tests {
     static GREETER: BwPluginVTable = vtable::<Greeter>(b"");
 
     #[test]
-    fn a_built_in_synchronous_endpoint_is_reached_through_handle() {
+    fn a_built_in_synchronous_endpoint_is_reached_through_the_async_methods() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -1387,6 +1389,24 @@ mod tests {
             b"/hi 3 - true"
         );
         assert_eq!(body(Greeter.handle_sync(request.lend())), b"/hi 3 - false");
+
+        // A plugin that implements only `handle_sync`: the defaults of both async methods reach it.
+        #[derive(Default)]
+        struct Only;
+
+        #[async_trait::async_trait]
+        impl BackworksPlugin for Only {
+            const HANDLE_SYNC: bool = true;
+
+            fn handle_sync(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+                Ok(Response::text(request.path().to_owned()))
+            }
+        }
+        assert_eq!(body(runtime.block_on(Only.handle(request.clone()))), b"/hi");
+        assert_eq!(
+            body(runtime.block_on(Only.handle_lent(request.lend()))),
+            b"/hi"
+        );
     }
 
     #[test]

@@ -427,6 +427,18 @@ mod tests {
                 pairs,
                 "{count} response headers"
             );
+            // SAFETY: the output is unreleased, so its views are valid.
+            assert_eq!(unsafe { out.response.body.as_bytes() }, b"b");
+            let owner: unsafe extern "C" fn(*mut c_void) = if count <= ANSWER_PAIRS {
+                release_answer
+            } else {
+                release_owned
+            };
+            assert_eq!(
+                out.release.map(|f| f as usize),
+                Some(owner as usize),
+                "{count} response headers: the owner of their size"
+            );
             release(out);
 
             let edit: Headers = pairs.iter().cloned().collect();
