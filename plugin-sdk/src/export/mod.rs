@@ -1153,14 +1153,18 @@ mod tests {
         }
     }
 
-    /// An instance of `Reader` with host services that log nowhere.
-    fn reader() -> (*mut c_void, Box<BwHostServices>) {
+    /// An instance of `vtable`'s plugin named `name`, with host services that log nowhere; the
+    /// services must outlive the instance.
+    fn instance_of(
+        vtable: &BwPluginVTable,
+        name: &'static [u8],
+    ) -> (*mut c_void, Box<BwHostServices>) {
         let services = Box::new(BwHostServices {
             size: size_of::<BwHostServices>() as u32,
             abi_minor: ABI_MINOR,
             reserved: 0,
             ctx: std::ptr::null_mut(),
-            plugin_name: BwStr::new(b"reader"),
+            plugin_name: BwStr::new(name),
             max_log_level: 0,
             log: None,
             workers: 0,
@@ -1168,9 +1172,14 @@ mod tests {
         });
         let mut out = BwOutput::empty();
         // SAFETY: valid services that outlive the instance, and a valid output.
-        let instance = unsafe { (READER.instance_new.unwrap())(&*services, &mut out) };
+        let instance = unsafe { (vtable.instance_new.unwrap())(&*services, &mut out) };
         assert!(!instance.is_null());
         (instance, services)
+    }
+
+    /// An instance of `Reader`.
+    fn reader() -> (*mut c_void, Box<BwHostServices>) {
+        instance_of(&READER, b"reader")
     }
 
     /// Starts a pending task with a completion that sends its output to the returned receiver.
@@ -1411,21 +1420,7 @@ mod tests {
 
     #[test]
     fn a_synchronous_endpoint_answers_through_the_lent_entry_at_once() {
-        let services = Box::new(BwHostServices {
-            size: size_of::<BwHostServices>() as u32,
-            abi_minor: ABI_MINOR,
-            reserved: 0,
-            ctx: std::ptr::null_mut(),
-            plugin_name: BwStr::new(b"greeter"),
-            max_log_level: 0,
-            log: None,
-            workers: 0,
-            reserved2: 0,
-        });
-        let mut out = BwOutput::empty();
-        // SAFETY: valid services that outlive the instance, and a valid output.
-        let instance = unsafe { (GREETER.instance_new.unwrap())(&*services, &mut out) };
-        assert!(!instance.is_null());
+        let (instance, services) = instance_of(&GREETER, b"greeter");
         let lent = GREETER.handle_lent.unwrap();
         let text = || {
             (
@@ -1498,21 +1493,7 @@ mod tests {
 
     #[test]
     fn synchronous_hooks_answer_through_the_lent_entries_at_once() {
-        let services = Box::new(BwHostServices {
-            size: size_of::<BwHostServices>() as u32,
-            abi_minor: ABI_MINOR,
-            reserved: 0,
-            ctx: std::ptr::null_mut(),
-            plugin_name: BwStr::new(b"tagger"),
-            max_log_level: 0,
-            log: None,
-            workers: 0,
-            reserved2: 0,
-        });
-        let mut out = BwOutput::empty();
-        // SAFETY: valid services that outlive the instance, and a valid output.
-        let instance = unsafe { (TAGGER.instance_new.unwrap())(&*services, &mut out) };
-        assert!(!instance.is_null());
+        let (instance, services) = instance_of(&TAGGER, b"tagger");
         let (before, after) = (
             TAGGER.before_request_lent.unwrap(),
             TAGGER.after_response_lent.unwrap(),
@@ -1620,21 +1601,7 @@ mod tests {
         // Only synchronous hooks have the `_now` entries (ABI 1.3).
         assert!(VTABLE.before_request_now.is_none() && VTABLE.after_response_now.is_none());
         assert!(READER.before_request_now.is_none() && READER.after_response_now.is_none());
-        let services = Box::new(BwHostServices {
-            size: size_of::<BwHostServices>() as u32,
-            abi_minor: ABI_MINOR,
-            reserved: 0,
-            ctx: std::ptr::null_mut(),
-            plugin_name: BwStr::new(b"tagger"),
-            max_log_level: 0,
-            log: None,
-            workers: 0,
-            reserved2: 0,
-        });
-        let mut out = BwOutput::empty();
-        // SAFETY: valid services that outlive the instance, and a valid output.
-        let instance = unsafe { (TAGGER.instance_new.unwrap())(&*services, &mut out) };
-        assert!(!instance.is_null());
+        let (instance, services) = instance_of(&TAGGER, b"tagger");
         let (before, after) = (
             TAGGER.before_request_now.unwrap(),
             TAGGER.after_response_now.unwrap(),

@@ -54,18 +54,35 @@ struct Owned {
     message: String,
 }
 
-/// The `release` of every output [`write_output`] gives an owner: frees what its views point into.
+/// The `release` of every output [`write_output`] gives an owner: frees the boxed `T` (an
+/// [`Owned`], an [`Edit`] or an [`Answer`]) that its views point into.
 ///
 /// # Safety
-/// `owner` must be null or the `owner` of an output that [`write_output`] filled, passed here
-/// exactly once; no view of that output may be read afterwards.
-unsafe extern "C" fn release_owned(owner: *mut c_void) {
+/// `owner` must be null or the `owner` of an output that [`write_output`] filled with a `Box<T>`,
+/// passed here exactly once; no view of that output may be read afterwards.
+unsafe extern "C" fn release_box<T>(owner: *mut c_void) {
     if !owner.is_null() {
         let _ = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: `owner` is the `Box<Owned>` leaked by `write_output`, released once by the
-            // host.
-            drop(unsafe { Box::from_raw(owner.cast::<Owned>()) })
+            // SAFETY: `owner` is the `Box<T>` leaked by `write_output`, released once by the host.
+            drop(unsafe { Box::from_raw(owner.cast::<T>()) })
         }));
+    }
+}
+
+/// Points the first of `pairs` at `headers` (at most `pairs.len()` of them, which the callers
+/// check) and returns the list of them.
+fn header_views(headers: &Headers, pairs: &mut [BwKv]) -> BwKvList {
+    let len = headers.len();
+    for ((key, value), slot) in headers.iter().zip(pairs.iter_mut()) {
+        *slot = BwKv {
+            key: str_view(key),
+            value: str_view(value),
+        };
+    }
+    if len == 0 {
+        BwKvList::EMPTY
+    } else {
+        BwKvList::new(&pairs[..len])
     }
 }
 
@@ -129,21 +146,6 @@ struct Edit {
     headers: Headers,
 }
 
-/// The `release` of an output [`write_edit`] filled.
-///
-/// # Safety
-/// `owner` must be null or the `owner` of an output that [`write_edit`] filled, passed here
-/// exactly once; no view of that output may be read afterwards.
-unsafe extern "C" fn release_edit(owner: *mut c_void) {
-    if !owner.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: `owner` is the `Box<Edit>` leaked by `write_edit`, released once by the
-            // host.
-            drop(unsafe { Box::from_raw(owner.cast::<Edit>()) })
-        }));
-    }
-}
-
 /// [`write_output`] of a header edit of at most [`EDIT_PAIRS`] pairs: `HEADERS`, with the
 /// response's list when `of_response`, else the request's.
 fn write_edit(out: &mut BwOutput, headers: Headers, of_response: bool) {
@@ -152,18 +154,7 @@ fn write_edit(out: &mut BwOutput, headers: Headers, of_response: bool) {
         headers,
     });
     let Edit { pairs, headers } = &mut *edit;
-    let len = headers.len();
-    for ((key, value), slot) in headers.iter().zip(pairs.iter_mut()) {
-        *slot = BwKv {
-            key: str_view(key),
-            value: str_view(value),
-        };
-    }
-    let list = if len == 0 {
-        BwKvList::EMPTY
-    } else {
-        BwKvList::new(&pairs[..len])
-    };
+    let list = header_views(headers, pairs);
     out.kind = BW_OUT_HEADERS;
     if of_response {
         out.response.headers = list;
@@ -171,7 +162,7 @@ fn write_edit(out: &mut BwOutput, headers: Headers, of_response: bool) {
         out.request.headers = list;
     }
     out.owner = Box::into_raw(edit).cast();
-    out.release = Some(release_edit);
+    out.release = Some(release_box::<Edit>);
 }
 
 /// Headers of a response that goes in an [`Answer`] owner rather than a whole [`Owned`].
@@ -185,21 +176,6 @@ struct Answer {
     response: Response,
 }
 
-/// The `release` of an output [`write_answer`] filled.
-///
-/// # Safety
-/// `owner` must be null or the `owner` of an output that [`write_answer`] filled, passed here
-/// exactly once; no view of that output may be read afterwards.
-unsafe extern "C" fn release_answer(owner: *mut c_void) {
-    if !owner.is_null() {
-        let _ = catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: `owner` is the `Box<Answer>` leaked by `write_answer`, released once by the
-            // host.
-            drop(unsafe { Box::from_raw(owner.cast::<Answer>()) })
-        }));
-    }
-}
-
 /// [`write_output`] of a response with at most [`ANSWER_PAIRS`] headers. The body is handed over
 /// as it is: the views point into the response's own buffers, which stay put in the box.
 fn write_answer(out: &mut BwOutput, response: Response) {
@@ -208,23 +184,12 @@ fn write_answer(out: &mut BwOutput, response: Response) {
         response,
     });
     let Answer { pairs, response } = &mut *answer;
-    let len = response.headers.len();
-    for ((key, value), slot) in response.headers.iter().zip(pairs.iter_mut()) {
-        *slot = BwKv {
-            key: str_view(key),
-            value: str_view(value),
-        };
-    }
     out.kind = BW_OUT_RESPONSE;
     out.response.status = response.status;
-    out.response.headers = if len == 0 {
-        BwKvList::EMPTY
-    } else {
-        BwKvList::new(&pairs[..len])
-    };
+    out.response.headers = header_views(&response.headers, pairs);
     out.response.body = BwStr::new(&response.body);
     out.owner = Box::into_raw(answer).cast();
-    out.release = Some(release_answer);
+    out.release = Some(release_box::<Answer>);
 }
 
 /// [`write_output`] of an outcome with something to point to.
@@ -373,7 +338,7 @@ fn write_owned(out: &mut BwOutput, outcome: Outcome) {
         out.request.headers = list(lists[2]);
     }
     out.owner = Box::into_raw(owned).cast();
-    out.release = Some(release_owned);
+    out.release = Some(release_box::<Owned>);
 }
 
 #[cfg(test)]
@@ -430,9 +395,9 @@ mod tests {
             // SAFETY: the output is unreleased, so its views are valid.
             assert_eq!(unsafe { out.response.body.as_bytes() }, b"b");
             let owner: unsafe extern "C" fn(*mut c_void) = if count <= ANSWER_PAIRS {
-                release_answer
+                release_box::<Answer>
             } else {
-                release_owned
+                release_box::<Owned>
             };
             assert_eq!(
                 out.release.map(|f| f as usize),
