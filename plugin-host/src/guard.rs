@@ -50,7 +50,10 @@
 //! for in the same poll; one that waits is awaited under the deadline as any other, and dropping
 //! the guard's future cancels it as dropping the box would. ([`Guarded::handle`] still takes the
 //! box: held inline, the call would grow the future of every server request without hooks past
-//! the allocator's per-thread cache, which costs more than the box.)
+//! the allocator's per-thread cache, which costs more than the box.) A library whose calls never
+//! wait (ABI 1.3's hook `_now` entries, 1.4's `handle_now`) is called through
+//! [`Guarded::handle_now`], [`Guarded::before_request_now`] and [`Guarded::after_response_now`]:
+//! no future at all, the same admission and accounting.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -236,6 +239,22 @@ impl Guarded {
             None => Either::Right(self.inner.after_response_shared(request, response)),
         };
         self.run(call, |edit| self.judge_response_edit(edit))
+    }
+
+    /// An endpoint call that answers at once, under the policy: `None` when the plugin cannot
+    /// make one (then [`Guarded::handle`] or [`Guarded::handle_shared`] makes the call). A library
+    /// whose endpoint never waits (ABI 1.4's `handle_now`) makes it: no future, the request lent
+    /// for the call only. Admitted, timed, counted and judged as any call, as
+    /// [`Guarded::before_request_now`] is.
+    pub fn handle_now(&self, request: &Request) -> Option<Result<Response, CallError>> {
+        let library = self
+            .inner
+            .as_library()
+            .filter(|library| library.has_handle_now())?;
+        Some(self.run_now(
+            || library.now_handle(request),
+            |response| self.check(response, true),
+        ))
     }
 
     /// A `before_request` hook call that answers at once, under the policy: `None` when the

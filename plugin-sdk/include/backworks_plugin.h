@@ -1,5 +1,5 @@
 /*
- * backworks_plugin.h - the Backworks plugin C ABI, version 1.3.
+ * backworks_plugin.h - the Backworks plugin C ABI, version 1.4.
  *
  * This header is the exact C twin of `plugin-sdk/src/abi.rs` (and of the metadata format of
  * `plugin-sdk/src/metadata.rs`). Every constant, struct, field order and field type here matches
@@ -72,7 +72,7 @@ extern "C" {
 /* Incompatible changes bump the major version; a host only loads plugins of its own major. */
 #define BW_ABI_MAJOR 1
 /* Appended fields bump the minor version; a host loads plugins of any minor of its major. */
-#define BW_ABI_MINOR 3
+#define BW_ABI_MINOR 4
 /* The version of backworks-plugin-sdk this header belongs to, written into the metadata `sdk` key.
  * The host accepts plugins whose SDK version is in its own semver family. */
 #define BW_SDK_VERSION "0.1.0"
@@ -403,6 +403,9 @@ typedef int32_t (*BwBeforeRequestNowFn)(void *instance, const BwRequest *request
 typedef int32_t (*BwAfterResponseNowFn)(void *instance, const BwRequest *request,
                                         const BwResponse *response, const BwHeaderSink *sink,
                                         BwOutput *out);
+/* ABI 1.4: handle_lent as a call that never waits, the request lent for the call only (see
+ * BwPluginVTable.handle_now). Must return BW_READY. Output: RESPONSE or ERROR. */
+typedef int32_t (*BwHandleNowFn)(void *instance, const BwRequest *request, BwOutput *out);
 
 /*
  * The root of a plugin library, exported as the constant `backworks_plugin`.
@@ -411,9 +414,9 @@ typedef int32_t (*BwAfterResponseNowFn)(void *instance, const BwRequest *request
  * It and the metadata bytes it points to belong to the library and must never change.
  *
  * Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
- * one that does not), while config_schema (v1.1), the *_lent entries (v1.2) and the *_now entries
- * (v1.3) may be NULL. A plugin must
- * accept concurrent calls on one instance from several threads. New fields are only ever appended
+ * one that does not), while config_schema (v1.1), the *_lent entries (v1.2), the hooks' *_now
+ * entries (v1.3) and handle_now (v1.4) may be NULL. A plugin must accept concurrent calls on one
+ * instance from several threads. New fields are only ever appended
  * (and bump BW_ABI_MINOR).
  */
 typedef struct BwPluginVTable {
@@ -487,15 +490,23 @@ typedef struct BwPluginVTable {
      * response headers it sets sent to `sink`. Output: CONTINUE (the response goes on, with the
      * headers given to `sink` set), HEADERS, RESPONSE (this one instead) or ERROR. */
     BwAfterResponseNowFn after_response_now;
+    /* ABI 1.4, may be NULL (then the host calls handle_lent, or handle): handle_lent as a call
+     * that never waits. It must return BW_READY (the host treats anything else as the plugin's
+     * error and starts no task); the request is lent for the call only, so the host lends it from
+     * its stack and makes the call without a future. Output: RESPONSE or ERROR. An endpoint that
+     * never waits may set handle_lent to the same function, for hosts of 1.2 and 1.3. */
+    BwHandleNowFn handle_now;
 } BwPluginVTable;
 
 /* sizeof(BwPluginVTable) of ABI 1.0 (64-bit targets), which ended with task_cancel: a plugin built
- * against a 1.0 header exports a vtable of this size, and a 1.3 host still loads it. */
+ * against a 1.0 header exports a vtable of this size, and a 1.4 host still loads it. */
 #define BW_VTABLE_SIZE_V1_0 offsetof(BwPluginVTable, config_schema)
 /* sizeof(BwPluginVTable) of ABI 1.1, which ended with config_schema. */
 #define BW_VTABLE_SIZE_V1_1 offsetof(BwPluginVTable, handle_lent)
 /* sizeof(BwPluginVTable) of ABI 1.2, which ended with after_response_lent. */
 #define BW_VTABLE_SIZE_V1_2 offsetof(BwPluginVTable, before_request_now)
+/* sizeof(BwPluginVTable) of ABI 1.3, which ended with after_response_now. */
+#define BW_VTABLE_SIZE_V1_3 offsetof(BwPluginVTable, handle_now)
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers
@@ -828,10 +839,11 @@ BW_STATIC_ASSERT(BW_HOST_SERVICES_SIZE_V1_0 == 48, "BwHostServices size of v1.0"
 BW_STATIC_ASSERT(offsetof(BwHostServices, reserved2) == 52, "BwHostServices.reserved2 offset");
 BW_STATIC_ASSERT(sizeof(BwHeaderSink) == 16, "BwHeaderSink size");
 BW_STATIC_ASSERT(offsetof(BwHeaderSink, set) == 8, "BwHeaderSink.set offset");
-BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 160, "BwPluginVTable size");
+BW_STATIC_ASSERT(sizeof(BwPluginVTable) == 168, "BwPluginVTable size");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_0 == 112, "BwPluginVTable size of ABI 1.0");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_1 == 120, "BwPluginVTable size of ABI 1.1");
 BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_2 == 144, "BwPluginVTable size of ABI 1.2");
+BW_STATIC_ASSERT(BW_VTABLE_SIZE_V1_3 == 160, "BwPluginVTable size of ABI 1.3");
 BW_STATIC_ASSERT(BW_ALIGNOF(BwPluginVTable) == 8, "BwPluginVTable alignment");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, size) == 8, "BwPluginVTable.size offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, abi_major) == 12, "BwPluginVTable.abi_major offset");
@@ -857,6 +869,7 @@ BW_STATIC_ASSERT(offsetof(BwPluginVTable, before_request_now) == 144,
                  "BwPluginVTable.before_request_now offset");
 BW_STATIC_ASSERT(offsetof(BwPluginVTable, after_response_now) == 152,
                  "BwPluginVTable.after_response_now offset");
+BW_STATIC_ASSERT(offsetof(BwPluginVTable, handle_now) == 160, "BwPluginVTable.handle_now offset");
 #endif
 
 #ifdef __cplusplus

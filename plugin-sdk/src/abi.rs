@@ -44,8 +44,9 @@ pub const ABI_MAJOR: u16 = 1;
 /// Minor 1 appended [`BwPluginVTable::config_schema`]; minor 2 appended
 /// [`BwPluginVTable::handle_lent`], [`BwPluginVTable::before_request_lent`] and
 /// [`BwPluginVTable::after_response_lent`]; minor 3 appended [`BwPluginVTable::before_request_now`]
-/// and [`BwPluginVTable::after_response_now`], with [`BwHeaderSink`].
-pub const ABI_MINOR: u16 = 3;
+/// and [`BwPluginVTable::after_response_now`], with [`BwHeaderSink`]; minor 4 appended
+/// [`BwPluginVTable::handle_now`].
+pub const ABI_MINOR: u16 = 4;
 /// The name of the exported static [`BwPluginVTable`].
 pub const ENTRY_SYMBOL: &str = "backworks_plugin";
 /// [`ENTRY_SYMBOL`] with its terminating NUL, as `dlsym` wants it.
@@ -282,7 +283,8 @@ pub const MAX_WORKERS: u32 = 64;
 /// The root of a plugin library, exported as the static [`ENTRY_SYMBOL`].
 ///
 /// Every function pointer is nullable in the type; a plugin sets the ten of v1.0 (the host refuses
-/// one that does not), while `config_schema` (v1.1) and the `*_lent` entries (v1.2) may be null.
+/// one that does not), while `config_schema` (v1.1), the `*_lent` entries (v1.2), the hooks'
+/// `*_now` entries (v1.3) and `handle_now` (v1.4) may be null.
 /// `instance` arguments are what `instance_new` returned; a plugin must accept concurrent calls on
 /// one instance from several threads.
 #[repr(C)]
@@ -419,6 +421,20 @@ pub struct BwPluginVTable {
             out: *mut BwOutput,
         ) -> i32,
     >,
+    /// ABI 1.4: serves an endpoint like `handle_lent`, as a call that never waits: it must
+    /// return [`BW_READY`] (a host treats anything else as the plugin's error, and starts no
+    /// task). The request is lent for the call only, so the host can lend it from its stack and
+    /// make the call without a future. Output: RESPONSE or ERROR. May be null: the host then calls
+    /// `handle_lent` (or `handle`). A host reads it only when `size` covers it. A plugin whose
+    /// endpoint never waits may point `handle_lent` at the same function, for hosts of 1.2 and
+    /// 1.3.
+    pub handle_now: Option<
+        unsafe extern "C" fn(
+            instance: *mut c_void,
+            request: *const BwRequest,
+            out: *mut BwOutput,
+        ) -> i32,
+    >,
 }
 
 /// The size of a [`BwPluginVTable`] of ABI 1.0, which ended with `task_cancel`: the least a host of
@@ -428,6 +444,8 @@ pub const VTABLE_SIZE_V1_0: usize = std::mem::offset_of!(BwPluginVTable, config_
 pub const VTABLE_SIZE_V1_1: usize = std::mem::offset_of!(BwPluginVTable, handle_lent);
 /// The size of a [`BwPluginVTable`] of ABI 1.2, which ended with `after_response_lent`.
 pub const VTABLE_SIZE_V1_2: usize = std::mem::offset_of!(BwPluginVTable, before_request_now);
+/// The size of a [`BwPluginVTable`] of ABI 1.3, which ended with `after_response_now`.
+pub const VTABLE_SIZE_V1_3: usize = std::mem::offset_of!(BwPluginVTable, handle_now);
 
 // SAFETY: the vtable is immutable data: function pointers and a pointer to the library's own
 // immutable metadata bytes. Sharing it between threads is sound.
@@ -605,10 +623,11 @@ mod tests {
         assert_eq!(offset_of!(BwHostServices, reserved2), 52);
         assert_eq!(size_of::<BwHeaderSink>(), 16);
         assert_eq!(offset_of!(BwHeaderSink, set), 8);
-        assert_eq!(size_of::<BwPluginVTable>(), 160);
+        assert_eq!(size_of::<BwPluginVTable>(), 168);
         assert_eq!(VTABLE_SIZE_V1_0, 112);
         assert_eq!(VTABLE_SIZE_V1_1, 120);
         assert_eq!(VTABLE_SIZE_V1_2, 144);
+        assert_eq!(VTABLE_SIZE_V1_3, 160);
         assert_eq!(align_of::<BwPluginVTable>(), 8);
         assert_eq!(offset_of!(BwPluginVTable, size), 8);
         assert_eq!(offset_of!(BwPluginVTable, abi_major), 12);
@@ -630,6 +649,7 @@ mod tests {
         assert_eq!(offset_of!(BwPluginVTable, after_response_lent), 136);
         assert_eq!(offset_of!(BwPluginVTable, before_request_now), 144);
         assert_eq!(offset_of!(BwPluginVTable, after_response_now), 152);
+        assert_eq!(offset_of!(BwPluginVTable, handle_now), 160);
     }
 
     #[test]

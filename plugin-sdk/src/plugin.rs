@@ -160,8 +160,9 @@ pub trait BackworksPlugin: Send + Sync + 'static {
     /// `.await`). `false` by default. Set it when you implement
     /// [`handle_sync`](Self::handle_sync): it then reads the host's request in place, as with
     /// [`HANDLE_LENT`](Self::HANDLE_LENT), and is called as a plain function, so a call costs no
-    /// future, no allocation for one and no poll. `HANDLE_SYNC` takes precedence over
-    /// `HANDLE_LENT` when both are set.
+    /// future, no allocation for one and no poll, on either side: a host of ABI 1.4 calls it
+    /// through the vtable's `handle_now` without a future of its own either. `HANDLE_SYNC` takes
+    /// precedence over `HANDLE_LENT` when both are set.
     ///
     /// A synchronous endpoint runs inline on the host's thread, like the first poll of an async
     /// one (inside the plugin's tokio runtime, with its log lines named after the instance): it

@@ -553,7 +553,11 @@ fn prepare(
 /// every request ~400 instructions of moves, measured.)
 async fn call_shared(plugin: &Guarded, request: Arc<backworks_plugin_sdk::Request>) -> Response {
     let request_id = request.header("x-request-id").map(Text::from);
-    match plugin.handle_shared(request).await {
+    let answer = match plugin.handle_now(&request) {
+        Some(answer) => answer,
+        None => plugin.handle_shared(request).await,
+    };
+    match answer {
         Ok(response) => response,
         Err(error) => error_response(&Plugin::info(plugin).name, &error, request_id.as_deref()),
     }
@@ -563,7 +567,12 @@ async fn call(plugin: &Guarded, request: backworks_plugin_sdk::Request) -> Respo
     // The request id of an error body comes from the request; keep its header (a cheap copy of
     // short inline text) only in case the call fails.
     let request_id = request.header("x-request-id").map(Text::from);
-    match plugin.handle(request).await {
+    // A library whose endpoint never waits answers at once, without a future (ABI 1.4).
+    let answer = match plugin.handle_now(&request) {
+        Some(answer) => answer,
+        None => plugin.handle(request).await,
+    };
+    match answer {
         Ok(response) => response,
         Err(error) => error_response(&Plugin::info(plugin).name, &error, request_id.as_deref()),
     }

@@ -1,6 +1,7 @@
 //! ABI 1.2's lent request: plugins that read the host's request in place (`handle_lent`) and
 //! plugins built for older minors (1.1, 1.0), all served by this host; a lent call dropped while it
-//! waits. ABI 1.3's hooks that answer at once (`*_now`), beside a hook plugin built for 1.2.
+//! waits. ABI 1.3's hooks that answer at once (`*_now`), beside a hook plugin built for 1.2. ABI
+//! 1.4's endpoint that answers at once (`handle_now`), beside the same plugin built for 1.3.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +62,27 @@ fn lent_c_plugin() -> PathBuf {
         "plugin-sdk/include",
         &["-DBW_FIXTURE_LENT"],
         "abi_1_2_lent",
+    )
+}
+
+/// The same source against the frozen 1.3 header, opting into `handle_lent`: a 160-byte vtable
+/// without `handle_now`.
+fn abi_1_3_lent_plugin() -> PathBuf {
+    compile(
+        "tests/fixtures/c-abi-1.1/abi_1_1.c",
+        "tests/fixtures/c-abi-1.3/include",
+        &["-DBW_FIXTURE_LENT"],
+        "abi_1_3_lent",
+    )
+}
+
+/// The same source against today's header, with ABI 1.4's `handle_now` as well.
+fn now_c_plugin() -> PathBuf {
+    compile(
+        "tests/fixtures/c-abi-1.1/abi_1_1.c",
+        "plugin-sdk/include",
+        &["-DBW_FIXTURE_LENT", "-DBW_FIXTURE_NOW"],
+        "abi_1_4_now",
     )
 }
 
@@ -275,6 +297,98 @@ async fn a_now_hook_that_waits_or_sends_bad_text_fails_only_its_call() {
     );
     for _ in 0..2 {
         assert!(hooked(&server, "/fx/bad-utf8").await.0 >= 500);
+    }
+    let (status, _, body) = hooked(&server, "/fx/3").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("circuit_open"), "{body}");
+}
+
+/// An endpoint built for 1.3 is served through `handle_lent` (the host reads nothing past its
+/// 160 bytes); the same endpoint built for 1.4 through `handle_now`, alone and behind a hook
+/// chain (whose `_now` hooks run around it), and through `handle_lent` where a caller of the
+/// library API awaits a call. Each answer names the entry that ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_built_for_1_3_and_for_1_4_are_each_served_through_their_own_entries() {
+    let old = abi_1_3_lent_plugin();
+    assert_eq!(inspected_abi(&old), "1.3");
+    let library = load_library(&old).unwrap();
+    assert_eq!(
+        (library.vtable().abi_minor, library.vtable().size),
+        (3, 160)
+    );
+    assert!(library.vtable().handle_lent.is_some() && library.vtable().handle_now.is_none());
+    let now = now_c_plugin();
+    assert_eq!(inspected_abi(&now), format!("1.{ABI_MINOR}"));
+    assert!(load_library(&now).unwrap().vtable().handle_now.is_some());
+    // An embedder awaiting `Plugin::handle` gets the lent entry, which the plugin keeps too.
+    let plugin = started(&now, "now", Value::Null).await;
+    assert_eq!(
+        body_of(&plugin, "/fx/1").await,
+        format!("abi 1.{ABI_MINOR} lent GET /fx/1 ana")
+    );
+
+    let server = Server::start(&format!(
+        "plugins:\n  old:\n    path: {}\n  now:\n    path: {}\n  hooks:\n    path: {}\n    hooks: [before_request, after_response]\nendpoints:\n  old: {{ path: \"/old/{{id}}\", plugin: old, hooks: [] }}\n  now: {{ path: \"/now/{{id}}\", plugin: now, hooks: [] }}\n  hooked: {{ path: \"/hooked/{{id}}\", plugin: now, hooks: [hooks] }}\n",
+        old.display(),
+        now.display(),
+        now_c_hooks().display()
+    ));
+    let get = |path: &str| client().get(server.url(path)).header("X-Name", "bo").send();
+    let res = get("/old/7").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "abi 1.3 lent GET /old/7 bo");
+    let res = get("/now/7").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.text().await.unwrap(),
+        format!("abi 1.{ABI_MINOR} now GET /now/7 bo")
+    );
+    assert_eq!(
+        hooked(&server, "/hooked/8").await,
+        (
+            200,
+            Some("now".to_owned()),
+            format!("abi 1.{ABI_MINOR} now GET /hooked/8 now-hook")
+        )
+    );
+}
+
+/// A `handle_now` that answers with a pending task, as a careless C author might write it: that
+/// call fails (502, with nothing of the plugin's output), the task is released unstarted, the
+/// plugin is named in the log, the next request is served, and the failures count against the
+/// plugin's breaker as any call's do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_now_endpoint_that_waits_fails_only_its_call() {
+    let config = |breaker: &str| {
+        format!(
+            "plugins:\n  now:\n    path: {}\n{breaker}endpoints:\n  now: {{ path: \"/fx/{{id}}\", plugin: now }}\n",
+            now_c_plugin().display()
+        )
+    };
+    let server = Server::start(&config(""));
+    for round in 1..=3 {
+        let (status, _, body) = hooked(&server, "/fx/pending").await;
+        assert_eq!(status, 502, "{body}");
+        assert!(body.contains("invalid_response"), "{body}");
+        let (status, _, body) = hooked(&server, "/fx/2").await;
+        assert_eq!(
+            (status, body),
+            (200, format!("abi 1.{ABI_MINOR} now GET /fx/2 -"))
+        );
+        let (_, _, body) = hooked(&server, "/fx/released").await;
+        assert_eq!(body, format!("released {round}"));
+    }
+    let logs = server.logs();
+    assert!(
+        logs.contains("plugin `now` answered `handle_now` with a pending call"),
+        "{logs}"
+    );
+
+    let server = Server::start(&config(
+        "    breaker: { consecutive_failures: 3, cooldown_ms: 600000 }\n",
+    ));
+    for _ in 0..3 {
+        assert_eq!(hooked(&server, "/fx/pending").await.0, 502);
     }
     let (status, _, body) = hooked(&server, "/fx/3").await;
     assert_eq!(status, 503, "{body}");

@@ -341,7 +341,7 @@ fn short_vtable_is_vtable_too_small() {
     assert_message(
         &err,
         &path,
-        &["plugin vtable is 96 bytes", "ABI 1.3 needs at least 112"],
+        &["plugin vtable is 96 bytes", "ABI 1.4 needs at least 112"],
     );
 }
 
@@ -634,7 +634,7 @@ fn rust_plugin_metadata_is_read_from_the_file() {
     assert_eq!(meta.version, "0.1.0");
     assert_eq!(meta.sdk_version, SDK_VERSION);
     assert_eq!((meta.abi_major, meta.abi_minor), (ABI_MAJOR, ABI_MINOR));
-    assert_eq!((meta.abi_major, meta.abi_minor), (1, 3));
+    assert_eq!((meta.abi_major, meta.abi_minor), (1, 4));
     assert!(meta.panic_unwind);
     assert!(meta.description.contains("greets"), "{}", meta.description);
     assert!(
@@ -652,7 +652,7 @@ fn c_plugin_metadata_is_read_from_the_file() {
     assert_eq!(meta.name, "c-hello");
     assert_eq!(meta.version, "0.1.0");
     assert_eq!(meta.sdk_version, SDK_VERSION);
-    assert_eq!((meta.abi_major, meta.abi_minor), (1, 3));
+    assert_eq!((meta.abi_major, meta.abi_minor), (1, 4));
     assert!(meta.panic_unwind);
     assert!(
         inspection.compatibility.is_ok(),

@@ -5,10 +5,13 @@
 //! oneshot channel ([`BW_PENDING`]). Dropping the call's future cancels the task. The plugin's output
 //! is copied into host types and released by the plugin's own `release` function.
 //!
-//! An endpoint call goes to the plugin's `handle_lent` when it has one (ABI 1.2): the request and
-//! its views then live in the call's future, lent until the call is over ([`LentHandle`]), and the
-//! plugin reads them in place. Otherwise (a plugin built for ABI 1.0 or 1.1, or one that does not
-//! opt in) it goes to `handle`, which lends them for the call only and the plugin copies them.
+//! An endpoint call goes to the plugin's `handle_now` when it has one (ABI 1.4, a plugin whose
+//! endpoint never waits) and the caller can take an answer at once: made and answered there, with
+//! the views on the stack and no future ([`DynamicPlugin::now_handle`]). Else to its `handle_lent`
+//! (ABI 1.2): the request and its views then live in the call's future, lent until the call is
+//! over ([`LentHandle`]), and the plugin reads them in place. Otherwise (a plugin built for ABI
+//! 1.0 or 1.1, or one that does not opt in) it goes to `handle`, which lends them for the call
+//! only and the plugin copies them.
 //!
 //! A hook call goes to the plugin's `_now` entry when it has one (ABI 1.3, a plugin whose hooks
 //! never wait): made and answered at once, with the views on the stack and the headers it sets
@@ -63,6 +66,8 @@ pub struct DynamicPlugin {
     before_request_now: Option<NowBeforeFn>,
     /// The plugin's `after_response_now` (ABI 1.3), when it has one and lending is on.
     after_response_now: Option<NowAfterFn>,
+    /// The plugin's `handle_now` (ABI 1.4), when it has one and lending is on.
+    handle_now: Option<LentHandleFn>,
     /// Boxed so its address, given to the plugin, never changes; dropped after `instance_free`.
     _services: Box<Services>,
 }
@@ -73,7 +78,7 @@ static LENDING: AtomicBool = AtomicBool::new(true);
 /// What the [`Plugin`] methods return (as `async_trait` writes it).
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The type of the vtable's `handle`, `handle_lent` and `before_request_lent`.
+/// The type of the vtable's `handle`, `handle_lent`, `before_request_lent` and `handle_now`.
 type LentHandleFn = unsafe extern "C" fn(*mut c_void, *const BwRequest, *mut BwOutput) -> i32;
 
 /// The type of the vtable's `after_response_lent`.
@@ -564,6 +569,9 @@ impl DynamicPlugin {
             after_response_now: vtable
                 .after_response_now
                 .filter(|_| LENDING.load(Ordering::Relaxed)),
+            handle_now: vtable
+                .handle_now
+                .filter(|_| LENDING.load(Ordering::Relaxed)),
             library,
             instance,
             _services: services,
@@ -579,6 +587,7 @@ impl DynamicPlugin {
         self.after_response_lent = None;
         self.before_request_now = None;
         self.after_response_now = None;
+        self.handle_now = None;
         self
     }
 
@@ -639,6 +648,32 @@ impl DynamicPlugin {
                 Some(response),
             )),
             None => Err((request, response)),
+        }
+    }
+
+    /// Whether endpoint calls can go to the plugin's `handle_now` (ABI 1.4):
+    /// [`DynamicPlugin::now_handle`] makes them.
+    pub(crate) fn has_handle_now(&self) -> bool {
+        self.handle_now.is_some()
+    }
+
+    /// An endpoint call through the plugin's `handle_now` (ABI 1.4), made and answered at once:
+    /// the request's views on the stack, lent for the call only, and no future. Only for a plugin
+    /// that [has the entry](Self::has_handle_now); else the plugin's error.
+    pub(crate) fn now_handle(&self, request: &Request) -> Result<Response, CallError> {
+        let Some(f) = self.handle_now else {
+            return Err(self.no_entry("handle_now"));
+        };
+        let mut out = Output::empty();
+        let status = with_request_view(request, |view| {
+            // SAFETY: live instance; the views borrow `request` and live on this stack for the
+            // call, which is as long as `handle_now` may use them.
+            unsafe { f(self.instance, view, &mut out.raw) }
+        });
+        self.now_ready("handle_now", status, &mut out)?;
+        match out.raw.kind {
+            BW_OUT_RESPONSE => out.response(&self.info.name),
+            _ => Err(out.unexpected("handle")),
         }
     }
 
@@ -718,8 +753,8 @@ impl DynamicPlugin {
         })
     }
 
-    /// Checks what a `_now` call returned: it must have answered at once (a pending answer's
-    /// task is released unstarted, and the call fails), and sent only headers the host took.
+    /// Checks what a hook's `_now` call returned: it must have answered at once (see
+    /// [`DynamicPlugin::now_ready`]), and sent only headers the host took.
     fn now_answered(
         &self,
         entry: &str,
@@ -727,7 +762,19 @@ impl DynamicPlugin {
         out: &mut Output,
         sink: &HeaderSink,
     ) -> Result<(), CallError> {
-        let name = &self.info.name;
+        self.now_ready(entry, status, out)?;
+        if let Some(what) = sink.refused {
+            return Err(CallError::InvalidResponse(format!(
+                "plugin `{}` set {what} that is not UTF-8",
+                self.info.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks that a `_now` call answered at once: a pending answer's task is released
+    /// unstarted, and the call fails.
+    fn now_ready(&self, entry: &str, status: i32, out: &mut Output) -> Result<(), CallError> {
         if status != BW_READY || out.raw.kind == BW_OUT_PENDING {
             if out.raw.kind == BW_OUT_PENDING
                 && !out.raw.task.is_null()
@@ -738,12 +785,8 @@ impl DynamicPlugin {
                 unsafe { cancel(std::mem::replace(&mut out.raw.task, std::ptr::null_mut())) };
             }
             return Err(CallError::InvalidResponse(format!(
-                "plugin `{name}` answered `{entry}` with a pending call; it must answer at once"
-            )));
-        }
-        if let Some(what) = sink.refused {
-            return Err(CallError::InvalidResponse(format!(
-                "plugin `{name}` set {what} that is not UTF-8"
+                "plugin `{}` answered `{entry}` with a pending call; it must answer at once",
+                self.info.name
             )));
         }
         Ok(())

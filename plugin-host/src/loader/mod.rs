@@ -31,7 +31,7 @@ use std::sync::Arc;
 use backworks_plugin_sdk::PluginMetadata;
 use backworks_plugin_sdk::abi::{
     ABI_MAGIC, ABI_MAJOR, BW_OUT_DONE, BW_OUT_SCHEMA, BwPluginVTable, ENTRY_SYMBOL,
-    ENTRY_SYMBOL_NUL, VTABLE_SIZE_V1_0, VTABLE_SIZE_V1_1, VTABLE_SIZE_V1_2,
+    ENTRY_SYMBOL_NUL, VTABLE_SIZE_V1_0, VTABLE_SIZE_V1_1, VTABLE_SIZE_V1_2, VTABLE_SIZE_V1_3,
 };
 
 pub use dynamic::DynamicPlugin;
@@ -443,7 +443,7 @@ fn check_vtable(
         // reads one type and never past the plugin's static. Leaked like the library it points
         // into, which is never unloaded either (one small copy per load of such a plugin).
         // Whole entries only: the largest older vtable that fits in `size`.
-        let known = [VTABLE_SIZE_V1_2, VTABLE_SIZE_V1_1]
+        let known = [VTABLE_SIZE_V1_3, VTABLE_SIZE_V1_2, VTABLE_SIZE_V1_1]
             .into_iter()
             .find(|&known| size as usize >= known)
             .unwrap_or(VTABLE_SIZE_V1_0);

@@ -17,7 +17,8 @@
 //! for as long as the call's future lives: `call` drops that future before the call's completion
 //! and before `task_cancel` returns, which is when the host's lease ends. A plugin that sets
 //! [`HANDLE_SYNC`](crate::BackworksPlugin::HANDLE_SYNC) exports its `handle_sync` under the same
-//! entry, called as a plain function and always ready (`call::now`), so the lease is the call.
+//! entry and under ABI 1.4's `handle_now` (which a newer host calls without a future), called as
+//! a plain function and always ready (`call::now`), so the lease is the call.
 
 mod call;
 mod input;
@@ -160,6 +161,13 @@ pub const fn vtable<P: BackworksPlugin + Default>(metadata: &'static [u8]) -> Bw
         },
         after_response_now: if P::HOOKS_SYNC {
             Some(after_response_now::<P>)
+        } else {
+            None
+        },
+        // ABI 1.4: the same synchronous endpoint, which the host then calls without a future and
+        // with the request's views on its stack. A host of 1.2 or 1.3 calls `handle_lent` above.
+        handle_now: if P::HANDLE_SYNC {
+            Some(handle_sync::<P>)
         } else {
             None
         },
@@ -399,9 +407,9 @@ unsafe extern "C" fn handle_lent<P: BackworksPlugin>(
     })
 }
 
-/// The vtable's `handle_lent` of a plugin with synchronous endpoints
+/// The vtable's `handle_lent` and `handle_now` (ABI 1.4) of a plugin with synchronous endpoints
 /// ([`BackworksPlugin::HANDLE_SYNC`]): calls [`BackworksPlugin::handle_sync`] on the host's
-/// request, read in place, and is always ready.
+/// request, read in place, and is always ready, as both entries allow.
 ///
 /// # Safety
 /// As [`handle_lent`].
@@ -1198,6 +1206,10 @@ mod tests {
     fn only_a_plugin_that_handles_lent_requests_exports_the_entry() {
         assert!(VTABLE.handle_lent.is_none());
         assert!(READER.handle_lent.is_some());
+        // `handle_now` (ABI 1.4) only for an endpoint that never waits.
+        assert!(VTABLE.handle_now.is_none() && READER.handle_now.is_none());
+        assert!(TAGGER.handle_now.is_none());
+        assert!(GREETER.handle_now.is_some());
         assert_eq!(READER.abi_minor, ABI_MINOR);
         assert_eq!(READER.size as usize, size_of::<BwPluginVTable>());
     }
@@ -1419,44 +1431,45 @@ mod tests {
     }
 
     #[test]
-    fn a_synchronous_endpoint_answers_through_the_lent_entry_at_once() {
+    fn a_synchronous_endpoint_answers_through_the_lent_and_now_entries_at_once() {
         let (instance, services) = instance_of(&GREETER, b"greeter");
-        let lent = GREETER.handle_lent.unwrap();
         let text = || {
             (
                 "content-type".to_owned(),
                 "text/plain; charset=utf-8".to_owned(),
             )
         };
-
         let request = HostRequest::new(b"/hi");
-        let mut out = BwOutput::empty();
-        // SAFETY: a live instance; the request outlives the call and the output is valid.
-        let status = unsafe { lent(instance, &*request.view, &mut out) };
-        assert_eq!(status, BW_READY, "never pending, never a task");
-        assert_eq!(
-            take(out),
-            (
-                BW_OUT_RESPONSE,
-                200,
-                vec![text()],
-                b"/hi 7 yes true".to_vec()
-            )
-        );
-
-        // An error and a panic are error outputs; the instance goes on answering.
-        for (path, code, message) in [
-            (&b"/missing"[..], BW_ERR_NOT_FOUND, "nothing here"),
-            (b"/panic", BW_ERR_PANIC, "greeter panicked"),
-        ] {
-            let failing = HostRequest::new(path);
+        // ABI 1.4's `handle_now`, and `handle_lent` for a host of 1.2 or 1.3: the same answers.
+        for entry in [GREETER.handle_now.unwrap(), GREETER.handle_lent.unwrap()] {
             let mut out = BwOutput::empty();
-            // SAFETY: as above.
-            let status = unsafe { lent(instance, &*failing.view, &mut out) };
-            assert_eq!((status, out.kind, out.code), (BW_READY, BW_OUT_ERROR, code));
-            // SAFETY: unreleased output.
-            assert_eq!(unsafe { out.message.to_string_lossy() }, message);
-            take(out);
+            // SAFETY: a live instance; the request outlives the call and the output is valid.
+            let status = unsafe { entry(instance, &*request.view, &mut out) };
+            assert_eq!(status, BW_READY, "never pending, never a task");
+            assert_eq!(
+                take(out),
+                (
+                    BW_OUT_RESPONSE,
+                    200,
+                    vec![text()],
+                    b"/hi 7 yes true".to_vec()
+                )
+            );
+
+            // An error and a panic are error outputs; the instance goes on answering.
+            for (path, code, message) in [
+                (&b"/missing"[..], BW_ERR_NOT_FOUND, "nothing here"),
+                (b"/panic", BW_ERR_PANIC, "greeter panicked"),
+            ] {
+                let failing = HostRequest::new(path);
+                let mut out = BwOutput::empty();
+                // SAFETY: as above.
+                let status = unsafe { entry(instance, &*failing.view, &mut out) };
+                assert_eq!((status, out.kind, out.code), (BW_READY, BW_OUT_ERROR, code));
+                // SAFETY: unreleased output.
+                assert_eq!(unsafe { out.message.to_string_lossy() }, message);
+                take(out);
+            }
         }
 
         // A host older than ABI 1.2 calls the copying entry, which reaches the same method.
