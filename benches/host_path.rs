@@ -12,6 +12,10 @@
 //! - `dylib_*_copy`: the `dylib_*` rows with lending off, so the same library is served through
 //!   its copying `handle` (the path of a plugin built for ABI 1.1) instead of `handle_lent`: the
 //!   A/B of ABI 1.2's lent request in one run.
+//! - `*_sync`: the same no-op as a synchronous endpoint (`NoopSync`, `HANDLE_SYNC`), built in and
+//!   loaded from `libnoop_sync.so`, which the guard (`Guarded::handle_now`) and the server call
+//!   at once, without a future: the built-in's `handle_sync` directly, the library through ABI
+//!   1.4's `handle_now`.
 //!
 //! Run with `cargo bench --bench host_path`; method and results are in BENCHMARKS.md.
 //!
@@ -53,7 +57,7 @@ use tower::ServiceExt;
 mod noop_fixture;
 
 /// Every row, in the order criterion runs them.
-const ROWS: [&str; 10] = [
+const ROWS: [&str; 14] = [
     "bare_vtable",
     "builtin_trait",
     "dylib_trait",
@@ -64,6 +68,10 @@ const ROWS: [&str; 10] = [
     "builtin_server",
     "dylib_server",
     "dylib_server_copy",
+    "builtin_guarded_sync",
+    "dylib_guarded_sync",
+    "builtin_server_sync",
+    "dylib_server_sync",
 ];
 
 /// The global allocator: the system's, counting every allocation (reallocations included).
@@ -183,6 +191,12 @@ struct Fixture {
     builtin_app: axum::Router,
     dylib_app: axum::Router,
     dylib_copy_app: axum::Router,
+    /// The synchronous no-op (`NoopSync`) behind its guard and in a server, built in and from
+    /// `libnoop_sync.so`.
+    builtin_sync_guarded: Guarded,
+    dylib_sync_guarded: Guarded,
+    builtin_sync_app: axum::Router,
+    dylib_sync_app: axum::Router,
     request: Request,
 }
 
@@ -216,19 +230,42 @@ impl Fixture {
                 .await
                 .expect("init");
         });
+        let builtin_yaml = "plugins:\n  noop:\n    type: builtin\nendpoints:\n  noop:\n    path: /noop/{id}\n    plugin: noop\n";
         let builtin_host = Arc::new(PluginHost::new());
         builtin_host.register_builtin("noop", |name| {
             Arc::new(BuiltinPlugin::new(name, "0.1.0", "", noop::Noop))
         });
-        let builtin_app = server(
-            &builtin_host,
-            &rt,
-            "plugins:\n  noop:\n    type: builtin\nendpoints:\n  noop:\n    path: /noop/{id}\n    plugin: noop\n",
+        let builtin_app = server(&builtin_host, &rt, builtin_yaml);
+        let builtin_sync_host = Arc::new(PluginHost::new());
+        builtin_sync_host.register_builtin("noop", |name| {
+            Arc::new(BuiltinPlugin::new(name, "0.1.0", "", noop::NoopSync))
+        });
+        let builtin_sync_app = server(&builtin_sync_host, &rt, builtin_yaml);
+        let dylib_yaml = |lib: &std::path::Path| {
+            format!(
+                "plugins:\n  noop:\n    type: external\n    path: {}\nendpoints:\n  noop:\n    path: /noop/{{id}}\n    plugin: noop\n",
+                lib.display()
+            )
+        };
+        let sync_lib = noop_fixture::sync_library();
+        let dylib_sync_app = server(&Arc::new(PluginHost::new()), &rt, &dylib_yaml(&sync_lib));
+        let dylib_sync = Arc::new(
+            DynamicPlugin::new(load_library(&sync_lib).expect("load noop_sync"), "noop")
+                .expect("instance"),
         );
-        let dylib_yaml = format!(
-            "plugins:\n  noop:\n    type: external\n    path: {}\nendpoints:\n  noop:\n    path: /noop/{{id}}\n    plugin: noop\n",
-            lib.display()
-        );
+        let builtin_sync = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::NoopSync));
+        rt.block_on(async {
+            dylib_sync
+                .initialize(&serde_json::Value::Null)
+                .await
+                .expect("init");
+            builtin_sync
+                .inner()
+                .initialize(serde_json::Value::Null)
+                .await
+                .expect("init");
+        });
+        let dylib_yaml = dylib_yaml(&lib);
         let dylib_app = server(&Arc::new(PluginHost::new()), &rt, &dylib_yaml);
         // The same server with lending off for the instances it creates.
         DynamicPlugin::set_lending(false);
@@ -243,6 +280,10 @@ impl Fixture {
             builtin_guarded: guarded(builtin.clone()),
             dylib_guarded: guarded(dylib.clone()),
             dylib_copy_guarded: guarded(dylib_copy.clone()),
+            builtin_sync_guarded: guarded(builtin_sync),
+            dylib_sync_guarded: guarded(dylib_sync),
+            builtin_sync_app,
+            dylib_sync_app,
             dylib,
             dylib_copy,
             builtin,
@@ -305,7 +346,30 @@ fn bench(c: &mut Criterion, f: &Fixture) {
         b.to_async(&f.rt)
             .iter(|| f.dylib_copy_app.clone().oneshot(http_request()))
     });
+    // As the server calls them: at once through `handle_now`, no future.
+    group.bench_function("builtin_guarded_sync", |b| {
+        b.iter(|| f.builtin_sync_guarded.handle_now(&f.request))
+    });
+    group.bench_function("dylib_guarded_sync", |b| {
+        b.iter(|| f.dylib_sync_guarded.handle_now(&f.request))
+    });
+    group.bench_function("builtin_server_sync", |b| {
+        b.to_async(&f.rt)
+            .iter(|| f.builtin_sync_app.clone().oneshot(http_request()))
+    });
+    group.bench_function("dylib_server_sync", |b| {
+        b.to_async(&f.rt)
+            .iter(|| f.dylib_sync_app.clone().oneshot(http_request()))
+    });
     group.finish();
+}
+
+/// The status of `guarded`'s call of `request` at once (`handle_now`).
+fn now(guarded: &Guarded, request: &Request) -> u16 {
+    match guarded.handle_now(request) {
+        Some(answer) => answer.map_or(0, |r| r.status),
+        None => panic!("the synchronous noop cannot answer at once"),
+    }
 }
 
 /// Runs row `row` `calls` times without criterion, checking every answer is a 200.
@@ -359,6 +423,20 @@ fn count(f: &Fixture, row: &str, calls: u64) {
                     .map_or(0, |r| r.status().as_u16()),
                 "dylib_server_copy" => f
                     .dylib_copy_app
+                    .clone()
+                    .oneshot(http_request())
+                    .await
+                    .map_or(0, |r| r.status().as_u16()),
+                "builtin_guarded_sync" => now(&f.builtin_sync_guarded, &f.request),
+                "dylib_guarded_sync" => now(&f.dylib_sync_guarded, &f.request),
+                "builtin_server_sync" => f
+                    .builtin_sync_app
+                    .clone()
+                    .oneshot(http_request())
+                    .await
+                    .map_or(0, |r| r.status().as_u16()),
+                "dylib_server_sync" => f
+                    .dylib_sync_app
                     .clone()
                     .oneshot(http_request())
                     .await

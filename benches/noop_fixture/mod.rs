@@ -7,8 +7,23 @@ use backworks_plugin_sdk::Request;
 
 /// The `noop` cdylib of this build's profile; panics saying how to build it when it is missing.
 pub fn library() -> PathBuf {
-    // benches run from target/<profile>/deps; the noop cdylib, an example target of the fixture,
-    // is built in target/<profile>/examples.
+    example_library("noop")
+}
+
+/// The `noop_sync` cdylib (the same no-op as a synchronous endpoint, `NoopSync`), as
+/// [`library`].
+#[allow(
+    dead_code,
+    reason = "only the host_path bench calls it; process_roundtrip shares this module"
+)]
+pub fn sync_library() -> PathBuf {
+    example_library("noop_sync")
+}
+
+/// The fixture's example target `name` as a library file of this build's profile.
+fn example_library(name: &str) -> PathBuf {
+    // benches run from target/<profile>/deps; the noop cdylibs, example targets of the fixture,
+    // are built in target/<profile>/examples.
     let exe = std::env::current_exe().expect("bench executable");
     let dir = exe
         .parent()
@@ -16,10 +31,10 @@ pub fn library() -> PathBuf {
         .expect("target/<profile>");
     let lib = dir
         .join("examples")
-        .join(format!("libnoop.{}", std::env::consts::DLL_EXTENSION));
+        .join(format!("lib{name}.{}", std::env::consts::DLL_EXTENSION));
     assert!(
         lib.exists(),
-        "{} is missing: run `cargo build --release -p backworks-fixture-noop --example noop` first",
+        "{} is missing: run `cargo build --release -p backworks-fixture-noop --examples` first",
         lib.display()
     );
     lib

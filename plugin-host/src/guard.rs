@@ -243,16 +243,22 @@ impl Guarded {
 
     /// An endpoint call that answers at once, under the policy: `None` when the plugin cannot
     /// make one (then [`Guarded::handle`] or [`Guarded::handle_shared`] makes the call). A library
-    /// whose endpoint never waits (ABI 1.4's `handle_now`) makes it: no future, the request lent
-    /// for the call only. Admitted, timed, counted and judged as any call, as
-    /// [`Guarded::before_request_now`] is.
+    /// whose endpoint never waits (ABI 1.4's `handle_now`) makes it, and so does a built-in with
+    /// `HANDLE_SYNC` ([`Plugin::handle_now`]): no future, the request lent for the call only.
+    /// Admitted, timed, counted and judged as any call, as [`Guarded::before_request_now`] is.
     pub fn handle_now(&self, request: &Request) -> Option<Result<Response, CallError>> {
-        let library = self
-            .inner
-            .as_library()
-            .filter(|library| library.has_handle_now())?;
+        if !self.inner.answers_now() {
+            return None;
+        }
         Some(self.run_now(
-            || library.now_handle(request),
+            || {
+                self.inner.handle_now(request).unwrap_or_else(|| {
+                    Err(CallError::InvalidResponse(format!(
+                        "plugin `{}` cannot answer at once",
+                        self.name()
+                    )))
+                })
+            },
             |response| self.check(response, true),
         ))
     }
@@ -592,6 +598,15 @@ impl Plugin for Guarded {
         self.inner.initialize(config).await
     }
 
+    fn answers_now(&self) -> bool {
+        self.inner.answers_now()
+    }
+
+    // Under the policy, as the inherent method.
+    fn handle_now(&self, request: &Request) -> Option<Result<Response, CallError>> {
+        Guarded::handle_now(self, request)
+    }
+
     // These three box the guarded future itself, as `async_trait` would box an `async fn`, but
     // without an `async` wrapper around it that would hold a second copy of the arguments.
     fn handle<'life0, 'async_trait>(
@@ -884,6 +899,74 @@ mod tests {
             .await;
         assert_eq!(after.expect("passed on").status, 201);
         assert_eq!(s.guarded.stats().snapshot().successes, 4);
+    }
+
+    /// A synchronous endpoint: `/ok`, `/fail`, `/panic`, `/body/N` (N bytes).
+    #[derive(Default)]
+    struct Sync;
+
+    #[async_trait]
+    impl BackworksPlugin for Sync {
+        const HANDLE_SYNC: bool = true;
+
+        fn handle_sync(&self, request: LentRequest<'_>) -> PluginResult<Response> {
+            match request.path() {
+                "/ok" => Ok(Response::text("now")),
+                "/fail" => Err(PluginError::Internal("broken".into())),
+                "/panic" => panic!("sync panicked"),
+                path => match body_len(path, "/body/") {
+                    Some(n) => Ok(Response::new(200).with_body(vec![b'x'; n])),
+                    None => Err(PluginError::NotFound(path.to_owned())),
+                },
+            }
+        }
+    }
+
+    /// A plugin whose endpoint never waits is called at once, through the guard's policy like any
+    /// call: counted, judged (a body over the limit), its panic caught, its failures opening the
+    /// breaker, which then refuses without calling. One that may wait is not called at all.
+    #[tokio::test]
+    async fn a_synchronous_endpoint_answers_at_once_under_the_policy() {
+        let plugin = Arc::new(BuiltinPlugin::new("sync", "1.0.0", "", Sync));
+        let lifecycle = Arc::new(Lifecycle::new("sync", PluginState::Active));
+        let guarded = Guarded::new(plugin, policy(), lifecycle);
+        let now = |path: &str| guarded.handle_now(&Request::new("GET", path));
+        assert!(guarded.answers_now());
+        let answer = now("/ok").expect("answers at once").expect("ok");
+        assert_eq!((answer.status, &answer.body[..]), (200, &b"now"[..]));
+        // Its async entry reaches the same function.
+        let answer = guarded.handle(Request::new("GET", "/ok")).await;
+        assert_eq!(answer.expect("ok").body, b"now");
+        // The same through the trait object.
+        let dynamic: &dyn Plugin = &guarded;
+        assert_eq!(
+            dynamic
+                .handle_now(&Request::new("GET", "/ok"))
+                .map(|a| a.map(|r| r.status)),
+            Some(Ok(200))
+        );
+        assert!(matches!(
+            now("/body/2048"),
+            Some(Err(CallError::InvalidResponse(_)))
+        ));
+        assert!(matches!(
+            now("/panic"),
+            Some(Err(CallError::Plugin(PluginError::Panic(m)))) if m.contains("sync panicked")
+        ));
+        assert!(matches!(now("/fail"), Some(Err(CallError::Plugin(_)))));
+        let stats = guarded.stats().snapshot();
+        assert_eq!((stats.calls, stats.successes, stats.in_flight), (6, 3, 0));
+        assert_eq!(guarded.breaker_state(), BreakerState::Open);
+        assert!(matches!(
+            now("/ok"),
+            Some(Err(CallError::CircuitOpen { .. }))
+        ));
+
+        // A plugin that may wait: no call, nothing counted.
+        let s = setup(policy());
+        assert!(!s.guarded.answers_now());
+        assert!(s.guarded.handle_now(&Request::new("GET", "/ok")).is_none());
+        assert_eq!((s.calls(), s.guarded.stats().snapshot().calls), (0, 0));
     }
 
     #[tokio::test]

@@ -58,9 +58,10 @@
 //! circuit breaker ([`BreakerSettings`], [`BreakerState`]) that stops calling a failing plugin and
 //! lets a probe through after a pause. [`PluginHost::guarded`] gives the guard itself, to read its
 //! breaker and its [`PluginStats`] (counters and a [`LatencyHistogram`] for your metrics).
-//! A library whose endpoint never waits (ABI 1.4's `handle_now`) can be called without a future
-//! through the guard: [`Guarded::handle_now`] answers at once, or returns `None` for any other
-//! plugin, whose call you then await with [`Guarded::handle`], as the `backworks` server does.
+//! A plugin whose endpoint never waits (a library with ABI 1.4's `handle_now`, a built-in with
+//! `HANDLE_SYNC`) can be called without a future: [`Plugin::handle_now`] (through the guard,
+//! [`Guarded::handle_now`]) answers at once, or returns `None` for any other plugin, whose call
+//! you then await with [`Plugin::handle`], as the `backworks` server does.
 //!
 //! ## Hooks and observers
 //! A [`HookChain`] runs `before_request` hooks in order and `after_response` hooks in reverse

@@ -85,6 +85,21 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
     /// Serves a request routed to the plugin.
     async fn handle(&self, request: Request) -> Result<Response, CallError>;
 
+    /// Whether [`Plugin::handle_now`] answers: the plugin's endpoint never waits. A library
+    /// plugin with ABI 1.4's `handle_now` and a built-in whose [`BackworksPlugin::HANDLE_SYNC`]
+    /// is set do. By default: `false`.
+    fn answers_now(&self) -> bool {
+        false
+    }
+
+    /// Serves a request at once, without a future, when the plugin
+    /// [answers at once](Plugin::answers_now); `None` when it does not (then [`Plugin::handle`]
+    /// serves it). The request is lent for the call only. A wrapper with a policy of its own (as
+    /// [`Guarded`](crate::Guarded)) makes the call under that policy. By default: `None`.
+    fn handle_now(&self, _request: &Request) -> Option<Result<Response, CallError>> {
+        None
+    }
+
     /// Serves a request the caller shares: what a hook chain calls when its `after_response`
     /// hooks need the request afterwards. A library plugin that reads its requests lent (ABI
     /// 1.2's `handle_lent`) reads this one in place, without a copy (the `Arc` keeps it alive for
@@ -208,6 +223,20 @@ impl<P: BackworksPlugin> Plugin for BuiltinPlugin<P> {
 
     async fn handle(&self, request: Request) -> Result<Response, CallError> {
         caught(self.plugin.handle(request)).await
+    }
+
+    fn answers_now(&self) -> bool {
+        P::HANDLE_SYNC
+    }
+
+    fn handle_now(&self, request: &Request) -> Option<Result<Response, CallError>> {
+        if !P::HANDLE_SYNC {
+            return None;
+        }
+        let answer =
+            std::panic::catch_unwind(AssertUnwindSafe(|| self.plugin.handle_sync(request.lend())))
+                .unwrap_or_else(|p| Err(PluginError::from_panic(p.as_ref())));
+        Some(answer.map_err(CallError::Plugin))
     }
 
     async fn before_request(&self, request: &Request) -> Result<HookAction, CallError> {

@@ -22,6 +22,9 @@ pub struct StaticResponse {
 
 #[async_trait]
 impl BackworksPlugin for StaticResponse {
+    // It never waits: the server calls it at once, without a future (`Plugin::handle_now`).
+    const HANDLE_SYNC: bool = true;
+
     async fn initialize(&self, config: Value) -> PluginResult<()> {
         let config = if config.is_null() { json!({}) } else { config };
         let Value::Object(map) = config else {
@@ -65,7 +68,7 @@ impl BackworksPlugin for StaticResponse {
             .map_err(|_| PluginError::Config("initialized twice".into()))
     }
 
-    async fn handle(&self, _request: Request) -> PluginResult<Response> {
+    fn handle_sync(&self, _request: LentRequest<'_>) -> PluginResult<Response> {
         self.response
             .get()
             .cloned()

@@ -26,8 +26,8 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::any;
 use backworks_plugin_host::{
-    PluginHost, PluginSource, PluginSpec, Request, Response, ScanDir, child_main_if_requested,
-    discover, error_response, inspect,
+    CallError, Plugin, PluginHost, PluginSource, PluginSpec, Request, Response, ScanDir,
+    child_main_if_requested, discover, error_response, inspect,
 };
 
 /// The plugin that serves the route.
@@ -117,7 +117,7 @@ async fn hello(
 
     let request_id = headers.get("x-request-id").and_then(|v| v.to_str().ok());
     let response = match host.get(PLUGIN) {
-        Some(plugin) => match plugin.handle(request).await {
+        Some(plugin) => match answer(plugin.as_ref(), request).await {
             Ok(response) => response,
             // The plugin's own client errors keep their message; anything else (a panic, a
             // timeout, an open breaker) gets a fixed one, its details logged with the request id.
@@ -126,6 +126,15 @@ async fn hello(
         None => return (StatusCode::SERVICE_UNAVAILABLE, "plugin not active").into_response(),
     };
     into_http(response)
+}
+
+/// The plugin's answer to `request`: at once, without a future, when its endpoint never waits
+/// (`hello`'s does not), else awaited.
+async fn answer(plugin: &dyn Plugin, request: Request) -> Result<Response, CallError> {
+    match plugin.handle_now(&request) {
+        Some(answer) => answer,
+        None => plugin.handle(request).await,
+    }
 }
 
 /// The SDK's [`Response`] as an HTTP response; a status or header HTTP cannot carry is a 502.

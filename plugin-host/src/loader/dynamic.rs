@@ -651,15 +651,9 @@ impl DynamicPlugin {
         }
     }
 
-    /// Whether endpoint calls can go to the plugin's `handle_now` (ABI 1.4):
-    /// [`DynamicPlugin::now_handle`] makes them.
-    pub(crate) fn has_handle_now(&self) -> bool {
-        self.handle_now.is_some()
-    }
-
     /// An endpoint call through the plugin's `handle_now` (ABI 1.4), made and answered at once:
     /// the request's views on the stack, lent for the call only, and no future. Only for a plugin
-    /// that [has the entry](Self::has_handle_now); else the plugin's error.
+    /// that [has the entry](Plugin::answers_now); else the plugin's error.
     pub(crate) fn now_handle(&self, request: &Request) -> Result<Response, CallError> {
         let Some(f) = self.handle_now else {
             return Err(self.no_entry("handle_now"));
@@ -988,6 +982,14 @@ impl Plugin for DynamicPlugin {
                 ))
             }),
         }
+    }
+
+    fn answers_now(&self) -> bool {
+        self.handle_now.is_some()
+    }
+
+    fn handle_now(&self, request: &Request) -> Option<Result<Response, CallError>> {
+        self.answers_now().then(|| self.now_handle(request))
     }
 
     fn as_library(&self) -> Option<&DynamicPlugin> {
