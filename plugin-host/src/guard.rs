@@ -901,7 +901,8 @@ mod tests {
         assert_eq!(s.guarded.stats().snapshot().successes, 4);
     }
 
-    /// A synchronous endpoint: `/ok`, `/fail`, `/panic`, `/body/N` (N bytes).
+    /// A synchronous endpoint: `/ok`, `/fail`, `/panic`, `/block` (blocks its thread 200 ms),
+    /// `/body/N` (N bytes).
     #[derive(Default)]
     struct Sync;
 
@@ -914,6 +915,10 @@ mod tests {
                 "/ok" => Ok(Response::text("now")),
                 "/fail" => Err(PluginError::Internal("broken".into())),
                 "/panic" => panic!("sync panicked"),
+                "/block" => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    Ok(Response::text("late"))
+                }
                 path => match body_len(path, "/body/") {
                     Some(n) => Ok(Response::new(200).with_body(vec![b'x'; n])),
                     None => Err(PluginError::NotFound(path.to_owned())),
@@ -961,6 +966,19 @@ mod tests {
             now("/ok"),
             Some(Err(CallError::CircuitOpen { .. }))
         ));
+
+        // One that blocks past its deadline cannot be cut short: its answer is thrown away, and
+        // it is a timeout and an overrun.
+        let plugin = Arc::new(BuiltinPlugin::new("sync", "1.0.0", "", Sync));
+        let lifecycle = Arc::new(Lifecycle::new("sync", PluginState::Active));
+        let guarded = Guarded::new(plugin, short_timeout(20), lifecycle);
+        let answer = guarded.handle_now(&Request::new("GET", "/block"));
+        assert!(
+            matches!(answer, Some(Err(CallError::Timeout(_)))),
+            "{answer:?}"
+        );
+        let stats = guarded.stats().snapshot();
+        assert_eq!((stats.timeouts, stats.overruns), (1, 1));
 
         // A plugin that may wait: no call, nothing counted.
         let s = setup(policy());
