@@ -94,8 +94,10 @@ pub trait Plugin: Send + Sync + std::fmt::Debug + 'static {
 
     /// Serves a request at once, without a future, when the plugin
     /// [answers at once](Plugin::answers_now); `None` when it does not (then [`Plugin::handle`]
-    /// serves it). The request is lent for the call only. A wrapper with a policy of its own (as
-    /// [`Guarded`](crate::Guarded)) makes the call under that policy. By default: `None`.
+    /// serves it). An implementation must answer `Some` whenever `answers_now` is `true`: the
+    /// guard admits the call on `answers_now`'s word, and counts a `None` then as the plugin's
+    /// invalid response. The request is lent for the call only. A wrapper with a policy of its own
+    /// (as [`Guarded`](crate::Guarded)) makes the call under that policy. By default: `None`.
     fn handle_now(&self, _request: &Request) -> Option<Result<Response, CallError>> {
         None
     }

@@ -96,13 +96,24 @@ fn abi_1_2_hooks() -> PathBuf {
     )
 }
 
-/// The same source against today's header, with ABI 1.3's `*_now` hooks.
+/// The same source against the frozen 1.3 header, with ABI 1.3's `*_now` hooks: a 160-byte
+/// vtable.
+fn abi_1_3_now_hooks() -> PathBuf {
+    compile(
+        "tests/fixtures/c-abi-1.2/hooks.c",
+        "tests/fixtures/c-abi-1.3/include",
+        &["-DBW_FIXTURE_NOW"],
+        "abi_1_3_now_hooks",
+    )
+}
+
+/// The same source against today's header, with the `*_now` hooks.
 fn now_c_hooks() -> PathBuf {
     compile(
         "tests/fixtures/c-abi-1.2/hooks.c",
         "plugin-sdk/include",
         &["-DBW_FIXTURE_NOW"],
-        "abi_1_3_now_hooks",
+        "now_hooks",
     )
 }
 
@@ -225,15 +236,18 @@ async fn hooks_built_for_1_2_and_for_1_3_are_each_called_through_their_own_entri
     assert!(library.vtable().before_request_lent.is_some());
     assert!(library.vtable().before_request_now.is_none());
     assert!(library.vtable().after_response_now.is_none());
-    let now = now_c_hooks();
-    assert_eq!(inspected_abi(&now), format!("1.{ABI_MINOR}"));
-    assert!(
-        load_library(&now)
-            .unwrap()
-            .vtable()
-            .before_request_now
-            .is_some()
+    // Built against the 1.3 header: the host copies its 160 bytes, `_now` hooks included.
+    let now = abi_1_3_now_hooks();
+    assert_eq!(inspected_abi(&now), "1.3");
+    let library = load_library(&now).unwrap();
+    assert_eq!(
+        (library.vtable().abi_minor, library.vtable().size),
+        (3, 160)
     );
+    assert!(library.vtable().before_request_now.is_some());
+    assert!(library.vtable().after_response_now.is_some());
+    assert!(library.vtable().handle_now.is_none());
+    assert_eq!(inspected_abi(&now_c_hooks()), format!("1.{ABI_MINOR}"));
 
     let server = behind_hooks(&old);
     assert_eq!(
@@ -244,15 +258,19 @@ async fn hooks_built_for_1_2_and_for_1_3_are_each_called_through_their_own_entri
             "abi 1.1 copied GET /fx/1 lent-hook".to_owned()
         )
     );
-    let server = behind_hooks(&now);
-    assert_eq!(
-        hooked(&server, "/fx/1").await,
-        (
-            200,
-            Some("now".to_owned()),
-            "abi 1.1 copied GET /fx/1 now-hook".to_owned()
-        )
-    );
+    for now in [now, now_c_hooks()] {
+        let server = behind_hooks(&now);
+        assert_eq!(
+            hooked(&server, "/fx/1").await,
+            (
+                200,
+                Some("now".to_owned()),
+                "abi 1.1 copied GET /fx/1 now-hook".to_owned()
+            ),
+            "{}",
+            now.display()
+        );
+    }
 }
 
 /// A `*_now` hook that breaks the ABI's rules, as a careless C author might: one that answers

@@ -72,7 +72,8 @@ pub struct DynamicPlugin {
     _services: Box<Services>,
 }
 
-/// Whether instances made from now on use a plugin's `handle_lent` (see [`DynamicPlugin::set_lending`]).
+/// Whether instances made from now on use a plugin's `handle_lent`, `handle_now` and lent hook
+/// entries (see [`DynamicPlugin::set_lending`]).
 static LENDING: AtomicBool = AtomicBool::new(true);
 
 /// What the [`Plugin`] methods return (as `async_trait` writes it).
@@ -592,9 +593,10 @@ impl DynamicPlugin {
     }
 
     /// Whether instances created from now on, in this process, serve endpoint calls through a
-    /// plugin's `handle_lent` (the default) or its copying `handle`. For benchmarks that compare
-    /// the two on the whole server path; [`DynamicPlugin::without_lending`] turns it off for one
-    /// instance.
+    /// plugin's `handle_lent` and `handle_now` and hook calls through its `*_lent` and `*_now`
+    /// entries (the default), or only through the copying `handle`, `before_request` and
+    /// `after_response`. For benchmarks that compare the two on the whole server path;
+    /// [`DynamicPlugin::without_lending`] turns it off for one instance.
     #[doc(hidden)]
     pub fn set_lending(on: bool) {
         LENDING.store(on, Ordering::Relaxed);
@@ -659,15 +661,16 @@ impl DynamicPlugin {
             return Err(self.no_entry("handle_now"));
         };
         let mut out = Output::empty();
-        let status = with_request_view(request, |view| {
+        with_request_view(request, |view| {
             // SAFETY: live instance; the views borrow `request` and live on this stack for the
-            // call, which is as long as `handle_now` may use them.
-            unsafe { f(self.instance, view, &mut out.raw) }
-        });
-        self.now_ready("handle_now", status, &mut out)?;
+            // call, which is as long as `handle_now` may use them (a wrongly pending task is
+            // released in `now_ready`, while they still live).
+            let status = unsafe { f(self.instance, view, &mut out.raw) };
+            self.now_ready("handle_now", status, &mut out)
+        })?;
         match out.raw.kind {
             BW_OUT_RESPONSE => out.response(&self.info.name),
-            _ => Err(out.unexpected("handle")),
+            _ => Err(out.unexpected("handle_now")),
         }
     }
 
@@ -692,13 +695,15 @@ impl DynamicPlugin {
         };
         let mut sink = HeaderSink::new();
         let mut out = Output::empty();
-        let status = with_request_view(request, |view| {
+        with_request_view(request, |view| {
             let abi = sink.abi();
             // SAFETY: live instance; the views borrow `request` and the ABI sink points to `sink`,
-            // both alive and unmoved for the call, which is as long as a `_now` entry may use them.
-            unsafe { f(self.instance, view, &abi, &mut out.raw) }
-        });
-        self.now_answered("before_request_now", status, &mut out, &sink)?;
+            // both alive and unmoved for the call, which is as long as a `_now` entry may use them
+            // (a wrongly pending task is released in `now_ready`, while they still live).
+            let status = unsafe { f(self.instance, view, &abi, &mut out.raw) };
+            self.now_ready("before_request_now", status, &mut out)
+        })?;
+        self.sink_took_all(&sink)?;
         let name = &self.info.name;
         let more = match out.raw.kind {
             BW_OUT_CONTINUE => None,
@@ -727,13 +732,14 @@ impl DynamicPlugin {
         let mut out = Output::empty();
         let mut response_views = ResponseViews::<LENT_RESPONSE_PAIRS>::new();
         let response_view: *const BwResponse = response_views.fill(response);
-        let status = with_request_view(request, |view| {
+        with_request_view(request, |view| {
             let abi = sink.abi();
             // SAFETY: as in `now_before_request`; the response views borrow `response` and live
             // on this stack for the call.
-            unsafe { f(self.instance, view, response_view, &abi, &mut out.raw) }
-        });
-        self.now_answered("after_response_now", status, &mut out, &sink)?;
+            let status = unsafe { f(self.instance, view, response_view, &abi, &mut out.raw) };
+            self.now_ready("after_response_now", status, &mut out)
+        })?;
+        self.sink_took_all(&sink)?;
         let name = &self.info.name;
         let more = match out.raw.kind {
             BW_OUT_CONTINUE => None,
@@ -747,16 +753,8 @@ impl DynamicPlugin {
         })
     }
 
-    /// Checks what a hook's `_now` call returned: it must have answered at once (see
-    /// [`DynamicPlugin::now_ready`]), and sent only headers the host took.
-    fn now_answered(
-        &self,
-        entry: &str,
-        status: i32,
-        out: &mut Output,
-        sink: &HeaderSink,
-    ) -> Result<(), CallError> {
-        self.now_ready(entry, status, out)?;
+    /// Checks that a hook's `_now` call sent only headers the host took.
+    fn sink_took_all(&self, sink: &HeaderSink) -> Result<(), CallError> {
         if let Some(what) = sink.refused {
             return Err(CallError::InvalidResponse(format!(
                 "plugin `{}` set {what} that is not UTF-8",
@@ -767,7 +765,8 @@ impl DynamicPlugin {
     }
 
     /// Checks that a `_now` call answered at once: a pending answer's task is released
-    /// unstarted, and the call fails.
+    /// unstarted, and the call fails. Called while the views lent to the call still live: the
+    /// ABI lets a plugin's task read them until `task_cancel` returns, also unstarted.
     fn now_ready(&self, entry: &str, status: i32, out: &mut Output) -> Result<(), CallError> {
         if status != BW_READY || out.raw.kind == BW_OUT_PENDING {
             if out.raw.kind == BW_OUT_PENDING

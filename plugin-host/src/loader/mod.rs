@@ -497,3 +497,63 @@ fn check_vtable(
     }
     Ok(vtable)
 }
+
+#[cfg(test)]
+mod tests {
+    use backworks_plugin_sdk::abi::{VTABLE_SIZE_V1_0, VTABLE_SIZE_V1_1, VTABLE_SIZE_V1_2};
+    use backworks_plugin_sdk::metadata::{Hooks, encode, encoded_len};
+    use backworks_plugin_sdk::prelude::*;
+
+    use super::*;
+
+    /// A plugin that fills every entry of the current vtable.
+    #[derive(Default)]
+    struct Every;
+
+    #[async_trait]
+    impl BackworksPlugin for Every {
+        const HANDLE_SYNC: bool = true;
+        const HOOKS_SYNC: bool = true;
+
+        fn handle_sync(&self, _request: LentRequest<'_>) -> PluginResult<Response> {
+            Ok(Response::new(200))
+        }
+    }
+
+    const META_LEN: usize = encoded_len("every", "1.0.0", "", true, Hooks::ALL);
+    static META: [u8; META_LEN] = encode("every", "1.0.0", "", true, Hooks::ALL);
+
+    /// A vtable that says it is of an older minor is read only up to its size: the entries
+    /// appended since are null however the bytes past it read (here: the current vtable's own
+    /// entries, all set).
+    #[test]
+    fn an_older_minors_vtable_is_read_only_up_to_its_size() {
+        let metadata = backworks_plugin_sdk::metadata::parse(&META).expect("metadata");
+        let sizes = [
+            VTABLE_SIZE_V1_0,
+            VTABLE_SIZE_V1_1,
+            VTABLE_SIZE_V1_2,
+            VTABLE_SIZE_V1_3,
+            size_of::<BwPluginVTable>(),
+        ];
+        for (minor, size) in sizes.into_iter().enumerate() {
+            let mut vtable = backworks_plugin_sdk::export::vtable::<Every>(&META);
+            vtable.size = size as u32;
+            vtable.abi_minor = minor as u16;
+            let vtable: &'static BwPluginVTable = Box::leak(Box::new(vtable));
+            let read = check_vtable(Path::new("libevery.so"), vtable, &metadata).expect("checked");
+            let present = [
+                read.config_schema.is_some(),
+                read.handle_lent.is_some(),
+                read.before_request_now.is_some() && read.after_response_now.is_some(),
+                read.handle_now.is_some(),
+            ];
+            let expected: Vec<bool> = (1..=4).map(|appended_in| minor >= appended_in).collect();
+            assert_eq!(
+                present.to_vec(),
+                expected,
+                "a vtable of ABI 1.{minor}, {size} bytes"
+            );
+        }
+    }
+}
