@@ -322,9 +322,10 @@ async fn a_now_hook_that_waits_or_sends_bad_text_fails_only_its_call() {
 }
 
 /// An endpoint built for 1.3 is served through `handle_lent` (the host reads nothing past its
-/// 160 bytes); the same endpoint built for 1.4 through `handle_now`, alone and behind a hook
-/// chain (whose `_now` hooks run around it), and through `handle_lent` where a caller of the
-/// library API awaits a call. Each answer names the entry that ran.
+/// 160 bytes); the same endpoint built for 1.4 through `handle_now`, alone, behind a hook chain
+/// (whose `_now` hooks run around it) and under `isolation: process` (the child calls the same
+/// entry), and through `handle_lent` where a caller of the library API awaits a call. Each
+/// answer names the entry that ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_built_for_1_3_and_for_1_4_are_each_served_through_their_own_entries() {
     let old = abi_1_3_lent_plugin();
@@ -346,8 +347,9 @@ async fn endpoints_built_for_1_3_and_for_1_4_are_each_served_through_their_own_e
     );
 
     let server = Server::start(&format!(
-        "plugins:\n  old:\n    path: {}\n  now:\n    path: {}\n  hooks:\n    path: {}\n    hooks: [before_request, after_response]\nendpoints:\n  old: {{ path: \"/old/{{id}}\", plugin: old, hooks: [] }}\n  now: {{ path: \"/now/{{id}}\", plugin: now, hooks: [] }}\n  hooked: {{ path: \"/hooked/{{id}}\", plugin: now, hooks: [hooks] }}\n",
+        "plugins:\n  old:\n    path: {}\n  now:\n    path: {}\n  isolated:\n    path: {}\n    isolation: process\n  hooks:\n    path: {}\n    hooks: [before_request, after_response]\nendpoints:\n  old: {{ path: \"/old/{{id}}\", plugin: old, hooks: [] }}\n  now: {{ path: \"/now/{{id}}\", plugin: now, hooks: [] }}\n  hooked: {{ path: \"/hooked/{{id}}\", plugin: now, hooks: [hooks] }}\n  isolated: {{ path: \"/isolated/{{id}}\", plugin: isolated, hooks: [] }}\n",
         old.display(),
+        now.display(),
         now.display(),
         now_c_hooks().display()
     ));
@@ -360,6 +362,12 @@ async fn endpoints_built_for_1_3_and_for_1_4_are_each_served_through_their_own_e
     assert_eq!(
         res.text().await.unwrap(),
         format!("abi 1.{ABI_MINOR} now GET /now/7 bo")
+    );
+    let res = get("/isolated/9").await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.text().await.unwrap(),
+        format!("abi 1.{ABI_MINOR} now GET /isolated/9 bo")
     );
     assert_eq!(
         hooked(&server, "/hooked/8").await,

@@ -206,7 +206,14 @@ impl Calls {
             },
             "handle" => match params::<RequestParamsIn>(line) {
                 Ok(p) => self.spawn(id, async move {
-                    plugin.handle(p.request.into()).await.map(Reply::Response)
+                    // The same entry the host would call in process: at once when the endpoint
+                    // never waits (a library's `handle_now`), else awaited.
+                    let request = p.request.into();
+                    let answer = match plugin.handle_now(&request) {
+                        Some(answer) => answer,
+                        None => plugin.handle(request).await,
+                    };
+                    answer.map(Reply::Response)
                 }),
                 Err(e) => self.error(&id, &e),
             },
