@@ -216,15 +216,26 @@ impl Fixture {
                 .expect("instance")
                 .without_lending(),
         );
+        let sync_lib = noop_fixture::sync_library();
+        let dylib_sync = Arc::new(
+            DynamicPlugin::new(load_library(&sync_lib).expect("load noop_sync"), "noop")
+                .expect("instance"),
+        );
         let builtin = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::Noop));
+        let builtin_sync = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::NoopSync));
         rt.block_on(async {
-            for dylib in [&dylib, &dylib_copy] {
+            for dylib in [&dylib, &dylib_copy, &dylib_sync] {
                 dylib
                     .initialize(&serde_json::Value::Null)
                     .await
                     .expect("init");
             }
             builtin
+                .inner()
+                .initialize(serde_json::Value::Null)
+                .await
+                .expect("init");
+            builtin_sync
                 .inner()
                 .initialize(serde_json::Value::Null)
                 .await
@@ -247,24 +258,7 @@ impl Fixture {
                 lib.display()
             )
         };
-        let sync_lib = noop_fixture::sync_library();
         let dylib_sync_app = server(&Arc::new(PluginHost::new()), &rt, &dylib_yaml(&sync_lib));
-        let dylib_sync = Arc::new(
-            DynamicPlugin::new(load_library(&sync_lib).expect("load noop_sync"), "noop")
-                .expect("instance"),
-        );
-        let builtin_sync = Arc::new(BuiltinPlugin::new("noop", "0.1.0", "", noop::NoopSync));
-        rt.block_on(async {
-            dylib_sync
-                .initialize(&serde_json::Value::Null)
-                .await
-                .expect("init");
-            builtin_sync
-                .inner()
-                .initialize(serde_json::Value::Null)
-                .await
-                .expect("init");
-        });
         let dylib_yaml = dylib_yaml(&lib);
         let dylib_app = server(&Arc::new(PluginHost::new()), &rt, &dylib_yaml);
         // The same server with lending off for the instances it creates.

@@ -653,13 +653,9 @@ impl DynamicPlugin {
         }
     }
 
-    /// An endpoint call through the plugin's `handle_now` (ABI 1.4), made and answered at once:
-    /// the request's views on the stack, lent for the call only, and no future. Only for a plugin
-    /// that [has the entry](Plugin::answers_now); else the plugin's error.
-    pub(crate) fn now_handle(&self, request: &Request) -> Result<Response, CallError> {
-        let Some(f) = self.handle_now else {
-            return Err(self.no_entry("handle_now"));
-        };
+    /// An endpoint call through the plugin's `handle_now` (ABI 1.4), `f`, made and answered at
+    /// once: the request's views on the stack, lent for the call only, and no future.
+    fn now_handle(&self, f: LentHandleFn, request: &Request) -> Result<Response, CallError> {
         let mut out = Output::empty();
         with_request_view(request, |view| {
             // SAFETY: live instance; the views borrow `request` and live on this stack for the
@@ -988,7 +984,8 @@ impl Plugin for DynamicPlugin {
     }
 
     fn handle_now(&self, request: &Request) -> Option<Result<Response, CallError>> {
-        self.answers_now().then(|| self.now_handle(request))
+        let f = self.handle_now?;
+        Some(self.now_handle(f, request))
     }
 
     fn as_library(&self) -> Option<&DynamicPlugin> {

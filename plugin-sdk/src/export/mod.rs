@@ -418,19 +418,29 @@ unsafe extern "C" fn handle_sync<P: BackworksPlugin>(
     request: *const BwRequest,
     out: *mut BwOutput,
 ) -> i32 {
+    // SAFETY: the host's arguments, as `request_now` needs them.
+    unsafe { request_now::<P, _>(this, request, out, P::handle_sync, responded) }
+}
+
+/// Runs `call` on the instance `this` and the host's `request`, read in place, as a call that
+/// never waits (`call::now`: always ready, a panic an error output), its answer written to `out`
+/// through `map`: the body of every synchronous entry that takes only the request.
+///
+/// # Safety
+/// As [`handle_lent`], except that the request need stay valid only until this returns.
+unsafe fn request_now<P: BackworksPlugin, T>(
+    this: *mut c_void,
+    request: *const BwRequest,
+    out: *mut BwOutput,
+    call: impl FnOnce(&P, LentRequest<'_>) -> T,
+    map: impl FnOnce(T) -> Outcome,
+) -> i32 {
     guard(out, || {
         // SAFETY: the host passes a live instance of this library and a request it lends until
         // the call returns, keeping the ABI's conventions; nothing borrows it beyond the call.
         let (instance, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
         // SAFETY: `out` is the host's valid output.
-        unsafe {
-            call::now(
-                instance,
-                out,
-                || plugin(instance).handle_sync(lent),
-                responded,
-            )
-        }
+        unsafe { call::now(instance, out, || call(plugin(instance), lent), map) }
     })
 }
 
@@ -537,20 +547,8 @@ unsafe extern "C" fn before_request_sync<P: BackworksPlugin>(
     request: *const BwRequest,
     out: *mut BwOutput,
 ) -> i32 {
-    guard(out, || {
-        // SAFETY: the host passes a live instance of this library and a request it lends until
-        // the call returns, keeping the ABI's conventions; nothing borrows it beyond the call.
-        let (instance, lent) = unsafe { (instance::<P>(this), LentRequest::from_host(&*request)) };
-        // SAFETY: `out` is the host's valid output.
-        unsafe {
-            call::now(
-                instance,
-                out,
-                || plugin(instance).before_request_sync(lent),
-                request_edited,
-            )
-        }
-    })
+    // SAFETY: the host's arguments, as `request_now` needs them.
+    unsafe { request_now::<P, _>(this, request, out, P::before_request_sync, request_edited) }
 }
 
 /// The vtable's `before_request_now` (ABI 1.3) of a plugin with synchronous hooks: calls
