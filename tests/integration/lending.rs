@@ -382,13 +382,14 @@ async fn endpoints_built_for_1_3_and_for_1_4_are_each_served_through_their_own_e
 /// A `handle_now` that answers with a pending task, as a careless C author might write it: that
 /// call fails (502, with nothing of the plugin's output), the task is released unstarted, the
 /// plugin is named in the log, the next request is served, and the failures count against the
-/// plugin's breaker as any call's do.
+/// plugin's breaker as any call's do; a neighbouring plugin answers throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_now_endpoint_that_waits_fails_only_its_call() {
     let config = |breaker: &str| {
         format!(
-            "plugins:\n  now:\n    path: {}\n{breaker}endpoints:\n  now: {{ path: \"/fx/{{id}}\", plugin: now }}\n",
-            now_c_plugin().display()
+            "plugins:\n  now:\n    path: {}\n{breaker}  control:\n    path: {}\nendpoints:\n  now: {{ path: \"/fx/{{id}}\", plugin: now }}\n  control: {{ path: \"/control/{{id}}\", plugin: control }}\n",
+            now_c_plugin().display(),
+            abi_1_1_plugin().display()
         )
     };
     let server = Server::start(&config(""));
@@ -419,6 +420,11 @@ async fn a_now_endpoint_that_waits_fails_only_its_call() {
     let (status, _, body) = hooked(&server, "/fx/3").await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("circuit_open"), "{body}");
+    // A neighbouring plugin answered throughout and still does.
+    assert_eq!(
+        hooked(&server, "/control/4").await,
+        (200, None, "abi 1.1 copied GET /control/4 -".to_owned())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
